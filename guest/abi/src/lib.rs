@@ -1,0 +1,185 @@
+//! The contract between the capsa VMM (`vmm/`) and its guest kernel (`guest/`).
+//!
+//! Defined once here so the two sides cannot drift apart; [`BOOT_INFO_VERSION`]
+//! changes whenever a layout in this crate changes.
+//!
+//! # Entry state
+//! The VMM enters the guest ELF's entry point directly in 64-bit long mode at
+//! CPL0 (no firmware, no bootloader) with:
+//! - guest RAM at guest-physical `[0, BootInfo::ram_size)`;
+//! - page tables identity-mapping guest-physical `[0, IDENTITY_MAP_SIZE)` with
+//!   2 MiB pages, writable and user-accessible (the VM, not the guest ring, is
+//!   the security boundary);
+//! - CR0 = PE|MP|ET|NE|WP|AM|PG, CR4 = PAE|OSFXSR|OSXMMEXCPT, EFER = SCE|LME|LMA;
+//! - `rdi` = guest-physical address of the [`BootInfo`], `rsp` = [`BOOT_STACK_TOP`],
+//!   interrupts disabled, no IDT loaded.
+//!
+//! The guest installs its own GDT, TSS, IDT and syscall MSRs.
+//!
+//! # Devices
+//! virtio-mmio (version 2) devices listed in [`BootInfo::devices`], plus the
+//! capsa control registers at [`CONTROL_MMIO_BASE`]. There is no interrupt
+//! controller: the VMM completes every request during the MMIO exit of the
+//! queue notification, and the guest blocks with [`control::IDLE_NS`].
+#![cfg_attr(not(test), no_std)]
+
+pub mod process;
+
+/// Version of every layout in this crate.
+pub const BOOT_INFO_VERSION: u32 = 1;
+/// `BootInfo::magic`: "capsaBI1" little-endian.
+pub const BOOT_INFO_MAGIC: u64 = u64::from_le_bytes(*b"capsaBI1");
+
+/// Guest-physical address where the VMM writes the [`BootInfo`].
+pub const BOOT_INFO_ADDR: u64 = 0x1000;
+/// Guest-physical region the VMM uses for its own boot data (GDT, page
+/// tables, boot info, process spec, boot stack); the guest may reuse it after
+/// it has copied what it needs.
+pub const BOOT_DATA_START: u64 = 0x1000;
+pub const BOOT_DATA_END: u64 = 0x20_0000;
+/// Initial stack pointer (grows down inside the boot data region).
+pub const BOOT_STACK_TOP: u64 = 0x20_0000;
+/// The guest kernel ELF is linked at this address.
+pub const KERNEL_BASE: u64 = 0x20_0000;
+/// Size of the identity map the VMM builds (covers RAM and the MMIO window).
+pub const IDENTITY_MAP_SIZE: u64 = 4 << 30;
+/// Highest guest RAM size the layout supports (RAM must end below the MMIO window).
+pub const MAX_RAM_SIZE: u64 = MMIO_WINDOW_START;
+
+/// Start of the MMIO window; nothing above it is RAM.
+pub const MMIO_WINDOW_START: u64 = 0xC000_0000;
+/// The capsa control registers (see [`control`]).
+pub const CONTROL_MMIO_BASE: u64 = MMIO_WINDOW_START;
+pub const CONTROL_MMIO_SIZE: u64 = 0x1000;
+/// First virtio-mmio device; device `i` is at `VIRTIO_MMIO_BASE + i * VIRTIO_MMIO_SIZE`.
+pub const VIRTIO_MMIO_BASE: u64 = MMIO_WINDOW_START + 0x1000;
+pub const VIRTIO_MMIO_SIZE: u64 = 0x1000;
+pub const MAX_DEVICES: usize = 16;
+
+/// Virtio device ids (virtio spec 1.2, section 5).
+pub const VIRTIO_ID_CONSOLE: u32 = 3;
+pub const VIRTIO_ID_FS: u32 = 26;
+
+/// What a device is for, beyond its virtio type.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceRole {
+    /// Console whose receive queue is the process's stdin and transmit queue its stdout.
+    Stdio = 1,
+    /// Console whose transmit queue is the process's stderr (receive queue unused).
+    Stderr = 2,
+    /// virtio-fs device serving the container's root filesystem.
+    RootFs = 3,
+    /// virtio-fs device serving one bind mount; its destination is in the process spec.
+    Mount = 4,
+}
+
+impl DeviceRole {
+    pub fn from_u32(value: u32) -> Option<Self> {
+        match value {
+            1 => Some(Self::Stdio),
+            2 => Some(Self::Stderr),
+            3 => Some(Self::RootFs),
+            4 => Some(Self::Mount),
+            _ => None,
+        }
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// Virtio device id ([`VIRTIO_ID_CONSOLE`], [`VIRTIO_ID_FS`]).
+    pub virtio_id: u32,
+    /// A [`DeviceRole`] value.
+    pub role: u32,
+    pub mmio_base: u64,
+    pub mmio_size: u64,
+}
+
+/// Set in [`BootInfo::flags`]: print every unknown syscall number to the debug log.
+pub const FLAG_DEBUG_SYSCALLS: u32 = 1;
+/// Set in [`BootInfo::flags`]: the root filesystem is mounted read-only.
+pub const FLAG_ROOTFS_READONLY: u32 = 2;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BootInfo {
+    pub magic: u64,
+    pub version: u32,
+    /// `FLAG_*` bits.
+    pub flags: u32,
+    /// Guest RAM is guest-physical `[0, ram_size)`.
+    pub ram_size: u64,
+    /// First page-aligned byte of RAM above the kernel image; everything from
+    /// here to `ram_size` is free for the guest.
+    pub free_start: u64,
+    /// Guest-physical address and length of the encoded process spec
+    /// (see [`process`]), inside the boot data region.
+    pub process_spec_addr: u64,
+    pub process_spec_len: u64,
+    /// Host TSC frequency in kHz (0 if unknown; then use the control clock registers).
+    pub tsc_khz: u64,
+    pub device_count: u32,
+    pub _reserved: u32,
+    pub devices: [DeviceInfo; MAX_DEVICES],
+}
+
+impl BootInfo {
+    pub fn new(ram_size: u64, free_start: u64) -> Self {
+        Self {
+            magic: BOOT_INFO_MAGIC,
+            version: BOOT_INFO_VERSION,
+            flags: 0,
+            ram_size,
+            free_start,
+            process_spec_addr: 0,
+            process_spec_len: 0,
+            tsc_khz: 0,
+            device_count: 0,
+            _reserved: 0,
+            devices: [DeviceInfo::default(); MAX_DEVICES],
+        }
+    }
+
+    /// The listed devices (never more than [`MAX_DEVICES`], whatever `device_count` says).
+    pub fn devices(&self) -> &[DeviceInfo] {
+        let count = (self.device_count as usize).min(MAX_DEVICES);
+        &self.devices[..count]
+    }
+
+    pub fn is_valid(&self) -> bool {
+        self.magic == BOOT_INFO_MAGIC && self.version == BOOT_INFO_VERSION
+    }
+}
+
+/// Registers of the capsa control device at [`CONTROL_MMIO_BASE`]. All are
+/// 64-bit, accessed with a single aligned 8-byte (or 4-byte for writes of
+/// small values) load or store.
+pub mod control {
+    /// Read: [`MAGIC_VALUE`].
+    pub const MAGIC: u64 = 0x00;
+    pub const MAGIC_VALUE: u64 = u64::from_le_bytes(*b"capsaCTL");
+    /// Write: the process exited with this code (low 8 bits used); the VM stops.
+    pub const EXIT_CODE: u64 = 0x08;
+    /// Write: the process was killed by this signal number; the VM stops and
+    /// the VMM exits with 128 + signal.
+    pub const EXIT_SIGNAL: u64 = 0x10;
+    /// Read: host `CLOCK_REALTIME` in nanoseconds.
+    pub const REALTIME_NS: u64 = 0x18;
+    /// Read: host `CLOCK_MONOTONIC` in nanoseconds.
+    pub const MONOTONIC_NS: u64 = 0x20;
+    /// Write: block the vCPU for up to this many nanoseconds, or until a
+    /// device has input for the guest (stdin readable), whichever comes
+    /// first. `u64::MAX` waits without a timeout.
+    pub const IDLE_NS: u64 = 0x28;
+    /// Write: guest-physical address of a debug message.
+    pub const DEBUG_ADDR: u64 = 0x30;
+    /// Write: length of the debug message at `DEBUG_ADDR`; the VMM logs it.
+    pub const DEBUG_LEN: u64 = 0x38;
+    /// Write: the guest kernel hit an unrecoverable error; the message is the
+    /// last one written through `DEBUG_*`. The VMM stops and fails the run.
+    pub const PANIC: u64 = 0x40;
+    /// Read: 1 if the process's stdin has data or end-of-file pending.
+    pub const STDIN_READY: u64 = 0x48;
+}

@@ -1,0 +1,1 @@
+//! The capsa guest kernel (being built).

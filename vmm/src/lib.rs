@@ -1,0 +1,1 @@
+//! The capsa KVM microVM monitor (being built).
