@@ -1,1 +1,129 @@
-//! The capsa KVM microVM monitor (being built).
+//! The capsa KVM microVM monitor.
+//!
+//! [`run`] boots the capsa guest kernel in a one-vCPU KVM virtual machine,
+//! serves its devices (control registers, virtio-console, virtio-fs) from the
+//! calling thread, and returns how the guest's process ended. The contract
+//! with the guest (entry state, memory layout, device map, process spec) is
+//! the `capsa-abi` crate.
+//!
+//! Code map: [`vm`] creates the VM and lays out boot data, [`memory`] owns
+//! guest RAM, [`vcpu`] runs the vCPU and dispatches its exits to the [`bus`],
+//! [`devices`] holds the control device and the virtio devices, [`seccomp`]
+//! confines the VMM before it runs guest code.
+
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+pub mod bus;
+pub mod devices;
+mod hostio;
+pub mod memory;
+pub mod seccomp;
+pub mod vcpu;
+pub mod vm;
+
+use std::borrow::Cow;
+use std::path::PathBuf;
+
+/// Memory the VMM itself needs beside guest RAM (its code, heap, the FUSE
+/// server's state, KVM's per-VM kernel allocations). A runtime that enforces
+/// a memory limit on the whole VMM process gives the guest
+/// `limit - VMM_MEMORY_ALLOWANCE` bytes of RAM.
+pub const VMM_MEMORY_ALLOWANCE: u64 = 32 << 20;
+
+/// Guest RAM used when nothing else is asked for.
+pub const DEFAULT_RAM_SIZE: u64 = 256 << 20;
+
+/// One resource limit of the process (`RLIMIT_*` number, `u64::MAX` = unlimited).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rlimit {
+    pub resource: u32,
+    pub soft: u64,
+    pub hard: u64,
+}
+
+/// What the guest runs and how, from the OCI `process` and `linux` sections.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProcessSpec {
+    pub args: Vec<String>,
+    /// `KEY=VALUE` strings.
+    pub env: Vec<String>,
+    pub cwd: String,
+    pub hostname: String,
+    pub domainname: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub additional_gids: Vec<u32>,
+    pub umask: Option<u32>,
+    pub rlimits: Vec<Rlimit>,
+    pub no_new_privileges: bool,
+    pub pids_limit: Option<u64>,
+}
+
+/// A host directory served to the guest and mounted at `destination`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SharedDir {
+    pub source: PathBuf,
+    pub destination: String,
+    pub readonly: bool,
+}
+
+/// Everything one microVM run needs.
+#[derive(Clone, Debug)]
+pub struct VmConfig {
+    /// The guest kernel ELF.
+    pub kernel: Cow<'static, [u8]>,
+    /// Bytes of guest RAM (rounded down to 2 MiB, at most `capsa_abi::MAX_RAM_SIZE`).
+    pub ram_size: u64,
+    /// Number of vCPUs; only 1 is supported.
+    pub vcpus: u8,
+    pub process: ProcessSpec,
+    pub rootfs: PathBuf,
+    pub rootfs_readonly: bool,
+    pub mounts: Vec<SharedDir>,
+    /// Ask the guest to log every unknown syscall.
+    pub debug_syscalls: bool,
+    /// Install the VMM's seccomp allowlist before running guest code.
+    pub seccomp: bool,
+}
+
+/// How the guest's process ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GuestExit {
+    /// It exited with this status.
+    Code(u8),
+    /// It was killed by this signal.
+    Signal(i32),
+}
+
+impl GuestExit {
+    /// The exit status a shell would report (`128 + signal` for a signal).
+    pub fn status(self) -> i32 {
+        match self {
+            GuestExit::Code(code) => i32::from(code),
+            GuestExit::Signal(signal) => 128 + signal,
+        }
+    }
+}
+
+/// Why a microVM run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The virtual machine could not be set up.
+    #[error("cannot set up the virtual machine")]
+    Setup(#[from] vm::Error),
+    /// The VMM's seccomp filter could not be installed.
+    #[error("cannot confine the VMM with seccomp")]
+    Seccomp(#[from] seccomp::Error),
+    /// The guest stopped abnormally.
+    #[error("the guest failed")]
+    Guest(#[from] vcpu::Error),
+}
+
+/// Boots the guest described by `config` and blocks until its process exits.
+pub fn run(config: VmConfig) -> Result<GuestExit, Error> {
+    let mut machine = vm::Vm::new(&config)?;
+    if config.seccomp {
+        seccomp::install()?;
+    }
+    Ok(machine.run()?)
+}

@@ -1,0 +1,204 @@
+//! The capsa control registers (`capsa_abi::control`): exit status, clocks,
+//! idling, debug log and panic.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use capsa_abi::control as reg;
+use vm_memory::{Bytes, GuestAddress};
+
+use super::Stdin;
+use crate::bus::{Action, BusDevice};
+use crate::memory::GuestMemory;
+use crate::GuestExit;
+
+/// Longest debug message the VMM copies out of the guest.
+pub const MAX_DEBUG_LEN: usize = 4096;
+
+/// Prefix of every guest debug line on the VMM's stderr.
+pub const DEBUG_PREFIX: &str = "capsa-guest: ";
+
+pub struct Control {
+    mem: GuestMemory,
+    stdin: Rc<Stdin>,
+    debug_addr: u64,
+    last_message: String,
+    /// Where debug lines go (the VMM's stderr outside tests).
+    log: Box<dyn FnMut(&str)>,
+}
+
+fn clock_ns(clock: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec for clock_gettime to fill.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    (ts.tv_sec as u64)
+        .wrapping_mul(1_000_000_000)
+        .wrapping_add(ts.tv_nsec as u64)
+}
+
+/// Little-endian value of an access of 1 to 8 bytes.
+fn value_of(data: &[u8]) -> u64 {
+    let mut bytes = [0u8; 8];
+    let n = data.len().min(8);
+    bytes[..n].copy_from_slice(&data[..n]);
+    u64::from_le_bytes(bytes)
+}
+
+impl Control {
+    pub fn new(mem: GuestMemory, stdin: Rc<Stdin>) -> Self {
+        Self::with_log(
+            mem,
+            stdin,
+            Box::new(|line| eprintln!("{DEBUG_PREFIX}{line}")),
+        )
+    }
+
+    pub fn with_log(mem: GuestMemory, stdin: Rc<Stdin>, log: Box<dyn FnMut(&str)>) -> Self {
+        Self {
+            mem,
+            stdin,
+            debug_addr: 0,
+            last_message: String::new(),
+            log,
+        }
+    }
+
+    fn debug_message(&mut self, len: u64) {
+        let len = usize::try_from(len)
+            .unwrap_or(usize::MAX)
+            .min(MAX_DEBUG_LEN);
+        let mut buf = vec![0u8; len];
+        let message = match self.mem.read_slice(&mut buf, GuestAddress(self.debug_addr)) {
+            Ok(()) => String::from_utf8_lossy(&buf).into_owned(),
+            Err(_) => format!(
+                "<debug message at {:#x}+{len:#x} is outside guest RAM>",
+                self.debug_addr
+            ),
+        };
+        for line in message.trim_end_matches('\n').split('\n') {
+            (self.log)(line);
+        }
+        self.last_message = message;
+    }
+}
+
+impl BusDevice for Control {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        let value = match offset {
+            reg::MAGIC => reg::MAGIC_VALUE,
+            reg::REALTIME_NS => clock_ns(libc::CLOCK_REALTIME),
+            reg::MONOTONIC_NS => clock_ns(libc::CLOCK_MONOTONIC),
+            reg::STDIN_READY => u64::from(self.stdin.ready()),
+            _ => 0,
+        };
+        let bytes = value.to_le_bytes();
+        let n = data.len().min(8);
+        data[..n].copy_from_slice(&bytes[..n]);
+        data[n..].fill(0);
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) -> Action {
+        let value = value_of(data);
+        match offset {
+            reg::EXIT_CODE => Action::Exit(GuestExit::Code(value as u8)),
+            reg::EXIT_SIGNAL => Action::Exit(GuestExit::Signal((value & 0x7f) as i32)),
+            reg::IDLE_NS => Action::Idle((value != u64::MAX).then(|| Duration::from_nanos(value))),
+            reg::DEBUG_ADDR => {
+                self.debug_addr = value;
+                Action::Continue
+            }
+            reg::DEBUG_LEN => {
+                self.debug_message(value);
+                Action::Continue
+            }
+            reg::PANIC => Action::Panic(self.last_message.clone()),
+            _ => Action::Continue,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+
+    fn control() -> (Control, Rc<RefCell<Vec<String>>>) {
+        let mem = crate::memory::create(8 << 20).unwrap();
+        let lines = Rc::new(RefCell::new(Vec::new()));
+        let sink = lines.clone();
+        // A descriptor that is never readable: a pipe whose write end stays open.
+        let mut fds = [0; 2];
+        // SAFETY: `fds` has room for two descriptors.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        let control = Control::with_log(
+            mem,
+            Rc::new(Stdin::new(fds[0])),
+            Box::new(move |l| sink.borrow_mut().push(l.to_string())),
+        );
+        (control, lines)
+    }
+
+    fn read64(c: &mut Control, offset: u64) -> u64 {
+        let mut data = [0u8; 8];
+        c.read(offset, &mut data);
+        u64::from_le_bytes(data)
+    }
+
+    #[test]
+    fn registers() {
+        let (mut c, _) = control();
+        assert_eq!(read64(&mut c, reg::MAGIC), reg::MAGIC_VALUE);
+        let a = read64(&mut c, reg::MONOTONIC_NS);
+        let b = read64(&mut c, reg::MONOTONIC_NS);
+        assert!(a > 0 && b >= a);
+        assert!(read64(&mut c, reg::REALTIME_NS) > 1_600_000_000 * 1_000_000_000);
+        assert_eq!(read64(&mut c, reg::STDIN_READY), 0);
+        assert_eq!(read64(&mut c, 0x7f8), 0);
+        let mut short = [0xffu8; 4];
+        c.read(reg::MAGIC, &mut short);
+        assert_eq!(short, *b"caps");
+
+        assert_eq!(
+            c.write(reg::EXIT_CODE, &300u32.to_le_bytes()),
+            Action::Exit(GuestExit::Code(44))
+        );
+        assert_eq!(
+            c.write(reg::EXIT_SIGNAL, &9u64.to_le_bytes()),
+            Action::Exit(GuestExit::Signal(9))
+        );
+        assert_eq!(
+            c.write(reg::IDLE_NS, &u64::MAX.to_le_bytes()),
+            Action::Idle(None)
+        );
+        assert_eq!(
+            c.write(reg::IDLE_NS, &1500u64.to_le_bytes()),
+            Action::Idle(Some(Duration::from_nanos(1500)))
+        );
+        assert_eq!(c.write(0x7f8, &[1]), Action::Continue);
+    }
+
+    #[test]
+    fn debug_messages_are_bounded_and_checked() {
+        let (mut c, lines) = control();
+        c.mem
+            .write_slice(b"hello\nworld\n", GuestAddress(0x5000))
+            .unwrap();
+        c.write(reg::DEBUG_ADDR, &0x5000u64.to_le_bytes());
+        c.write(reg::DEBUG_LEN, &12u64.to_le_bytes());
+        assert_eq!(*lines.borrow(), ["hello", "world"]);
+        assert_eq!(
+            c.write(reg::PANIC, &[1]),
+            Action::Panic("hello\nworld\n".into())
+        );
+
+        // A huge length is capped; an address past RAM is reported, not read.
+        c.write(reg::DEBUG_LEN, &u64::MAX.to_le_bytes());
+        assert_eq!(c.last_message.len(), MAX_DEBUG_LEN);
+        c.write(reg::DEBUG_ADDR, &(u64::MAX - 3).to_le_bytes());
+        c.write(reg::DEBUG_LEN, &16u64.to_le_bytes());
+        assert!(lines.borrow().last().unwrap().contains("outside guest RAM"));
+    }
+}

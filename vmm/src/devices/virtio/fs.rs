@@ -1,0 +1,268 @@
+//! virtio-fs (virtio 1.2 section 5.11): FUSE requests from the guest served
+//! from one host directory by fuse-backend-rs's passthrough file system.
+//!
+//! Queue 0 is the high-priority queue, queue 1 the single request queue; both
+//! are served the same way, synchronously, during the notification exit.
+//!
+//! Confinement: the passthrough file system resolves every request relative
+//! to inode descriptors it opened under the served directory, one path
+//! component at a time (names with `/` are refused, `..` of the root is the
+//! root, symlinks are never followed on the host: the guest reads them and
+//! resolves them itself). Before a request reaches it, [`screen`] refuses
+//! opcodes this device does not serve and, for a read-only directory, every
+//! request that would modify it (`EROFS`).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use fuse_backend_rs::abi::fuse_abi::{InHeader, Opcode, OutHeader};
+use fuse_backend_rs::api::server::Server;
+use fuse_backend_rs::passthrough::{CachePolicy, Config, PassthroughFs};
+use fuse_backend_rs::transport::{Reader, VirtioFsWriter};
+use virtio_queue::{DescriptorChain, Queue};
+use vm_memory::{ByteValued, Bytes};
+
+use super::{queue, VirtioDevice};
+use crate::memory::GuestMemory;
+
+pub const HIPRIO_QUEUE: usize = 0;
+pub const REQUEST_QUEUE: usize = 1;
+pub const QUEUE_SIZE: u16 = 256;
+/// Longest tag (virtio 1.2 section 5.11.4).
+pub const TAG_LEN: usize = 36;
+
+/// Why a directory cannot be served.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The path is not valid UTF-8 or contains a NUL byte.
+    #[error("the path cannot be passed to the FUSE server")]
+    BadPath,
+    /// The directory does not exist or cannot be resolved.
+    #[error("cannot resolve the directory")]
+    Resolve(#[source] std::io::Error),
+    /// The passthrough file system could not open it.
+    #[error("cannot open the directory for serving")]
+    Open(#[source] std::io::Error),
+    /// The tag is longer than virtio-fs allows.
+    #[error("tag {0:?} is longer than {TAG_LEN} bytes")]
+    TagTooLong(String),
+}
+
+type Passthrough = PassthroughFs<()>;
+
+pub struct Fs {
+    server: Server<Arc<Passthrough>>,
+    readonly: bool,
+    config: [u8; TAG_LEN + 4],
+}
+
+/// What to do with a request before the server sees it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Serve,
+    /// Answer with this errno.
+    Refuse(i32),
+}
+
+/// Decides whether a request with this header (and, for OPEN, these open
+/// flags) may reach the server.
+pub fn screen(opcode: u32, open_flags: Option<u32>, readonly: bool) -> Verdict {
+    use Opcode as O;
+    let served = [
+        O::Lookup,
+        O::Forget,
+        O::Getattr,
+        O::Setattr,
+        O::Readlink,
+        O::Symlink,
+        O::Mknod,
+        O::Mkdir,
+        O::Unlink,
+        O::Rmdir,
+        O::Rename,
+        O::Link,
+        O::Open,
+        O::Read,
+        O::Write,
+        O::Statfs,
+        O::Release,
+        O::Fsync,
+        O::Setxattr,
+        O::Getxattr,
+        O::Listxattr,
+        O::Removexattr,
+        O::Flush,
+        O::Init,
+        O::Opendir,
+        O::Readdir,
+        O::Releasedir,
+        O::Fsyncdir,
+        O::Getlk,
+        O::Setlk,
+        O::Setlkw,
+        O::Access,
+        O::Create,
+        O::Interrupt,
+        O::Destroy,
+        O::BatchForget,
+        O::Fallocate,
+        O::Readdirplus,
+        O::Rename2,
+        O::Lseek,
+    ];
+    if !served.iter().any(|&o| o as u32 == opcode) {
+        return Verdict::Refuse(libc::ENOSYS);
+    }
+    if !readonly {
+        return Verdict::Serve;
+    }
+    let modifies = [
+        O::Setattr,
+        O::Symlink,
+        O::Mknod,
+        O::Mkdir,
+        O::Unlink,
+        O::Rmdir,
+        O::Rename,
+        O::Link,
+        O::Write,
+        O::Setxattr,
+        O::Removexattr,
+        O::Create,
+        O::Fallocate,
+        O::Rename2,
+    ];
+    if modifies.iter().any(|&o| o as u32 == opcode) {
+        return Verdict::Refuse(libc::EROFS);
+    }
+    if opcode == O::Open as u32 {
+        let flags = open_flags.unwrap_or(0) as i32;
+        if flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0 {
+            return Verdict::Refuse(libc::EROFS);
+        }
+    }
+    Verdict::Serve
+}
+
+/// Reads the first `buf.len()` device-readable bytes of a chain.
+fn peek(chain: &DescriptorChain<&GuestMemory>, mem: &GuestMemory, buf: &mut [u8]) -> usize {
+    let mut done = 0;
+    for desc in chain.clone().readable() {
+        if done == buf.len() {
+            break;
+        }
+        let take = (desc.len() as usize).min(buf.len() - done);
+        if mem
+            .read_slice(&mut buf[done..done + take], desc.addr())
+            .is_err()
+        {
+            break;
+        }
+        done += take;
+    }
+    done
+}
+
+impl Fs {
+    /// Serves `dir` under `tag`; with `readonly`, modifications fail with `EROFS`.
+    pub fn new(dir: &Path, tag: &str, readonly: bool) -> Result<Self, Error> {
+        if tag.len() > TAG_LEN {
+            return Err(Error::TagTooLong(tag.to_string()));
+        }
+        let dir = dir.canonicalize().map_err(Error::Resolve)?;
+        let root_dir = dir.to_str().ok_or(Error::BadPath)?.to_string();
+        if root_dir.contains('\0') {
+            return Err(Error::BadPath);
+        }
+        let cfg = Config {
+            root_dir,
+            do_import: true,
+            xattr: false,
+            writeback: false,
+            cache_policy: CachePolicy::Always,
+            ..Default::default()
+        };
+        let fs = Passthrough::new(cfg).map_err(Error::Open)?;
+        fs.import().map_err(Error::Open)?;
+        let mut config = [0u8; TAG_LEN + 4];
+        config[..tag.len()].copy_from_slice(tag.as_bytes());
+        config[TAG_LEN..].copy_from_slice(&1u32.to_le_bytes());
+        Ok(Self {
+            server: Server::new(Arc::new(fs)),
+            readonly,
+            config,
+        })
+    }
+
+    /// Serves one request; returns the number of bytes written to the guest.
+    fn serve(&self, chain: DescriptorChain<&GuestMemory>, mem: &GuestMemory) -> u32 {
+        let mut head = [0u8; std::mem::size_of::<InHeader>() + 8];
+        let got = peek(&chain, mem, &mut head);
+        let Some(header) = head
+            .get(..std::mem::size_of::<InHeader>())
+            .filter(|_| got >= std::mem::size_of::<InHeader>())
+            .and_then(InHeader::from_slice)
+            .copied()
+        else {
+            return 0; // not even a header: nothing to answer
+        };
+        let open_flags = (got >= head.len()).then(|| {
+            let at = std::mem::size_of::<InHeader>();
+            u32::from_le_bytes([head[at], head[at + 1], head[at + 2], head[at + 3]])
+        });
+        match screen(header.opcode, open_flags, self.readonly) {
+            Verdict::Serve => {
+                let Ok(reader) = Reader::from_descriptor_chain(mem, chain.clone()) else {
+                    return 0;
+                };
+                let Ok(writer) = VirtioFsWriter::new(mem, chain) else {
+                    return 0;
+                };
+                // Errors here are malformed requests the server could not
+                // even answer; the buffer goes back empty.
+                self.server
+                    .handle_message(reader, writer.into(), None, None)
+                    .map_or(0, |n| u32::try_from(n).unwrap_or(0))
+            }
+            Verdict::Refuse(errno) => {
+                let reply = OutHeader {
+                    len: std::mem::size_of::<OutHeader>() as u32,
+                    error: -errno,
+                    unique: header.unique,
+                };
+                let Ok(mut writer) = VirtioFsWriter::new(mem, chain) else {
+                    return 0;
+                };
+                match writer.write_obj(reply) {
+                    Ok(()) => reply.len,
+                    Err(_) => 0,
+                }
+            }
+        }
+    }
+}
+
+impl VirtioDevice for Fs {
+    fn device_type(&self) -> u32 {
+        capsa_abi::VIRTIO_ID_FS
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE, QUEUE_SIZE]
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        super::read_config_bytes(&self.config, offset, data);
+    }
+
+    fn process_queue(&mut self, _index: usize, queue: &mut Queue, mem: &GuestMemory) {
+        while let Some(chain) = queue::pop(queue, mem) {
+            let head = chain.head_index();
+            let len = self.serve(chain, mem);
+            queue::add_used(queue, mem, head, len);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
