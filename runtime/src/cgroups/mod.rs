@@ -539,3 +539,499 @@ pub fn blkio_weight_to_io_weight(weight: u64) -> u64 {
     }
     1 + (weight.clamp(10, 1000) - 10) * 9999 / 990
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    fn res(json: &str) -> LinuxResources {
+        serde_json::from_str(json).unwrap()
+    }
+
+    fn touch(dir: &Path, files: &[(&str, &str)]) {
+        for (f, v) in files {
+            fs::write(dir.join(f), v).unwrap();
+        }
+    }
+
+    fn read(p: impl AsRef<Path>) -> String {
+        fs::read_to_string(p).unwrap()
+    }
+
+    #[test]
+    fn path_computation() {
+        let p = |c: Option<&str>| relative_path(c, "ctr1").map(|p| p.display().to_string());
+        assert_eq!(p(None).unwrap(), "capsa/ctr1");
+        assert_eq!(p(Some("")).unwrap(), "capsa/ctr1");
+        assert_eq!(p(Some("/a/b/c")).unwrap(), "a/b/c");
+        assert_eq!(p(Some("a/b")).unwrap(), "a/b");
+        assert_eq!(p(Some("/a//./b/")).unwrap(), "a/b");
+        assert_eq!(
+            p(Some("machine.slice:capsa:abc")).unwrap(),
+            "machine.slice/capsa-abc.scope"
+        );
+        assert_eq!(
+            p(Some(":capsa:abc")).unwrap(),
+            "system.slice/capsa-abc.scope"
+        );
+        assert_eq!(p(Some("user.slice::abc")).unwrap(), "user.slice/abc.scope");
+        // An absolute path with colons is a plain path.
+        assert_eq!(p(Some("/a:b:c")).unwrap(), "a:b:c");
+        assert!(p(Some("/a/../../etc")).is_err());
+        assert!(p(Some("/")).is_err());
+        assert!(p(Some("s:p:")).is_err());
+        assert!(relative_path(None, "../x").is_err());
+        assert_eq!(
+            relative_path(Some("/../x"), "c").unwrap_err().to_string(),
+            "linux.cgroupsPath \"/../x\" is invalid: '..' would leave the cgroup hierarchy"
+        );
+    }
+
+    #[test]
+    fn conversions_match_runc() {
+        assert_eq!(shares_to_weight(2), 1);
+        assert_eq!(shares_to_weight(1024), 39);
+        assert_eq!(shares_to_weight(262_144), 10_000);
+        assert_eq!(blkio_weight_to_io_weight(10), 1);
+        assert_eq!(blkio_weight_to_io_weight(500), 4950);
+        assert_eq!(blkio_weight_to_io_weight(1000), 10_000);
+    }
+
+    fn v2_fixture(controllers: &str) -> tempfile::TempDir {
+        let t = tempfile::tempdir().unwrap();
+        touch(
+            t.path(),
+            &[
+                ("cgroup.controllers", controllers),
+                ("cgroup.subtree_control", "cpu"),
+                ("cgroup.procs", ""),
+            ],
+        );
+        t
+    }
+
+    #[test]
+    fn v2_create_update_delete() {
+        let t = v2_fixture("cpuset cpu io memory pids");
+        let root = t.path();
+        assert_eq!(detect(root).unwrap(), Version::V2);
+        // An existing parent that is not ours.
+        fs::create_dir(root.join("a")).unwrap();
+        touch(&root.join("a"), &[("cgroup.subtree_control", "")]);
+
+        let cg = Cgroup::create_at(root, Some("/a/b/c"), "id", None).unwrap();
+        assert_eq!(cg.version(), Version::V2);
+        assert_eq!(cg.paths(), vec![root.join("a/b/c")]);
+        assert_eq!(
+            cg.hierarchies()[0].created,
+            vec![root.join("a/b"), root.join("a/b/c")]
+        );
+        // Survives the state file round trip.
+        let cg: Cgroup = serde_json::from_str(&serde_json::to_string(&cg).unwrap()).unwrap();
+
+        let leaf = root.join("a/b/c");
+        touch(&root.join("a/b"), &[("cgroup.subtree_control", "")]);
+        touch(
+            &leaf,
+            &[
+                ("memory.max", "max"),
+                ("memory.swap.max", "max"),
+                ("memory.low", "0"),
+                ("cpu.weight", "100"),
+                ("cpu.max", "max 100000"),
+                ("cpuset.cpus", ""),
+                ("pids.max", "max"),
+                ("io.weight", "default 100"),
+                ("io.max", ""),
+                ("cgroup.procs", ""),
+                ("cgroup.freeze", "0"),
+                ("cgroup.events", "populated 1\nfrozen 1\n"),
+                ("memory.events", "low 0\noom 1\noom_kill 2\n"),
+            ],
+        );
+        cg.update(&res(r#"{
+            "memory": {"limit": 104857600, "swap": 157286400, "reservation": 1048576, "kernel": 5},
+            "cpu": {"shares": 1024, "quota": 50000, "cpus": "0"},
+            "pids": {"limit": -1},
+            "blockIO": {"weight": 500, "throttleReadBpsDevice": [{"major": 8, "minor": 0, "rate": 1000}]}
+        }"#))
+        .unwrap();
+        assert_eq!(read(leaf.join("memory.max")), "104857600");
+        assert_eq!(read(leaf.join("memory.swap.max")), "52428800");
+        assert_eq!(read(leaf.join("memory.low")), "1048576");
+        assert_eq!(read(leaf.join("cpu.weight")), "39");
+        assert_eq!(read(leaf.join("cpu.max")), "50000 100000");
+        assert_eq!(read(leaf.join("cpuset.cpus")), "0");
+        assert_eq!(read(leaf.join("pids.max")), "max");
+        assert_eq!(read(leaf.join("io.weight")), "4950");
+        assert_eq!(read(leaf.join("io.max")), "8:0 rbps=1000");
+        // cpu was enabled at the root already: only the others were added
+        // there (each write replaces the fixture file's content, so the last
+        // one shows). The leaf's own subtree_control is never touched.
+        assert_eq!(read(root.join("cgroup.subtree_control")), "+io");
+        assert_eq!(read(root.join("a/cgroup.subtree_control")), "+io");
+        assert_eq!(read(root.join("a/b/cgroup.subtree_control")), "+io");
+        assert!(!leaf.join("cgroup.subtree_control").exists());
+
+        // Only the period changes: the quota is kept.
+        cg.update(&res(r#"{"cpu": {"period": 200000}}"#)).unwrap();
+        assert_eq!(read(leaf.join("cpu.max")), "50000 200000");
+        cg.update(&res(r#"{"cpu": {"quota": -1}}"#)).unwrap();
+        assert_eq!(read(leaf.join("cpu.max")), "max 200000");
+
+        cg.add_process(4242).unwrap();
+        assert_eq!(read(leaf.join("cgroup.procs")), "4242");
+        fs::create_dir(leaf.join("sub")).unwrap();
+        touch(&leaf.join("sub"), &[("cgroup.procs", "7\n8\n")]);
+        assert_eq!(cg.pids().unwrap(), vec![7, 8, 4242]);
+        fs::remove_file(leaf.join("sub/cgroup.procs")).unwrap();
+
+        cg.freeze().unwrap();
+        assert_eq!(read(leaf.join("cgroup.freeze")), "1");
+        cg.thaw().unwrap();
+        assert_eq!(read(leaf.join("cgroup.freeze")), "0");
+        assert!(cg.oom_killed());
+
+        // Plain files cannot be in a real cgroup dir; drop them so rmdir
+        // works on the fixture.
+        for e in fs::read_dir(&leaf).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_file() {
+                fs::remove_file(e.path()).unwrap();
+            }
+        }
+        fs::remove_file(root.join("a/b/cgroup.subtree_control")).unwrap();
+        cg.delete().unwrap();
+        assert!(!root.join("a/b").exists());
+        assert!(root.join("a").exists(), "a/ was not created by capsa");
+    }
+
+    #[test]
+    fn v2_errors_name_the_field_and_leave_nothing() {
+        let t = v2_fixture("cpu memory");
+        let root = t.path();
+        let err = Cgroup::create_at(
+            root,
+            Some("/x/y"),
+            "id",
+            Some(&res(r#"{"pids": {"limit": 5}}"#)),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "linux.resources.pids.limit: not supported by this host (the pids controller is not in {}/cgroup.controllers)",
+                root.display()
+            )
+        );
+        assert!(!root.join("x").exists());
+
+        // The controller exists but the knob does not (fixture dirs are empty).
+        let err = Cgroup::create_at(
+            root,
+            Some("/x"),
+            "id",
+            Some(&res(r#"{"memory": {"limit": 5}}"#)),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "linux.resources.memory.limit: not supported by this host (no memory.max)"
+        );
+        assert!(!root.join("x").exists());
+
+        let err = Cgroup::create_at(
+            root,
+            Some("z"),
+            "id",
+            Some(&res(r#"{"memory": {"limit": 100, "swap": 50}}"#)),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "linux.resources.memory.swap: 50 is below memory.limit 100 (swap is the memory+swap limit)"
+        );
+        assert!(!root.join("z").exists());
+    }
+
+    fn v1_fixture() -> tempfile::TempDir {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path();
+        for d in [
+            "cpu,cpuacct",
+            "cpuset",
+            "memory",
+            "pids",
+            "blkio",
+            "freezer",
+            "devices",
+            "systemd",
+            "unified",
+        ] {
+            fs::create_dir(root.join(d)).unwrap();
+        }
+        symlink("cpu,cpuacct", root.join("cpu")).unwrap();
+        symlink("cpu,cpuacct", root.join("cpuacct")).unwrap();
+        touch(
+            &root.join("cpuset"),
+            &[("cpuset.cpus", "0-1\n"), ("cpuset.mems", "0\n")],
+        );
+        t
+    }
+
+    #[test]
+    fn v1_fixture_create_update_delete() {
+        let t = v1_fixture();
+        let root = t.path();
+        assert_eq!(detect(root).unwrap(), Version::V1);
+        let cg = Cgroup::create_at(root, None, "c1", None).unwrap();
+        let mut ctrls: Vec<String> = cg
+            .hierarchies()
+            .iter()
+            .map(|h| h.controllers.join(","))
+            .collect();
+        ctrls.sort();
+        assert_eq!(
+            ctrls,
+            [
+                "blkio",
+                "cpu,cpuacct",
+                "cpuset",
+                "devices",
+                "freezer",
+                "memory",
+                "pids"
+            ]
+        );
+        for h in cg.hierarchies() {
+            assert_eq!(h.path, h.root.join("capsa/c1"));
+            assert_eq!(
+                h.created,
+                vec![h.root.join("capsa"), h.root.join("capsa/c1")]
+            );
+        }
+        assert!(!root.join("systemd/capsa").exists());
+        assert!(!root.join("unified/capsa").exists());
+
+        let leaf = |c: &str| root.join(c).join("capsa/c1");
+        touch(
+            &leaf("memory"),
+            &[
+                ("memory.limit_in_bytes", "9223372036854771712"),
+                ("memory.memsw.limit_in_bytes", "9223372036854771712"),
+                ("memory.soft_limit_in_bytes", ""),
+                ("memory.swappiness", "60"),
+                (
+                    "memory.oom_control",
+                    "oom_kill_disable 0\nunder_oom 0\noom_kill 0\n",
+                ),
+            ],
+        );
+        touch(
+            &leaf("cpu"),
+            &[
+                ("cpu.shares", ""),
+                ("cpu.cfs_quota_us", ""),
+                ("cpu.cfs_period_us", ""),
+            ],
+        );
+        touch(&leaf("cpuset"), &[("cpuset.cpus", ""), ("cpuset.mems", "")]);
+        touch(&leaf("pids"), &[("pids.max", "")]);
+        touch(
+            &leaf("blkio"),
+            &[
+                ("blkio.bfq.weight", "100"),
+                ("blkio.throttle.write_iops_device", ""),
+            ],
+        );
+        touch(
+            &leaf("devices"),
+            &[("devices.allow", ""), ("devices.deny", "")],
+        );
+        touch(
+            &leaf("freezer"),
+            &[("freezer.state", "THAWED"), ("cgroup.procs", "12\n")],
+        );
+        cg.update(&res(r#"{
+            "memory": {"limit": 104857600, "swap": 209715200, "reservation": 1000, "swappiness": 10, "disableOOMKiller": true},
+            "cpu": {"shares": 512, "quota": 20000, "period": 100000, "cpus": "1", "mems": "0"},
+            "pids": {"limit": 0},
+            "blockIO": {"weight": 300, "throttleWriteIOPSDevice": [{"major": 8, "minor": 16, "rate": 50}]},
+            "devices": [{"allow": false, "access": "rwm"}, {"allow": true, "type": "c", "major": 4, "minor": 64}]
+        }"#))
+        .unwrap();
+        let m = leaf("memory");
+        assert_eq!(read(m.join("memory.limit_in_bytes")), "104857600");
+        assert_eq!(read(m.join("memory.memsw.limit_in_bytes")), "209715200");
+        assert_eq!(read(m.join("memory.soft_limit_in_bytes")), "1000");
+        assert_eq!(read(m.join("memory.swappiness")), "10");
+        assert_eq!(read(m.join("memory.oom_control")), "1");
+        assert_eq!(read(leaf("cpu").join("cpu.shares")), "512");
+        assert_eq!(read(leaf("cpu").join("cpu.cfs_quota_us")), "20000");
+        assert_eq!(read(leaf("cpu").join("cpu.cfs_period_us")), "100000");
+        assert_eq!(read(leaf("cpuset").join("cpuset.cpus")), "1");
+        assert_eq!(read(leaf("pids").join("pids.max")), "max");
+        assert_eq!(read(leaf("blkio").join("blkio.bfq.weight")), "300");
+        assert_eq!(
+            read(leaf("blkio").join("blkio.throttle.write_iops_device")),
+            "8:16 50"
+        );
+        assert_eq!(read(leaf("devices").join("devices.deny")), "a *:* rwm");
+        // The defaults come after the spec's rules (the fixture keeps the last).
+        assert_eq!(
+            read(leaf("devices").join("devices.allow")),
+            v1::DEFAULT_ALLOWED_DEVICES[v1::DEFAULT_ALLOWED_DEVICES.len() - 1]
+        );
+        assert!(!cg.oom_killed());
+
+        // pids come from the freezer hierarchy here (no cgroup.procs in pids).
+        touch(&leaf("pids"), &[("cgroup.procs", "12\n")]);
+        assert_eq!(cg.pids().unwrap(), vec![12]);
+
+        let err = cg
+            .update(&res(r#"{"blockIO": {"leafWeight": 10}}"#))
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "linux.resources.blockIO.leafWeight: not supported by this host (no blkio.leaf_weight)"
+        );
+        fs::remove_file(leaf("blkio").join("blkio.bfq.weight")).unwrap();
+        let err = cg
+            .update(&res(r#"{"blockIO": {"weight": 10}}"#))
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "linux.resources.blockIO.weight: not supported by this host (no blkio.weight or blkio.bfq.weight)"
+        );
+        let err = cg
+            .update(&res(r#"{"unified": {"memory.high": "5"}}"#))
+            .unwrap_err();
+        assert!(err
+            .to_string()
+            .starts_with("linux.resources.unified: not supported"));
+
+        for h in cg.hierarchies() {
+            for e in fs::read_dir(&h.path).unwrap() {
+                fs::remove_file(e.unwrap().path()).unwrap();
+            }
+        }
+        cg.delete().unwrap();
+        for c in [
+            "cpu,cpuacct",
+            "cpuset",
+            "memory",
+            "pids",
+            "blkio",
+            "freezer",
+            "devices",
+        ] {
+            assert!(!root.join(c).join("capsa").exists(), "{c}");
+        }
+    }
+
+    #[test]
+    fn v1_delete_keeps_shared_parent() {
+        let t = v1_fixture();
+        let root = t.path();
+        let a = Cgroup::create_at(root, None, "a", None).unwrap();
+        let b = Cgroup::create_at(root, None, "b", None).unwrap();
+        assert!(b.hierarchies()[0].created.len() == 1, "capsa/ was a's");
+        a.delete().unwrap();
+        assert!(root.join("memory/capsa/b").exists());
+        b.delete().unwrap();
+        assert!(!root.join("memory/capsa/b").exists());
+        // Created by a, which left it for b; nobody removes it now: harmless.
+        assert!(root.join("memory/capsa").exists());
+    }
+
+    #[test]
+    fn v1_missing_controller_fails_cleanly() {
+        let t = v1_fixture();
+        let root = t.path();
+        fs::remove_dir(root.join("pids")).unwrap();
+        let err = Cgroup::create_at(root, None, "c", Some(&res(r#"{"pids": {"limit": 3}}"#)))
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "linux.resources.pids.limit: not supported by this host (the pids cgroup controller is not mounted)"
+        );
+        assert!(!root.join("memory/capsa").exists());
+    }
+
+    /// A real cgroup on this (v1/hybrid) host, as root.
+    #[test]
+    fn v1_real_host() {
+        let root = Path::new(DEFAULT_ROOT);
+        if !nix::unistd::geteuid().is_root()
+            || !root.join("memory").is_dir()
+            || detect(root).ok() != Some(Version::V1)
+        {
+            eprintln!("skipped: needs root on a cgroup v1 host");
+            return;
+        }
+        let path = format!("/capsa-test-{}", std::process::id());
+
+        // A field the host lacks fails and leaves nothing behind.
+        let bad = res(r#"{"memory": {"limit": 67108864}, "blockIO": {"leafWeight": 100}}"#);
+        let err = Cgroup::create(Some(&path), "t", Some(&bad)).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("linux.resources.blockIO.leafWeight"),
+            "{err}"
+        );
+        assert!(!root.join("memory").join(&path[1..]).exists());
+
+        let cg = Cgroup::create(
+            Some(&path),
+            "t",
+            Some(&res(r#"{
+                "memory": {"limit": 67108864, "swap": 134217728, "reservation": 33554432},
+                "cpu": {"shares": 512, "quota": 20000, "period": 100000, "cpus": "0", "mems": "0"},
+                "pids": {"limit": 42},
+                "devices": [{"allow": false, "access": "rwm"}]
+            }"#)),
+        )
+        .unwrap();
+        let dir = |c: &str| root.join(c).join(&path[1..]);
+        let r = |c: &str, f: &str| read(dir(c).join(f)).trim().to_string();
+        assert_eq!(r("memory", "memory.limit_in_bytes"), "67108864");
+        assert_eq!(r("memory", "memory.memsw.limit_in_bytes"), "134217728");
+        assert_eq!(r("memory", "memory.soft_limit_in_bytes"), "33554432");
+        assert_eq!(r("cpu", "cpu.shares"), "512");
+        assert_eq!(r("cpu", "cpu.cfs_quota_us"), "20000");
+        assert_eq!(r("cpu", "cpu.cfs_period_us"), "100000");
+        assert_eq!(r("cpuset", "cpuset.cpus"), "0");
+        assert_eq!(r("pids", "pids.max"), "42");
+        assert!(r("devices", "devices.list").contains("c 1:3 rwm"));
+
+        cg.update(&res(
+            r#"{"pids": {"limit": -1}, "memory": {"limit": 33554432, "swap": 33554432}}"#,
+        ))
+        .unwrap();
+        assert_eq!(r("pids", "pids.max"), "max");
+        assert_eq!(r("memory", "memory.limit_in_bytes"), "33554432");
+        assert_eq!(r("memory", "memory.memsw.limit_in_bytes"), "33554432");
+
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = i32::try_from(child.id()).unwrap();
+        cg.add_process(pid).unwrap();
+        assert_eq!(cg.pids().unwrap(), vec![pid]);
+        cg.freeze().unwrap();
+        assert_eq!(r("freezer", "freezer.state"), "FROZEN");
+        cg.thaw().unwrap();
+        assert_eq!(r("freezer", "freezer.state"), "THAWED");
+        assert!(!cg.oom_killed());
+        child.kill().unwrap();
+        child.wait().unwrap();
+        cg.delete().unwrap();
+        for p in cg.paths() {
+            assert!(!p.exists(), "{}", p.display());
+        }
+    }
+}
