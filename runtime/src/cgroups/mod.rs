@@ -745,7 +745,7 @@ mod tests {
 
         let err = Cgroup::create_at(
             root,
-            Some("z"),
+            None,
             "id",
             Some(&res(r#"{"memory": {"limit": 100, "swap": 50}}"#)),
         )
@@ -754,7 +754,9 @@ mod tests {
             err.to_string(),
             "linux.resources.memory.swap: 50 is below memory.limit 100 (swap is the memory+swap limit)"
         );
-        assert!(!root.join("z").exists());
+        // Rejected before anything is written (the fixture lacks the
+        // subtree_control files a real capsa/ would have).
+        assert!(!root.join("capsa").exists());
     }
 
     fn v1_fixture() -> tempfile::TempDir {

@@ -534,3 +534,45 @@ pub(super) fn thaw(h: &Hierarchy) -> Result<(), CgroupError> {
         "resuming the container",
     )
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn device_rules() {
+        let rule = |j: &str| device_rule(&serde_json::from_str(j).unwrap());
+        assert_eq!(rule(r#"{"allow": false}"#).unwrap(), "a *:* rwm");
+        assert_eq!(
+            rule(r#"{"allow": true, "type": "c", "major": 1, "minor": 3, "access": "rw"}"#)
+                .unwrap(),
+            "c 1:3 rw"
+        );
+        assert_eq!(
+            rule(r#"{"allow": true, "type": "b", "major": 8, "minor": -1}"#).unwrap(),
+            "b 8:* rwm"
+        );
+        assert!(rule(r#"{"allow": true, "type": "p"}"#).is_err());
+        assert!(rule(r#"{"allow": true, "access": "rwx"}"#).is_err());
+    }
+
+    #[test]
+    fn new_cpuset_inherits_parent_cpus_and_mems() {
+        let t = tempfile::tempdir().unwrap();
+        let child = t.path().join("child");
+        fs::create_dir(&child).unwrap();
+        fs::write(t.path().join("cpuset.cpus"), "0-3\n").unwrap();
+        fs::write(t.path().join("cpuset.mems"), "0\n").unwrap();
+        fs::write(child.join("cpuset.cpus"), "\n").unwrap();
+        fs::write(child.join("cpuset.mems"), "1").unwrap();
+        inherit_cpuset(&child).unwrap();
+        assert_eq!(
+            fs::read_to_string(child.join("cpuset.cpus")).unwrap(),
+            "0-3"
+        );
+        // Already set: kept.
+        assert_eq!(fs::read_to_string(child.join("cpuset.mems")).unwrap(), "1");
+    }
+}

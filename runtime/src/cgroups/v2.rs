@@ -146,6 +146,10 @@ fn enable_controllers(h: &Hierarchy, controllers: &[(String, String)]) -> Result
 
 /// Applies the set fields of `r`.
 pub(super) fn apply(h: &Hierarchy, r: &LinuxResources) -> Result<(), CgroupError> {
+    // Reject inconsistent values before changing anything.
+    if let Some(m) = r.memory() {
+        limits(m, true)?;
+    }
     enable_controllers(h, &needed_controllers(r))?;
     let d = h.path.as_path();
     memory(d, r)?;
@@ -214,43 +218,7 @@ fn memory(d: &Path, r: &LinuxResources) -> Result<(), CgroupError> {
             v.to_string()
         }
     };
-    // 0 means unset, as in runc.
-    let limit = m.limit().filter(|&v| v != 0);
-    let swap = m.swap().filter(|&v| v != 0);
-    for (v, field) in [(limit, LIMIT), (swap, SWAP)] {
-        if let Some(v) = v.filter(|&v| v < -1) {
-            return Err(CgroupError::InvalidValue {
-                field: field.into(),
-                reason: format!("{v} is neither a byte count nor -1 (unlimited)"),
-            });
-        }
-    }
-    // The spec's swap is memory+swap (v1 memsw); v2's memory.swap.max is the
-    // swap alone. Same conversion as runc.
-    let swap_max = match (limit, swap) {
-        (_, Some(-1)) => Some(-1),
-        (Some(-1), None) if d.join("memory.swap.max").exists() => Some(-1),
-        (_, None) => None,
-        (None, Some(_)) => {
-            return Err(CgroupError::InvalidValue {
-                field: SWAP.into(),
-                reason: "a swap limit needs a memory limit too".into(),
-            })
-        }
-        (Some(-1), Some(s)) => {
-            return Err(CgroupError::InvalidValue {
-                field: SWAP.into(),
-                reason: format!("{s} is finite while memory.limit is unlimited"),
-            })
-        }
-        (Some(l), Some(s)) if s < l => {
-            return Err(CgroupError::InvalidValue {
-                field: SWAP.into(),
-                reason: format!("{s} is below memory.limit {l} (swap is the memory+swap limit)"),
-            })
-        }
-        (Some(l), Some(s)) => Some(s - l),
-    };
+    let (limit, swap_max) = limits(m, d.join("memory.swap.max").exists())?;
     if let Some(s) = swap_max {
         set(d, "memory.swap.max", &max(s), SWAP)?;
     }
@@ -279,6 +247,53 @@ fn memory(d: &Path, r: &LinuxResources) -> Result<(), CgroupError> {
     }
     // kernel/kernelTCP: ignored, kernel memory is always accounted in v2.
     Ok(())
+}
+
+/// The memory.max and memory.swap.max values for `m`, validated.
+fn limits(
+    m: &oci_spec::runtime::LinuxMemory,
+    has_swap: bool,
+) -> Result<(Option<i64>, Option<i64>), CgroupError> {
+    const LIMIT: &str = "linux.resources.memory.limit";
+    const SWAP: &str = "linux.resources.memory.swap";
+    // 0 means unset, as in runc.
+    let limit = m.limit().filter(|&v| v != 0);
+    let swap = m.swap().filter(|&v| v != 0);
+    for (v, field) in [(limit, LIMIT), (swap, SWAP)] {
+        if let Some(v) = v.filter(|&v| v < -1) {
+            return Err(CgroupError::InvalidValue {
+                field: field.into(),
+                reason: format!("{v} is neither a byte count nor -1 (unlimited)"),
+            });
+        }
+    }
+    // The spec's swap is memory+swap (v1 memsw); v2's memory.swap.max is the
+    // swap alone. Same conversion as runc.
+    let swap_max = match (limit, swap) {
+        (_, Some(-1)) => Some(-1),
+        (Some(-1), None) if has_swap => Some(-1),
+        (_, None) => None,
+        (None, Some(_)) => {
+            return Err(CgroupError::InvalidValue {
+                field: SWAP.into(),
+                reason: "a swap limit needs a memory limit too".into(),
+            })
+        }
+        (Some(-1), Some(s)) => {
+            return Err(CgroupError::InvalidValue {
+                field: SWAP.into(),
+                reason: format!("{s} is finite while memory.limit is unlimited"),
+            })
+        }
+        (Some(l), Some(s)) if s < l => {
+            return Err(CgroupError::InvalidValue {
+                field: SWAP.into(),
+                reason: format!("{s} is below memory.limit {l} (swap is the memory+swap limit)"),
+            })
+        }
+        (Some(l), Some(s)) => Some(s - l),
+    };
+    Ok((limit, swap_max))
 }
 
 fn cpu(d: &Path, r: &LinuxResources) -> Result<(), CgroupError> {
