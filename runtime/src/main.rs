@@ -1,1 +1,307 @@
-fn main() {}
+//! `capsa`: the runc-compatible command line.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+use capsa::backend::Isolation;
+use capsa::lifecycle::{self, CreateOptions};
+use capsa::logging::{LogFormat, Logger};
+use capsa::state::{Status, Store, DEFAULT_ROOT};
+
+#[derive(Parser)]
+#[command(
+    name = "capsa",
+    version,
+    about = "Run OCI bundles as Linux containers or KVM microVMs"
+)]
+struct Cli {
+    /// Directory for container state.
+    #[arg(long, global = true, default_value = DEFAULT_ROOT)]
+    root: PathBuf,
+    /// Also write errors to this file.
+    #[arg(long, global = true)]
+    log: Option<PathBuf>,
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Accepted for runc compatibility.
+    #[arg(long, global = true, hide = true)]
+    debug: bool,
+    /// Accepted for runc compatibility; capsa manages cgroupfs directly.
+    #[arg(long, global = true, hide = true)]
+    systemd_cgroup: bool,
+    /// Accepted for runc compatibility.
+    #[arg(long, global = true, hide = true)]
+    rootless: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args)]
+struct CreateArgs {
+    /// Path to the bundle (the directory holding config.json).
+    #[arg(short, long, default_value = ".")]
+    bundle: PathBuf,
+    /// Unix socket that receives the terminal's master fd.
+    #[arg(long)]
+    console_socket: Option<PathBuf>,
+    /// Write the init's pid here.
+    #[arg(long)]
+    pid_file: Option<PathBuf>,
+    /// Pass this many extra fds (from 3) to the process.
+    #[arg(long, default_value_t = 0)]
+    preserve_fds: i32,
+    /// Isolation backend (default: the dev.capsa.isolation annotation, else container).
+    #[arg(long, value_enum)]
+    isolation: Option<Isolation>,
+    /// Accepted for runc compatibility.
+    #[arg(long, hide = true)]
+    no_pivot: bool,
+    /// Accepted for runc compatibility.
+    #[arg(long, hide = true)]
+    no_new_keyring: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a container; its process waits for `start`.
+    Create {
+        id: String,
+        #[command(flatten)]
+        args: CreateArgs,
+    },
+    /// Start a created container's process.
+    Start { id: String },
+    /// Print a container's state as JSON.
+    State { id: String },
+    /// Send a signal (default SIGTERM) to a container's init.
+    Kill {
+        id: String,
+        #[arg(default_value = "SIGTERM")]
+        signal: String,
+        /// Signal every process in the container.
+        #[arg(short, long)]
+        all: bool,
+    },
+    /// Delete a container and everything capsa created for it.
+    Delete {
+        id: String,
+        /// Kill the container first if it is running.
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// List containers.
+    List {
+        #[arg(short, long, default_value = "table")]
+        format: String,
+        /// Print only the ids.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Create and start a container; in the foreground, wait for it and exit
+    /// with its status.
+    Run {
+        id: String,
+        #[command(flatten)]
+        args: CreateArgs,
+        /// Return once the container has started.
+        #[arg(short, long)]
+        detach: bool,
+    },
+    /// Write a default config.json.
+    Spec {
+        #[arg(short, long, default_value = ".")]
+        bundle: PathBuf,
+    },
+    /// List the processes in a container.
+    Ps {
+        id: String,
+        #[arg(short, long, default_value = "table")]
+        format: String,
+        /// Arguments for ps(1).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        ps_args: Vec<String>,
+    },
+    /// Freeze every process in a container.
+    Pause { id: String },
+    /// Thaw a paused container.
+    Resume { id: String },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let logger = Logger {
+        file: cli.log.clone(),
+        format: cli.log_format,
+    };
+    match dispatch(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            let message = format!("{err:#}");
+            logger.error(&message);
+            eprintln!("capsa: {message}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn create_options<'a>(id: &'a str, args: &'a CreateArgs) -> CreateOptions<'a> {
+    CreateOptions {
+        id,
+        bundle: &args.bundle,
+        isolation: args.isolation,
+        pid_file: args.pid_file.as_deref(),
+        console_socket: args.console_socket.as_deref(),
+        preserve_fds: args.preserve_fds,
+    }
+}
+
+fn dispatch(cli: Cli) -> Result<u8> {
+    let store = Store::new(&cli.root);
+    match cli.command {
+        Command::Create { id, args } => {
+            lifecycle::create(&store, &create_options(&id, &args)).map_err(chain)?;
+        }
+        Command::Start { id } => {
+            lifecycle::start(&store, &id).map_err(chain)?;
+        }
+        Command::State { id } => {
+            let state = store.load(&id).map_err(chain)?;
+            let status = state.status(&store);
+            let json = serde_json::to_string_pretty(&state.oci_state(status))?;
+            println!("{json}");
+        }
+        Command::Kill { id, signal, all } => {
+            let signal = capsa::signal::parse(&signal).map_err(chain)?;
+            lifecycle::kill_container(&store, &id, signal, all).map_err(chain)?;
+        }
+        Command::Delete { id, force } => {
+            lifecycle::delete(&store, &id, force).map_err(chain)?;
+        }
+        Command::List { format, quiet } => list(&store, &format, quiet)?,
+        Command::Run { id, args, detach } => {
+            let opts = create_options(&id, &args);
+            if detach {
+                lifecycle::create(&store, &opts).map_err(chain)?;
+                if let Err(err) = lifecycle::start(&store, &id) {
+                    let _ = lifecycle::delete(&store, &id, true);
+                    return Err(chain(err));
+                }
+            } else {
+                let code = lifecycle::run_foreground(&store, &opts).map_err(chain)?;
+                return Ok(u8::try_from(code).unwrap_or(255));
+            }
+        }
+        Command::Spec { bundle } => {
+            let path = bundle.join("config.json");
+            if path.exists() {
+                anyhow::bail!("{}: already exists", path.display());
+            }
+            let json = serde_json::to_string_pretty(&capsa::spec::default_spec())?;
+            std::fs::write(&path, json + "\n")
+                .with_context(|| format!("{}: cannot write", path.display()))?;
+        }
+        Command::Ps {
+            id,
+            format,
+            ps_args,
+        } => ps(&store, &id, &format, &ps_args)?,
+        Command::Pause { id } => lifecycle::pause(&store, &id).map_err(chain)?,
+        Command::Resume { id } => lifecycle::resume(&store, &id).map_err(chain)?,
+    }
+    Ok(0)
+}
+
+/// Flattens a library error's chain into one line (the libraries keep
+/// sources separate; the edge prints them once).
+fn chain(err: impl std::error::Error) -> anyhow::Error {
+    anyhow::anyhow!(capsa::error_chain(&err))
+}
+
+fn list(store: &Store, format: &str, quiet: bool) -> Result<()> {
+    let mut rows = Vec::new();
+    for id in store.list().map_err(chain)? {
+        let Ok(state) = store.load(&id) else { continue };
+        let status = state.status(store);
+        rows.push((state, status));
+    }
+    let mut out = std::io::stdout().lock();
+    if quiet {
+        for (state, _) in &rows {
+            writeln!(out, "{}", state.id)?;
+        }
+        return Ok(());
+    }
+    match format {
+        "json" => {
+            let docs: Vec<_> = rows.iter().map(|(s, st)| s.oci_state(*st)).collect();
+            writeln!(out, "{}", serde_json::to_string(&docs)?)?;
+        }
+        "table" => {
+            writeln!(
+                out,
+                "{:<20} {:<8} {:<10} {:<10} {:<40} CREATED",
+                "ID", "PID", "STATUS", "ISOLATION", "BUNDLE"
+            )?;
+            for (state, status) in &rows {
+                let pid = if *status == Status::Stopped {
+                    0
+                } else {
+                    state.pid
+                };
+                writeln!(
+                    out,
+                    "{:<20} {:<8} {:<10} {:<10} {:<40} {}",
+                    state.id,
+                    pid,
+                    status,
+                    state.isolation,
+                    state.bundle.display(),
+                    state.created
+                )?;
+            }
+        }
+        other => anyhow::bail!("--format {other:?}: expected table or json"),
+    }
+    Ok(())
+}
+
+fn ps(store: &Store, id: &str, format: &str, ps_args: &[String]) -> Result<()> {
+    let pids = lifecycle::pids(store, id).map_err(chain)?;
+    match format {
+        "json" => println!("{}", serde_json::to_string(&pids)?),
+        "table" => {
+            let args: Vec<&str> = if ps_args.is_empty() {
+                vec!["-ef"]
+            } else {
+                ps_args.iter().map(String::as_str).collect()
+            };
+            let output = std::process::Command::new("ps")
+                .args(&args)
+                .output()
+                .context("cannot run ps")?;
+            let text = String::from_utf8_lossy(&output.stdout);
+            let mut lines = text.lines();
+            let header = lines.next().unwrap_or_default();
+            let pid_column = header
+                .split_whitespace()
+                .position(|h| h == "PID")
+                .context("ps output has no PID column")?;
+            println!("{header}");
+            for line in lines {
+                let pid = line
+                    .split_whitespace()
+                    .nth(pid_column)
+                    .and_then(|p| p.parse::<i32>().ok());
+                if pid.is_some_and(|p| pids.contains(&p)) {
+                    println!("{line}");
+                }
+            }
+        }
+        other => anyhow::bail!("--format {other:?}: expected table or json"),
+    }
+    Ok(())
+}

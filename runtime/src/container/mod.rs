@@ -1,0 +1,123 @@
+//! The container backend: the init sets up the root filesystem in its mount
+//! namespace, then becomes the container's process with execve.
+
+mod console;
+mod process;
+pub mod rootfs;
+
+use std::convert::Infallible;
+use std::path::PathBuf;
+
+use oci_spec::runtime::{LinuxNamespace, LinuxNamespaceType, Spec};
+
+use crate::backend::{Backend, BackendError};
+use crate::init::{Init, InitError};
+use crate::spec::Bundle;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerError {
+    #[error("{field}: cannot mount {target}")]
+    Mount {
+        field: String,
+        target: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("{field}: {path}: {message}")]
+    Path {
+        field: String,
+        path: PathBuf,
+        message: String,
+    },
+    #[error("{field}: cannot create {path}")]
+    Create {
+        field: String,
+        path: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("root.path: cannot pivot_root into {0}")]
+    PivotRoot(PathBuf, #[source] nix::Error),
+    #[error("{field}: cannot apply")]
+    Apply {
+        field: String,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("linux.sysctl: cannot set {key}")]
+    Sysctl {
+        key: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("process.capabilities: cannot apply {set}")]
+    Capabilities {
+        set: String,
+        #[source]
+        source: caps::errors::CapsError,
+    },
+    #[error("process.args: {0:?}: executable file not found in $PATH")]
+    NotFound(String),
+    #[error("process.args: cannot exec {0:?}")]
+    Exec(String, #[source] nix::Error),
+    #[error("process.terminal: cannot set up the console")]
+    Console(#[source] nix::Error),
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::SeccompError),
+    #[error(transparent)]
+    Init(#[from] InitError),
+}
+
+pub(crate) fn nix_io(err: std::io::Error) -> nix::Error {
+    nix::Error::from_raw(err.raw_os_error().unwrap_or(libc::EIO))
+}
+
+pub struct ContainerBackend;
+
+impl Backend for ContainerBackend {
+    fn check(&self, bundle: &Bundle) -> Result<(), BackendError> {
+        let namespaces = bundle
+            .spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.namespaces().clone())
+            .unwrap_or_default();
+        if !namespaces
+            .iter()
+            .any(|ns| ns.typ() == LinuxNamespaceType::Mount)
+        {
+            return Err(ContainerError::Path {
+                field: "linux.namespaces".into(),
+                path: bundle.rootfs.clone(),
+                message: "capsa needs a mount namespace to pivot into the rootfs".into(),
+            }
+            .into());
+        }
+        if let Some(seccomp) = bundle
+            .spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.seccomp().as_ref())
+        {
+            crate::seccomp::compile(seccomp).map_err(ContainerError::from)?;
+        }
+        Ok(())
+    }
+
+    fn namespaces(&self, spec: &Spec) -> Vec<LinuxNamespace> {
+        spec.linux()
+            .as_ref()
+            .and_then(|l| l.namespaces().clone())
+            .unwrap_or_default()
+    }
+
+    fn prepare(&self, init: &mut Init) -> Result<(), BackendError> {
+        rootfs::prepare(init)?;
+        process::resolve_executable(init.process())?;
+        Ok(())
+    }
+
+    fn launch(&self, init: Init) -> Result<Infallible, BackendError> {
+        Ok(process::exec(init)?)
+    }
+}

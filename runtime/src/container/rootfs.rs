@@ -1,0 +1,735 @@
+//! The container's root filesystem: mounts in order, devices, links,
+//! pivot_root, then masked and read-only paths.
+
+use std::ffi::OsStr;
+use std::fs;
+use std::os::unix::fs::{symlink, FileTypeExt};
+use std::path::{Component, Path, PathBuf};
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+use oci_spec::runtime::{LinuxDeviceType, LinuxNamespaceType, Mount};
+
+use super::{nix_io, ContainerError};
+use crate::init::Init;
+use crate::state::Status;
+
+type Result<T> = std::result::Result<T, ContainerError>;
+
+/// Mount flags and what else a mount's `options` say.
+#[derive(Debug, PartialEq, Eq)]
+pub struct MountOptions {
+    pub flags: MsFlags,
+    /// Flags cleared by an explicit option ("rw", "suid", ...), kept so a
+    /// bind remount does not add them back.
+    pub cleared: MsFlags,
+    pub propagation: MsFlags,
+    pub bind: bool,
+    pub data: Vec<String>,
+}
+
+/// Parses mount options as runc does: known flags become MS_* bits, the
+/// rest is passed to the filesystem as data.
+pub fn parse_options(options: &[String]) -> MountOptions {
+    let mut parsed = MountOptions {
+        flags: MsFlags::empty(),
+        cleared: MsFlags::empty(),
+        propagation: MsFlags::empty(),
+        bind: false,
+        data: Vec::new(),
+    };
+    for option in options {
+        let (set, clear): (MsFlags, MsFlags) = match option.as_str() {
+            "ro" => (MsFlags::MS_RDONLY, MsFlags::empty()),
+            "rw" => (MsFlags::empty(), MsFlags::MS_RDONLY),
+            "nosuid" => (MsFlags::MS_NOSUID, MsFlags::empty()),
+            "suid" => (MsFlags::empty(), MsFlags::MS_NOSUID),
+            "nodev" => (MsFlags::MS_NODEV, MsFlags::empty()),
+            "dev" => (MsFlags::empty(), MsFlags::MS_NODEV),
+            "noexec" => (MsFlags::MS_NOEXEC, MsFlags::empty()),
+            "exec" => (MsFlags::empty(), MsFlags::MS_NOEXEC),
+            "sync" => (MsFlags::MS_SYNCHRONOUS, MsFlags::empty()),
+            "async" => (MsFlags::empty(), MsFlags::MS_SYNCHRONOUS),
+            "dirsync" => (MsFlags::MS_DIRSYNC, MsFlags::empty()),
+            "remount" => (MsFlags::MS_REMOUNT, MsFlags::empty()),
+            "mand" => (MsFlags::MS_MANDLOCK, MsFlags::empty()),
+            "nomand" => (MsFlags::empty(), MsFlags::MS_MANDLOCK),
+            "atime" => (MsFlags::empty(), MsFlags::MS_NOATIME),
+            "noatime" => (MsFlags::MS_NOATIME, MsFlags::empty()),
+            "diratime" => (MsFlags::empty(), MsFlags::MS_NODIRATIME),
+            "nodiratime" => (MsFlags::MS_NODIRATIME, MsFlags::empty()),
+            "relatime" => (MsFlags::MS_RELATIME, MsFlags::empty()),
+            "norelatime" => (MsFlags::empty(), MsFlags::MS_RELATIME),
+            "strictatime" => (MsFlags::MS_STRICTATIME, MsFlags::empty()),
+            "nostrictatime" => (MsFlags::empty(), MsFlags::MS_STRICTATIME),
+            "bind" => {
+                parsed.bind = true;
+                (MsFlags::MS_BIND, MsFlags::empty())
+            }
+            "rbind" => {
+                parsed.bind = true;
+                (MsFlags::MS_BIND | MsFlags::MS_REC, MsFlags::empty())
+            }
+            "private" | "rprivate" | "shared" | "rshared" | "slave" | "rslave" | "unbindable"
+            | "runbindable" => {
+                parsed.propagation |= propagation_flags(option).unwrap_or(MsFlags::empty());
+                continue;
+            }
+            // runc-specific options capsa does not need to act on.
+            "tmpcopyup" | "idmap" | "ridmap" => continue,
+            _ => {
+                parsed.data.push(option.clone());
+                continue;
+            }
+        };
+        parsed.flags = (parsed.flags | set) & !clear;
+        parsed.cleared = (parsed.cleared | clear) & !set;
+    }
+    parsed
+}
+
+pub fn propagation_flags(name: &str) -> Option<MsFlags> {
+    Some(match name {
+        "private" => MsFlags::MS_PRIVATE,
+        "rprivate" => MsFlags::MS_PRIVATE | MsFlags::MS_REC,
+        "shared" => MsFlags::MS_SHARED,
+        "rshared" => MsFlags::MS_SHARED | MsFlags::MS_REC,
+        "slave" => MsFlags::MS_SLAVE,
+        "rslave" => MsFlags::MS_SLAVE | MsFlags::MS_REC,
+        "unbindable" => MsFlags::MS_UNBINDABLE,
+        "runbindable" => MsFlags::MS_UNBINDABLE | MsFlags::MS_REC,
+        _ => return None,
+    })
+}
+
+/// Resolves `unsafe_path` inside `root` as if `root` were `/`: `..` stops at
+/// the root and symlinks (absolute or relative) are followed within it, so a
+/// malicious rootfs cannot point a mount outside itself. Written by hand
+/// because no maintained crate does this lexically-with-symlinks walk.
+pub fn secure_join(root: &Path, unsafe_path: &Path) -> std::io::Result<PathBuf> {
+    let mut resolved = PathBuf::new();
+    let mut pending: Vec<std::ffi::OsString> = unsafe_path
+        .components()
+        .rev()
+        .filter_map(|c| match c {
+            Component::Normal(name) => Some(name.to_os_string()),
+            Component::ParentDir => Some("..".into()),
+            _ => None,
+        })
+        .collect();
+    let mut links = 0;
+    while let Some(name) = pending.pop() {
+        if name == ".." {
+            resolved.pop();
+            continue;
+        }
+        let candidate = root.join(&resolved).join(&name);
+        match fs::symlink_metadata(&candidate) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                links += 1;
+                if links > 255 {
+                    return Err(std::io::Error::from_raw_os_error(libc::ELOOP));
+                }
+                let target = fs::read_link(&candidate)?;
+                if target.is_absolute() {
+                    resolved.clear();
+                }
+                for c in target.components().rev() {
+                    match c {
+                        Component::Normal(n) => pending.push(n.to_os_string()),
+                        Component::ParentDir => pending.push("..".into()),
+                        _ => {}
+                    }
+                }
+            }
+            _ => resolved.push(&name),
+        }
+    }
+    Ok(root.join(resolved))
+}
+
+fn mount_error(field: String, target: &Path) -> impl FnOnce(nix::Error) -> ContainerError + '_ {
+    move |source| ContainerError::Mount {
+        field,
+        target: target.to_path_buf(),
+        source,
+    }
+}
+
+fn ensure_dir(field: &str, path: &Path) -> Result<()> {
+    fs::create_dir_all(path).map_err(|err| ContainerError::Create {
+        field: field.to_string(),
+        path: path.to_path_buf(),
+        source: nix_io(err),
+    })
+}
+
+fn ensure_file(field: &str, path: &Path) -> Result<()> {
+    if let Some(parent) = path.parent() {
+        ensure_dir(field, parent)?;
+    }
+    if path.exists() {
+        return Ok(());
+    }
+    fs::File::create(path)
+        .map(drop)
+        .map_err(|err| ContainerError::Create {
+            field: field.to_string(),
+            path: path.to_path_buf(),
+            source: nix_io(err),
+        })
+}
+
+/// Everything up to and including pivot_root; runs the runtime hooks and
+/// createContainer hooks at the points the spec puts them.
+pub fn prepare(init: &mut Init) -> Result<()> {
+    let linux = init.spec.linux().clone().unwrap_or_default();
+    let propagation = linux
+        .rootfs_propagation()
+        .as_deref()
+        .and_then(propagation_flags)
+        .unwrap_or(MsFlags::MS_SLAVE | MsFlags::MS_REC);
+    // Our mounts must not leak back to the host (nor, by default, theirs to us).
+    mount(None::<&str>, "/", None::<&str>, propagation, None::<&str>).map_err(mount_error(
+        "linux.rootfsPropagation".into(),
+        Path::new("/"),
+    ))?;
+    let rootfs = init.rootfs.clone();
+    // pivot_root needs the new root to be a mount point.
+    mount(
+        Some(&rootfs),
+        &rootfs,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(mount_error("root.path".into(), &rootfs))?;
+
+    let in_userns = init.has_new(LinuxNamespaceType::User)
+        || linux
+            .namespaces()
+            .iter()
+            .flatten()
+            .any(|ns| ns.typ() == LinuxNamespaceType::User);
+    let mounts = init.spec.mounts().clone().unwrap_or_default();
+    for (index, m) in mounts.iter().enumerate() {
+        mount_one(&rootfs, &init.bundle, index, m)?;
+    }
+    create_devices(&rootfs, &linux, in_userns)?;
+    create_dev_links(&rootfs)?;
+
+    init.run_runtime_hooks()?;
+    init.run_hooks("createContainer", Status::Creating)?;
+
+    pivot_root(&rootfs)?;
+    // Shared propagation on the new root would re-expose our later mounts.
+    if propagation.contains(MsFlags::MS_SHARED) {
+        let _ = mount(None::<&str>, "/", None::<&str>, propagation, None::<&str>);
+    }
+    finish(init)
+}
+
+fn mount_one(rootfs: &Path, bundle: &Path, index: usize, m: &Mount) -> Result<()> {
+    let field = format!("mounts[{index}]");
+    let options = parse_options(m.options().as_deref().unwrap_or_default());
+    let typ = m.typ().as_deref().unwrap_or("");
+    let target = secure_join(rootfs, m.destination()).map_err(|err| ContainerError::Path {
+        field: format!("{field}.destination"),
+        path: m.destination().clone(),
+        message: err.to_string(),
+    })?;
+    let is_bind = options.bind || typ == "bind";
+    if is_bind {
+        let source = m.source().as_ref().ok_or_else(|| ContainerError::Path {
+            field: format!("{field}.source"),
+            path: m.destination().clone(),
+            message: "a bind mount needs a source".into(),
+        })?;
+        let source = if source.is_absolute() {
+            source.clone()
+        } else {
+            bundle.join(source)
+        };
+        let meta = fs::metadata(&source).map_err(|err| ContainerError::Path {
+            field: format!("{field}.source"),
+            path: source.clone(),
+            message: err.to_string(),
+        })?;
+        if meta.is_dir() {
+            ensure_dir(&field, &target)?;
+        } else {
+            ensure_file(&field, &target)?;
+        }
+        let base = MsFlags::MS_BIND | (options.flags & MsFlags::MS_REC);
+        mount(Some(&source), &target, None::<&str>, base, None::<&str>)
+            .map_err(mount_error(field.clone(), &target))?;
+        let extra = options.flags & !(MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_REMOUNT);
+        if !extra.is_empty() {
+            // A bind mount ignores flags until remounted; keep the flags the
+            // source already had (locked ones cannot be cleared) plus ours.
+            let existing = statvfs_flags(&target);
+            mount(
+                None::<&str>,
+                &target,
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | ((existing | extra) & !options.cleared),
+                None::<&str>,
+            )
+            .map_err(mount_error(format!("{field}.options"), &target))?;
+        }
+    } else if typ == "cgroup" || typ == "cgroup2" {
+        ensure_dir(&field, &target)?;
+        mount_cgroups(&field, &target, &options)?;
+    } else {
+        ensure_dir(&field, &target)?;
+        let data = options.data.join(",");
+        let source = m.source().clone().unwrap_or_else(|| PathBuf::from(typ));
+        mount(
+            Some(&source),
+            &target,
+            Some(typ),
+            options.flags & !MsFlags::MS_REMOUNT,
+            (!data.is_empty()).then_some(data.as_str()),
+        )
+        .map_err(mount_error(field.clone(), &target))?;
+    }
+    if !options.propagation.is_empty() {
+        mount(
+            None::<&str>,
+            &target,
+            None::<&str>,
+            options.propagation,
+            None::<&str>,
+        )
+        .map_err(mount_error(format!("{field}.options"), &target))?;
+    }
+    Ok(())
+}
+
+fn statvfs_flags(path: &Path) -> MsFlags {
+    let Ok(stat) = nix::sys::statvfs::statvfs(path) else {
+        return MsFlags::empty();
+    };
+    use nix::sys::statvfs::FsFlags;
+    let mut flags = MsFlags::empty();
+    for (fs_flag, ms_flag) in [
+        (FsFlags::ST_RDONLY, MsFlags::MS_RDONLY),
+        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+        (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+        (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+        (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+    ] {
+        if stat.flags().contains(fs_flag) {
+            flags |= ms_flag;
+        }
+    }
+    flags
+}
+
+/// A `cgroup` mount: cgroup2 on a unified host; on a v1/hybrid host a tmpfs
+/// holding one mount per hierarchy, as the host has them.
+fn mount_cgroups(field: &str, target: &Path, options: &MountOptions) -> Result<()> {
+    let flags = options.flags & !(MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_REC);
+    let unified = nix::sys::statfs::statfs("/sys/fs/cgroup")
+        .map(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)
+        .unwrap_or(false);
+    if unified {
+        return mount(
+            Some("cgroup2"),
+            target,
+            Some("cgroup2"),
+            flags,
+            None::<&str>,
+        )
+        .map_err(mount_error(field.to_string(), target));
+    }
+    mount(
+        Some("tmpfs"),
+        target,
+        Some("tmpfs"),
+        flags & !MsFlags::MS_RDONLY,
+        Some("mode=755"),
+    )
+    .map_err(mount_error(field.to_string(), target))?;
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    for line in mountinfo.lines() {
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        let mut right = right.split_whitespace();
+        let (Some(fstype), Some(_source), Some(super_opts)) =
+            (right.next(), right.next(), right.next())
+        else {
+            continue;
+        };
+        let Some(mount_point) = left.split_whitespace().nth(4) else {
+            continue;
+        };
+        let Some(name) = mount_point.strip_prefix("/sys/fs/cgroup/") else {
+            continue;
+        };
+        if name.contains('/') {
+            continue;
+        }
+        let dest = target.join(name);
+        ensure_dir(field, &dest)?;
+        let (typ, data) = match fstype {
+            "cgroup" => (
+                "cgroup",
+                super_opts
+                    .split(',')
+                    .filter(|o| *o != "rw" && *o != "ro")
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
+            "cgroup2" => ("cgroup2", String::new()),
+            _ => continue,
+        };
+        mount(
+            Some("cgroup"),
+            &dest,
+            Some(typ),
+            flags,
+            (!data.is_empty()).then_some(data.as_str()),
+        )
+        .map_err(mount_error(field.to_string(), &dest))?;
+    }
+    if flags.contains(MsFlags::MS_RDONLY) {
+        mount(
+            None::<&str>,
+            target,
+            None::<&str>,
+            MsFlags::MS_REMOUNT | flags,
+            Some("mode=755"),
+        )
+        .map_err(mount_error(field.to_string(), target))?;
+    }
+    Ok(())
+}
+
+struct DeviceNode {
+    path: PathBuf,
+    kind: SFlag,
+    major: u64,
+    minor: u64,
+    mode: u32,
+    uid: Option<u32>,
+    gid: Option<u32>,
+}
+
+fn create_devices(rootfs: &Path, linux: &oci_spec::runtime::Linux, in_userns: bool) -> Result<()> {
+    let defaults = [
+        ("/dev/null", 1, 3),
+        ("/dev/zero", 1, 5),
+        ("/dev/full", 1, 7),
+        ("/dev/random", 1, 8),
+        ("/dev/urandom", 1, 9),
+        ("/dev/tty", 5, 0),
+    ];
+    let mut nodes: Vec<(String, DeviceNode)> = defaults
+        .iter()
+        .map(|(path, major, minor)| {
+            (
+                "linux.devices (default)".to_string(),
+                DeviceNode {
+                    path: PathBuf::from(path),
+                    kind: SFlag::S_IFCHR,
+                    major: *major,
+                    minor: *minor,
+                    mode: 0o666,
+                    uid: None,
+                    gid: None,
+                },
+            )
+        })
+        .collect();
+    for (i, device) in linux.devices().iter().flatten().enumerate() {
+        let kind = match device.typ() {
+            LinuxDeviceType::C | LinuxDeviceType::U => SFlag::S_IFCHR,
+            LinuxDeviceType::B => SFlag::S_IFBLK,
+            LinuxDeviceType::P => SFlag::S_IFIFO,
+            LinuxDeviceType::A => {
+                return Err(ContainerError::Path {
+                    field: format!("linux.devices[{i}].type"),
+                    path: device.path().clone(),
+                    message: "type \"a\" is only valid in cgroup device rules".into(),
+                })
+            }
+        };
+        nodes.push((
+            format!("linux.devices[{i}]"),
+            DeviceNode {
+                path: device.path().clone(),
+                kind,
+                major: u64::try_from(device.major()).unwrap_or(0),
+                minor: u64::try_from(device.minor()).unwrap_or(0),
+                mode: device.file_mode().unwrap_or(0o666) & 0o7777,
+                uid: device.uid(),
+                gid: device.gid(),
+            },
+        ));
+    }
+    for (field, node) in nodes {
+        let dest = secure_join(rootfs, &node.path).map_err(|err| ContainerError::Path {
+            field: field.clone(),
+            path: node.path.clone(),
+            message: err.to_string(),
+        })?;
+        if let Some(parent) = dest.parent() {
+            ensure_dir(&field, parent)?;
+        }
+        if in_userns {
+            // mknod is not permitted in a user namespace: bind the host's node.
+            ensure_file(&field, &dest)?;
+            mount(
+                Some(&node.path),
+                &dest,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .map_err(mount_error(field.clone(), &dest))?;
+            continue;
+        }
+        if let Ok(meta) = fs::symlink_metadata(&dest) {
+            let ft = meta.file_type();
+            if ft.is_char_device() || ft.is_block_device() || ft.is_fifo() || ft.is_file() {
+                let _ = fs::remove_file(&dest);
+            }
+        }
+        let create_error = |source| ContainerError::Create {
+            field: field.clone(),
+            path: node.path.clone(),
+            source,
+        };
+        mknod(
+            &dest,
+            node.kind,
+            Mode::from_bits_truncate(node.mode),
+            makedev(node.major, node.minor),
+        )
+        .map_err(create_error)?;
+        // mknod's mode is filtered by the umask; set it exactly.
+        nix::sys::stat::fchmodat(
+            nix::fcntl::AT_FDCWD,
+            &dest,
+            Mode::from_bits_truncate(node.mode),
+            nix::sys::stat::FchmodatFlags::FollowSymlink,
+        )
+        .map_err(create_error)?;
+        if node.uid.is_some() || node.gid.is_some() {
+            nix::unistd::chown(
+                &dest,
+                node.uid.map(nix::unistd::Uid::from_raw),
+                node.gid.map(nix::unistd::Gid::from_raw),
+            )
+            .map_err(create_error)?;
+        }
+    }
+    Ok(())
+}
+
+fn create_dev_links(rootfs: &Path) -> Result<()> {
+    let dev = rootfs.join("dev");
+    let mut links = vec![
+        ("/proc/self/fd", "fd"),
+        ("/proc/self/fd/0", "stdin"),
+        ("/proc/self/fd/1", "stdout"),
+        ("/proc/self/fd/2", "stderr"),
+    ];
+    if Path::new("/proc/kcore").exists() {
+        links.push(("/proc/kcore", "core"));
+    }
+    if dev.join("pts").is_dir() {
+        links.push(("pts/ptmx", "ptmx"));
+    }
+    for (target, name) in links {
+        let path = dev.join(name);
+        if name == "ptmx" {
+            let _ = fs::remove_file(&path);
+        }
+        match symlink(target, &path) {
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(err) => {
+                return Err(ContainerError::Create {
+                    field: "/dev links".into(),
+                    path,
+                    source: nix_io(err),
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+fn pivot_root(rootfs: &Path) -> Result<()> {
+    let error = |source| ContainerError::PivotRoot(rootfs.to_path_buf(), source);
+    nix::unistd::chdir(rootfs).map_err(error)?;
+    // pivot_root(".", ".") stacks the old root on top of the new one, so it
+    // can be detached without a directory for it inside the rootfs.
+    nix::unistd::pivot_root(".", ".").map_err(error)?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(error)?;
+    nix::unistd::chdir("/").map_err(error)
+}
+
+/// After pivot_root: hostname, sysctls, read-only and masked paths, a
+/// read-only root.
+fn finish(init: &Init) -> Result<()> {
+    let spec = &init.spec;
+    if let Some(hostname) = spec.hostname() {
+        nix::unistd::sethostname(hostname).map_err(|source| ContainerError::Apply {
+            field: "hostname".into(),
+            source,
+        })?;
+    }
+    if let Some(domainname) = spec.domainname() {
+        // SAFETY: the pointer and length describe a live byte slice.
+        let ret = unsafe { libc::setdomainname(domainname.as_ptr().cast(), domainname.len()) };
+        if ret != 0 {
+            return Err(ContainerError::Apply {
+                field: "domainname".into(),
+                source: nix::Error::last(),
+            });
+        }
+    }
+    let linux = spec.linux().clone().unwrap_or_default();
+    for (key, value) in linux.sysctl().iter().flatten() {
+        let path = Path::new("/proc/sys").join(key.replace('.', "/"));
+        fs::write(&path, value).map_err(|source| ContainerError::Sysctl {
+            key: key.clone(),
+            source,
+        })?;
+    }
+    for (i, path) in linux.readonly_paths().iter().flatten().enumerate() {
+        readonly_path(&format!("linux.readonlyPaths[{i}]"), Path::new(path))?;
+    }
+    for (i, path) in linux.masked_paths().iter().flatten().enumerate() {
+        mask_path(&format!("linux.maskedPaths[{i}]"), Path::new(path))?;
+    }
+    if spec
+        .root()
+        .as_ref()
+        .and_then(|r| r.readonly())
+        .unwrap_or(false)
+    {
+        let existing = statvfs_flags(Path::new("/"));
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | existing,
+            None::<&str>,
+        )
+        .map_err(mount_error("root.readonly".into(), Path::new("/")))?;
+    }
+    Ok(())
+}
+
+fn readonly_path(field: &str, path: &Path) -> Result<()> {
+    match mount(
+        Some(path),
+        path,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    ) {
+        Ok(()) => {}
+        Err(nix::Error::ENOENT) => return Ok(()),
+        Err(source) => return Err(mount_error(field.to_string(), path)(source)),
+    }
+    let existing = statvfs_flags(path);
+    mount(
+        None::<&str>,
+        path,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | existing,
+        None::<&str>,
+    )
+    .map_err(mount_error(field.to_string(), path))
+}
+
+fn mask_path(field: &str, path: &Path) -> Result<()> {
+    let result = match fs::metadata(path) {
+        Err(_) => return Ok(()),
+        Ok(meta) if meta.is_dir() => mount(
+            Some("tmpfs"),
+            path,
+            Some("tmpfs"),
+            MsFlags::MS_RDONLY,
+            None::<&str>,
+        ),
+        Ok(_) => mount(
+            Some(OsStr::new("/dev/null")),
+            path,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        ),
+    };
+    result.map_err(mount_error(field.to_string(), path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_become_flags_and_data() {
+        let opts: Vec<String> = [
+            "nosuid",
+            "noexec",
+            "ro",
+            "mode=755",
+            "size=65536k",
+            "rslave",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let parsed = parse_options(&opts);
+        assert_eq!(
+            parsed.flags,
+            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_RDONLY
+        );
+        assert_eq!(parsed.data, vec!["mode=755", "size=65536k"]);
+        assert_eq!(parsed.propagation, MsFlags::MS_SLAVE | MsFlags::MS_REC);
+        assert!(!parsed.bind);
+
+        let parsed = parse_options(&["rbind".to_string(), "ro".into(), "rw".into()]);
+        assert!(parsed.bind);
+        assert_eq!(parsed.flags, MsFlags::MS_BIND | MsFlags::MS_REC);
+        assert_eq!(parsed.cleared, MsFlags::MS_RDONLY);
+    }
+
+    #[test]
+    fn secure_join_stays_inside_the_root() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let r = root.path();
+        fs::create_dir_all(r.join("a/b")).expect("dirs");
+        symlink("/etc", r.join("abs")).expect("abs link");
+        symlink("../../../../etc", r.join("a/b/rel")).expect("rel link");
+        symlink("b", r.join("a/inner")).expect("inner link");
+        assert_eq!(
+            secure_join(r, Path::new("/../../etc")).expect("j"),
+            r.join("etc")
+        );
+        assert_eq!(
+            secure_join(r, Path::new("/abs/passwd")).expect("j"),
+            r.join("etc/passwd")
+        );
+        assert_eq!(
+            secure_join(r, Path::new("/a/b/rel")).expect("j"),
+            r.join("etc")
+        );
+        assert_eq!(
+            secure_join(r, Path::new("/a/inner/x")).expect("j"),
+            r.join("a/b/x")
+        );
+
+        symlink("loop", r.join("loop")).expect("loop");
+        assert!(secure_join(r, Path::new("/loop")).is_err());
+    }
+}

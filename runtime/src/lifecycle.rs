@@ -1,0 +1,654 @@
+//! The OCI lifecycle, shared by both backends: create, start, run, kill,
+//! delete, pause, resume.
+//!
+//! `create` validates everything first, then claims the id and records each
+//! resource it makes in a guard that undoes them all if a later step fails,
+//! so a failed create leaves no state directory, cgroup or process.
+
+use std::fs;
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use nix::fcntl::OFlag;
+use nix::sys::signal::{kill, SigSet, Signal};
+use nix::sys::stat::Mode;
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::Pid;
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
+
+use crate::backend::{self, Isolation};
+use crate::cgroups::{Cgroup, CgroupError};
+use crate::hooks::{self, HookError};
+use crate::init::{self, Init};
+use crate::spec::{Bundle, SpecError};
+use crate::state::{self, ContainerState, StateError, Status, Store};
+use crate::sync::{Channel, Message, SyncError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LifecycleError {
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Backend(#[from] backend::BackendError),
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    #[error(transparent)]
+    Sync(#[from] SyncError),
+    #[error(transparent)]
+    Hook(#[from] HookError),
+    #[error("{0}")]
+    Init(String),
+    #[error("{path}: cannot create the exec fifo")]
+    Fifo {
+        path: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("--console-socket {path}: cannot connect")]
+    ConsoleSocket {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("process.terminal is set but no --console-socket was given")]
+    NoConsoleSocket,
+    #[error("linux.namespaces: cannot enter the pid namespace {path}")]
+    PidNamespace {
+        path: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("cannot create the container's init")]
+    Clone(#[source] nix::Error),
+    #[error("linux.uidMappings: cannot write {path}")]
+    IdMap {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("process.oomScoreAdj: cannot set")]
+    OomScoreAdj(#[source] std::io::Error),
+    #[error("--pid-file {path}: cannot write")]
+    PidFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("container {id:?} is {status}, not {wanted}")]
+    WrongStatus {
+        id: String,
+        status: Status,
+        wanted: &'static str,
+    },
+    #[error("container {0:?} is not running (use --force to delete it)")]
+    StillRunning(String),
+    #[error("cannot signal container {id:?}")]
+    Signal {
+        id: String,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("cannot start container {id:?}")]
+    Start {
+        id: String,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("this command needs root (capsa runs containers as root)")]
+    NotRoot,
+}
+
+type Result<T, E = LifecycleError> = std::result::Result<T, E>;
+
+pub struct CreateOptions<'a> {
+    pub id: &'a str,
+    pub bundle: &'a Path,
+    pub isolation: Option<Isolation>,
+    pub pid_file: Option<&'a Path>,
+    pub console_socket: Option<&'a Path>,
+    pub preserve_fds: i32,
+}
+
+/// Undoes a partial create.
+struct CreateGuard<'a> {
+    store: &'a Store,
+    id: String,
+    cgroup: Option<Cgroup>,
+    child: Option<Pid>,
+    armed: bool,
+}
+
+impl Drop for CreateGuard<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        if let Some(pid) = self.child {
+            let _ = kill(pid, Signal::SIGKILL);
+            let _ = waitpid(pid, None);
+        }
+        if let Some(cgroup) = &self.cgroup {
+            let _ = cgroup.delete();
+        }
+        let _ = self.store.remove(&self.id);
+    }
+}
+
+pub fn require_root() -> Result<()> {
+    if nix::unistd::geteuid().is_root() {
+        Ok(())
+    } else {
+        Err(LifecycleError::NotRoot)
+    }
+}
+
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_nanos(SystemTime::now()).to_string()
+}
+
+/// Creates the container up to "created": the init waits for `start`.
+/// Returns the saved state (its pid is a child of this process).
+pub fn create(store: &Store, opts: &CreateOptions<'_>) -> Result<ContainerState> {
+    require_root()?;
+    state::validate_id(opts.id)?;
+    let bundle = Bundle::load(opts.bundle)?;
+    let isolation = match opts.isolation {
+        Some(isolation) => isolation,
+        None => bundle.isolation_annotation()?.unwrap_or_default(),
+    };
+    let backend = backend::for_isolation(isolation);
+    backend.check(&bundle)?;
+    let terminal = bundle
+        .spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.terminal())
+        .unwrap_or(false);
+    if terminal && opts.console_socket.is_none() {
+        return Err(LifecycleError::NoConsoleSocket);
+    }
+    let console_socket = match opts.console_socket {
+        Some(path) if terminal => Some(OwnedFd::from(UnixStream::connect(path).map_err(
+            |source| LifecycleError::ConsoleSocket {
+                path: path.to_path_buf(),
+                source,
+            },
+        )?)),
+        _ => None,
+    };
+
+    store.claim(opts.id)?;
+    let mut guard = CreateGuard {
+        store,
+        id: opts.id.to_string(),
+        cgroup: None,
+        child: None,
+        armed: true,
+    };
+
+    let fifo_path = store.fifo_path(opts.id);
+    nix::unistd::mkfifo(&fifo_path, Mode::from_bits_truncate(0o600)).map_err(|source| {
+        LifecycleError::Fifo {
+            path: fifo_path.clone(),
+            source,
+        }
+    })?;
+    let fifo = nix::fcntl::open(
+        &fifo_path,
+        OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|source| LifecycleError::Fifo {
+        path: fifo_path.clone(),
+        source,
+    })?;
+
+    let linux = bundle.spec.linux().as_ref();
+    let cgroup = Cgroup::create(
+        linux
+            .and_then(|l| l.cgroups_path().as_ref())
+            .and_then(|p| p.to_str()),
+        opts.id,
+        linux.and_then(|l| l.resources().as_ref()),
+    )?;
+    guard.cgroup = Some(cgroup.clone());
+
+    let namespaces = backend.namespaces(&bundle.spec);
+    let new_namespaces: Vec<LinuxNamespaceType> = namespaces
+        .iter()
+        .filter(|ns| ns.path().is_none())
+        .map(|ns| ns.typ())
+        .collect();
+    let clone_flags = new_namespaces
+        .iter()
+        .filter(|t| **t != LinuxNamespaceType::Cgroup)
+        .fold(0i32, |flags, t| flags | *t as i32);
+    let pid_ns_path = namespaces
+        .iter()
+        .find(|ns| ns.typ() == LinuxNamespaceType::Pid)
+        .and_then(|ns| ns.path().clone());
+
+    let (parent_channel, child_channel) = Channel::pair()?;
+    let init = Init {
+        id: opts.id.to_string(),
+        spec: bundle.spec.clone(),
+        bundle: bundle.dir.clone(),
+        rootfs: bundle.rootfs.clone(),
+        channel: child_channel,
+        fifo: Some(fifo),
+        console_socket,
+        preserve_fds: opts.preserve_fds,
+        new_namespaces: new_namespaces.clone(),
+    };
+    let pid = spawn_init(init, clone_flags, pid_ns_path.as_deref(), backend)?;
+    guard.child = Some(pid);
+
+    if new_namespaces.contains(&LinuxNamespaceType::User) {
+        write_id_maps(pid, &bundle.spec)?;
+    }
+    cgroup.add_process(pid.as_raw())?;
+    if let Some(adj) = bundle
+        .spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.oom_score_adj())
+    {
+        fs::write(format!("/proc/{pid}/oom_score_adj"), adj.to_string())
+            .map_err(LifecycleError::OomScoreAdj)?;
+    }
+
+    let mut state = ContainerState {
+        id: opts.id.to_string(),
+        bundle: bundle.dir.clone(),
+        rootfs: bundle.rootfs.clone(),
+        pid: pid.as_raw(),
+        pid_start_time: state::process_start_time(pid.as_raw()).unwrap_or_default(),
+        created: now_rfc3339(),
+        isolation,
+        paused: false,
+        cgroup: Some(cgroup),
+        spec: bundle.spec.clone(),
+    };
+
+    parent_channel.send(&Message::Go)?;
+    loop {
+        match parent_channel.recv() {
+            Ok(Message::RuntimeHooks) => {
+                let json =
+                    serde_json::to_vec(&state.oci_state(Status::Creating)).unwrap_or_default();
+                let hooks = bundle.spec.hooks().as_ref();
+                let result =
+                    hooks::run_all("prestart", hooks.and_then(|h| h.prestart().as_ref()), &json)
+                        .and_then(|()| {
+                            hooks::run_all(
+                                "createRuntime",
+                                hooks.and_then(|h| h.create_runtime().as_ref()),
+                                &json,
+                            )
+                        });
+                match result {
+                    Ok(()) => parent_channel.send(&Message::HooksDone)?,
+                    Err(err) => {
+                        let _ = parent_channel.send(&Message::Failed(err.to_string()));
+                        return Err(err.into());
+                    }
+                }
+            }
+            Ok(Message::Ready) => break,
+            Ok(Message::Failed(text)) => return Err(LifecycleError::Init(text)),
+            Ok(_) => return Err(SyncError::Closed.into()),
+            Err(SyncError::Closed) => {
+                return Err(LifecycleError::Init(init_exit_reason(pid)));
+            }
+            Err(err) => return Err(err.into()),
+        }
+    }
+    state.pid_start_time = state::process_start_time(pid.as_raw()).unwrap_or_default();
+    store.save(&state)?;
+    if let Some(path) = opts.pid_file {
+        write_pid_file(path, pid.as_raw())?;
+    }
+    guard.armed = false;
+    Ok(state)
+}
+
+fn init_exit_reason(pid: Pid) -> String {
+    match waitpid(pid, None) {
+        Ok(WaitStatus::Signaled(_, signal, _)) => {
+            format!("the container's init was killed by {signal} during setup")
+        }
+        Ok(WaitStatus::Exited(_, code)) => {
+            format!("the container's init exited with status {code} during setup")
+        }
+        _ => "the container's init exited during setup".into(),
+    }
+}
+
+fn write_pid_file(path: &Path, pid: i32) -> Result<()> {
+    let error = |source| LifecycleError::PidFile {
+        path: path.to_path_buf(),
+        source,
+    };
+    // Written beside the target and renamed, so readers never see it partial.
+    let tmp = path.with_extension("capsa-tmp");
+    fs::write(&tmp, pid.to_string()).map_err(error)?;
+    fs::rename(&tmp, path).map_err(error)
+}
+
+fn write_id_maps(pid: Pid, spec: &Spec) -> Result<()> {
+    let linux = spec.linux().as_ref();
+    let format = |maps: Option<&Vec<oci_spec::runtime::LinuxIdMapping>>| -> String {
+        maps.into_iter()
+            .flatten()
+            .map(|m| format!("{} {} {}\n", m.container_id(), m.host_id(), m.size()))
+            .collect()
+    };
+    for (file, maps) in [
+        ("uid_map", linux.and_then(|l| l.uid_mappings().as_ref())),
+        ("gid_map", linux.and_then(|l| l.gid_mappings().as_ref())),
+    ] {
+        let text = format(maps);
+        if text.is_empty() {
+            continue;
+        }
+        let path = format!("/proc/{pid}/{file}");
+        fs::write(&path, text).map_err(|source| LifecycleError::IdMap { path, source })?;
+    }
+    Ok(())
+}
+
+/// Clones the init into its new namespaces with fork semantics (no new
+/// stack: the child continues here with a copy of this address space).
+fn spawn_init(
+    init: Init,
+    clone_flags: i32,
+    pid_ns_path: Option<&Path>,
+    backend: &'static dyn backend::Backend,
+) -> Result<Pid> {
+    // Joining a pid namespace only affects children, so enter it around the
+    // clone and return to our own right after.
+    let original_pid_ns = match pid_ns_path {
+        Some(path) => {
+            let pid_ns_error = |source| LifecycleError::PidNamespace {
+                path: path.to_path_buf(),
+                source,
+            };
+            let own = fs::File::open("/proc/self/ns/pid").map_err(|e| {
+                pid_ns_error(nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
+            })?;
+            let target = fs::File::open(path).map_err(|e| {
+                pid_ns_error(nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
+            })?;
+            nix::sched::setns(target, nix::sched::CloneFlags::CLONE_NEWPID)
+                .map_err(pid_ns_error)?;
+            Some(own)
+        }
+        None => None,
+    };
+    // SAFETY: a raw clone without CLONE_VM and with a null stack behaves like
+    // fork(): the child gets a copy of this single-threaded process.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            (clone_flags | libc::SIGCHLD) as libc::c_ulong,
+            std::ptr::null_mut::<libc::c_void>(),
+            std::ptr::null_mut::<libc::c_void>(),
+            std::ptr::null_mut::<libc::c_void>(),
+            0 as libc::c_ulong,
+        )
+    };
+    if ret == 0 {
+        init::main(init, backend);
+    }
+    if let Some(own) = original_pid_ns {
+        let _ = nix::sched::setns(own, nix::sched::CloneFlags::CLONE_NEWPID);
+    }
+    if ret < 0 {
+        return Err(LifecycleError::Clone(nix::Error::last()));
+    }
+    // The init's ends of the channel, fifo and console socket stay in the
+    // child only.
+    drop(init);
+    Ok(Pid::from_raw(ret as i32))
+}
+
+/// Lets the created container's init exec the process.
+pub fn start(store: &Store, id: &str) -> Result<ContainerState> {
+    let state = store.load(id)?;
+    let status = state.status(store);
+    if status != Status::Created {
+        return Err(LifecycleError::WrongStatus {
+            id: id.to_string(),
+            status,
+            wanted: "created",
+        });
+    }
+    let fifo_path = store.fifo_path(id);
+    let fifo = nix::fcntl::open(
+        &fifo_path,
+        OFlag::O_WRONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|source| LifecycleError::Start {
+        id: id.to_string(),
+        source,
+    })?;
+    nix::unistd::write(&fifo, &[1u8]).map_err(|source| LifecycleError::Start {
+        id: id.to_string(),
+        source,
+    })?;
+    let _ = fs::remove_file(&fifo_path);
+    let json = serde_json::to_vec(&state.oci_state(Status::Running)).unwrap_or_default();
+    if let Err(err) = hooks::run_all(
+        "poststart",
+        state
+            .spec
+            .hooks()
+            .as_ref()
+            .and_then(|h| h.poststart().as_ref()),
+        &json,
+    ) {
+        eprintln!("capsa: warning: {}", crate::error_chain(&err));
+    }
+    Ok(state)
+}
+
+pub fn kill_container(store: &Store, id: &str, signal: Signal, all: bool) -> Result<()> {
+    let state = store.load(id)?;
+    let status = state.status(store);
+    if status == Status::Stopped {
+        return Err(LifecycleError::WrongStatus {
+            id: id.to_string(),
+            status,
+            wanted: "running",
+        });
+    }
+    let signal_error = |source| LifecycleError::Signal {
+        id: id.to_string(),
+        source,
+    };
+    if all {
+        if let Some(cgroup) = &state.cgroup {
+            for pid in cgroup.pids()? {
+                let _ = kill(Pid::from_raw(pid), signal);
+            }
+            return Ok(());
+        }
+    }
+    kill(Pid::from_raw(state.pid), signal).map_err(signal_error)
+}
+
+/// Removes a stopped container (or any, with `force`): its processes, its
+/// cgroup, its state; then runs the poststop hooks.
+pub fn delete(store: &Store, id: &str, force: bool) -> Result<()> {
+    let state = match store.load(id) {
+        Ok(state) => state,
+        // A directory without state is a create that died half-way.
+        Err(StateError::NotFound(_)) if force && store.dir(id).exists() => {
+            return Ok(store.remove(id)?);
+        }
+        Err(err) => return Err(err.into()),
+    };
+    let status = state.status(store);
+    if status != Status::Stopped {
+        if !force && status != Status::Created {
+            return Err(LifecycleError::StillRunning(id.to_string()));
+        }
+        stop_all(&state)?;
+    }
+    if let Some(cgroup) = &state.cgroup {
+        cgroup.delete()?;
+    }
+    store.remove(id)?;
+    let json = serde_json::to_vec(&state.oci_state(Status::Stopped)).unwrap_or_default();
+    if let Err(err) = hooks::run_all(
+        "poststop",
+        state
+            .spec
+            .hooks()
+            .as_ref()
+            .and_then(|h| h.poststop().as_ref()),
+        &json,
+    ) {
+        eprintln!("capsa: warning: {}", crate::error_chain(&err));
+    }
+    Ok(())
+}
+
+/// SIGKILLs the init and everything in the cgroup, and waits until they are gone.
+fn stop_all(state: &ContainerState) -> Result<()> {
+    if let Some(cgroup) = &state.cgroup {
+        // A frozen cgroup would hold the SIGKILL until thawed.
+        let _ = cgroup.thaw();
+    }
+    let _ = kill(Pid::from_raw(state.pid), Signal::SIGKILL);
+    wait_gone(state.pid, state.pid_start_time);
+    if let Some(cgroup) = &state.cgroup {
+        for pid in cgroup.pids().unwrap_or_default() {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+    Ok(())
+}
+
+/// Waits until `pid` (with this start time) has exited, through a pidfd so
+/// nothing polls on a timer. Reaps it if it is our child.
+fn wait_gone(pid: i32, start_time: u64) {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd >= 0 {
+        // SAFETY: the syscall returned a fresh fd that nothing else owns.
+        let pidfd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        if state::process_start_time(pid) == Some(start_time) {
+            let mut fds = [nix::poll::PollFd::new(
+                pidfd.as_fd(),
+                nix::poll::PollFlags::POLLIN,
+            )];
+            while let Err(nix::Error::EINTR) =
+                nix::poll::poll(&mut fds, nix::poll::PollTimeout::NONE)
+            {}
+        }
+    }
+    let _ = waitpid(
+        Pid::from_raw(pid),
+        Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+    );
+}
+
+pub fn pause(store: &Store, id: &str) -> Result<()> {
+    set_paused(store, id, true)
+}
+
+pub fn resume(store: &Store, id: &str) -> Result<()> {
+    set_paused(store, id, false)
+}
+
+fn set_paused(store: &Store, id: &str, paused: bool) -> Result<()> {
+    let mut state = store.load(id)?;
+    let status = state.status(store);
+    let wanted = if paused {
+        Status::Running
+    } else {
+        Status::Paused
+    };
+    if status != wanted {
+        return Err(LifecycleError::WrongStatus {
+            id: id.to_string(),
+            status,
+            wanted: if paused { "running" } else { "paused" },
+        });
+    }
+    if let Some(cgroup) = &state.cgroup {
+        if paused {
+            cgroup.freeze()?;
+        } else {
+            cgroup.thaw()?;
+        }
+    }
+    state.paused = paused;
+    store.save(&state)?;
+    Ok(())
+}
+
+/// What `capsa run` does in the foreground: create, start, forward signals
+/// to the init, and return its exit code (128+N when killed by signal N).
+pub fn run_foreground(store: &Store, opts: &CreateOptions<'_>) -> Result<i32> {
+    // Blocked before the clone so none is lost; the init unblocks them
+    // before it launches the process.
+    let mut forwarded = SigSet::empty();
+    for signal in crate::signal::FORWARDED {
+        forwarded.add(signal);
+    }
+    forwarded.add(Signal::SIGCHLD);
+    forwarded
+        .thread_block()
+        .map_err(|source| LifecycleError::Signal {
+            id: opts.id.to_string(),
+            source,
+        })?;
+
+    let state = create(store, opts)?;
+    let pid = Pid::from_raw(state.pid);
+    let started = start(store, opts.id);
+    let code = match started {
+        Ok(_) => wait_forwarding(pid, &forwarded),
+        Err(err) => {
+            let _ = delete(store, opts.id, true);
+            return Err(err);
+        }
+    };
+    delete(store, opts.id, true)?;
+    Ok(code)
+}
+
+fn wait_forwarding(pid: Pid, signals: &SigSet) -> i32 {
+    loop {
+        match waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(_, code)) => return code,
+            Ok(WaitStatus::Signaled(_, signal, _)) => return 128 + signal as i32,
+            Ok(_) => {}
+            Err(nix::Error::ECHILD) => return 255,
+            Err(_) => {}
+        }
+        match signals.wait() {
+            Ok(Signal::SIGCHLD) => {}
+            Ok(signal) => {
+                let _ = kill(pid, signal);
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// Pids of every process in the container's cgroup.
+pub fn pids(store: &Store, id: &str) -> Result<Vec<i32>> {
+    let state = store.load(id)?;
+    match &state.cgroup {
+        Some(cgroup) => Ok(cgroup.pids()?),
+        None => Ok(vec![state.pid]),
+    }
+}

@@ -1,0 +1,406 @@
+//! Loading and validating a bundle's config.json, and the default spec of
+//! `capsa spec`.
+//!
+//! Validation happens before anything is created, so bad input never leaves
+//! a state directory, cgroup or process behind.
+
+use std::collections::HashSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::{LinuxNamespaceType, Process, Spec};
+
+use crate::backend::Isolation;
+
+/// Annotation that selects the isolation backend from config.json.
+pub const ISOLATION_ANNOTATION: &str = "dev.capsa.isolation";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("{path}: cannot read the bundle's config")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {field}: {message}")]
+    Parse {
+        path: PathBuf,
+        field: String,
+        message: String,
+    },
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+    #[error("{field}: not supported by capsa")]
+    Unsupported { field: String },
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> SpecError {
+    SpecError::Invalid {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// A parsed bundle: its directory, its config and the absolute rootfs path.
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    pub dir: PathBuf,
+    pub spec: Spec,
+    pub rootfs: PathBuf,
+}
+
+impl Bundle {
+    /// Reads and validates `<dir>/config.json`.
+    pub fn load(dir: &Path) -> Result<Bundle, SpecError> {
+        let dir = fs::canonicalize(dir).map_err(|source| SpecError::Read {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let path = dir.join("config.json");
+        let text = fs::read(&path).map_err(|source| SpecError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let spec = parse(&path, &text)?;
+        let rootfs = validate(&spec, &dir)?;
+        Ok(Bundle { dir, spec, rootfs })
+    }
+
+    /// The backend named by the `dev.capsa.isolation` annotation, if any.
+    pub fn isolation_annotation(&self) -> Result<Option<Isolation>, SpecError> {
+        let Some(value) = self
+            .spec
+            .annotations()
+            .as_ref()
+            .and_then(|a| a.get(ISOLATION_ANNOTATION))
+        else {
+            return Ok(None);
+        };
+        value.parse().map(Some).map_err(|_| {
+            invalid(
+                format!("annotations.{ISOLATION_ANNOTATION}"),
+                format!("unknown isolation {value:?} (expected container or microvm)"),
+            )
+        })
+    }
+}
+
+/// Parses config.json, naming the offending field on error.
+pub fn parse(path: &Path, text: &[u8]) -> Result<Spec, SpecError> {
+    let mut deserializer = serde_json::Deserializer::from_slice(text);
+    serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
+        let field = err.path().to_string();
+        SpecError::Parse {
+            path: path.to_path_buf(),
+            field: if field == "." {
+                "(document)".into()
+            } else {
+                field
+            },
+            message: err.into_inner().to_string(),
+        }
+    })
+}
+
+/// Checks what serde cannot: values, combinations, referenced paths.
+/// Returns the absolute rootfs path.
+pub fn validate(spec: &Spec, bundle: &Path) -> Result<PathBuf, SpecError> {
+    if !spec.version().starts_with("1.") {
+        return Err(invalid(
+            "ociVersion",
+            format!("{:?} is not a 1.x runtime-spec version", spec.version()),
+        ));
+    }
+    let root = spec
+        .root()
+        .as_ref()
+        .ok_or_else(|| invalid("root", "missing"))?;
+    let rootfs = bundle.join(root.path());
+    match fs::metadata(&rootfs) {
+        Ok(meta) if meta.is_dir() => {}
+        Ok(_) => {
+            return Err(invalid(
+                "root.path",
+                format!("{} is not a directory", rootfs.display()),
+            ))
+        }
+        Err(_) => {
+            return Err(invalid(
+                "root.path",
+                format!("{} does not exist", rootfs.display()),
+            ))
+        }
+    }
+
+    let process = spec
+        .process()
+        .as_ref()
+        .ok_or_else(|| invalid("process", "missing"))?;
+    if process.args().as_ref().is_none_or(|a| a.is_empty()) {
+        return Err(invalid("process.args", "must not be empty"));
+    }
+    if !process.cwd().is_absolute() {
+        return Err(invalid(
+            "process.cwd",
+            format!("{} is not an absolute path", process.cwd().display()),
+        ));
+    }
+    if let Some(env) = process.env() {
+        for (i, var) in env.iter().enumerate() {
+            if !var.contains('=') {
+                return Err(invalid(
+                    format!("process.env[{i}]"),
+                    format!("{var:?} is not KEY=VALUE"),
+                ));
+            }
+        }
+    }
+    if let Some(rlimits) = process.rlimits() {
+        let mut seen = HashSet::new();
+        for (i, rlimit) in rlimits.iter().enumerate() {
+            if !seen.insert(rlimit.typ().to_string()) {
+                return Err(invalid(
+                    format!("process.rlimits[{i}].type"),
+                    format!("{} is given twice", rlimit.typ()),
+                ));
+            }
+            if rlimit.soft() > rlimit.hard() {
+                return Err(invalid(
+                    format!("process.rlimits[{i}]"),
+                    "soft limit exceeds hard limit",
+                ));
+            }
+        }
+    }
+    if process
+        .apparmor_profile()
+        .as_ref()
+        .is_some_and(|p| !p.is_empty())
+    {
+        return Err(SpecError::Unsupported {
+            field: "process.apparmorProfile".into(),
+        });
+    }
+    if process
+        .selinux_label()
+        .as_ref()
+        .is_some_and(|p| !p.is_empty())
+    {
+        return Err(SpecError::Unsupported {
+            field: "process.selinuxLabel".into(),
+        });
+    }
+    if process.scheduler().is_some() {
+        return Err(SpecError::Unsupported {
+            field: "process.scheduler".into(),
+        });
+    }
+    if process.io_priority().is_some() {
+        return Err(SpecError::Unsupported {
+            field: "process.ioPriority".into(),
+        });
+    }
+
+    if let Some(mounts) = spec.mounts() {
+        for (i, mount) in mounts.iter().enumerate() {
+            if !mount.destination().is_absolute() {
+                return Err(invalid(
+                    format!("mounts[{i}].destination"),
+                    format!("{} is not an absolute path", mount.destination().display()),
+                ));
+            }
+        }
+    }
+
+    if let Some(linux) = spec.linux() {
+        validate_linux(linux)?;
+    }
+    Ok(rootfs)
+}
+
+fn validate_linux(linux: &oci_spec::runtime::Linux) -> Result<(), SpecError> {
+    let namespaces = linux.namespaces().as_deref().unwrap_or_default();
+    let mut seen = HashSet::new();
+    for (i, ns) in namespaces.iter().enumerate() {
+        if !seen.insert(ns.typ()) {
+            return Err(invalid(
+                format!("linux.namespaces[{i}].type"),
+                format!("{} is given twice", ns.typ()),
+            ));
+        }
+        if ns.typ() == LinuxNamespaceType::Time {
+            return Err(SpecError::Unsupported {
+                field: format!("linux.namespaces[{i}] (time)"),
+            });
+        }
+        if let Some(path) = ns.path() {
+            if !path.exists() {
+                return Err(invalid(
+                    format!("linux.namespaces[{i}].path"),
+                    format!("{} does not exist", path.display()),
+                ));
+            }
+        }
+    }
+    let has_userns = seen.contains(&LinuxNamespaceType::User);
+    let has_maps = linux.uid_mappings().as_ref().is_some_and(|m| !m.is_empty())
+        || linux.gid_mappings().as_ref().is_some_and(|m| !m.is_empty());
+    if has_maps && !has_userns {
+        return Err(invalid(
+            "linux.uidMappings",
+            "mappings need a user namespace in linux.namespaces",
+        ));
+    }
+    if linux.sysctl().as_ref().is_some_and(|s| !s.is_empty())
+        && !seen.contains(&LinuxNamespaceType::Mount)
+    {
+        return Err(invalid("linux.sysctl", "needs a mount namespace"));
+    }
+    if let Some(propagation) = linux.rootfs_propagation() {
+        if !matches!(
+            propagation.as_str(),
+            "" | "private"
+                | "rprivate"
+                | "slave"
+                | "rslave"
+                | "shared"
+                | "rshared"
+                | "unbindable"
+                | "runbindable"
+        ) {
+            return Err(invalid(
+                "linux.rootfsPropagation",
+                format!("unknown propagation {propagation:?}"),
+            ));
+        }
+    }
+    if let Some(devices) = linux.devices() {
+        for (i, device) in devices.iter().enumerate() {
+            if !device.path().is_absolute() || !device.path().starts_with("/dev") {
+                return Err(invalid(
+                    format!("linux.devices[{i}].path"),
+                    format!("{} is not under /dev", device.path().display()),
+                ));
+            }
+        }
+    }
+    for (field, present) in [
+        ("linux.intelRdt", linux.intel_rdt().is_some()),
+        ("linux.personality", linux.personality().is_some()),
+        ("linux.memoryPolicy", linux.memory_policy().is_some()),
+        ("linux.timeOffsets", linux.time_offsets().is_some()),
+        (
+            "linux.netDevices",
+            linux.net_devices().as_ref().is_some_and(|d| !d.is_empty()),
+        ),
+    ] {
+        if present {
+            return Err(SpecError::Unsupported {
+                field: field.into(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The config.json `capsa spec` writes, like runc's: `sh` on a terminal, the
+/// usual namespaces, mounts, masked and readonly paths and capabilities.
+pub fn default_spec() -> Spec {
+    let mut spec = Spec::default();
+    spec.set_hostname(Some("capsa".into()));
+    let mut process = Process::default();
+    process.set_terminal(Some(true));
+    spec.set_process(Some(process));
+    spec
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_bundle(config: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::create_dir(dir.path().join("rootfs")).expect("rootfs");
+        fs::write(dir.path().join("config.json"), config).expect("config");
+        dir
+    }
+
+    fn default_json() -> serde_json::Value {
+        serde_json::to_value(default_spec()).expect("serialize")
+    }
+
+    #[test]
+    fn default_spec_is_valid_and_round_trips() {
+        let dir = write_bundle(&default_json().to_string());
+        let bundle = Bundle::load(dir.path()).expect("valid");
+        assert_eq!(
+            bundle.rootfs,
+            dir.path().canonicalize().expect("c").join("rootfs")
+        );
+        let process = bundle.spec.process().as_ref().expect("process");
+        assert_eq!(process.args().as_deref(), Some(&["sh".to_string()][..]));
+        assert_eq!(process.terminal(), Some(true));
+    }
+
+    #[test]
+    fn a_type_error_names_the_field() {
+        let mut json = default_json();
+        json["process"]["user"]["uid"] = serde_json::json!("root");
+        let dir = write_bundle(&json.to_string());
+        let err = Bundle::load(dir.path()).expect_err("bad uid").to_string();
+        assert!(err.contains("process.user.uid"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_rootfs_names_root_path() {
+        let mut json = default_json();
+        json["root"]["path"] = serde_json::json!("nope");
+        let dir = write_bundle(&json.to_string());
+        let err = Bundle::load(dir.path()).expect_err("no rootfs").to_string();
+        assert!(err.starts_with("root.path: "), "{err}");
+        assert!(err.contains("nope does not exist"), "{err}");
+    }
+
+    #[test]
+    fn empty_args_and_relative_cwd_are_rejected() {
+        let mut json = default_json();
+        json["process"]["args"] = serde_json::json!([]);
+        let dir = write_bundle(&json.to_string());
+        let err = Bundle::load(dir.path())
+            .expect_err("empty args")
+            .to_string();
+        assert_eq!(err, "process.args: must not be empty");
+
+        let mut json = default_json();
+        json["process"]["cwd"] = serde_json::json!("tmp");
+        let dir = write_bundle(&json.to_string());
+        let err = Bundle::load(dir.path()).expect_err("relative").to_string();
+        assert_eq!(err, "process.cwd: tmp is not an absolute path");
+    }
+
+    #[test]
+    fn unknown_namespace_and_isolation_are_rejected() {
+        let mut json = default_json();
+        json["linux"]["namespaces"] = serde_json::json!([{"type": "bogus"}]);
+        let dir = write_bundle(&json.to_string());
+        let err = Bundle::load(dir.path()).expect_err("bogus ns").to_string();
+        assert!(err.contains("linux.namespaces[0].type"), "{err}");
+
+        let mut json = default_json();
+        json["annotations"] = serde_json::json!({ISOLATION_ANNOTATION: "vm"});
+        let dir = write_bundle(&json.to_string());
+        let bundle = Bundle::load(dir.path()).expect("loads");
+        let err = bundle.isolation_annotation().expect_err("bad").to_string();
+        assert!(err.starts_with("annotations.dev.capsa.isolation"), "{err}");
+    }
+
+    #[test]
+    fn unsupported_fields_are_named() {
+        let mut json = default_json();
+        json["linux"]["intelRdt"] = serde_json::json!({"closID": "x"});
+        let dir = write_bundle(&json.to_string());
+        let err = Bundle::load(dir.path()).expect_err("rdt").to_string();
+        assert_eq!(err, "linux.intelRdt: not supported by capsa");
+    }
+}
