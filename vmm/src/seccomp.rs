@@ -43,7 +43,6 @@ const ALLOWED: &[i64] = &[
     libc::SYS_futex,
     // The allocator.
     libc::SYS_brk,
-    libc::SYS_mmap,
     libc::SYS_munmap,
     libc::SYS_mremap,
     libc::SYS_madvise,
@@ -98,6 +97,8 @@ const ALLOWED: &[i64] = &[
     libc::SYS_gettid,
     libc::SYS_getpid,
     libc::SYS_sched_yield,
+    // std's hash map seeds.
+    libc::SYS_getrandom,
 ];
 
 /// The compiled allowlist.
@@ -108,6 +109,18 @@ pub fn filter() -> Result<BpfProgram, Error> {
         SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, request)
             .and_then(|c| SeccompRule::new(vec![c]))
     };
+    // Memory may be mapped and protected, never made executable.
+    let no_exec = || {
+        SeccompCondition::new(
+            2,
+            SeccompCmpArgLen::Dword,
+            SeccompCmpOp::MaskedEq(libc::PROT_EXEC as u64),
+            0,
+        )
+        .and_then(|c| SeccompRule::new(vec![c]))
+    };
+    rules.insert(libc::SYS_mmap, vec![no_exec().map_err(Error::Compile)?]);
+    rules.insert(libc::SYS_mprotect, vec![no_exec().map_err(Error::Compile)?]);
     rules.insert(
         libc::SYS_ioctl,
         vec![

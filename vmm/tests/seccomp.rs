@@ -49,3 +49,24 @@ fn forbidden_syscalls_kill_the_process() {
     let status = child("forbidden", "forbidden_syscalls_kill_the_process");
     assert_eq!(status.signal(), Some(libc::SIGSYS), "{status:?}");
 }
+
+#[test]
+fn executable_mappings_kill_the_process() {
+    if std::env::var(CHILD).as_deref() == Ok("exec") {
+        capsa_vmm::seccomp::install().unwrap();
+        // SAFETY: an anonymous mapping nobody else uses; it must not return.
+        unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ | libc::PROT_EXEC,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        std::process::exit(0);
+    }
+    let status = child("exec", "executable_mappings_kill_the_process");
+    assert_eq!(status.signal(), Some(libc::SIGSYS), "{status:?}");
+}

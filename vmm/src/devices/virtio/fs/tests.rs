@@ -247,3 +247,48 @@ fn truncated_and_hostile_requests_do_not_panic() {
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Exercises the common requests in a child process confined by the VMM's
+/// seccomp filter: a missing syscall kills the child with SIGSYS.
+#[test]
+fn serving_works_under_the_seccomp_filter() {
+    const CHILD: &str = "CAPSA_VMM_FS_SECCOMP_CHILD";
+    if std::env::var(CHILD).is_ok() {
+        let dir = fixture("seccomp");
+        let mut h = Harness::new(&dir, false);
+        crate::seccomp::install().unwrap();
+        let (node, _) = h.lookup(1, "file").unwrap();
+        let fh = h.open(node, libc::O_RDONLY).unwrap();
+        assert_eq!(h.read(node, fh, 4096).unwrap(), b"inside");
+        assert_eq!(h.request(Opcode::Getattr as u32, node, &[0u8; 16]).0, 0);
+        assert_eq!(h.request(Opcode::Statfs as u32, 1, &[]).0, 0);
+        let (link, _) = h.lookup(1, "abs").unwrap();
+        assert_eq!(h.request(Opcode::Readlink as u32, link, &[]).0, 0);
+        let mut mkdir = 0o755u32.to_le_bytes().to_vec();
+        mkdir.extend([0u8; 4]);
+        mkdir.extend(b"made\0");
+        assert_eq!(h.request(MKDIR, 1, &mkdir).0, 0);
+        let (sub, _) = h.lookup(1, "sub").unwrap();
+        let (err, out) = h.request(Opcode::Opendir as u32, sub, &[0u8; 8]);
+        assert_eq!(err, 0);
+        let dfh = u64::from_le_bytes(out[0..8].try_into().unwrap());
+        let mut readdir = dfh.to_le_bytes().to_vec();
+        readdir.extend(0u64.to_le_bytes());
+        readdir.extend(4096u32.to_le_bytes());
+        readdir.extend([0u8; 20]);
+        assert_eq!(h.request(Opcode::Readdir as u32, sub, &readdir).0, 0);
+        assert_eq!(h.request(Opcode::Rmdir as u32, 1, b"made\0").0, 0);
+        assert_eq!(h.request(Opcode::Unlink as u32, 1, b"file\0").0, 0);
+        std::process::exit(0);
+    }
+    let status = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "devices::virtio::fs::tests::serving_works_under_the_seccomp_filter",
+            "--exact",
+            "--test-threads=1",
+        ])
+        .env(CHILD, "1")
+        .status()
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
