@@ -6,8 +6,10 @@
 //! process ([`container`]), or boot the process in a KVM microVM ([`microvm`]).
 
 pub mod backend;
+pub mod bench;
 pub mod cgroups;
 pub mod container;
+pub mod demo;
 pub mod hooks;
 pub mod init;
 pub mod lifecycle;

@@ -129,6 +129,44 @@ enum Command {
     Pause { id: String },
     /// Thaw a paused container.
     Resume { id: String },
+    /// Write the built-in demo bundle (busybox-static rootfs) to DIR.
+    DemoBundle {
+        dir: PathBuf,
+        /// The process to run (default: sh).
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
+    /// Measure and compare isolation modes and peer runtimes.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Start-to-exit latency, interleaved across modes and peers.
+    Startup {
+        /// Measured runs per runner (after the warm-up).
+        #[arg(long, default_value_t = 30)]
+        runs: usize,
+        /// Unmeasured runs per runner first.
+        #[arg(long, default_value_t = 3)]
+        warmup: usize,
+        /// Isolation modes to measure.
+        #[arg(long, value_delimiter = ',', default_value = "container,microvm")]
+        isolation: Vec<Isolation>,
+        /// Peer runtimes to measure when installed.
+        #[arg(long, value_delimiter = ',', default_value = "runc,crun,runsc")]
+        peers: Vec<String>,
+        /// Bundle whose rootfs to use (default: the built-in busybox demo).
+        #[arg(long)]
+        bundle: Option<PathBuf>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// The command to run (default /bin/true).
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -211,6 +249,34 @@ fn dispatch(cli: Cli) -> Result<u8> {
         } => ps(&store, &id, &format, &ps_args)?,
         Command::Pause { id } => lifecycle::pause(&store, &id).map_err(chain)?,
         Command::Resume { id } => lifecycle::resume(&store, &id).map_err(chain)?,
+        Command::DemoBundle { dir, command } => {
+            capsa::demo::build_bundle(&dir, &command).map_err(chain)?;
+        }
+        Command::Bench(BenchCommand::Startup {
+            runs,
+            warmup,
+            isolation,
+            peers,
+            bundle,
+            json,
+            command,
+        }) => {
+            let opts = capsa::bench::StartupOptions {
+                runs,
+                warmup,
+                isolations: isolation,
+                peers,
+                bundle,
+                command,
+                json,
+            };
+            let summaries = capsa::bench::startup(&opts).map_err(chain)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&summaries)?);
+            } else {
+                print!("{}", capsa::bench::format_table(&summaries));
+            }
+        }
     }
     Ok(0)
 }

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Installs the Debian packages capsa's build, demo and tests need; quick when
+# they are already present.
+set -euo pipefail
+packages=(busybox-static runc podman libseccomp-dev pkg-config iproute2 util-linux)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    echo "installing: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
