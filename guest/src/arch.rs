@@ -1,0 +1,244 @@
+//! The CPU-facing side of the kernel: the register frames the trampolines in
+//! `main.rs` hand to Rust, MMIO accessors, the privileged gates, and the jump
+//! into the application. The host unit tests never call these.
+
+use capsa_abi::{control, CONTROL_MMIO_BASE};
+
+/// Registers saved by `capsa_syscall_user`, lowest address first. The
+/// dispatcher writes the result into `rax`; the return path restores the
+/// rest, so a handler may also redirect `rip`/`rsp` (e.g. `rt_sigreturn`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SyscallFrame {
+    pub rax: u64,
+    pub rdi: u64,
+    pub rsi: u64,
+    pub rdx: u64,
+    pub r10: u64,
+    pub r8: u64,
+    pub r9: u64,
+    /// The application's return address (the CPU put it in rcx).
+    pub rip: u64,
+    /// The application's rflags (the CPU put them in r11).
+    pub rflags: u64,
+    pub rsp: u64,
+}
+
+/// General registers at the time of an exception, as pushed by `capsa_fault_user`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FaultInfo {
+    pub rax: u64,
+    pub rbx: u64,
+    pub rcx: u64,
+    pub rdx: u64,
+    pub rsi: u64,
+    pub rdi: u64,
+    pub rbp: u64,
+    pub r8: u64,
+    pub r9: u64,
+    pub r10: u64,
+    pub r11: u64,
+    pub r12: u64,
+    pub r13: u64,
+    pub r14: u64,
+    pub r15: u64,
+}
+
+/// The CPU's exception frame, left on the CPL0 stack by the stubs.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ExceptionFrame {
+    pub vector: u64,
+    pub error: u64,
+    pub rip: u64,
+    pub rflags: u64,
+    pub rsp: u64,
+    pub cr2: u64,
+}
+
+#[cfg(not(test))]
+mod machine {
+    use super::ExceptionFrame;
+
+    extern "C" {
+        static mut CAPSA_IDT: [u64; 512];
+        static CAPSA_CPL0_STACK_TOP: u8;
+        static CAPSA_FAULT_CR2: u64;
+        static capsa_exception_stubs: u8;
+        static capsa_msr_gate: u8;
+    }
+
+    const KERNEL_CS: u64 = 0x08;
+
+    fn gate(handler: u64, dpl: u64) -> (u64, u64) {
+        let low = (handler & 0xFFFF)
+            | (KERNEL_CS << 16)
+            | ((0x8E | (dpl << 5)) << 40)
+            | ((handler >> 16) & 0xFFFF) << 48;
+        (low, handler >> 32)
+    }
+
+    /// Fills the IDT that `_start` loaded (empty until now). Runs at CPL3:
+    /// the table is ordinary user-accessible memory, and building it here
+    /// instead of at CPL0 saves thousands of emulated instructions.
+    pub fn install_idt() {
+        let stubs = core::ptr::addr_of!(capsa_exception_stubs) as u64;
+        let msr = core::ptr::addr_of!(capsa_msr_gate) as u64;
+        // SAFETY: the IDT is only written here, once, before any exception
+        // can be taken; one vCPU.
+        let idt = unsafe { &mut *core::ptr::addr_of_mut!(CAPSA_IDT) };
+        for vector in 0..32 {
+            let (low, high) = gate(stubs + 16 * vector as u64, 0);
+            idt[2 * vector] = low;
+            idt[2 * vector + 1] = high;
+        }
+        let (low, high) = gate(msr, 3);
+        idt[2 * 0x81] = low;
+        idt[2 * 0x81 + 1] = high;
+    }
+
+    pub fn exception_frame() -> ExceptionFrame {
+        // SAFETY: the stub left vector, error, rip, cs, rflags, rsp, ss just
+        // below the CPL0 stack top; the region is ordinary memory in the image.
+        unsafe {
+            let top = core::ptr::addr_of!(CAPSA_CPL0_STACK_TOP) as *const u64;
+            let at = |slot: usize| core::ptr::read_volatile(top.sub(7 - slot));
+            ExceptionFrame {
+                vector: at(0),
+                error: at(1),
+                rip: at(2),
+                rflags: at(4),
+                rsp: at(5),
+                cr2: core::ptr::read_volatile(core::ptr::addr_of!(CAPSA_FAULT_CR2)),
+            }
+        }
+    }
+
+    /// Writes a model-specific register through the `int 0x81` gate.
+    pub fn wrmsr(msr: u32, value: u64) {
+        // SAFETY: the gate executes `wrmsr; iretq` with these registers; the
+        // only MSR the kernel writes this way is the FS base.
+        unsafe {
+            core::arch::asm!(
+                "int 0x81",
+                in("ecx") msr,
+                in("eax") value as u32,
+                in("edx") (value >> 32) as u32,
+            );
+        }
+    }
+
+    /// Starts the application: fresh registers, the given stack and entry.
+    pub fn enter_user(entry: u64, sp: u64) -> ! {
+        // SAFETY: `entry` and `sp` come from the ELF loader and the initial
+        // stack builder; the application now owns the CPU until its next
+        // syscall or fault.
+        unsafe {
+            core::arch::asm!(
+                "mov rsp, {sp}",
+                "xor eax, eax",
+                "xor ebx, ebx",
+                "xor ecx, ecx",
+                "xor edx, edx",
+                "xor esi, esi",
+                "xor edi, edi",
+                "xor ebp, ebp",
+                "xor r8d, r8d",
+                "xor r9d, r9d",
+                "xor r10d, r10d",
+                "xor r11d, r11d",
+                "xor r12d, r12d",
+                "xor r13d, r13d",
+                "xor r14d, r14d",
+                "cld",
+                "jmp r15",
+                sp = in(reg) sp,
+                in("r15") entry,
+                options(noreturn)
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod machine {
+    use super::ExceptionFrame;
+
+    pub fn install_idt() {}
+    pub fn exception_frame() -> ExceptionFrame {
+        ExceptionFrame::default()
+    }
+    pub fn wrmsr(_msr: u32, _value: u64) {}
+    pub fn enter_user(_entry: u64, _sp: u64) -> ! {
+        unreachable!("host tests never enter user mode")
+    }
+}
+
+pub use machine::{enter_user, exception_frame, install_idt, wrmsr};
+
+pub const MSR_FS_BASE: u32 = 0xC000_0100;
+
+/// Reads a 32-bit MMIO register.
+///
+/// # Safety
+/// `addr` must be a device register inside the MMIO window.
+pub unsafe fn mmio_read32(addr: u64) -> u32 {
+    // SAFETY: per the caller's contract; identity mapped.
+    unsafe { core::ptr::read_volatile(addr as *const u32) }
+}
+
+/// # Safety
+/// `addr` must be a device register inside the MMIO window.
+pub unsafe fn mmio_write32(addr: u64, value: u32) {
+    // SAFETY: per the caller's contract; identity mapped.
+    unsafe { core::ptr::write_volatile(addr as *mut u32, value) }
+}
+
+/// Reads a capsa control register (see `capsa_abi::control`).
+pub fn control_read(reg: u64) -> u64 {
+    if cfg!(test) {
+        return 0;
+    }
+    // SAFETY: the control device is at CONTROL_MMIO_BASE, identity mapped;
+    // registers are 8-byte aligned.
+    unsafe { core::ptr::read_volatile((CONTROL_MMIO_BASE + reg) as *const u64) }
+}
+
+pub fn control_write(reg: u64, value: u64) {
+    if cfg!(test) {
+        return;
+    }
+    // SAFETY: as in `control_read`.
+    unsafe { core::ptr::write_volatile((CONTROL_MMIO_BASE + reg) as *mut u64, value) }
+}
+
+/// Logs a message through the VMM's debug channel.
+pub fn debug(msg: &[u8]) {
+    control_write(control::DEBUG_ADDR, msg.as_ptr() as u64);
+    control_write(control::DEBUG_LEN, msg.len() as u64);
+}
+
+pub fn rdtsc() -> u64 {
+    // SAFETY: rdtsc has no side effects; CR4.TSD is clear so it works at CPL3.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+/// A hardware random number, if the CPU has RDRAND and it delivers.
+pub fn rdrand() -> Option<u64> {
+    let leaf1 = core::arch::x86_64::__cpuid(1);
+    if leaf1.ecx & (1 << 30) == 0 {
+        return None;
+    }
+    for _ in 0..10 {
+        let value: u64;
+        let ok: u8;
+        // SAFETY: the CPU advertises RDRAND (checked above).
+        unsafe {
+            core::arch::asm!("rdrand {v}", "setc {ok}", v = out(reg) value, ok = out(reg_byte) ok);
+        }
+        if ok != 0 {
+            return Some(value);
+        }
+    }
+    None
+}

@@ -1,0 +1,119 @@
+//! virtio-console (virtio 1.2 §5.3), single port, no features: receive
+//! queue 0 is stdin, transmit queue 1 is stdout (or stderr).
+//!
+//! End of input: the VMM completes a receive buffer with zero bytes (the
+//! virtio console has no EOF of its own).
+
+use alloc::vec;
+use alloc::vec::Vec;
+
+use super::mmio::{InitError, MmioDevice};
+use super::queue::{Buf, Virtqueue};
+use crate::arch::{control_read, control_write};
+use crate::errno::{Errno, Result};
+use capsa_abi::{control, VIRTIO_ID_CONSOLE};
+
+const RX: usize = 0;
+const TX: usize = 1;
+const RX_BUF: usize = 64 * 1024;
+
+pub struct Console {
+    dev: MmioDevice,
+    queues: Vec<Virtqueue>,
+    rx_buf: Vec<u8>,
+    /// Received bytes not yet read: `rx_buf[pending.0..pending.1]`.
+    pending: (usize, usize),
+    eof: bool,
+}
+
+impl Console {
+    /// # Safety
+    /// `base` must be the MMIO window of a virtio-console device.
+    pub unsafe fn new(base: u64) -> core::result::Result<Self, InitError> {
+        // SAFETY: per the caller's contract.
+        let dev = unsafe { MmioDevice::new(base) };
+        let queues = dev.init(VIRTIO_ID_CONSOLE, 2, 8)?;
+        if queues.len() < 2 {
+            return Err(InitError::NotVirtio);
+        }
+        Ok(Self {
+            dev,
+            queues,
+            rx_buf: vec![0; RX_BUF],
+            pending: (0, 0),
+            eof: false,
+        })
+    }
+
+    pub fn write(&mut self, data: &[u8]) -> Result<usize> {
+        // Large writes go out in one descriptor per 1 MiB: few exits.
+        for chunk in data.chunks(1 << 20) {
+            if !self.queues[TX].push(&[Buf::readable(chunk)]) {
+                return Err(Errno::EIO);
+            }
+            self.dev.notify(TX as u32);
+            if self.queues[TX].pop_used().is_none() {
+                return Err(Errno::EIO);
+            }
+        }
+        Ok(data.len())
+    }
+
+    /// Collects a completed receive buffer, if any.
+    fn harvest(&mut self) {
+        if let Some((_, len)) = self.queues[RX].pop_used() {
+            let len = (len as usize).min(self.rx_buf.len());
+            if len == 0 {
+                self.eof = true;
+            }
+            self.pending = (0, len);
+        }
+    }
+
+    /// Posts the receive buffer (if not already posted) and notifies.
+    fn post(&mut self) {
+        if !self.queues[RX].outstanding() {
+            let buf = Buf::writable(&mut self.rx_buf);
+            self.queues[RX].push(&[buf]);
+        }
+        self.dev.notify(RX as u32);
+        self.harvest();
+    }
+
+    /// Whether a read would not block.
+    pub fn readable(&mut self) -> bool {
+        if self.pending.0 < self.pending.1 || self.eof {
+            return true;
+        }
+        if control_read(control::STDIN_READY) != 0 {
+            self.post();
+        }
+        self.pending.0 < self.pending.1 || self.eof
+    }
+
+    pub fn read(&mut self, out: &mut [u8], nonblocking: bool) -> Result<usize> {
+        loop {
+            if self.pending.0 < self.pending.1 {
+                let n = out.len().min(self.pending.1 - self.pending.0);
+                out[..n].copy_from_slice(&self.rx_buf[self.pending.0..self.pending.0 + n]);
+                self.pending.0 += n;
+                return Ok(n);
+            }
+            if self.eof {
+                return Ok(0);
+            }
+            if out.is_empty() {
+                return Ok(0);
+            }
+            self.post();
+            if self.pending.0 < self.pending.1 || self.eof {
+                continue;
+            }
+            if nonblocking {
+                return Err(Errno::EAGAIN);
+            }
+            // Block until the VMM has input for us, then ask again.
+            control_write(control::IDLE_NS, u64::MAX);
+        }
+    }
+}

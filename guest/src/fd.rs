@@ -1,0 +1,216 @@
+//! File descriptors: the per-fd object trait and the descriptor table.
+//!
+//! Each kind of open file implements only what it supports; the default
+//! methods answer with the errno Linux gives for that kind of misuse.
+
+use alloc::rc::Rc;
+use alloc::vec::Vec;
+
+use crate::drivers::virtio::fs::SetAttr;
+use crate::errno::{Errno, Result};
+use crate::kernel::Devices;
+
+pub const O_ACCMODE: u32 = 3;
+pub const O_RDONLY: u32 = 0;
+pub const O_WRONLY: u32 = 1;
+pub const O_RDWR: u32 = 2;
+pub const O_CREAT: u32 = 0o100;
+pub const O_EXCL: u32 = 0o200;
+pub const O_NOCTTY: u32 = 0o400;
+pub const O_TRUNC: u32 = 0o1000;
+pub const O_APPEND: u32 = 0o2000;
+pub const O_NONBLOCK: u32 = 0o4000;
+pub const O_DIRECTORY: u32 = 0o200000;
+pub const O_NOFOLLOW: u32 = 0o400000;
+pub const O_CLOEXEC: u32 = 0o2000000;
+pub const O_PATH: u32 = 0o10000000;
+/// Status flags `F_SETFL` may change.
+pub const SETFL_MASK: u32 = O_APPEND | O_NONBLOCK;
+
+pub const SEEK_SET: u32 = 0;
+pub const SEEK_CUR: u32 = 1;
+pub const SEEK_END: u32 = 2;
+
+pub trait File {
+    fn read(&self, _dev: &mut Devices, _buf: &mut [u8]) -> Result<usize> {
+        Err(Errno::EBADF)
+    }
+    fn write(&self, _dev: &mut Devices, _buf: &[u8]) -> Result<usize> {
+        Err(Errno::EBADF)
+    }
+    fn pread(&self, _dev: &mut Devices, _buf: &mut [u8], _offset: u64) -> Result<usize> {
+        Err(Errno::ESPIPE)
+    }
+    fn pwrite(&self, _dev: &mut Devices, _buf: &[u8], _offset: u64) -> Result<usize> {
+        Err(Errno::ESPIPE)
+    }
+    fn seek(&self, _dev: &mut Devices, _offset: i64, _whence: u32) -> Result<u64> {
+        Err(Errno::ESPIPE)
+    }
+    /// Linux `struct stat`.
+    fn stat(&self, dev: &mut Devices) -> Result<[u8; 144]>;
+    fn getdents64(&self, _dev: &mut Devices, _buf: &mut [u8]) -> Result<usize> {
+        Err(Errno::ENOTDIR)
+    }
+    fn ioctl(&self, _dev: &mut Devices, _request: u32, _arg: u64) -> Result<u64> {
+        Err(Errno::ENOTTY)
+    }
+    fn truncate(&self, _dev: &mut Devices, _len: u64) -> Result<()> {
+        Err(Errno::EINVAL)
+    }
+    fn sync(&self, _dev: &mut Devices) -> Result<()> {
+        Ok(())
+    }
+    /// Changes mode, owner, size or times (`fchmod`, `fchown`, `futimens`).
+    fn setattr(&self, _dev: &mut Devices, _set: &SetAttr) -> Result<()> {
+        Err(Errno::EPERM)
+    }
+    /// (readable, writable) without blocking.
+    fn poll(&self, _dev: &mut Devices) -> (bool, bool) {
+        (true, true)
+    }
+    /// `O_*` access mode and status flags.
+    fn flags(&self) -> u32;
+    fn set_flags(&self, _flags: u32) {}
+    /// Canonical path of a directory (for `fchdir` and `*at` calls).
+    fn dir_path(&self) -> Option<&[u8]> {
+        None
+    }
+    /// Called when the last descriptor referring to this file is closed.
+    fn release(&self, _dev: &mut Devices) {}
+    /// Whole-file access for the ELF loader and file-backed `mmap`.
+    fn read_at(&self, dev: &mut Devices, buf: &mut [u8], offset: u64) -> Result<usize> {
+        self.pread(dev, buf, offset)
+    }
+}
+
+#[derive(Clone)]
+pub struct Fd {
+    pub file: Rc<dyn File>,
+    pub cloexec: bool,
+}
+
+#[derive(Default)]
+pub struct FdTable {
+    slots: Vec<Option<Fd>>,
+}
+
+impl FdTable {
+    pub fn get(&self, fd: i32) -> Result<&Fd> {
+        usize::try_from(fd)
+            .ok()
+            .and_then(|i| self.slots.get(i))
+            .and_then(Option::as_ref)
+            .ok_or(Errno::EBADF)
+    }
+
+    pub fn file(&self, fd: i32) -> Result<Rc<dyn File>> {
+        Ok(self.get(fd)?.file.clone())
+    }
+
+    /// Installs at the lowest free descriptor >= `min`, below `limit`.
+    pub fn insert_from(&mut self, min: usize, fd: Fd, limit: usize) -> Result<i32> {
+        let free = (min..self.slots.len()).find(|&i| self.slots[i].is_none());
+        let i = free.unwrap_or(self.slots.len().max(min));
+        if i >= limit {
+            return Err(Errno::EMFILE);
+        }
+        if i >= self.slots.len() {
+            self.slots.resize(i + 1, None);
+        }
+        self.slots[i] = Some(fd);
+        i32::try_from(i).map_err(|_| Errno::EMFILE)
+    }
+
+    pub fn insert(&mut self, fd: Fd, limit: usize) -> Result<i32> {
+        self.insert_from(0, fd, limit)
+    }
+
+    /// Puts `fd` at `at`, returning what was there.
+    pub fn replace(&mut self, at: i32, fd: Fd, limit: usize) -> Result<Option<Fd>> {
+        let i = usize::try_from(at).map_err(|_| Errno::EBADF)?;
+        if i >= limit {
+            return Err(Errno::EBADF);
+        }
+        if i >= self.slots.len() {
+            self.slots.resize(i + 1, None);
+        }
+        Ok(self.slots[i].replace(fd))
+    }
+
+    pub fn remove(&mut self, fd: i32) -> Result<Fd> {
+        usize::try_from(fd)
+            .ok()
+            .and_then(|i| self.slots.get_mut(i))
+            .and_then(Option::take)
+            .ok_or(Errno::EBADF)
+    }
+
+    pub fn set_cloexec(&mut self, fd: i32, cloexec: bool) -> Result<()> {
+        let i = usize::try_from(fd).map_err(|_| Errno::EBADF)?;
+        match self.slots.get_mut(i) {
+            Some(Some(f)) => {
+                f.cloexec = cloexec;
+                Ok(())
+            }
+            _ => Err(Errno::EBADF),
+        }
+    }
+
+    pub fn open_count(&self) -> usize {
+        self.slots.iter().filter(|s| s.is_some()).count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Dummy;
+    impl File for Dummy {
+        fn stat(&self, _dev: &mut Devices) -> Result<[u8; 144]> {
+            Ok([0; 144])
+        }
+        fn flags(&self) -> u32 {
+            O_RDONLY
+        }
+    }
+
+    fn fd() -> Fd {
+        Fd {
+            file: Rc::new(Dummy),
+            cloexec: false,
+        }
+    }
+
+    #[test]
+    fn lowest_free_descriptor_dup2_and_limits() {
+        let mut t = FdTable::default();
+        assert_eq!(t.insert(fd(), 8), Ok(0));
+        assert_eq!(t.insert(fd(), 8), Ok(1));
+        assert_eq!(t.insert(fd(), 8), Ok(2));
+        t.remove(1).expect("open");
+        assert_eq!(t.insert(fd(), 8), Ok(1));
+        assert_eq!(t.insert_from(5, fd(), 8), Ok(5));
+        assert_eq!(t.insert(fd(), 8), Ok(3));
+        assert!(t.replace(7, fd(), 8).expect("in range").is_none());
+        assert!(t.replace(7, fd(), 8).expect("in range").is_some());
+        assert_eq!(t.replace(8, fd(), 8).map(|_| ()), Err(Errno::EBADF));
+        assert_eq!(t.insert(fd(), 8), Ok(4));
+        assert_eq!(t.insert(fd(), 8), Ok(6));
+        assert_eq!(t.insert(fd(), 8), Err(Errno::EMFILE));
+        assert_eq!(t.remove(-1).map(|_| ()), Err(Errno::EBADF));
+        assert_eq!(t.get(99).map(|_| ()), Err(Errno::EBADF));
+        t.set_cloexec(0, true).expect("open");
+        assert!(t.get(0).expect("open").cloexec);
+        assert_eq!(t.open_count(), 8);
+    }
+
+    #[test]
+    fn default_methods_give_linux_errnos() {
+        // Only the methods that need no devices can run on the host.
+        let d = Dummy;
+        assert_eq!(d.dir_path(), None);
+        assert_eq!(d.flags(), O_RDONLY);
+    }
+}

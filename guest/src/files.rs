@@ -1,0 +1,367 @@
+//! The kinds of open files: console ends, emulated character devices, FUSE
+//! files and directories.
+
+use alloc::vec;
+use alloc::vec::Vec;
+use core::cell::Cell;
+
+use crate::drivers::virtio::fs::SetAttr;
+use crate::errno::{Errno, Result};
+use crate::fd::{
+    File, O_ACCMODE, O_APPEND, O_NONBLOCK, O_RDONLY, O_WRONLY, SEEK_CUR, SEEK_END, SEEK_SET,
+};
+use crate::fuse::{self, Attr, S_IFCHR, S_IFIFO};
+use crate::kernel::Devices;
+use crate::vfs::Node;
+
+fn synthetic_stat(mode: u32, rdev: u32, ino: u64) -> [u8; 144] {
+    Attr {
+        ino,
+        mode,
+        nlink: 1,
+        rdev,
+        blksize: 4096,
+        ..Attr::default()
+    }
+    .to_stat(0)
+}
+
+fn readable(flags: u32) -> bool {
+    flags & O_ACCMODE != O_WRONLY
+}
+fn writable(flags: u32) -> bool {
+    flags & O_ACCMODE != O_RDONLY
+}
+
+/// The process's stdin: the receive queue of the Stdio console. Reported as
+/// a pipe, which is what the container backend hands the process too.
+pub struct ConsoleIn {
+    pub flags: Cell<u32>,
+}
+
+impl File for ConsoleIn {
+    fn read(&self, dev: &mut Devices, buf: &mut [u8]) -> Result<usize> {
+        match dev.stdio.and_then(|i| dev.consoles.get_mut(i)) {
+            Some(c) => c.read(buf, self.flags.get() & O_NONBLOCK != 0),
+            None => Ok(0),
+        }
+    }
+    fn stat(&self, _dev: &mut Devices) -> Result<[u8; 144]> {
+        Ok(synthetic_stat(S_IFIFO | 0o600, 0, 1))
+    }
+    fn poll(&self, dev: &mut Devices) -> (bool, bool) {
+        let ready = match dev.stdio.and_then(|i| dev.consoles.get_mut(i)) {
+            Some(c) => c.readable(),
+            None => true,
+        };
+        (ready, false)
+    }
+    fn flags(&self) -> u32 {
+        self.flags.get()
+    }
+    fn set_flags(&self, flags: u32) {
+        self.flags.set(flags);
+    }
+}
+
+/// stdout or stderr: a console transmit queue (stderr falls back to the
+/// Stdio console when the VMM gave no separate one).
+pub struct ConsoleOut {
+    pub stderr: bool,
+    pub flags: Cell<u32>,
+}
+
+impl File for ConsoleOut {
+    fn write(&self, dev: &mut Devices, buf: &[u8]) -> Result<usize> {
+        let index = if self.stderr {
+            dev.stderr.or(dev.stdio)
+        } else {
+            dev.stdio
+        };
+        match index.and_then(|i| dev.consoles.get_mut(i)) {
+            Some(c) => c.write(buf),
+            None => Ok(buf.len()),
+        }
+    }
+    fn stat(&self, _dev: &mut Devices) -> Result<[u8; 144]> {
+        Ok(synthetic_stat(
+            S_IFIFO | 0o600,
+            0,
+            2 + u64::from(self.stderr),
+        ))
+    }
+    fn poll(&self, _dev: &mut Devices) -> (bool, bool) {
+        (false, true)
+    }
+    fn flags(&self) -> u32 {
+        self.flags.get()
+    }
+    fn set_flags(&self, flags: u32) {
+        self.flags.set(flags);
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CharKind {
+    Null,
+    Zero,
+    Full,
+    Random,
+}
+
+/// `/dev/null`, `/dev/zero`, `/dev/full`, `/dev/random`, `/dev/urandom`,
+/// emulated in the guest (the rootfs usually has no device nodes).
+pub struct CharDev {
+    pub kind: CharKind,
+    pub flags: u32,
+}
+
+impl CharDev {
+    pub fn by_path(path: &[u8]) -> Option<CharKind> {
+        Some(match path {
+            b"/dev/null" => CharKind::Null,
+            b"/dev/zero" => CharKind::Zero,
+            b"/dev/full" => CharKind::Full,
+            b"/dev/random" | b"/dev/urandom" => CharKind::Random,
+            _ => return None,
+        })
+    }
+}
+
+impl File for CharDev {
+    fn read(&self, dev: &mut Devices, buf: &mut [u8]) -> Result<usize> {
+        if !readable(self.flags) {
+            return Err(Errno::EBADF);
+        }
+        match self.kind {
+            CharKind::Null => Ok(0),
+            CharKind::Zero | CharKind::Full => {
+                buf.fill(0);
+                Ok(buf.len())
+            }
+            CharKind::Random => {
+                dev.rng.fill(buf);
+                Ok(buf.len())
+            }
+        }
+    }
+    fn write(&self, _dev: &mut Devices, buf: &[u8]) -> Result<usize> {
+        if !writable(self.flags) {
+            return Err(Errno::EBADF);
+        }
+        match self.kind {
+            CharKind::Full => Err(Errno::ENOSPC),
+            _ => Ok(buf.len()),
+        }
+    }
+    fn pread(&self, dev: &mut Devices, buf: &mut [u8], _offset: u64) -> Result<usize> {
+        self.read(dev, buf)
+    }
+    fn pwrite(&self, dev: &mut Devices, buf: &[u8], _offset: u64) -> Result<usize> {
+        self.write(dev, buf)
+    }
+    fn seek(&self, _dev: &mut Devices, _offset: i64, _whence: u32) -> Result<u64> {
+        Ok(0)
+    }
+    fn stat(&self, _dev: &mut Devices) -> Result<[u8; 144]> {
+        let (minor, ino) = match self.kind {
+            CharKind::Null => (3, 10),
+            CharKind::Zero => (5, 11),
+            CharKind::Full => (7, 12),
+            CharKind::Random => (9, 13),
+        };
+        Ok(synthetic_stat(S_IFCHR | 0o666, (1 << 8) | minor, ino))
+    }
+    fn flags(&self) -> u32 {
+        self.flags
+    }
+}
+
+pub struct FuseFile {
+    pub node: Node,
+    pub fh: u64,
+    pub flags: Cell<u32>,
+    pub offset: Cell<u64>,
+}
+
+impl FuseFile {
+    fn size(&self, dev: &mut Devices) -> Result<u64> {
+        Ok(dev
+            .vfs
+            .fs(self.node.fs)?
+            .getattr(self.node.id, Some(self.fh))?
+            .size)
+    }
+}
+
+impl File for FuseFile {
+    fn read(&self, dev: &mut Devices, buf: &mut [u8]) -> Result<usize> {
+        let n = self.pread(dev, buf, self.offset.get())?;
+        self.offset.set(self.offset.get() + n as u64);
+        Ok(n)
+    }
+    fn write(&self, dev: &mut Devices, buf: &[u8]) -> Result<usize> {
+        let at = if self.flags.get() & O_APPEND != 0 {
+            self.size(dev)?
+        } else {
+            self.offset.get()
+        };
+        let n = self.pwrite(dev, buf, at)?;
+        self.offset.set(at + n as u64);
+        Ok(n)
+    }
+    fn pread(&self, dev: &mut Devices, buf: &mut [u8], offset: u64) -> Result<usize> {
+        if !readable(self.flags.get()) {
+            return Err(Errno::EBADF);
+        }
+        self.read_at(dev, buf, offset)
+    }
+    fn read_at(&self, dev: &mut Devices, buf: &mut [u8], offset: u64) -> Result<usize> {
+        dev.vfs
+            .fs(self.node.fs)?
+            .read(self.node.id, self.fh, offset, buf)
+    }
+    fn pwrite(&self, dev: &mut Devices, buf: &[u8], offset: u64) -> Result<usize> {
+        if !writable(self.flags.get()) {
+            return Err(Errno::EBADF);
+        }
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        dev.vfs
+            .fs(self.node.fs)?
+            .write(self.node.id, self.fh, offset, buf)
+    }
+    fn seek(&self, dev: &mut Devices, offset: i64, whence: u32) -> Result<u64> {
+        let base = match whence {
+            SEEK_SET => 0,
+            SEEK_CUR => self.offset.get() as i64,
+            SEEK_END => self.size(dev)? as i64,
+            _ => return Err(Errno::EINVAL),
+        };
+        let at = base
+            .checked_add(offset)
+            .filter(|&v| v >= 0)
+            .ok_or(Errno::EINVAL)?;
+        self.offset.set(at as u64);
+        Ok(at as u64)
+    }
+    fn stat(&self, dev: &mut Devices) -> Result<[u8; 144]> {
+        let attr = dev
+            .vfs
+            .fs(self.node.fs)?
+            .getattr(self.node.id, Some(self.fh))?;
+        Ok(attr.to_stat(self.node.fs as u64 + 1))
+    }
+    fn truncate(&self, dev: &mut Devices, len: u64) -> Result<()> {
+        if !writable(self.flags.get()) {
+            return Err(Errno::EINVAL);
+        }
+        let set = SetAttr {
+            valid: fuse::fattr::SIZE,
+            size: len,
+            ..SetAttr::default()
+        };
+        dev.vfs
+            .fs(self.node.fs)?
+            .setattr(self.node.id, Some(self.fh), &set)
+            .map(|_| ())
+    }
+    fn sync(&self, dev: &mut Devices) -> Result<()> {
+        dev.vfs
+            .fs(self.node.fs)?
+            .fsync(self.node.id, self.fh, false)
+    }
+    fn setattr(&self, dev: &mut Devices, set: &SetAttr) -> Result<()> {
+        dev.vfs
+            .fs(self.node.fs)?
+            .setattr(self.node.id, Some(self.fh), set)
+            .map(|_| ())
+    }
+    fn flags(&self) -> u32 {
+        self.flags.get()
+    }
+    fn set_flags(&self, flags: u32) {
+        self.flags.set(flags);
+    }
+    fn release(&self, dev: &mut Devices) {
+        if let Ok(fs) = dev.vfs.fs(self.node.fs) {
+            if writable(self.flags.get()) {
+                let _ = fs.flush(self.node.id, self.fh);
+            }
+            fs.release(self.node.id, self.fh, self.flags.get(), false);
+        }
+    }
+}
+
+pub struct FuseDir {
+    pub node: Node,
+    pub fh: u64,
+    pub flags: u32,
+    /// FUSE readdir cookie of the next entry.
+    pub offset: Cell<u64>,
+    pub path: Vec<u8>,
+}
+
+impl File for FuseDir {
+    fn read(&self, _dev: &mut Devices, _buf: &mut [u8]) -> Result<usize> {
+        Err(Errno::EISDIR)
+    }
+    fn seek(&self, _dev: &mut Devices, offset: i64, whence: u32) -> Result<u64> {
+        // Only rewinding (and re-seeking to a cookie we handed out) is meaningful.
+        match whence {
+            SEEK_SET if offset >= 0 => {
+                self.offset.set(offset as u64);
+                Ok(offset as u64)
+            }
+            SEEK_CUR if offset == 0 => Ok(self.offset.get()),
+            _ => Err(Errno::EINVAL),
+        }
+    }
+    fn stat(&self, dev: &mut Devices) -> Result<[u8; 144]> {
+        let attr = dev.vfs.fs(self.node.fs)?.getattr(self.node.id, None)?;
+        Ok(attr.to_stat(self.node.fs as u64 + 1))
+    }
+    fn getdents64(&self, dev: &mut Devices, out: &mut [u8]) -> Result<usize> {
+        // A fuse_dirent is never smaller than the linux_dirent64 it becomes,
+        // so asking for `out.len()` bytes of FUSE entries always fits.
+        let mut raw = vec![0u8; out.len().min(64 * 1024)];
+        let n = dev.vfs.fs(self.node.fs)?.readdir(
+            self.node.id,
+            self.fh,
+            self.offset.get(),
+            &mut raw,
+        )?;
+        let mut at = 0;
+        for d in fuse::dirents(&raw[..n.min(raw.len())]) {
+            if !fuse::put_dirent64(out, &mut at, d.ino, d.off, d.kind as u8, d.name) {
+                break;
+            }
+            self.offset.set(d.off);
+        }
+        if at == 0 && n > 0 {
+            return Err(Errno::EINVAL);
+        }
+        Ok(at)
+    }
+    fn sync(&self, _dev: &mut Devices) -> Result<()> {
+        Ok(())
+    }
+    fn setattr(&self, dev: &mut Devices, set: &SetAttr) -> Result<()> {
+        dev.vfs
+            .fs(self.node.fs)?
+            .setattr(self.node.id, None, set)
+            .map(|_| ())
+    }
+    fn flags(&self) -> u32 {
+        self.flags
+    }
+    fn dir_path(&self) -> Option<&[u8]> {
+        Some(&self.path)
+    }
+    fn release(&self, dev: &mut Devices) {
+        if let Ok(fs) = dev.vfs.fs(self.node.fs) {
+            fs.release(self.node.id, self.fh, 0, true);
+        }
+    }
+}

@@ -1,0 +1,661 @@
+//! The kernel proper: boot, the global state, loading the program, and the
+//! entry points the trampolines call (syscall, fault, panic).
+
+use alloc::collections::BTreeMap;
+use alloc::rc::Rc;
+use alloc::vec;
+use alloc::vec::Vec;
+use core::cell::{Cell, UnsafeCell};
+use core::fmt::Write as _;
+
+use capsa_abi::{
+    control, BootInfo, DeviceRole, BOOT_DATA_END, FLAG_DEBUG_SYSCALLS, FLAG_ROOTFS_READONLY,
+    VIRTIO_ID_CONSOLE, VIRTIO_ID_FS,
+};
+
+use crate::arch::{self, control_write, ExceptionFrame, FaultInfo, SyscallFrame};
+use crate::drivers::virtio::console::Console;
+use crate::drivers::virtio::fs::{FuseFs, VirtioFs};
+use crate::elf::{self, Elf};
+use crate::errno::{Errno, Result};
+use crate::fd::{Fd, FdTable, File, O_RDONLY, O_WRONLY};
+use crate::files::{ConsoleIn, ConsoleOut, FuseFile};
+use crate::mm::{page_up, Mm, PAGE_SIZE, PROT_EXEC, PROT_READ, PROT_WRITE};
+use crate::spec::{ProcessSpec, RLIMIT_STACK};
+use crate::stack;
+use crate::syscalls::signal::Signals;
+use crate::syscalls::time::Clock;
+use crate::vfs::{Mount, Vfs};
+
+/// Everything file objects need to do I/O.
+pub struct Devices {
+    pub vfs: Vfs<VirtioFs>,
+    pub consoles: Vec<Console>,
+    /// Index in `consoles` of the Stdio and Stderr roles.
+    pub stdio: Option<usize>,
+    pub stderr: Option<usize>,
+    pub rng: Rng,
+}
+
+/// xorshift64*, seeded from RDRAND when present, else from the clocks.
+pub struct Rng {
+    state: u64,
+    hardware: bool,
+}
+
+impl Rng {
+    pub fn new(seed: u64, hardware: bool) -> Self {
+        Self {
+            state: seed | 1,
+            hardware,
+        }
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        if self.hardware {
+            if let Some(v) = arch::rdrand() {
+                return v;
+            }
+        }
+        self.state ^= self.state >> 12;
+        self.state ^= self.state << 25;
+        self.state ^= self.state >> 27;
+        self.state.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            let v = self.next_u64().to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Creds {
+    pub uid: u32,
+    pub euid: u32,
+    pub suid: u32,
+    pub gid: u32,
+    pub egid: u32,
+    pub sgid: u32,
+    pub groups: Vec<u32>,
+}
+
+pub struct Kernel {
+    pub dev: Devices,
+    pub fds: FdTable,
+    pub mm: Mm,
+    pub spec: ProcessSpec,
+    pub cwd: Vec<u8>,
+    pub umask: u32,
+    pub creds: Creds,
+    pub signals: Signals,
+    pub clock: Clock,
+    pub boot_flags: u32,
+    /// Unknown syscall numbers and how often each was called.
+    pub unknown_syscalls: BTreeMap<u64, u64>,
+    pub exe_path: Vec<u8>,
+    pub ram_size: u64,
+    pub fs_base: u64,
+    pub comm: [u8; 16],
+}
+
+struct Global(UnsafeCell<Option<Kernel>>);
+
+// SAFETY: one vCPU, no interrupts: the kernel state is only touched from the
+// syscall/fault paths, which never nest.
+unsafe impl Sync for Global {}
+
+static KERNEL: Global = Global(UnsafeCell::new(None));
+
+fn kernel() -> &'static mut Kernel {
+    // SAFETY: see `Global`; boot stores the kernel before enabling any path
+    // that reaches here, and callers never hold two references at once.
+    match unsafe { (*KERNEL.0.get()).as_mut() } {
+        Some(k) => k,
+        None => fatal(format_args!("kernel used before boot")),
+    }
+}
+
+/// Stops the VM: the process exited with `code`.
+pub fn exit(code: i32) -> ! {
+    control_write(control::EXIT_CODE, (code & 0xff) as u64);
+    loop {
+        control_write(control::IDLE_NS, u64::MAX);
+    }
+}
+
+/// Stops the VM: the process was killed by `signal`.
+pub fn exit_signal(signal: u32) -> ! {
+    control_write(control::EXIT_SIGNAL, u64::from(signal));
+    loop {
+        control_write(control::IDLE_NS, u64::MAX);
+    }
+}
+
+/// A message in a fixed buffer (formatting must not allocate on error paths).
+pub struct MsgBuf {
+    buf: [u8; 512],
+    len: usize,
+}
+
+impl MsgBuf {
+    pub fn new() -> Self {
+        Self {
+            buf: [0; 512],
+            len: 0,
+        }
+    }
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl Default for MsgBuf {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl core::fmt::Write for MsgBuf {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        let n = s.len().min(self.buf.len() - self.len);
+        self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
+        self.len += n;
+        Ok(())
+    }
+}
+
+/// An unrecoverable kernel error: tell the VMM and stop.
+pub fn fatal(args: core::fmt::Arguments<'_>) -> ! {
+    let mut m = MsgBuf::new();
+    let _ = m.write_str("capsa guest: ");
+    let _ = m.write_fmt(args);
+    arch::debug(m.as_bytes());
+    control_write(control::PANIC, 1);
+    loop {
+        control_write(control::IDLE_NS, u64::MAX);
+    }
+}
+
+pub fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    fatal(format_args!("panic: {info}"))
+}
+
+/// Writes to the process's stderr (for messages the runtime prints in
+/// container mode too, like a failed exec).
+fn stderr_message(dev: &mut Devices, msg: &[u8]) {
+    let out = ConsoleOut {
+        stderr: true,
+        flags: Cell::new(O_WRONLY),
+    };
+    let _ = out.write(dev, msg);
+}
+
+/// Boots: called once, at CPL3, on the kernel stack. `init_heap` hands the
+/// global allocator its region.
+pub fn boot(boot_info: u64, init_heap: &dyn Fn(u64, u64)) -> ! {
+    if boot_info < 0x1000 || boot_info >= BOOT_DATA_END {
+        fatal(format_args!(
+            "boot info address {boot_info:#x} outside the boot data region"
+        ));
+    }
+    // SAFETY: the VMM wrote a BootInfo at this address (checked to be in the
+    // boot data region, identity mapped); it is read once and copied.
+    let info: BootInfo = unsafe { core::ptr::read_volatile(boot_info as *const BootInfo) };
+    if !info.is_valid() {
+        fatal(format_args!(
+            "bad boot info (magic {:#x}, version {})",
+            info.magic, info.version
+        ));
+    }
+    let ram_size = info.ram_size.min(capsa_abi::MAX_RAM_SIZE);
+    let mut mm = Mm::new(info.free_start, ram_size);
+    let heap_size = (ram_size / 16).clamp(4 << 20, 64 << 20);
+    let Some(heap) = mm.regions.alloc_top(heap_size, PAGE_SIZE) else {
+        fatal(format_args!(
+            "not enough RAM for the kernel heap ({ram_size} bytes)"
+        ));
+    };
+    init_heap(heap, heap_size);
+
+    let spec_ok = info.process_spec_addr >= 0x1000
+        && info
+            .process_spec_addr
+            .checked_add(info.process_spec_len)
+            .is_some_and(|end| end <= BOOT_DATA_END);
+    let encoded = if spec_ok {
+        // SAFETY: the range was checked to lie inside the boot data region.
+        unsafe {
+            core::slice::from_raw_parts(
+                info.process_spec_addr as *const u8,
+                info.process_spec_len as usize,
+            )
+        }
+    } else {
+        &[]
+    };
+    let (spec, malformed) = ProcessSpec::decode(encoded);
+    if malformed {
+        arch::debug(b"capsa guest: process spec has a malformed record; ignoring the rest");
+    }
+
+    let clock = Clock::new(info.tsc_khz);
+    let hardware_rng = arch::rdrand().is_some();
+    let seed = clock.realtime_ns() ^ arch::rdtsc().rotate_left(32);
+    let mut dev = Devices {
+        vfs: Vfs::new(),
+        consoles: Vec::new(),
+        stdio: None,
+        stderr: None,
+        rng: Rng::new(seed, hardware_rng),
+    };
+    // Device index in BootInfo -> file system index.
+    let mut fs_of_device = BTreeMap::new();
+    let mut root_fs = None;
+    for (index, d) in info.devices().iter().enumerate() {
+        if d.mmio_base < capsa_abi::MMIO_WINDOW_START {
+            continue;
+        }
+        match (d.virtio_id, DeviceRole::from_u32(d.role)) {
+            (VIRTIO_ID_CONSOLE, Some(role @ (DeviceRole::Stdio | DeviceRole::Stderr))) => {
+                // SAFETY: the VMM lists this window as a virtio-console device.
+                match unsafe { Console::new(d.mmio_base) } {
+                    Ok(c) => {
+                        dev.consoles.push(c);
+                        let i = dev.consoles.len() - 1;
+                        if role == DeviceRole::Stdio {
+                            dev.stdio = Some(i);
+                        } else {
+                            dev.stderr = Some(i);
+                        }
+                    }
+                    Err(e) => fatal(format_args!("console device {index}: {e:?}")),
+                }
+            }
+            (VIRTIO_ID_FS, Some(role @ (DeviceRole::RootFs | DeviceRole::Mount))) => {
+                // SAFETY: the VMM lists this window as a virtio-fs device.
+                let mut transport = match unsafe { VirtioFs::new(d.mmio_base) } {
+                    Ok(t) => t,
+                    Err(e) => fatal(format_args!("virtio-fs device {index}: {e:?}")),
+                };
+                transport.uid = spec.uid;
+                transport.gid = spec.gid;
+                let readonly = match role {
+                    DeviceRole::RootFs => info.flags & FLAG_ROOTFS_READONLY != 0,
+                    _ => spec
+                        .mounts
+                        .iter()
+                        .any(|m| m.device as usize == index && m.readonly),
+                };
+                let mut fs = FuseFs::new(transport, readonly);
+                if let Err(e) = fs.init() {
+                    fatal(format_args!(
+                        "virtio-fs device {index}: FUSE_INIT failed: errno {}",
+                        e.0
+                    ));
+                }
+                dev.vfs.filesystems.push(fs);
+                let fs_index = dev.vfs.filesystems.len() - 1;
+                fs_of_device.insert(index as u32, fs_index);
+                if role == DeviceRole::RootFs {
+                    root_fs = Some(fs_index);
+                }
+            }
+            _ => {}
+        }
+    }
+    let Some(root_fs) = root_fs else {
+        fatal(format_args!("no root file system device"));
+    };
+    dev.vfs.mounts.push(Mount::new(b"/", root_fs));
+    for m in &spec.mounts {
+        if let Some(&fs) = fs_of_device.get(&m.device) {
+            dev.vfs.mounts.push(Mount::new(&m.destination, fs));
+        }
+    }
+
+    let creds = Creds {
+        uid: spec.uid,
+        euid: spec.uid,
+        suid: spec.uid,
+        gid: spec.gid,
+        egid: spec.gid,
+        sgid: spec.gid,
+        groups: spec.groups.clone(),
+    };
+    let mut k = Kernel {
+        dev,
+        fds: FdTable::default(),
+        mm,
+        cwd: spec.cwd.clone(),
+        umask: spec.umask,
+        creds,
+        signals: Signals::default(),
+        clock,
+        boot_flags: info.flags,
+        unknown_syscalls: BTreeMap::new(),
+        exe_path: Vec::new(),
+        ram_size,
+        fs_base: 0,
+        comm: [0; 16],
+        spec,
+    };
+    let limit = k.nofile_limit();
+    let stdio: [Rc<dyn File>; 3] = [
+        Rc::new(ConsoleIn {
+            flags: Cell::new(O_RDONLY),
+        }),
+        Rc::new(ConsoleOut {
+            stderr: false,
+            flags: Cell::new(O_WRONLY),
+        }),
+        Rc::new(ConsoleOut {
+            stderr: true,
+            flags: Cell::new(O_WRONLY),
+        }),
+    ];
+    for file in stdio {
+        if k.fds
+            .insert(
+                Fd {
+                    file,
+                    cloexec: false,
+                },
+                limit.max(3),
+            )
+            .is_err()
+        {
+            fatal(format_args!("cannot install stdio"));
+        }
+    }
+    // Resolve the program like runc does: args[0] through PATH unless it has a slash.
+    let Some(arg0) = k.spec.args.first().cloned() else {
+        stderr_message(&mut k.dev, b"capsa: process.args must not be empty\n");
+        exit(127);
+    };
+    let Some(program) = k.find_program(&arg0) else {
+        let mut msg = b"capsa: exec ".to_vec();
+        msg.extend_from_slice(&arg0);
+        msg.extend_from_slice(b": no such file or directory\n");
+        stderr_message(&mut k.dev, &msg);
+        exit(127);
+    };
+    let (entry, sp) = match k.load_program(&program) {
+        Ok(v) => v,
+        Err(e) => {
+            let mut msg = b"capsa: exec ".to_vec();
+            msg.extend_from_slice(&arg0);
+            msg.extend_from_slice(match e {
+                Errno::ENOEXEC => b": exec format error\n".as_slice(),
+                Errno::ENOMEM | Errno::E2BIG => b": cannot allocate memory\n".as_slice(),
+                Errno::EACCES => b": permission denied\n".as_slice(),
+                _ => b": input/output error\n".as_slice(),
+            });
+            stderr_message(&mut k.dev, &msg);
+            exit(if e == Errno::ENOEXEC || e == Errno::EACCES {
+                126
+            } else {
+                127
+            });
+        }
+    };
+    let name = program.rsplit(|&b| b == b'/').next().unwrap_or(&program);
+    let n = name.len().min(15);
+    k.comm[..n].copy_from_slice(&name[..n]);
+    k.exe_path = program;
+    // SAFETY: boot runs once, before any syscall or fault can reach `kernel()`.
+    unsafe { *KERNEL.0.get() = Some(k) };
+    arch::enter_user(entry, sp)
+}
+
+const DEFAULT_PATH: &[u8] = b"/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+impl Kernel {
+    pub fn nofile_limit(&self) -> usize {
+        self.spec.rlimits[crate::spec::RLIMIT_NOFILE].0.min(1 << 20) as usize
+    }
+
+    pub fn debug_enabled(&self) -> bool {
+        self.boot_flags & FLAG_DEBUG_SYSCALLS != 0
+    }
+
+    fn is_regular_file(&mut self, path: &[u8]) -> Option<Vec<u8>> {
+        let w = self.dev.vfs.walk(&self.cwd, path, true).ok()?;
+        (w.mode & crate::fuse::S_IFMT == crate::fuse::S_IFREG).then_some(w.path)
+    }
+
+    /// `args[0]` as runc resolves it: as a path when it contains a slash,
+    /// else the first regular file of that name along the process's PATH.
+    fn find_program(&mut self, arg0: &[u8]) -> Option<Vec<u8>> {
+        if arg0.contains(&b'/') {
+            return self.is_regular_file(arg0);
+        }
+        if arg0.is_empty() {
+            return None;
+        }
+        let path_var = self.spec.env_var(b"PATH").unwrap_or(DEFAULT_PATH).to_vec();
+        for dir in path_var.split(|&b| b == b':') {
+            let dir: &[u8] = if dir.is_empty() { b"." } else { dir };
+            let candidate = crate::vfs::join(dir, arg0);
+            if let Some(p) = self.is_regular_file(&candidate) {
+                return Some(p);
+            }
+        }
+        None
+    }
+
+    fn open_for_exec(&mut self, path: &[u8]) -> Result<FuseFile> {
+        let w = self.dev.vfs.walk(&self.cwd, path, true)?;
+        if w.mode & crate::fuse::S_IFMT != crate::fuse::S_IFREG {
+            return Err(Errno::EACCES);
+        }
+        let fh = self.dev.vfs.fs(w.node.fs)?.open(w.node.id, O_RDONLY)?;
+        Ok(FuseFile {
+            node: w.node,
+            fh,
+            flags: Cell::new(O_RDONLY),
+            offset: Cell::new(0),
+        })
+    }
+
+    /// Reads exactly `buf.len()` bytes at `offset`.
+    fn read_exact(&mut self, file: &FuseFile, buf: &mut [u8], offset: u64) -> Result<()> {
+        let mut done = 0;
+        while done < buf.len() {
+            let n = file.read_at(&mut self.dev, &mut buf[done..], offset + done as u64)?;
+            if n == 0 {
+                return Err(Errno::ENOEXEC);
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Loads one ELF image; returns it with its load bias and end address.
+    fn load_elf(&mut self, path: &[u8]) -> Result<(Elf, u64, u64)> {
+        let file = self.open_for_exec(path)?;
+        let result = self.load_elf_from(&file);
+        file.release(&mut self.dev);
+        result
+    }
+
+    fn load_elf_from(&mut self, file: &FuseFile) -> Result<(Elf, u64, u64)> {
+        let mut ehdr = [0u8; elf::EHDR_SIZE];
+        self.read_exact(file, &mut ehdr, 0)?;
+        let (phoff, phlen) = elf::parse_header(&ehdr)?;
+        let mut phdrs = vec![0u8; phlen];
+        self.read_exact(file, &mut phdrs, phoff)?;
+        let image = elf::parse(&ehdr, &phdrs)?;
+        let (lo, hi, align) = image.span();
+        let len = hi - lo;
+        let bias = if image.relocatable {
+            // Low in RAM above the kernel, leaving room for brk to grow.
+            let base = self
+                .mm
+                .regions
+                .alloc_bottom(len, align.max(PAGE_SIZE))
+                .ok_or(Errno::ENOMEM)?;
+            base - lo
+        } else {
+            if hi > self.ram_size || !self.mm.regions.reserve(lo, hi) {
+                return Err(Errno::ENOMEM);
+            }
+            0
+        };
+        for h in image.loads() {
+            let start = h.vaddr + bias;
+            let mut prot = 0;
+            if h.flags & elf::PF_R != 0 {
+                prot |= PROT_READ;
+            }
+            if h.flags & elf::PF_W != 0 {
+                prot |= PROT_WRITE;
+            }
+            if h.flags & elf::PF_X != 0 {
+                prot |= PROT_EXEC;
+            }
+            self.mm.vmas.insert(
+                start & !(PAGE_SIZE - 1),
+                page_up(start + h.memsz).ok_or(Errno::ENOEXEC)?,
+                prot,
+            );
+            // SAFETY: [start, start + memsz) lies in the range reserved above
+            // for this image (identity-mapped RAM nobody else uses).
+            let dst =
+                unsafe { core::slice::from_raw_parts_mut(start as *mut u8, h.memsz as usize) };
+            let (file_part, bss) = dst.split_at_mut(h.filesz as usize);
+            self.read_exact(file, file_part, h.offset)?;
+            bss.fill(0);
+        }
+        Ok((image, bias, hi + bias))
+    }
+
+    /// Loads the program (and its ELF interpreter, if any) and builds its
+    /// stack; returns (entry, stack pointer).
+    fn load_program(&mut self, path: &[u8]) -> Result<(u64, u64)> {
+        let (image, bias, end) = self.load_elf(path)?;
+        let mut entry = image.entry + bias;
+        let mut interp_base = 0;
+        if let Some((offset, len)) = image.interp() {
+            let file = self.open_for_exec(path)?;
+            let mut name = vec![0u8; len.min(4096) as usize];
+            let read = self.read_exact(&file, &mut name, offset);
+            file.release(&mut self.dev);
+            read?;
+            while name.last() == Some(&0) {
+                name.pop();
+            }
+            let (interp, ibias, _) = self.load_elf(&name)?;
+            entry = interp.entry + ibias;
+            interp_base = interp.span().0 + ibias;
+        }
+        self.mm.set_brk_start(page_up(end).ok_or(Errno::ENOMEM)?);
+
+        let stack_size =
+            self.spec.rlimits[RLIMIT_STACK].0.clamp(256 << 10, 8 << 20) & !(PAGE_SIZE - 1);
+        let stack_base = self
+            .mm
+            .regions
+            .alloc_top(stack_size, PAGE_SIZE)
+            .ok_or(Errno::ENOMEM)?;
+        let top = stack_base + stack_size;
+        self.mm.vmas.insert(stack_base, top, PROT_READ | PROT_WRITE);
+        let phdr = image.phdr_vaddr().map(|v| v + bias).unwrap_or(0);
+        let auxv = [
+            (stack::AT_PHDR, phdr),
+            (stack::AT_PHENT, 56),
+            (stack::AT_PHNUM, u64::from(image.phnum)),
+            (stack::AT_PAGESZ, PAGE_SIZE),
+            (stack::AT_BASE, interp_base),
+            (stack::AT_FLAGS, 0),
+            (stack::AT_ENTRY, image.entry + bias),
+            (stack::AT_UID, u64::from(self.creds.uid)),
+            (stack::AT_EUID, u64::from(self.creds.euid)),
+            (stack::AT_GID, u64::from(self.creds.gid)),
+            (stack::AT_EGID, u64::from(self.creds.egid)),
+            (stack::AT_SECURE, 0),
+            (stack::AT_HWCAP, hwcap()),
+            (stack::AT_CLKTCK, 100),
+            (stack::AT_HWCAP2, 0),
+        ];
+        let mut random = [0u8; 16];
+        self.dev.rng.fill(&mut random);
+        // The top 128 KiB are plenty for arguments and environment.
+        let window = stack_size.min(128 << 10);
+        // SAFETY: the window lies inside the stack region reserved above.
+        let mem =
+            unsafe { core::slice::from_raw_parts_mut((top - window) as *mut u8, window as usize) };
+        let sp = stack::build(
+            mem,
+            top,
+            &self.spec.args,
+            &self.spec.env,
+            path,
+            &auxv,
+            random,
+        )?;
+        Ok((entry, sp))
+    }
+}
+
+fn hwcap() -> u64 {
+    u64::from(core::arch::x86_64::__cpuid(1).edx)
+}
+
+/// Entry from `capsa_syscall_user`.
+pub fn syscall(frame: &mut SyscallFrame) {
+    let k = kernel();
+    let ret = k.dispatch(frame);
+    frame.rax = ret as u64;
+}
+
+fn signal_for(frame: &ExceptionFrame) -> u32 {
+    match frame.vector {
+        0 | 16 | 19 => 8, // SIGFPE
+        1 | 3 => 5,       // SIGTRAP
+        6 => 4,           // SIGILL
+        17 => 7,          // SIGBUS
+        _ => 11,          // SIGSEGV
+    }
+}
+
+/// Entry from `capsa_fault_user`: an exception in the application (or in
+/// the kernel, which is fatal).
+pub fn fault(regs: &FaultInfo) -> ! {
+    let frame = arch::exception_frame();
+    let kernel_end = kernel_end();
+    if (capsa_abi::KERNEL_BASE..kernel_end).contains(&frame.rip) {
+        fatal(format_args!(
+            "exception {} (error {:#x}) in the kernel at rip {:#x}, cr2 {:#x}, rsp {:#x}",
+            frame.vector, frame.error, frame.rip, frame.cr2, frame.rsp
+        ));
+    }
+    let signal = signal_for(&frame);
+    // SAFETY: the kernel state exists once the application runs.
+    let debug = unsafe { (*KERNEL.0.get()).as_ref() }.is_some_and(Kernel::debug_enabled);
+    if debug {
+        let mut m = MsgBuf::new();
+        let _ = write!(
+            m,
+            "capsa guest: exception {} (error {:#x}) at rip {:#x}, cr2 {:#x}, rsp {:#x}, rax {:#x}: signal {}",
+            frame.vector, frame.error, frame.rip, frame.cr2, frame.rsp, regs.rax, signal
+        );
+        arch::debug(m.as_bytes());
+    }
+    exit_signal(signal)
+}
+
+#[cfg(not(test))]
+fn kernel_end() -> u64 {
+    extern "C" {
+        static __kernel_end: u8;
+    }
+    core::ptr::addr_of!(__kernel_end) as u64
+}
+
+#[cfg(test)]
+fn kernel_end() -> u64 {
+    capsa_abi::KERNEL_BASE
+}

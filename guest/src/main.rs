@@ -1,0 +1,287 @@
+//! The capsa guest kernel image: CPL0 trampolines, the heap, the panic handler.
+//!
+//! # Rings
+//! On this project's machines guest CPL0 is emulated one instruction at a
+//! time (see PLATFORM.md), so no compiled Rust runs at CPL0: the code below in
+//! `global_asm!` is the only CPL0 code, a few dozen plain integer
+//! instructions in total. Everything else, the whole library OS, runs at CPL3
+//! in the application's address space (the VM is the security boundary).
+//!
+//! - `_start` (CPL0, once): loads our GDT, TSS and IDT, the syscall MSRs, and
+//!   `iretq`s to `capsa_user_entry` (CPL3) on the kernel stack.
+//! - `capsa_syscall_entry` (CPL0, per syscall, 8 instructions): saves the user
+//!   rsp, builds an `iretq` frame for `capsa_syscall_user` (CPL3) on the
+//!   kernel stack. `sysretq` triple-faults here, hence `iretq`.
+//! - `capsa_syscall_user` (CPL3): saves registers and the FPU/SSE state, runs
+//!   the Rust dispatcher, restores, and returns to the application *without*
+//!   a second CPL0 transition: the syscall ABI clobbers rcx and r11 anyway, so
+//!   rcx carries the return address, `popfq` restores the flags while still on
+//!   the kernel stack, then `mov rsp` + `jmp rcx` neither touch flags nor the
+//!   application's red zone. This halves the emulated work per syscall.
+//! - Exception stubs (CPL0): push the vector (and a zero error code where the
+//!   CPU pushes none), save CR2, and `iretq` to `capsa_fault_user` (CPL3) with
+//!   the CPU's frame left in place on the CPL0 stack for Rust to read.
+//! - `int 0x81` (DPL3 gate): `wrmsr` with the caller's ecx/edx:eax; used to set
+//!   the FS base for `arch_prctl`.
+#![no_std]
+#![no_main]
+
+use core::alloc::{GlobalAlloc, Layout};
+use core::cell::UnsafeCell;
+
+use capsa_guest::arch::{FaultInfo, SyscallFrame};
+use capsa_guest::mm::heap::Heap;
+
+core::arch::global_asm!(
+    r#"
+.section .text.capsa_entry, "ax"
+.global _start
+_start:
+    lgdt [rip + CAPSA_GDT_PTR]
+    lea rax, [rip + CAPSA_TSS]
+    mov [rip + CAPSA_GDT + 0x32], ax
+    shr rax, 16
+    mov [rip + CAPSA_GDT + 0x34], al
+    mov [rip + CAPSA_GDT + 0x37], ah
+    shr rax, 16
+    mov [rip + CAPSA_GDT + 0x38], eax
+    mov ax, 0x30
+    ltr ax
+    push 0x08
+    lea rax, [rip + 2f]
+    push rax
+    retfq
+2:
+    mov ax, 0x10
+    mov ds, ax
+    mov es, ax
+    mov ss, ax
+    lidt [rip + CAPSA_IDT_PTR]
+    mov ecx, 0xC0000081
+    xor eax, eax
+    mov edx, 0x00180008
+    wrmsr
+    mov ecx, 0xC0000082
+    lea rax, [rip + capsa_syscall_entry]
+    mov rdx, rax
+    shr rdx, 32
+    wrmsr
+    mov ecx, 0xC0000084
+    mov eax, 0x47700
+    xor edx, edx
+    wrmsr
+    push 0x23
+    lea rax, [rip + CAPSA_KERNEL_STACK_TOP]
+    push rax
+    push 0x2
+    push 0x2B
+    lea rax, [rip + capsa_user_entry]
+    push rax
+    iretq
+
+.global capsa_syscall_entry
+capsa_syscall_entry:
+    mov [rip + CAPSA_SYSCALL_USER_RSP], rsp
+    lea rsp, [rip + CAPSA_CPL0_STACK_TOP]
+    push 0x23
+    push OFFSET CAPSA_KERNEL_STACK_TOP
+    push 0x2
+    push 0x2B
+    push OFFSET capsa_syscall_user
+    iretq
+
+.global capsa_msr_gate
+capsa_msr_gate:
+    wrmsr
+    iretq
+
+.balign 16
+.global capsa_exception_stubs
+capsa_exception_stubs:
+.irp vec, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
+    .balign 16
+    .if (\vec == 8) || (\vec == 10) || (\vec == 11) || (\vec == 12) || (\vec == 13) || (\vec == 14) || (\vec == 17) || (\vec == 21) || (\vec == 29) || (\vec == 30)
+    .else
+    push 0
+    .endif
+    push \vec
+    jmp capsa_exception_common
+.endr
+
+capsa_exception_common:
+    push rax
+    mov rax, cr2
+    mov [rip + CAPSA_FAULT_CR2], rax
+    pop rax
+    push 0x23
+    push OFFSET CAPSA_FAULT_STACK_TOP
+    push 0x2
+    push 0x2B
+    push OFFSET capsa_fault_user
+    iretq
+
+.text
+/* ---- everything below runs at CPL3 ---- */
+capsa_user_entry:
+    call capsa_main
+    ud2
+
+capsa_syscall_user:
+    mov [rip + CAPSA_SYSCALL_SAVED_RBX], rbx
+    push QWORD PTR [rip + CAPSA_SYSCALL_USER_RSP]
+    push r11
+    push rcx
+    push r9
+    push r8
+    push r10
+    push rdx
+    push rsi
+    push rdi
+    push rax
+    mov rbx, rsp
+    sub rsp, 512
+    and rsp, -64
+    fxsave [rsp]
+    mov rdi, rbx
+    call capsa_syscall
+    fxrstor [rsp]
+    mov rsp, rbx
+    pop rax
+    pop rdi
+    pop rsi
+    pop rdx
+    pop r10
+    pop r8
+    pop r9
+    pop rcx
+    pop r11
+    mov rbx, [rip + CAPSA_SYSCALL_SAVED_RBX]
+    push r11
+    popfq
+    mov rsp, [rsp]
+    jmp rcx
+
+capsa_fault_user:
+    push r15
+    push r14
+    push r13
+    push r12
+    push r11
+    push r10
+    push r9
+    push r8
+    push rbp
+    push rdi
+    push rsi
+    push rdx
+    push rcx
+    push rbx
+    push rax
+    mov rdi, rsp
+    and rsp, -16
+    call capsa_fault
+    ud2
+
+.data
+.balign 16
+.global CAPSA_GDT
+CAPSA_GDT:
+    .quad 0
+    .quad 0x00AF9B000000FFFF
+    .quad 0x00CF93000000FFFF
+    .quad 0x00CFFB000000FFFF
+    .quad 0x00CFF3000000FFFF
+    .quad 0x00AFFB000000FFFF
+    .quad 0x0000890000000067
+    .quad 0
+CAPSA_GDT_PTR:
+    .word 63
+    .quad CAPSA_GDT
+.balign 16
+CAPSA_IDT_PTR:
+    .word 4095
+    .quad CAPSA_IDT
+.balign 16
+.global CAPSA_TSS
+CAPSA_TSS:
+    .long 0
+    .quad CAPSA_CPL0_STACK_TOP
+    .fill 92, 1, 0
+.balign 8
+.global CAPSA_SYSCALL_USER_RSP
+CAPSA_SYSCALL_USER_RSP:
+    .quad 0
+.global CAPSA_FAULT_CR2
+CAPSA_FAULT_CR2:
+    .quad 0
+.global CAPSA_SYSCALL_SAVED_RBX
+CAPSA_SYSCALL_SAVED_RBX:
+    .quad 0
+
+.bss
+.balign 4096
+.global CAPSA_IDT
+CAPSA_IDT:
+    .skip 4096
+.balign 16
+    .skip 4096
+.global CAPSA_CPL0_STACK_TOP
+CAPSA_CPL0_STACK_TOP:
+    .skip 65536
+.global CAPSA_FAULT_STACK_TOP
+CAPSA_FAULT_STACK_TOP:
+    .skip 262144
+.global CAPSA_KERNEL_STACK_TOP
+CAPSA_KERNEL_STACK_TOP:
+"#
+);
+
+/// The kernel heap: a region of RAM handed over by `boot`, single-threaded.
+struct KernelHeap(UnsafeCell<Heap>);
+
+// SAFETY: the guest has one vCPU and no interrupts, so there is never
+// concurrent access to the heap.
+unsafe impl Sync for KernelHeap {}
+
+#[global_allocator]
+static HEAP: KernelHeap = KernelHeap(UnsafeCell::new(Heap::empty()));
+
+// SAFETY: `Heap` hands out disjoint, suitably aligned blocks of memory it owns;
+// one vCPU and no interrupts mean no reentrancy.
+unsafe impl GlobalAlloc for KernelHeap {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: single-threaded, see `Sync` above.
+        unsafe { (*self.0.get()).alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: single-threaded; `ptr` came from `alloc` with this layout.
+        unsafe { (*self.0.get()).dealloc(ptr, layout) }
+    }
+}
+
+/// CPL3 entry from `_start`, on the kernel stack.
+#[no_mangle]
+extern "C" fn capsa_main(boot_info: u64) -> ! {
+    capsa_guest::arch::install_idt();
+    capsa_guest::kernel::boot(boot_info, &|start, len| {
+        // SAFETY: called once at boot, before any allocation, with a RAM
+        // region reserved for the heap.
+        unsafe { (*HEAP.0.get()).init(start, len) }
+    })
+}
+
+#[no_mangle]
+extern "C" fn capsa_syscall(frame: &mut SyscallFrame) {
+    capsa_guest::kernel::syscall(frame);
+}
+
+#[no_mangle]
+extern "C" fn capsa_fault(regs: &FaultInfo) -> ! {
+    capsa_guest::kernel::fault(regs)
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    capsa_guest::kernel::panic(info)
+}

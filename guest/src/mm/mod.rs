@@ -1,0 +1,456 @@
+//! Memory management.
+//!
+//! The VMM identity-maps all RAM with 2 MiB user-accessible, writable pages
+//! and the kernel keeps it that way: a virtual address *is* a physical
+//! address, so "mapping" memory means reserving a free physical range, and
+//! device DMA can target any application buffer directly.
+//!
+//! Consequences, by design for now:
+//! - `mprotect` and the `PROT_*` bits of `mmap` are bookkeeping only (2 MiB
+//!   pages cannot express 4 KiB permissions, and changing them would need CPL0
+//!   page-table work); `PROT_NONE` guard pages do not fault.
+//! - Page 0 is mapped, so null dereferences read boot data instead of faulting.
+//! - Memory never handed out is zero (fresh VMM RAM); memory given back
+//!   (`munmap`, `brk` shrink) is zeroed on release, so every new anonymous
+//!   mapping reads as zero without a fault-in path.
+//!
+//! Layout: kernel image at 0x200000, a static non-PIE program at its link
+//! address (usually 0x400000), `brk` right after the program growing up;
+//! the kernel heap, the stack and `mmap` regions come from the top of RAM down.
+
+pub mod heap;
+
+use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
+
+use crate::errno::{Errno, Result};
+
+pub const PAGE_SIZE: u64 = 4096;
+
+pub fn page_up(v: u64) -> Option<u64> {
+    Some(v.checked_add(PAGE_SIZE - 1)? & !(PAGE_SIZE - 1))
+}
+pub fn page_down(v: u64) -> u64 {
+    v & !(PAGE_SIZE - 1)
+}
+
+/// Free physical (= virtual) address ranges, sorted and disjoint.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Regions {
+    free: Vec<(u64, u64)>,
+}
+
+impl Regions {
+    pub fn new(start: u64, end: u64) -> Self {
+        let mut r = Self { free: Vec::new() };
+        if end > start {
+            r.free.push((start, end));
+        }
+        r
+    }
+
+    /// Claims exactly `[start, end)` if all of it is free.
+    pub fn reserve(&mut self, start: u64, end: u64) -> bool {
+        if start >= end {
+            return start == end;
+        }
+        let Some(i) = self.free.iter().position(|&(s, e)| s <= start && end <= e) else {
+            return false;
+        };
+        let (s, e) = self.free[i];
+        self.free.remove(i);
+        if end < e {
+            self.free.insert(i, (end, e));
+        }
+        if s < start {
+            self.free.insert(i, (s, start));
+        }
+        true
+    }
+
+    /// Claims `len` bytes aligned to `align` from the highest free range that fits.
+    pub fn alloc_top(&mut self, len: u64, align: u64) -> Option<u64> {
+        if len == 0 || !align.is_power_of_two() {
+            return None;
+        }
+        let (start, _) = self.free.iter().rev().find_map(|&(s, e)| {
+            let start = e.checked_sub(len)? & !(align - 1);
+            (start >= s).then_some((start, e))
+        })?;
+        self.reserve(start, start + len).then_some(start)
+    }
+
+    /// Claims `len` bytes aligned to `align` from the lowest free range that fits.
+    pub fn alloc_bottom(&mut self, len: u64, align: u64) -> Option<u64> {
+        if len == 0 || !align.is_power_of_two() {
+            return None;
+        }
+        let start = self.free.iter().find_map(|&(s, e)| {
+            let start = s.checked_add(align - 1)? & !(align - 1);
+            (start.checked_add(len)? <= e).then_some(start)
+        })?;
+        self.reserve(start, start + len).then_some(start)
+    }
+
+    /// Gives `[start, end)` back, merging with neighbours.
+    pub fn free(&mut self, start: u64, end: u64) {
+        if start >= end {
+            return;
+        }
+        let i = self.free.partition_point(|&(s, _)| s < start);
+        self.free.insert(i, (start, end));
+        if i + 1 < self.free.len() && self.free[i].1 >= self.free[i + 1].0 {
+            self.free[i].1 = self.free[i].1.max(self.free[i + 1].1);
+            self.free.remove(i + 1);
+        }
+        if i > 0 && self.free[i - 1].1 >= self.free[i].0 {
+            self.free[i - 1].1 = self.free[i - 1].1.max(self.free[i].1);
+            self.free.remove(i);
+        }
+    }
+
+    pub fn free_bytes(&self) -> u64 {
+        self.free.iter().map(|(s, e)| e - s).sum()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Vma {
+    pub end: u64,
+    pub prot: u32,
+}
+
+/// The application's mappings (start -> end, prot), for munmap/mprotect bookkeeping.
+#[derive(Clone, Debug, Default)]
+pub struct Vmas {
+    map: BTreeMap<u64, Vma>,
+}
+
+impl Vmas {
+    pub fn insert(&mut self, start: u64, end: u64, prot: u32) {
+        self.remove(start, end);
+        self.map.insert(start, Vma { end, prot });
+    }
+
+    /// Unmaps `[start, end)`, splitting mappings that straddle it; returns the
+    /// subranges that were mapped.
+    pub fn remove(&mut self, start: u64, end: u64) -> Vec<(u64, u64)> {
+        let mut removed = Vec::new();
+        let overlapping: Vec<(u64, Vma)> = self
+            .map
+            .range(..end)
+            .filter(|(&s, v)| s < end && v.end > start)
+            .map(|(&s, &v)| (s, v))
+            .collect();
+        for (s, v) in overlapping {
+            self.map.remove(&s);
+            if s < start {
+                self.map.insert(
+                    s,
+                    Vma {
+                        end: start,
+                        prot: v.prot,
+                    },
+                );
+            }
+            if v.end > end {
+                self.map.insert(
+                    end,
+                    Vma {
+                        end: v.end,
+                        prot: v.prot,
+                    },
+                );
+            }
+            removed.push((s.max(start), v.end.min(end)));
+        }
+        removed
+    }
+
+    /// Whether every byte of `[start, end)` is mapped.
+    pub fn covers(&self, start: u64, end: u64) -> bool {
+        let mut at = start;
+        for (&s, v) in self.map.range(..end) {
+            if v.end <= at {
+                continue;
+            }
+            if s > at {
+                return false;
+            }
+            at = v.end;
+            if at >= end {
+                return true;
+            }
+        }
+        at >= end
+    }
+
+    /// Changes the protection of `[start, end)`; ENOMEM if part is unmapped.
+    pub fn protect(&mut self, start: u64, end: u64, prot: u32) -> Result<()> {
+        if !self.covers(start, end) {
+            return Err(Errno::ENOMEM);
+        }
+        for (s, e) in self.remove(start, end) {
+            self.map.insert(s, Vma { end: e, prot });
+        }
+        Ok(())
+    }
+
+    pub fn get(&self, addr: u64) -> Option<(u64, Vma)> {
+        let (&s, &v) = self.map.range(..=addr).next_back()?;
+        (addr < v.end).then_some((s, v))
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+pub const PROT_READ: u32 = 1;
+pub const PROT_WRITE: u32 = 2;
+pub const PROT_EXEC: u32 = 4;
+pub const MAP_SHARED: u32 = 0x01;
+pub const MAP_PRIVATE: u32 = 0x02;
+pub const MAP_FIXED: u32 = 0x10;
+pub const MAP_ANONYMOUS: u32 = 0x20;
+pub const MAP_FIXED_NOREPLACE: u32 = 0x10_0000;
+
+/// Address-space state of the one process: free RAM, mappings, the break.
+#[derive(Clone, Debug, Default)]
+pub struct Mm {
+    pub regions: Regions,
+    pub vmas: Vmas,
+    pub brk_start: u64,
+    pub brk: u64,
+    /// End of the memory reserved for the break (page aligned).
+    pub brk_end: u64,
+    /// Never hand out memory at or above this (end of RAM).
+    pub ram_end: u64,
+}
+
+impl Mm {
+    pub fn new(free_start: u64, ram_end: u64) -> Self {
+        Self {
+            regions: Regions::new(page_up(free_start).unwrap_or(ram_end), ram_end),
+            ram_end,
+            ..Self::default()
+        }
+    }
+
+    pub fn set_brk_start(&mut self, at: u64) {
+        self.brk_start = at;
+        self.brk = at;
+        self.brk_end = at;
+    }
+
+    /// `brk(2)`: returns the new break, or the old one if it cannot move.
+    /// `zero` clears memory given back.
+    pub fn brk(&mut self, requested: u64, zero: &mut dyn FnMut(u64, u64)) -> u64 {
+        if requested < self.brk_start {
+            return self.brk;
+        }
+        let Some(want_end) = page_up(requested) else {
+            return self.brk;
+        };
+        if want_end > self.brk_end {
+            if !self.regions.reserve(self.brk_end, want_end) {
+                return self.brk;
+            }
+            self.vmas
+                .insert(self.brk_end, want_end, PROT_READ | PROT_WRITE);
+            self.brk_end = want_end;
+        } else if requested < self.brk {
+            zero(requested, self.brk);
+            if want_end < self.brk_end {
+                self.vmas.remove(want_end, self.brk_end);
+                self.regions.free(want_end, self.brk_end);
+                self.brk_end = want_end;
+            }
+        }
+        self.brk = requested;
+        self.brk
+    }
+
+    /// Reserves memory for a new mapping; returns its address. `fixed`
+    /// mappings replace what the application had there (zeroed by `zero`).
+    pub fn map(
+        &mut self,
+        addr: u64,
+        len: u64,
+        prot: u32,
+        flags: u32,
+        zero: &mut dyn FnMut(u64, u64),
+    ) -> Result<u64> {
+        let len = page_up(len).ok_or(Errno::ENOMEM)?;
+        if len == 0 {
+            return Err(Errno::EINVAL);
+        }
+        let fixed = flags & (MAP_FIXED | MAP_FIXED_NOREPLACE) != 0;
+        if fixed {
+            if addr % PAGE_SIZE != 0 {
+                return Err(Errno::EINVAL);
+            }
+            let end = addr.checked_add(len).ok_or(Errno::ENOMEM)?;
+            if end > self.ram_end {
+                return Err(Errno::ENOMEM);
+            }
+            // Replace the application's own mappings; claim free memory for the rest.
+            let owned = self.vmas.remove(addr, end);
+            if !owned.is_empty() && flags & MAP_FIXED_NOREPLACE != 0 {
+                for &(s, e) in &owned {
+                    self.vmas.insert(s, e, prot);
+                }
+                return Err(Errno::EEXIST);
+            }
+            for &(s, e) in &owned {
+                zero(s, e);
+                self.regions.free(s, e);
+            }
+            if !self.regions.reserve(addr, end) {
+                // Part of the range is kernel memory or outside RAM; undo.
+                for &(s, e) in &owned {
+                    let _ = self.regions.reserve(s, e);
+                    self.vmas.insert(s, e, prot);
+                }
+                return Err(Errno::ENOMEM);
+            }
+            self.vmas.insert(addr, end, prot);
+            return Ok(addr);
+        }
+        let hinted = addr != 0
+            && addr % PAGE_SIZE == 0
+            && addr.checked_add(len).is_some_and(|end| end <= self.ram_end)
+            && self.regions.reserve(addr, addr + len);
+        let start = if hinted {
+            addr
+        } else {
+            self.regions
+                .alloc_top(len, PAGE_SIZE)
+                .ok_or(Errno::ENOMEM)?
+        };
+        self.vmas.insert(start, start + len, prot);
+        Ok(start)
+    }
+
+    /// `munmap(2)`: releases (and zeroes) whatever the application had mapped in the range.
+    pub fn unmap(&mut self, addr: u64, len: u64, zero: &mut dyn FnMut(u64, u64)) -> Result<()> {
+        if addr % PAGE_SIZE != 0 || len == 0 {
+            return Err(Errno::EINVAL);
+        }
+        let end = addr
+            .checked_add(page_up(len).ok_or(Errno::EINVAL)?)
+            .ok_or(Errno::EINVAL)?;
+        for (s, e) in self.vmas.remove(addr, end) {
+            if s >= self.brk_start && e <= self.brk_end {
+                // The break area stays reserved for brk; just record the hole.
+                continue;
+            }
+            zero(s, e);
+            self.regions.free(s, e);
+        }
+        Ok(())
+    }
+
+    pub fn protect(&mut self, addr: u64, len: u64, prot: u32) -> Result<()> {
+        if addr % PAGE_SIZE != 0 {
+            return Err(Errno::EINVAL);
+        }
+        let end = addr
+            .checked_add(page_up(len).ok_or(Errno::ENOMEM)?)
+            .ok_or(Errno::ENOMEM)?;
+        self.vmas.protect(addr, end, prot)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn regions_reserve_alloc_and_merge() {
+        let mut r = Regions::new(0x1000, 0x10000);
+        assert!(r.reserve(0x4000, 0x6000));
+        assert!(!r.reserve(0x5000, 0x7000));
+        assert_eq!(r.alloc_top(0x1000, 0x1000), Some(0xF000));
+        assert_eq!(r.alloc_top(0x3000, 0x4000), Some(0xC000));
+        r.free(0x4000, 0x6000);
+        r.free(0xF000, 0x10000);
+        r.free(0xC000, 0xF000);
+        assert_eq!(r, Regions::new(0x1000, 0x10000));
+        assert_eq!(r.alloc_top(0x20000, 0x1000), None);
+        assert_eq!(r.alloc_bottom(0x1000, 0x2000), Some(0x2000));
+    }
+
+    #[test]
+    fn vmas_split_on_partial_unmap_and_protect() {
+        let mut v = Vmas::default();
+        v.insert(0x1000, 0x5000, PROT_READ);
+        assert_eq!(v.remove(0x2000, 0x3000), vec![(0x2000, 0x3000)]);
+        assert_eq!(v.len(), 2);
+        assert!(!v.covers(0x1000, 0x5000));
+        assert!(v.covers(0x3000, 0x5000));
+        assert_eq!(v.protect(0x1000, 0x3000, PROT_WRITE), Err(Errno::ENOMEM));
+        v.protect(0x3000, 0x4000, PROT_WRITE).expect("mapped");
+        assert_eq!(
+            v.get(0x3800).map(|(s, m)| (s, m.prot)),
+            Some((0x3000, PROT_WRITE))
+        );
+        assert_eq!(
+            v.get(0x4800).map(|(s, m)| (s, m.prot)),
+            Some((0x4000, PROT_READ))
+        );
+        assert_eq!(v.get(0x2800), None);
+    }
+
+    #[test]
+    fn mmap_munmap_and_brk_keep_honest_books() {
+        let mut mm = Mm::new(0x300000, 0x1000000);
+        let zeroed = core::cell::RefCell::new(Vec::new());
+        let mut zero = |s, e| zeroed.borrow_mut().push((s, e));
+        let free = mm.regions.free_bytes();
+        let a = mm
+            .map(0, 0x3000, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, &mut zero)
+            .expect("mmap");
+        assert_eq!(a, 0x1000000 - 0x3000);
+        assert_eq!(mm.regions.free_bytes(), free - 0x3000);
+        mm.unmap(a + 0x1000, 0x1000, &mut zero).expect("munmap");
+        assert_eq!(mm.regions.free_bytes(), free - 0x2000);
+        // MAP_FIXED over our own mapping replaces it.
+        let f = mm
+            .map(a, 0x1000, PROT_READ, MAP_FIXED | MAP_ANONYMOUS, &mut zero)
+            .expect("fixed");
+        assert_eq!(f, a);
+        // MAP_FIXED onto memory the kernel owns fails.
+        assert_eq!(
+            mm.map(
+                0x200000,
+                0x1000,
+                PROT_READ,
+                MAP_FIXED | MAP_ANONYMOUS,
+                &mut zero
+            ),
+            Err(Errno::ENOMEM)
+        );
+        mm.set_brk_start(0x500000);
+        assert_eq!(mm.brk(0x500010, &mut zero), 0x500010);
+        assert_eq!(mm.brk_end, 0x501000);
+        assert_eq!(mm.brk(0x400000, &mut zero), 0x500010);
+        assert_eq!(mm.brk(0x500000, &mut zero), 0x500000);
+        assert!(zeroed.borrow().contains(&(0x500000, 0x500010)));
+        assert_eq!(mm.brk_end, 0x500000);
+        // The break cannot grow into a mapping.
+        mm.map(
+            0x600000,
+            0x1000,
+            PROT_READ,
+            MAP_FIXED | MAP_ANONYMOUS,
+            &mut zero,
+        )
+        .expect("fixed");
+        assert_eq!(mm.brk(0x700000, &mut zero), 0x500000);
+    }
+}

@@ -1,0 +1,1077 @@
+//! File-system and descriptor syscalls.
+
+use alloc::rc::Rc;
+use alloc::vec;
+use alloc::vec::Vec;
+use core::cell::Cell;
+
+use crate::drivers::virtio::fs::SetAttr;
+use crate::errno::{Errno, Result};
+use crate::fd::*;
+use crate::files::{CharDev, FuseDir, FuseFile};
+use crate::fuse::{fattr, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG};
+use crate::kernel::Kernel;
+use crate::vfs::{self, Walk};
+
+pub const AT_FDCWD: i32 = -100;
+pub const AT_SYMLINK_NOFOLLOW: u32 = 0x100;
+pub const AT_REMOVEDIR: u32 = 0x200;
+pub const AT_SYMLINK_FOLLOW: u32 = 0x400;
+pub const AT_EMPTY_PATH: u32 = 0x1000;
+const UTIME_NOW: u64 = (1 << 30) - 1;
+const UTIME_OMIT: u64 = (1 << 30) - 2;
+const RENAME_NOREPLACE: u32 = 1;
+const F_DUPFD: u32 = 0;
+const F_GETFD: u32 = 1;
+const F_SETFD: u32 = 2;
+const F_GETFL: u32 = 3;
+const F_SETFL: u32 = 4;
+const F_GETLK: u32 = 5;
+const F_SETLK: u32 = 6;
+const F_SETLKW: u32 = 7;
+const F_DUPFD_CLOEXEC: u32 = 1030;
+const FD_CLOEXEC: u64 = 1;
+const TCGETS: u32 = 0x5401;
+const TIOCGWINSZ: u32 = 0x5413;
+const FIONBIO: u32 = 0x5421;
+const FIONCLEX: u32 = 0x5450;
+const FIOCLEX: u32 = 0x5451;
+const IOV_MAX: u64 = 1024;
+
+impl Kernel {
+    /// The directory relative paths start from for a `*at` call.
+    fn at_base(&self, dirfd: i32, path: &[u8]) -> Result<Vec<u8>> {
+        if path.first() == Some(&b'/') || dirfd == AT_FDCWD {
+            return Ok(self.cwd.clone());
+        }
+        let fd = self.fds.get(dirfd)?;
+        fd.file.dir_path().map(<[u8]>::to_vec).ok_or(Errno::ENOTDIR)
+    }
+
+    fn walk_at(&mut self, dirfd: i32, path: &[u8], follow: bool) -> Result<Walk> {
+        let base = self.at_base(dirfd, path)?;
+        self.dev.vfs.walk(&base, path, follow)
+    }
+
+    fn walk_parent_at(&mut self, dirfd: i32, path: &[u8]) -> Result<(Walk, Vec<u8>)> {
+        let base = self.at_base(dirfd, path)?;
+        let (dir, name) = self.dev.vfs.walk_parent(&base, path)?;
+        if name == b"." || name == b".." {
+            return Err(Errno::EINVAL);
+        }
+        Ok((dir, name))
+    }
+
+    /// Lexically normalised absolute form of `path` (for emulated /dev and /proc).
+    fn lexical(&self, base: &[u8], path: &[u8]) -> Vec<u8> {
+        let mut parts: Vec<&[u8]> = Vec::new();
+        let full = if path.first() == Some(&b'/') {
+            path.to_vec()
+        } else {
+            vfs::join(base, path)
+        };
+        for c in full.split(|&b| b == b'/') {
+            match c {
+                b"" | b"." => {}
+                b".." => {
+                    parts.pop();
+                }
+                c => parts.push(c),
+            }
+        }
+        let mut out = Vec::new();
+        for p in parts {
+            out.push(b'/');
+            out.extend_from_slice(p);
+        }
+        if out.is_empty() {
+            out.push(b'/');
+        }
+        out
+    }
+
+    fn install(&mut self, file: Rc<dyn File>, cloexec: bool) -> Result<u64> {
+        let limit = self.nofile_limit();
+        self.fds
+            .insert(Fd { file, cloexec }, limit)
+            .map(|fd| fd as u64)
+    }
+
+    pub fn sys_openat(&mut self, dirfd: i32, path: u64, flags: u32, mode: u32) -> Result<u64> {
+        let path = self.user_cstr(path)?;
+        let cloexec = flags & O_CLOEXEC != 0;
+        let file = self.open_path(dirfd, &path, flags, mode)?;
+        self.install(file, cloexec)
+    }
+
+    fn open_path(
+        &mut self,
+        dirfd: i32,
+        path: &[u8],
+        flags: u32,
+        mode: u32,
+    ) -> Result<Rc<dyn File>> {
+        let base = self.at_base(dirfd, path)?;
+        let lexical = self.lexical(&base, path);
+        if let Some(kind) = CharDev::by_path(&lexical) {
+            return Ok(Rc::new(CharDev {
+                kind,
+                flags: flags & (O_ACCMODE | SETFL_MASK),
+            }));
+        }
+        let access = flags & O_ACCMODE;
+        let keep = flags & (O_ACCMODE | O_APPEND | O_NONBLOCK);
+        if flags & O_CREAT != 0 {
+            let (dir, name) = self.walk_parent_at(dirfd, path)?;
+            let exists =
+                crate::vfs::FsOps::lookup(&mut self.dev.vfs, dir.node.fs, dir.node.id, &name);
+            match exists {
+                Ok(_) if flags & O_EXCL != 0 => return Err(Errno::EEXIST),
+                Ok(_) => {}
+                Err(Errno::ENOENT) => {
+                    let umask = self.umask;
+                    let fs = self.dev.vfs.fs(dir.node.fs)?;
+                    let open_flags = keep & !O_NONBLOCK;
+                    let (id, attr, fh) = fs.create(
+                        dir.node.id,
+                        &name,
+                        open_flags,
+                        S_IFREG | (mode & 0o7777 & !umask),
+                        umask,
+                    )?;
+                    self.dev.vfs.remember(dir.node, &name, id, &attr);
+                    let node = crate::vfs::Node {
+                        fs: dir.node.fs,
+                        id,
+                    };
+                    return Ok(Rc::new(FuseFile {
+                        node,
+                        fh,
+                        flags: Cell::new(keep),
+                        offset: Cell::new(0),
+                    }));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let w = self.walk_at(dirfd, path, flags & O_NOFOLLOW == 0)?;
+        match w.mode & S_IFMT {
+            S_IFLNK => Err(Errno::ELOOP),
+            S_IFDIR => {
+                if access != O_RDONLY {
+                    return Err(Errno::EISDIR);
+                }
+                let fh = self.dev.vfs.fs(w.node.fs)?.opendir(w.node.id)?;
+                Ok(Rc::new(FuseDir {
+                    node: w.node,
+                    fh,
+                    flags: keep | O_DIRECTORY,
+                    offset: Cell::new(0),
+                    path: w.path,
+                }))
+            }
+            _ if flags & O_DIRECTORY != 0 => Err(Errno::ENOTDIR),
+            _ => {
+                let fs = self.dev.vfs.fs(w.node.fs)?;
+                let fh = fs.open(w.node.id, keep & !O_NONBLOCK)?;
+                let file = FuseFile {
+                    node: w.node,
+                    fh,
+                    flags: Cell::new(keep),
+                    offset: Cell::new(0),
+                };
+                if flags & O_TRUNC != 0 && access != O_RDONLY {
+                    let set = SetAttr {
+                        valid: fattr::SIZE,
+                        ..SetAttr::default()
+                    };
+                    fs.setattr(w.node.id, Some(fh), &set)?;
+                }
+                Ok(Rc::new(file))
+            }
+        }
+    }
+
+    pub fn sys_close(&mut self, fd: i32) -> Result<u64> {
+        let entry = self.fds.remove(fd)?;
+        self.release_if_last(entry);
+        Ok(0)
+    }
+
+    fn release_if_last(&mut self, entry: Fd) {
+        if Rc::strong_count(&entry.file) == 1 {
+            entry.file.release(&mut self.dev);
+        }
+    }
+
+    pub fn sys_read(&mut self, fd: i32, buf: u64, len: u64) -> Result<u64> {
+        let file = self.fds.file(fd)?;
+        let buf = self.user_buf(buf, len as usize)?;
+        file.read(&mut self.dev, buf).map(|n| n as u64)
+    }
+
+    pub fn sys_write(&mut self, fd: i32, buf: u64, len: u64) -> Result<u64> {
+        let file = self.fds.file(fd)?;
+        let buf = self.user_buf(buf, len as usize)?;
+        file.write(&mut self.dev, buf).map(|n| n as u64)
+    }
+
+    pub fn sys_pread(&mut self, fd: i32, buf: u64, len: u64, offset: u64) -> Result<u64> {
+        let file = self.fds.file(fd)?;
+        let buf = self.user_buf(buf, len as usize)?;
+        file.pread(&mut self.dev, buf, offset).map(|n| n as u64)
+    }
+
+    pub fn sys_pwrite(&mut self, fd: i32, buf: u64, len: u64, offset: u64) -> Result<u64> {
+        let file = self.fds.file(fd)?;
+        let buf = self.user_buf(buf, len as usize)?;
+        file.pwrite(&mut self.dev, buf, offset).map(|n| n as u64)
+    }
+
+    fn iovecs(&self, iov: u64, count: u64) -> Result<Vec<&'static mut [u8]>> {
+        if count > IOV_MAX {
+            return Err(Errno::EINVAL);
+        }
+        let raw = self.user_buf(iov, count as usize * 16)?;
+        let mut out = Vec::with_capacity(count as usize);
+        for v in raw.chunks_exact(16) {
+            let base = u64::from_le_bytes(v[..8].try_into().map_err(|_| Errno::EFAULT)?);
+            let len = u64::from_le_bytes(v[8..].try_into().map_err(|_| Errno::EFAULT)?);
+            out.push(self.user_buf(base, len as usize)?);
+        }
+        Ok(out)
+    }
+
+    pub fn sys_readv(&mut self, fd: i32, iov: u64, count: u64, offset: Option<u64>) -> Result<u64> {
+        let file = self.fds.file(fd)?;
+        let mut total = 0u64;
+        for buf in self.iovecs(iov, count)? {
+            let want = buf.len();
+            let n = match offset {
+                Some(o) => file.pread(&mut self.dev, buf, o + total)?,
+                None => file.read(&mut self.dev, buf)?,
+            };
+            total += n as u64;
+            if n < want {
+                break;
+            }
+        }
+        Ok(total)
+    }
+
+    pub fn sys_writev(
+        &mut self,
+        fd: i32,
+        iov: u64,
+        count: u64,
+        offset: Option<u64>,
+    ) -> Result<u64> {
+        let file = self.fds.file(fd)?;
+        let bufs = self.iovecs(iov, count)?;
+        // Gather small vectors into one write: one device request instead of many.
+        let total_len: usize = bufs.iter().map(|b| b.len()).sum();
+        if bufs.len() > 1 && total_len <= 64 * 1024 {
+            let mut joined = Vec::with_capacity(total_len);
+            for b in &bufs {
+                joined.extend_from_slice(b);
+            }
+            let n = match offset {
+                Some(o) => file.pwrite(&mut self.dev, &joined, o)?,
+                None => file.write(&mut self.dev, &joined)?,
+            };
+            return Ok(n as u64);
+        }
+        let mut total = 0u64;
+        for buf in bufs {
+            let n = match offset {
+                Some(o) => file.pwrite(&mut self.dev, buf, o + total)?,
+                None => file.write(&mut self.dev, buf)?,
+            };
+            total += n as u64;
+            if n < buf.len() {
+                break;
+            }
+        }
+        Ok(total)
+    }
+
+    pub fn sys_preadv(&mut self, fd: i32, iov: u64, count: u64, offset: u64) -> Result<u64> {
+        self.sys_readv(fd, iov, count, Some(offset))
+    }
+
+    pub fn sys_pwritev(&mut self, fd: i32, iov: u64, count: u64, offset: u64) -> Result<u64> {
+        self.sys_writev(fd, iov, count, Some(offset))
+    }
+
+    pub fn sys_sendfile(
+        &mut self,
+        out_fd: i32,
+        in_fd: i32,
+        offset_ptr: u64,
+        count: u64,
+    ) -> Result<u64> {
+        let input = self.fds.file(in_fd)?;
+        let output = self.fds.file(out_fd)?;
+        let mut buf = vec![0u8; (count as usize).min(1 << 20)];
+        let n = if offset_ptr != 0 {
+            let offset = self.get_u64(offset_ptr)?;
+            let n = input.pread(&mut self.dev, &mut buf, offset)?;
+            self.put_user(offset_ptr, &(offset + n as u64).to_le_bytes())?;
+            n
+        } else {
+            input.read(&mut self.dev, &mut buf)?
+        };
+        output.write(&mut self.dev, &buf[..n]).map(|n| n as u64)
+    }
+
+    pub fn sys_lseek(&mut self, fd: i32, offset: i64, whence: u32) -> Result<u64> {
+        let file = self.fds.file(fd)?;
+        file.seek(&mut self.dev, offset, whence)
+    }
+
+    pub fn sys_fstat(&mut self, fd: i32, out: u64) -> Result<u64> {
+        let file = self.fds.file(fd)?;
+        let st = file.stat(&mut self.dev)?;
+        self.put_user(out, &st)?;
+        Ok(0)
+    }
+
+    fn stat_path(&mut self, dirfd: i32, path: &[u8], flags: u32) -> Result<[u8; 144]> {
+        if path.is_empty() {
+            if flags & AT_EMPTY_PATH != 0 {
+                let file = self.fds.file(dirfd)?;
+                return file.stat(&mut self.dev);
+            }
+            return Err(Errno::ENOENT);
+        }
+        let base = self.at_base(dirfd, path)?;
+        let lexical = self.lexical(&base, path);
+        if let Some(kind) = CharDev::by_path(&lexical) {
+            return CharDev {
+                kind,
+                flags: O_RDONLY,
+            }
+            .stat(&mut self.dev);
+        }
+        let w = self.walk_at(dirfd, path, flags & AT_SYMLINK_NOFOLLOW == 0)?;
+        let attr = self.dev.vfs.fs(w.node.fs)?.getattr(w.node.id, None)?;
+        Ok(attr.to_stat(w.node.fs as u64 + 1))
+    }
+
+    pub fn sys_fstatat(&mut self, dirfd: i32, path: u64, out: u64, flags: u32) -> Result<u64> {
+        let path = self.user_cstr(path)?;
+        let st = self.stat_path(dirfd, &path, flags)?;
+        self.put_user(out, &st)?;
+        Ok(0)
+    }
+
+    pub fn sys_statx(
+        &mut self,
+        dirfd: i32,
+        path: u64,
+        flags: u32,
+        _mask: u32,
+        out: u64,
+    ) -> Result<u64> {
+        let path = self.user_cstr(path)?;
+        let st = self.stat_path(dirfd, &path, flags)?;
+        let u64_at = |at: usize| u64::from_le_bytes(st[at..at + 8].try_into().unwrap_or([0; 8]));
+        let mut x = [0u8; 256];
+        let mut put = |at: usize, bytes: &[u8]| x[at..at + bytes.len()].copy_from_slice(bytes);
+        put(0, &0x7ffu32.to_le_bytes()); // STATX_BASIC_STATS
+        put(4, &(u64_at(56) as u32).to_le_bytes()); // blksize
+        put(16, &(u64_at(16) as u32).to_le_bytes()); // nlink
+        put(20, &(u64_at(24) >> 32).to_le_bytes()[..4]); // uid
+        put(24, &(u64_at(32) as u32).to_le_bytes()); // gid
+        put(28, &(u64_at(24) as u16).to_le_bytes()); // mode
+        put(32, &u64_at(8).to_le_bytes()); // ino
+        put(40, &u64_at(48).to_le_bytes()); // size
+        put(48, &u64_at(64).to_le_bytes()); // blocks
+        for (at, sec, nsec) in [(64, 72, 80), (96, 104, 112), (112, 88, 96), (80, 104, 112)] {
+            put(at, &u64_at(sec).to_le_bytes());
+            put(at + 8, &(u64_at(nsec) as u32).to_le_bytes());
+        }
+        let rdev = u64_at(40);
+        put(128, &((rdev >> 8) as u32 & 0xfff).to_le_bytes());
+        put(132, &(rdev as u32 & 0xff).to_le_bytes());
+        let dev = u64_at(0);
+        put(140, &(dev as u32).to_le_bytes());
+        self.put_user(out, &x)?;
+        Ok(0)
+    }
+
+    pub fn sys_getdents64(&mut self, fd: i32, buf: u64, len: u64) -> Result<u64> {
+        let file = self.fds.file(fd)?;
+        let buf = self.user_buf(buf, len as usize)?;
+        file.getdents64(&mut self.dev, buf).map(|n| n as u64)
+    }
+
+    pub fn sys_readlinkat(&mut self, dirfd: i32, path: u64, buf: u64, size: u64) -> Result<u64> {
+        let path = self.user_cstr(path)?;
+        if size == 0 {
+            return Err(Errno::EINVAL);
+        }
+        let base = self.at_base(dirfd, &path)?;
+        let target = if self.lexical(&base, &path) == b"/proc/self/exe" {
+            self.exe_path.clone()
+        } else {
+            let w = self.walk_at(dirfd, &path, false)?;
+            if w.mode & S_IFMT != S_IFLNK {
+                return Err(Errno::EINVAL);
+            }
+            self.dev.vfs.fs(w.node.fs)?.readlink(w.node.id)?
+        };
+        let n = target.len().min(size as usize);
+        self.put_user(buf, &target[..n])?;
+        Ok(n as u64)
+    }
+
+    pub fn sys_faccessat(&mut self, dirfd: i32, path: u64, mode: u32) -> Result<u64> {
+        let path = self.user_cstr(path)?;
+        let base = self.at_base(dirfd, &path)?;
+        if CharDev::by_path(&self.lexical(&base, &path)).is_some() {
+            return Ok(0);
+        }
+        let w = self.walk_at(dirfd, &path, true)?;
+        let fs = self.dev.vfs.fs(w.node.fs)?;
+        if mode & 2 != 0 && fs.readonly {
+            return Err(Errno::EROFS);
+        }
+        if mode & 1 != 0 && w.mode & S_IFMT != S_IFDIR {
+            let attr = fs.getattr(w.node.id, None)?;
+            if attr.mode & 0o111 == 0 {
+                return Err(Errno::EACCES);
+            }
+        }
+        Ok(0)
+    }
+
+    pub fn sys_getcwd(&mut self, buf: u64, size: u64) -> Result<u64> {
+        let len = self.cwd.len() + 1;
+        if (size as usize) < len {
+            return Err(Errno::ERANGE);
+        }
+        let mut out = self.cwd.clone();
+        out.push(0);
+        self.put_user(buf, &out)?;
+        Ok(len as u64)
+    }
+
+    pub fn sys_chdir(&mut self, path: u64) -> Result<u64> {
+        let path = self.user_cstr(path)?;
+        let w = self.walk_at(AT_FDCWD, &path, true)?;
+        if !w.is_dir() {
+            return Err(Errno::ENOTDIR);
+        }
+        self.cwd = w.path;
+        Ok(0)
+    }
+
+    pub fn sys_fchdir(&mut self, fd: i32) -> Result<u64> {
+        let path = self
+            .fds
+            .get(fd)?
+            .file
+            .dir_path()
+            .map(<[u8]>::to_vec)
+            .ok_or(Errno::ENOTDIR)?;
+        self.cwd = path;
+        Ok(0)
+    }
+
+    pub fn sys_mkdirat(&mut self, dirfd: i32, path: u64, mode: u32) -> Result<u64> {
+        let path = self.user_cstr(path)?;
+        let (dir, name) = self.walk_parent_at(dirfd, &path)?;
+        let umask = self.umask;
+        let (id, attr) = self.dev.vfs.fs(dir.node.fs)?.mkdir(
+            dir.node.id,
+            &name,
+            mode & 0o7777 & !umask,
+            umask,
+        )?;
+        self.dev.vfs.remember(dir.node, &name, id, &attr);
+        Ok(0)
+    }
+
+    pub fn sys_mknodat(&mut self, dirfd: i32, path: u64, mode: u32, rdev: u32) -> Result<u64> {
+        let path = self.user_cstr(path)?;
+        let (dir, name) = self.walk_parent_at(dirfd, &path)?;
+        let umask = self.umask;
+        let kind = if mode & S_IFMT == 0 {
+            S_IFREG
+        } else {
+            mode & S_IFMT
+        };
+        let (id, attr) = self.dev.vfs.fs(dir.node.fs)?.mknod(
+            dir.node.id,
+            &name,
+            kind | (mode & 0o7777 & !umask),
+            rdev,
+            umask,
+        )?;
+        self.dev.vfs.remember(dir.node, &name, id, &attr);
+        Ok(0)
+    }
+
+    pub fn sys_unlinkat(&mut self, dirfd: i32, path: u64, flags: u32) -> Result<u64> {
+        let path = self.user_cstr(path)?;
+        let (dir, name) = self.walk_parent_at(dirfd, &path)?;
+        let rmdir = flags & AT_REMOVEDIR != 0;
+        let result = self
+            .dev
+            .vfs
+            .fs(dir.node.fs)?
+            .unlink(dir.node.id, &name, rmdir);
+        self.dev.vfs.forget(dir.node, &name);
+        result.map(|_| 0)
+    }
+
+    pub fn sys_renameat2(
+        &mut self,
+        olddirfd: i32,
+        oldpath: u64,
+        newdirfd: i32,
+        newpath: u64,
+        flags: u32,
+    ) -> Result<u64> {
+        let oldpath = self.user_cstr(oldpath)?;
+        let newpath = self.user_cstr(newpath)?;
+        if flags & !RENAME_NOREPLACE != 0 {
+            return Err(Errno::EINVAL);
+        }
+        let (olddir, oldname) = self.walk_parent_at(olddirfd, &oldpath)?;
+        let (newdir, newname) = self.walk_parent_at(newdirfd, &newpath)?;
+        if olddir.node.fs != newdir.node.fs {
+            return Err(Errno::EXDEV);
+        }
+        if flags & RENAME_NOREPLACE != 0
+            && crate::vfs::FsOps::lookup(
+                &mut self.dev.vfs,
+                newdir.node.fs,
+                newdir.node.id,
+                &newname,
+            )
+            .is_ok()
+        {
+            return Err(Errno::EEXIST);
+        }
+        let result = self.dev.vfs.fs(olddir.node.fs)?.rename(
+            olddir.node.id,
+            &oldname,
+            newdir.node.id,
+            &newname,
+        );
+        self.dev.vfs.forget(olddir.node, &oldname);
+        self.dev.vfs.forget(newdir.node, &newname);
+        result.map(|_| 0)
+    }
+
+    pub fn sys_linkat(
+        &mut self,
+        olddirfd: i32,
+        oldpath: u64,
+        newdirfd: i32,
+        newpath: u64,
+        flags: u32,
+    ) -> Result<u64> {
+        let oldpath = self.user_cstr(oldpath)?;
+        let newpath = self.user_cstr(newpath)?;
+        let old = self.walk_at(olddirfd, &oldpath, flags & AT_SYMLINK_FOLLOW != 0)?;
+        let (dir, name) = self.walk_parent_at(newdirfd, &newpath)?;
+        if old.node.fs != dir.node.fs {
+            return Err(Errno::EXDEV);
+        }
+        let (id, attr) = self
+            .dev
+            .vfs
+            .fs(dir.node.fs)?
+            .link(old.node.id, dir.node.id, &name)?;
+        self.dev.vfs.remember(dir.node, &name, id, &attr);
+        Ok(0)
+    }
+
+    pub fn sys_symlinkat(&mut self, target: u64, dirfd: i32, path: u64) -> Result<u64> {
+        let target = self.user_cstr(target)?;
+        let path = self.user_cstr(path)?;
+        let (dir, name) = self.walk_parent_at(dirfd, &path)?;
+        let (id, attr) = self
+            .dev
+            .vfs
+            .fs(dir.node.fs)?
+            .symlink(dir.node.id, &name, &target)?;
+        self.dev.vfs.remember(dir.node, &name, id, &attr);
+        Ok(0)
+    }
+
+    fn setattr_path(
+        &mut self,
+        dirfd: i32,
+        path: &[u8],
+        follow: bool,
+        set: &SetAttr,
+    ) -> Result<u64> {
+        let w = self.walk_at(dirfd, path, follow)?;
+        self.dev
+            .vfs
+            .fs(w.node.fs)?
+            .setattr(w.node.id, None, set)
+            .map(|_| 0)
+    }
+
+    pub fn sys_fchmodat(&mut self, dirfd: i32, path: u64, mode: u32) -> Result<u64> {
+        let path = self.user_cstr(path)?;
+        let set = SetAttr {
+            valid: fattr::MODE,
+            mode: mode & 0o7777,
+            ..SetAttr::default()
+        };
+        self.setattr_path(dirfd, &path, true, &set)
+    }
+
+    fn setattr_fd(&mut self, fd: i32, set: &SetAttr) -> Result<u64> {
+        let file = self.fds.file(fd)?;
+        file.setattr(&mut self.dev, set).map(|_| 0)
+    }
+
+    pub fn sys_fchmod(&mut self, fd: i32, mode: u32) -> Result<u64> {
+        let set = SetAttr {
+            valid: fattr::MODE,
+            mode: mode & 0o7777,
+            ..SetAttr::default()
+        };
+        self.setattr_fd(fd, &set)
+    }
+
+    fn chown_set(uid: u32, gid: u32) -> SetAttr {
+        let mut set = SetAttr::default();
+        if uid != u32::MAX {
+            set.valid |= fattr::UID;
+            set.uid = uid;
+        }
+        if gid != u32::MAX {
+            set.valid |= fattr::GID;
+            set.gid = gid;
+        }
+        set
+    }
+
+    pub fn sys_fchownat(
+        &mut self,
+        dirfd: i32,
+        path: u64,
+        uid: u32,
+        gid: u32,
+        flags: u32,
+    ) -> Result<u64> {
+        let path = self.user_cstr(path)?;
+        let set = Self::chown_set(uid, gid);
+        if set.valid == 0 {
+            return Ok(0);
+        }
+        if path.is_empty() && flags & AT_EMPTY_PATH != 0 {
+            return self.setattr_fd(dirfd, &set);
+        }
+        self.setattr_path(dirfd, &path, flags & AT_SYMLINK_NOFOLLOW == 0, &set)
+    }
+
+    pub fn sys_fchown(&mut self, fd: i32, uid: u32, gid: u32) -> Result<u64> {
+        let set = Self::chown_set(uid, gid);
+        if set.valid == 0 {
+            return Ok(0);
+        }
+        self.setattr_fd(fd, &set)
+    }
+
+    fn time_set(&self, times: Option<[(u64, u64); 2]>) -> SetAttr {
+        let mut set = SetAttr::default();
+        let Some(times) = times else {
+            set.valid = fattr::ATIME | fattr::MTIME | fattr::ATIME_NOW | fattr::MTIME_NOW;
+            return set;
+        };
+        for (i, (sec, nsec)) in times.into_iter().enumerate() {
+            let (bit, now, slot) = if i == 0 {
+                (fattr::ATIME, fattr::ATIME_NOW, &mut set.atime)
+            } else {
+                (fattr::MTIME, fattr::MTIME_NOW, &mut set.mtime)
+            };
+            match nsec {
+                UTIME_OMIT => {}
+                UTIME_NOW => set.valid |= bit | now,
+                _ => {
+                    set.valid |= bit;
+                    *slot = (sec, nsec as u32);
+                }
+            }
+        }
+        set
+    }
+
+    pub fn sys_utimensat(&mut self, dirfd: i32, path: u64, times: u64, flags: u32) -> Result<u64> {
+        let times = if times == 0 {
+            None
+        } else {
+            let t = self.user_buf(times, 32)?;
+            let w = |at: usize| u64::from_le_bytes(t[at..at + 8].try_into().unwrap_or([0; 8]));
+            Some([(w(0), w(8)), (w(16), w(24))])
+        };
+        let set = self.time_set(times);
+        if path == 0 {
+            return self.setattr_fd(dirfd, &set);
+        }
+        let path = self.user_cstr(path)?;
+        self.setattr_path(dirfd, &path, flags & AT_SYMLINK_NOFOLLOW == 0, &set)
+    }
+
+    /// utime(2) (`timeval_usec` false: `struct utimbuf` seconds) and utimes(2).
+    pub fn sys_utimes_compat(&mut self, path: u64, times: u64, timeval_usec: bool) -> Result<u64> {
+        let times = if times == 0 {
+            None
+        } else if timeval_usec {
+            let t = self.user_buf(times, 32)?;
+            let w = |at: usize| u64::from_le_bytes(t[at..at + 8].try_into().unwrap_or([0; 8]));
+            Some([(w(0), w(8) * 1000), (w(16), w(24) * 1000)])
+        } else {
+            let t = self.user_buf(times, 16)?;
+            let w = |at: usize| u64::from_le_bytes(t[at..at + 8].try_into().unwrap_or([0; 8]));
+            Some([(w(0), 0), (w(8), 0)])
+        };
+        let set = self.time_set(times);
+        let path = self.user_cstr(path)?;
+        self.setattr_path(AT_FDCWD, &path, true, &set)
+    }
+
+    pub fn sys_truncate(&mut self, path: u64, len: u64) -> Result<u64> {
+        let path = self.user_cstr(path)?;
+        let set = SetAttr {
+            valid: fattr::SIZE,
+            size: len,
+            ..SetAttr::default()
+        };
+        self.setattr_path(AT_FDCWD, &path, true, &set)
+    }
+
+    pub fn sys_ftruncate(&mut self, fd: i32, len: u64) -> Result<u64> {
+        let file = self.fds.file(fd)?;
+        file.truncate(&mut self.dev, len).map(|_| 0)
+    }
+
+    pub fn sys_fsync(&mut self, fd: i32) -> Result<u64> {
+        let file = self.fds.file(fd)?;
+        file.sync(&mut self.dev).map(|_| 0)
+    }
+
+    fn statfs_of(&mut self, node: crate::vfs::Node) -> Result<[u8; 120]> {
+        let raw = self.dev.vfs.fs(node.fs)?.statfs(node.id)?;
+        let r64 = |at: usize| u64::from_le_bytes(raw[at..at + 8].try_into().unwrap_or([0; 8]));
+        let r32 = |at: usize| {
+            u64::from(u32::from_le_bytes(
+                raw[at..at + 4].try_into().unwrap_or([0; 4]),
+            ))
+        };
+        let mut out = [0u8; 120];
+        let fields = [
+            0x6573_5546, // f_type: FUSE_SUPER_MAGIC
+            r32(40),     // f_bsize
+            r64(0),      // f_blocks
+            r64(8),      // f_bfree
+            r64(16),     // f_bavail
+            r64(24),     // f_files
+            r64(32),     // f_ffree
+            node.fs as u64,
+            r32(44), // f_namelen
+            r32(48), // f_frsize
+            if self.dev.vfs.fs(node.fs)?.readonly {
+                1
+            } else {
+                0
+            },
+        ];
+        for (i, v) in fields.iter().enumerate() {
+            out[i * 8..i * 8 + 8].copy_from_slice(&v.to_le_bytes());
+        }
+        Ok(out)
+    }
+
+    pub fn sys_statfs(&mut self, path: u64, out: u64) -> Result<u64> {
+        let path = self.user_cstr(path)?;
+        let w = self.walk_at(AT_FDCWD, &path, true)?;
+        let st = self.statfs_of(w.node)?;
+        self.put_user(out, &st)?;
+        Ok(0)
+    }
+
+    pub fn sys_fstatfs(&mut self, fd: i32, out: u64) -> Result<u64> {
+        let file = self.fds.file(fd)?;
+        let path = match file.dir_path() {
+            Some(p) => p.to_vec(),
+            None => b"/".to_vec(),
+        };
+        let w = self.walk_at(AT_FDCWD, &path, true)?;
+        let st = self.statfs_of(w.node)?;
+        self.put_user(out, &st)?;
+        Ok(0)
+    }
+
+    pub fn sys_dup(&mut self, fd: i32) -> Result<u64> {
+        let file = self.fds.file(fd)?;
+        self.install(file, false)
+    }
+
+    /// dup2 (`allow_same`: dup2 returns `new` when it equals `old`) and dup3.
+    pub fn sys_dup3(&mut self, old: i32, new: i32, flags: u32, allow_same: bool) -> Result<u64> {
+        let file = self.fds.file(old)?;
+        if old == new {
+            return if allow_same {
+                Ok(new as u64)
+            } else {
+                Err(Errno::EINVAL)
+            };
+        }
+        if flags & !O_CLOEXEC != 0 {
+            return Err(Errno::EINVAL);
+        }
+        let limit = self.nofile_limit();
+        if let Some(previous) = self.fds.replace(
+            new,
+            Fd {
+                file,
+                cloexec: flags & O_CLOEXEC != 0,
+            },
+            limit,
+        )? {
+            self.release_if_last(previous);
+        }
+        Ok(new as u64)
+    }
+
+    pub fn sys_fcntl(&mut self, fd: i32, cmd: u32, arg: u64) -> Result<u64> {
+        let entry = self.fds.get(fd)?.clone();
+        match cmd {
+            F_DUPFD | F_DUPFD_CLOEXEC => {
+                let limit = self.nofile_limit();
+                let new = Fd {
+                    file: entry.file,
+                    cloexec: cmd == F_DUPFD_CLOEXEC,
+                };
+                self.fds
+                    .insert_from(arg as usize, new, limit)
+                    .map(|fd| fd as u64)
+            }
+            F_GETFD => Ok(if entry.cloexec { FD_CLOEXEC } else { 0 }),
+            F_SETFD => self.fds.set_cloexec(fd, arg & FD_CLOEXEC != 0).map(|_| 0),
+            F_GETFL => Ok(u64::from(entry.file.flags())),
+            F_SETFL => {
+                let flags = entry.file.flags();
+                entry
+                    .file
+                    .set_flags((flags & !SETFL_MASK) | (arg as u32 & SETFL_MASK));
+                Ok(0)
+            }
+            // One process: every lock is granted, and nobody holds a conflicting one.
+            F_SETLK | F_SETLKW => Ok(0),
+            F_GETLK => {
+                let lock = self.user_buf(arg, 2)?;
+                lock.copy_from_slice(&2u16.to_le_bytes()); // F_UNLCK
+                Ok(0)
+            }
+            _ => Err(Errno::EINVAL),
+        }
+    }
+
+    pub fn sys_ioctl(&mut self, fd: i32, request: u32, arg: u64) -> Result<u64> {
+        let entry = self.fds.get(fd)?.clone();
+        match request {
+            FIONBIO => {
+                let on = self.user_buf(arg, 4)?.iter().any(|&b| b != 0);
+                let flags = entry.file.flags();
+                entry.file.set_flags(if on {
+                    flags | O_NONBLOCK
+                } else {
+                    flags & !O_NONBLOCK
+                });
+                Ok(0)
+            }
+            FIOCLEX | FIONCLEX => self.fds.set_cloexec(fd, request == FIOCLEX).map(|_| 0),
+            // stdio are pipes or files in both isolation modes, never a terminal.
+            TCGETS | TIOCGWINSZ => Err(Errno::ENOTTY),
+            _ => entry.file.ioctl(&mut self.dev, request, arg),
+        }
+    }
+
+    /// Waits until one of `fds` (fd, wants read, wants write) is ready or
+    /// `timeout_ns` passes (`None`: forever). Returns readiness per entry.
+    fn wait_ready(
+        &mut self,
+        fds: &[(i32, bool, bool)],
+        timeout_ns: Option<u64>,
+    ) -> Result<Vec<(bool, bool, bool)>> {
+        let deadline = timeout_ns.map(|t| self.clock.monotonic_ns().saturating_add(t));
+        loop {
+            let mut any = false;
+            let mut out = Vec::with_capacity(fds.len());
+            for &(fd, r, w) in fds {
+                match self.fds.file(fd) {
+                    Ok(file) => {
+                        let (can_r, can_w) = file.poll(&mut self.dev);
+                        let ready = (r && can_r, w && can_w, false);
+                        any |= ready.0 || ready.1;
+                        out.push(ready);
+                    }
+                    Err(_) => {
+                        any = true;
+                        out.push((false, false, true));
+                    }
+                }
+            }
+            if any {
+                return Ok(out);
+            }
+            let now = self.clock.monotonic_ns();
+            match deadline {
+                Some(d) if now >= d => return Ok(out),
+                Some(d) => self.clock.idle(d - now),
+                None => self.clock.idle(u64::MAX),
+            }
+        }
+    }
+
+    fn poll_common(&mut self, fds_ptr: u64, nfds: u64, timeout_ns: Option<u64>) -> Result<u64> {
+        if nfds > 4096 {
+            return Err(Errno::EINVAL);
+        }
+        let raw = self.user_buf(fds_ptr, nfds as usize * 8)?;
+        let mut want = Vec::new();
+        for p in raw.chunks_exact(8) {
+            let fd = i32::from_le_bytes([p[0], p[1], p[2], p[3]]);
+            let events = u16::from_le_bytes([p[4], p[5]]);
+            want.push((fd, events & 1 != 0, events & 4 != 0));
+        }
+        let ready = self.wait_ready(&want, timeout_ns)?;
+        let mut count = 0;
+        for (p, ((fd, _, _), (r, w, bad))) in raw.chunks_exact_mut(8).zip(want.iter().zip(ready)) {
+            let mut revents = 0u16;
+            if *fd >= 0 {
+                if r {
+                    revents |= 1;
+                }
+                if w {
+                    revents |= 4;
+                }
+                if bad {
+                    revents |= 0x20; // POLLNVAL
+                }
+            }
+            if revents != 0 {
+                count += 1;
+            }
+            p[6..8].copy_from_slice(&revents.to_le_bytes());
+        }
+        Ok(count)
+    }
+
+    pub fn sys_poll(&mut self, fds: u64, nfds: u64, timeout_ms: i64) -> Result<u64> {
+        let timeout = (timeout_ms >= 0).then(|| timeout_ms as u64 * 1_000_000);
+        self.poll_common(fds, nfds, timeout)
+    }
+
+    pub fn sys_ppoll(&mut self, fds: u64, nfds: u64, timeout: u64) -> Result<u64> {
+        let timeout = if timeout == 0 {
+            None
+        } else {
+            Some(self.timespec_ns(timeout)?)
+        };
+        self.poll_common(fds, nfds, timeout)
+    }
+
+    fn select_common(
+        &mut self,
+        nfds: i32,
+        r: u64,
+        w: u64,
+        e: u64,
+        timeout: Option<u64>,
+    ) -> Result<u64> {
+        if !(0..=1024).contains(&nfds) {
+            return Err(Errno::EINVAL);
+        }
+        let bytes = (nfds as usize).div_ceil(64) * 8;
+        let set = |k: &Self, p: u64| -> Result<Vec<u8>> {
+            if p == 0 {
+                Ok(vec![0; bytes])
+            } else {
+                Ok(k.user_buf(p, bytes)?.to_vec())
+            }
+        };
+        let (rs, ws) = (set(self, r)?, set(self, w)?);
+        let bit = |s: &[u8], i: usize| s[i / 8] & (1 << (i % 8)) != 0;
+        let want: Vec<(i32, bool, bool)> = (0..nfds as usize)
+            .filter(|&i| bit(&rs, i) || bit(&ws, i))
+            .map(|i| (i as i32, bit(&rs, i), bit(&ws, i)))
+            .collect();
+        let ready = self.wait_ready(&want, timeout)?;
+        if ready.iter().any(|x| x.2) {
+            return Err(Errno::EBADF);
+        }
+        let (mut ro, mut wo) = (vec![0u8; bytes], vec![0u8; bytes]);
+        let mut count = 0;
+        for ((fd, _, _), (rr, wr, _)) in want.iter().zip(ready) {
+            let i = *fd as usize;
+            if rr {
+                ro[i / 8] |= 1 << (i % 8);
+                count += 1;
+            }
+            if wr {
+                wo[i / 8] |= 1 << (i % 8);
+                count += 1;
+            }
+        }
+        if r != 0 {
+            self.put_user(r, &ro)?;
+        }
+        if w != 0 {
+            self.put_user(w, &wo)?;
+        }
+        if e != 0 {
+            self.put_user(e, &vec![0u8; bytes])?;
+        }
+        Ok(count)
+    }
+
+    pub fn sys_select(&mut self, nfds: i32, r: u64, w: u64, e: u64, timeout: u64) -> Result<u64> {
+        let timeout = if timeout == 0 {
+            None
+        } else {
+            let t = self.user_buf(timeout, 16)?;
+            let sec = u64::from_le_bytes(t[..8].try_into().unwrap_or([0; 8]));
+            let usec = u64::from_le_bytes(t[8..].try_into().unwrap_or([0; 8]));
+            Some(
+                sec.saturating_mul(1_000_000_000)
+                    .saturating_add(usec * 1000),
+            )
+        };
+        self.select_common(nfds, r, w, e, timeout)
+    }
+
+    pub fn sys_pselect(&mut self, nfds: i32, r: u64, w: u64, e: u64, timeout: u64) -> Result<u64> {
+        let timeout = if timeout == 0 {
+            None
+        } else {
+            Some(self.timespec_ns(timeout)?)
+        };
+        self.select_common(nfds, r, w, e, timeout)
+    }
+
+    /// Reads a whole file through an open descriptor (file-backed mmap).
+    pub fn read_file_into(&mut self, fd: i32, offset: u64, dst: &mut [u8]) -> Result<usize> {
+        let file = self.fds.file(fd)?;
+        let mut done = 0;
+        while done < dst.len() {
+            let n = file.read_at(&mut self.dev, &mut dst[done..], offset + done as u64)?;
+            if n == 0 {
+                break;
+            }
+            done += n;
+        }
+        Ok(done)
+    }
+}

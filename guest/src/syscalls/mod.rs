@@ -1,0 +1,232 @@
+//! The Linux x86-64 system call interface: dispatch and user-memory access.
+//! Each submodule implements one area on `Kernel`.
+
+pub mod fs;
+pub mod mm;
+pub mod process;
+pub mod signal;
+pub mod time;
+
+use alloc::vec::Vec;
+use core::fmt::Write as _;
+
+use crate::arch::{self, SyscallFrame};
+use crate::errno::{Errno, Result};
+use crate::kernel::{Kernel, MsgBuf};
+
+/// Lowest address the application may hand the kernel: below it are the
+/// VMM's boot data and the kernel image.
+const USER_MIN: u64 = capsa_abi::KERNEL_BASE;
+
+impl Kernel {
+    /// Checks that `[ptr, ptr + len)` is RAM the application may name.
+    pub fn user_range(&self, ptr: u64, len: usize) -> Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        let end = ptr.checked_add(len as u64).ok_or(Errno::EFAULT)?;
+        if ptr < USER_MIN || end > self.ram_size {
+            return Err(Errno::EFAULT);
+        }
+        Ok(())
+    }
+
+    /// The application's buffer `[ptr, ptr + len)`.
+    pub fn user_buf(&self, ptr: u64, len: usize) -> Result<&'static mut [u8]> {
+        if len == 0 {
+            return Ok(&mut []);
+        }
+        self.user_range(ptr, len)?;
+        // SAFETY: the range is identity-mapped RAM (checked above); the
+        // application and kernel share the address space and nothing else
+        // runs while the kernel handles this call.
+        Ok(unsafe { core::slice::from_raw_parts_mut(ptr as *mut u8, len) })
+    }
+
+    /// A NUL-terminated string from the application (at most `PATH_MAX`).
+    pub fn user_cstr(&self, ptr: u64) -> Result<Vec<u8>> {
+        if ptr == 0 {
+            return Err(Errno::EFAULT);
+        }
+        let max = crate::vfs::PATH_MAX as u64;
+        let avail = self
+            .ram_size
+            .checked_sub(ptr)
+            .ok_or(Errno::EFAULT)?
+            .min(max);
+        let buf = self.user_buf(ptr, avail as usize)?;
+        let len = buf
+            .iter()
+            .position(|&b| b == 0)
+            .ok_or(Errno::ENAMETOOLONG)?;
+        Ok(buf[..len].to_vec())
+    }
+
+    pub fn put_user(&self, ptr: u64, bytes: &[u8]) -> Result<()> {
+        self.user_buf(ptr, bytes.len())?.copy_from_slice(bytes);
+        Ok(())
+    }
+
+    pub fn get_u64(&self, ptr: u64) -> Result<u64> {
+        let b = self.user_buf(ptr, 8)?;
+        let mut v = [0u8; 8];
+        v.copy_from_slice(b);
+        Ok(u64::from_le_bytes(v))
+    }
+
+    pub fn dispatch(&mut self, f: &mut SyscallFrame) -> i64 {
+        let (a0, a1, a2, a3, a4, a5) = (f.rdi, f.rsi, f.rdx, f.r10, f.r8, f.r9);
+        let nr = f.rax;
+        let result: Result<u64> = match nr {
+            0 => self.sys_read(a0 as i32, a1, a2),
+            1 => self.sys_write(a0 as i32, a1, a2),
+            2 => self.sys_openat(fs::AT_FDCWD, a0, a1 as u32, a2 as u32),
+            3 => self.sys_close(a0 as i32),
+            4 => self.sys_fstatat(fs::AT_FDCWD, a0, a1, 0),
+            5 => self.sys_fstat(a0 as i32, a1),
+            6 => self.sys_fstatat(fs::AT_FDCWD, a0, a1, fs::AT_SYMLINK_NOFOLLOW),
+            7 => self.sys_poll(a0, a1, a2 as i32 as i64),
+            8 => self.sys_lseek(a0 as i32, a1 as i64, a2 as u32),
+            9 => self.sys_mmap(a0, a1, a2 as u32, a3 as u32, a4 as i32, a5),
+            10 => self.sys_mprotect(a0, a1, a2 as u32),
+            11 => self.sys_munmap(a0, a1),
+            12 => Ok(self.sys_brk(a0)),
+            13 => self.sys_rt_sigaction(a0 as u32, a1, a2, a3),
+            14 => self.sys_rt_sigprocmask(a0 as u32, a1, a2, a3),
+            16 => self.sys_ioctl(a0 as i32, a1 as u32, a2),
+            17 => self.sys_pread(a0 as i32, a1, a2, a3),
+            18 => self.sys_pwrite(a0 as i32, a1, a2, a3),
+            19 => self.sys_readv(a0 as i32, a1, a2, None),
+            20 => self.sys_writev(a0 as i32, a1, a2, None),
+            21 => self.sys_faccessat(fs::AT_FDCWD, a0, a1 as u32),
+            23 => self.sys_select(a0 as i32, a1, a2, a3, a4),
+            24 => Ok(0), // sched_yield: one thread
+            25 => self.sys_mremap(a0, a1, a2, a3 as u32, a4),
+            26 | 28 => Ok(0), // msync, madvise: nothing to write back or drop
+            32 => self.sys_dup(a0 as i32),
+            33 => self.sys_dup3(a0 as i32, a1 as i32, 0, true),
+            35 => self.sys_nanosleep(a0, a1),
+            39 | 186 => Ok(1), // getpid, gettid: the only process is pid 1
+            40 => self.sys_sendfile(a0 as i32, a1 as i32, a2, a3),
+            60 | 231 => self.sys_exit(a0 as i32),
+            61 => Err(Errno::ECHILD),
+            62 => self.sys_kill(a0 as i32, a1 as u32),
+            63 => self.sys_uname(a0),
+            72 => self.sys_fcntl(a0 as i32, a1 as u32, a2),
+            73 => Ok(0), // flock: one process, nobody to exclude
+            74 | 75 => self.sys_fsync(a0 as i32),
+            76 => self.sys_truncate(a0, a1),
+            77 => self.sys_ftruncate(a0 as i32, a1),
+            79 => self.sys_getcwd(a0, a1),
+            80 => self.sys_chdir(a0),
+            81 => self.sys_fchdir(a0 as i32),
+            82 => self.sys_renameat2(fs::AT_FDCWD, a0, fs::AT_FDCWD, a1, 0),
+            83 => self.sys_mkdirat(fs::AT_FDCWD, a0, a1 as u32),
+            84 => self.sys_unlinkat(fs::AT_FDCWD, a0, fs::AT_REMOVEDIR),
+            85 => self.sys_openat(fs::AT_FDCWD, a0, 0o1101, a1 as u32),
+            86 => self.sys_linkat(fs::AT_FDCWD, a0, fs::AT_FDCWD, a1, 0),
+            87 => self.sys_unlinkat(fs::AT_FDCWD, a0, 0),
+            88 => self.sys_symlinkat(a0, fs::AT_FDCWD, a1),
+            89 => self.sys_readlinkat(fs::AT_FDCWD, a0, a1, a2),
+            90 => self.sys_fchmodat(fs::AT_FDCWD, a0, a1 as u32),
+            91 => self.sys_fchmod(a0 as i32, a1 as u32),
+            92 | 94 => self.sys_fchownat(fs::AT_FDCWD, a0, a1 as u32, a2 as u32, 0),
+            93 => self.sys_fchown(a0 as i32, a1 as u32, a2 as u32),
+            95 => Ok(self.sys_umask(a0 as u32)),
+            96 => self.sys_gettimeofday(a0, a1),
+            97 => self.sys_prlimit(0, a0 as u32, 0, a1),
+            98 => self.sys_getrusage(a1),
+            99 => self.sys_sysinfo(a0),
+            100 => self.sys_times(a0),
+            102 => Ok(u64::from(self.creds.uid)),
+            104 => Ok(u64::from(self.creds.gid)),
+            105 => self.sys_setresuid(a0 as u32, a0 as u32, a0 as u32),
+            106 => self.sys_setresgid(a0 as u32, a0 as u32, a0 as u32),
+            107 => Ok(u64::from(self.creds.euid)),
+            108 => Ok(u64::from(self.creds.egid)),
+            109 => Ok(0),             // setpgid: already its own group
+            110 => Ok(0),             // getppid: the parent is outside the VM
+            111 | 121 | 124 => Ok(1), // getpgrp, getpgid, getsid
+            112 => Err(Errno::EPERM), // setsid: already a session leader
+            113 => self.sys_setresuid(a0 as u32, a1 as u32, u32::MAX),
+            114 => self.sys_setresgid(a0 as u32, a1 as u32, u32::MAX),
+            115 => self.sys_getgroups(a0 as i32, a1),
+            116 => self.sys_setgroups(a0, a1),
+            117 => self.sys_setresuid(a0 as u32, a1 as u32, a2 as u32),
+            118 => self.sys_getresuid(a0, a1, a2, false),
+            119 => self.sys_setresgid(a0 as u32, a1 as u32, a2 as u32),
+            120 => self.sys_getresuid(a0, a1, a2, true),
+            122 => Ok(u64::from(self.creds.euid)), // setfsuid: report the current one
+            123 => Ok(u64::from(self.creds.egid)),
+            127 => self.sys_rt_sigpending(a0),
+            131 => self.sys_sigaltstack(a0, a1),
+            132 => self.sys_utimes_compat(a0, a1, false),
+            133 => self.sys_mknodat(fs::AT_FDCWD, a0, a1 as u32, a2 as u32),
+            135 => Ok(0), // personality: PER_LINUX
+            137 => self.sys_statfs(a0, a1),
+            138 => self.sys_fstatfs(a0 as i32, a1),
+            140 => Ok(20), // getpriority: nice 0, as the raw syscall encodes it
+            141 => Ok(0),
+            157 => self.sys_prctl(a0 as u32, a1),
+            158 => self.sys_arch_prctl(a0 as u32, a1),
+            160 => self.sys_prlimit(0, a0 as u32, a1, 0),
+            162 => Ok(0), // sync: every write already reached the server
+            200 | 234 => self.sys_tkill(
+                if nr == 234 { a1 } else { a0 } as i32,
+                if nr == 234 { a2 } else { a1 } as u32,
+            ),
+            201 => self.sys_time(a0),
+            202 => self.sys_futex(a0, a1 as u32, a2 as u32),
+            203 => Ok(0), // sched_setaffinity: one CPU whatever is asked
+            204 => self.sys_sched_getaffinity(a1, a2),
+            217 => self.sys_getdents64(a0 as i32, a1, a2),
+            218 => Ok(1), // set_tid_address: nobody waits for this thread
+            228 => self.sys_clock_gettime(a0 as u32, a1),
+            229 => self.sys_clock_getres(a0 as u32, a1),
+            230 => self.sys_clock_nanosleep(a0 as u32, a1 as u32, a2, a3),
+            235 => self.sys_utimes_compat(a0, a1, true),
+            257 => self.sys_openat(a0 as i32, a1, a2 as u32, a3 as u32),
+            258 => self.sys_mkdirat(a0 as i32, a1, a2 as u32),
+            259 => self.sys_mknodat(a0 as i32, a1, a2 as u32, a3 as u32),
+            260 => self.sys_fchownat(a0 as i32, a1, a2 as u32, a3 as u32, a4 as u32),
+            262 => self.sys_fstatat(a0 as i32, a1, a2, a3 as u32),
+            263 => self.sys_unlinkat(a0 as i32, a1, a2 as u32),
+            264 => self.sys_renameat2(a0 as i32, a1, a2 as i32, a3, 0),
+            265 => self.sys_linkat(a0 as i32, a1, a2 as i32, a3, a4 as u32),
+            266 => self.sys_symlinkat(a0, a1 as i32, a2),
+            267 => self.sys_readlinkat(a0 as i32, a1, a2, a3),
+            268 => self.sys_fchmodat(a0 as i32, a1, a2 as u32),
+            269 | 439 => self.sys_faccessat(a0 as i32, a1, a2 as u32),
+            270 => self.sys_pselect(a0 as i32, a1, a2, a3, a4),
+            271 => self.sys_ppoll(a0, a1, a2),
+            273 => Ok(0), // set_robust_list: no other thread to wake
+            280 => self.sys_utimensat(a0 as i32, a1, a2, a3 as u32),
+            284 | 290 => Err(Errno::ENOSYS),
+            285 => Ok(0), // fallocate: accepted, the server allocates on write
+            292 => self.sys_dup3(a0 as i32, a1 as i32, a2 as u32, false),
+            295 => self.sys_preadv(a0 as i32, a1, a2, a3),
+            296 => self.sys_pwritev(a0 as i32, a1, a2, a3),
+            302 => self.sys_prlimit(a0 as i32, a1 as u32, a2, a3),
+            309 => self.sys_getcpu(a0, a1),
+            316 => self.sys_renameat2(a0 as i32, a1, a2 as i32, a3, a4 as u32),
+            318 => self.sys_getrandom(a0, a1),
+            332 => self.sys_statx(a0 as i32, a1, a2 as u32, a3 as u32, a4),
+            _ => Err(self.unknown_syscall(nr)),
+        };
+        match result {
+            Ok(v) => v as i64,
+            Err(e) => e.to_ret(),
+        }
+    }
+
+    fn unknown_syscall(&mut self, nr: u64) -> Errno {
+        let count = self.unknown_syscalls.entry(nr).or_insert(0);
+        *count += 1;
+        if *count == 1 && self.debug_enabled() {
+            let mut m = MsgBuf::new();
+            let _ = write!(m, "capsa guest: unknown syscall {nr} (-ENOSYS)");
+            arch::debug(m.as_bytes());
+        }
+        Errno::ENOSYS
+    }
+}
