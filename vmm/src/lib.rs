@@ -120,6 +120,13 @@ pub enum Error {
 }
 
 /// Boots the guest described by `config` and blocks until its process exits.
+///
+/// The guest's stdin, stdout and stderr are this process's descriptors 0, 1
+/// and 2. No signal handlers are installed: a signal whose default action
+/// ends the process ends the VMM. With `config.seccomp`, the calling thread
+/// and every other thread of the process stay confined by the VMM's
+/// allowlist after this returns (see [`seccomp`]): the caller should do
+/// little more than report the result and exit.
 pub fn run(config: VmConfig) -> Result<GuestExit, Error> {
     let mut machine = vm::Vm::new(&config)?;
     if config.seccomp {
