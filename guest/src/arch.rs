@@ -114,6 +114,21 @@ mod machine {
         }
     }
 
+    /// Sets the FS base: `wrfsbase` when `_start` enabled CR4.FSGSBASE,
+    /// else the `wrmsr` gate.
+    pub fn set_fs_base(value: u64) {
+        extern "C" {
+            static CAPSA_FSGSBASE: u8;
+        }
+        // SAFETY: a byte written once by `_start`.
+        if unsafe { core::ptr::read_volatile(core::ptr::addr_of!(CAPSA_FSGSBASE)) } != 0 {
+            // SAFETY: CR4.FSGSBASE is set; the kernel itself never uses FS.
+            unsafe { core::arch::asm!("wrfsbase {}", in(reg) value, options(nostack, preserves_flags)) };
+        } else {
+            wrmsr(super::MSR_FS_BASE, value);
+        }
+    }
+
     /// Writes a model-specific register through the `int 0x81` gate.
     pub fn wrmsr(msr: u32, value: u64) {
         // SAFETY: the gate executes `wrmsr; iretq` with these registers; the
@@ -169,12 +184,13 @@ mod machine {
         ExceptionFrame::default()
     }
     pub fn wrmsr(_msr: u32, _value: u64) {}
+    pub fn set_fs_base(_value: u64) {}
     pub fn enter_user(_entry: u64, _sp: u64) -> ! {
         unreachable!("host tests never enter user mode")
     }
 }
 
-pub use machine::{enter_user, exception_frame, install_idt, wrmsr};
+pub use machine::{enter_user, exception_frame, install_idt, set_fs_base, wrmsr};
 
 pub const MSR_FS_BASE: u32 = 0xC000_0100;
 

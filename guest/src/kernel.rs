@@ -193,12 +193,27 @@ fn stderr_message(dev: &mut Devices, msg: &[u8]) {
     let _ = out.write(dev, msg);
 }
 
-/// Boots: called once, at CPL3, on the kernel stack. `init_heap` hands the
-/// global allocator its region.
-pub fn boot(boot_info: u64, init_heap: &dyn Fn(u64, u64)) -> ! {
-    if boot_info < 0x1000 || boot_info >= BOOT_DATA_END {
+/// The kernel heap: the top of RAM, a sixteenth of it within [4, 64] MiB.
+///
+/// The global allocator calls this itself on first use, reading the
+/// BootInfo the VMM left at `BOOT_INFO_ADDR`, so no allocation can ever
+/// happen before the heap exists (even the free-range list needs it).
+pub fn heap_region(info: &BootInfo) -> Option<(u64, u64)> {
+    if !info.is_valid() {
+        return None;
+    }
+    let ram_size = info.ram_size.min(capsa_abi::MAX_RAM_SIZE);
+    let size = (ram_size / 16).clamp(4 << 20, 64 << 20);
+    let start = ram_size.checked_sub(size)? & !(PAGE_SIZE - 1);
+    (start >= page_up(info.free_start)? + (8 << 20)).then_some((start, ram_size - start))
+}
+
+/// Boots: called once, at CPL3, on the kernel stack.
+pub fn boot(boot_info: u64) -> ! {
+    if boot_info != capsa_abi::BOOT_INFO_ADDR {
         fatal(format_args!(
-            "boot info address {boot_info:#x} outside the boot data region"
+            "boot info at {boot_info:#x}, expected {:#x}",
+            capsa_abi::BOOT_INFO_ADDR
         ));
     }
     // SAFETY: the VMM wrote a BootInfo at this address (checked to be in the
@@ -211,14 +226,12 @@ pub fn boot(boot_info: u64, init_heap: &dyn Fn(u64, u64)) -> ! {
         ));
     }
     let ram_size = info.ram_size.min(capsa_abi::MAX_RAM_SIZE);
-    let mut mm = Mm::new(info.free_start, ram_size);
-    let heap_size = (ram_size / 16).clamp(4 << 20, 64 << 20);
-    let Some(heap) = mm.regions.alloc_top(heap_size, PAGE_SIZE) else {
-        fatal(format_args!(
-            "not enough RAM for the kernel heap ({ram_size} bytes)"
-        ));
+    // The allocator set itself up from the same BootInfo (see `heap_region`).
+    let Some((heap, _)) = heap_region(&info) else {
+        fatal(format_args!("not enough RAM for the kernel ({ram_size} bytes)"));
     };
-    init_heap(heap, heap_size);
+    let mut mm = Mm::new(info.free_start, heap);
+    mm.ram_end = ram_size;
 
     let spec_ok = info.process_spec_addr >= 0x1000
         && info

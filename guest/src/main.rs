@@ -21,8 +21,10 @@
 //! - Exception stubs (CPL0): push the vector (and a zero error code where the
 //!   CPU pushes none), save CR2, and `iretq` to `capsa_fault_user` (CPL3) with
 //!   the CPU's frame left in place on the CPL0 stack for Rust to read.
-//! - `int 0x81` (DPL3 gate): `wrmsr` with the caller's ecx/edx:eax; used to set
-//!   the FS base for `arch_prctl`.
+//! - The FS base (`arch_prctl(ARCH_SET_FS)`) is set with `wrfsbase` at CPL3:
+//!   `_start` enables CR4.FSGSBASE when the CPU has it. Otherwise an `int 0x81`
+//!   gate (DPL3) does `wrmsr` with the caller's ecx/edx:eax (PVM raises #UD
+//!   for `int n` from guest CPL3, so FSGSBASE is the path that works there).
 #![no_std]
 #![no_main]
 
@@ -57,6 +59,16 @@ _start:
     mov es, ax
     mov ss, ax
     lidt [rip + CAPSA_IDT_PTR]
+    mov eax, 7
+    xor ecx, ecx
+    cpuid
+    test ebx, 1
+    jz 3f
+    mov rax, cr4
+    or eax, 0x10000
+    mov cr4, rax
+    mov BYTE PTR [rip + CAPSA_FSGSBASE], 1
+3:
     mov ecx, 0xC0000081
     xor eax, eax
     mov edx, 0x00180008
@@ -214,6 +226,9 @@ CAPSA_SYSCALL_USER_RSP:
 .global CAPSA_FAULT_CR2
 CAPSA_FAULT_CR2:
     .quad 0
+.global CAPSA_FSGSBASE
+CAPSA_FSGSBASE:
+    .quad 0
 .global CAPSA_SYSCALL_SAVED_RBX
 CAPSA_SYSCALL_SAVED_RBX:
     .quad 0
@@ -251,7 +266,21 @@ static HEAP: KernelHeap = KernelHeap(UnsafeCell::new(Heap::empty()));
 unsafe impl GlobalAlloc for KernelHeap {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         // SAFETY: single-threaded, see `Sync` above.
-        unsafe { (*self.0.get()).alloc(layout) }
+        let heap = unsafe { &mut *self.0.get() };
+        if !heap.initialized() {
+            // SAFETY: the VMM wrote the BootInfo at BOOT_INFO_ADDR before
+            // entry (identity mapped, never written by the guest).
+            let info = unsafe {
+                core::ptr::read_volatile(capsa_abi::BOOT_INFO_ADDR as *const capsa_abi::BootInfo)
+            };
+            if let Some((start, len)) = capsa_guest::kernel::heap_region(&info) {
+                // SAFETY: boot keeps this region out of the application's
+                // free ranges; nothing else uses it.
+                unsafe { heap.init(start, len) };
+            }
+        }
+        // SAFETY: single-threaded, see `Sync` above.
+        unsafe { heap.alloc(layout) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
@@ -264,11 +293,7 @@ unsafe impl GlobalAlloc for KernelHeap {
 #[no_mangle]
 extern "C" fn capsa_main(boot_info: u64) -> ! {
     capsa_guest::arch::install_idt();
-    capsa_guest::kernel::boot(boot_info, &|start, len| {
-        // SAFETY: called once at boot, before any allocation, with a RAM
-        // region reserved for the heap.
-        unsafe { (*HEAP.0.get()).init(start, len) }
-    })
+    capsa_guest::kernel::boot(boot_info)
 }
 
 #[no_mangle]

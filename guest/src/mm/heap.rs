@@ -15,6 +15,7 @@ struct FreeBlock {
 
 pub struct Heap {
     head: *mut FreeBlock,
+    initialized: bool,
 }
 
 fn round(size: usize) -> Option<usize> {
@@ -23,7 +24,14 @@ fn round(size: usize) -> Option<usize> {
 
 impl Heap {
     pub const fn empty() -> Self {
-        Self { head: null_mut() }
+        Self {
+            head: null_mut(),
+            initialized: false,
+        }
+    }
+
+    pub fn initialized(&self) -> bool {
+        self.initialized
     }
 
     /// Hands the heap the memory `[start, start + len)`.
@@ -31,6 +39,7 @@ impl Heap {
     /// # Safety
     /// The region must be unused, writable memory that outlives the heap.
     pub unsafe fn init(&mut self, start: u64, len: u64) {
+        self.initialized = true;
         let begin = (start as usize + UNIT - 1) & !(UNIT - 1);
         let end = (start + len) as usize & !(UNIT - 1);
         if end > begin {

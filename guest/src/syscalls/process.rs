@@ -255,7 +255,7 @@ impl Kernel {
                 if addr >= 1 << 47 {
                     return Err(Errno::EPERM);
                 }
-                arch::wrmsr(arch::MSR_FS_BASE, addr);
+                arch::set_fs_base(addr);
                 self.fs_base = addr;
                 Ok(0)
             }
