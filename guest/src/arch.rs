@@ -123,7 +123,9 @@ mod machine {
         // SAFETY: a byte written once by `_start`.
         if unsafe { core::ptr::read_volatile(core::ptr::addr_of!(CAPSA_FSGSBASE)) } != 0 {
             // SAFETY: CR4.FSGSBASE is set; the kernel itself never uses FS.
-            unsafe { core::arch::asm!("wrfsbase {}", in(reg) value, options(nostack, preserves_flags)) };
+            unsafe {
+                core::arch::asm!("wrfsbase {}", in(reg) value, options(nostack, preserves_flags))
+            };
         } else {
             wrmsr(super::MSR_FS_BASE, value);
         }
@@ -172,21 +174,6 @@ mod machine {
                 options(noreturn)
             )
         }
-    }
-}
-
-#[cfg(test)]
-mod machine {
-    use super::ExceptionFrame;
-
-    pub fn install_idt() {}
-    pub fn exception_frame() -> ExceptionFrame {
-        ExceptionFrame::default()
-    }
-    pub fn wrmsr(_msr: u32, _value: u64) {}
-    pub fn set_fs_base(_value: u64) {}
-    pub fn enter_user(_entry: u64, _sp: u64) -> ! {
-        unreachable!("host tests never enter user mode")
     }
 }
 
@@ -257,4 +244,19 @@ pub fn rdrand() -> Option<u64> {
         }
     }
     None
+}
+
+#[cfg(test)]
+mod machine {
+    use super::ExceptionFrame;
+
+    pub fn install_idt() {}
+    pub fn exception_frame() -> ExceptionFrame {
+        ExceptionFrame::default()
+    }
+    pub fn wrmsr(_msr: u32, _value: u64) {}
+    pub fn set_fs_base(_value: u64) {}
+    pub fn enter_user(_entry: u64, _sp: u64) -> ! {
+        unreachable!("host tests never enter user mode")
+    }
 }

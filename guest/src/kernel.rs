@@ -228,7 +228,9 @@ pub fn boot(boot_info: u64) -> ! {
     let ram_size = info.ram_size.min(capsa_abi::MAX_RAM_SIZE);
     // The allocator set itself up from the same BootInfo (see `heap_region`).
     let Some((heap, _)) = heap_region(&info) else {
-        fatal(format_args!("not enough RAM for the kernel ({ram_size} bytes)"));
+        fatal(format_args!(
+            "not enough RAM for the kernel ({ram_size} bytes)"
+        ));
     };
     let mut mm = Mm::new(info.free_start, heap);
     mm.ram_end = ram_size;

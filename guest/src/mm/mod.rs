@@ -291,7 +291,7 @@ impl Mm {
         }
         let fixed = flags & (MAP_FIXED | MAP_FIXED_NOREPLACE) != 0;
         if fixed {
-            if addr % PAGE_SIZE != 0 {
+            if !addr.is_multiple_of(PAGE_SIZE) {
                 return Err(Errno::EINVAL);
             }
             let end = addr.checked_add(len).ok_or(Errno::ENOMEM)?;
@@ -322,7 +322,7 @@ impl Mm {
             return Ok(addr);
         }
         let hinted = addr != 0
-            && addr % PAGE_SIZE == 0
+            && addr.is_multiple_of(PAGE_SIZE)
             && addr.checked_add(len).is_some_and(|end| end <= self.ram_end)
             && self.regions.reserve(addr, addr + len);
         let start = if hinted {
@@ -338,7 +338,7 @@ impl Mm {
 
     /// `munmap(2)`: releases (and zeroes) whatever the application had mapped in the range.
     pub fn unmap(&mut self, addr: u64, len: u64, zero: &mut dyn FnMut(u64, u64)) -> Result<()> {
-        if addr % PAGE_SIZE != 0 || len == 0 {
+        if !addr.is_multiple_of(PAGE_SIZE) || len == 0 {
             return Err(Errno::EINVAL);
         }
         let end = addr
@@ -356,7 +356,7 @@ impl Mm {
     }
 
     pub fn protect(&mut self, addr: u64, len: u64, prot: u32) -> Result<()> {
-        if addr % PAGE_SIZE != 0 {
+        if !addr.is_multiple_of(PAGE_SIZE) {
             return Err(Errno::EINVAL);
         }
         let end = addr

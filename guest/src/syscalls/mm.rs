@@ -28,7 +28,7 @@ impl Kernel {
         fd: i32,
         offset: u64,
     ) -> Result<u64> {
-        if len == 0 || offset % PAGE_SIZE != 0 {
+        if len == 0 || !offset.is_multiple_of(PAGE_SIZE) {
             return Err(Errno::EINVAL);
         }
         let file = if flags & MAP_ANONYMOUS == 0 {
@@ -67,7 +67,7 @@ impl Kernel {
     ) -> Result<u64> {
         let old_len = page_up(old_len).ok_or(Errno::EINVAL)?;
         let new_len = page_up(new_len).ok_or(Errno::EINVAL)?;
-        if old % PAGE_SIZE != 0 || new_len == 0 {
+        if !old.is_multiple_of(PAGE_SIZE) || new_len == 0 {
             return Err(Errno::EINVAL);
         }
         let (_, vma) = self.mm.vmas.get(old).ok_or(Errno::EFAULT)?;

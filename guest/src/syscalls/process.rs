@@ -64,7 +64,8 @@ impl Kernel {
     pub fn sys_setresuid(&mut self, r: u32, e: u32, s: u32) -> Result<u64> {
         let c = &self.creds;
         let allowed = |id: u32| id == u32::MAX || id == c.uid || id == c.euid || id == c.suid;
-        if !self.privileged() && !(allowed(r) && allowed(e) && allowed(s)) {
+        let permitted = allowed(r) && allowed(e) && allowed(s);
+        if !self.privileged() && !permitted {
             return Err(Errno::EPERM);
         }
         let c = &mut self.creds;
@@ -83,7 +84,8 @@ impl Kernel {
     pub fn sys_setresgid(&mut self, r: u32, e: u32, s: u32) -> Result<u64> {
         let c = &self.creds;
         let allowed = |id: u32| id == u32::MAX || id == c.gid || id == c.egid || id == c.sgid;
-        if !self.privileged() && !(allowed(r) && allowed(e) && allowed(s)) {
+        let permitted = allowed(r) && allowed(e) && allowed(s);
+        if !self.privileged() && !permitted {
             return Err(Errno::EPERM);
         }
         let c = &mut self.creds;
@@ -182,7 +184,7 @@ impl Kernel {
     }
 
     pub fn sys_sched_getaffinity(&mut self, len: u64, mask: u64) -> Result<u64> {
-        if len < 8 || len % 8 != 0 {
+        if len < 8 || !len.is_multiple_of(8) {
             return Err(Errno::EINVAL);
         }
         let mut m = vec![0u8; len.min(128) as usize];

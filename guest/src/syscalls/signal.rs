@@ -142,7 +142,7 @@ impl Kernel {
     pub fn sys_kill(&mut self, pid: i32, sig: u32) -> Result<u64> {
         match pid {
             // Ourselves, our process group, or "everyone we may signal": all just us.
-            1 | 0 | -1 => self.signal_self(sig),
+            -1..=1 => self.signal_self(sig),
             _ => Err(Errno::ESRCH),
         }
     }
