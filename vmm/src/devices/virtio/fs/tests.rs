@@ -279,6 +279,7 @@ fn serving_works_under_the_seccomp_filter() {
         assert_eq!(h.request(Opcode::Readdir as u32, sub, &readdir).0, 0);
         assert_eq!(h.request(Opcode::Rmdir as u32, 1, b"made\0").0, 0);
         assert_eq!(h.request(Opcode::Unlink as u32, 1, b"file\0").0, 0);
+        let _ = std::fs::remove_dir_all(dir);
         std::process::exit(0);
     }
     let status = std::process::Command::new(std::env::current_exe().unwrap())
