@@ -300,6 +300,8 @@ pub struct FuseDir {
     pub flags: u32,
     /// FUSE readdir cookie of the next entry.
     pub offset: Cell<u64>,
+    /// How many of the synthetic "." and ".." entries were returned.
+    pub dots: Cell<u8>,
     pub path: Vec<u8>,
 }
 
@@ -311,6 +313,9 @@ impl File for FuseDir {
         // Only rewinding (and re-seeking to a cookie we handed out) is meaningful.
         match whence {
             SEEK_SET if offset >= 0 => {
+                if offset == 0 {
+                    self.dots.set(0);
+                }
                 self.offset.set(offset as u64);
                 Ok(offset as u64)
             }
@@ -323,24 +328,41 @@ impl File for FuseDir {
         Ok(attr.to_stat(self.node.fs as u64 + 1))
     }
     fn getdents64(&self, dev: &mut Devices, out: &mut [u8]) -> Result<usize> {
-        // A fuse_dirent is never smaller than the linux_dirent64 it becomes,
-        // so asking for `out.len()` bytes of FUSE entries always fits.
-        let mut raw = vec![0u8; out.len().min(64 * 1024)];
-        let n = dev.vfs.fs(self.node.fs)?.readdir(
-            self.node.id,
-            self.fh,
-            self.offset.get(),
-            &mut raw,
-        )?;
         let mut at = 0;
-        for d in fuse::dirents(&raw[..n.min(raw.len())]) {
-            if !fuse::put_dirent64(out, &mut at, d.ino, d.off, d.kind as u8, d.name) {
+        // "." and ".." come from the guest: virtio-fs servers (passthrough)
+        // leave them out, and programs like `ls -a` expect them.
+        while self.dots.get() < 2 {
+            let name: &[u8] = if self.dots.get() == 0 { b"." } else { b".." };
+            if !fuse::put_dirent64(out, &mut at, self.node.id, 0, 4, name) {
+                return if at == 0 { Err(Errno::EINVAL) } else { Ok(at) };
+            }
+            self.dots.set(self.dots.get() + 1);
+        }
+        loop {
+            // A fuse_dirent is never smaller than the linux_dirent64 it
+            // becomes, so asking for the space left always fits.
+            let mut raw = vec![0u8; (out.len() - at).min(64 * 1024)];
+            if raw.len() < 32 {
                 break;
             }
-            self.offset.set(d.off);
-        }
-        if at == 0 && n > 0 {
-            return Err(Errno::EINVAL);
+            let fs = dev.vfs.fs(self.node.fs)?;
+            let n = fs.readdir(self.node.id, self.fh, self.offset.get(), &mut raw)?;
+            if n == 0 {
+                break;
+            }
+            let before = at;
+            let mut consumed = false;
+            for d in fuse::dirents(&raw[..n.min(raw.len())]) {
+                let dot = d.name == b"." || d.name == b"..";
+                if !dot && !fuse::put_dirent64(out, &mut at, d.ino, d.off, d.kind as u8, d.name) {
+                    break;
+                }
+                consumed = true;
+                self.offset.set(d.off);
+            }
+            if at > before || !consumed {
+                break;
+            }
         }
         Ok(at)
     }

@@ -167,6 +167,7 @@ impl Kernel {
                     fh,
                     flags: keep | O_DIRECTORY,
                     offset: Cell::new(0),
+                    dots: Cell::new(0),
                     path: w.path,
                 }))
             }
