@@ -56,6 +56,10 @@ impl Kernel {
     fn walk_parent_at(&mut self, dirfd: i32, path: &[u8]) -> Result<(Walk, Vec<u8>)> {
         let base = self.at_base(dirfd, path)?;
         let (dir, name) = self.dev.vfs.walk_parent(&base, path)?;
+        if name.is_empty() {
+            // The path named the root itself, which always exists.
+            return Err(Errno::EEXIST);
+        }
         if name == b"." || name == b".." {
             return Err(Errno::EINVAL);
         }
