@@ -179,6 +179,15 @@ fn enter_namespaces(init: &Init) -> Result<(), InitError> {
 fn run(mut init: Init, backend: &dyn Backend) -> Result<std::convert::Infallible, String> {
     let fail = |e: &dyn std::error::Error| crate::error_chain(e);
     init.channel.expect(Message::Go).map_err(|e| fail(&e))?;
+    if init.has_new(LinuxNamespaceType::User) {
+        // Become the namespace's root now that the maps exist, so files we
+        // create are owned by a mapped id.
+        nix::unistd::setresgid(0.into(), 0.into(), 0.into())
+            .and_then(|()| nix::unistd::setresuid(0.into(), 0.into(), 0.into()))
+            .map_err(|e| {
+                format!("linux.uidMappings: cannot become root in the user namespace: {e}")
+            })?;
+    }
     enter_namespaces(&init).map_err(|e| fail(&e))?;
     // A session of its own, so the container is not tied to capsa's terminal.
     let _ = nix::unistd::setsid();
@@ -193,7 +202,16 @@ fn run(mut init: Init, backend: &dyn Backend) -> Result<std::convert::Infallible
 /// The init's entry point right after the clone. Never returns: errors
 /// before `Ready` go to capsa over the channel, later ones to stderr.
 pub fn main(init: Init, backend: &dyn Backend) -> ! {
-    let channel_fd = init.channel.as_raw_fd_for_errors();
+    // A duplicate, because `run` consumes the init (and its channel) but
+    // the error still has to reach capsa.
+    // SAFETY: F_DUPFD_CLOEXEC on a socket fd this process owns.
+    let channel_fd = unsafe {
+        libc::fcntl(
+            init.channel.as_raw_fd_for_errors(),
+            libc::F_DUPFD_CLOEXEC,
+            3,
+        )
+    };
     let message = match run(init, backend) {
         Ok(never) => match never {},
         Err(message) => message,

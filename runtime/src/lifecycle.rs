@@ -156,10 +156,8 @@ pub fn create(store: &Store, opts: &CreateOptions<'_>) -> Result<ContainerState>
     require_root()?;
     state::validate_id(opts.id)?;
     let bundle = Bundle::load(opts.bundle)?;
-    let isolation = match opts.isolation {
-        Some(isolation) => isolation,
-        None => bundle.isolation_annotation()?.unwrap_or_default(),
-    };
+    let annotated = bundle.isolation_annotation()?;
+    let isolation = opts.isolation.or(annotated).unwrap_or_default();
     let backend = backend::for_isolation(isolation);
     backend.check(&bundle)?;
     let terminal = bundle

@@ -1,1 +1,201 @@
-//! Test fixtures.
+//! Fixtures for the integration tests: the capsa binary, busybox bundles
+//! built by capsa's own `demo-bundle`, and per-test state roots.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use serde_json::Value;
+
+/// The capsa binary cargo built beside this test executable.
+pub fn capsa_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/capsa
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join("capsa");
+    assert!(
+        bin.exists(),
+        "{} is missing: build with cargo build --workspace",
+        bin.display()
+    );
+    bin
+}
+
+/// A container id no other test (or test run) uses.
+pub fn unique_id(prefix: &str) -> String {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+pub struct TestBundle {
+    pub dir: tempfile::TempDir,
+    pub config: Value,
+}
+
+impl TestBundle {
+    /// A busybox bundle running `args`.
+    pub fn busybox(args: &[&str]) -> TestBundle {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut cmd = Command::new(capsa_bin());
+        cmd.arg("demo-bundle").arg(dir.path()).arg("--").args(args);
+        let out = cmd.output().expect("run capsa demo-bundle");
+        assert!(
+            out.status.success(),
+            "demo-bundle: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = std::fs::read(dir.path().join("config.json")).expect("config");
+        let config = serde_json::from_slice(&text).expect("json");
+        TestBundle { dir, config }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn rootfs(&self) -> PathBuf {
+        self.dir.path().join("rootfs")
+    }
+
+    /// Changes config.json.
+    pub fn edit(&mut self, change: impl FnOnce(&mut Value)) {
+        change(&mut self.config);
+        self.write_config(&self.config.to_string());
+    }
+
+    pub fn write_config(&self, text: &str) {
+        std::fs::write(self.dir.path().join("config.json"), text).expect("write config");
+    }
+}
+
+/// capsa with a state root of its own.
+pub struct Capsa {
+    pub root: tempfile::TempDir,
+}
+
+impl Default for Capsa {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Capsa {
+    pub fn new() -> Capsa {
+        Capsa {
+            root: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    pub fn cmd(&self) -> Command {
+        let mut cmd = Command::new(capsa_bin());
+        cmd.arg("--root").arg(self.root.path());
+        cmd.stdin(Stdio::null());
+        cmd
+    }
+
+    pub fn output(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().expect("run capsa")
+    }
+
+    /// `capsa run` in the foreground.
+    pub fn run(&self, bundle: &TestBundle, isolation: &str, id: &str) -> Output {
+        self.cmd()
+            .args(["run", "--isolation", isolation, "--bundle"])
+            .arg(bundle.path())
+            .arg(id)
+            .output()
+            .expect("run capsa")
+    }
+
+    /// `capsa create`. The container's init inherits stdout and stderr (as
+    /// with runc), so they go to files rather than pipes nobody would close.
+    pub fn create(&self, bundle: &TestBundle, extra: &[&str], id: &str) -> Output {
+        let log = tempfile::NamedTempFile::new().expect("stderr file");
+        let status = self
+            .cmd()
+            .args(["create", "--bundle"])
+            .arg(bundle.path())
+            .args(extra)
+            .arg(id)
+            .stdout(Stdio::null())
+            .stderr(log.reopen().expect("reopen"))
+            .status()
+            .expect("run capsa create");
+        Output {
+            status,
+            stdout: Vec::new(),
+            stderr: std::fs::read(log.path()).expect("read stderr"),
+        }
+    }
+
+    /// The state JSON of a container.
+    pub fn state(&self, id: &str) -> Value {
+        let out = self.output(&["state", id]);
+        assert!(
+            out.status.success(),
+            "state {id}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("state json")
+    }
+
+    /// Asserts capsa left nothing of container `id`: no state directory, no
+    /// cgroup directory.
+    pub fn assert_nothing_left(&self, id: &str) {
+        assert!(
+            !self.root.path().join(id).exists(),
+            "state directory of {id} left behind"
+        );
+        assert!(
+            cgroup_dirs(id).is_empty(),
+            "cgroups of {id} left behind: {:?}",
+            cgroup_dirs(id)
+        );
+    }
+}
+
+/// Every cgroup directory named `id` under capsa's default parent.
+pub fn cgroup_dirs(id: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return found;
+    };
+    for controller in controllers.flatten() {
+        let dir = controller.path().join("capsa").join(id);
+        if dir.exists() {
+            found.push(dir);
+        }
+    }
+    found
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Asserts a command failed with a one-line error containing `needle`.
+pub fn assert_one_line_error(out: &Output, needle: &str) {
+    let err = stderr(out);
+    assert!(
+        !out.status.success(),
+        "expected a failure mentioning {needle:?}, got success; stdout {}",
+        stdout(out)
+    );
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "error is not one line: {err:?}"
+    );
+    assert!(
+        err.contains(needle),
+        "error {err:?} does not mention {needle:?}"
+    );
+}

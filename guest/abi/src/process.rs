@@ -20,12 +20,22 @@ pub enum Record<'a> {
     AdditionalGid(u32),
     Umask(u32),
     /// Linux `RLIMIT_*` number, soft and hard limit (`u64::MAX` = unlimited).
-    Rlimit { resource: u32, soft: u64, hard: u64 },
+    Rlimit {
+        resource: u32,
+        soft: u64,
+        hard: u64,
+    },
     NoNewPrivileges,
     PidsLimit(u64),
     /// Device index in `BootInfo::devices` of a virtio-fs device, and where to mount it.
-    Mount { device: u32, readonly: bool, destination: &'a [u8] },
-    Unknown { tag: u32 },
+    Mount {
+        device: u32,
+        readonly: bool,
+        destination: &'a [u8],
+    },
+    Unknown {
+        tag: u32,
+    },
 }
 
 mod tag {
