@@ -430,7 +430,8 @@ fn a_failing_hook_fails_create_and_leaves_nothing() {
 #[test]
 fn bad_config_fields_are_named_and_leave_nothing() {
     let capsa = Capsa::new();
-    let cases: Vec<(Box<dyn Fn(&mut serde_json::Value)>, &str)> = vec![
+    type ConfigChange = Box<dyn Fn(&mut serde_json::Value)>;
+    let cases: Vec<(ConfigChange, &str)> = vec![
         (
             Box::new(|c| c["process"]["user"]["uid"] = json!("root")),
             "process.user.uid",
