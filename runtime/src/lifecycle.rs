@@ -6,7 +6,7 @@
 //! so a failed create leaves no state directory, cgroup or process.
 
 use std::fs;
-use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -242,7 +242,13 @@ pub fn create(store: &Store, opts: &CreateOptions<'_>) -> Result<ContainerState>
         preserve_fds: opts.preserve_fds,
         new_namespaces: new_namespaces.clone(),
     };
-    let pid = spawn_init(init, clone_flags, pid_ns_path.as_deref(), backend)?;
+    let pid = spawn_init(
+        init,
+        &parent_channel,
+        clone_flags,
+        pid_ns_path.as_deref(),
+        backend,
+    )?;
     guard.child = Some(pid);
 
     if new_namespaces.contains(&LinuxNamespaceType::User) {
@@ -363,6 +369,7 @@ fn write_id_maps(pid: Pid, spec: &Spec) -> Result<()> {
 /// stack: the child continues here with a copy of this address space).
 fn spawn_init(
     init: Init,
+    parent_channel: &Channel,
     clone_flags: i32,
     pid_ns_path: Option<&Path>,
     backend: &'static dyn backend::Backend,
@@ -400,6 +407,11 @@ fn spawn_init(
         )
     };
     if ret == 0 {
+        // The init must not hold capsa's end of the channel, or its error
+        // reports would loop back to itself once capsa has gone.
+        // SAFETY: closing an fd this (child) process owns a copy of; the
+        // Channel value in the parent's memory image is never used here.
+        unsafe { libc::close(parent_channel.as_fd().as_raw_fd()) };
         init::main(init, backend);
     }
     if let Some(own) = original_pid_ns {
