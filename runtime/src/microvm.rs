@@ -1,36 +1,458 @@
-//! The microVM backend (being built): the init becomes a jailed VMM that
-//! runs the process inside a KVM microVM.
+//! The microVM backend: the container's init becomes a jailed VMM that runs
+//! `process` inside a KVM microVM with capsa's own guest kernel.
+//!
+//! # Process model
+//! `capsa create` clones the init exactly as for a container (same cgroup,
+//! same sync channel, same hooks), but into the jail's namespaces: always new
+//! mount, pid, ipc, uts and network namespaces, whatever `linux.namespaces`
+//! says, because the VM is the isolation boundary and the namespaces only
+//! confine the VMM process. The init prepares (private mount propagation,
+//! hooks, mount destinations, `args[0]` lookup), reports ready, waits for
+//! `start`, then *is* the VMM: it drops every capability the file server does
+//! not need, sets no_new_privs and calls [`capsa_vmm::run`] on its own thread,
+//! which installs the VMM's seccomp allowlist before the first guest
+//! instruction. The container's pid in `capsa state` is therefore the VMM's
+//! host pid, its cgroup limits the VMM (guest RAM included), and `capsa kill`
+//! signals the VMM. The VMM exits with the guest process's status.
+//!
+//! Signals: the VMM installs no handlers and is pid 1 of its pid namespace,
+//! so, like an untrapped signal to a container's pid 1, a forwarded SIGTERM
+//! or SIGINT is ignored; SIGKILL ends the microVM (status 137). Signals are
+//! not yet delivered to the guest process.
+//!
+//! # Spec fields
+//! Passed to the guest: `process.{args,env,cwd,user.{uid,gid,additionalGids,
+//! umask},rlimits,noNewPrivileges}`, `hostname`, `domainname`,
+//! `linux.resources.pids.limit`, `root.{path,readonly}` and bind mounts
+//! (served as virtio-fs directories, `ro` honoured). `linux.resources.memory.
+//! limit` sizes guest RAM (limit minus the VMM's allowance) and limits the
+//! whole VMM through the cgroup.
+//!
+//! Not applied inside the guest: `proc` (the guest emulates only the files
+//! it needs, such as `/proc/self/exe`), `tmpfs` (the rootfs directory is used
+//! as is), `sysfs`, `devpts`, `mqueue` and `cgroup` mounts are skipped; the
+//! guest provides `/dev/{null,zero,full,random,urandom}` itself.
+//! `process.capabilities`, `linux.seccomp`, `linux.maskedPaths`,
+//! `linux.readonlyPaths`, `linux.devices`, `linux.sysctl` and id mappings have
+//! no host meaning for a guest process and are ignored; `process.terminal` is
+//! refused (no console device for a terminal yet).
 
 use std::convert::Infallible;
+use std::path::{Path, PathBuf};
 
-use oci_spec::runtime::{LinuxNamespace, Spec};
+use caps::{CapSet, Capability as Cap};
+use nix::mount::{mount, MsFlags};
+use nix::sys::signal::{SigHandler, SigSet, Signal};
+use oci_spec::runtime::{LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType, Spec};
 
 use crate::backend::{Backend, BackendError};
-use crate::init::Init;
+use crate::container::process::{resolve_executable_in, rlimit_resource};
+use crate::container::rootfs::{ensure_dir, parse_options, secure_join};
+use crate::container::ContainerError;
+use crate::init::{Init, InitError};
 use crate::spec::Bundle;
+use crate::state::Status;
 
+/// The guest kernel, built by build.rs from `guest/`.
+static GUEST_KERNEL: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/capsa-guest"));
+
+/// The exit status of the VMM when the VMM itself fails (not the guest), with
+/// `capsa: <reason>` on stderr. Every status 0-255 is one a guest process
+/// could also exit with, so this follows the convention of docker and podman
+/// for "the runtime failed" rather than 1, which programs commonly return.
+pub const VMM_FAILURE_STATUS: i32 = 125;
+
+/// Environment variable that makes the guest log every unknown syscall.
+pub const DEBUG_SYSCALLS_ENV: &str = "CAPSA_DEBUG_SYSCALLS";
+
+/// Smallest guest RAM the VMM accepts.
+const MIN_GUEST_RAM: u64 = capsa_vmm::memory::MIN_RAM_SIZE;
+
+/// Capabilities the VMM keeps: what the virtio-fs passthrough server needs
+/// to serve the rootfs on behalf of the guest's users. It opens and creates
+/// files regardless of the host modes (DAC_*), sets owners, modes and times
+/// of files it does not own (CHOWN, FOWNER, FSETID), and switches its
+/// effective uid/gid to the requester's when creating files (SETUID,
+/// SETGID: fuse-backend-rs `set_creds` calls setresuid/setresgid).
+const KEPT_CAPABILITIES: [Cap; 7] = [
+    Cap::CAP_CHOWN,
+    Cap::CAP_DAC_OVERRIDE,
+    Cap::CAP_DAC_READ_SEARCH,
+    Cap::CAP_FOWNER,
+    Cap::CAP_FSETID,
+    Cap::CAP_SETGID,
+    Cap::CAP_SETUID,
+];
+
+/// Why the microVM backend refused a bundle or could not start the VMM.
 #[derive(Debug, thiserror::Error)]
 pub enum MicroVmError {
-    #[error("--isolation=microvm: the microVM backend is not available in this build")]
-    Unavailable,
+    #[error("--isolation=microvm: cannot open /dev/kvm (microVMs need KVM)")]
+    NoKvm(#[source] std::io::Error),
+    #[error("process.terminal: a terminal is not supported with --isolation=microvm")]
+    Terminal,
+    #[error(
+        "linux.resources.memory.limit: {limit} bytes is too small for a microVM, \
+         which needs at least {min} ({allowance} for the VMM and {guest} of guest RAM)"
+    )]
+    MemoryTooSmall {
+        limit: i64,
+        min: u64,
+        allowance: u64,
+        guest: u64,
+    },
+    #[error("mounts[{index}].source: {path}: {message}")]
+    MountSource {
+        index: usize,
+        path: PathBuf,
+        message: String,
+    },
+    #[error("linux.rootfsPropagation: cannot make the VMM's mounts private")]
+    Propagation(#[source] nix::Error),
+    #[error("cannot confine the VMM: {what}")]
+    Confine {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Container(#[from] ContainerError),
+    #[error(transparent)]
+    Init(#[from] InitError),
+}
+
+type Result<T, E = MicroVmError> = std::result::Result<T, E>;
+
+/// A bind mount of the spec, as the VMM serves it.
+struct BindMount {
+    index: usize,
+    source: PathBuf,
+    destination: PathBuf,
+    readonly: bool,
+}
+
+/// The spec's bind mounts; other mount types are the guest's business (see
+/// the module docs).
+fn bind_mounts(spec: &Spec, bundle: &Path) -> Vec<BindMount> {
+    let mounts = spec.mounts().as_deref().unwrap_or_default();
+    mounts
+        .iter()
+        .enumerate()
+        .filter_map(|(index, m)| {
+            let options = parse_options(m.options().as_deref().unwrap_or_default());
+            if !(options.bind || m.typ().as_deref() == Some("bind")) {
+                return None;
+            }
+            let source = m.source().clone().unwrap_or_default();
+            let source = if source.is_absolute() {
+                source
+            } else {
+                bundle.join(source)
+            };
+            Some(BindMount {
+                index,
+                source,
+                destination: m.destination().clone(),
+                readonly: options.flags.contains(MsFlags::MS_RDONLY),
+            })
+        })
+        .collect()
+}
+
+/// Guest RAM for a memory limit: what the cgroup leaves after the VMM's own
+/// needs, at most what the guest can address.
+fn ram_size(limit: Option<i64>) -> Result<u64> {
+    let Some(limit) = limit.filter(|l| *l > 0) else {
+        return Ok(capsa_vmm::DEFAULT_RAM_SIZE);
+    };
+    let allowance = capsa_vmm::VMM_MEMORY_ALLOWANCE;
+    let min = allowance + MIN_GUEST_RAM;
+    match u64::try_from(limit) {
+        Ok(bytes) if bytes >= min => Ok((bytes - allowance).min(capsa_abi::MAX_RAM_SIZE)),
+        _ => Err(MicroVmError::MemoryTooSmall {
+            limit,
+            min,
+            allowance,
+            guest: MIN_GUEST_RAM,
+        }),
+    }
+}
+
+fn memory_limit(spec: &Spec) -> Option<i64> {
+    spec.linux()
+        .as_ref()
+        .and_then(|l| l.resources().as_ref())
+        .and_then(|r| r.memory().as_ref())
+        .and_then(|m| m.limit())
+}
+
+/// The guest's view of the spec.
+fn vm_config(spec: &Spec, rootfs: &Path, bundle: &Path) -> Result<capsa_vmm::VmConfig> {
+    let default_process = oci_spec::runtime::Process::default();
+    let process = spec.process().as_ref().unwrap_or(&default_process);
+    let user = process.user();
+    let rlimits = process
+        .rlimits()
+        .iter()
+        .flatten()
+        .map(|r| capsa_vmm::Rlimit {
+            resource: rlimit_resource(r.typ()),
+            soft: r.soft(),
+            hard: r.hard(),
+        })
+        .collect();
+    let pids_limit = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.resources().as_ref())
+        .and_then(|r| r.pids().as_ref())
+        .and_then(|p| u64::try_from(p.limit()).ok().filter(|l| *l > 0));
+    let mounts = bind_mounts(spec, bundle)
+        .into_iter()
+        .map(|m| capsa_vmm::SharedDir {
+            source: m.source,
+            destination: m.destination.to_string_lossy().into_owned(),
+            readonly: m.readonly,
+        })
+        .collect();
+    Ok(capsa_vmm::VmConfig {
+        kernel: std::borrow::Cow::Borrowed(GUEST_KERNEL),
+        ram_size: ram_size(memory_limit(spec))?,
+        vcpus: 1,
+        process: capsa_vmm::ProcessSpec {
+            args: process.args().clone().unwrap_or_default(),
+            env: process.env().clone().unwrap_or_default(),
+            cwd: process.cwd().to_string_lossy().into_owned(),
+            hostname: spec.hostname().clone().unwrap_or_default(),
+            domainname: spec.domainname().clone().unwrap_or_default(),
+            uid: user.uid(),
+            gid: user.gid(),
+            additional_gids: user.additional_gids().clone().unwrap_or_default(),
+            umask: user.umask(),
+            rlimits,
+            no_new_privileges: process.no_new_privileges().unwrap_or(false),
+            pids_limit,
+        },
+        rootfs: rootfs.to_path_buf(),
+        rootfs_readonly: spec
+            .root()
+            .as_ref()
+            .and_then(|r| r.readonly())
+            .unwrap_or(false),
+        mounts,
+        debug_syscalls: std::env::var(DEBUG_SYSCALLS_ENV).is_ok_and(|v| v == "1"),
+        seccomp: true,
+    })
+}
+
+/// Closes every inherited descriptor above stdio: the VMM passes none to the
+/// guest, and must not keep capsa's (or its caller's) open.
+fn close_inherited_fds() {
+    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let fds: Vec<i32> = entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|fd| *fd > 2)
+        .collect();
+    for fd in fds {
+        // SAFETY: nothing in this process owns these fds any more (the
+        // init's were dropped before); a stale number (the read_dir's own,
+        // already closed) fails with EBADF.
+        unsafe { libc::close(fd) };
+    }
+}
+
+/// Leaves the VMM only [`KEPT_CAPABILITIES`], in every set, and sets
+/// no_new_privs so nothing it could exec regains more.
+fn confine() -> Result<()> {
+    let keep: std::collections::HashSet<Cap> = KEPT_CAPABILITIES.into_iter().collect();
+    let caps_error = |what| {
+        move |err: caps::errors::CapsError| MicroVmError::Confine {
+            what,
+            source: std::io::Error::other(err.to_string()),
+        }
+    };
+    for cap in caps::all() {
+        if !keep.contains(&cap) && caps::has_cap(None, CapSet::Bounding, cap).unwrap_or(false) {
+            caps::drop(None, CapSet::Bounding, cap).map_err(caps_error("bounding set"))?;
+        }
+    }
+    caps::clear(None, CapSet::Ambient).map_err(caps_error("ambient set"))?;
+    caps::clear(None, CapSet::Inheritable).map_err(caps_error("inheritable set"))?;
+    let permitted = caps::read(None, CapSet::Permitted).map_err(caps_error("permitted set"))?;
+    let kept: std::collections::HashSet<Cap> = keep.intersection(&permitted).copied().collect();
+    caps::set(None, CapSet::Effective, &kept).map_err(caps_error("effective set"))?;
+    caps::set(None, CapSet::Permitted, &kept).map_err(caps_error("permitted set"))?;
+    nix::sys::prctl::set_no_new_privs().map_err(|err| MicroVmError::Confine {
+        what: "no_new_privs",
+        source: err.into(),
+    })
+}
+
+/// Writes `capsa: <message>` to stderr and ends the VMM with
+/// [`VMM_FAILURE_STATUS`]. Only write and exit_group: the seccomp filter
+/// may already be on.
+fn fail(message: &str) -> ! {
+    let text = format!("capsa: {message}\n");
+    // SAFETY: writing a live buffer to fd 2, then ending the process
+    // without running destructors or atexit handlers.
+    unsafe {
+        libc::write(2, text.as_ptr().cast(), text.len());
+        libc::_exit(VMM_FAILURE_STATUS)
+    }
 }
 
 pub struct MicroVmBackend;
 
 impl Backend for MicroVmBackend {
-    fn check(&self, _bundle: &Bundle) -> Result<(), BackendError> {
-        Err(MicroVmError::Unavailable.into())
+    fn check(&self, bundle: &Bundle) -> Result<(), BackendError> {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/kvm")
+            .map_err(MicroVmError::NoKvm)?;
+        let process = bundle.spec.process().as_ref();
+        if process.and_then(|p| p.terminal()).unwrap_or(false) {
+            return Err(MicroVmError::Terminal.into());
+        }
+        ram_size(memory_limit(&bundle.spec))?;
+        for m in bind_mounts(&bundle.spec, &bundle.dir) {
+            // virtio-fs shares directories; a file bind mount has no device.
+            let message = match std::fs::metadata(&m.source) {
+                Ok(meta) if meta.is_dir() => continue,
+                Ok(_) => "a microVM can only bind-mount directories".to_string(),
+                Err(err) => err.to_string(),
+            };
+            return Err(MicroVmError::MountSource {
+                index: m.index,
+                path: m.source,
+                message,
+            }
+            .into());
+        }
+        Ok(())
     }
 
     fn namespaces(&self, _spec: &Spec) -> Vec<LinuxNamespace> {
-        Vec::new()
+        [
+            LinuxNamespaceType::Mount,
+            LinuxNamespaceType::Pid,
+            LinuxNamespaceType::Ipc,
+            LinuxNamespaceType::Uts,
+            LinuxNamespaceType::Network,
+        ]
+        .into_iter()
+        .filter_map(|typ| LinuxNamespaceBuilder::default().typ(typ).build().ok())
+        .collect()
     }
 
-    fn prepare(&self, _init: &mut Init) -> Result<(), BackendError> {
-        Err(MicroVmError::Unavailable.into())
+    fn prepare(&self, init: &mut Init) -> Result<(), BackendError> {
+        // The mount namespace is a copy of the host's: nothing the VMM's
+        // side does to it may propagate back.
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_PRIVATE | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .map_err(MicroVmError::Propagation)?;
+        init.run_runtime_hooks().map_err(MicroVmError::from)?;
+        init.run_hooks("createContainer", Status::Creating)
+            .map_err(MicroVmError::from)?;
+        // The guest mounts shared directories over existing directories.
+        for m in bind_mounts(&init.spec, &init.bundle) {
+            let field = format!("mounts[{}].destination", m.index);
+            let target =
+                secure_join(&init.rootfs, &m.destination).map_err(|err| ContainerError::Path {
+                    field: field.clone(),
+                    path: m.destination.clone(),
+                    message: err.to_string(),
+                })?;
+            ensure_dir(&field, &target).map_err(MicroVmError::from)?;
+        }
+        resolve_executable_in(&init.rootfs, init.process()).map_err(MicroVmError::from)?;
+        Ok(())
     }
 
-    fn launch(&self, _init: Init) -> Result<Infallible, BackendError> {
-        Err(MicroVmError::Unavailable.into())
+    fn launch(&self, init: Init) -> Result<Infallible, BackendError> {
+        let config = vm_config(&init.spec, &init.rootfs, &init.bundle)?;
+        // The init's channel and fifo are not the guest's business.
+        drop(init);
+        close_inherited_fds();
+        confine()?;
+        // capsa blocked the forwarded signals before cloning the init, and
+        // Rust's runtime ignores SIGPIPE: the VMM should die of a closed
+        // stdout pipe like the process would.
+        let _ = SigSet::all().thread_unblock();
+        // SAFETY: restoring the default disposition installs no handler.
+        let _ = unsafe { nix::sys::signal::signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+        match capsa_vmm::run(config) {
+            // SAFETY: ends the process with the guest's status; the seccomp
+            // filter is on and nothing is left to flush or run.
+            Ok(exit) => unsafe { libc::_exit(exit.status()) },
+            Err(err) => fail(&crate::error_chain(&err)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guest_ram_follows_the_memory_limit() {
+        assert_eq!(ram_size(None).ok(), Some(capsa_vmm::DEFAULT_RAM_SIZE));
+        assert_eq!(ram_size(Some(-1)).ok(), Some(capsa_vmm::DEFAULT_RAM_SIZE));
+        assert_eq!(ram_size(Some(128 << 20)).ok(), Some(96 << 20));
+        assert_eq!(ram_size(Some(64 << 30)).ok(), Some(capsa_abi::MAX_RAM_SIZE));
+        let err = ram_size(Some(39 << 20)).expect_err("too small").to_string();
+        assert!(err.starts_with("linux.resources.memory.limit: "), "{err}");
+        assert!(ram_size(Some(40 << 20)).is_ok());
+    }
+
+    #[test]
+    fn only_bind_mounts_become_shared_dirs() {
+        let json = serde_json::json!({
+            "ociVersion": "1.0.2",
+            "root": {"path": "rootfs"},
+            "mounts": [
+                {"destination": "/proc", "type": "proc", "source": "proc"},
+                {"destination": "/data", "type": "bind", "source": "/srv", "options": ["rbind", "ro"]},
+                {"destination": "/rel", "source": "rel", "options": ["bind"]},
+                {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs"},
+            ],
+        });
+        let spec: Spec = serde_json::from_value(json).expect("spec");
+        let mounts = bind_mounts(&spec, Path::new("/bundle"));
+        let summary: Vec<_> = mounts
+            .iter()
+            .map(|m| (m.index, m.source.clone(), m.destination.clone(), m.readonly))
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                (1, PathBuf::from("/srv"), PathBuf::from("/data"), true),
+                (
+                    2,
+                    PathBuf::from("/bundle/rel"),
+                    PathBuf::from("/rel"),
+                    false
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_jail_always_has_its_own_namespaces() {
+        let kinds: Vec<_> = MicroVmBackend
+            .namespaces(&Spec::default())
+            .iter()
+            .map(|ns| (ns.typ(), ns.path().is_none()))
+            .collect();
+        assert_eq!(kinds.len(), 5);
+        assert!(kinds.iter().all(|(_, new)| *new));
+        assert!(!kinds.iter().any(|(t, _)| *t == LinuxNamespaceType::User));
     }
 }

@@ -2,7 +2,7 @@
 //! namespace, then becomes the container's process with execve.
 
 mod console;
-mod process;
+pub(crate) mod process;
 pub mod rootfs;
 
 use std::convert::Infallible;

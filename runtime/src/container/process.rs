@@ -32,19 +32,32 @@ fn env_path(process: &Process) -> String {
 /// Finds `args[0]` like execvp, in the process's PATH, inside the current
 /// root (the container's, once pivoted).
 pub fn resolve_executable(process: &Process) -> Result<PathBuf> {
+    resolve_executable_in(Path::new("/"), process)
+}
+
+/// Finds `args[0]` like execvp inside `root`, resolving symlinks within it
+/// (the microVM backend checks the rootfs from the host this way). Returns
+/// the path as the process sees it.
+pub(crate) fn resolve_executable_in(root: &Path, process: &Process) -> Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
     let arg0 = process
         .args()
         .as_ref()
         .and_then(|a| a.first())
         .cloned()
         .unwrap_or_default();
+    let metadata = |path: &Path| {
+        super::rootfs::secure_join(root, path)
+            .and_then(std::fs::metadata)
+            .ok()
+    };
     if arg0.contains('/') {
         let path = if Path::new(&arg0).is_absolute() {
             PathBuf::from(&arg0)
         } else {
             process.cwd().join(&arg0)
         };
-        return if path.exists() {
+        return if metadata(&path).is_some() {
             Ok(path)
         } else {
             Err(ContainerError::NotFound(arg0))
@@ -52,8 +65,7 @@ pub fn resolve_executable(process: &Process) -> Result<PathBuf> {
     }
     for dir in env_path(process).split(':').filter(|d| !d.is_empty()) {
         let candidate = Path::new(dir).join(&arg0);
-        if let Ok(meta) = std::fs::metadata(&candidate) {
-            use std::os::unix::fs::PermissionsExt;
+        if let Some(meta) = metadata(&candidate) {
             if meta.is_file() && meta.permissions().mode() & 0o111 != 0 {
                 return Ok(candidate);
             }
@@ -62,7 +74,7 @@ pub fn resolve_executable(process: &Process) -> Result<PathBuf> {
     Err(ContainerError::NotFound(arg0))
 }
 
-fn rlimit_resource(typ: PosixRlimitType) -> libc::__rlimit_resource_t {
+pub(crate) fn rlimit_resource(typ: PosixRlimitType) -> libc::__rlimit_resource_t {
     match typ {
         PosixRlimitType::RlimitCpu => libc::RLIMIT_CPU,
         PosixRlimitType::RlimitFsize => libc::RLIMIT_FSIZE,

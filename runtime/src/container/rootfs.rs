@@ -156,7 +156,7 @@ fn mount_error(field: String, target: &Path) -> impl FnOnce(nix::Error) -> Conta
     }
 }
 
-fn ensure_dir(field: &str, path: &Path) -> Result<()> {
+pub(crate) fn ensure_dir(field: &str, path: &Path) -> Result<()> {
     fs::create_dir_all(path).map_err(|err| ContainerError::Create {
         field: field.to_string(),
         path: path.to_path_buf(),
