@@ -531,3 +531,28 @@ fn without_root_capsa_refuses_with_one_line() {
     assert_one_line_error(&out, "needs root");
     capsa.assert_nothing_left(&id);
 }
+
+#[test]
+fn a_terminal_is_allocated_and_proxied_in_the_foreground() {
+    let capsa = Capsa::new();
+    let mut bundle = sh("tty; test -t 0 && echo stdin-is-a-tty");
+    bundle.edit(|c| c["process"]["terminal"] = json!(true));
+    let id = unique_id("tty");
+    let command = format!(
+        "{} --root {} run --bundle {} {id}",
+        capsa_bin().display(),
+        capsa.root.path().display(),
+        bundle.path().display()
+    );
+    // script(1) gives capsa a terminal of its own, as an interactive user has.
+    let out = std::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("script");
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text} {}", stderr(&out));
+    assert!(text.contains("/dev/pts/0"), "{text:?}");
+    assert!(text.contains("stdin-is-a-tty"), "{text:?}");
+    capsa.assert_nothing_left(&id);
+}

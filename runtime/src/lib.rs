@@ -20,6 +20,7 @@ pub mod signal;
 pub mod spec;
 pub mod state;
 pub mod sync;
+pub mod terminal;
 
 /// An error and its sources on one line, outermost first, separated by ": ".
 pub fn error_chain(err: &dyn std::error::Error) -> String {

@@ -153,6 +153,16 @@ fn now_rfc3339() -> String {
 /// Creates the container up to "created": the init waits for `start`.
 /// Returns the saved state (its pid is a child of this process).
 pub fn create(store: &Store, opts: &CreateOptions<'_>) -> Result<ContainerState> {
+    create_with_console(store, opts, None)
+}
+
+/// `create`, where `own_console` (if given) receives the terminal's master
+/// instead of a `--console-socket` path.
+fn create_with_console(
+    store: &Store,
+    opts: &CreateOptions<'_>,
+    own_console: Option<OwnedFd>,
+) -> Result<ContainerState> {
     require_root()?;
     state::validate_id(opts.id)?;
     let bundle = Bundle::load(opts.bundle)?;
@@ -166,17 +176,16 @@ pub fn create(store: &Store, opts: &CreateOptions<'_>) -> Result<ContainerState>
         .as_ref()
         .and_then(|p| p.terminal())
         .unwrap_or(false);
-    if terminal && opts.console_socket.is_none() {
-        return Err(LifecycleError::NoConsoleSocket);
-    }
-    let console_socket = match opts.console_socket {
-        Some(path) if terminal => Some(OwnedFd::from(UnixStream::connect(path).map_err(
+    let console_socket = match (terminal, opts.console_socket, own_console) {
+        (false, _, _) => None,
+        (true, Some(path), _) => Some(OwnedFd::from(UnixStream::connect(path).map_err(
             |source| LifecycleError::ConsoleSocket {
                 path: path.to_path_buf(),
                 source,
             },
         )?)),
-        _ => None,
+        (true, None, Some(own)) => Some(own),
+        (true, None, None) => return Err(LifecycleError::NoConsoleSocket),
     };
 
     store.claim(opts.id)?;
@@ -621,11 +630,39 @@ pub fn run_foreground(store: &Store, opts: &CreateOptions<'_>) -> Result<i32> {
             source,
         })?;
 
-    let state = create(store, opts)?;
+    // Without --console-socket, a terminal is proxied to our own stdio, as
+    // runc does in the foreground.
+    let (ours, theirs) = match opts.console_socket {
+        None => {
+            let (a, b) = UnixStream::pair().map_err(|source| LifecycleError::ConsoleSocket {
+                path: PathBuf::from("(internal)"),
+                source,
+            })?;
+            (Some(a), Some(OwnedFd::from(b)))
+        }
+        Some(_) => (None, None),
+    };
+    let state = create_with_console(store, opts, theirs)?;
     let pid = Pid::from_raw(state.pid);
     let started = start(store, opts.id);
+    let terminal = state
+        .spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.terminal())
+        .unwrap_or(false);
     let code = match started {
-        Ok(_) => wait_forwarding(pid, &forwarded),
+        Ok(_) => {
+            let proxy = match (terminal, ours) {
+                (true, Some(socket)) => crate::terminal::Proxy::start(&socket),
+                _ => None,
+            };
+            let code = wait_forwarding(pid, &forwarded);
+            if let Some(proxy) = proxy {
+                proxy.finish();
+            }
+            code
+        }
         Err(err) => {
             let _ = delete(store, opts.id, true);
             return Err(err);

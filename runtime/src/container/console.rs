@@ -48,7 +48,9 @@ pub fn setup(socket: OwnedFd, size: Option<ConsoleSize>) -> nix::Result<()> {
     for target in 0..3 {
         // SAFETY: replacing stdio with the pty is exactly the intent; nothing
         // else in this process holds Rust handles to fds 0-2.
-        unsafe { nix::unistd::dup2_raw(&slave, target) }?;
+        let stdio = unsafe { nix::unistd::dup2_raw(&slave, target) }?;
+        // The new fd is the process's stdio from now on: never close it.
+        let _ = std::os::fd::IntoRawFd::into_raw_fd(stdio);
     }
     Ok(())
 }

@@ -1,0 +1,99 @@
+//! The terminal of a foreground `capsa run` without `--console-socket`: the
+//! pty master arrives over an internal socket and is copied to and from our
+//! own stdio, with our terminal in raw mode meanwhile.
+
+use std::io::{IoSliceMut, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+
+use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+use nix::sys::termios::{self, SetArg, Termios};
+
+/// Restores our terminal's mode when dropped.
+pub struct Proxy {
+    saved: Option<Termios>,
+    output: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Receives the master fd the init sends (runc's console protocol).
+fn receive_master(socket: &UnixStream) -> Option<OwnedFd> {
+    let mut name = [0u8; 64];
+    let mut iov = [IoSliceMut::new(&mut name)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let msg = recvmsg::<()>(
+        socket.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .ok()?;
+    for cmsg in msg.cmsgs().ok()? {
+        if let ControlMessageOwned::ScmRights(fds) = cmsg {
+            let fd = *fds.first()?;
+            // SAFETY: SCM_RIGHTS just installed this fd in our table; we own it.
+            return Some(unsafe { OwnedFd::from_raw_fd(fd) });
+        }
+    }
+    None
+}
+
+fn copy(mut from: impl Read, mut to: impl Write) {
+    let mut buf = [0u8; 8192];
+    while let Ok(n) = from.read(&mut buf) {
+        if n == 0 || to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+        let _ = to.flush();
+    }
+}
+
+impl Proxy {
+    /// Waits for the master and starts copying; None if the init never sent one.
+    pub fn start(socket: &UnixStream) -> Option<Proxy> {
+        let master = std::fs::File::from(receive_master(socket)?);
+        let stdin = std::io::stdin();
+        let mut size = libc::winsize {
+            ws_row: 0,
+            ws_col: 0,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCGWINSZ/TIOCSWINSZ read and write a winsize we own.
+        unsafe {
+            if libc::ioctl(stdin.as_raw_fd(), libc::TIOCGWINSZ, &mut size) == 0 {
+                libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &size);
+            }
+        }
+        let saved = termios::tcgetattr(&stdin).ok();
+        if let Some(mode) = &saved {
+            let mut raw = mode.clone();
+            termios::cfmakeraw(&mut raw);
+            let _ = termios::tcsetattr(&stdin, SetArg::TCSANOW, &raw);
+        }
+        let output = master.try_clone().ok()?;
+        // Daemon threads: the input side may block on our stdin forever;
+        // the process exits when the container does.
+        std::thread::spawn(move || copy(std::io::stdin(), master));
+        let output = std::thread::spawn(move || copy(output, std::io::stdout()));
+        Some(Proxy {
+            saved,
+            output: Some(output),
+        })
+    }
+
+    /// After the container exited: the master reads end-of-file once the
+    /// last slave fd is gone, so this returns when all output is copied.
+    pub fn finish(mut self) {
+        if let Some(output) = self.output.take() {
+            let _ = output.join();
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Some(mode) = &self.saved {
+            let _ = termios::tcsetattr(std::io::stdin(), SetArg::TCSANOW, mode);
+        }
+    }
+}
