@@ -1,0 +1,446 @@
+//! Differential tests: the same busybox bundle runs under
+//! `--isolation=container` and `--isolation=microvm`, and both must give the
+//! same stdout, stderr and exit status, which must also be the expected ones
+//! (so the modes cannot agree on being wrong). Plus the lifecycle of a
+//! microVM: create, state, start, kill, delete.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+
+use capsa_tests::*;
+use serde_json::json;
+
+const MODES: [&str; 2] = ["container", "microvm"];
+
+/// The contents of `/data` in every fixture, with fixed times so `ls -l`
+/// prints the same thing whenever and however the bundle was built.
+const FILES: [(&str, &str); 3] = [
+    ("a.txt", "pear\napple\nfig\nbanana\n"),
+    ("b.txt", "one two three\nfour five\n"),
+    ("empty", ""),
+];
+const FIXED_TIME: &str = "2021-03-04 05:06:07";
+
+/// A static C program compiled once per test run with the host's gcc.
+fn static_hello() -> &'static Path {
+    static HELLO: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    let (_, path) = HELLO.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let source = dir.path().join("hello.c");
+        std::fs::write(
+            &source,
+            "#include <stdio.h>\nint main(int argc, char **argv) {\n\
+             printf(\"hello from %s with %d args\\n\", argv[0], argc);\n\
+             fprintf(stderr, \"to stderr\\n\");\n return 4;\n}\n",
+        )
+        .expect("write hello.c");
+        let binary = dir.path().join("hello");
+        let out = Command::new("gcc")
+            .args(["-static", "-O2", "-o"])
+            .arg(&binary)
+            .arg(&source)
+            .output()
+            .expect("run gcc (the test machines have it)");
+        assert!(
+            out.status.success(),
+            "gcc -static failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (dir, binary)
+    });
+    path
+}
+
+/// A busybox bundle running `args`, with `/data` holding [`FILES`] and
+/// `/bin/hello` the static C program; everything owned by root, fixed times.
+fn fixture(args: &[&str]) -> TestBundle {
+    let bundle = TestBundle::busybox(args);
+    let data = bundle.rootfs().join("data");
+    std::fs::create_dir(&data).expect("mkdir /data");
+    for (name, text) in FILES {
+        std::fs::write(data.join(name), text).expect("write fixture file");
+    }
+    std::fs::copy(static_hello(), bundle.rootfs().join("bin/hello")).expect("copy hello");
+    let mut touch = Command::new("touch");
+    touch.arg("-d").arg(FIXED_TIME).arg(&data);
+    for (name, _) in FILES {
+        touch.arg(data.join(name));
+    }
+    assert!(touch.status().expect("touch").success(), "touch -d failed");
+    bundle
+}
+
+/// `capsa run` of `bundle` in `mode`, with `stdin` piped in (else /dev/null).
+fn run(capsa: &Capsa, bundle: &TestBundle, mode: &str, stdin: Option<&[u8]>) -> Output {
+    let id = unique_id(mode);
+    let mut cmd = capsa.cmd();
+    cmd.args(["run", "--isolation", mode, "--bundle"])
+        .arg(bundle.path())
+        .arg(&id)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if stdin.is_some() {
+        cmd.stdin(Stdio::piped());
+    }
+    let mut child = cmd.spawn().expect("spawn capsa run");
+    if let (Some(bytes), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(bytes).expect("write stdin");
+        // Dropping the pipe closes it: the process sees end of file.
+    }
+    let out = child.wait_with_output().expect("wait for capsa run");
+    capsa.assert_nothing_left(&id);
+    out
+}
+
+fn show(out: &Output) -> String {
+    format!(
+        "status {:?}\n--- stdout\n{}--- stderr\n{}",
+        out.status.code(),
+        stdout(out),
+        stderr(out)
+    )
+}
+
+/// Runs `bundle` in both modes and asserts identical results; returns them.
+fn both(case: &str, bundle: &TestBundle, stdin: Option<&[u8]>) -> Output {
+    let capsa = Capsa::new();
+    let [container, microvm] = MODES.map(|mode| run(&capsa, bundle, mode, stdin));
+    assert!(
+        container.status.code() == microvm.status.code()
+            && container.stdout == microvm.stdout
+            && container.stderr == microvm.stderr,
+        "case {case:?}: the modes differ\n== container: {}\n== microvm: {}",
+        show(&container),
+        show(&microvm)
+    );
+    container
+}
+
+/// Runs `args` on a fresh fixture in both modes and checks the shared result.
+fn case(name: &str, args: &[&str], code: i32, expected_stdout: &str) -> Output {
+    let out = both(name, &fixture(args), None);
+    assert_eq!(
+        (out.status.code(), stdout(&out).as_str()),
+        (Some(code), expected_stdout),
+        "case {name:?}: both modes agree on a wrong result\n{}",
+        show(&out)
+    );
+    out
+}
+
+#[test]
+fn a_static_c_program() {
+    let out = case(
+        "static hello",
+        &["/bin/hello", "x", "y"],
+        4,
+        "hello from /bin/hello with 3 args\n",
+    );
+    assert_eq!(stderr(&out), "to stderr\n");
+}
+
+#[test]
+fn busybox_echo() {
+    case("echo", &["echo", "hello", "world"], 0, "hello world\n");
+}
+
+#[test]
+fn cat_of_a_rootfs_file() {
+    case("cat", &["cat", "/data/a.txt"], 0, FILES[0].1);
+}
+
+#[test]
+fn ls_long_listing_with_fixed_times() {
+    let listing = concat!(
+        "total 8\n",
+        "-rw-r--r--    1 root     root            22 Mar  4  2021 a.txt\n",
+        "-rw-r--r--    1 root     root            24 Mar  4  2021 b.txt\n",
+        "-rw-r--r--    1 root     root             0 Mar  4  2021 empty\n",
+    );
+    case("ls -l", &["ls", "-l", "/data"], 0, listing);
+    case(
+        "ls -ld",
+        &["ls", "-ld", "--full-time", "/data"],
+        0,
+        "drwxr-xr-x    2 root     root          4096 2021-03-04 05:06:07 +0000 /data\n",
+    );
+}
+
+#[test]
+fn text_tools() {
+    case(
+        "wc",
+        &["wc", "/data/a.txt", "/data/b.txt"],
+        0,
+        concat!(
+            "        4         4        22 /data/a.txt\n",
+            "        2         5        24 /data/b.txt\n",
+            "        6         9        46 total\n",
+        ),
+    );
+    case(
+        "sort",
+        &["sort", "/data/a.txt"],
+        0,
+        "apple\nbanana\nfig\npear\n",
+    );
+    case(
+        "head",
+        &["head", "-n", "2", "/data/a.txt"],
+        0,
+        "pear\napple\n",
+    );
+    let sums = Command::new("sha256sum")
+        .current_dir(fixture(&["true"]).rootfs())
+        .args(["data/a.txt", "data/b.txt", "data/empty"])
+        .output()
+        .expect("host sha256sum");
+    let expected = stdout(&sums).replace("data/", "/data/");
+    case(
+        "sha256sum",
+        &["sha256sum", "/data/a.txt", "/data/b.txt", "/data/empty"],
+        0,
+        &expected,
+    );
+}
+
+#[test]
+fn shell_builtins() {
+    // Builtins only: the guest cannot fork yet.
+    case(
+        "sh builtins",
+        &[
+            "sh",
+            "-c",
+            "x=3; echo $((x * 7)); cd /data && pwd && echo *; read -r l < a.txt; echo \"$l\"; \
+             test -f b.txt && echo yes; printf '%s-%s\\n' a b; echo oops >&2; exit 5",
+        ],
+        5,
+        "21\n/data\na.txt b.txt empty\npear\nyes\na-b\n",
+    );
+}
+
+#[test]
+fn exit_status_propagates() {
+    case("exit 3", &["sh", "-c", "exit 3"], 3, "");
+}
+
+#[test]
+fn a_file_written_by_the_process_is_in_the_rootfs() {
+    for mode in MODES {
+        let mut bundle = fixture(&["sh", "-c", "echo written > /data/out.txt; echo done"]);
+        bundle.edit(|c| c["root"]["readonly"] = json!(false));
+        let capsa = Capsa::new();
+        let out = run(&capsa, &bundle, mode, None);
+        assert!(out.status.success(), "{mode}: {}", show(&out));
+        assert_eq!(stdout(&out), "done\n", "{mode}");
+        let written = std::fs::read_to_string(bundle.rootfs().join("data/out.txt"))
+            .unwrap_or_else(|e| panic!("{mode}: /data/out.txt is not in the rootfs: {e}"));
+        assert_eq!(written, "written\n", "{mode}");
+    }
+}
+
+#[test]
+fn a_read_only_rootfs_refuses_writes() {
+    let mut bundle = fixture(&["sh", "-c", "echo x > /data/out.txt"]);
+    bundle.edit(|c| c["root"]["readonly"] = json!(true));
+    let out = both("read-only root", &bundle, None);
+    assert_ne!(out.status.code(), Some(0), "{}", show(&out));
+    assert!(
+        stderr(&out).contains("Read-only file system"),
+        "{}",
+        show(&out)
+    );
+    assert!(!bundle.rootfs().join("data/out.txt").exists());
+}
+
+#[test]
+fn a_missing_executable_fails_create_with_one_line() {
+    let bundle = fixture(&["no-such-program", "arg"]);
+    let out = both("missing executable", &bundle, None);
+    assert_one_line_error(
+        &out,
+        "process.args: \"no-such-program\": executable file not found in $PATH",
+    );
+}
+
+#[test]
+fn stdin_reaches_the_process() {
+    let out = both("stdin", &fixture(&["cat"]), Some(b"hi\nthere\n"));
+    assert_eq!(stdout(&out), "hi\nthere\n", "{}", show(&out));
+    let out = both("wc stdin", &fixture(&["wc", "-l"]), Some(b"1\n2\n3\n"));
+    assert_eq!(stdout(&out).trim(), "3", "{}", show(&out));
+}
+
+/// Blocks until process `pid` has exited (pidfd, no polling).
+fn wait_exit(pid: i32) {
+    // SAFETY: pidfd_open takes a pid and flags; returns an fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
+    if fd < 0 {
+        return; // already gone
+    }
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd; then closing the fd we own.
+    unsafe {
+        libc::poll(&mut pfd, 1, -1);
+        libc::close(fd);
+    }
+}
+
+fn process_exists(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks that the pid exists.
+    unsafe { libc::kill(pid, 0) == 0 }
+}
+
+#[test]
+fn kill_ends_a_running_microvm_and_run_exits_137() {
+    for mode in MODES {
+        let capsa = Capsa::new();
+        let id = unique_id("kill");
+        // `read` blocks on stdin, which the test keeps open: a process that
+        // is provably running (it printed) and waits without a timer.
+        let bundle = fixture(&["sh", "-c", "echo ready; read line; echo never"]);
+        let mut child = capsa
+            .cmd()
+            .args(["run", "--isolation", mode, "--bundle"])
+            .arg(bundle.path())
+            .arg(&id)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn capsa run");
+        let stdin = child.stdin.take();
+        let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        out.read_line(&mut line).expect("read ready");
+        assert_eq!(line, "ready\n", "{mode}");
+        let pid = capsa.state(&id)["pid"].as_i64().expect("pid") as i32;
+        let killed = capsa.output(&["kill", &id, "KILL"]);
+        assert!(killed.status.success(), "{mode}: {}", stderr(&killed));
+        let status = child.wait().expect("wait");
+        drop(stdin);
+        assert_eq!(status.code(), Some(137), "{mode}");
+        line.clear();
+        out.read_line(&mut line).expect("read rest");
+        assert_eq!(line, "", "{mode}: the process went on after SIGKILL");
+        assert!(
+            !process_exists(pid),
+            "{mode}: the init {pid} is still there"
+        );
+        capsa.assert_nothing_left(&id);
+    }
+}
+
+#[test]
+fn microvm_lifecycle_create_start_kill_delete() {
+    let capsa = Capsa::new();
+    let bundle = fixture(&["sleep", "1000"]);
+    let id = unique_id("vmlife");
+    let pid_file = bundle.path().join("pid");
+    let pid_arg = pid_file.display().to_string();
+    let out = capsa.create(
+        &bundle,
+        &["--isolation", "microvm", "--pid-file", &pid_arg],
+        &id,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let state = capsa.state(&id);
+    assert_eq!(state["status"], "created");
+    let pid = state["pid"].as_i64().expect("pid") as i32;
+    assert!(
+        pid > 0 && process_exists(pid),
+        "state pid {pid} is not alive"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&pid_file).expect("pid file"),
+        pid.to_string()
+    );
+    // The pid is the VMM's host pid: a process in the container's cgroup.
+    let ps: Vec<i32> =
+        serde_json::from_slice(&capsa.output(&["ps", "--format", "json", &id]).stdout)
+            .expect("ps json");
+    assert_eq!(ps, vec![pid]);
+
+    let out = capsa.output(&["start", &id]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(capsa.state(&id)["status"], "running");
+    assert_one_line_error(&capsa.output(&["delete", &id]), "use --force");
+
+    let out = capsa.output(&["kill", &id, "SIGKILL"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    wait_exit(pid);
+    assert_eq!(capsa.state(&id)["status"], "stopped");
+    let out = capsa.output(&["delete", &id]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_one_line_error(&capsa.output(&["state", &id]), "does not exist");
+    capsa.assert_nothing_left(&id);
+}
+
+#[test]
+fn microvm_refusals_name_the_field_and_leave_nothing() {
+    let capsa = Capsa::new();
+    type ConfigChange = Box<dyn Fn(&mut serde_json::Value)>;
+    let file = tempfile::NamedTempFile::new().expect("temp file");
+    let file_path = file.path().display().to_string();
+    let cases: Vec<(ConfigChange, &str)> = vec![
+        (
+            Box::new(|c| c["process"]["terminal"] = json!(true)),
+            "process.terminal",
+        ),
+        (
+            Box::new(|c| c["linux"]["resources"] = json!({"memory": {"limit": 16 << 20}})),
+            "linux.resources.memory.limit",
+        ),
+        (
+            Box::new(move |c| {
+                c["mounts"].as_array_mut().expect("mounts").push(
+                    json!({"destination": "/f", "type": "bind", "source": file_path,
+                    "options": ["bind"]}),
+                )
+            }),
+            "can only bind-mount directories",
+        ),
+    ];
+    for (change, needle) in cases {
+        let mut bundle = fixture(&["true"]);
+        bundle.edit(change);
+        let id = unique_id("vmbad");
+        let out = capsa.run(&bundle, "microvm", &id);
+        assert_one_line_error(&out, needle);
+        capsa.assert_nothing_left(&id);
+    }
+}
+
+#[test]
+fn a_bind_mount_is_shared_with_the_microvm() {
+    let shared = tempfile::tempdir().expect("tempdir");
+    std::fs::write(shared.path().join("hello.txt"), "from the host\n").expect("write");
+    let source = shared.path().display().to_string();
+    for (mode, options) in [("rw", json!(["rbind"])), ("ro", json!(["rbind", "ro"]))] {
+        let mut bundle = fixture(&[
+            "sh",
+            "-c",
+            "read -r l < /shared/hello.txt; echo \"$l\"; echo new > /shared/new.txt && echo wrote",
+        ]);
+        bundle.edit(|c| {
+            c["mounts"].as_array_mut().expect("mounts").push(
+                json!({"destination": "/shared", "type": "bind", "source": source,
+                "options": options}),
+            )
+        });
+        let out = both(&format!("bind mount {mode}"), &bundle, None);
+        let _ = std::fs::remove_file(shared.path().join("new.txt"));
+        let want = if mode == "rw" {
+            "from the host\nwrote\n"
+        } else {
+            "from the host\n"
+        };
+        assert_eq!(stdout(&out), want, "{mode}: {}", show(&out));
+    }
+}
