@@ -556,3 +556,50 @@ fn a_terminal_is_allocated_and_proxied_in_the_foreground() {
     assert!(text.contains("stdin-is-a-tty"), "{text:?}");
     capsa.assert_nothing_left(&id);
 }
+
+#[test]
+fn delete_force_cleans_up_after_capsa_is_killed_during_create() {
+    let capsa = Capsa::new();
+    let mut bundle = sh("true");
+    let fifo = bundle.path().join("hook.fifo");
+    let status = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo");
+    assert!(status.success());
+    // The hook tells us its pid, then blocks: capsa is mid-create.
+    let script = format!("echo $$ > {}; exec sleep 1000", fifo.display());
+    bundle.edit(|c| {
+        c["hooks"] = json!({"prestart": [{"path": "/bin/sh", "args": ["sh", "-c", script]}]})
+    });
+    let id = unique_id("killed-create");
+    let mut capsa_run = capsa
+        .cmd()
+        .args(["run", "--bundle"])
+        .arg(bundle.path())
+        .arg(&id)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let hook_pid: i32 = std::fs::read_to_string(&fifo)
+        .expect("read fifo")
+        .trim()
+        .parse()
+        .expect("hook pid");
+    capsa_run.kill().expect("SIGKILL capsa");
+    capsa_run.wait().expect("reap capsa");
+    // SAFETY: killing the orphaned hook by the pid it reported.
+    unsafe { libc::kill(hook_pid, libc::SIGKILL) };
+    assert!(!cgroup_dirs(&id).is_empty(), "the cgroup exists mid-create");
+    // The init notices capsa is gone (its channel closes) and exits.
+    let init = capsa.state(&id);
+    assert!(
+        matches!(init["status"].as_str(), Some("stopped" | "creating")),
+        "{init}"
+    );
+
+    let out = capsa.output(&["delete", "--force", &id]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    capsa.assert_nothing_left(&id);
+}

@@ -84,7 +84,7 @@ pub enum LifecycleError {
         status: Status,
         wanted: &'static str,
     },
-    #[error("container {0:?} is not running (use --force to delete it)")]
+    #[error("container {0:?} is still running (use --force to delete it)")]
     StillRunning(String),
     #[error("cannot signal container {id:?}")]
     Signal {
@@ -283,9 +283,13 @@ fn create_with_console(
         created: now_rfc3339(),
         isolation,
         paused: false,
+        ready: false,
         cgroup: Some(cgroup),
         spec: bundle.spec.clone(),
     };
+    // Saved now so a capsa killed during setup leaves state that `delete
+    // --force` can clean (cgroup, init) rather than an orphaned cgroup.
+    store.save(&state)?;
 
     parent_channel.send(&Message::Go)?;
     loop {
@@ -320,7 +324,7 @@ fn create_with_console(
             Err(err) => return Err(err.into()),
         }
     }
-    state.pid_start_time = state::process_start_time(pid.as_raw()).unwrap_or_default();
+    state.ready = true;
     store.save(&state)?;
     if let Some(path) = opts.pid_file {
         write_pid_file(path, pid.as_raw())?;

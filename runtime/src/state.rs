@@ -85,6 +85,10 @@ pub struct ContainerState {
     pub created: String,
     pub isolation: Isolation,
     pub paused: bool,
+    /// False until the init reported ready: a state saved earlier exists only
+    /// so that `delete --force` can clean up after a create that was killed.
+    #[serde(default = "ready_default")]
+    pub ready: bool,
     pub cgroup: Option<Cgroup>,
     pub spec: Spec,
 }
@@ -106,12 +110,18 @@ pub struct OciState<'a> {
     pub annotations: Option<&'a std::collections::HashMap<String, String>>,
 }
 
+fn ready_default() -> bool {
+    true
+}
+
 impl ContainerState {
     pub fn status(&self, store: &Store) -> Status {
         if self.pid <= 0 || !process_alive(self.pid, self.pid_start_time) {
             return Status::Stopped;
         }
-        if self.paused {
+        if !self.ready {
+            Status::Creating
+        } else if self.paused {
             Status::Paused
         } else if store.fifo_path(&self.id).exists() {
             Status::Created
