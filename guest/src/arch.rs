@@ -17,6 +17,14 @@ pub struct SyscallFrame {
     pub r10: u64,
     pub r8: u64,
     pub r9: u64,
+    /// Callee-saved registers: saved too so that a context switch can swap
+    /// whole user register sets through this frame.
+    pub rbx: u64,
+    pub rbp: u64,
+    pub r12: u64,
+    pub r13: u64,
+    pub r14: u64,
+    pub r15: u64,
     /// The application's return address (the CPU put it in rcx).
     pub rip: u64,
     /// The application's rflags (the CPU put them in r11).
@@ -66,6 +74,9 @@ mod machine {
         static CAPSA_FAULT_CR2: u64;
         static capsa_exception_stubs: u8;
         static capsa_msr_gate: u8;
+        static capsa_ud_stub: u8;
+        fn capsa_cr3_gate(cr3: u64);
+        fn capsa_return_user(frame: *const super::SyscallFrame, fx: *const u8) -> !;
     }
 
     const KERNEL_CS: u64 = 0x08;
@@ -92,6 +103,11 @@ mod machine {
             idt[2 * vector] = low;
             idt[2 * vector + 1] = high;
         }
+        // #UD doubles as the CR3 gate (see `capsa_ud_stub`).
+        let ud = core::ptr::addr_of!(capsa_ud_stub) as u64;
+        let (low, high) = gate(ud, 0);
+        idt[2 * 6] = low;
+        idt[2 * 6 + 1] = high;
         let (low, high) = gate(msr, 3);
         idt[2 * 0x81] = low;
         idt[2 * 0x81 + 1] = high;
@@ -145,6 +161,23 @@ mod machine {
         }
     }
 
+    /// Loads CR3 (which also flushes the TLB) through the #UD gate.
+    pub fn load_cr3(value: u64) {
+        // SAFETY: the gate only executes `mov cr3, rax` for this call site;
+        // callers pass the physical address of a complete PML4 that maps the
+        // kernel identically (see `mm::space`). rax is clobbered.
+        unsafe {
+            core::arch::asm!("call {g}", g = sym capsa_cr3_gate, out("rax") _, in("rdi") value)
+        };
+    }
+
+    /// Resumes the user context `frame` with FPU/SSE state `fx` (64-byte aligned).
+    pub fn return_user(frame: &super::SyscallFrame, fx: &super::FxArea) -> ! {
+        // SAFETY: both point to complete saved states; the routine restores
+        // them and jumps to the user's rip, never returning.
+        unsafe { capsa_return_user(frame, fx.0.as_ptr()) }
+    }
+
     /// Starts the application: fresh registers, the given stack and entry.
     pub fn enter_user(entry: u64, sp: u64) -> ! {
         // SAFETY: `entry` and `sp` come from the ELF loader and the initial
@@ -177,7 +210,24 @@ mod machine {
     }
 }
 
-pub use machine::{enter_user, exception_frame, install_idt, set_fs_base, wrmsr};
+pub use machine::{
+    enter_user, exception_frame, install_idt, load_cr3, return_user, set_fs_base, wrmsr,
+};
+
+/// An `fxsave` image, aligned as `fxrstor` requires.
+#[repr(C, align(64))]
+#[derive(Clone, Copy)]
+pub struct FxArea(pub [u8; 512]);
+
+impl FxArea {
+    /// The state after `fninit` and a reset MXCSR: what a new program starts with.
+    pub fn initial() -> Self {
+        let mut a = [0u8; 512];
+        a[0..2].copy_from_slice(&0x037fu16.to_le_bytes());
+        a[24..28].copy_from_slice(&0x1f80u32.to_le_bytes());
+        Self(a)
+    }
+}
 
 pub const MSR_FS_BASE: u32 = 0xC000_0100;
 
@@ -255,6 +305,10 @@ mod machine {
         ExceptionFrame::default()
     }
     pub fn wrmsr(_msr: u32, _value: u64) {}
+    pub fn load_cr3(_value: u64) {}
+    pub fn return_user(_frame: &super::SyscallFrame, _fx: &super::FxArea) -> ! {
+        unreachable!("host tests never enter user mode")
+    }
     pub fn set_fs_base(_value: u64) {}
     pub fn enter_user(_entry: u64, _sp: u64) -> ! {
         unreachable!("host tests never enter user mode")

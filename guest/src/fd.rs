@@ -90,7 +90,8 @@ pub struct Fd {
     pub cloexec: bool,
 }
 
-#[derive(Default)]
+/// Cloned on fork: the copies share open file descriptions (the `Rc`s).
+#[derive(Clone, Default)]
 pub struct FdTable {
     slots: Vec<Option<Fd>>,
 }
@@ -155,6 +156,25 @@ impl FdTable {
             }
             _ => Err(Errno::EBADF),
         }
+    }
+
+    /// Empties the table (process exit).
+    pub fn take_all(&mut self) -> Vec<Fd> {
+        core::mem::take(&mut self.slots)
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    /// Removes the close-on-exec descriptors (execve).
+    pub fn take_cloexec(&mut self) -> Vec<Fd> {
+        let mut out = Vec::new();
+        for slot in &mut self.slots {
+            if slot.as_ref().is_some_and(|f| f.cloexec) {
+                out.extend(slot.take());
+            }
+        }
+        out
     }
 
     pub fn open_count(&self) -> usize {

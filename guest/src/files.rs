@@ -42,7 +42,15 @@ pub struct ConsoleIn {
 impl File for ConsoleIn {
     fn read(&self, dev: &mut Devices, buf: &mut [u8]) -> Result<usize> {
         match dev.stdio.and_then(|i| dev.consoles.get_mut(i)) {
-            Some(c) => c.read(buf, self.flags.get() & O_NONBLOCK != 0),
+            Some(c) => {
+                let nonblocking = self.flags.get() & O_NONBLOCK != 0;
+                if !nonblocking && !buf.is_empty() && !c.readable() {
+                    // Let other processes run until the VMM has input.
+                    crate::sched::want_stdin();
+                    return Err(Errno::EBLOCK);
+                }
+                c.read(buf, nonblocking)
+            }
             None => Ok(0),
         }
     }

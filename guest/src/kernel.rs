@@ -20,7 +20,9 @@ use crate::elf::{self, Elf};
 use crate::errno::{Errno, Result};
 use crate::fd::{Fd, FdTable, File, O_RDONLY, O_WRONLY};
 use crate::files::{ConsoleIn, ConsoleOut, FuseFile};
+use crate::mm::space::{self, Frames, Space};
 use crate::mm::{page_up, Mm, PAGE_SIZE, PROT_EXEC, PROT_READ, PROT_WRITE};
+use crate::process::{Pid, ProcTable, INIT};
 use crate::spec::{ProcessSpec, RLIMIT_STACK};
 use crate::stack;
 use crate::syscalls::signal::Signals;
@@ -99,6 +101,48 @@ pub struct Kernel {
     pub ram_size: u64,
     pub fs_base: u64,
     pub comm: [u8; 16],
+    /// The current process's page tables (see `mm::space`).
+    pub space: Option<Space>,
+    /// User memory frames, shared by all processes.
+    pub frames: Frames,
+    /// A space with no user slots, loaded while no process's space is.
+    pub kernel_space: Option<Space>,
+    pub procs: ProcTable<ProcState>,
+    /// The running process; its state is in the fields above, everyone
+    /// else's is parked in `procs`.
+    pub cur: Pid,
+    /// Deadline of a sleep or poll being restarted (see `crate::process`).
+    pub restart_deadline: Option<u64>,
+    /// CLONE_CHILD_CLEARTID / set_tid_address: cleared when the process exits.
+    pub clear_child_tid: u64,
+    /// What a call answering `EBLOCK` waits for besides the event counter.
+    pub block_deadline: Option<u64>,
+    pub block_stdin: bool,
+    /// Set when the current process stopped being runnable during a call.
+    pub switch_pending: bool,
+    /// A vfork child to run next, borrowing the current process's memory.
+    pub vfork_child: Option<Pid>,
+    pub loaded_cr3: u64,
+    /// Duration of the last fork's address-space copy (for measurements).
+    pub last_fork_ns: u64,
+}
+
+/// The per-process part of the kernel state, parked in the process table
+/// while its process is not running (the running one's lives in `Kernel`).
+#[derive(Default)]
+pub struct ProcState {
+    pub fds: FdTable,
+    pub mm: Mm,
+    pub space: Option<Space>,
+    pub cwd: Vec<u8>,
+    pub umask: u32,
+    pub creds: Creds,
+    pub signals: Signals,
+    pub exe_path: Vec<u8>,
+    pub fs_base: u64,
+    pub comm: [u8; 16],
+    pub restart_deadline: Option<u64>,
+    pub clear_child_tid: u64,
 }
 
 struct Global(UnsafeCell<Option<Kernel>>);
@@ -118,7 +162,7 @@ fn kernel() -> &'static mut Kernel {
     }
 }
 
-/// Stops the VM: the process exited with `code`.
+/// Stops the VM: the init process exited with `code`.
 pub fn exit(code: i32) -> ! {
     control_write(control::EXIT_CODE, (code & 0xff) as u64);
     loop {
@@ -126,7 +170,7 @@ pub fn exit(code: i32) -> ! {
     }
 }
 
-/// Stops the VM: the process was killed by `signal`.
+/// Stops the VM: the init process was killed by `signal`.
 pub fn exit_signal(signal: u32) -> ! {
     control_write(control::EXIT_SIGNAL, u64::from(signal));
     loop {
@@ -232,8 +276,22 @@ pub fn boot(boot_info: u64) -> ! {
             "not enough RAM for the kernel ({ram_size} bytes)"
         ));
     };
-    let mut mm = Mm::new(info.free_start, heap);
-    mm.ram_end = ram_size;
+    // User memory: whole 2 MiB slots above the kernel image and below the
+    // heap (the slots around them stay identity mapped; see `mm::space`).
+    let mut frames = Frames::new(
+        info.free_start.max(capsa_abi::KERNEL_BASE + space::SLOT),
+        heap,
+    );
+    if let Err(e) = frames.build_identity() {
+        fatal(format_args!("cannot build page tables: errno {}", e.0));
+    }
+    let mm = Mm::new(frames.user_lo, frames.user_hi);
+    let (kernel_space, first_space) = match (Space::new(&frames), Space::new(&frames)) {
+        (Ok(a), Ok(b)) => (a, b),
+        _ => fatal(format_args!("cannot build page tables")),
+    };
+    arch::load_cr3(first_space.cr3());
+    first_space.activate();
 
     let spec_ok = info.process_spec_addr >= 0x1000
         && info
@@ -355,7 +413,20 @@ pub fn boot(boot_info: u64) -> ! {
         ram_size,
         fs_base: 0,
         comm: [0; 16],
+        procs: ProcTable::new(spec.pids_limit),
         spec,
+        loaded_cr3: first_space.cr3(),
+        space: Some(first_space),
+        frames,
+        kernel_space: Some(kernel_space),
+        cur: INIT,
+        restart_deadline: None,
+        clear_child_tid: 0,
+        block_deadline: None,
+        block_stdin: false,
+        switch_pending: false,
+        vfork_child: None,
+        last_fork_ns: 0,
     };
     let limit = k.nofile_limit();
     let stdio: [Rc<dyn File>; 3] = [
@@ -397,7 +468,8 @@ pub fn boot(boot_info: u64) -> ! {
         stderr_message(&mut k.dev, &msg);
         exit(127);
     };
-    let (entry, sp) = match k.load_program(&program) {
+    let (args, env) = (k.spec.args.clone(), k.spec.env.clone());
+    let (entry, sp) = match k.load_program(&program, &args, &env) {
         Ok(v) => v,
         Err(e) => {
             let mut msg = b"capsa: exec ".to_vec();
@@ -420,6 +492,9 @@ pub fn boot(boot_info: u64) -> ! {
     let n = name.len().min(15);
     k.comm[..n].copy_from_slice(&name[..n]);
     k.exe_path = program;
+    if let Some(s) = &k.space {
+        space::self_test(s, sp & !(PAGE_SIZE - 1));
+    }
     // SAFETY: boot runs once, before any syscall or fault can reach `kernel()`.
     unsafe { *KERNEL.0.get() = Some(k) };
     arch::enter_user(entry, sp)
@@ -461,7 +536,7 @@ impl Kernel {
         None
     }
 
-    fn open_for_exec(&mut self, path: &[u8]) -> Result<FuseFile> {
+    pub fn open_for_exec(&mut self, path: &[u8]) -> Result<FuseFile> {
         let w = self.dev.vfs.walk(&self.cwd, path, true)?;
         if w.mode & crate::fuse::S_IFMT != crate::fuse::S_IFREG {
             return Err(Errno::EACCES);
@@ -536,6 +611,7 @@ impl Kernel {
                 page_up(start + h.memsz).ok_or(Errno::ENOEXEC)?,
                 prot,
             );
+            self.back()?;
             // SAFETY: [start, start + memsz) lies in the range reserved above
             // for this image (identity-mapped RAM nobody else uses).
             let dst =
@@ -549,7 +625,12 @@ impl Kernel {
 
     /// Loads the program (and its ELF interpreter, if any) and builds its
     /// stack; returns (entry, stack pointer).
-    fn load_program(&mut self, path: &[u8]) -> Result<(u64, u64)> {
+    pub fn load_program(
+        &mut self,
+        path: &[u8],
+        args: &[Vec<u8>],
+        env: &[Vec<u8>],
+    ) -> Result<(u64, u64)> {
         let (image, bias, end) = self.load_elf(path)?;
         let mut entry = image.entry + bias;
         let mut interp_base = 0;
@@ -577,6 +658,7 @@ impl Kernel {
             .ok_or(Errno::ENOMEM)?;
         let top = stack_base + stack_size;
         self.mm.vmas.insert(stack_base, top, PROT_READ | PROT_WRITE);
+        self.back()?;
         let phdr = image.phdr_vaddr().map(|v| v + bias).unwrap_or(0);
         let auxv = [
             (stack::AT_PHDR, phdr),
@@ -602,15 +684,7 @@ impl Kernel {
         // SAFETY: the window lies inside the stack region reserved above.
         let mem =
             unsafe { core::slice::from_raw_parts_mut((top - window) as *mut u8, window as usize) };
-        let sp = stack::build(
-            mem,
-            top,
-            &self.spec.args,
-            &self.spec.env,
-            path,
-            &auxv,
-            random,
-        )?;
+        let sp = stack::build(mem, top, args, env, path, &auxv, random)?;
         Ok((entry, sp))
     }
 }
@@ -622,9 +696,39 @@ fn hwcap() -> u64 {
 /// Entry from `capsa_syscall_user`.
 pub fn syscall(frame: &mut SyscallFrame) {
     let k = kernel();
+    // SAFETY: `frame` is the trampoline's frame, with its fxsave image below.
+    let fx = unsafe { crate::sched::fx_of(frame) };
+    let nr = frame.rax;
     let ret = k.dispatch(frame);
-    frame.rax = ret as u64;
+    k.finish_syscall(frame, fx, nr, ret);
 }
+
+/// Where the fault path builds the context it resumes (one vCPU, and the
+/// fault path never nests).
+struct FaultResume(UnsafeCell<(SyscallFrame, arch::FxArea)>);
+// SAFETY: one vCPU, no interrupts; only `fault` touches it.
+unsafe impl Sync for FaultResume {}
+static FAULT_RESUME: FaultResume = FaultResume(UnsafeCell::new((
+    SyscallFrame {
+        rax: 0,
+        rdi: 0,
+        rsi: 0,
+        rdx: 0,
+        r10: 0,
+        r8: 0,
+        r9: 0,
+        rbx: 0,
+        rbp: 0,
+        r12: 0,
+        r13: 0,
+        r14: 0,
+        r15: 0,
+        rip: 0,
+        rflags: 0,
+        rsp: 0,
+    },
+    arch::FxArea([0; 512]),
+)));
 
 fn signal_for(frame: &ExceptionFrame) -> u32 {
     match frame.vector {
@@ -649,17 +753,32 @@ pub fn fault(regs: &FaultInfo) -> ! {
     }
     let signal = signal_for(&frame);
     // SAFETY: the kernel state exists once the application runs.
-    let debug = unsafe { (*KERNEL.0.get()).as_ref() }.is_some_and(Kernel::debug_enabled);
-    if debug {
+    let Some(k) = (unsafe { (*KERNEL.0.get()).as_mut() }) else {
+        exit_signal(signal)
+    };
+    if k.debug_enabled() {
         let mut m = MsgBuf::new();
         let _ = write!(
             m,
-            "capsa guest: exception {} (error {:#x}) at rip {:#x}, cr2 {:#x}, rsp {:#x}, rax {:#x}: signal {}",
-            frame.vector, frame.error, frame.rip, frame.cr2, frame.rsp, regs.rax, signal
+            "capsa guest: pid {}: exception {} (error {:#x}) at rip {:#x}, cr2 {:#x}, rsp {:#x}, rax {:#x}: signal {}",
+            k.cur, frame.vector, frame.error, frame.rip, frame.cr2, frame.rsp, regs.rax, signal
         );
         arch::debug(m.as_bytes());
     }
-    exit_signal(signal)
+    // No fault handlers: the process dies with the signal (no core: the
+    // spec's RLIMIT_CORE is 0 as in a container), and the next one runs.
+    let cur = k.cur;
+    k.terminate(
+        cur,
+        crate::process::ExitStatus::Signaled {
+            signal,
+            core: false,
+        },
+    );
+    // SAFETY: see `FaultResume`.
+    let (rf, rfx) = unsafe { &mut *FAULT_RESUME.0.get() };
+    k.finish_fault(rf, rfx);
+    arch::return_user(rf, rfx)
 }
 
 #[cfg(not(test))]

@@ -120,6 +120,20 @@ capsa_exception_stubs:
     jmp capsa_exception_common
 .endr
 
+/* #UD: the CR3 gate when it comes from capsa_cr3_gate_ud, else an
+   ordinary exception. 4 emulated instructions on the gate path. */
+.global capsa_ud_stub
+capsa_ud_stub:
+    cmp QWORD PTR [rsp], OFFSET capsa_cr3_gate_ud
+    jne 1f
+    mov cr3, rax
+    add QWORD PTR [rsp], 2
+    iretq
+1:
+    push 0
+    push 6
+    jmp capsa_exception_common
+
 capsa_exception_common:
     push rax
     mov rax, cr2
@@ -139,10 +153,15 @@ capsa_user_entry:
     ud2
 
 capsa_syscall_user:
-    mov [rip + CAPSA_SYSCALL_SAVED_RBX], rbx
     push QWORD PTR [rip + CAPSA_SYSCALL_USER_RSP]
     push r11
     push rcx
+    push r15
+    push r14
+    push r13
+    push r12
+    push rbp
+    push rbx
     push r9
     push r8
     push r10
@@ -158,6 +177,7 @@ capsa_syscall_user:
     call capsa_syscall
     fxrstor [rsp]
     mov rsp, rbx
+capsa_pop_user:
     pop rax
     pop rdi
     pop rsi
@@ -165,13 +185,36 @@ capsa_syscall_user:
     pop r10
     pop r8
     pop r9
+    pop rbx
+    pop rbp
+    pop r12
+    pop r13
+    pop r14
+    pop r15
     pop rcx
     pop r11
-    mov rbx, [rip + CAPSA_SYSCALL_SAVED_RBX]
     push r11
     popfq
     mov rsp, [rsp]
     jmp rcx
+
+/* capsa_return_user(frame: rdi, fxsave image: rsi) -> !: resumes a saved
+   user context from anywhere at CPL3 (the fault path switching processes). */
+.global capsa_return_user
+capsa_return_user:
+    fxrstor [rsi]
+    mov rsp, rdi
+    jmp capsa_pop_user
+
+/* capsa_cr3_gate(rdi = new CR3): the #UD stub recognises this ud2 by its
+   address, loads CR3 (flushing the TLB) and resumes after it. */
+.global capsa_cr3_gate
+capsa_cr3_gate:
+    mov rax, rdi
+.global capsa_cr3_gate_ud
+capsa_cr3_gate_ud:
+    ud2
+    ret
 
 capsa_fault_user:
     push r15
@@ -228,9 +271,6 @@ CAPSA_FAULT_CR2:
     .quad 0
 .global CAPSA_FSGSBASE
 CAPSA_FSGSBASE:
-    .quad 0
-.global CAPSA_SYSCALL_SAVED_RBX
-CAPSA_SYSCALL_SAVED_RBX:
     .quad 0
 
 .bss

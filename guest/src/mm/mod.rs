@@ -19,6 +19,7 @@
 //! the kernel heap, the stack and `mmap` regions come from the top of RAM down.
 
 pub mod heap;
+pub mod space;
 
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
@@ -203,6 +204,11 @@ impl Vmas {
 
     pub fn len(&self) -> usize {
         self.map.len()
+    }
+
+    /// Every mapping as `(start, end)`.
+    pub fn ranges(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.map.iter().map(|(&s, v)| (s, v.end))
     }
 
     pub fn is_empty(&self) -> bool {

@@ -37,6 +37,8 @@ const FIONBIO: u32 = 0x5421;
 const FIONCLEX: u32 = 0x5450;
 const FIOCLEX: u32 = 0x5451;
 const IOV_MAX: u64 = 1024;
+/// Packet-mode pipes: accepted, the pipe stays a byte stream.
+const O_DIRECT: u32 = 0o40000;
 
 impl Kernel {
     /// The directory relative paths start from for a `*at` call.
@@ -253,8 +255,14 @@ impl Kernel {
         for buf in self.iovecs(iov, count)? {
             let want = buf.len();
             let n = match offset {
-                Some(o) => file.pread(&mut self.dev, buf, o + total)?,
-                None => file.read(&mut self.dev, buf)?,
+                Some(o) => file.pread(&mut self.dev, buf, o + total),
+                None => file.read(&mut self.dev, buf),
+            };
+            let n = match n {
+                Ok(n) => n,
+                // What was read so far is the answer; the next call blocks.
+                Err(_) if total > 0 => break,
+                Err(e) => return Err(e),
             };
             total += n as u64;
             if n < want {
@@ -289,8 +297,13 @@ impl Kernel {
         let mut total = 0u64;
         for buf in bufs {
             let n = match offset {
-                Some(o) => file.pwrite(&mut self.dev, buf, o + total)?,
-                None => file.write(&mut self.dev, buf)?,
+                Some(o) => file.pwrite(&mut self.dev, buf, o + total),
+                None => file.write(&mut self.dev, buf),
+            };
+            let n = match n {
+                Ok(n) => n,
+                Err(_) if total > 0 => break,
+                Err(e) => return Err(e),
             };
             total += n as u64;
             if n < buf.len() {
@@ -817,6 +830,29 @@ impl Kernel {
         Ok(0)
     }
 
+    /// pipe and pipe2 (`O_CLOEXEC`, `O_NONBLOCK`).
+    pub fn sys_pipe2(&mut self, fds: u64, flags: u32) -> Result<u64> {
+        if flags & !(O_CLOEXEC | O_NONBLOCK | O_DIRECT) != 0 {
+            return Err(Errno::EINVAL);
+        }
+        self.user_range(fds, 8)?;
+        let (r, w) = crate::pipe::new_pipe(flags);
+        let cloexec = flags & O_CLOEXEC != 0;
+        let rfd = self.install(Rc::new(r), cloexec)?;
+        let wfd = match self.install(Rc::new(w), cloexec) {
+            Ok(fd) => fd,
+            Err(e) => {
+                let _ = self.fds.remove(rfd as i32);
+                return Err(e);
+            }
+        };
+        let mut out = [0u8; 8];
+        out[..4].copy_from_slice(&(rfd as i32).to_le_bytes());
+        out[4..].copy_from_slice(&(wfd as i32).to_le_bytes());
+        self.put_user(fds, &out)?;
+        Ok(0)
+    }
+
     pub fn sys_dup(&mut self, fd: i32) -> Result<u64> {
         let file = self.fds.file(fd)?;
         self.install(file, false)
@@ -910,34 +946,36 @@ impl Kernel {
         fds: &[(i32, bool, bool)],
         timeout_ns: Option<u64>,
     ) -> Result<Vec<(bool, bool, bool)>> {
-        let deadline = timeout_ns.map(|t| self.clock.monotonic_ns().saturating_add(t));
-        loop {
-            let mut any = false;
-            let mut out = Vec::with_capacity(fds.len());
-            for &(fd, r, w) in fds {
-                match self.fds.file(fd) {
-                    Ok(file) => {
-                        let (can_r, can_w) = file.poll(&mut self.dev);
-                        let ready = (r && can_r, w && can_w, false);
-                        any |= ready.0 || ready.1;
-                        out.push(ready);
-                    }
-                    Err(_) => {
-                        any = true;
-                        out.push((false, false, true));
-                    }
+        let mut any = false;
+        let mut out = Vec::with_capacity(fds.len());
+        for &(fd, r, w) in fds {
+            match self.fds.file(fd) {
+                Ok(file) => {
+                    let (can_r, can_w) = file.poll(&mut self.dev);
+                    let ready = (r && can_r, w && can_w, false);
+                    any |= ready.0 || ready.1;
+                    out.push(ready);
+                }
+                Err(_) => {
+                    any = true;
+                    out.push((false, false, true));
                 }
             }
-            if any {
-                return Ok(out);
-            }
-            let now = self.clock.monotonic_ns();
-            match deadline {
-                Some(d) if now >= d => return Ok(out),
-                Some(d) => self.clock.idle(d - now),
-                None => self.clock.idle(u64::MAX),
-            }
         }
+        if any || timeout_ns == Some(0) {
+            return Ok(out);
+        }
+        // Nothing ready: block (other processes run meanwhile) and retry the
+        // whole call when something changes; the deadline survives restarts.
+        let now = self.clock.monotonic_ns();
+        let deadline =
+            timeout_ns.map(|t| *self.restart_deadline.get_or_insert(now.saturating_add(t)));
+        if deadline.is_some_and(|d| now >= d) {
+            return Ok(out);
+        }
+        self.block_deadline = deadline;
+        self.block_stdin = true;
+        Err(Errno::EBLOCK)
     }
 
     fn poll_common(&mut self, fds_ptr: u64, nfds: u64, timeout_ns: Option<u64>) -> Result<u64> {

@@ -16,7 +16,15 @@ fn zero_range(start: u64, end: u64) {
 
 impl Kernel {
     pub fn sys_brk(&mut self, addr: u64) -> u64 {
-        self.mm.brk(addr, &mut zero_range)
+        let old = self.mm.brk;
+        let new = self.mm.brk(addr, &mut zero_range);
+        if self.back().is_err() {
+            // No frame for the growth: the break stays where it was.
+            self.mm.brk(old, &mut zero_range);
+            let _ = self.back();
+            return old;
+        }
+        new
     }
 
     pub fn sys_mmap(
@@ -37,12 +45,18 @@ impl Kernel {
             None
         };
         let start = self.mm.map(addr, len, prot, flags, &mut zero_range)?;
+        if let Err(e) = self.back() {
+            let _ = self.mm.unmap(start, len, &mut zero_range);
+            let _ = self.back();
+            return Err(e);
+        }
         if file.is_some() {
             let mapped = page_up(len).ok_or(Errno::ENOMEM)?;
             let dst = self.user_buf(start, len as usize);
             let read = dst.and_then(|dst| self.read_file_into(fd, offset, dst));
             if let Err(e) = read {
                 let _ = self.mm.unmap(start, mapped, &mut zero_range);
+                let _ = self.back();
                 return Err(e);
             }
         }
@@ -50,7 +64,9 @@ impl Kernel {
     }
 
     pub fn sys_munmap(&mut self, addr: u64, len: u64) -> Result<u64> {
-        self.mm.unmap(addr, len, &mut zero_range).map(|_| 0)
+        self.mm.unmap(addr, len, &mut zero_range)?;
+        self.back()?;
+        Ok(0)
     }
 
     pub fn sys_mprotect(&mut self, addr: u64, len: u64, prot: u32) -> Result<u64> {
@@ -75,6 +91,7 @@ impl Kernel {
             if new_len < old_len {
                 self.mm
                     .unmap(old + new_len, old_len - new_len, &mut zero_range)?;
+                self.back()?;
             }
             return Ok(old);
         }
@@ -82,6 +99,12 @@ impl Kernel {
         let tail = old + old_len;
         if vma.end == tail && self.mm.regions.reserve(tail, old + new_len) {
             self.mm.vmas.insert(tail, old + new_len, vma.prot);
+            if let Err(e) = self.back() {
+                self.mm.vmas.remove(tail, old + new_len);
+                self.mm.regions.free(tail, old + new_len);
+                let _ = self.back();
+                return Err(e);
+            }
             return Ok(old);
         }
         if flags & MREMAP_MAYMOVE == 0 {
@@ -90,12 +113,18 @@ impl Kernel {
         let new = self
             .mm
             .map(0, new_len, vma.prot, MAP_ANONYMOUS, &mut zero_range)?;
+        if let Err(e) = self.back() {
+            let _ = self.mm.unmap(new, new_len, &mut zero_range);
+            let _ = self.back();
+            return Err(e);
+        }
         // SAFETY: both ranges are application mappings tracked above and
         // do not overlap (the new one was free until now).
         unsafe {
             core::ptr::copy_nonoverlapping(old as *const u8, new as *mut u8, old_len as usize)
         };
         self.mm.unmap(old, old_len, &mut zero_range)?;
+        self.back()?;
         let _ = MAP_FIXED;
         Ok(new)
     }

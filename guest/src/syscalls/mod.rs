@@ -28,6 +28,17 @@ impl Kernel {
         if ptr < USER_MIN || end > self.ram_size {
             return Err(Errno::EFAULT);
         }
+        // User slots must be backed in the current space (others are the
+        // kernel's, identity mapped everywhere).
+        if let Some(space) = &self.space {
+            let mut slot = crate::mm::space::slot_of(ptr);
+            while slot < end {
+                if self.frames.is_user(slot) && !space.is_mapped(slot) {
+                    return Err(Errno::EFAULT);
+                }
+                slot += crate::mm::space::SLOT;
+            }
+        }
         Ok(())
     }
 
@@ -54,6 +65,13 @@ impl Kernel {
             .checked_sub(ptr)
             .ok_or(Errno::EFAULT)?
             .min(max);
+        // Stop at the end of the backed slots rather than fault on a string
+        // that ends just before an unmapped one.
+        let mut avail = avail;
+        while avail > 0 && self.user_range(ptr, avail as usize).is_err() {
+            let slot_end = crate::mm::space::slot_of(ptr + avail - 1);
+            avail = slot_end.saturating_sub(ptr);
+        }
         let buf = self.user_buf(ptr, avail as usize)?;
         let len = buf
             .iter()
@@ -91,6 +109,7 @@ impl Kernel {
             10 => self.sys_mprotect(a0, a1, a2 as u32),
             11 => self.sys_munmap(a0, a1),
             12 => Ok(self.sys_brk(a0)),
+            15 => self.sys_rt_sigreturn(f),
             13 => self.sys_rt_sigaction(a0 as u32, a1, a2, a3),
             14 => self.sys_rt_sigprocmask(a0 as u32, a1, a2, a3),
             16 => self.sys_ioctl(a0 as i32, a1 as u32, a2),
@@ -103,13 +122,19 @@ impl Kernel {
             24 => Ok(0), // sched_yield: one thread
             25 => self.sys_mremap(a0, a1, a2, a3 as u32, a4),
             26 | 28 => Ok(0), // msync, madvise: nothing to write back or drop
+            22 => self.sys_pipe2(a0, 0),
             32 => self.sys_dup(a0 as i32),
+            34 => self.sys_pause(),
             33 => self.sys_dup3(a0 as i32, a1 as i32, 0, true),
             35 => self.sys_nanosleep(a0, a1),
-            39 | 186 => Ok(1), // getpid, gettid: the only process is pid 1
+            39 | 186 => Ok(self.cur as u64), // getpid, gettid: one thread per process
             40 => self.sys_sendfile(a0 as i32, a1 as i32, a2, a3),
+            56 => self.sys_clone(f, a0, a1, a2, a3, a4),
+            57 => self.sys_clone(f, u64::from(crate::sched::SIGCHLD), 0, 0, 0, 0),
+            58 => self.sys_clone(f, 0x4100 | u64::from(crate::sched::SIGCHLD), 0, 0, 0, 0),
+            59 => self.sys_execve(f, a0, a1, a2),
             60 | 231 => self.sys_exit(a0 as i32),
-            61 => Err(Errno::ECHILD),
+            61 => self.sys_wait4(a0 as i32, a1, a2 as u32, a3),
             62 => self.sys_kill(a0 as i32, a1 as u32),
             63 => self.sys_uname(a0),
             72 => self.sys_fcntl(a0 as i32, a1 as u32, a2),
@@ -144,10 +169,12 @@ impl Kernel {
             106 => self.sys_setresgid(a0 as u32, a0 as u32, a0 as u32),
             107 => Ok(u64::from(self.creds.euid)),
             108 => Ok(u64::from(self.creds.egid)),
-            109 => Ok(0),             // setpgid: already its own group
-            110 => Ok(0),             // getppid: the parent is outside the VM
-            111 | 121 | 124 => Ok(1), // getpgrp, getpgid, getsid
-            112 => Err(Errno::EPERM), // setsid: already a session leader
+            109 => self.sys_setpgid(a0 as i32, a1 as i32),
+            110 => self.sys_getppid(),
+            111 => self.sys_getpgid(0),
+            112 => self.sys_setsid(),
+            121 => self.sys_getpgid(a0 as i32),
+            124 => self.sys_getsid(a0 as i32),
             113 => self.sys_setresuid(a0 as u32, a1 as u32, u32::MAX),
             114 => self.sys_setresgid(a0 as u32, a1 as u32, u32::MAX),
             115 => self.sys_getgroups(a0 as i32, a1),
@@ -180,7 +207,7 @@ impl Kernel {
             203 => Ok(0), // sched_setaffinity: one CPU whatever is asked
             204 => self.sys_sched_getaffinity(a1, a2),
             217 => self.sys_getdents64(a0 as i32, a1, a2),
-            218 => Ok(1), // set_tid_address: nobody waits for this thread
+            218 => self.sys_set_tid_address(a0),
             228 => self.sys_clock_gettime(a0 as u32, a1),
             229 => self.sys_clock_getres(a0 as u32, a1),
             230 => self.sys_clock_nanosleep(a0 as u32, a1 as u32, a2, a3),
@@ -203,6 +230,8 @@ impl Kernel {
             280 => self.sys_utimensat(a0 as i32, a1, a2, a3 as u32),
             284 | 290 => Err(Errno::ENOSYS),
             285 => Ok(0), // fallocate: accepted, the server allocates on write
+            247 => self.sys_waitid(a0 as u32, a1, a2, a3 as u32),
+            293 => self.sys_pipe2(a0, a1 as u32),
             292 => self.sys_dup3(a0 as i32, a1 as i32, a2 as u32, false),
             295 => self.sys_preadv(a0 as i32, a1, a2, a3),
             296 => self.sys_pwritev(a0 as i32, a1, a2, a3),
@@ -213,6 +242,11 @@ impl Kernel {
             332 => self.sys_statx(a0 as i32, a1, a2 as u32, a3 as u32, a4),
             _ => Err(self.unknown_syscall(nr)),
         };
+        if result == Err(Errno::EPIPE) && matches!(nr, 1 | 18 | 20 | 40 | 296) {
+            // Writing to a pipe nobody reads also raises SIGPIPE.
+            let cur = self.cur;
+            self.post_signal(cur, signal::SIGPIPE);
+        }
         match result {
             Ok(v) => v as i64,
             Err(e) => e.to_ret(),

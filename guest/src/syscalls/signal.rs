@@ -1,18 +1,117 @@
-//! Signal state. One thread, no asynchronous signal sources inside the VM:
-//! dispositions and the mask are bookkeeping, and a signal the process
-//! sends itself takes its default action (terminate or ignore). A handled
-//! signal is not delivered (no signal frames yet); `abort()` still ends the
-//! process because it resets SIGABRT to the default and raises it again.
+//! Signals: dispositions, masks, pending sets, and delivery.
+//!
+//! Signals come from `kill`/`tkill`/`tgkill`, from the kernel (SIGCHLD,
+//! SIGPIPE) and from faults. They are delivered when the process returns to
+//! user mode from a system call (there are no asynchronous interruptions in
+//! this design; a blocked process is woken to take them). Default actions
+//! terminate (core signals too: no core files, as with RLIMIT_CORE 0) or
+//! ignore; stop signals are ignored (no job control without a terminal).
+//! A handler runs on a Linux `rt_sigframe` (siginfo, ucontext with the
+//! interrupted registers, signal mask and fxsave image) and returns through
+//! its `SA_RESTORER` trampoline into `rt_sigreturn`. A call that was
+//! blocked when the signal came is restarted after the handler (as with
+//! `SA_RESTART`).
 
+use crate::arch::{FxArea, SyscallFrame};
 use crate::errno::{Errno, Result};
-use crate::kernel::{self, Kernel};
+use crate::kernel::Kernel;
+use crate::process::ExitStatus;
 
 pub const NSIG: usize = 64;
 const SIG_DFL: u64 = 0;
-#[cfg(test)]
 const SIG_IGN: u64 = 1;
 const SIGKILL: u32 = 9;
+pub const SIGPIPE: u32 = 13;
 const SIGSTOP: u32 = 19;
+const SA_SIGINFO: u64 = 4;
+const SA_ONSTACK: u64 = 0x0800_0000;
+const SA_RESTORER: u64 = 0x0400_0000;
+const SA_NODEFER: u64 = 0x4000_0000;
+const SA_RESETHAND: u64 = 0x8000_0000;
+const SS_ONSTACK: u32 = 1;
+const SS_DISABLE: u32 = 2;
+const UNBLOCKABLE: u64 = (1 << (SIGKILL - 1)) | (1 << (SIGSTOP - 1));
+
+/// `struct rt_sigframe` (x86-64): the restorer address, `struct ucontext`
+/// (flags, link, stack_t, sigcontext, mask), then `siginfo`.
+pub const FRAME_UC: u64 = 8;
+pub const UC_STACK: u64 = 16;
+pub const UC_MCONTEXT: u64 = 40;
+pub const UC_SIGMASK: u64 = UC_MCONTEXT + 256;
+pub const FRAME_INFO: u64 = FRAME_UC + UC_SIGMASK + 8;
+pub const FRAME_SIZE: u64 = FRAME_INFO + 128;
+/// `sigcontext` slot of each register, in `u64`s from its start.
+const MC_R8: usize = 0;
+const MC_RDI: usize = 8;
+const MC_RSI: usize = 9;
+const MC_RBP: usize = 10;
+const MC_RBX: usize = 11;
+const MC_RDX: usize = 12;
+const MC_RAX: usize = 13;
+const MC_RCX: usize = 14;
+const MC_RSP: usize = 15;
+const MC_RIP: usize = 16;
+const MC_EFLAGS: usize = 17;
+const MC_CSGSFS: usize = 18;
+const MC_OLDMASK: usize = 21;
+const MC_FPSTATE: usize = 23;
+/// Flags a signal handler may change on return (CF PF AF ZF SF TF DF OF AC).
+const USER_FLAGS: u64 = 0x0004_0dd5;
+
+/// The `sigcontext` words for `f` (fpstate pointer and mask filled in later).
+pub fn mcontext(f: &SyscallFrame) -> [u64; 32] {
+    let mut m = [0u64; 32];
+    let gprs = [f.r8, f.r9, f.r10, 0, f.r12, f.r13, f.r14, f.r15];
+    m[MC_R8..MC_R8 + 8].copy_from_slice(&gprs);
+    m[MC_RDI] = f.rdi;
+    m[MC_RSI] = f.rsi;
+    m[MC_RBP] = f.rbp;
+    m[MC_RBX] = f.rbx;
+    m[MC_RDX] = f.rdx;
+    m[MC_RAX] = f.rax;
+    m[MC_RCX] = f.rip;
+    m[MC_RSP] = f.rsp;
+    m[MC_RIP] = f.rip;
+    m[MC_EFLAGS] = f.rflags;
+    // cs = 0x2b, gs = fs = 0, ss = 0x23.
+    m[MC_CSGSFS] = 0x2b | (0x23 << 48);
+    m
+}
+
+/// The registers a `sigcontext` restores into `f` (rcx and r11 are the
+/// return address and flags in this kernel's return path).
+pub fn restore_mcontext(f: &mut SyscallFrame, m: &[u64; 32]) {
+    f.r8 = m[MC_R8];
+    f.r9 = m[MC_R8 + 1];
+    f.r10 = m[MC_R8 + 2];
+    f.r12 = m[MC_R8 + 4];
+    f.r13 = m[MC_R8 + 5];
+    f.r14 = m[MC_R8 + 6];
+    f.r15 = m[MC_R8 + 7];
+    f.rdi = m[MC_RDI];
+    f.rsi = m[MC_RSI];
+    f.rbp = m[MC_RBP];
+    f.rbx = m[MC_RBX];
+    f.rdx = m[MC_RDX];
+    f.rax = m[MC_RAX];
+    f.rsp = m[MC_RSP];
+    f.rip = m[MC_RIP];
+    f.rflags = (f.rflags & !USER_FLAGS) | (m[MC_EFLAGS] & USER_FLAGS);
+}
+
+/// Where the frame goes below `sp`: (frame address, fpstate address). The
+/// red zone is skipped, the fxsave image 64-byte aligned, and the handler
+/// entered as if called (`rsp + 8` 16-byte aligned).
+pub fn frame_layout(sp: u64) -> (u64, u64) {
+    let fp = (sp - 128 - 512) & !63;
+    let frame = ((fp - FRAME_SIZE) & !15) - 8;
+    (frame, fp)
+}
+
+/// Whether `sig`'s default action leaves a core (reported without one).
+pub fn is_stop(sig: u32) -> bool {
+    matches!(sig, 19..=22)
+}
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SigAction {
@@ -27,6 +126,7 @@ pub struct Signals {
     pub actions: [SigAction; NSIG],
     pub mask: u64,
     pub altstack: [u8; 24],
+    pub pending: u64,
 }
 
 impl Default for Signals {
@@ -37,6 +137,7 @@ impl Default for Signals {
             actions: [SigAction::default(); NSIG],
             mask: 0,
             altstack,
+            pending: 0,
         }
     }
 }
@@ -47,6 +148,32 @@ pub fn ignored_by_default(sig: u32) -> bool {
 }
 
 impl Signals {
+    /// After execve: handlers become the default, ignored stays ignored.
+    pub fn reset_for_exec(&mut self) {
+        for a in &mut self.actions {
+            if a.handler != SIG_IGN {
+                *a = SigAction::default();
+            }
+        }
+        *self = Self {
+            actions: self.actions,
+            mask: self.mask,
+            pending: self.pending,
+            ..Self::default()
+        };
+    }
+
+    /// The next deliverable signal, taken off the pending set.
+    pub fn take_next(&mut self) -> Option<u32> {
+        let ready = self.pending & (!self.mask | UNBLOCKABLE);
+        if ready == 0 {
+            return None;
+        }
+        let sig = ready.trailing_zeros() + 1;
+        self.pending &= !(1 << (sig - 1));
+        Some(sig)
+    }
+
     /// What happens when the process sends itself `sig`: `Some(sig)` if it dies.
     pub fn raise(&self, sig: u32) -> Option<u32> {
         let action = self.actions.get(sig as usize - 1)?;
@@ -95,7 +222,7 @@ impl Kernel {
         let previous = self.signals.mask;
         if set != 0 {
             let s = self.get_u64(set)?;
-            let unblockable = (1u64 << (SIGKILL - 1)) | (1u64 << (SIGSTOP - 1));
+            let unblockable = UNBLOCKABLE;
             self.signals.mask = match how {
                 0 => previous | s,
                 1 => previous & !s,
@@ -110,7 +237,8 @@ impl Kernel {
     }
 
     pub fn sys_rt_sigpending(&mut self, set: u64) -> Result<u64> {
-        self.put_user(set, &0u64.to_le_bytes())?;
+        let pending = self.signals.pending & self.signals.mask;
+        self.put_user(set, &pending.to_le_bytes())?;
         Ok(0)
     }
 
@@ -126,32 +254,206 @@ impl Kernel {
         Ok(0)
     }
 
-    fn signal_self(&mut self, sig: u32) -> Result<u64> {
-        if sig == 0 {
-            return Ok(0);
-        }
+    pub fn sys_kill(&mut self, pid: i32, sig: u32) -> Result<u64> {
         if sig as usize > NSIG {
             return Err(Errno::EINVAL);
         }
-        if let Some(fatal) = self.signals.raise(sig) {
-            kernel::exit_signal(fatal);
+        let targets = self.procs.kill_targets(self.cur, pid);
+        if targets.is_empty() {
+            return Err(Errno::ESRCH);
+        }
+        for t in targets {
+            self.send(t, sig);
         }
         Ok(0)
     }
 
-    pub fn sys_kill(&mut self, pid: i32, sig: u32) -> Result<u64> {
-        match pid {
-            // Ourselves, our process group, or "everyone we may signal": all just us.
-            -1..=1 => self.signal_self(sig),
-            _ => Err(Errno::ESRCH),
+    pub fn sys_tkill(&mut self, tid: i32, sig: u32) -> Result<u64> {
+        if tid <= 0 || sig as usize > NSIG {
+            return Err(Errno::EINVAL);
+        }
+        let alive = self
+            .procs
+            .get(tid)
+            .is_some_and(|t| !matches!(t.state, crate::process::State::Zombie(_)));
+        if !alive {
+            return Err(Errno::ESRCH);
+        }
+        self.send(tid, sig);
+        Ok(0)
+    }
+
+    /// Sends `sig` (0: just the existence check). A parked process whose
+    /// signal would take the default fatal action dies right away; anything
+    /// else is delivered when it next returns to user mode.
+    fn send(&mut self, pid: i32, sig: u32) {
+        if sig == 0 {
+            return;
+        }
+        if pid != self.cur {
+            let fatal = self
+                .procs
+                .get(pid)
+                .and_then(|t| t.parked.as_ref())
+                .is_some_and(|p| {
+                    let handler = p.signals.actions[sig as usize - 1].handler;
+                    let blocked = p.signals.mask & (1 << (sig - 1)) & !UNBLOCKABLE != 0;
+                    sig == SIGKILL
+                        || (!blocked
+                            && handler == SIG_DFL
+                            && !ignored_by_default(sig)
+                            && !is_stop(sig))
+                });
+            if fatal {
+                self.terminate(
+                    pid,
+                    ExitStatus::Signaled {
+                        signal: sig,
+                        core: false,
+                    },
+                );
+                return;
+            }
+        }
+        self.post_signal(pid, sig);
+    }
+
+    /// `pause`: blocks until a signal is pending, then EINTR.
+    pub fn sys_pause(&mut self) -> Result<u64> {
+        if self.signals.pending & (!self.signals.mask | UNBLOCKABLE) != 0 {
+            return Err(Errno::EINTR);
+        }
+        Err(Errno::EBLOCK)
+    }
+
+    /// Takes pending signals before returning to user mode: default actions
+    /// now, or one handler frame.
+    pub fn deliver_signals(&mut self, frame: &mut SyscallFrame, fx: &mut FxArea) {
+        while let Some(sig) = self.signals.take_next() {
+            let action = self.signals.actions[sig as usize - 1];
+            if sig == SIGKILL || action.handler == SIG_DFL {
+                if sig != SIGKILL && (ignored_by_default(sig) || is_stop(sig)) {
+                    continue;
+                }
+                let cur = self.cur;
+                self.terminate(
+                    cur,
+                    ExitStatus::Signaled {
+                        signal: sig,
+                        core: false,
+                    },
+                );
+                return;
+            }
+            if action.handler == SIG_IGN {
+                continue;
+            }
+            if self.push_frame(sig, &action, frame, fx).is_err() {
+                let cur = self.cur;
+                self.terminate(
+                    cur,
+                    ExitStatus::Signaled {
+                        signal: 11,
+                        core: false,
+                    },
+                );
+            }
+            return;
         }
     }
 
-    pub fn sys_tkill(&mut self, tid: i32, sig: u32) -> Result<u64> {
-        if tid != 1 {
-            return Err(Errno::ESRCH);
+    fn push_frame(
+        &mut self,
+        sig: u32,
+        action: &SigAction,
+        frame: &mut SyscallFrame,
+        fx: &mut FxArea,
+    ) -> Result<()> {
+        if action.flags & SA_RESTORER == 0 {
+            // No vDSO to return through: the handler could never return.
+            return Err(Errno::EFAULT);
         }
-        self.signal_self(sig)
+        let alt = &self.signals.altstack;
+        let alt_sp = u64::from_le_bytes(alt[0..8].try_into().unwrap_or([0; 8]));
+        let alt_flags = u32::from_le_bytes(alt[8..12].try_into().unwrap_or([0; 4]));
+        let alt_size = u64::from_le_bytes(alt[16..24].try_into().unwrap_or([0; 8]));
+        let on_alt = (alt_sp..alt_sp + alt_size).contains(&frame.rsp);
+        let sp = if action.flags & SA_ONSTACK != 0 && alt_flags & SS_DISABLE == 0 && !on_alt {
+            alt_sp + alt_size + 128
+        } else {
+            frame.rsp
+        };
+        let (at, fp) = frame_layout(sp);
+        self.put_user(fp, &fx.0)?;
+        let mut mc = mcontext(frame);
+        mc[MC_OLDMASK] = self.signals.mask;
+        mc[MC_FPSTATE] = fp;
+        let mut bytes = alloc::vec![0u8; FRAME_SIZE as usize];
+        let mut put = |off: u64, v: &[u8]| {
+            bytes[off as usize..off as usize + v.len()].copy_from_slice(v);
+        };
+        put(0, &action.restorer.to_le_bytes());
+        put(FRAME_UC + UC_STACK, alt);
+        if on_alt {
+            put(FRAME_UC + UC_STACK + 8, &SS_ONSTACK.to_le_bytes());
+        }
+        for (i, w) in mc.iter().enumerate() {
+            put(FRAME_UC + UC_MCONTEXT + 8 * i as u64, &w.to_le_bytes());
+        }
+        put(FRAME_UC + UC_SIGMASK, &self.signals.mask.to_le_bytes());
+        put(FRAME_INFO, &(sig as i32).to_le_bytes());
+        // si_code SI_USER, si_pid and si_uid of the sender (unknown: ours).
+        put(FRAME_INFO + 16, &self.cur.to_le_bytes());
+        put(FRAME_INFO + 20, &self.creds.uid.to_le_bytes());
+        self.put_user(at, &bytes)?;
+
+        let mut mask = self.signals.mask | action.mask;
+        if action.flags & SA_NODEFER == 0 {
+            mask |= 1 << (sig - 1);
+        }
+        self.signals.mask = mask & !UNBLOCKABLE;
+        if action.flags & SA_RESETHAND != 0 {
+            self.signals.actions[sig as usize - 1] = SigAction::default();
+        }
+        frame.rip = action.handler;
+        frame.rsp = at;
+        frame.rdi = u64::from(sig);
+        frame.rsi = if action.flags & SA_SIGINFO != 0 {
+            at + FRAME_INFO
+        } else {
+            0
+        };
+        frame.rdx = at + FRAME_UC;
+        frame.rax = 0;
+        frame.rflags &= !0x500; // TF, DF
+        *fx = FxArea::initial();
+        Ok(())
+    }
+
+    /// `rt_sigreturn`: back to the context saved in the frame the handler
+    /// was entered on (its `ret` popped the restorer address).
+    pub fn sys_rt_sigreturn(&mut self, frame: &mut SyscallFrame) -> Result<u64> {
+        let uc = frame.rsp;
+        let raw = self.user_buf(uc + UC_MCONTEXT, 256)?;
+        let mut mc = [0u64; 32];
+        for (i, w) in raw.chunks_exact(8).enumerate() {
+            mc[i] = u64::from_le_bytes(w.try_into().unwrap_or([0; 8]));
+        }
+        let mask = self.get_u64(uc + UC_SIGMASK)?;
+        let fp = mc[MC_FPSTATE];
+        if fp != 0 {
+            let image = self.user_buf(fp, 512)?;
+            // SAFETY: `frame` is the trampoline's (sys_rt_sigreturn is only
+            // reached from `dispatch`), so its fxsave image is below it.
+            let fx = unsafe { crate::sched::fx_of(frame) };
+            fx.0.copy_from_slice(image);
+            // Reserved MXCSR bits would make fxrstor fault.
+            let mxcsr = u32::from_le_bytes(fx.0[24..28].try_into().unwrap_or([0; 4])) & 0xffff;
+            fx.0[24..28].copy_from_slice(&mxcsr.to_le_bytes());
+        }
+        self.signals.mask = mask & !UNBLOCKABLE;
+        restore_mcontext(frame, &mc);
+        Ok(frame.rax)
     }
 }
 

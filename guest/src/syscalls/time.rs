@@ -129,14 +129,19 @@ impl Kernel {
         Ok(secs)
     }
 
+    /// Sleeps until `clock` reaches `deadline` by blocking (other processes
+    /// run meanwhile); the monotonic deadline survives the restarts.
     fn sleep_until(&mut self, clock: u32, deadline: u64) -> Result<()> {
-        loop {
-            let now = self.clock.now(clock)?;
-            if now >= deadline {
-                return Ok(());
-            }
-            self.clock.idle(deadline - now);
+        let now = self.clock.now(clock)?;
+        let mono = self.clock.monotonic_ns();
+        let until = *self
+            .restart_deadline
+            .get_or_insert(mono.saturating_add(deadline.saturating_sub(now)));
+        if mono >= until {
+            return Ok(());
         }
+        self.block_deadline = Some(until);
+        Err(Errno::EBLOCK)
     }
 
     pub fn sys_nanosleep(&mut self, req: u64, rem: u64) -> Result<u64> {

@@ -12,7 +12,7 @@ use core::sync::atomic::{fence, Ordering};
 pub const DESC_F_NEXT: u16 = 1;
 pub const DESC_F_WRITE: u16 = 2;
 
-/// One buffer of a chain: guest-physical address (= virtual), length, and
+/// One buffer of a chain: virtual address (translated in `push`), length, and
 /// whether the device writes it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Buf {
@@ -91,6 +91,20 @@ impl Virtqueue {
     /// Makes a chain of `bufs` available to the device. Fails if the chain is
     /// longer than the queue or empty.
     pub fn push(&mut self, bufs: &[Buf]) -> bool {
+        // Buffers hold virtual addresses; a user buffer may span 2 MiB
+        // slots backed by unrelated frames, so each becomes one descriptor
+        // per slot (see `mm::space`).
+        let mut pieces = alloc::vec::Vec::with_capacity(bufs.len());
+        for b in bufs {
+            let mut split = alloc::vec::Vec::new();
+            crate::mm::space::dma_pieces(b.addr, b.len, b.writable, &mut split);
+            pieces.extend(split.into_iter().map(|(addr, len)| Buf {
+                addr,
+                len,
+                writable: b.writable,
+            }));
+        }
+        let bufs = &pieces[..];
         if bufs.is_empty() || bufs.len() > self.size as usize {
             return false;
         }

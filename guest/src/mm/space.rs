@@ -1,0 +1,456 @@
+//! Per-process address spaces: page tables of 2 MiB pages over a pool of
+//! 2 MiB physical frames, copied eagerly on fork.
+//!
+//! # Layout of every address space
+//! - Slots (2 MiB) below `user_lo` (boot data, page 0, the kernel image) and
+//!   from `user_hi` up (the kernel heap with the page tables themselves and
+//!   the virtqueues, then the MMIO window) are identity mapped, identically
+//!   in every space: the kernel, running at CPL3 in whichever process is
+//!   current, always finds its code, heap and devices at the same place.
+//! - Slots in `[user_lo, user_hi)` belong to the process: not present until
+//!   one of its mappings (`crate::mm::Vmas`) covers them, then backed by a
+//!   frame from [`Frames`]. Virtual addresses stay those `crate::mm::Mm`
+//!   hands out; only the frame behind them differs between processes.
+//! - PML4 entry 1 (virtual `PHYS_BASE` = 512 GiB) maps all of guest-physical
+//!   `[0, 4 GiB)` again (the shared identity PDPT), so the kernel can copy
+//!   and clear any frame whatever address space is loaded.
+//!
+//! # Why eager copy with 2 MiB pages
+//! On these machines a page fault costs ~9-17 µs and each CPL0 instruction
+//! ~0.65 µs, while copying memory at CPL3 runs at native speed (~1 ms for a
+//! few MiB). Copy-on-write would need a fault path that returns to the
+//! faulting instruction, 4 KiB page tables, per-page refcounts and a fault
+//! for every page the parent or child touches after fork — for busybox `sh`
+//! forking a child that immediately execs, that is dozens of faults (each
+//! ~10 µs plus the copy) against one bulk copy of the few slots that are
+//! actually dirty. Eager copy needs no fault handling at all, and the page
+//! tables stay four pages per process.
+//!
+//! The hardware dirty bit keeps the copy small: a slot whose PDE is not
+//! dirty has not been written since it was mapped fresh (frames are zero in
+//! the pool), so fork maps a fresh frame for it instead of copying, and
+//! freeing it needs no clearing. Untouched stack reservations thus cost
+//! neither copying nor host memory. Writes the CPU does not see (device DMA
+//! into a user buffer) set the bit by hand in [`dma_pieces`]. If the boot
+//! self-test finds the dirty bit unreliable, every slot counts as dirty.
+//!
+//! Measured forking busybox `sh` (three dirty slots: image+data, brk, stack
+//! top): see the `fork` entry in `crate::syscalls::process`.
+//!
+//! The cost of 2 MiB granularity is memory: each process holds at least a
+//! frame per 2 MiB region it touches, and protections stay bookkeeping
+//! (no guard pages), as in the single-process design.
+
+use alloc::alloc::{alloc_zeroed, dealloc};
+use alloc::collections::{BTreeMap, BTreeSet};
+use alloc::vec::Vec;
+use core::alloc::Layout;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use crate::errno::{Errno, Result};
+
+pub const SLOT: u64 = 2 << 20;
+/// Where all guest-physical memory is mapped again in every space.
+pub const PHYS_BASE: u64 = 1 << 39;
+const PRESENT: u64 = 1;
+const ACCESSED: u64 = 0x20;
+const DIRTY: u64 = 0x40;
+/// Present, writable, user, 2 MiB.
+const LARGE: u64 = 0x87;
+/// Present, writable, user: a pointer to a lower table.
+const TABLE: u64 = 0x07;
+const ADDR_MASK: u64 = 0x000f_ffff_ffe0_0000;
+const TABLE_MASK: u64 = 0x000f_ffff_ffff_f000;
+/// Guest-physical space the identity tables cover (RAM and the MMIO window).
+const IDENTITY_GIB: usize = 4;
+
+/// PML4 of the loaded address space (0: the VMM's identity map, as in host tests).
+static ACTIVE_PML4: AtomicU64 = AtomicU64::new(0);
+/// Cleared by the boot self-test if the CPU (or hypervisor) does not set dirty bits.
+static DIRTY_BITS_WORK: AtomicBool = AtomicBool::new(true);
+
+pub fn slot_of(va: u64) -> u64 {
+    va & !(SLOT - 1)
+}
+
+/// A zeroed, 4 KiB aligned page of kernel heap (identity mapped, so its
+/// address is also its physical address).
+struct Table(*mut u64);
+
+impl Table {
+    fn new() -> Result<Self> {
+        // SAFETY: non-zero size.
+        let p = unsafe { alloc_zeroed(Self::layout()) } as *mut u64;
+        if p.is_null() {
+            return Err(Errno::ENOMEM);
+        }
+        Ok(Self(p))
+    }
+    fn layout() -> Layout {
+        // 4096 is a power of two and a multiple of the size: always valid.
+        Layout::from_size_align(4096, 4096).unwrap_or(Layout::new::<[u64; 512]>())
+    }
+    fn addr(&self) -> u64 {
+        self.0 as u64
+    }
+    fn get(&self, i: usize) -> u64 {
+        // SAFETY: i < 512 (callers mask indices), the page is ours.
+        unsafe { core::ptr::read_volatile(self.0.add(i & 511)) }
+    }
+    fn set(&self, i: usize, v: u64) {
+        // SAFETY: as in `get`.
+        unsafe { core::ptr::write_volatile(self.0.add(i & 511), v) }
+    }
+}
+
+impl Drop for Table {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout.
+        unsafe { dealloc(self.0 as *mut u8, Self::layout()) }
+    }
+}
+
+/// The pool of 2 MiB frames for user memory, and the tables every space shares.
+pub struct Frames {
+    pub user_lo: u64,
+    pub user_hi: u64,
+    free: Vec<u64>,
+    /// Frames from here to `user_hi` were never handed out (still zero).
+    fresh: u64,
+    ident_pdpt: Option<Table>,
+    ident_pds: Vec<Table>,
+}
+
+impl Frames {
+    /// The user range `[lo, hi)` rounded inwards to whole slots.
+    pub fn new(lo: u64, hi: u64) -> Self {
+        let user_lo = (lo + SLOT - 1) & !(SLOT - 1);
+        let user_hi = (hi & !(SLOT - 1)).max(user_lo);
+        Self {
+            user_lo,
+            user_hi,
+            free: Vec::new(),
+            fresh: user_lo,
+            ident_pdpt: None,
+            ident_pds: Vec::new(),
+        }
+    }
+
+    /// Builds the shared identity tables (not in host tests: they only
+    /// matter for the CPU).
+    pub fn build_identity(&mut self) -> Result<()> {
+        let pdpt = Table::new()?;
+        for g in 0..IDENTITY_GIB {
+            let pd = Table::new()?;
+            for j in 0..512 {
+                pd.set(j, (((g * 512 + j) as u64) << 21) | LARGE);
+            }
+            pdpt.set(g, pd.addr() | TABLE);
+            self.ident_pds.push(pd);
+        }
+        self.ident_pdpt = Some(pdpt);
+        Ok(())
+    }
+
+    /// A zero frame.
+    pub fn alloc(&mut self) -> Option<u64> {
+        if let Some(f) = self.free.pop() {
+            return Some(f);
+        }
+        if self.fresh + SLOT <= self.user_hi {
+            self.fresh += SLOT;
+            return Some(self.fresh - SLOT);
+        }
+        None
+    }
+
+    /// Takes back a frame, which the caller has cleared.
+    pub fn free(&mut self, frame: u64) {
+        self.free.push(frame);
+    }
+
+    pub fn available(&self) -> u64 {
+        self.free.len() as u64 + (self.user_hi - self.fresh) / SLOT
+    }
+
+    pub fn is_user(&self, va: u64) -> bool {
+        (self.user_lo..self.user_hi).contains(&va)
+    }
+}
+
+/// The slots `[start, end)` ranges touch.
+pub fn slots_of(ranges: impl Iterator<Item = (u64, u64)>) -> BTreeSet<u64> {
+    let mut out = BTreeSet::new();
+    for (s, e) in ranges {
+        let mut at = slot_of(s);
+        while at < e {
+            out.insert(at);
+            at += SLOT;
+        }
+    }
+    out
+}
+
+/// One process's page tables and the frames behind its slots.
+pub struct Space {
+    pml4: Table,
+    pdpt: Table,
+    /// Private page directories for the GiBs holding user slots.
+    pds: Vec<Table>,
+    /// Slot address -> frame.
+    slots: BTreeMap<u64, u64>,
+}
+
+fn phys(pa: u64) -> *mut u8 {
+    (PHYS_BASE + pa) as *mut u8
+}
+
+fn clear_frame(frame: u64) {
+    // SAFETY: the frame is a whole 2 MiB user frame no space maps any more,
+    // reached through the physical window every space has.
+    unsafe { core::ptr::write_bytes(phys(frame), 0, SLOT as usize) }
+}
+
+impl Space {
+    /// An empty space: the kernel parts identity mapped, no user slots.
+    pub fn new(frames: &Frames) -> Result<Self> {
+        let pml4 = Table::new()?;
+        let pdpt = Table::new()?;
+        let ident = frames.ident_pdpt.as_ref().ok_or(Errno::ENOMEM)?;
+        let user_gib = frames.user_hi.div_ceil(1 << 30) as usize;
+        let mut pds = Vec::new();
+        for g in 0..IDENTITY_GIB {
+            if g < user_gib {
+                let pd = Table::new()?;
+                for j in 0..512 {
+                    let va = ((g * 512 + j) as u64) << 21;
+                    if !frames.is_user(va) {
+                        pd.set(j, va | LARGE);
+                    }
+                }
+                pdpt.set(g, pd.addr() | TABLE);
+                pds.push(pd);
+            } else {
+                pdpt.set(g, ident.get(g));
+            }
+        }
+        pml4.set(0, pdpt.addr() | TABLE);
+        pml4.set(1, ident.addr() | TABLE);
+        Ok(Self {
+            pml4,
+            pdpt,
+            pds,
+            slots: BTreeMap::new(),
+        })
+    }
+
+    /// The CR3 value that loads this space.
+    pub fn cr3(&self) -> u64 {
+        self.pml4.addr()
+    }
+
+    fn pde(&self, va: u64) -> Option<(&Table, usize)> {
+        let pd = self.pds.get((va >> 30) as usize)?;
+        Some((pd, ((va >> 21) & 511) as usize))
+    }
+
+    fn set_slot(&self, va: u64, frame: u64, dirty: bool) {
+        if let Some((pd, i)) = self.pde(va) {
+            pd.set(i, frame | LARGE | if dirty { DIRTY | ACCESSED } else { 0 });
+        }
+    }
+
+    fn dirty(&self, va: u64) -> bool {
+        if !DIRTY_BITS_WORK.load(Ordering::Relaxed) {
+            return true;
+        }
+        self.pde(va).is_some_and(|(pd, i)| pd.get(i) & DIRTY != 0)
+    }
+
+    pub fn is_mapped(&self, va: u64) -> bool {
+        self.slots.contains_key(&slot_of(va))
+    }
+
+    /// Makes the backed slots exactly `needed`; returns whether a slot went
+    /// away (the caller must then flush the TLB if this space is loaded).
+    pub fn sync(&mut self, needed: &BTreeSet<u64>, frames: &mut Frames) -> Result<bool> {
+        let gone: Vec<u64> = self
+            .slots
+            .keys()
+            .copied()
+            .filter(|s| !needed.contains(s))
+            .collect();
+        for &va in &gone {
+            self.drop_slot(va, frames);
+        }
+        for &va in needed {
+            if self.slots.contains_key(&va) || !frames.is_user(va) {
+                continue;
+            }
+            let frame = frames.alloc().ok_or(Errno::ENOMEM)?;
+            self.set_slot(va, frame, false);
+            self.slots.insert(va, frame);
+        }
+        Ok(!gone.is_empty())
+    }
+
+    fn drop_slot(&mut self, va: u64, frames: &mut Frames) {
+        if let Some(frame) = self.slots.remove(&va) {
+            let dirty = self.dirty(va);
+            if let Some((pd, i)) = self.pde(va) {
+                pd.set(i, 0);
+            }
+            if dirty {
+                clear_frame(frame);
+            }
+            frames.free(frame);
+        }
+    }
+
+    /// A copy for a forked child: dirty slots copied into fresh frames,
+    /// clean ones backed by fresh (zero) frames.
+    pub fn fork(&self, frames: &mut Frames) -> Result<Space> {
+        let mut child = Space::new(frames)?;
+        for (&va, &frame) in &self.slots {
+            let Some(new) = frames.alloc() else {
+                child.release(frames);
+                return Err(Errno::ENOMEM);
+            };
+            let dirty = self.dirty(va);
+            if dirty {
+                // SAFETY: two distinct whole frames, both reached through the
+                // physical window; `new` belongs to nobody yet.
+                unsafe { core::ptr::copy_nonoverlapping(phys(frame), phys(new), SLOT as usize) };
+            }
+            child.set_slot(va, new, dirty);
+            child.slots.insert(va, new);
+        }
+        Ok(child)
+    }
+
+    /// Gives every frame back (cleared where written). The space must not
+    /// be loaded.
+    pub fn release(mut self, frames: &mut Frames) {
+        let all: Vec<u64> = self.slots.keys().copied().collect();
+        for va in all {
+            self.drop_slot(va, frames);
+        }
+    }
+
+    /// Frames in use (for `sysinfo` and tests).
+    pub fn slot_count(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Makes this the space DMA addresses are translated through.
+    pub fn activate(&self) {
+        ACTIVE_PML4.store(self.cr3(), Ordering::Relaxed);
+        let _ = &self.pdpt;
+    }
+}
+
+/// Checks once, on the loaded space, that writing a slot sets its dirty bit.
+pub fn self_test(space: &Space, va: u64) {
+    if let Some((pd, i)) = space.pde(va) {
+        if pd.get(i) & PRESENT == 0 {
+            return;
+        }
+        // SAFETY: `va` is a mapped user slot of the loaded space; the byte
+        // is written back unchanged.
+        unsafe {
+            let p = va as *mut u8;
+            core::ptr::write_volatile(p, core::ptr::read_volatile(p));
+        }
+        if pd.get(i) & DIRTY == 0 {
+            DIRTY_BITS_WORK.store(false, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Splits the buffer `[va, va + len)` of the loaded space into guest-physical
+/// pieces for a device; marks written slots dirty (the CPU does not see DMA).
+pub fn dma_pieces(va: u64, len: u32, writable: bool, out: &mut Vec<(u64, u32)>) {
+    let pml4 = ACTIVE_PML4.load(Ordering::Relaxed);
+    if pml4 == 0 || len == 0 {
+        out.push((va, len));
+        return;
+    }
+    let end = va + u64::from(len);
+    let mut at = va;
+    while at < end {
+        let piece_end = (slot_of(at) + SLOT).min(end);
+        let pa = translate(pml4, at, writable).unwrap_or(at);
+        out.push((pa, (piece_end - at) as u32));
+        at = piece_end;
+    }
+}
+
+fn translate(pml4: u64, va: u64, mark_dirty: bool) -> Option<u64> {
+    let read = |table: u64, i: u64| {
+        // SAFETY: page tables live in identity-mapped kernel heap.
+        unsafe { core::ptr::read_volatile((table as *const u64).add((i & 511) as usize)) }
+    };
+    let e = read(pml4, va >> 39);
+    if e & PRESENT == 0 {
+        return None;
+    }
+    let e = read(e & TABLE_MASK, va >> 30);
+    if e & PRESENT == 0 {
+        return None;
+    }
+    let pd = e & TABLE_MASK;
+    let e = read(pd, va >> 21);
+    if e & PRESENT == 0 || e & 0x80 == 0 {
+        return None;
+    }
+    if mark_dirty && e & DIRTY == 0 {
+        // SAFETY: as above; setting D on a present PDE is what the CPU
+        // itself would do on a write.
+        unsafe {
+            core::ptr::write_volatile(
+                (pd as *mut u64).add(((va >> 21) & 511) as usize),
+                e | DIRTY | ACCESSED,
+            )
+        };
+    }
+    Some((e & ADDR_MASK) + (va & (SLOT - 1)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_come_fresh_then_recycled() {
+        let mut f = Frames::new(0x30_1000, 0x100_0000 + 0x1234);
+        assert_eq!((f.user_lo, f.user_hi), (0x40_0000, 0x100_0000));
+        assert_eq!(f.available(), 6);
+        let a = f.alloc().expect("frame");
+        let b = f.alloc().expect("frame");
+        assert_eq!((a, b), (0x40_0000, 0x60_0000));
+        f.free(a);
+        assert_eq!(f.alloc(), Some(a));
+        for _ in 0..4 {
+            assert!(f.alloc().is_some());
+        }
+        assert_eq!(f.alloc(), None);
+        assert!(f.is_user(0x40_0000) && !f.is_user(0x100_0000) && !f.is_user(0x20_0000));
+    }
+
+    #[test]
+    fn slots_cover_every_touched_2mib_region() {
+        let s = slots_of([(0x40_1000, 0x40_2000), (0x5f_f000, 0x60_1000)].into_iter());
+        assert_eq!(
+            s.into_iter().collect::<Vec<_>>(),
+            vec![0x40_0000, 0x60_0000]
+        );
+        assert!(slots_of([(0x80_0000, 0x80_0000)].into_iter()).is_empty());
+    }
+
+    #[test]
+    fn dma_is_identity_without_a_loaded_space() {
+        let mut out = Vec::new();
+        dma_pieces(0x1234, 100, true, &mut out);
+        assert_eq!(out, vec![(0x1234, 100)]);
+    }
+}

@@ -1,0 +1,310 @@
+//! Context switching and the cooperative scheduler (the policy and its
+//! bound are described in `crate::process`), process exit, and the glue
+//! between the process table and the kernel's per-process state.
+
+use alloc::boxed::Box;
+use core::mem::{replace, take};
+
+use crate::arch::{self, FxArea, SyscallFrame};
+use crate::errno::{Errno, Result};
+use crate::kernel::{self, Kernel, ProcState};
+use crate::mm::space::{self, Space};
+use crate::pipe;
+use crate::process::{Block, Context, ExitStatus, Pid, State, INIT};
+
+pub const SIGCHLD: u32 = 17;
+
+/// Set by a file that answers `EBLOCK` until stdin has input.
+static WANT_STDIN: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+pub fn want_stdin() {
+    WANT_STDIN.store(true, core::sync::atomic::Ordering::Relaxed);
+}
+
+/// The FPU/SSE save area `capsa_syscall_user` put below `frame`.
+///
+/// # Safety
+/// `frame` must be the frame `capsa_syscall_user` passed to the kernel.
+pub unsafe fn fx_of(frame: *const SyscallFrame) -> &'static mut FxArea {
+    let at = (frame as usize - 512) & !63;
+    // SAFETY: per the contract, the trampoline's fxsave image is there,
+    // 64-byte aligned, on the kernel stack below the frame.
+    unsafe { &mut *(at as *mut FxArea) }
+}
+
+impl Kernel {
+    /// Moves the running process's state out of the kernel.
+    pub fn park(&mut self) -> ProcState {
+        ProcState {
+            fds: take(&mut self.fds),
+            mm: take(&mut self.mm),
+            space: self.space.take(),
+            cwd: take(&mut self.cwd),
+            umask: self.umask,
+            creds: take(&mut self.creds),
+            signals: take(&mut self.signals),
+            exe_path: take(&mut self.exe_path),
+            fs_base: self.fs_base,
+            comm: self.comm,
+            restart_deadline: self.restart_deadline.take(),
+            clear_child_tid: replace(&mut self.clear_child_tid, 0),
+        }
+    }
+
+    fn unpark(&mut self, st: ProcState) {
+        self.fds = st.fds;
+        self.mm = st.mm;
+        self.space = st.space;
+        self.cwd = st.cwd;
+        self.umask = st.umask;
+        self.creds = st.creds;
+        self.signals = st.signals;
+        self.exe_path = st.exe_path;
+        self.fs_base = st.fs_base;
+        self.comm = st.comm;
+        self.restart_deadline = st.restart_deadline;
+        self.clear_child_tid = st.clear_child_tid;
+    }
+
+    /// Loads the current process's page tables (or the kernel-only ones).
+    pub fn load_space(&mut self) {
+        let space = self.space.as_ref().or(self.kernel_space.as_ref());
+        if let Some(s) = space {
+            if s.cr3() != self.loaded_cr3 {
+                arch::load_cr3(s.cr3());
+                self.loaded_cr3 = s.cr3();
+            }
+            s.activate();
+        }
+    }
+
+    /// Backs every slot the current mappings touch, releases the others.
+    pub fn back(&mut self) -> Result<()> {
+        let needed = space::slots_of(self.mm.vmas.ranges());
+        let Some(s) = self.space.as_mut() else {
+            return Ok(());
+        };
+        let changed = s.sync(&needed, &mut self.frames)?;
+        if changed {
+            // Flush: under shadow paging the hypervisor may hold on to the
+            // old entries (and on hardware, removed ones) until a CR3 load.
+            arch::load_cr3(s.cr3());
+            self.loaded_cr3 = s.cr3();
+        }
+        Ok(())
+    }
+
+    /// Sends `sig` to process `pid` (the current one or a parked one).
+    pub fn post_signal(&mut self, pid: Pid, sig: u32) {
+        if sig == 0 || sig as usize > crate::syscalls::signal::NSIG {
+            return;
+        }
+        let bit = 1u64 << (sig - 1);
+        if pid == self.cur {
+            self.signals.pending |= bit;
+        } else if let Some(t) = self.procs.get_mut(pid) {
+            t.pending |= bit;
+        }
+        pipe::bump();
+    }
+
+    /// Ends process `pid` with `status`: closes its files, frees its memory
+    /// (or hands it back to a vfork parent), makes it a zombie for its
+    /// parent, and stops the VM when it is init.
+    pub fn terminate(&mut self, pid: Pid, status: ExitStatus) {
+        let st = if pid == self.cur {
+            // Wake a CLONE_CHILD_CLEARTID waiter's word before the memory goes.
+            if self.clear_child_tid != 0 {
+                let _ = self.put_user(self.clear_child_tid, &0u32.to_le_bytes());
+            }
+            self.switch_pending = true;
+            Some(self.park())
+        } else {
+            self.procs.get_mut(pid).and_then(|t| t.parked.take())
+        };
+        if pid == INIT {
+            match status {
+                ExitStatus::Exited(code) => kernel::exit(i32::from(code)),
+                ExitStatus::Signaled { signal, .. } => kernel::exit_signal(signal),
+            }
+        }
+        let Some(task) = self.procs.get_mut(pid) else {
+            return;
+        };
+        task.state = State::Zombie(status);
+        task.ctx = None;
+        let ppid = task.ppid;
+        let vfork_parent = task.vfork_parent.take();
+        if let Some(mut st) = st {
+            for fd in st.fds.take_all() {
+                if alloc::rc::Rc::strong_count(&fd.file) == 1 {
+                    fd.file.release(&mut self.dev);
+                }
+            }
+            let space = st.space.take();
+            if let Some(parent) = vfork_parent {
+                self.return_vfork_memory(parent, take(&mut st.mm), space);
+            } else if let Some(space) = space {
+                if pid == self.cur {
+                    self.load_space();
+                }
+                space.release(&mut self.frames);
+            }
+        }
+        if pid == self.cur {
+            self.load_space();
+        }
+        self.procs.reparent(pid);
+        self.post_signal(ppid, SIGCHLD);
+        pipe::bump();
+    }
+
+    /// A vfork child execs or exits: its parent gets its memory back and runs again.
+    pub fn return_vfork_memory(&mut self, parent: Pid, mm: crate::mm::Mm, space: Option<Space>) {
+        if let Some(t) = self.procs.get_mut(parent) {
+            if let Some(p) = t.parked.as_mut() {
+                p.mm = mm;
+                p.space = space;
+            }
+            if matches!(t.state, State::Blocked(Block::Vfork(_))) {
+                t.state = State::Runnable;
+            }
+        }
+    }
+
+    /// Blocks the current process in a restartable call.
+    pub fn block_current(&mut self) {
+        let state = State::Blocked(Block::Retry {
+            since: pipe::events(),
+            deadline: self.block_deadline.take(),
+            stdin: take(&mut self.block_stdin)
+                | WANT_STDIN.swap(false, core::sync::atomic::Ordering::Relaxed),
+        });
+        if let Some(t) = self.procs.get_mut(self.cur) {
+            t.state = state;
+        }
+        self.switch_pending = true;
+    }
+
+    /// After a system call (or fault) that left the current process unable
+    /// to continue: saves it (if alive), then resumes the next runnable
+    /// process in `frame`/`fx`, idling while none is.
+    pub fn schedule(&mut self, frame: &mut SyscallFrame, fx: &mut FxArea) {
+        self.switch_pending = false;
+        let cur = self.cur;
+        let alive = self
+            .procs
+            .get(cur)
+            .is_some_and(|t| !matches!(t.state, State::Zombie(_)));
+        if alive {
+            let st = self.park();
+            if let Some(t) = self.procs.get_mut(cur) {
+                t.ctx = Some(Box::new(Context {
+                    frame: *frame,
+                    fx: *fx,
+                }));
+                t.parked = Some(st);
+            }
+        }
+        let next = match self.vfork_child.take() {
+            Some(child) => {
+                // The child runs in the parent's memory until exec or exit.
+                let lent = self
+                    .procs
+                    .get_mut(cur)
+                    .and_then(|t| t.parked.as_mut())
+                    .map(|p| (take(&mut p.mm), p.space.take()));
+                if let (Some((mm, space)), Some(c)) = (lent, self.procs.get_mut(child)) {
+                    if let Some(p) = c.parked.as_mut() {
+                        p.mm = mm;
+                        p.space = space;
+                    }
+                }
+                child
+            }
+            None => self.pick_next(cur),
+        };
+        self.switch_to(next, frame, fx);
+    }
+
+    fn pick_next(&mut self, cur: Pid) -> Pid {
+        loop {
+            if let Some(next) = self.procs.next_runnable(cur) {
+                return next;
+            }
+            let now = self.clock.monotonic_ns();
+            let dev = &mut self.dev;
+            let mut stdin_ready = || match dev.stdio.and_then(|i| dev.consoles.get_mut(i)) {
+                Some(c) => c.readable(),
+                None => true,
+            };
+            if self.procs.wake(pipe::events(), now, &mut stdin_ready) {
+                continue;
+            }
+            let wait = self
+                .procs
+                .next_deadline()
+                .map_or(u64::MAX, |d| d.saturating_sub(now).max(1));
+            self.clock.idle(wait);
+        }
+    }
+
+    fn switch_to(&mut self, next: Pid, frame: &mut SyscallFrame, fx: &mut FxArea) {
+        let Some(t) = self.procs.get_mut(next) else {
+            kernel::fatal(format_args!("scheduled a missing process {next}"));
+        };
+        t.state = State::Runnable;
+        let (Some(ctx), Some(st)) = (t.ctx.take(), t.parked.take()) else {
+            kernel::fatal(format_args!("process {next} has no saved state"));
+        };
+        let pending = take(&mut t.pending);
+        let settid = take(&mut t.set_child_tid);
+        self.unpark(st);
+        self.signals.pending |= pending;
+        self.cur = next;
+        *frame = ctx.frame;
+        *fx = ctx.fx;
+        self.load_space();
+        arch::set_fs_base(self.fs_base);
+        if settid != 0 {
+            let _ = self.put_user(settid, &next.to_le_bytes());
+        }
+    }
+
+    /// Finishes a system call: result or restart, then switching and
+    /// signal delivery before the return to user mode.
+    pub fn finish_syscall(&mut self, frame: &mut SyscallFrame, fx: &mut FxArea, nr: u64, ret: i64) {
+        if ret == Errno::EBLOCK.to_ret() {
+            // Re-execute the `syscall` instruction (2 bytes) with the
+            // original number when the process runs again.
+            frame.rip = frame.rip.wrapping_sub(2);
+            frame.rax = nr;
+            self.block_current();
+        } else {
+            frame.rax = ret as u64;
+            self.restart_deadline = None;
+            self.block_deadline = None;
+            self.block_stdin = false;
+        }
+        self.resume_loop(frame, fx);
+    }
+
+    /// After a fault killed the current process: run the next one.
+    pub fn finish_fault(&mut self, frame: &mut SyscallFrame, fx: &mut FxArea) {
+        self.switch_pending = true;
+        self.resume_loop(frame, fx);
+    }
+
+    fn resume_loop(&mut self, frame: &mut SyscallFrame, fx: &mut FxArea) {
+        loop {
+            if self.switch_pending {
+                self.schedule(frame, fx);
+            }
+            // Delivery may kill the process (then switch again) or set up a handler.
+            self.deliver_signals(frame, fx);
+            if !self.switch_pending {
+                break;
+            }
+        }
+    }
+}
