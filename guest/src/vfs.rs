@@ -306,6 +306,39 @@ impl<T: FuseTransport> FsOps for Vfs<T> {
     }
 }
 
+/// Access bits for [`may_access`].
+pub const MAY_READ: u32 = 4;
+pub const MAY_WRITE: u32 = 2;
+pub const MAY_EXEC: u32 = 1;
+
+/// Whether a process with effective ids `euid`/`egid` and supplementary
+/// `groups` may access a file of `mode`/`uid`/`gid` for `want` (MAY_* bits),
+/// by the owner, group or other permission bits as Linux decides. The
+/// virtio-fs server runs as root, so the guest checks for non-root users
+/// (as a FUSE client mounted with `default_permissions` does). Root may read
+/// and write anything and execute what has any execute bit.
+pub fn may_access(
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    euid: u32,
+    egid: u32,
+    groups: &[u32],
+    want: u32,
+) -> bool {
+    if euid == 0 {
+        return want & MAY_EXEC == 0 || mode & 0o111 != 0 || mode & S_IFMT == S_IFDIR;
+    }
+    let granted = if uid == euid {
+        mode >> 6
+    } else if gid == egid || groups.contains(&gid) {
+        mode >> 3
+    } else {
+        mode
+    } & 7;
+    granted & want == want
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -432,5 +465,40 @@ mod tests {
         assert_eq!(split_last(b""), Err(Errno::ENOENT));
         assert_eq!(join(b"/", b"x"), b"/x");
         assert_eq!(join(b"/a", b"x"), b"/a/x");
+    }
+
+    #[test]
+    fn access_follows_owner_group_other_bits() {
+        let file = S_IFREG | 0o640;
+        // Owner, group (primary or supplementary), other.
+        assert!(may_access(
+            file,
+            1000,
+            100,
+            1000,
+            5,
+            &[],
+            MAY_READ | MAY_WRITE
+        ));
+        assert!(!may_access(file, 1000, 100, 1000, 5, &[], MAY_EXEC));
+        assert!(may_access(file, 1, 100, 1000, 100, &[], MAY_READ));
+        assert!(!may_access(file, 1, 100, 1000, 100, &[], MAY_WRITE));
+        assert!(may_access(file, 1, 100, 1000, 5, &[100], MAY_READ));
+        assert!(!may_access(file, 1, 100, 1000, 5, &[], MAY_READ));
+        // The owner's bits apply to the owner even when others have more.
+        assert!(!may_access(
+            S_IFREG | 0o066,
+            1000,
+            1,
+            1000,
+            1,
+            &[],
+            MAY_READ
+        ));
+        // Root reads and writes anything, executes only what is executable.
+        assert!(may_access(S_IFREG, 1, 1, 0, 0, &[], MAY_READ | MAY_WRITE));
+        assert!(!may_access(S_IFREG | 0o644, 1, 1, 0, 0, &[], MAY_EXEC));
+        assert!(may_access(S_IFREG | 0o100, 1, 1, 0, 0, &[], MAY_EXEC));
+        assert!(may_access(S_IFDIR, 1, 1, 0, 0, &[], MAY_EXEC));
     }
 }
