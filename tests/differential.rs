@@ -444,3 +444,53 @@ fn a_bind_mount_is_shared_with_the_microvm() {
         assert_eq!(stdout(&out), want, "{mode}: {}", show(&out));
     }
 }
+
+#[test]
+fn a_pids_limit_of_one_still_runs_the_process() {
+    let mut bundle = fixture(&["sh", "-c", "echo one process"]);
+    bundle.edit(|c| c["linux"]["resources"] = json!({"pids": {"limit": 1}}));
+    let out = both("pids.limit 1", &bundle, None);
+    assert_eq!(
+        (out.status.code(), stdout(&out).as_str()),
+        (Some(0), "one process\n"),
+        "{}",
+        show(&out)
+    );
+}
+
+#[test]
+fn a_non_root_user_writes_as_itself() {
+    let mut bundle = fixture(&[
+        "sh",
+        "-c",
+        "echo mine > /tmp/mine && echo wrote; echo x > /data/a.txt",
+    ]);
+    bundle.edit(|c| {
+        c["root"]["readonly"] = json!(false);
+        c["process"]["user"] = json!({"uid": 1000, "gid": 1000});
+    });
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let tmp = bundle.rootfs().join("tmp");
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o1777)).expect("chmod");
+    let capsa = Capsa::new();
+    let [container, microvm] = MODES.map(|mode| {
+        let out = run(&capsa, &bundle, mode, None);
+        let meta = std::fs::metadata(tmp.join("mine"))
+            .unwrap_or_else(|e| panic!("{mode}: /tmp/mine was not written: {e}"));
+        assert_eq!((meta.uid(), meta.gid()), (1000, 1000), "{mode}: owner");
+        std::fs::remove_file(tmp.join("mine")).expect("remove");
+        out
+    });
+    assert_eq!(show(&container), show(&microvm), "the modes differ");
+    assert_eq!(stdout(&container), "wrote\n");
+    assert!(
+        stderr(&container).contains("Permission denied"),
+        "{}",
+        show(&container)
+    );
+    assert_eq!(
+        std::fs::read_to_string(bundle.rootfs().join("data/a.txt")).expect("a.txt"),
+        FILES[0].1,
+        "a root-owned file was overwritten by uid 1000"
+    );
+}

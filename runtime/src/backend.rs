@@ -7,7 +7,7 @@
 
 use std::convert::Infallible;
 
-use oci_spec::runtime::{LinuxNamespace, Spec};
+use oci_spec::runtime::{LinuxNamespace, LinuxResources, Spec};
 use serde::{Deserialize, Serialize};
 
 use crate::container::{ContainerBackend, ContainerError};
@@ -56,6 +56,10 @@ pub enum BackendError {
 pub trait Backend {
     /// Rejects what this backend cannot run, before anything is created.
     fn check(&self, bundle: &Bundle) -> Result<(), BackendError>;
+    /// The limits of the container's cgroup: by default `linux.resources`.
+    fn cgroup_resources(&self, spec: &Spec) -> Option<LinuxResources> {
+        spec.linux().as_ref().and_then(|l| l.resources().clone())
+    }
     /// The namespaces the init runs in: new ones, or existing ones by path.
     fn namespaces(&self, spec: &Spec) -> Vec<LinuxNamespace>;
     /// Runs in the init before the container is reported created.

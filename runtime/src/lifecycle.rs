@@ -220,7 +220,7 @@ fn create_with_console(
             .and_then(|l| l.cgroups_path().as_ref())
             .and_then(|p| p.to_str()),
         opts.id,
-        linux.and_then(|l| l.resources().as_ref()),
+        backend.cgroup_resources(&bundle.spec).as_ref(),
     )?;
     guard.cgroup = Some(cgroup.clone());
 

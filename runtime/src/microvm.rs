@@ -43,7 +43,9 @@ use std::path::{Path, PathBuf};
 use caps::{CapSet, Capability as Cap};
 use nix::mount::{mount, MsFlags};
 use nix::sys::signal::{SigHandler, SigSet, Signal};
-use oci_spec::runtime::{LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType, Spec};
+use oci_spec::runtime::{
+    LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResources, Spec,
+};
 
 use crate::backend::{Backend, BackendError};
 use crate::container::process::{resolve_executable_in, rlimit_resource};
@@ -67,6 +69,11 @@ pub const DEBUG_SYSCALLS_ENV: &str = "CAPSA_DEBUG_SYSCALLS";
 
 /// Smallest guest RAM the VMM accepts.
 const MIN_GUEST_RAM: u64 = capsa_vmm::memory::MIN_RAM_SIZE;
+
+/// Tasks of the VMM process: its own thread and the worker KVM starts per
+/// VM on the first KVM_RUN (`kvm-nx-lpage-recovery`), which counts against
+/// the pids cgroup: at pids.max 1 KVM_RUN fails with EAGAIN.
+const VMM_TASKS: i64 = 2;
 
 /// Capabilities the VMM keeps: what the virtio-fs passthrough server needs
 /// to serve the rootfs on behalf of the guest's users. It opens and creates
@@ -332,6 +339,18 @@ impl Backend for MicroVmBackend {
             .into());
         }
         Ok(())
+    }
+
+    fn cgroup_resources(&self, spec: &Spec) -> Option<LinuxResources> {
+        let mut resources = spec.linux().as_ref()?.resources().clone()?;
+        // `pids.limit` counts the guest's processes, which the guest enforces
+        // itself; the cgroup holds the VMM's tasks instead.
+        if let Some(pids) = resources.pids().as_ref().filter(|p| p.limit() > 0) {
+            let mut pids = *pids;
+            pids.set_limit(pids.limit().saturating_add(VMM_TASKS));
+            resources.set_pids(Some(pids));
+        }
+        Some(resources)
     }
 
     fn namespaces(&self, _spec: &Spec) -> Vec<LinuxNamespace> {
