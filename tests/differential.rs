@@ -298,6 +298,34 @@ fn process_exists(pid: i32) -> bool {
     unsafe { libc::kill(pid, 0) == 0 }
 }
 
+/// The VMM of a running microVM is confined: its root holds only what it
+/// serves, it has no_new_privs, a seccomp filter and only the capabilities
+/// of a file server.
+fn assert_vmm_is_jailed(pid: i32) {
+    let mut root: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/root"))
+        .expect("VMM root")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    root.sort();
+    assert_eq!(root, ["dev", "proc", "rootfs"], "the VMM's root");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+            .unwrap_or_else(|| panic!("{name} missing from\n{status}"))
+            .to_string()
+    };
+    assert_eq!(field("NoNewPrivs:"), "1");
+    assert_eq!(field("Seccomp:"), "2", "seccomp filter mode");
+    // CHOWN, DAC_OVERRIDE, DAC_READ_SEARCH, FOWNER, FSETID, SETGID, SETUID.
+    for set in ["CapBnd:", "CapPrm:", "CapEff:"] {
+        assert_eq!(field(set), "00000000000000df", "{set}");
+    }
+    assert_eq!(field("CapAmb:"), "0000000000000000");
+}
+
 #[test]
 fn kill_ends_a_running_microvm_and_run_exits_137() {
     for mode in MODES {
@@ -321,6 +349,9 @@ fn kill_ends_a_running_microvm_and_run_exits_137() {
         out.read_line(&mut line).expect("read ready");
         assert_eq!(line, "ready\n", "{mode}");
         let pid = capsa.state(&id)["pid"].as_i64().expect("pid") as i32;
+        if mode == "microvm" {
+            assert_vmm_is_jailed(pid);
+        }
         let killed = capsa.output(&["kill", &id, "KILL"]);
         assert!(killed.status.success(), "{mode}: {}", stderr(&killed));
         let status = child.wait().expect("wait");

@@ -8,10 +8,12 @@
 //! says, because the VM is the isolation boundary and the namespaces only
 //! confine the VMM process. The init prepares (private mount propagation,
 //! hooks, mount destinations, `args[0]` lookup), reports ready, waits for
-//! `start`, then *is* the VMM: it drops every capability the file server does
-//! not need, sets no_new_privs and calls [`capsa_vmm::run`] on its own thread,
-//! which installs the VMM's seccomp allowlist before the first guest
-//! instruction. The container's pid in `capsa state` is therefore the VMM's
+//! `start`, then *is* the VMM: it pivots into a jail root holding only the
+//! rootfs, the shared directories, `/dev/kvm` and its own `/proc`, drops every
+//! capability the file server does not need, sets no_new_privs and calls
+//! [`capsa_vmm::run`] on its own thread, which installs the VMM's seccomp
+//! allowlist before the first guest instruction. The VMM process has two
+//! tasks: its thread and KVM's per-VM `kvm-nx-lpage-recovery` worker. The container's pid in `capsa state` is therefore the VMM's
 //! host pid, its cgroup limits the VMM (guest RAM included), and `capsa kill`
 //! signals the VMM. The VMM exits with the guest process's status.
 //!
@@ -50,7 +52,7 @@ use oci_spec::runtime::{
 use crate::backend::{Backend, BackendError};
 use crate::container::process::{resolve_executable_in, rlimit_resource};
 use crate::container::rootfs::{ensure_dir, parse_options, secure_join};
-use crate::container::ContainerError;
+use crate::container::{nix_io, ContainerError};
 use crate::init::{Init, InitError};
 use crate::spec::Bundle;
 use crate::state::Status;
@@ -116,6 +118,12 @@ pub enum MicroVmError {
     },
     #[error("linux.rootfsPropagation: cannot make the VMM's mounts private")]
     Propagation(#[source] nix::Error),
+    #[error("cannot build the VMM's jail at {path}")]
+    Jail {
+        path: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
     #[error("cannot confine the VMM: {what}")]
     Confine {
         what: &'static str,
@@ -270,6 +278,147 @@ fn close_inherited_fds() {
     }
 }
 
+/// Pivots the VMM into a root of its own that holds only what it serves or
+/// opens: `/rootfs`, `/mnt/<i>` (the shared directories), `/dev/kvm` and a
+/// `/proc` of its pid namespace (fuse-backend-rs reopens files through
+/// /proc/self/fd). Rewrites `config`'s paths to those. The rest of the host's
+/// file system is then out of reach even for the file-serving syscalls the
+/// seccomp filter must allow.
+fn enter_jail(config: &mut capsa_vmm::VmConfig) -> Result<()> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
+
+    let jail_error = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| MicroVmError::Jail { path, source }
+    };
+    // Detached copies of the mounts to keep, taken before the tmpfs below
+    // may hide them (a bind through a path would see the tmpfs instead).
+    let clone_tree = |path: &Path| -> Result<OwnedFd> {
+        let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+            .map_err(|_| jail_error(path)(nix::Error::EINVAL))?;
+        // SAFETY: open_tree reads a NUL-terminated path and returns a new fd or -1.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_open_tree,
+                libc::AT_FDCWD,
+                c_path.as_ptr(),
+                (libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC) as libc::c_uint
+                    | libc::AT_RECURSIVE as libc::c_uint,
+            )
+        };
+        if fd < 0 {
+            return Err(jail_error(path)(nix::Error::last()));
+        }
+        // SAFETY: the fd was just returned by the kernel and is owned by no one else.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    };
+    let mut trees = vec![(
+        clone_tree(&config.rootfs)?,
+        PathBuf::from("rootfs"),
+        config.rootfs_readonly,
+        true,
+    )];
+    for (i, dir) in config.mounts.iter().enumerate() {
+        trees.push((
+            clone_tree(&dir.source)?,
+            PathBuf::from(format!("mnt/{i}")),
+            dir.readonly,
+            true,
+        ));
+    }
+    trees.push((
+        clone_tree(Path::new("/dev/kvm"))?,
+        PathBuf::from("dev/kvm"),
+        false,
+        false,
+    ));
+
+    // Any existing directory serves as the mount point; the rootfs is one.
+    let jail = config.rootfs.clone();
+    mount(
+        Some("tmpfs"),
+        &jail,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID,
+        Some("mode=755"),
+    )
+    .map_err(jail_error(&jail))?;
+    let create = |path: &Path, dir: bool| -> Result<()> {
+        let made = match (dir, path.parent()) {
+            (true, _) => std::fs::create_dir_all(path),
+            (false, Some(parent)) => {
+                std::fs::create_dir_all(parent).and_then(|()| std::fs::File::create(path).map(drop))
+            }
+            (false, None) => Ok(()),
+        };
+        made.map_err(|e| jail_error(path)(nix_io(e)))
+    };
+    for (tree, relative, readonly, dir) in &trees {
+        let target = jail.join(relative);
+        create(&target, *dir)?;
+        let c_target = std::ffi::CString::new(target.as_os_str().as_bytes())
+            .map_err(|_| jail_error(&target)(nix::Error::EINVAL))?;
+        // SAFETY: move_mount reads an empty path (with F_EMPTY_PATH, the fd
+        // itself is moved) and a NUL-terminated target path.
+        let moved = unsafe {
+            libc::syscall(
+                libc::SYS_move_mount,
+                tree.as_raw_fd(),
+                c"".as_ptr(),
+                libc::AT_FDCWD,
+                c_target.as_ptr(),
+                libc::MOVE_MOUNT_F_EMPTY_PATH,
+            )
+        };
+        if moved < 0 {
+            return Err(jail_error(&target)(nix::Error::last()));
+        }
+        if *readonly {
+            mount(
+                None::<&str>,
+                &target,
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                None::<&str>,
+            )
+            .map_err(jail_error(&target))?;
+        }
+    }
+    drop(trees);
+    let proc = jail.join("proc");
+    create(&proc, true)?;
+    mount(
+        Some("proc"),
+        &proc,
+        Some("proc"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .map_err(jail_error(&proc))?;
+
+    // pivot_root(".", ".") stacks the old root over the new one; detaching
+    // it leaves only the jail.
+    nix::unistd::chdir(&jail).map_err(jail_error(&jail))?;
+    nix::unistd::pivot_root(".", ".").map_err(jail_error(&jail))?;
+    nix::mount::umount2(".", nix::mount::MntFlags::MNT_DETACH).map_err(jail_error(&jail))?;
+    nix::unistd::chdir("/").map_err(jail_error(&jail))?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID,
+        None::<&str>,
+    )
+    .map_err(jail_error(Path::new("/")))?;
+
+    config.rootfs = PathBuf::from("/rootfs");
+    for (i, dir) in config.mounts.iter_mut().enumerate() {
+        dir.source = PathBuf::from(format!("/mnt/{i}"));
+    }
+    Ok(())
+}
+
 /// Leaves the VMM only [`KEPT_CAPABILITIES`], in every set, and sets
 /// no_new_privs so nothing it could exec regains more.
 fn confine() -> Result<()> {
@@ -396,10 +545,11 @@ impl Backend for MicroVmBackend {
     }
 
     fn launch(&self, init: Init) -> Result<Infallible, BackendError> {
-        let config = vm_config(&init.spec, &init.rootfs, &init.bundle)?;
+        let mut config = vm_config(&init.spec, &init.rootfs, &init.bundle)?;
         // The init's channel and fifo are not the guest's business.
         drop(init);
         close_inherited_fds();
+        enter_jail(&mut config)?;
         confine()?;
         // capsa blocked the forwarded signals before cloning the init, and
         // Rust's runtime ignores SIGPIPE: the VMM should die of a closed
