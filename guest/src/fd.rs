@@ -227,6 +227,23 @@ mod tests {
     }
 
     #[test]
+    fn forked_tables_share_open_files_and_exec_drops_cloexec() {
+        let mut t = FdTable::default();
+        t.insert(fd(), 8).expect("fd");
+        t.insert(fd(), 8).expect("fd");
+        t.set_cloexec(1, true).expect("open");
+        let mut child = t.clone();
+        // One description, two tables.
+        assert_eq!(Rc::strong_count(&t.get(0).expect("open").file), 2);
+        let gone = child.take_cloexec();
+        assert_eq!(gone.len(), 1);
+        assert!(child.get(1).is_err() && child.get(0).is_ok());
+        drop(gone);
+        assert_eq!(child.take_all().len(), 1);
+        assert_eq!(Rc::strong_count(&t.get(0).expect("open").file), 1);
+    }
+
+    #[test]
     fn default_methods_give_linux_errnos() {
         // Only the methods that need no devices can run on the host.
         let d = Dummy;

@@ -34,8 +34,11 @@
 //! into a user buffer) set the bit by hand in [`dma_pieces`]. If the boot
 //! self-test finds the dirty bit unreliable, every slot counts as dirty.
 //!
-//! Measured forking busybox `sh` (three dirty slots: image+data, brk, stack
-//! top): see the `fork` entry in `crate::syscalls::process`.
+//! Measured forking busybox `sh` on this project's PVM machines (256 MiB
+//! guest; the shell has 6 slots, 2 of them dirty): the address-space copy
+//! takes 0.85-0.95 ms (boot with debug syscalls to see it logged per fork),
+//! and a whole `(true)` subshell — fork, child exit, wait4, freeing and
+//! clearing the child's frames — about 1.9 ms.
 //!
 //! The cost of 2 MiB granularity is memory: each process holds at least a
 //! frame per 2 MiB region it touches, and protections stay bookkeeping
@@ -340,6 +343,11 @@ impl Space {
     /// Frames in use (for `sysinfo` and tests).
     pub fn slot_count(&self) -> usize {
         self.slots.len()
+    }
+
+    /// Slots that were written (and so copied by `fork`).
+    pub fn dirty_count(&self) -> usize {
+        self.slots.keys().filter(|&&va| self.dirty(va)).count()
     }
 
     /// Makes this the space DMA addresses are translated through.

@@ -186,6 +186,7 @@ impl Kernel {
             122 => Ok(u64::from(self.creds.euid)), // setfsuid: report the current one
             123 => Ok(u64::from(self.creds.egid)),
             127 => self.sys_rt_sigpending(a0),
+            130 => self.sys_rt_sigsuspend(a0, a1),
             131 => self.sys_sigaltstack(a0, a1),
             132 => self.sys_utimes_compat(a0, a1, false),
             133 => self.sys_mknodat(fs::AT_FDCWD, a0, a1 as u32, a2 as u32),

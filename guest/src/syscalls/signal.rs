@@ -127,6 +127,8 @@ pub struct Signals {
     pub mask: u64,
     pub altstack: [u8; 24],
     pub pending: u64,
+    /// The mask to restore after a handler run from `rt_sigsuspend`.
+    pub saved_mask: Option<u64>,
 }
 
 impl Default for Signals {
@@ -138,6 +140,7 @@ impl Default for Signals {
             mask: 0,
             altstack,
             pending: 0,
+            saved_mask: None,
         }
     }
 }
@@ -318,6 +321,22 @@ impl Kernel {
         self.post_signal(pid, sig);
     }
 
+    /// `rt_sigsuspend`: waits with `mask` in place until a signal is
+    /// delivered; the handler's frame restores the original mask.
+    pub fn sys_rt_sigsuspend(&mut self, mask: u64, size: u64) -> Result<u64> {
+        if size != 8 {
+            return Err(Errno::EINVAL);
+        }
+        let mask = self.get_u64(mask)? & !UNBLOCKABLE;
+        if self.signals.pending & !mask != 0 {
+            let old = self.signals.mask;
+            self.signals.saved_mask = Some(old);
+            self.signals.mask = mask;
+            return Err(Errno::EINTR);
+        }
+        Err(Errno::EBLOCK)
+    }
+
     /// `pause`: blocks until a signal is pending, then EINTR.
     pub fn sys_pause(&mut self) -> Result<u64> {
         if self.signals.pending & (!self.signals.mask | UNBLOCKABLE) != 0 {
@@ -329,6 +348,14 @@ impl Kernel {
     /// Takes pending signals before returning to user mode: default actions
     /// now, or one handler frame.
     pub fn deliver_signals(&mut self, frame: &mut SyscallFrame, fx: &mut FxArea) {
+        self.deliver_one(frame, fx);
+        // A suspend mask outlives the call only as the handler's saved mask.
+        if let Some(mask) = self.signals.saved_mask.take() {
+            self.signals.mask = mask;
+        }
+    }
+
+    fn deliver_one(&mut self, frame: &mut SyscallFrame, fx: &mut FxArea) {
         while let Some(sig) = self.signals.take_next() {
             let action = self.signals.actions[sig as usize - 1];
             if sig == SIGKILL || action.handler == SIG_DFL {
@@ -386,7 +413,7 @@ impl Kernel {
         let (at, fp) = frame_layout(sp);
         self.put_user(fp, &fx.0)?;
         let mut mc = mcontext(frame);
-        mc[MC_OLDMASK] = self.signals.mask;
+        mc[MC_OLDMASK] = self.signals.saved_mask.unwrap_or(self.signals.mask);
         mc[MC_FPSTATE] = fp;
         let mut bytes = alloc::vec![0u8; FRAME_SIZE as usize];
         let mut put = |off: u64, v: &[u8]| {
@@ -400,7 +427,8 @@ impl Kernel {
         for (i, w) in mc.iter().enumerate() {
             put(FRAME_UC + UC_MCONTEXT + 8 * i as u64, &w.to_le_bytes());
         }
-        put(FRAME_UC + UC_SIGMASK, &self.signals.mask.to_le_bytes());
+        let restore = self.signals.saved_mask.take().unwrap_or(self.signals.mask);
+        put(FRAME_UC + UC_SIGMASK, &restore.to_le_bytes());
         put(FRAME_INFO, &(sig as i32).to_le_bytes());
         // si_code SI_USER, si_pid and si_uid of the sender (unknown: ours).
         put(FRAME_INFO + 16, &self.cur.to_le_bytes());
@@ -471,5 +499,75 @@ mod tests {
         s.actions[14].handler = SIG_IGN;
         assert_eq!(s.raise(15), None);
         assert_eq!(s.raise(9), Some(9));
+    }
+
+    #[test]
+    fn rt_sigframe_layout_matches_linux() {
+        // struct ucontext: flags, link, stack_t (24), sigcontext (256), mask.
+        assert_eq!(FRAME_UC + UC_MCONTEXT, 48);
+        assert_eq!(FRAME_INFO, 312);
+        assert_eq!(FRAME_SIZE, 440);
+        let (frame, fp) = frame_layout(0x7fff_1000);
+        assert_eq!(fp % 64, 0);
+        assert!(fp + 512 <= 0x7fff_1000 - 128);
+        assert!(frame + FRAME_SIZE <= fp);
+        // Entered as if by `call`: rsp + 8 is 16-byte aligned.
+        assert_eq!((frame + 8) % 16, 0);
+    }
+
+    #[test]
+    fn mcontext_round_trips_and_keeps_privileged_flags() {
+        let f = SyscallFrame {
+            rax: 1,
+            rdi: 2,
+            rsi: 3,
+            rdx: 4,
+            r10: 5,
+            r8: 6,
+            r9: 7,
+            rbx: 8,
+            rbp: 9,
+            r12: 10,
+            r13: 11,
+            r14: 12,
+            r15: 13,
+            rip: 0x401000,
+            rflags: 0x246,
+            rsp: 0x7000,
+        };
+        let mut m = mcontext(&f);
+        assert_eq!(m[MC_RIP], 0x401000);
+        assert_eq!(m[MC_R8 + 1], 7);
+        m[MC_EFLAGS] |= 0x3000; // IOPL: not the handler's to change
+                                // IF comes from the running context, not from the frame.
+        let mut back = SyscallFrame {
+            rflags: 0x202,
+            ..SyscallFrame::default()
+        };
+        restore_mcontext(&mut back, &m);
+        assert_eq!(back.rflags, 0x246);
+        back.rflags = f.rflags;
+        assert_eq!(format!("{back:?}"), format!("{f:?}"));
+    }
+
+    #[test]
+    fn pending_signals_come_lowest_first_unless_masked() {
+        let mut s = Signals {
+            pending: (1 << 16) | (1 << 9) | (1 << 8),
+            mask: 1 << 9,
+            ..Signals::default()
+        };
+        assert_eq!(s.take_next(), Some(9));
+        assert_eq!(s.take_next(), Some(17));
+        assert_eq!(s.take_next(), None);
+        s.mask = u64::MAX;
+        s.pending = 1 << 8;
+        assert_eq!(s.take_next(), Some(9), "SIGKILL cannot be blocked");
+        s.actions[1].handler = 0x401000;
+        s.actions[2].handler = SIG_IGN;
+        s.reset_for_exec();
+        assert_eq!(s.actions[1].handler, SIG_DFL);
+        assert_eq!(s.actions[2].handler, SIG_IGN);
+        assert_eq!(s.mask, u64::MAX);
     }
 }
