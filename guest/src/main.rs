@@ -350,3 +350,10 @@ extern "C" fn capsa_fault(regs: &FaultInfo) -> ! {
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     capsa_guest::kernel::panic(info)
 }
+
+/// The prebuilt `alloc` is compiled with unwinding and refers to this symbol;
+/// with `panic = "abort"` nothing ever unwinds, so it is never called. An
+/// optimised build drops the reference; an unoptimised one needs it to link.
+#[cfg(not(test))]
+#[no_mangle]
+extern "C" fn rust_eh_personality() {}
