@@ -208,7 +208,7 @@ fn text_tools() {
 
 #[test]
 fn shell_builtins() {
-    // Builtins only: the guest cannot fork yet.
+    // Builtins only: no child process is involved.
     case(
         "sh builtins",
         &[
@@ -219,6 +219,37 @@ fn shell_builtins() {
         ],
         5,
         "21\n/data\na.txt b.txt empty\npear\nyes\na-b\n",
+    );
+}
+
+#[test]
+fn pipelines_subshells_and_signals_to_self() {
+    // Child processes, pipes and signal handlers inside the guest.
+    case(
+        "pipeline",
+        &["sh", "-c", "cat /data/a.txt | sort | head -n 2"],
+        0,
+        "apple\nbanana\n",
+    );
+    case(
+        "command substitution",
+        &[
+            "sh",
+            "-c",
+            "n=$(ls /data | wc -l); echo \"$n files\"; (exit 7); echo $?",
+        ],
+        0,
+        "3 files\n7\n",
+    );
+    case(
+        "trap",
+        &[
+            "sh",
+            "-c",
+            "trap 'echo got USR1' USR1; kill -USR1 $$; echo after",
+        ],
+        0,
+        "got USR1\nafter\n",
     );
 }
 
