@@ -433,6 +433,11 @@ fn microvm_lifecycle_create_start_kill_delete() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(capsa.state(&id)["status"], "running");
     assert_one_line_error(&capsa.output(&["delete", &id]), "use --force");
+    // The freezer holds the VMM (vCPU included) like any process.
+    assert!(capsa.output(&["pause", &id]).status.success());
+    assert_eq!(capsa.state(&id)["status"], "paused");
+    assert!(capsa.output(&["resume", &id]).status.success());
+    assert_eq!(capsa.state(&id)["status"], "running");
 
     let out = capsa.output(&["kill", &id, "SIGKILL"]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -554,5 +559,31 @@ fn a_non_root_user_writes_as_itself() {
         std::fs::read_to_string(bundle.rootfs().join("data/a.txt")).expect("a.txt"),
         FILES[0].1,
         "a root-owned file was overwritten by uid 1000"
+    );
+}
+
+#[test]
+fn a_vmm_failure_after_start_exits_125_with_one_line() {
+    // The startContainer hook runs in the init just before it becomes the
+    // VMM: removing the shared directory there makes the jail fail.
+    let shared = tempfile::tempdir().expect("tempdir");
+    let source = shared.path().join("gone");
+    std::fs::create_dir(&source).expect("mkdir");
+    let source = source.display().to_string();
+    let mut bundle = fixture(&["true"]);
+    bundle.edit(|c| {
+        c["mounts"].as_array_mut().expect("mounts").push(
+            json!({"destination": "/shared", "type": "bind", "source": source, "options": ["rbind"]}),
+        );
+        c["hooks"] = json!({"startContainer": [
+            {"path": "/bin/rmdir", "args": ["rmdir", source]}
+        ]});
+    });
+    let capsa = Capsa::new();
+    let out = run(&capsa, &bundle, "microvm", None);
+    assert_eq!(out.status.code(), Some(125), "{}", show(&out));
+    assert_one_line_error(
+        &out,
+        &format!("capsa: cannot build the VMM's jail at {source}"),
     );
 }

@@ -60,8 +60,8 @@ use crate::state::Status;
 /// The guest kernel, built by build.rs from `guest/`.
 static GUEST_KERNEL: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/capsa-guest"));
 
-/// The exit status of the VMM when the VMM itself fails (not the guest), with
-/// `capsa: <reason>` on stderr. Every status 0-255 is one a guest process
+/// The exit status of the VMM when it fails after `start` (jail, KVM, the
+/// guest kernel; not the guest's process), with `capsa: <reason>` on stderr. Every status 0-255 is one a guest process
 /// could also exit with, so this follows the convention of docker and podman
 /// for "the runtime failed" rather than 1, which programs commonly return.
 pub const VMM_FAILURE_STATUS: i32 = 125;
@@ -545,24 +545,35 @@ impl Backend for MicroVmBackend {
     }
 
     fn launch(&self, init: Init) -> Result<Infallible, BackendError> {
-        let mut config = vm_config(&init.spec, &init.rootfs, &init.bundle)?;
-        // The init's channel and fifo are not the guest's business.
-        drop(init);
-        close_inherited_fds();
-        enter_jail(&mut config)?;
-        confine()?;
-        // capsa blocked the forwarded signals before cloning the init, and
-        // Rust's runtime ignores SIGPIPE: the VMM should die of a closed
-        // stdout pipe like the process would.
-        let _ = SigSet::all().thread_unblock();
-        // SAFETY: restoring the default disposition installs no handler.
-        let _ = unsafe { nix::sys::signal::signal(Signal::SIGPIPE, SigHandler::SigDfl) };
-        match capsa_vmm::run(config) {
-            // SAFETY: ends the process with the guest's status; the seccomp
-            // filter is on and nothing is left to flush or run.
-            Ok(exit) => unsafe { libc::_exit(exit.status()) },
+        // Past `start` the VMM is the container's process: any failure to
+        // become it is reported like a VMM failure, with its status.
+        match become_vmm(init) {
+            Ok(never) => match never {},
             Err(err) => fail(&crate::error_chain(&err)),
         }
+    }
+}
+
+/// Jails and confines this process, then runs the microVM and exits with
+/// the guest's status.
+fn become_vmm(init: Init) -> Result<Infallible> {
+    let mut config = vm_config(&init.spec, &init.rootfs, &init.bundle)?;
+    // The init's channel and fifo are not the guest's business.
+    drop(init);
+    close_inherited_fds();
+    enter_jail(&mut config)?;
+    confine()?;
+    // capsa blocked the forwarded signals before cloning the init, and
+    // Rust's runtime ignores SIGPIPE: the VMM should die of a closed
+    // stdout pipe like the process would.
+    let _ = SigSet::all().thread_unblock();
+    // SAFETY: restoring the default disposition installs no handler.
+    let _ = unsafe { nix::sys::signal::signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+    match capsa_vmm::run(config) {
+        // SAFETY: ends the process with the guest's status; the seccomp
+        // filter is on and nothing is left to flush or run.
+        Ok(exit) => unsafe { libc::_exit(exit.status()) },
+        Err(err) => fail(&crate::error_chain(&err)),
     }
 }
 
