@@ -13,9 +13,11 @@
 //! capability the file server does not need, sets no_new_privs and calls
 //! [`capsa_vmm::run`] on its own thread, which installs the VMM's seccomp
 //! allowlist before the first guest instruction. The VMM process has two
-//! tasks: its thread and KVM's per-VM `kvm-nx-lpage-recovery` worker. The container's pid in `capsa state` is therefore the VMM's
-//! host pid, its cgroup limits the VMM (guest RAM included), and `capsa kill`
-//! signals the VMM. The VMM exits with the guest process's status.
+//! tasks: its thread and KVM's per-VM `kvm-nx-lpage-recovery` worker. The
+//! container's pid in `capsa state` is therefore the VMM's host pid, its
+//! cgroup limits the VMM (guest RAM included), and `capsa kill` signals the
+//! VMM. The VMM exits with the guest process's status, or with
+//! [`VMM_FAILURE_STATUS`] if it fails itself.
 //!
 //! Signals: the VMM installs no handlers and is pid 1 of its pid namespace,
 //! so, like an untrapped signal to a container's pid 1, a forwarded SIGTERM
@@ -28,7 +30,10 @@
 //! `linux.resources.pids.limit`, `root.{path,readonly}` and bind mounts
 //! (served as virtio-fs directories, `ro` honoured). `linux.resources.memory.
 //! limit` sizes guest RAM (limit minus the VMM's allowance) and limits the
-//! whole VMM through the cgroup.
+//! whole VMM through the cgroup; `pids.limit` counts the guest's processes
+//! (the cgroup gets room for the VMM's tasks on top). The guest, not the
+//! host, checks permission bits for a non-root `process.user` on open and
+//! access, since the file server acts as root; it creates files as that user.
 //!
 //! Not applied inside the guest: `proc` (the guest emulates only the files
 //! it needs, such as `/proc/self/exe`), `tmpfs` (the rootfs directory is used
@@ -36,8 +41,9 @@
 //! guest provides `/dev/{null,zero,full,random,urandom}` itself.
 //! `process.capabilities`, `linux.seccomp`, `linux.maskedPaths`,
 //! `linux.readonlyPaths`, `linux.devices`, `linux.sysctl` and id mappings have
-//! no host meaning for a guest process and are ignored; `process.terminal` is
-//! refused (no console device for a terminal yet).
+//! no host meaning for a guest process and are ignored, as is
+//! `--preserve-fds`; `process.terminal` is refused (no console device for a
+//! terminal yet).
 
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
