@@ -34,7 +34,6 @@ pub struct StartupOptions {
     pub peers: Vec<String>,
     pub bundle: Option<PathBuf>,
     pub command: Vec<String>,
-    pub json: bool,
 }
 
 /// One way of running the bundle.
@@ -210,7 +209,11 @@ fn startup_in(work: &Path, opts: &StartupOptions) -> Result<Vec<Summary>, BenchE
     }
 
     let total = opts.warmup + opts.runs;
+    let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
     for round in 0..total {
+        if progress {
+            eprint!("\rround {}/{total}", round + 1);
+        }
         for (index, runner) in runners.iter_mut().enumerate() {
             if runner.skipped.is_some() {
                 continue;
@@ -224,6 +227,9 @@ fn startup_in(work: &Path, opts: &StartupOptions) -> Result<Vec<Summary>, BenchE
         }
     }
 
+    if progress {
+        eprint!("\r\x1b[K");
+    }
     for runner in &runners {
         if let Some(reason) = &runner.skipped {
             eprintln!("note: {} skipped ({reason})", runner.name);
@@ -258,6 +264,210 @@ pub fn format_table(summaries: &[Summary]) -> String {
             "{:<18} {:>5} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>12}\n",
             s.name, s.runs, s.min_ms, s.p50_ms, s.p90_ms, s.p99_ms, s.max_ms, ratio
         ));
+    }
+    out
+}
+
+/// Proportional set size of a process in KiB (/proc/PID/smaps_rollup).
+pub fn pss_kib(pid: i32) -> Option<u64> {
+    let text = fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("Pss:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+pub struct MemoryOptions {
+    pub isolations: Vec<Isolation>,
+    pub peers: Vec<String>,
+    pub count: usize,
+    pub bundle: Option<PathBuf>,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct MemorySummary {
+    pub name: String,
+    /// PSS of one idle instance's processes (the VMM with its guest, or the
+    /// container's process; neither capsa nor runc leaves a runtime process).
+    pub idle_pss_kib: u64,
+    /// Instances running at once in the density run.
+    pub concurrent: usize,
+    pub launches_per_second: f64,
+    pub mean_pss_kib: f64,
+    /// Why the density run stopped before `count`, if it did.
+    pub stopped_early: Option<String>,
+}
+
+/// Starts idle instances of the bundle, detached, and measures them.
+struct Detached<'a> {
+    program: PathBuf,
+    prefix: Vec<String>,
+    root: PathBuf,
+    bundle: &'a str,
+    ids: Vec<String>,
+}
+
+impl Detached<'_> {
+    /// Runs one detached instance; returns its pid and how long the launch took.
+    fn launch(&mut self, id: &str) -> Result<(i32, f64), String> {
+        let mut cmd = Command::new(&self.program);
+        cmd.arg("--root").arg(&self.root).arg("run").arg("--detach");
+        cmd.args(&self.prefix).args(["--bundle", self.bundle, id]);
+        // The instance inherits stderr and keeps it open while it runs, so
+        // it goes to a file: a pipe would never reach end-of-file.
+        let log_path = self.root.with_extension(format!("{id}.stderr"));
+        let log = fs::File::create(&log_path).map_err(|e| e.to_string())?;
+        let started = Instant::now();
+        let status = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .status()
+            .map_err(|e| e.to_string())?;
+        let seconds = started.elapsed().as_secs_f64();
+        if !status.success() {
+            let stderr = fs::read_to_string(&log_path).unwrap_or_default();
+            return Err(stderr.lines().last().unwrap_or("failed").trim().to_string());
+        }
+        self.ids.push(id.to_string());
+        let state = Command::new(&self.program)
+            .arg("--root")
+            .arg(&self.root)
+            .args(["state", id])
+            .output()
+            .map_err(|e| e.to_string())?;
+        let json: serde_json::Value =
+            serde_json::from_slice(&state.stdout).map_err(|e| e.to_string())?;
+        let pid = json["pid"]
+            .as_i64()
+            .ok_or_else(|| "state has no pid".to_string())?;
+        Ok((pid as i32, seconds))
+    }
+}
+
+impl Drop for Detached<'_> {
+    fn drop(&mut self) {
+        for id in &self.ids {
+            let _ = Command::new(&self.program)
+                .arg("--root")
+                .arg(&self.root)
+                .args(["delete", "--force", id])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+pub fn memory(opts: &MemoryOptions) -> Result<Vec<MemorySummary>, BenchError> {
+    if opts.count == 0 {
+        return Err(BenchError::NoRuns);
+    }
+    let work = std::env::temp_dir().join(format!("capsa-bench-{}", std::process::id()));
+    fs::create_dir_all(&work).map_err(|source| BenchError::Io {
+        path: work.clone(),
+        source,
+    })?;
+    let startup = StartupOptions {
+        runs: 1,
+        warmup: 0,
+        isolations: Vec::new(),
+        peers: Vec::new(),
+        bundle: opts.bundle.clone(),
+        command: vec!["sleep".into(), "1000000".into()],
+    };
+    let result = prepare_bundle(&work, &startup).map(|bundle| memory_in(&work, &bundle, opts));
+    let _ = fs::remove_dir_all(&work);
+    let summaries = result?;
+    if summaries.is_empty() {
+        return Err(BenchError::NothingRan);
+    }
+    Ok(summaries)
+}
+
+fn memory_in(work: &Path, bundle: &Path, opts: &MemoryOptions) -> Vec<MemorySummary> {
+    let bundle_arg = bundle.display().to_string();
+    let capsa = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("capsa"));
+    let mut runners: Vec<(String, PathBuf, Vec<String>)> = opts
+        .isolations
+        .iter()
+        .map(|i| {
+            (
+                format!("capsa {i}"),
+                capsa.clone(),
+                vec![format!("--isolation={i}")],
+            )
+        })
+        .collect();
+    for peer in &opts.peers {
+        match which(peer) {
+            Some(path) => runners.push((peer.clone(), path, Vec::new())),
+            None => eprintln!("note: {peer} skipped (not installed)"),
+        }
+    }
+    let mut summaries = Vec::new();
+    for (index, (name, program, prefix)) in runners.into_iter().enumerate() {
+        let mut instances = Detached {
+            program,
+            prefix,
+            root: work.join(format!("memory-state-{index}")),
+            bundle: &bundle_arg,
+            ids: Vec::new(),
+        };
+        let tag = format!("mem-{}-{index}", std::process::id());
+        let mut pids = Vec::new();
+        let mut launch_seconds = 0.0;
+        let mut stopped_early = None;
+        for n in 0..opts.count {
+            match instances.launch(&format!("{tag}-{n}")) {
+                Ok((pid, seconds)) => {
+                    pids.push(pid);
+                    launch_seconds += seconds;
+                }
+                Err(reason) => {
+                    stopped_early = Some(format!("instance {}: {reason}", n + 1));
+                    break;
+                }
+            }
+        }
+        let Some(first) = pids.first().copied() else {
+            eprintln!(
+                "note: {name} skipped (fails on this host: {})",
+                stopped_early.unwrap_or_default()
+            );
+            continue;
+        };
+        let total_pss: u64 = pids.iter().filter_map(|p| pss_kib(*p)).sum();
+        summaries.push(MemorySummary {
+            name,
+            idle_pss_kib: pss_kib(first).unwrap_or(0),
+            concurrent: pids.len(),
+            launches_per_second: pids.len() as f64 / launch_seconds.max(f64::EPSILON),
+            mean_pss_kib: total_pss as f64 / pids.len() as f64,
+            stopped_early,
+        });
+        // Dropping `instances` deletes every instance before the next runner.
+    }
+    summaries
+}
+
+pub fn format_memory_table(summaries: &[MemorySummary]) -> String {
+    let mut out = format!(
+        "{:<18} {:>14} {:>11} {:>12} {:>18}\n",
+        "runner", "idle PSS MiB", "concurrent", "launches/s", "PSS/instance MiB"
+    );
+    for s in summaries {
+        out.push_str(&format!(
+            "{:<18} {:>14.2} {:>11} {:>12.1} {:>18.2}\n",
+            s.name,
+            s.idle_pss_kib as f64 / 1024.0,
+            s.concurrent,
+            s.launches_per_second,
+            s.mean_pss_kib / 1024.0
+        ));
+        if let Some(reason) = &s.stopped_early {
+            out.push_str(&format!("  {} stopped early: {reason}\n", s.name));
+        }
     }
     out
 }

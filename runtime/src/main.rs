@@ -163,9 +163,30 @@ enum BenchCommand {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Also draw the results as an SVG chart.
+        #[arg(long)]
+        plot: Option<PathBuf>,
         /// The command to run (default /bin/true).
         #[arg(last = true)]
         command: Vec<String>,
+    },
+    /// Memory per idle instance, and density: many idle instances at once.
+    Memory {
+        /// Idle instances to run at once.
+        #[arg(long, default_value_t = 20)]
+        count: usize,
+        #[arg(long, value_delimiter = ',', default_value = "container,microvm")]
+        isolation: Vec<Isolation>,
+        #[arg(long, value_delimiter = ',', default_value = "runc")]
+        peers: Vec<String>,
+        /// Bundle whose rootfs to use (default: the built-in busybox demo).
+        #[arg(long)]
+        bundle: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+        /// Also draw the results as an SVG chart.
+        #[arg(long)]
+        plot: Option<PathBuf>,
     },
 }
 
@@ -259,6 +280,7 @@ fn dispatch(cli: Cli) -> Result<u8> {
             peers,
             bundle,
             json,
+            plot,
             command,
         }) => {
             let opts = capsa::bench::StartupOptions {
@@ -268,13 +290,39 @@ fn dispatch(cli: Cli) -> Result<u8> {
                 peers,
                 bundle,
                 command,
-                json,
             };
             let summaries = capsa::bench::startup(&opts).map_err(chain)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&summaries)?);
             } else {
                 print!("{}", capsa::bench::format_table(&summaries));
+            }
+            if let Some(path) = plot {
+                capsa::plot::startup(&summaries, &path, "capsa bench startup").map_err(chain)?;
+            }
+        }
+        Command::Bench(BenchCommand::Memory {
+            count,
+            isolation,
+            peers,
+            bundle,
+            json,
+            plot,
+        }) => {
+            let opts = capsa::bench::MemoryOptions {
+                isolations: isolation,
+                peers,
+                count,
+                bundle,
+            };
+            let summaries = capsa::bench::memory(&opts).map_err(chain)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&summaries)?);
+            } else {
+                print!("{}", capsa::bench::format_memory_table(&summaries));
+            }
+            if let Some(path) = plot {
+                capsa::plot::memory(&summaries, &path).map_err(chain)?;
             }
         }
     }
