@@ -91,10 +91,6 @@ fn which(program: &str) -> Option<PathBuf> {
 /// the built-in demo's), so neither the user's config nor rootfs changes.
 fn prepare_bundle(work: &Path, opts: &StartupOptions) -> Result<PathBuf, BenchError> {
     let dir = work.join("bundle");
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| BenchError::Io { path, source }
-    };
     match &opts.bundle {
         None => {
             let command = if opts.command.is_empty() {
@@ -105,29 +101,49 @@ fn prepare_bundle(work: &Path, opts: &StartupOptions) -> Result<PathBuf, BenchEr
             crate::demo::build_bundle(&dir, &command)?;
         }
         Some(source) => {
-            let bundle = crate::spec::Bundle::load(source)?;
-            let mut spec = bundle.spec.clone();
-            if let Some(mut root) = spec.root().clone() {
-                root.set_path(bundle.rootfs.clone());
-                spec.set_root(Some(root));
-            }
-            if let Some(mut process) = spec.process().clone() {
-                process.set_terminal(Some(false));
-                if !opts.command.is_empty() {
-                    process.set_args(Some(opts.command.clone()));
-                }
-                spec.set_process(Some(process));
-            }
-            fs::create_dir_all(&dir).map_err(io(&dir))?;
-            let config = dir.join("config.json");
-            fs::write(
-                &config,
-                serde_json::to_vec_pretty(&spec).unwrap_or_default(),
-            )
-            .map_err(io(&config))?;
+            derive_bundle(source, &dir, &opts.command, false)?;
         }
     }
     Ok(dir)
+}
+
+/// Writes `<dir>/config.json`: the bundle at `source` running `command` (if
+/// not empty), with its rootfs by absolute path (so neither the user's config
+/// nor rootfs changes), not on a terminal, and writable if asked.
+fn derive_bundle(
+    source: &Path,
+    dir: &Path,
+    command: &[String],
+    writable: bool,
+) -> Result<PathBuf, BenchError> {
+    let bundle = crate::spec::Bundle::load(source)?;
+    let mut spec = bundle.spec.clone();
+    if let Some(mut root) = spec.root().clone() {
+        root.set_path(bundle.rootfs.clone());
+        if writable {
+            root.set_readonly(Some(false));
+        }
+        spec.set_root(Some(root));
+    }
+    if let Some(mut process) = spec.process().clone() {
+        process.set_terminal(Some(false));
+        if !command.is_empty() {
+            process.set_args(Some(command.to_vec()));
+        }
+        spec.set_process(Some(process));
+    }
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| BenchError::Io { path, source }
+    };
+    fs::create_dir_all(dir).map_err(io(dir))?;
+    let config = dir.join("config.json");
+    fs::write(
+        &config,
+        serde_json::to_vec_pretty(&spec).unwrap_or_default(),
+    )
+    .map_err(io(&config))?;
+    Ok(bundle.rootfs)
 }
 
 fn run_once(runner: &Runner, id: &str) -> Result<f64, String> {
@@ -468,6 +484,225 @@ pub fn format_memory_table(summaries: &[MemorySummary]) -> String {
         if let Some(reason) = &s.stopped_early {
             out.push_str(&format!("  {} stopped early: {reason}\n", s.name));
         }
+    }
+    out
+}
+
+pub struct IoOptions {
+    pub isolations: Vec<Isolation>,
+    /// Size of the sequentially written and read file.
+    pub size_mib: u64,
+    /// Small files created, stat'ed and unlinked.
+    pub files: usize,
+    /// Bytes copied one at a time (two syscalls each) in the syscall loop.
+    pub syscall_bytes: u64,
+    /// Repetitions of each phase; the median counts.
+    pub runs: usize,
+    pub bundle: Option<PathBuf>,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct IoSummary {
+    pub name: String,
+    pub seq_write_mib_s: f64,
+    pub seq_read_mib_s: f64,
+    pub creates_per_s: f64,
+    pub stats_per_s: f64,
+    pub unlinks_per_s: f64,
+    /// One read(2) or write(2) of a byte, /dev/zero to /dev/null.
+    pub syscall_ns: f64,
+}
+
+/// The phases, each a busybox sh script over `$D` (the work directory),
+/// `$Z` (/dev/zero) and `$N` (/dev/null), so the host runs the very same
+/// scripts on the very same files.
+fn io_phases(opts: &IoOptions) -> Vec<(&'static str, String)> {
+    let count = opts.files;
+    vec![
+        ("baseline", "true".to_string()),
+        (
+            "write",
+            format!("dd if=$Z of=$D/data bs=1M count={} 2>$N", opts.size_mib),
+        ),
+        ("read", "dd if=$D/data of=$N bs=1M 2>$N".to_string()),
+        (
+            "loop",
+            format!("i=0; while [ $i -lt {count} ]; do i=$((i+1)); done"),
+        ),
+        (
+            "create",
+            format!("mkdir $D/m; i=0; while [ $i -lt {count} ]; do : > $D/m/f$i; i=$((i+1)); done"),
+        ),
+        (
+            "stat",
+            format!("i=0; while [ $i -lt {count} ]; do [ -e $D/m/f$i ]; i=$((i+1)); done"),
+        ),
+        ("unlink", "rm -r $D/m $D/data".to_string()),
+        (
+            "syscalls",
+            format!("dd if=$Z of=$N bs=1 count={} 2>$N", opts.syscall_bytes),
+        ),
+    ]
+}
+
+pub fn io(opts: &IoOptions) -> Result<Vec<IoSummary>, BenchError> {
+    if opts.runs == 0 {
+        return Err(BenchError::NoRuns);
+    }
+    let work = std::env::temp_dir().join(format!("capsa-bench-{}", std::process::id()));
+    fs::create_dir_all(&work).map_err(|source| BenchError::Io {
+        path: work.clone(),
+        source,
+    })?;
+    let result = io_in(&work, opts);
+    let _ = fs::remove_dir_all(&work);
+    result
+}
+
+fn io_in(work: &Path, opts: &IoOptions) -> Result<Vec<IoSummary>, BenchError> {
+    let base = match &opts.bundle {
+        Some(bundle) => bundle.clone(),
+        None => {
+            let dir = work.join("demo");
+            crate::demo::build_bundle(&dir, &[])?;
+            dir
+        }
+    };
+    let phases = io_phases(opts);
+    let capsa = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("capsa"));
+    // One bundle per mode and phase, all on the same rootfs; each mode works
+    // in a directory of its own so no run sees another's files.
+    let mut rootfs = PathBuf::new();
+    for isolation in &opts.isolations {
+        for (name, script) in &phases {
+            let command = vec![
+                "sh".to_string(),
+                "-c".to_string(),
+                format!("D=/capsa-io/{isolation} Z=/dev/zero N=/dev/null; {script}"),
+            ];
+            let bundle = work.join(format!("phase-{isolation}-{name}"));
+            rootfs = derive_bundle(&base, &bundle, &command, true)?;
+        }
+    }
+    if rootfs.as_os_str().is_empty() {
+        rootfs = crate::spec::Bundle::load(&base)?.rootfs;
+    }
+    let dir = rootfs.join("capsa-io");
+    for sub in ["host".to_string()]
+        .into_iter()
+        .chain(opts.isolations.iter().map(|i| i.to_string()))
+    {
+        let path = dir.join(sub);
+        fs::create_dir_all(&path).map_err(|source| BenchError::Io { path, source })?;
+    }
+    let host_dir = dir.join("host").display().to_string();
+    let mut names = vec!["host".to_string()];
+    names.extend(opts.isolations.iter().map(|i| format!("capsa {i}")));
+    // samples[runner][phase]
+    let mut samples = vec![vec![Vec::new(); phases.len()]; names.len()];
+    let mut failed: Vec<Option<String>> = vec![None; names.len()];
+    let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    for run in 0..opts.runs {
+        if progress {
+            eprint!("\rrun {}/{}", run + 1, opts.runs);
+        }
+        for (phase_index, (name, script)) in phases.iter().enumerate() {
+            for runner in 0..names.len() {
+                if failed[runner].is_some() {
+                    continue;
+                }
+                let mut cmd = if runner == 0 {
+                    let mut cmd = Command::new(crate::demo::BUSYBOX);
+                    cmd.args([
+                        "sh",
+                        "-c",
+                        &format!("D={host_dir} Z=/dev/zero N=/dev/null; {script}"),
+                    ]);
+                    cmd
+                } else {
+                    let isolation = opts.isolations[runner - 1];
+                    let mut cmd = Command::new(&capsa);
+                    cmd.arg("--root")
+                        .arg(work.join(format!("state-{isolation}")))
+                        .arg("run")
+                        .arg(format!("--isolation={isolation}"))
+                        .arg("--bundle")
+                        .arg(work.join(format!("phase-{isolation}-{name}")))
+                        .arg(format!("io-{}-{run}-{phase_index}", std::process::id()));
+                    cmd
+                };
+                let started = Instant::now();
+                let out = cmd
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .output();
+                let seconds = started.elapsed().as_secs_f64();
+                match out {
+                    Ok(out) if out.status.success() => samples[runner][phase_index].push(seconds),
+                    Ok(out) => {
+                        let stderr = String::from_utf8_lossy(&out.stderr);
+                        failed[runner] = Some(format!(
+                            "phase {name}: {}",
+                            stderr.lines().last().unwrap_or("failed").trim()
+                        ));
+                    }
+                    Err(err) => failed[runner] = Some(err.to_string()),
+                }
+            }
+        }
+    }
+    if progress {
+        eprint!("\r\x1b[K");
+    }
+    let median = |values: &Vec<f64>| {
+        let mut sorted = values.clone();
+        sorted.sort_by(f64::total_cmp);
+        percentile(&sorted, 50.0)
+    };
+    let mut summaries = Vec::new();
+    for (runner, name) in names.iter().enumerate() {
+        if let Some(reason) = &failed[runner] {
+            eprintln!("note: {name} skipped ({reason})");
+            continue;
+        }
+        let m: Vec<f64> = samples[runner].iter().map(median).collect();
+        // Each phase minus what every run pays anyway (start-up, or the
+        // shell loop itself), floored so noise cannot go negative.
+        let net = |phase: usize, minus: usize| (m[phase] - m[minus]).max(1e-6);
+        let files = opts.files as f64;
+        summaries.push(IoSummary {
+            name: name.clone(),
+            seq_write_mib_s: opts.size_mib as f64 / net(1, 0),
+            seq_read_mib_s: opts.size_mib as f64 / net(2, 0),
+            creates_per_s: files / net(4, 3),
+            stats_per_s: files / net(5, 3),
+            unlinks_per_s: files / net(6, 0),
+            syscall_ns: net(7, 0) * 1e9 / (2.0 * opts.syscall_bytes as f64),
+        });
+    }
+    if summaries.is_empty() {
+        return Err(BenchError::NothingRan);
+    }
+    Ok(summaries)
+}
+
+pub fn format_io_table(summaries: &[IoSummary]) -> String {
+    let mut out = format!(
+        "{:<16} {:>12} {:>12} {:>11} {:>11} {:>11} {:>12}\n",
+        "runner", "write MiB/s", "read MiB/s", "creates/s", "stats/s", "unlinks/s", "syscall ns"
+    );
+    for s in summaries {
+        out.push_str(&format!(
+            "{:<16} {:>12.0} {:>12.0} {:>11.0} {:>11.0} {:>11.0} {:>12.0}\n",
+            s.name,
+            s.seq_write_mib_s,
+            s.seq_read_mib_s,
+            s.creates_per_s,
+            s.stats_per_s,
+            s.unlinks_per_s,
+            s.syscall_ns
+        ));
     }
     out
 }

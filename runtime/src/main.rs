@@ -170,6 +170,28 @@ enum BenchCommand {
         #[arg(last = true)]
         command: Vec<String>,
     },
+    /// File I/O and syscall cost inside each mode and on the host, same files.
+    Io {
+        #[arg(long, value_delimiter = ',', default_value = "container,microvm")]
+        isolation: Vec<Isolation>,
+        /// Size of the sequentially written and read file, MiB.
+        #[arg(long, default_value_t = 256)]
+        size_mib: u64,
+        /// Small files to create, stat and unlink.
+        #[arg(long, default_value_t = 1000)]
+        files: usize,
+        /// Bytes copied one syscall at a time.
+        #[arg(long, default_value_t = 100000)]
+        syscall_bytes: u64,
+        /// Repetitions of each phase (the median counts).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Bundle whose rootfs to use (default: the built-in busybox demo).
+        #[arg(long)]
+        bundle: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Memory per idle instance, and density: many idle instances at once.
     Memory {
         /// Idle instances to run at once.
@@ -299,6 +321,30 @@ fn dispatch(cli: Cli) -> Result<u8> {
             }
             if let Some(path) = plot {
                 capsa::plot::startup(&summaries, &path, "capsa bench startup").map_err(chain)?;
+            }
+        }
+        Command::Bench(BenchCommand::Io {
+            isolation,
+            size_mib,
+            files,
+            syscall_bytes,
+            runs,
+            bundle,
+            json,
+        }) => {
+            let opts = capsa::bench::IoOptions {
+                isolations: isolation,
+                size_mib,
+                files,
+                syscall_bytes,
+                runs,
+                bundle,
+            };
+            let summaries = capsa::bench::io(&opts).map_err(chain)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&summaries)?);
+            } else {
+                print!("{}", capsa::bench::format_io_table(&summaries));
             }
         }
         Command::Bench(BenchCommand::Memory {
