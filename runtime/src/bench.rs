@@ -44,6 +44,31 @@ struct Runner {
     /// Set when the runner was skipped, with the reason.
     skipped: Option<String>,
     samples_ms: Vec<f64>,
+    /// capsa's own phase durations per run, when it traces (see [`PHASES`]).
+    phases_ms: Vec<[f64; 5]>,
+    traced: bool,
+}
+
+/// Phase names and the trace events that end each (the first starts when
+/// the benchmark spawns the runtime).
+pub const PHASES: [(&str, &str); 5] = [
+    ("spawn", "cli"),
+    ("setup", "created"),
+    ("start", "launch"),
+    ("run", "exited"),
+    ("teardown", "done"),
+];
+
+/// Durations of [`PHASES`] from a trace, given when the runtime was spawned.
+pub fn phases_from_trace(spawned_ns: u64, events: &[(String, u64)]) -> Option<[f64; 5]> {
+    let mut out = [0.0; 5];
+    let mut previous = spawned_ns;
+    for (i, (_, event)) in PHASES.iter().enumerate() {
+        let at = events.iter().find(|(name, _)| name == event)?.1;
+        out[i] = at.checked_sub(previous)? as f64 / 1e6;
+        previous = at;
+    }
+    Some(out)
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -55,6 +80,9 @@ pub struct Summary {
     pub p90_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
+    /// Median of each of capsa's own phases, when it traced them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phases_p50_ms: Option<Vec<(String, f64)>>,
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -76,6 +104,7 @@ pub fn summarize(name: &str, samples: &[f64]) -> Summary {
         p90_ms: percentile(&sorted, 90.0),
         p99_ms: percentile(&sorted, 99.0),
         max_ms: sorted.last().copied().unwrap_or(f64::NAN),
+        phases_p50_ms: None,
     }
 }
 
@@ -146,9 +175,15 @@ fn derive_bundle(
     Ok(bundle.rootfs)
 }
 
-fn run_once(runner: &Runner, id: &str) -> Result<f64, String> {
+fn run_once(runner: &mut Runner, id: &str, trace: &Path) -> Result<f64, String> {
+    let mut command = Command::new(&runner.program);
+    if runner.traced {
+        let _ = fs::remove_file(trace);
+        command.env(crate::trace::ENV, trace);
+    }
+    let spawned_ns = crate::trace::monotonic_ns();
     let started = Instant::now();
-    let status = Command::new(&runner.program)
+    let status = command
         .args(&runner.args)
         .arg(id)
         .stdin(Stdio::null())
@@ -157,6 +192,12 @@ fn run_once(runner: &Runner, id: &str) -> Result<f64, String> {
         .output()
         .map_err(|e| e.to_string())?;
     let elapsed = started.elapsed().as_secs_f64() * 1000.0;
+    if runner.traced {
+        let events = crate::trace::parse(&fs::read_to_string(trace).unwrap_or_default());
+        if let Some(phases) = phases_from_trace(spawned_ns, &events) {
+            runner.phases_ms.push(phases);
+        }
+    }
     if status.status.success() {
         Ok(elapsed)
     } else {
@@ -200,6 +241,8 @@ fn startup_in(work: &Path, opts: &StartupOptions) -> Result<Vec<Summary>, BenchE
             ],
             skipped: None,
             samples_ms: Vec::new(),
+            phases_ms: Vec::new(),
+            traced: true,
         });
     }
     for peer in &opts.peers {
@@ -216,6 +259,8 @@ fn startup_in(work: &Path, opts: &StartupOptions) -> Result<Vec<Summary>, BenchE
             ],
             skipped: None,
             samples_ms: Vec::new(),
+            phases_ms: Vec::new(),
+            traced: false,
         };
         match which(peer) {
             Some(path) => runner.program = path,
@@ -235,9 +280,12 @@ fn startup_in(work: &Path, opts: &StartupOptions) -> Result<Vec<Summary>, BenchE
                 continue;
             }
             let id = format!("bench-{}-{index}-{round}", std::process::id());
-            match run_once(runner, &id) {
+            let trace = work.join("trace");
+            match run_once(runner, &id, &trace) {
                 Ok(ms) if round >= opts.warmup => runner.samples_ms.push(ms),
-                Ok(_) => {}
+                Ok(_) => {
+                    runner.phases_ms.clear();
+                }
                 Err(reason) => runner.skipped = Some(format!("fails on this host: {reason}")),
             }
         }
@@ -254,7 +302,19 @@ fn startup_in(work: &Path, opts: &StartupOptions) -> Result<Vec<Summary>, BenchE
     let summaries: Vec<Summary> = runners
         .iter()
         .filter(|r| r.skipped.is_none())
-        .map(|r| summarize(&r.name, &r.samples_ms))
+        .map(|r| {
+            let mut summary = summarize(&r.name, &r.samples_ms);
+            if !r.phases_ms.is_empty() {
+                let phases = (0..PHASES.len())
+                    .map(|i| {
+                        let column: Vec<f64> = r.phases_ms.iter().map(|p| p[i]).collect();
+                        (PHASES[i].0.to_string(), summarize("", &column).p50_ms)
+                    })
+                    .collect();
+                summary.phases_p50_ms = Some(phases);
+            }
+            summary
+        })
         .collect();
     if summaries.is_empty() {
         return Err(BenchError::NothingRan);
@@ -280,6 +340,25 @@ pub fn format_table(summaries: &[Summary]) -> String {
             "{:<18} {:>5} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>12}\n",
             s.name, s.runs, s.min_ms, s.p50_ms, s.p90_ms, s.p99_ms, s.max_ms, ratio
         ));
+    }
+    let traced: Vec<&Summary> = summaries
+        .iter()
+        .filter(|s| s.phases_p50_ms.is_some())
+        .collect();
+    if !traced.is_empty() {
+        out.push_str("\ncapsa's phases, p50 ms (spawn: exec of capsa; setup: namespaces, cgroup, rootfs or jail;\nstart: start to launch; run: exec or VM boot + process + exit; teardown: delete)\n");
+        out.push_str(&format!("{:<18}", "runner"));
+        for (name, _) in PHASES {
+            out.push_str(&format!(" {name:>9}"));
+        }
+        out.push('\n');
+        for s in traced {
+            out.push_str(&format!("{:<18}", s.name));
+            for (_, ms) in s.phases_p50_ms.iter().flatten() {
+                out.push_str(&format!(" {ms:>9.2}"));
+            }
+            out.push('\n');
+        }
     }
     out
 }
@@ -719,6 +798,29 @@ mod tests {
         assert_eq!(s.p50_ms, 51.0);
         assert_eq!(s.p90_ms, 90.0);
         assert_eq!(s.p99_ms, 99.0);
+    }
+
+    #[test]
+    fn phases_come_from_consecutive_trace_events() {
+        let events: Vec<(String, u64)> = [
+            ("cli", 2_000_000),
+            ("created", 5_000_000),
+            ("launch", 5_500_000),
+            ("exited", 9_500_000),
+            ("done", 10_000_000),
+        ]
+        .iter()
+        .map(|(n, t)| (n.to_string(), *t))
+        .collect();
+        assert_eq!(
+            phases_from_trace(1_000_000, &events),
+            Some([1.0, 3.0, 0.5, 4.0, 0.5])
+        );
+        assert_eq!(
+            phases_from_trace(1_000_000, &events[..4]),
+            None,
+            "a missing event"
+        );
     }
 
     #[test]

@@ -196,6 +196,7 @@ fn run(mut init: Init, backend: &dyn Backend) -> Result<std::convert::Infallible
     init.wait_for_start().map_err(|e| fail(&e))?;
     init.run_hooks("startContainer", Status::Running)
         .map_err(|e| fail(&e))?;
+    crate::trace::event("launch");
     backend.launch(init).map_err(|e| fail(&e))
 }
 

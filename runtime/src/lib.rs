@@ -22,6 +22,7 @@ pub mod spec;
 pub mod state;
 pub mod sync;
 pub mod terminal;
+pub mod trace;
 
 /// An error and its sources on one line, outermost first, separated by ": ".
 pub fn error_chain(err: &dyn std::error::Error) -> String {

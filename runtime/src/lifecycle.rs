@@ -326,6 +326,7 @@ fn create_with_console(
     }
     state.ready = true;
     store.save(&state)?;
+    crate::trace::event("created");
     if let Some(path) = opts.pid_file {
         write_pid_file(path, pid.as_raw())?;
     }
@@ -662,6 +663,7 @@ pub fn run_foreground(store: &Store, opts: &CreateOptions<'_>) -> Result<i32> {
                 _ => None,
             };
             let code = wait_forwarding(pid, &forwarded);
+            crate::trace::event("exited");
             if let Some(proxy) = proxy {
                 proxy.finish();
             }
@@ -673,6 +675,7 @@ pub fn run_foreground(store: &Store, opts: &CreateOptions<'_>) -> Result<i32> {
         }
     };
     delete(store, opts.id, true)?;
+    crate::trace::event("done");
     Ok(code)
 }
 

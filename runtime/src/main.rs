@@ -213,6 +213,7 @@ enum BenchCommand {
 }
 
 fn main() -> ExitCode {
+    capsa::trace::event("cli");
     let cli = Cli::parse();
     let logger = Logger {
         file: cli.log.clone(),
