@@ -133,6 +133,48 @@ fn namespaces_differ_from_the_host() {
 }
 
 #[test]
+fn namespaces_can_be_joined_by_path_and_loopback_is_up() {
+    let capsa = Capsa::new();
+    let first = TestBundle::busybox(&["sleep", "1000"]);
+    let first_id = unique_id("ns-owner");
+    assert!(capsa.create(&first, &[], &first_id).status.success());
+    let pid = capsa.state(&first_id)["pid"].as_i64().expect("pid");
+    let owner_net = std::fs::read_link(format!("/proc/{pid}/ns/net")).expect("ns");
+    let owner_uts = std::fs::read_link(format!("/proc/{pid}/ns/uts")).expect("ns");
+
+    let mut joiner = sh("readlink /proc/self/ns/net; readlink /proc/self/ns/uts; cat /sys/class/net/lo/flags; cat /proc/sys/net/ipv4/ip_forward");
+    joiner.edit(|c| {
+        let namespaces = c["linux"]["namespaces"].as_array_mut().expect("namespaces");
+        namespaces.retain(|ns| ns["type"] != "network");
+        namespaces.push(json!({"type": "network", "path": format!("/proc/{pid}/ns/net")}));
+        c["linux"]["sysctl"] = json!({"net.ipv4.ip_forward": "1"});
+    });
+    let out = run_ok(&capsa, &joiner);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines[0],
+        owner_net.to_string_lossy(),
+        "joined the owner's network namespace"
+    );
+    assert_ne!(
+        lines[1],
+        owner_uts.to_string_lossy(),
+        "a new uts namespace of its own"
+    );
+    let flags = u32::from_str_radix(lines[2].trim_start_matches("0x"), 16).expect("flags");
+    assert_eq!(flags & 1, 1, "lo is up (IFF_UP)");
+    assert_eq!(
+        lines[3], "1",
+        "linux.sysctl applied in the joined namespace"
+    );
+    assert!(capsa
+        .output(&["delete", "--force", &first_id])
+        .status
+        .success());
+    capsa.assert_nothing_left(&first_id);
+}
+
+#[test]
 fn a_user_namespace_maps_ids() {
     let capsa = Capsa::new();
     let mut bundle = sh("cat /proc/self/uid_map /proc/self/gid_map; id -u");

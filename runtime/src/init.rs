@@ -31,6 +31,8 @@ pub enum InitError {
     },
     #[error("cannot create the cgroup namespace")]
     CgroupNamespace(#[source] nix::Error),
+    #[error("linux.namespaces: cannot bring up the loopback interface")]
+    Loopback(#[source] nix::Error),
     #[error("cannot wait for start")]
     WaitStart(#[source] std::io::Error),
     #[error("start was never requested")]
@@ -172,6 +174,37 @@ fn enter_namespaces(init: &Init) -> Result<(), InitError> {
     }
     if init.has_new(LinuxNamespaceType::Cgroup) {
         unshare(CloneFlags::CLONE_NEWCGROUP).map_err(InitError::CgroupNamespace)?;
+    }
+    if init.has_new(LinuxNamespaceType::Network) {
+        loopback_up().map_err(InitError::Loopback)?;
+    }
+    Ok(())
+}
+
+/// A new network namespace starts with `lo` down; runc brings it up, and
+/// programs expect 127.0.0.1 to work.
+fn loopback_up() -> nix::Result<()> {
+    use std::os::fd::AsRawFd;
+    let socket = nix::sys::socket::socket(
+        nix::sys::socket::AddressFamily::Inet,
+        nix::sys::socket::SockType::Datagram,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    // SAFETY: ifreq is plain data; all-zero is a valid value.
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in request.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write the ifreq we own.
+    unsafe {
+        if libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFFLAGS, &mut request) != 0 {
+            return Err(nix::Error::last());
+        }
+        request.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        if libc::ioctl(socket.as_raw_fd(), libc::SIOCSIFFLAGS, &request) != 0 {
+            return Err(nix::Error::last());
+        }
     }
     Ok(())
 }
