@@ -20,6 +20,7 @@ pub mod errno;
 pub mod fd;
 pub mod files;
 pub mod fuse;
+pub mod futex;
 pub mod kernel;
 pub mod mem;
 pub mod mm;

@@ -1145,3 +1145,27 @@ impl Kernel {
         Ok(done)
     }
 }
+
+impl Kernel {
+    /// getxattr/lgetxattr/listxattr/setxattr/removexattr and their `l` forms:
+    /// the name must resolve (ENOENT, ENOTDIR, ELOOP as on Linux), then the
+    /// answer is EOPNOTSUPP. The rootfs server runs with extended attributes
+    /// disabled, so it would answer ENOSYS, which Linux's FUSE client turns
+    /// into EOPNOTSUPP for the caller — exactly what is reported here without
+    /// the round trip. `ls -l` and `cp -a` take it as "no ACLs, no labels".
+    pub fn sys_xattr_path(&mut self, path: u64, follow: bool) -> Result<u64> {
+        let path = self.user_cstr(path)?;
+        self.stat_path(
+            AT_FDCWD,
+            &path,
+            if follow { 0 } else { AT_SYMLINK_NOFOLLOW },
+        )?;
+        Err(Errno::EOPNOTSUPP)
+    }
+
+    /// The fd forms (fgetxattr, flistxattr, ...): the fd must be open.
+    pub fn sys_xattr_fd(&mut self, fd: i32) -> Result<u64> {
+        self.fds.file(fd)?;
+        Err(Errno::EOPNOTSUPP)
+    }
+}

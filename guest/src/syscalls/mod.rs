@@ -199,6 +199,11 @@ impl Kernel {
             158 => self.sys_arch_prctl(a0 as u32, a1),
             160 => self.sys_prlimit(0, a0 as u32, a1, 0),
             162 => Ok(0), // sync: every write already reached the server
+            // setxattr, getxattr, listxattr, removexattr: follow the link.
+            188 | 191 | 194 | 197 => self.sys_xattr_path(a0, true),
+            // lsetxattr, lgetxattr, llistxattr, lremovexattr.
+            189 | 192 | 195 | 198 => self.sys_xattr_path(a0, false),
+            190 | 193 | 196 | 199 => self.sys_xattr_fd(a0 as i32),
             200 | 234 => self.sys_tkill(
                 if nr == 234 { a1 } else { a0 } as i32,
                 if nr == 234 { a2 } else { a1 } as u32,
