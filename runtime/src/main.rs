@@ -191,6 +191,9 @@ enum BenchCommand {
         bundle: Option<PathBuf>,
         #[arg(long)]
         json: bool,
+        /// Also draw the results as an SVG chart.
+        #[arg(long)]
+        plot: Option<PathBuf>,
     },
     /// Memory per idle instance, and density: many idle instances at once.
     Memory {
@@ -332,6 +335,7 @@ fn dispatch(cli: Cli) -> Result<u8> {
             runs,
             bundle,
             json,
+            plot,
         }) => {
             let opts = capsa::bench::IoOptions {
                 isolations: isolation,
@@ -346,6 +350,9 @@ fn dispatch(cli: Cli) -> Result<u8> {
                 println!("{}", serde_json::to_string_pretty(&summaries)?);
             } else {
                 print!("{}", capsa::bench::format_io_table(&summaries));
+            }
+            if let Some(path) = plot {
+                capsa::plot::io(&summaries, &path).map_err(chain)?;
             }
         }
         Command::Bench(BenchCommand::Memory {

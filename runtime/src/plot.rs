@@ -4,7 +4,7 @@ use std::path::Path;
 
 use plotters::prelude::*;
 
-use crate::bench::{MemorySummary, Summary};
+use crate::bench::{IoSummary, MemorySummary, Summary};
 
 #[derive(Debug, thiserror::Error)]
 #[error("{path}: cannot draw the chart: {message}")]
@@ -55,6 +55,33 @@ pub fn memory(summaries: &[MemorySummary], path: &Path) -> Result<(), PlotError>
         path,
         "memory per idle instance",
         "PSS per instance, MiB (bar: mean at density, whisker: single idle instance)",
+    )
+}
+
+/// Sequential throughput per mode, reads and writes as separate bars.
+pub fn io(summaries: &[IoSummary], path: &Path) -> Result<(), PlotError> {
+    let mut rows = Vec::new();
+    for s in summaries {
+        rows.push((
+            format!("{} read", s.name),
+            s.seq_read_mib_s,
+            s.seq_read_mib_s,
+            s.seq_read_mib_s,
+        ));
+    }
+    for s in summaries {
+        rows.push((
+            format!("{} write", s.name),
+            s.seq_write_mib_s,
+            s.seq_write_mib_s,
+            s.seq_write_mib_s,
+        ));
+    }
+    bars(
+        &rows,
+        path,
+        "sequential file I/O, same files",
+        "MiB/s (median of runs)",
     )
 }
 
