@@ -747,8 +747,16 @@ fn io_in(work: &Path, opts: &IoOptions) -> Result<Vec<IoSummary>, BenchError> {
         }
         let m: Vec<f64> = samples[runner].iter().map(median).collect();
         // Each phase minus what every run pays anyway (start-up, or the
-        // shell loop itself), floored so noise cannot go negative.
-        let net = |phase: usize, minus: usize| (m[phase] - m[minus]).max(1e-6);
+        // shell loop itself); a difference lost in the noise is reported as
+        // not measurable (NaN) rather than as an absurd rate.
+        let net = |phase: usize, minus: usize| {
+            let seconds = m[phase] - m[minus];
+            if seconds > m[minus] * 0.02 && seconds > 0.0 {
+                seconds
+            } else {
+                f64::NAN
+            }
+        };
         let files = opts.files as f64;
         summaries.push(IoSummary {
             name: name.clone(),
@@ -771,18 +779,24 @@ pub fn format_io_table(summaries: &[IoSummary]) -> String {
         "{:<16} {:>12} {:>12} {:>11} {:>11} {:>11} {:>12}\n",
         "runner", "write MiB/s", "read MiB/s", "creates/s", "stats/s", "unlinks/s", "syscall ns"
     );
+    let cell = |value: f64, width: usize| {
+        if value.is_finite() {
+            format!(" {value:>width$.0}")
+        } else {
+            format!(" {:>width$}", "-")
+        }
+    };
     for s in summaries {
-        out.push_str(&format!(
-            "{:<16} {:>12.0} {:>12.0} {:>11.0} {:>11.0} {:>11.0} {:>12.0}\n",
-            s.name,
-            s.seq_write_mib_s,
-            s.seq_read_mib_s,
-            s.creates_per_s,
-            s.stats_per_s,
-            s.unlinks_per_s,
-            s.syscall_ns
-        ));
+        out.push_str(&format!("{:<16}", s.name));
+        out.push_str(&cell(s.seq_write_mib_s, 12));
+        out.push_str(&cell(s.seq_read_mib_s, 12));
+        out.push_str(&cell(s.creates_per_s, 11));
+        out.push_str(&cell(s.stats_per_s, 11));
+        out.push_str(&cell(s.unlinks_per_s, 11));
+        out.push_str(&cell(s.syscall_ns, 12));
+        out.push('\n');
     }
+    out.push_str("(-: lost in start-up noise; raise --files / --syscall-bytes / --size-mib)\n");
     out
 }
 
