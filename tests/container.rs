@@ -275,11 +275,26 @@ fn mounts_devices_masked_and_readonly_paths_take_effect() {
 fn cgroup_limits_land_in_the_cgroup_tree_and_are_removed() {
     let capsa = Capsa::new();
     let mut bundle = sh("cat /proc/self/cgroup");
+    // The first virtio or SCSI disk: throttling needs a real block device.
+    let disk: (u64, u64) = std::fs::read_dir("/sys/block")
+        .expect("/sys/block")
+        .flatten()
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.starts_with("vd") || name.starts_with("sd") || name.starts_with("nvme")
+        })
+        .find_map(|e| {
+            let text = std::fs::read_to_string(e.path().join("dev")).ok()?;
+            let (major, minor) = text.trim().split_once(':')?;
+            Some((major.parse().ok()?, minor.parse().ok()?))
+        })
+        .expect("a block device");
     bundle.edit(|c| {
         c["linux"]["resources"] = json!({
             "memory": {"limit": 67108864, "reservation": 33554432},
-            "cpu": {"shares": 512, "quota": 50000, "period": 100000},
+            "cpu": {"shares": 512, "quota": 50000, "period": 100000, "cpus": "0", "mems": "0"},
             "pids": {"limit": 32},
+            "blockIO": {"throttleReadBpsDevice": [{"major": disk.0, "minor": disk.1, "rate": 1048576}]},
         });
     });
     let id = unique_id("cg");
@@ -297,6 +312,12 @@ fn cgroup_limits_land_in_the_cgroup_tree_and_are_removed() {
     assert_eq!(read("cpu", "cpu.cfs_quota_us"), "50000");
     assert_eq!(read("cpu", "cpu.cfs_period_us"), "100000");
     assert_eq!(read("pids", "pids.max"), "32");
+    assert_eq!(read("cpuset", "cpuset.cpus"), "0");
+    assert_eq!(read("cpuset", "cpuset.mems"), "0");
+    assert_eq!(
+        read("blkio", "blkio.throttle.read_bps_device"),
+        format!("{}:{} 1048576", disk.0, disk.1)
+    );
     let pid = capsa.state(&id)["pid"].as_i64().expect("pid");
     assert_eq!(read("pids", "cgroup.procs"), pid.to_string());
 
