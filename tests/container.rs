@@ -19,25 +19,6 @@ fn run_ok(capsa: &Capsa, bundle: &TestBundle) -> String {
     stdout(&out)
 }
 
-/// Blocks until process `pid` has exited (pidfd, no polling).
-fn wait_exit(pid: i32) {
-    // SAFETY: pidfd_open takes a pid and flags; returns an fd or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
-    if fd < 0 {
-        return; // already gone
-    }
-    let mut pfd = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd; then closing the fd we own.
-    unsafe {
-        libc::poll(&mut pfd, 1, -1);
-        libc::close(fd);
-    }
-}
-
 #[test]
 fn process_fields_take_effect_for_a_non_root_user() {
     let capsa = Capsa::new();

@@ -305,25 +305,6 @@ fn stdin_reaches_the_process() {
     assert_eq!(stdout(&out).trim(), "3", "{}", show(&out));
 }
 
-/// Blocks until process `pid` has exited (pidfd, no polling).
-fn wait_exit(pid: i32) {
-    // SAFETY: pidfd_open takes a pid and flags; returns an fd or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
-    if fd < 0 {
-        return; // already gone
-    }
-    let mut pfd = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd; then closing the fd we own.
-    unsafe {
-        libc::poll(&mut pfd, 1, -1);
-        libc::close(fd);
-    }
-}
-
 fn process_exists(pid: i32) -> bool {
     // SAFETY: signal 0 only checks that the pid exists.
     unsafe { libc::kill(pid, 0) == 0 }

@@ -141,6 +141,17 @@ enum Command {
     Bench(BenchCommand),
 }
 
+/// How a benchmark reports: a table (default) or JSON, and an optional chart.
+#[derive(clap::Args)]
+struct BenchOutput {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Also draw the results as an SVG chart.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+}
+
 #[derive(Subcommand)]
 enum BenchCommand {
     /// Start-to-exit latency, interleaved across modes and peers.
@@ -160,12 +171,8 @@ enum BenchCommand {
         /// Bundle whose rootfs to use (default: the built-in busybox demo).
         #[arg(long)]
         bundle: Option<PathBuf>,
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
-        /// Also draw the results as an SVG chart.
-        #[arg(long)]
-        plot: Option<PathBuf>,
+        #[command(flatten)]
+        output: BenchOutput,
         /// The command to run (default /bin/true).
         #[arg(last = true)]
         command: Vec<String>,
@@ -189,11 +196,8 @@ enum BenchCommand {
         /// Bundle whose rootfs to use (default: the built-in busybox demo).
         #[arg(long)]
         bundle: Option<PathBuf>,
-        #[arg(long)]
-        json: bool,
-        /// Also draw the results as an SVG chart.
-        #[arg(long)]
-        plot: Option<PathBuf>,
+        #[command(flatten)]
+        output: BenchOutput,
     },
     /// Memory per idle instance, and density: many idle instances at once.
     Memory {
@@ -207,11 +211,8 @@ enum BenchCommand {
         /// Bundle whose rootfs to use (default: the built-in busybox demo).
         #[arg(long)]
         bundle: Option<PathBuf>,
-        #[arg(long)]
-        json: bool,
-        /// Also draw the results as an SVG chart.
-        #[arg(long)]
-        plot: Option<PathBuf>,
+        #[command(flatten)]
+        output: BenchOutput,
     },
 }
 
@@ -305,8 +306,7 @@ fn dispatch(cli: Cli) -> Result<u8> {
             isolation,
             peers,
             bundle,
-            json,
-            plot,
+            output,
             command,
         }) => {
             let opts = capsa::bench::StartupOptions {
@@ -318,14 +318,12 @@ fn dispatch(cli: Cli) -> Result<u8> {
                 command,
             };
             let summaries = capsa::bench::startup(&opts).map_err(chain)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&summaries)?);
-            } else {
-                print!("{}", capsa::bench::format_table(&summaries));
-            }
-            if let Some(path) = plot {
-                capsa::plot::startup(&summaries, &path, "capsa bench startup").map_err(chain)?;
-            }
+            report(
+                &summaries,
+                &output,
+                capsa::bench::format_table,
+                |s, path| capsa::plot::startup(s, path, "capsa bench startup"),
+            )?;
         }
         Command::Bench(BenchCommand::Io {
             isolation,
@@ -334,8 +332,7 @@ fn dispatch(cli: Cli) -> Result<u8> {
             syscall_bytes,
             runs,
             bundle,
-            json,
-            plot,
+            output,
         }) => {
             let opts = capsa::bench::IoOptions {
                 isolations: isolation,
@@ -346,22 +343,19 @@ fn dispatch(cli: Cli) -> Result<u8> {
                 bundle,
             };
             let summaries = capsa::bench::io(&opts).map_err(chain)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&summaries)?);
-            } else {
-                print!("{}", capsa::bench::format_io_table(&summaries));
-            }
-            if let Some(path) = plot {
-                capsa::plot::io(&summaries, &path).map_err(chain)?;
-            }
+            report(
+                &summaries,
+                &output,
+                capsa::bench::format_io_table,
+                capsa::plot::io,
+            )?;
         }
         Command::Bench(BenchCommand::Memory {
             count,
             isolation,
             peers,
             bundle,
-            json,
-            plot,
+            output,
         }) => {
             let opts = capsa::bench::MemoryOptions {
                 isolations: isolation,
@@ -370,17 +364,33 @@ fn dispatch(cli: Cli) -> Result<u8> {
                 bundle,
             };
             let summaries = capsa::bench::memory(&opts).map_err(chain)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&summaries)?);
-            } else {
-                print!("{}", capsa::bench::format_memory_table(&summaries));
-            }
-            if let Some(path) = plot {
-                capsa::plot::memory(&summaries, &path).map_err(chain)?;
-            }
+            report(
+                &summaries,
+                &output,
+                capsa::bench::format_memory_table,
+                capsa::plot::memory,
+            )?;
         }
     }
     Ok(0)
+}
+
+/// Prints benchmark results as a table or JSON, and draws the chart if asked.
+fn report<T: serde::Serialize>(
+    summaries: &[T],
+    output: &BenchOutput,
+    table: fn(&[T]) -> String,
+    plot: impl Fn(&[T], &std::path::Path) -> Result<(), capsa::plot::PlotError>,
+) -> Result<()> {
+    if output.json {
+        println!("{}", serde_json::to_string_pretty(summaries)?);
+    } else {
+        print!("{}", table(summaries));
+    }
+    if let Some(path) = &output.plot {
+        plot(summaries, path).map_err(chain)?;
+    }
+    Ok(())
 }
 
 /// Flattens a library error's chain into one line (the libraries keep

@@ -199,3 +199,22 @@ pub fn assert_one_line_error(out: &Output, needle: &str) {
         "error {err:?} does not mention {needle:?}"
     );
 }
+
+/// Blocks until process `pid` has exited (a pidfd, no polling on a timer).
+pub fn wait_exit(pid: i32) {
+    // SAFETY: pidfd_open takes a pid and flags; returns an fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
+    if fd < 0 {
+        return; // already gone
+    }
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd; then closing the fd we own.
+    unsafe {
+        libc::poll(&mut pfd, 1, -1);
+        libc::close(fd);
+    }
+}
