@@ -647,3 +647,47 @@ fn delete_force_cleans_up_after_capsa_is_killed_during_create() {
     assert!(out.status.success(), "{}", stderr(&out));
     capsa.assert_nothing_left(&id);
 }
+
+#[test]
+fn exec_joins_a_running_container() {
+    let capsa = Capsa::new();
+    let mut bundle = TestBundle::busybox(&["sleep", "1000"]);
+    bundle.edit(|c| c["hostname"] = json!("exec-box"));
+    let id = unique_id("exec");
+    assert!(capsa.create(&bundle, &[], &id).status.success());
+    assert!(capsa.output(&["start", &id]).status.success());
+    let init = capsa.state(&id)["pid"].as_i64().expect("pid");
+
+    let out = capsa.output(&[
+        "exec",
+        "-e",
+        "FOO=bar",
+        "-u",
+        "1000:1001",
+        &id,
+        "sh",
+        "-c",
+        "hostname; echo $FOO; id -u; id -g; readlink /proc/self/ns/pid; exit 4",
+    ]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    let lines: Vec<String> = stdout(&out).lines().map(String::from).collect();
+    assert_eq!(lines[..4], ["exec-box", "bar", "1000", "1001"]);
+    let init_pid_ns = std::fs::read_link(format!("/proc/{init}/ns/pid")).expect("ns");
+    assert_eq!(
+        lines[4],
+        init_pid_ns.to_string_lossy(),
+        "in the container's pid namespace"
+    );
+    let procs = std::fs::read_to_string(format!("/sys/fs/cgroup/pids/capsa/{id}/cgroup.procs"))
+        .expect("cgroup.procs");
+    assert_eq!(
+        procs.trim(),
+        init.to_string(),
+        "the exec'd process left the cgroup when it exited"
+    );
+
+    assert_one_line_error(&capsa.output(&["exec", &id, "/no/such"]), "process.args");
+    assert!(capsa.output(&["delete", "--force", &id]).status.success());
+    assert_one_line_error(&capsa.output(&["exec", &id, "true"]), "does not exist");
+    capsa.assert_nothing_left(&id);
+}

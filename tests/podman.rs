@@ -39,6 +39,15 @@ impl Drop for Image {
     }
 }
 
+fn podman(args: &[&str]) -> std::process::Output {
+    Command::new("podman")
+        .arg("--runtime")
+        .arg(capsa_bin())
+        .args(args)
+        .output()
+        .expect("podman")
+}
+
 fn podman_run(image: &Image, args: &[&str]) -> std::process::Output {
     Command::new("podman")
         .arg("--runtime")
@@ -72,4 +81,31 @@ fn podman_runs_containers_through_capsa() {
         "1\n",
         "the process is pid 1 of its own namespace"
     );
+}
+
+#[test]
+fn podman_exec_and_stop_a_detached_container() {
+    let image = Image::import();
+    let name = unique_id("capsa-podman");
+    let out = podman(&[
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "--network",
+        "none",
+        "--ulimit",
+        "nofile=1024:1024",
+        "--ulimit",
+        "nproc=1024:1024",
+        &image.0,
+        "sleep",
+        "1000",
+    ]);
+    assert!(out.status.success(), "podman run -d: {}", stderr(&out));
+    let out = podman(&["exec", &name, "sh", "-c", "echo exec-ok; exit 3"]);
+    assert_eq!(out.status.code(), Some(3), "podman exec: {}", stderr(&out));
+    assert_eq!(stdout(&out), "exec-ok\n");
+    let out = podman(&["rm", "-f", "-t", "0", &name]);
+    assert!(out.status.success(), "podman rm -f: {}", stderr(&out));
 }

@@ -100,6 +100,17 @@ pub enum LifecycleError {
     },
     #[error("this command needs root (capsa runs containers as root)")]
     NotRoot,
+    #[error("container {0:?} is a microVM: exec into microVMs is not supported yet")]
+    ExecMicroVm(String),
+    #[error("cannot join container {id:?} to exec")]
+    ExecJoin {
+        id: String,
+        #[source]
+        source: nix::Error,
+    },
+    /// The exec'd process's own one-line setup error.
+    #[error("{0}")]
+    ExecFailed(String),
 }
 
 type Result<T, E = LifecycleError> = std::result::Result<T, E>;
@@ -705,4 +716,167 @@ pub fn pids(store: &Store, id: &str) -> Result<Vec<i32>> {
         Some(cgroup) => Ok(cgroup.pids()?),
         None => Ok(vec![state.pid]),
     }
+}
+
+pub struct ExecOptions<'a> {
+    pub id: &'a str,
+    /// The process to run; `capsa exec` builds it from the container's own
+    /// process (user, capabilities, rlimits, env) and the command line.
+    pub process: oci_spec::runtime::Process,
+    pub detach: bool,
+    pub pid_file: Option<&'a Path>,
+    pub console_socket: Option<&'a Path>,
+    pub preserve_fds: i32,
+}
+
+/// The container init's namespaces that differ from ours, in the order to
+/// join them (user first: it owns the others; mount last: after it, host
+/// paths are gone).
+fn namespaces_to_join(pid: i32) -> Vec<(fs::File, nix::sched::CloneFlags)> {
+    use nix::sched::CloneFlags as F;
+    let kinds = [
+        ("user", F::CLONE_NEWUSER),
+        ("ipc", F::CLONE_NEWIPC),
+        ("uts", F::CLONE_NEWUTS),
+        ("net", F::CLONE_NEWNET),
+        ("cgroup", F::CLONE_NEWCGROUP),
+        ("mnt", F::CLONE_NEWNS),
+    ];
+    kinds
+        .iter()
+        .filter(|(kind, _)| {
+            let theirs = fs::read_link(format!("/proc/{pid}/ns/{kind}")).ok();
+            theirs.is_some() && theirs != fs::read_link(format!("/proc/self/ns/{kind}")).ok()
+        })
+        .filter_map(|(kind, flag)| {
+            Some((
+                fs::File::open(format!("/proc/{pid}/ns/{kind}")).ok()?,
+                *flag,
+            ))
+        })
+        .collect()
+}
+
+/// `capsa exec`: runs another process inside a running container (its
+/// namespaces, cgroup, and security settings). Returns its exit code, or 0
+/// at once with `detach`.
+pub fn exec(store: &Store, opts: ExecOptions<'_>) -> Result<i32> {
+    require_root()?;
+    let state = store.load(opts.id)?;
+    let status = state.status(store);
+    if status != Status::Running {
+        return Err(LifecycleError::WrongStatus {
+            id: opts.id.to_string(),
+            status,
+            wanted: "running",
+        });
+    }
+    if state.isolation != Isolation::Container {
+        return Err(LifecycleError::ExecMicroVm(opts.id.to_string()));
+    }
+    let join_error = |source| LifecycleError::ExecJoin {
+        id: opts.id.to_string(),
+        source,
+    };
+    let terminal = opts.process.terminal().unwrap_or(false);
+    let (ours, console) = match (terminal, opts.console_socket) {
+        (false, _) => (None, None),
+        (true, Some(path)) => (
+            None,
+            Some(OwnedFd::from(UnixStream::connect(path).map_err(
+                |source| LifecycleError::ConsoleSocket {
+                    path: path.to_path_buf(),
+                    source,
+                },
+            )?)),
+        ),
+        (true, None) if !opts.detach => {
+            let (a, b) = UnixStream::pair().map_err(|source| LifecycleError::ConsoleSocket {
+                path: PathBuf::from("(internal)"),
+                source,
+            })?;
+            (Some(a), Some(OwnedFd::from(b)))
+        }
+        (true, None) => return Err(LifecycleError::NoConsoleSocket),
+    };
+    let namespaces = namespaces_to_join(state.pid);
+    let own_pid_ns =
+        fs::File::open("/proc/self/ns/pid").map_err(|e| join_error(crate::container::nix_io(e)))?;
+    let their_pid_ns = fs::File::open(format!("/proc/{}/ns/pid", state.pid))
+        .map_err(|e| join_error(crate::container::nix_io(e)))?;
+
+    let mut forwarded = SigSet::empty();
+    for signal in crate::signal::FORWARDED {
+        forwarded.add(signal);
+    }
+    forwarded.add(Signal::SIGCHLD);
+    if !opts.detach {
+        forwarded.thread_block().map_err(join_error)?;
+    }
+    // Errors in the child come back through this pipe; a successful exec
+    // closes it (close-on-exec) without a word.
+    let (error_read, error_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(join_error)?;
+    nix::sched::setns(&their_pid_ns, nix::sched::CloneFlags::CLONE_NEWPID).map_err(join_error)?;
+    // SAFETY: fork of a process that has started no threads yet (the
+    // terminal proxy starts after); the child only joins namespaces, sets
+    // up and execs, or reports an error and _exits.
+    let forked = unsafe { nix::unistd::fork() };
+    let _ = nix::sched::setns(&own_pid_ns, nix::sched::CloneFlags::CLONE_NEWPID);
+    let child = match forked.map_err(join_error)? {
+        nix::unistd::ForkResult::Child => {
+            drop(error_read);
+            let result: Result<std::convert::Infallible, String> = (|| {
+                if let Some(cgroup) = &state.cgroup {
+                    cgroup
+                        .add_process(std::process::id() as i32)
+                        .map_err(|e| crate::error_chain(&e))?;
+                }
+                for (file, flag) in &namespaces {
+                    nix::sched::setns(file, *flag)
+                        .map_err(|e| format!("cannot join namespace: {e}"))?;
+                }
+                let _ = nix::unistd::setsid();
+                let seccomp = state
+                    .spec
+                    .linux()
+                    .as_ref()
+                    .and_then(|l| l.seccomp().clone());
+                crate::container::process::exec_process(
+                    &opts.process,
+                    seccomp.as_ref(),
+                    console,
+                    opts.preserve_fds,
+                )
+                .map_err(|e| crate::error_chain(&e))
+            })();
+            let message = match result {
+                Ok(never) => match never {},
+                Err(message) => message,
+            };
+            let _ = nix::unistd::write(&error_write, message.as_bytes());
+            // SAFETY: leave without running the parent's exit handlers.
+            unsafe { libc::_exit(255) }
+        }
+        nix::unistd::ForkResult::Parent { child } => child,
+    };
+    drop(error_write);
+    drop(console);
+    let mut message = String::new();
+    let _ = std::io::Read::read_to_string(&mut fs::File::from(error_read), &mut message);
+    if !message.is_empty() {
+        let _ = waitpid(child, None);
+        return Err(LifecycleError::ExecFailed(message));
+    }
+    if let Some(path) = opts.pid_file {
+        write_pid_file(path, child.as_raw())?;
+    }
+    if opts.detach {
+        return Ok(0);
+    }
+    let proxy = ours.and_then(|socket| crate::terminal::Proxy::start(&socket));
+    let code = wait_forwarding(child, &forwarded);
+    if let Some(proxy) = proxy {
+        proxy.finish();
+    }
+    Ok(code)
 }

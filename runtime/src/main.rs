@@ -125,6 +125,37 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         ps_args: Vec<String>,
     },
+    /// Run another process in a running container.
+    Exec {
+        id: String,
+        /// The command and its arguments (unless --process is given).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+        /// A JSON file holding the OCI process to run.
+        #[arg(short, long)]
+        process: Option<PathBuf>,
+        /// Allocate a terminal.
+        #[arg(short, long)]
+        tty: bool,
+        #[arg(long)]
+        console_socket: Option<PathBuf>,
+        /// Return once the process has started.
+        #[arg(short, long)]
+        detach: bool,
+        #[arg(long)]
+        pid_file: Option<PathBuf>,
+        /// Extra environment (KEY=VALUE), may repeat.
+        #[arg(short, long)]
+        env: Vec<String>,
+        /// Working directory inside the container.
+        #[arg(long)]
+        cwd: Option<PathBuf>,
+        /// UID[:GID] to run as.
+        #[arg(short, long)]
+        user: Option<String>,
+        #[arg(long, default_value_t = 0)]
+        preserve_fds: i32,
+    },
     /// Freeze every process in a container.
     Pause { id: String },
     /// Thaw a paused container.
@@ -295,6 +326,43 @@ fn dispatch(cli: Cli) -> Result<u8> {
             format,
             ps_args,
         } => ps(&store, &id, &format, &ps_args)?,
+        Command::Exec {
+            id,
+            command,
+            process,
+            tty,
+            console_socket,
+            detach,
+            pid_file,
+            env,
+            cwd,
+            user,
+            preserve_fds,
+        } => {
+            let process = match process {
+                Some(path) => {
+                    let text = std::fs::read(&path)
+                        .with_context(|| format!("--process {}: cannot read", path.display()))?;
+                    serde_json::from_slice(&text).with_context(|| {
+                        format!("--process {}: not an OCI process", path.display())
+                    })?
+                }
+                None => exec_process(&store, &id, command, tty, env, cwd, user.as_deref())?,
+            };
+            let code = lifecycle::exec(
+                &store,
+                lifecycle::ExecOptions {
+                    id: &id,
+                    process,
+                    detach,
+                    pid_file: pid_file.as_deref(),
+                    console_socket: console_socket.as_deref(),
+                    preserve_fds,
+                },
+            )
+            .map_err(chain)?;
+            return Ok(u8::try_from(code).unwrap_or(255));
+        }
         Command::Pause { id } => lifecycle::pause(&store, &id).map_err(chain)?,
         Command::Resume { id } => lifecycle::resume(&store, &id).map_err(chain)?,
         Command::DemoBundle { dir, command } => {
@@ -373,6 +441,55 @@ fn dispatch(cli: Cli) -> Result<u8> {
         }
     }
     Ok(0)
+}
+
+/// The process `capsa exec ID COMMAND` runs: the container's own process
+/// (user, capabilities, rlimits, no_new_privs, env) with the command line's
+/// overrides, as runc builds it.
+fn exec_process(
+    store: &Store,
+    id: &str,
+    command: Vec<String>,
+    tty: bool,
+    env: Vec<String>,
+    cwd: Option<PathBuf>,
+    user: Option<&str>,
+) -> Result<oci_spec::runtime::Process> {
+    if command.is_empty() {
+        anyhow::bail!("capsa exec: give a command or --process");
+    }
+    let state = store.load(id).map_err(chain)?;
+    let mut process = state.spec.process().clone().unwrap_or_default();
+    process.set_args(Some(command));
+    process.set_terminal(Some(tty));
+    let mut vars = process.env().clone().unwrap_or_default();
+    for var in env {
+        if !var.contains('=') {
+            anyhow::bail!("--env {var:?}: expected KEY=VALUE");
+        }
+        let key = var.split('=').next().unwrap_or_default().to_string();
+        vars.retain(|v| v.split('=').next() != Some(key.as_str()));
+        vars.push(var);
+    }
+    process.set_env(Some(vars));
+    if let Some(cwd) = cwd {
+        process.set_cwd(cwd);
+    }
+    if let Some(user) = user {
+        let (uid, gid) = match user.split_once(':') {
+            Some((uid, gid)) => (uid, Some(gid)),
+            None => (user, None),
+        };
+        let bad = || anyhow::anyhow!("--user {user:?}: expected UID[:GID]");
+        let uid: u32 = uid.parse().map_err(|_| bad())?;
+        let mut ids = process.user().clone();
+        ids.set_uid(uid);
+        if let Some(gid) = gid {
+            ids.set_gid(gid.parse().map_err(|_| bad())?);
+        }
+        process.set_user(ids);
+    }
+    Ok(process)
 }
 
 /// Prints benchmark results as a table or JSON, and draws the chart if asked.

@@ -224,19 +224,27 @@ fn cstrings<'a>(items: impl Iterator<Item = &'a String>) -> Vec<CString> {
 /// Becomes the container's process. Returns only on failure.
 pub fn exec(mut init: Init) -> Result<Infallible> {
     let process = init.process().clone();
-    let path = resolve_executable(&process)?;
-    apply_rlimits(&process)?;
-    if let Some(socket) = init.console_socket.take() {
+    let console = init.console_socket.take();
+    let seccomp = init.spec.linux().as_ref().and_then(|l| l.seccomp().clone());
+    exec_process(&process, seccomp.as_ref(), console, init.preserve_fds)
+}
+
+/// Becomes `process` in the current namespaces (the init's last step, and
+/// `capsa exec`'s once it has joined the container). Returns only on failure.
+pub fn exec_process(
+    process: &Process,
+    seccomp: Option<&oci_spec::runtime::LinuxSeccomp>,
+    console: Option<std::os::fd::OwnedFd>,
+    preserve_fds: i32,
+) -> Result<Infallible> {
+    let path = resolve_executable(process)?;
+    apply_rlimits(process)?;
+    if let Some(socket) = console {
         console::setup(socket, process.console_size()).map_err(ContainerError::Console)?;
     }
-    close_extra_fds(init.preserve_fds);
+    close_extra_fds(preserve_fds);
 
-    let seccomp = match init
-        .spec
-        .linux()
-        .as_ref()
-        .and_then(|l| l.seccomp().as_ref())
-    {
+    let seccomp = match seccomp {
         Some(spec) => Some(crate::seccomp::compile(spec)?),
         None => None,
     };
@@ -250,7 +258,7 @@ pub fn exec(mut init: Init) -> Result<Infallible> {
     }
     let capabilities = process.capabilities().as_ref();
     drop_bounding(capabilities)?;
-    switch_user(&process)?;
+    switch_user(process)?;
     apply_caps(capabilities)?;
     if no_new_privileges {
         nix::sys::prctl::set_no_new_privs().map_err(|source| ContainerError::Apply {
