@@ -156,6 +156,8 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         preserve_fds: i32,
     },
+    /// Print what this runtime supports, as OCI features JSON (runc features).
+    Features,
     /// Freeze every process in a container.
     Pause { id: String },
     /// Thaw a paused container.
@@ -363,6 +365,9 @@ fn dispatch(cli: Cli) -> Result<u8> {
             .map_err(chain)?;
             return Ok(u8::try_from(code).unwrap_or(255));
         }
+        Command::Features => {
+            println!("{}", serde_json::to_string_pretty(&features())?);
+        }
         Command::Pause { id } => lifecycle::pause(&store, &id).map_err(chain)?,
         Command::Resume { id } => lifecycle::resume(&store, &id).map_err(chain)?,
         Command::DemoBundle { dir, command } => {
@@ -490,6 +495,62 @@ fn exec_process(
         process.set_user(ids);
     }
     Ok(process)
+}
+
+/// The OCI runtime features document (runtime-spec features.md).
+fn features() -> serde_json::Value {
+    let options: Vec<&str> = vec![
+        "ro",
+        "rw",
+        "nosuid",
+        "suid",
+        "nodev",
+        "dev",
+        "noexec",
+        "exec",
+        "sync",
+        "async",
+        "dirsync",
+        "remount",
+        "mand",
+        "nomand",
+        "atime",
+        "noatime",
+        "diratime",
+        "nodiratime",
+        "relatime",
+        "norelatime",
+        "strictatime",
+        "nostrictatime",
+        "bind",
+        "rbind",
+        "private",
+        "rprivate",
+        "shared",
+        "rshared",
+        "slave",
+        "rslave",
+        "unbindable",
+        "runbindable",
+    ];
+    let capabilities: Vec<String> = caps::all().iter().map(|c| c.to_string()).collect();
+    serde_json::json!({
+        "ociVersionMin": "1.0.0",
+        "ociVersionMax": "1.2.0",
+        "hooks": ["prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop"],
+        "mountOptions": options,
+        "linux": {
+            "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "user", "uts"],
+            "capabilities": capabilities,
+            "cgroup": {"v1": true, "v2": true, "systemd": false, "systemdUser": false},
+            "seccomp": {"enabled": true},
+            "apparmor": {"enabled": false},
+            "selinux": {"enabled": false},
+        },
+        "annotations": {
+            capsa::spec::ISOLATION_ANNOTATION: "container|microvm",
+        },
+    })
 }
 
 /// Prints benchmark results as a table or JSON, and draws the chart if asked.
