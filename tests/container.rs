@@ -302,6 +302,20 @@ fn cgroup_limits_land_in_the_cgroup_tree_and_are_removed() {
     let pid = capsa.state(&id)["pid"].as_i64().expect("pid");
     assert_eq!(read("pids", "cgroup.procs"), pid.to_string());
 
+    let update = bundle.path().join("resources.json");
+    std::fs::write(
+        &update,
+        r#"{"pids": {"limit": 64}, "memory": {"limit": 134217728}}"#,
+    )
+    .expect("write");
+    let out = capsa.output(&["update", "--resources", &update.display().to_string(), &id]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(read("pids", "pids.max"), "64");
+    assert_eq!(read("memory", "memory.limit_in_bytes"), "134217728");
+    std::fs::write(&update, r#"{"pids": {"limit": "many"}}"#).expect("write");
+    let out = capsa.output(&["update", "--resources", &update.display().to_string(), &id]);
+    assert_one_line_error(&out, "pids.limit");
+
     let out = capsa.output(&["delete", "--force", &id]);
     assert!(out.status.success(), "{}", stderr(&out));
     capsa.assert_nothing_left(&id);

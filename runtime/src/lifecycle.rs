@@ -594,6 +594,33 @@ fn wait_gone(pid: i32, start_time: u64) {
     );
 }
 
+/// Applies new cgroup resources to a live container and records them, so
+/// the state keeps describing what the container runs with.
+pub fn update(
+    store: &Store,
+    id: &str,
+    resources: &oci_spec::runtime::LinuxResources,
+) -> Result<()> {
+    let mut state = store.load(id)?;
+    let status = state.status(store);
+    if status == Status::Stopped {
+        return Err(LifecycleError::WrongStatus {
+            id: id.to_string(),
+            status,
+            wanted: "running",
+        });
+    }
+    if let Some(cgroup) = &state.cgroup {
+        cgroup.update(resources)?;
+    }
+    if let Some(mut linux) = state.spec.linux().clone() {
+        linux.set_resources(Some(resources.clone()));
+        state.spec.set_linux(Some(linux));
+    }
+    store.save(&state)?;
+    Ok(())
+}
+
 pub fn pause(store: &Store, id: &str) -> Result<()> {
     set_paused(store, id, true)
 }

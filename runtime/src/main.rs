@@ -156,6 +156,13 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         preserve_fds: i32,
     },
+    /// Change a container's cgroup resources (OCI linux.resources JSON).
+    Update {
+        id: String,
+        /// File holding the resources JSON, or - for stdin.
+        #[arg(short, long)]
+        resources: PathBuf,
+    },
     /// Print what this runtime supports, as OCI features JSON (runc features).
     Features,
     /// Freeze every process in a container.
@@ -364,6 +371,22 @@ fn dispatch(cli: Cli) -> Result<u8> {
             )
             .map_err(chain)?;
             return Ok(u8::try_from(code).unwrap_or(255));
+        }
+        Command::Update { id, resources } => {
+            let text = if resources.as_os_str() == "-" {
+                let mut text = Vec::new();
+                std::io::Read::read_to_end(&mut std::io::stdin(), &mut text)?;
+                text
+            } else {
+                std::fs::read(&resources)
+                    .with_context(|| format!("--resources {}: cannot read", resources.display()))?
+            };
+            let mut deserializer = serde_json::Deserializer::from_slice(&text);
+            let parsed: oci_spec::runtime::LinuxResources =
+                serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
+                    anyhow::anyhow!("--resources: {}: {}", err.path(), err.inner())
+                })?;
+            lifecycle::update(&store, &id, &parsed).map_err(chain)?;
         }
         Command::Features => {
             println!("{}", serde_json::to_string_pretty(&features())?);
