@@ -210,13 +210,18 @@ pub fn startup(opts: &StartupOptions) -> Result<Vec<Summary>, BenchError> {
     if opts.runs == 0 {
         return Err(BenchError::NoRuns);
     }
+    in_work_dir(|work| startup_in(work, opts))
+}
+
+/// Runs `body` with a fresh scratch directory, removed afterwards whatever
+/// the outcome.
+fn in_work_dir<T>(body: impl FnOnce(&Path) -> Result<T, BenchError>) -> Result<T, BenchError> {
     let work = std::env::temp_dir().join(format!("capsa-bench-{}", std::process::id()));
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| BenchError::Io { path, source }
-    };
-    fs::create_dir_all(&work).map_err(io(&work))?;
-    let result = startup_in(&work, opts);
+    fs::create_dir_all(&work).map_err(|source| BenchError::Io {
+        path: work.clone(),
+        source,
+    })?;
+    let result = body(&work);
     let _ = fs::remove_dir_all(&work);
     result
 }
@@ -458,11 +463,6 @@ pub fn memory(opts: &MemoryOptions) -> Result<Vec<MemorySummary>, BenchError> {
     if opts.count == 0 {
         return Err(BenchError::NoRuns);
     }
-    let work = std::env::temp_dir().join(format!("capsa-bench-{}", std::process::id()));
-    fs::create_dir_all(&work).map_err(|source| BenchError::Io {
-        path: work.clone(),
-        source,
-    })?;
     let startup = StartupOptions {
         runs: 1,
         warmup: 0,
@@ -471,8 +471,9 @@ pub fn memory(opts: &MemoryOptions) -> Result<Vec<MemorySummary>, BenchError> {
         bundle: opts.bundle.clone(),
         command: vec!["sleep".into(), "1000000".into()],
     };
-    let result = prepare_bundle(&work, &startup).map(|bundle| memory_in(&work, &bundle, opts));
-    let _ = fs::remove_dir_all(&work);
+    let result = in_work_dir(|work| {
+        prepare_bundle(work, &startup).map(|bundle| memory_in(work, &bundle, opts))
+    });
     let summaries = result?;
     if summaries.is_empty() {
         return Err(BenchError::NothingRan);
@@ -628,14 +629,7 @@ pub fn io(opts: &IoOptions) -> Result<Vec<IoSummary>, BenchError> {
     if opts.runs == 0 {
         return Err(BenchError::NoRuns);
     }
-    let work = std::env::temp_dir().join(format!("capsa-bench-{}", std::process::id()));
-    fs::create_dir_all(&work).map_err(|source| BenchError::Io {
-        path: work.clone(),
-        source,
-    })?;
-    let result = io_in(&work, opts);
-    let _ = fs::remove_dir_all(&work);
-    result
+    in_work_dir(|work| io_in(work, opts))
 }
 
 fn io_in(work: &Path, opts: &IoOptions) -> Result<Vec<IoSummary>, BenchError> {

@@ -477,18 +477,7 @@ pub fn start(store: &Store, id: &str) -> Result<ContainerState> {
         source,
     })?;
     let _ = fs::remove_file(&fifo_path);
-    let json = serde_json::to_vec(&state.oci_state(Status::Running)).unwrap_or_default();
-    if let Err(err) = hooks::run_all(
-        "poststart",
-        state
-            .spec
-            .hooks()
-            .as_ref()
-            .and_then(|h| h.poststart().as_ref()),
-        &json,
-    ) {
-        eprintln!("capsa: warning: {}", crate::error_chain(&err));
-    }
+    run_hooks_warning(&state, "poststart", Status::Running);
     Ok(state)
 }
 
@@ -539,19 +528,21 @@ pub fn delete(store: &Store, id: &str, force: bool) -> Result<()> {
         cgroup.delete()?;
     }
     store.remove(id)?;
-    let json = serde_json::to_vec(&state.oci_state(Status::Stopped)).unwrap_or_default();
-    if let Err(err) = hooks::run_all(
-        "poststop",
-        state
-            .spec
-            .hooks()
-            .as_ref()
-            .and_then(|h| h.poststop().as_ref()),
-        &json,
-    ) {
+    run_hooks_warning(&state, "poststop", Status::Stopped);
+    Ok(())
+}
+
+/// Runs the poststart or poststop hooks; the spec makes their failure a
+/// warning, not an error, since the container's fate is already decided.
+fn run_hooks_warning(state: &ContainerState, kind: &'static str, status: Status) {
+    let hooks = state.spec.hooks().as_ref().and_then(|h| match kind {
+        "poststart" => h.poststart().as_ref(),
+        _ => h.poststop().as_ref(),
+    });
+    let json = serde_json::to_vec(&state.oci_state(status)).unwrap_or_default();
+    if let Err(err) = hooks::run_all(kind, hooks, &json) {
         eprintln!("capsa: warning: {}", crate::error_chain(&err));
     }
-    Ok(())
 }
 
 /// SIGKILLs the init and everything in the cgroup, and waits until they are gone.
