@@ -250,7 +250,7 @@ fn startup_in(work: &Path, opts: &StartupOptions) -> Result<Vec<Summary>, BenchE
             traced: true,
         });
     }
-    for peer in &opts.peers {
+    for peer in opts.peers.iter().filter(|p| !p.is_empty()) {
         let root = work.join(format!("state-{peer}"));
         let mut runner = Runner {
             name: peer.clone(),
@@ -495,7 +495,7 @@ fn memory_in(work: &Path, bundle: &Path, opts: &MemoryOptions) -> Vec<MemorySumm
             )
         })
         .collect();
-    for peer in &opts.peers {
+    for peer in opts.peers.iter().filter(|p| !p.is_empty()) {
         match which(peer) {
             Some(path) => runners.push((peer.clone(), path, Vec::new())),
             None => eprintln!("note: {peer} skipped (not installed)"),
