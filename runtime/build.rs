@@ -1,4 +1,5 @@
-//! Builds the guest kernel and puts it in OUT_DIR, so `capsa` embeds it
+//! Builds the guest kernel (and the static I/O benchmark worker) and puts
+//! them in OUT_DIR, so `capsa` embeds them
 //! with `include_bytes!` and the binary is self-contained: no kernel file to
 //! find at run time, and the kernel always matches the VMM it was built with.
 //!
@@ -27,20 +28,48 @@ fn main() {
         println!("cargo:rerun-if-changed={}", workspace.join(input).display());
     }
 
+    build_embedded(
+        &workspace,
+        &out_dir,
+        "capsa-guest",
+        "guest",
+        None,
+        "the guest kernel",
+    );
+
+    // The I/O worker `capsa bench io` copies into rootfses: linked
+    // statically so it runs in any rootfs and in the guest, which has no
+    // dynamic loader of its own to lend it.
+    for input in ["runtime/iobench/src", "runtime/iobench/Cargo.toml"] {
+        println!("cargo:rerun-if-changed={}", workspace.join(input).display());
+    }
+    build_embedded(
+        &workspace,
+        &out_dir,
+        "capsa-iobench",
+        "iobench",
+        Some("-C target-feature=+crt-static"),
+        "the I/O benchmark worker",
+    );
+}
+
+/// Builds `package`'s binary of the same name in release with a nested
+/// cargo and copies it into OUT_DIR for `include_bytes!`.
+fn build_embedded(
+    workspace: &Path,
+    out_dir: &Path,
+    package: &str,
+    target_subdir: &str,
+    rustflags: Option<&str>,
+    what: &str,
+) {
     // A target directory of its own: the outer cargo holds the lock on the
     // workspace's, so sharing it would deadlock.
-    let target_dir = workspace.join("target").join("guest");
+    let target_dir = workspace.join("target").join(target_subdir);
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.current_dir(&workspace)
-        .args([
-            "build",
-            "-p",
-            "capsa-guest",
-            "--bin",
-            "capsa-guest",
-            "--release",
-        ])
+    cmd.current_dir(workspace)
+        .args(["build", "-p", package, "--bin", package, "--release"])
         .arg("--target-dir")
         .arg(&target_dir);
     // What the outer cargo (or clippy, or a cross setting) passes to its own
@@ -63,25 +92,24 @@ fn main() {
     ] {
         cmd.env_remove(var);
     }
+    if let Some(flags) = rustflags {
+        cmd.env("RUSTFLAGS", flags);
+    }
     let status = cmd
         .status()
-        .unwrap_or_else(|err| panic!("cannot run cargo to build the guest kernel: {err}"));
-    // A capsa without its guest could not run microVMs: fail the build
-    // loudly rather than embed something stale or empty.
+        .unwrap_or_else(|err| panic!("cannot run cargo to build {what}: {err}"));
+    // A capsa without them could not run microVMs or its benchmark: fail
+    // the build loudly rather than embed something stale or empty.
     assert!(
         status.success(),
-        "building the guest kernel (cargo build -p capsa-guest --release) failed: {status}"
+        "building {what} (cargo build -p {package} --release) failed: {status}"
     );
-    let built = target_dir.join("release").join("capsa-guest");
-    copy(&built, &out_dir.join("capsa-guest"));
+    let built = target_dir.join("release").join(package);
+    copy(&built, &out_dir.join(package));
 }
 
 fn copy(from: &Path, to: &Path) {
     if let Err(err) = std::fs::copy(from, to) {
-        panic!(
-            "cannot copy the guest kernel {} to {}: {err}",
-            from.display(),
-            to.display()
-        );
+        panic!("cannot copy {} to {}: {err}", from.display(), to.display());
     }
 }

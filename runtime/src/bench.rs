@@ -576,6 +576,8 @@ pub struct IoOptions {
     pub files: usize,
     /// Bytes copied one at a time (two syscalls each) in the syscall loop.
     pub syscall_bytes: u64,
+    /// 4 KiB positioned reads and writes at random offsets of the big file.
+    pub random_ops: u64,
     /// Repetitions of each phase; the median counts.
     pub runs: usize,
     pub bundle: Option<PathBuf>,
@@ -586,6 +588,9 @@ pub struct IoSummary {
     pub name: String,
     pub seq_write_mib_s: f64,
     pub seq_read_mib_s: f64,
+    /// 4 KiB pread/pwrite at random offsets, operations per second.
+    pub rand_read_iops: f64,
+    pub rand_write_iops: f64,
     pub creates_per_s: f64,
     pub stats_per_s: f64,
     pub unlinks_per_s: f64,
@@ -617,13 +622,28 @@ fn io_phases(opts: &IoOptions) -> Vec<(&'static str, String)> {
             "stat",
             format!("i=0; while [ $i -lt {count} ]; do [ -e $D/m/f$i ]; i=$((i+1)); done"),
         ),
-        ("unlink", "rm -r $D/m $D/data".to_string()),
+        ("unlink", "rm -r $D/m".to_string()),
         (
             "syscalls",
             format!("dd if=$Z of=$N bs=1 count={} 2>$N", opts.syscall_bytes),
         ),
+        // Timed inside by the worker (it prints `OPS SECONDS`).
+        (
+            "randread",
+            format!("$D/../iobench randread $D/data 4096 {}", opts.random_ops),
+        ),
+        (
+            "randwrite",
+            format!("$D/../iobench randwrite $D/data 4096 {}", opts.random_ops),
+        ),
     ]
 }
+
+/// Phases whose time the worker measures itself.
+const TIMED_INSIDE: [&str; 2] = ["randread", "randwrite"];
+
+/// The static random-I/O worker built from runtime/iobench.
+static IOBENCH: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/capsa-iobench"));
 
 pub fn io(opts: &IoOptions) -> Result<Vec<IoSummary>, BenchError> {
     if opts.runs == 0 {
@@ -661,6 +681,28 @@ fn io_in(work: &Path, opts: &IoOptions) -> Result<Vec<IoSummary>, BenchError> {
         rootfs = crate::spec::Bundle::load(&base)?.rootfs;
     }
     let dir = rootfs.join("capsa-io");
+    let worker = dir.join("iobench");
+    let io_error = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| BenchError::Io { path, source }
+    };
+    fs::create_dir_all(&dir).map_err(io_error(&dir))?;
+    fs::write(&worker, IOBENCH).map_err(io_error(&worker))?;
+    fs::set_permissions(&worker, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .map_err(io_error(&worker))?;
+    let result = io_runs(work, opts, &phases, &capsa, &dir);
+    // The rootfs may be the user's: leave it as it was.
+    let _ = fs::remove_dir_all(&dir);
+    result
+}
+
+fn io_runs(
+    work: &Path,
+    opts: &IoOptions,
+    phases: &[(&'static str, String)],
+    capsa: &Path,
+    dir: &Path,
+) -> Result<Vec<IoSummary>, BenchError> {
     for sub in ["host".to_string()]
         .into_iter()
         .chain(opts.isolations.iter().map(|i| i.to_string()))
@@ -694,7 +736,7 @@ fn io_in(work: &Path, opts: &IoOptions) -> Result<Vec<IoSummary>, BenchError> {
                     cmd
                 } else {
                     let isolation = opts.isolations[runner - 1];
-                    let mut cmd = Command::new(&capsa);
+                    let mut cmd = Command::new(capsa);
                     cmd.arg("--root")
                         .arg(work.join(format!("state-{isolation}")))
                         .arg("run")
@@ -707,12 +749,23 @@ fn io_in(work: &Path, opts: &IoOptions) -> Result<Vec<IoSummary>, BenchError> {
                 let started = Instant::now();
                 let out = cmd
                     .stdin(Stdio::null())
-                    .stdout(Stdio::null())
+                    .stdout(Stdio::piped())
                     .stderr(Stdio::piped())
                     .output();
-                let seconds = started.elapsed().as_secs_f64();
+                let wall = started.elapsed().as_secs_f64();
                 match out {
-                    Ok(out) if out.status.success() => samples[runner][phase_index].push(seconds),
+                    Ok(out) if out.status.success() => {
+                        let inside = String::from_utf8_lossy(&out.stdout)
+                            .split_whitespace()
+                            .nth(1)
+                            .and_then(|s| s.parse::<f64>().ok());
+                        let seconds = if TIMED_INSIDE.contains(name) {
+                            inside.unwrap_or(f64::NAN)
+                        } else {
+                            wall
+                        };
+                        samples[runner][phase_index].push(seconds);
+                    }
                     Ok(out) => {
                         let stderr = String::from_utf8_lossy(&out.stderr);
                         failed[runner] = Some(format!(
@@ -760,6 +813,8 @@ fn io_in(work: &Path, opts: &IoOptions) -> Result<Vec<IoSummary>, BenchError> {
             stats_per_s: files / net(5, 3),
             unlinks_per_s: files / net(6, 0),
             syscall_ns: net(7, 0) * 1e9 / (2.0 * opts.syscall_bytes as f64),
+            rand_read_iops: opts.random_ops as f64 / m[8],
+            rand_write_iops: opts.random_ops as f64 / m[9],
         });
     }
     if summaries.is_empty() {
@@ -770,8 +825,16 @@ fn io_in(work: &Path, opts: &IoOptions) -> Result<Vec<IoSummary>, BenchError> {
 
 pub fn format_io_table(summaries: &[IoSummary]) -> String {
     let mut out = format!(
-        "{:<16} {:>12} {:>12} {:>11} {:>11} {:>11} {:>12}\n",
-        "runner", "write MiB/s", "read MiB/s", "creates/s", "stats/s", "unlinks/s", "syscall ns"
+        "{:<16} {:>12} {:>12} {:>13} {:>14} {:>11} {:>11} {:>11} {:>12}\n",
+        "runner",
+        "write MiB/s",
+        "read MiB/s",
+        "rand read/s",
+        "rand write/s",
+        "creates/s",
+        "stats/s",
+        "unlinks/s",
+        "syscall ns"
     );
     let cell = |value: f64, width: usize| {
         if value.is_finite() {
@@ -784,6 +847,8 @@ pub fn format_io_table(summaries: &[IoSummary]) -> String {
         out.push_str(&format!("{:<16}", s.name));
         out.push_str(&cell(s.seq_write_mib_s, 12));
         out.push_str(&cell(s.seq_read_mib_s, 12));
+        out.push_str(&cell(s.rand_read_iops, 13));
+        out.push_str(&cell(s.rand_write_iops, 14));
         out.push_str(&cell(s.creates_per_s, 11));
         out.push_str(&cell(s.stats_per_s, 11));
         out.push_str(&cell(s.unlinks_per_s, 11));

@@ -230,6 +230,9 @@ enum BenchCommand {
         /// Bytes copied one syscall at a time.
         #[arg(long, default_value_t = 100000)]
         syscall_bytes: u64,
+        /// 4 KiB reads and writes at random offsets of the big file.
+        #[arg(long, default_value_t = 20000)]
+        random_ops: u64,
         /// Repetitions of each phase (the median counts).
         #[arg(long, default_value_t = 3)]
         runs: usize,
@@ -426,6 +429,7 @@ fn dispatch(cli: Cli) -> Result<u8> {
             size_mib,
             files,
             syscall_bytes,
+            random_ops,
             runs,
             bundle,
             output,
@@ -435,6 +439,7 @@ fn dispatch(cli: Cli) -> Result<u8> {
                 size_mib,
                 files,
                 syscall_bytes,
+                random_ops,
                 runs,
                 bundle,
             };
