@@ -52,7 +52,8 @@ use caps::{CapSet, Capability as Cap};
 use nix::mount::{mount, MsFlags};
 use nix::sys::signal::{SigHandler, SigSet, Signal};
 use oci_spec::runtime::{
-    LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResources, Spec,
+    LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxNamespace, LinuxNamespaceBuilder,
+    LinuxNamespaceType, LinuxResources, Spec,
 };
 
 use crate::backend::{Backend, BackendError};
@@ -504,6 +505,22 @@ impl Backend for MicroVmBackend {
             let mut pids = *pids;
             pids.set_limit(pids.limit().saturating_add(VMM_TASKS));
             resources.set_pids(Some(pids));
+        }
+        // Device rules are about the guest's process in container terms; the
+        // VMM itself must reach /dev/kvm even when they deny everything (as
+        // containerd's and podman's specs do).
+        if let Some(mut devices) = resources.devices().clone() {
+            if let Ok(kvm) = LinuxDeviceCgroupBuilder::default()
+                .allow(true)
+                .typ(LinuxDeviceType::C)
+                .major(10)
+                .minor(232)
+                .access("rwm")
+                .build()
+            {
+                devices.push(kvm);
+            }
+            resources.set_devices(Some(devices));
         }
         Some(resources)
     }
