@@ -434,8 +434,6 @@ fn microvm_lifecycle_create_start_kill_delete() {
 fn microvm_refusals_name_the_field_and_leave_nothing() {
     let capsa = Capsa::new();
     type ConfigChange = Box<dyn Fn(&mut serde_json::Value)>;
-    let file = tempfile::NamedTempFile::new().expect("temp file");
-    let file_path = file.path().display().to_string();
     let cases: Vec<(ConfigChange, &str)> = vec![
         (
             Box::new(|c| c["process"]["terminal"] = json!(true)),
@@ -446,13 +444,13 @@ fn microvm_refusals_name_the_field_and_leave_nothing() {
             "linux.resources.memory.limit",
         ),
         (
-            Box::new(move |c| {
+            Box::new(|c| {
                 c["mounts"].as_array_mut().expect("mounts").push(
-                    json!({"destination": "/f", "type": "bind", "source": file_path,
+                    json!({"destination": "/f", "type": "bind", "source": "/no/such/source",
                     "options": ["bind"]}),
                 )
             }),
-            "can only bind-mount directories",
+            "/no/such/source",
         ),
     ];
     for (change, needle) in cases {
@@ -566,5 +564,34 @@ fn a_vmm_failure_after_start_exits_125_with_one_line() {
     assert_one_line_error(
         &out,
         &format!("capsa: cannot build the VMM's jail at {source}"),
+    );
+}
+
+#[test]
+fn a_file_bind_mount_is_visible_and_read_only_in_both_modes() {
+    let file = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(file.path(), "bound from the host\n").expect("write");
+    let source = file.path().display().to_string();
+    let mut bundle = fixture(&[
+        "sh",
+        "-c",
+        "cat /etc/bound; echo x > /etc/bound 2>/dev/null || echo refused",
+    ]);
+    bundle.edit(|c| {
+        c["mounts"].as_array_mut().expect("mounts").push(json!({
+            "destination": "/etc/bound", "type": "bind", "source": source,
+            "options": ["bind", "ro"]
+        }))
+    });
+    let out = both("file bind mount", &bundle, None);
+    assert_eq!(
+        stdout(&out),
+        "bound from the host\nrefused\n",
+        "{}",
+        show(&out)
+    );
+    assert_eq!(
+        std::fs::read_to_string(file.path()).expect("read"),
+        "bound from the host\n"
     );
 }

@@ -109,3 +109,30 @@ fn podman_exec_and_stop_a_detached_container() {
     let out = podman(&["rm", "-f", "-t", "0", &name]);
     assert!(out.status.success(), "podman rm -f: {}", stderr(&out));
 }
+
+#[test]
+fn podman_runs_a_microvm_through_capsa_by_annotation() {
+    let image = Image::import();
+    let out = Command::new("podman")
+        .arg("--runtime")
+        .arg(capsa_bin())
+        .args(["run", "--rm", "--network", "none"])
+        .args(["--annotation", "dev.capsa.isolation=microvm"])
+        .args([
+            "--ulimit",
+            "nofile=1024:1024",
+            "--ulimit",
+            "nproc=1024:1024",
+        ])
+        .arg(&image.0)
+        .args([
+            "sh",
+            "-c",
+            "uname -r; test -s /etc/hostname && echo podman-hostname-file; exit 6",
+        ])
+        .output()
+        .expect("podman run");
+    assert_eq!(out.status.code(), Some(6), "stderr: {}", stderr(&out));
+    // capsa's guest kernel, and podman's bind-mounted /etc/hostname inside it.
+    assert_eq!(stdout(&out), "6.1.0-capsa\npodman-hostname-file\n");
+}

@@ -58,7 +58,7 @@ use oci_spec::runtime::{
 
 use crate::backend::{Backend, BackendError};
 use crate::container::process::{resolve_executable_in, rlimit_resource};
-use crate::container::rootfs::{ensure_dir, parse_options, secure_join};
+use crate::container::rootfs::{ensure_dir, ensure_file, parse_options, secure_join};
 use crate::container::{nix_io, ContainerError};
 use crate::init::{Init, InitError};
 use crate::spec::Bundle;
@@ -151,6 +151,9 @@ struct BindMount {
     source: PathBuf,
     destination: PathBuf,
     readonly: bool,
+    /// A file, not a directory: bound in place inside the rootfs (which the
+    /// VMM serves with its submounts) rather than shared as a device.
+    is_file: bool,
 }
 
 /// The spec's bind mounts; other mount types are the guest's business (see
@@ -171,11 +174,13 @@ fn bind_mounts(spec: &Spec, bundle: &Path) -> Vec<BindMount> {
             } else {
                 bundle.join(source)
             };
+            let is_file = std::fs::metadata(&source).is_ok_and(|meta| !meta.is_dir());
             Some(BindMount {
                 index,
                 source,
                 destination: m.destination().clone(),
                 readonly: options.flags.contains(MsFlags::MS_RDONLY),
+                is_file,
             })
         })
         .collect()
@@ -231,6 +236,7 @@ fn vm_config(spec: &Spec, rootfs: &Path, bundle: &Path) -> Result<capsa_vmm::VmC
         .and_then(|p| u64::try_from(p.limit()).ok().filter(|l| *l > 0));
     let mounts = bind_mounts(spec, bundle)
         .into_iter()
+        .filter(|m| !m.is_file)
         .map(|m| capsa_vmm::SharedDir {
             source: m.source,
             destination: m.destination.to_string_lossy().into_owned(),
@@ -481,18 +487,14 @@ impl Backend for MicroVmBackend {
         }
         ram_size(memory_limit(&bundle.spec))?;
         for m in bind_mounts(&bundle.spec, &bundle.dir) {
-            // virtio-fs shares directories; a file bind mount has no device.
-            let message = match std::fs::metadata(&m.source) {
-                Ok(meta) if meta.is_dir() => continue,
-                Ok(_) => "a microVM can only bind-mount directories".to_string(),
-                Err(err) => err.to_string(),
-            };
-            return Err(MicroVmError::MountSource {
-                index: m.index,
-                path: m.source,
-                message,
+            if let Err(err) = std::fs::metadata(&m.source) {
+                return Err(MicroVmError::MountSource {
+                    index: m.index,
+                    path: m.source,
+                    message: err.to_string(),
+                }
+                .into());
             }
-            .into());
         }
         Ok(())
     }
@@ -552,7 +554,9 @@ impl Backend for MicroVmBackend {
         init.run_runtime_hooks().map_err(MicroVmError::from)?;
         init.run_hooks("createContainer", Status::Creating)
             .map_err(MicroVmError::from)?;
-        // The guest mounts shared directories over existing directories.
+        // The guest mounts shared directories over existing directories;
+        // files (podman's /etc/hosts, say) are bound in place here, in our
+        // private mount namespace, and reach the guest with the rootfs.
         for m in bind_mounts(&init.spec, &init.bundle) {
             let field = format!("mounts[{}].destination", m.index);
             let target =
@@ -561,7 +565,31 @@ impl Backend for MicroVmBackend {
                     path: m.destination.clone(),
                     message: err.to_string(),
                 })?;
-            ensure_dir(&field, &target).map_err(MicroVmError::from)?;
+            if !m.is_file {
+                ensure_dir(&field, &target).map_err(MicroVmError::from)?;
+                continue;
+            }
+            ensure_file(&field, &target).map_err(MicroVmError::from)?;
+            let bind_error = |source| ContainerError::Mount {
+                field: format!("mounts[{}]", m.index),
+                target: target.clone(),
+                source,
+            };
+            mount(
+                Some(&m.source),
+                &target,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .map_err(bind_error)
+            .map_err(MicroVmError::from)?;
+            if m.readonly {
+                let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+                mount(None::<&str>, &target, None::<&str>, flags, None::<&str>)
+                    .map_err(bind_error)
+                    .map_err(MicroVmError::from)?;
+            }
         }
         resolve_executable_in(&init.rootfs, init.process()).map_err(MicroVmError::from)?;
         Ok(())

@@ -164,7 +164,7 @@ pub(crate) fn ensure_dir(field: &str, path: &Path) -> Result<()> {
     })
 }
 
-fn ensure_file(field: &str, path: &Path) -> Result<()> {
+pub(crate) fn ensure_file(field: &str, path: &Path) -> Result<()> {
     if let Some(parent) = path.parent() {
         ensure_dir(field, parent)?;
     }
