@@ -115,6 +115,11 @@ pub struct Kernel {
     pub restart_deadline: Option<u64>,
     /// CLONE_CHILD_CLEARTID / set_tid_address: cleared when the process exits.
     pub clear_child_tid: u64,
+    /// set_robust_list: the current thread's list head (recorded, reported by
+    /// get_robust_list; not walked at exit, see docs/syscalls.md).
+    pub robust_list: u64,
+    /// Threads blocked in futex waits, all groups.
+    pub futexes: crate::futex::Futexes,
     /// What a call answering `EBLOCK` waits for besides the event counter.
     pub block_deadline: Option<u64>,
     pub block_stdin: bool,
@@ -143,6 +148,13 @@ pub struct ProcState {
     pub comm: [u8; 16],
     pub restart_deadline: Option<u64>,
     pub clear_child_tid: u64,
+    pub robust_list: u64,
+    /// Whether this parked state holds its thread group's shared parts
+    /// (files, memory, cwd, credentials, signal state, exe): exactly one
+    /// task of a group does while none of them runs; the other threads'
+    /// states carry only their own registers' companions (TLS base, tid
+    /// words, restart deadline). See `Kernel::switch_to`.
+    pub shared: bool,
 }
 
 struct Global(UnsafeCell<Option<Kernel>>);
@@ -422,6 +434,8 @@ pub fn boot(boot_info: u64) -> ! {
         cur: INIT,
         restart_deadline: None,
         clear_child_tid: 0,
+        robust_list: 0,
+        futexes: crate::futex::Futexes::default(),
         block_deadline: None,
         block_stdin: false,
         switch_pending: false,

@@ -98,6 +98,9 @@ pub struct Context {
 
 pub struct Task<S> {
     pub pid: Pid,
+    /// The thread group (the process) this task belongs to: its own pid for
+    /// a process's first thread, the creator's group for a CLONE_THREAD child.
+    pub tgid: Pid,
     pub ppid: Pid,
     pub pgid: Pid,
     pub sid: Pid,
@@ -146,6 +149,7 @@ impl<S> ProcTable<S> {
     fn task(pid: Pid, ppid: Pid, pgid: Pid, sid: Pid) -> Task<S> {
         Task {
             pid,
+            tgid: pid,
             ppid,
             pgid,
             sid,
@@ -208,12 +212,37 @@ impl<S> ProcTable<S> {
         Err(Errno::EAGAIN)
     }
 
+    /// The thread group of `pid` (itself if unknown).
+    pub fn tgid(&self, pid: Pid) -> Pid {
+        self.tasks.get(&pid).map_or(pid, |t| t.tgid)
+    }
+
+    /// The other threads of group `tgid` (not the leader).
+    pub fn threads(&self, tgid: Pid) -> Vec<Pid> {
+        self.tasks
+            .values()
+            .filter(|t| t.tgid == tgid && t.pid != tgid)
+            .map(|t| t.pid)
+            .collect()
+    }
+
+    /// All tasks of group `tgid`, leader included.
+    pub fn group(&self, tgid: Pid) -> Vec<Pid> {
+        self.tasks
+            .values()
+            .filter(|t| t.tgid == tgid)
+            .map(|t| t.pid)
+            .collect()
+    }
+
     pub fn remove(&mut self, pid: Pid) -> Option<Task<S>> {
         self.tasks.remove(&pid)
     }
 
     fn matches(t: &Task<S>, parent: Pid, which: WaitFor) -> bool {
-        t.ppid == parent
+        // Threads are not children anybody waits for.
+        t.pid == t.tgid
+            && t.ppid == parent
             && match which {
                 WaitFor::Any => true,
                 WaitFor::Pid(p) => t.pid == p,
@@ -340,6 +369,8 @@ impl<S> ProcTable<S> {
         self.tasks
             .values()
             .filter(|t| !matches!(t.state, State::Zombie(_)))
+            // kill names processes: the signal goes to the group once.
+            .filter(|t| t.pid == t.tgid)
             .filter(|t| match pid {
                 p if p > 0 => t.pid == p,
                 0 => t.pgid == caller_pgid,
@@ -443,6 +474,21 @@ mod tests {
         assert_eq!(t.next_runnable(INIT), Some(b));
         assert!(t.wake(6, 0, &mut || false));
         assert_eq!(t.next_runnable(b), Some(INIT));
+    }
+
+    #[test]
+    fn threads_are_neither_waited_for_nor_killed_twice() {
+        let mut t: ProcTable<()> = ProcTable::new(None);
+        let a = t.spawn(INIT).expect("pid");
+        let th = t.spawn(INIT).expect("tid");
+        t.get_mut(th).expect("thread").tgid = a;
+        assert_eq!(t.threads(a), vec![th]);
+        assert_eq!(t.group(a), vec![a, th]);
+        assert_eq!(t.tgid(th), a);
+        assert!(!t.has_child(INIT, WaitFor::Pid(th)));
+        assert_eq!(t.kill_targets(INIT, 0), vec![INIT, a]);
+        t.get_mut(th).expect("thread").state = State::Zombie(ExitStatus::Exited(0));
+        assert_eq!(t.zombie_child(INIT, WaitFor::Any), None);
     }
 
     #[test]

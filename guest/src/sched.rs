@@ -48,6 +48,8 @@ impl Kernel {
             comm: self.comm,
             restart_deadline: self.restart_deadline.take(),
             clear_child_tid: replace(&mut self.clear_child_tid, 0),
+            robust_list: replace(&mut self.robust_list, 0),
+            shared: true,
         }
     }
 
@@ -64,6 +66,7 @@ impl Kernel {
         self.comm = st.comm;
         self.restart_deadline = st.restart_deadline;
         self.clear_child_tid = st.clear_child_tid;
+        self.robust_list = st.robust_list;
     }
 
     /// Loads the current process's page tables (or the kernel-only ones).
@@ -112,6 +115,10 @@ impl Kernel {
     /// (or hands it back to a vfork parent), makes it a zombie for its
     /// parent, and stops the VM when it is init.
     pub fn terminate(&mut self, pid: Pid, status: ExitStatus) {
+        // A process ends with all its threads, whichever one was named.
+        let pid = self.procs.tgid(pid);
+        self.end_threads(pid);
+        self.futexes.forget(pid);
         let st = if pid == self.cur {
             // Wake a CLONE_CHILD_CLEARTID waiter's word before the memory goes.
             if self.clear_child_tid != 0 {
@@ -157,6 +164,85 @@ impl Kernel {
         self.procs.reparent(pid);
         self.post_signal(ppid, SIGCHLD);
         pipe::bump();
+    }
+
+    /// Moves group `tgid`'s shared state into `into` from the sibling
+    /// holding it.
+    fn fetch_shared(&mut self, tgid: Pid, into: &mut ProcState) {
+        for pid in self.procs.group(tgid) {
+            let holder = self
+                .procs
+                .get_mut(pid)
+                .and_then(|t| t.parked.as_mut())
+                .filter(|p| p.shared);
+            if let Some(holder) = holder {
+                swap_shared(holder, into);
+                return;
+            }
+        }
+    }
+
+    /// Ends the other threads of group `tgid` (exit_group, a fatal signal,
+    /// execve): their tasks go away and the shared state ends up parked
+    /// with the leader — or stays in the kernel when the leader runs.
+    pub fn end_threads(&mut self, tgid: Pid) {
+        for tid in self.procs.threads(tgid) {
+            self.futexes.forget(tid);
+            let st = if tid == self.cur {
+                self.switch_pending = true;
+                let st = self.park();
+                // The space left the kernel: stop using it before anything
+                // may release it.
+                self.load_space();
+                Some(st)
+            } else {
+                self.procs.get_mut(tid).and_then(|t| t.parked.take())
+            };
+            if let Some(mut st) = st.filter(|s| s.shared) {
+                if let Some(leader) = self.procs.get_mut(tgid).and_then(|t| t.parked.as_mut()) {
+                    swap_shared(&mut st, leader);
+                }
+            }
+            self.procs.remove(tid);
+        }
+    }
+
+    /// exit (not exit_group) of one thread while its group has others: the
+    /// tid word is cleared and its futex woken (pthread_join), the task goes
+    /// away and the shared state passes to a sibling. Returns false when
+    /// the caller is the group's last thread or its leader (then the whole
+    /// process exits; see docs/syscalls.md for the leader's limit).
+    pub fn exit_thread(&mut self) -> bool {
+        let cur = self.cur;
+        let tgid = self.procs.tgid(cur);
+        if tgid == cur {
+            return false;
+        }
+        if self.clear_child_tid != 0 {
+            let addr = self.clear_child_tid;
+            if self.put_user(addr, &0u32.to_le_bytes()).is_ok() {
+                self.futexes
+                    .wake(tgid, addr, 1, crate::futex::BITSET_MATCH_ANY);
+            }
+        }
+        self.futexes.forget(cur);
+        let mut st = self.park();
+        self.load_space();
+        let heir = self
+            .procs
+            .group(tgid)
+            .into_iter()
+            .find(|&p| p != cur && self.procs.get(p).is_some_and(|t| t.parked.is_some()));
+        if let Some(p) = heir
+            .and_then(|h| self.procs.get_mut(h))
+            .and_then(|t| t.parked.as_mut())
+        {
+            swap_shared(&mut st, p);
+        }
+        self.procs.remove(cur);
+        self.switch_pending = true;
+        pipe::bump();
+        true
     }
 
     /// A vfork child execs or exits: its parent gets its memory back and runs again.
@@ -259,6 +345,13 @@ impl Kernel {
         };
         let pending = take(&mut t.pending);
         let settid = take(&mut t.set_child_tid);
+        let tgid = t.tgid;
+        let mut st = st;
+        if !st.shared {
+            // A thread: fetch its group's shared state from whichever
+            // sibling parked it last.
+            self.fetch_shared(tgid, &mut st);
+        }
         self.unpark(st);
         self.signals.pending |= pending;
         self.cur = next;
@@ -307,4 +400,24 @@ impl Kernel {
             }
         }
     }
+}
+
+/// Exchanges the thread-group-wide parts of two parked states.
+fn swap_shared(a: &mut ProcState, b: &mut ProcState) {
+    core::mem::swap(&mut a.fds, &mut b.fds);
+    core::mem::swap(&mut a.mm, &mut b.mm);
+    core::mem::swap(&mut a.space, &mut b.space);
+    core::mem::swap(&mut a.cwd, &mut b.cwd);
+    core::mem::swap(&mut a.umask, &mut b.umask);
+    core::mem::swap(&mut a.creds, &mut b.creds);
+    core::mem::swap(&mut a.signals, &mut b.signals);
+    // Handlers and pending signals are the group's; the mask and the
+    // alternate stack stay each thread's own (glibc blocks every signal in
+    // a thread about to exit: with a shared mask the process would go deaf).
+    core::mem::swap(&mut a.signals.mask, &mut b.signals.mask);
+    core::mem::swap(&mut a.signals.altstack, &mut b.signals.altstack);
+    core::mem::swap(&mut a.signals.saved_mask, &mut b.signals.saved_mask);
+    core::mem::swap(&mut a.exe_path, &mut b.exe_path);
+    core::mem::swap(&mut a.comm, &mut b.comm);
+    core::mem::swap(&mut a.shared, &mut b.shared);
 }

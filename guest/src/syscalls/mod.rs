@@ -119,7 +119,7 @@ impl Kernel {
             20 => self.sys_writev(a0 as i32, a1, a2, None),
             21 => self.sys_faccessat(fs::AT_FDCWD, a0, a1 as u32),
             23 => self.sys_select(a0 as i32, a1, a2, a3, a4),
-            24 => Ok(0), // sched_yield: one thread
+            24 => Ok(self.sys_sched_yield()),
             25 => self.sys_mremap(a0, a1, a2, a3 as u32, a4),
             26 | 28 => Ok(0), // msync, madvise: nothing to write back or drop
             22 => self.sys_pipe2(a0, 0),
@@ -127,13 +127,15 @@ impl Kernel {
             34 => self.sys_pause(),
             33 => self.sys_dup3(a0 as i32, a1 as i32, 0, true),
             35 => self.sys_nanosleep(a0, a1),
-            39 | 186 => Ok(self.cur as u64), // getpid, gettid: one thread per process
+            39 => Ok(self.procs.tgid(self.cur) as u64),
+            186 => Ok(self.cur as u64),
             40 => self.sys_sendfile(a0 as i32, a1 as i32, a2, a3),
             56 => self.sys_clone(f, a0, a1, a2, a3, a4),
             57 => self.sys_clone(f, u64::from(crate::sched::SIGCHLD), 0, 0, 0, 0),
             58 => self.sys_clone(f, 0x4100 | u64::from(crate::sched::SIGCHLD), 0, 0, 0, 0),
             59 => self.sys_execve(f, a0, a1, a2),
-            60 | 231 => self.sys_exit(a0 as i32),
+            60 => self.sys_exit_thread(a0 as i32),
+            231 => self.sys_exit(a0 as i32),
             61 => self.sys_wait4(a0 as i32, a1, a2 as u32, a3),
             62 => self.sys_kill(a0 as i32, a1 as u32),
             63 => self.sys_uname(a0),
@@ -204,12 +206,12 @@ impl Kernel {
             // lsetxattr, lgetxattr, llistxattr, lremovexattr.
             189 | 192 | 195 | 198 => self.sys_xattr_path(a0, false),
             190 | 193 | 196 | 199 => self.sys_xattr_fd(a0 as i32),
-            200 | 234 => self.sys_tkill(
-                if nr == 234 { a1 } else { a0 } as i32,
-                if nr == 234 { a2 } else { a1 } as u32,
-            ),
+            200 => self.sys_tkill(a0 as i32, a1 as u32),
+            // tgkill: the thread must belong to the named group.
+            234 if self.procs.tgid(a1 as i32) != a0 as i32 => Err(Errno::ESRCH),
+            234 => self.sys_tkill(a1 as i32, a2 as u32),
             201 => self.sys_time(a0),
-            202 => self.sys_futex(a0, a1 as u32, a2 as u32),
+            202 => self.sys_futex(a0, a1 as u32, a2 as u32, a3, a4, a5 as u32),
             203 => Ok(0), // sched_setaffinity: one CPU whatever is asked
             204 => self.sys_sched_getaffinity(a1, a2),
             217 => self.sys_getdents64(a0 as i32, a1, a2),
@@ -232,7 +234,8 @@ impl Kernel {
             269 | 439 => self.sys_faccessat(a0 as i32, a1, a2 as u32),
             270 => self.sys_pselect(a0 as i32, a1, a2, a3, a4),
             271 => self.sys_ppoll(a0, a1, a2),
-            273 => Ok(0), // set_robust_list: no other thread to wake
+            273 => self.sys_set_robust_list(a0, a1),
+            274 => self.sys_get_robust_list(a0 as i32, a1, a2),
             280 => self.sys_utimensat(a0 as i32, a1, a2, a3 as u32),
             284 | 290 => Err(Errno::ENOSYS),
             285 => Ok(0), // fallocate: accepted, the server allocates on write

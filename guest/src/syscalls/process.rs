@@ -16,6 +16,7 @@ use alloc::vec::Vec;
 use crate::arch::{self, FxArea, SyscallFrame};
 use crate::errno::{Errno, Result};
 use crate::fd::File as _;
+use crate::futex;
 use crate::kernel::{Kernel, ProcState};
 use crate::mm::space::Space;
 use crate::mm::Mm;
@@ -48,10 +49,6 @@ const ARCH_SET_GS: u32 = 0x1001;
 const ARCH_SET_FS: u32 = 0x1002;
 const ARCH_GET_FS: u32 = 0x1003;
 const ARCH_GET_GS: u32 = 0x1004;
-const FUTEX_WAIT: u32 = 0;
-const FUTEX_WAKE: u32 = 1;
-const FUTEX_WAIT_BITSET: u32 = 9;
-const FUTEX_WAKE_BITSET: u32 = 10;
 const PR_SET_PDEATHSIG: u32 = 1;
 const PR_GET_PDEATHSIG: u32 = 2;
 const PR_GET_DUMPABLE: u32 = 3;
@@ -62,13 +59,21 @@ const PR_SET_NO_NEW_PRIVS: u32 = 38;
 const PR_GET_NO_NEW_PRIVS: u32 = 39;
 
 impl Kernel {
+    /// exit: ends the calling thread only, unless it is the last one.
+    pub fn sys_exit_thread(&mut self, code: i32) -> Result<u64> {
+        if self.exit_thread() {
+            return Ok(0);
+        }
+        self.sys_exit(code)
+    }
+
     pub fn sys_exit(&mut self, code: i32) -> Result<u64> {
         let cur = self.cur;
         self.terminate(cur, ExitStatus::Exited(code as u8));
         Ok(0)
     }
 
-    /// fork, vfork and clone without CLONE_THREAD.
+    /// fork, vfork and clone; CLONE_THREAD goes to [`Self::clone_thread`].
     pub fn sys_clone(
         &mut self,
         frame: &SyscallFrame,
@@ -78,6 +83,9 @@ impl Kernel {
         child_tid: u64,
         tls: u64,
     ) -> Result<u64> {
+        if flags & CLONE_THREAD != 0 {
+            return self.clone_thread(frame, flags, stack, parent_tid, child_tid, tls);
+        }
         if flags & (CLONE_THREAD | CLONE_SIGHAND | CLONE_FILES | CLONE_FS | CLONE_PARENT) != 0 {
             return Err(Errno::EINVAL);
         }
@@ -114,7 +122,8 @@ impl Kernel {
             }
             copy
         };
-        let pid = match self.procs.spawn(self.cur) {
+        // A thread's fork makes a child of its process, not of the thread.
+        let pid = match self.procs.spawn(self.procs.tgid(self.cur)) {
             Ok(pid) => pid,
             Err(e) => {
                 if let Some(s) = space {
@@ -158,6 +167,8 @@ impl Kernel {
             } else {
                 0
             },
+            robust_list: 0,
+            shared: true,
         };
         if let Some(t) = self.procs.get_mut(pid) {
             t.ctx = Some(Box::new(Context {
@@ -183,6 +194,74 @@ impl Kernel {
             self.switch_pending = true;
         }
         Ok(pid as u64)
+    }
+
+    /// clone with CLONE_THREAD (glibc's pthread_create, after clone3 answers
+    /// ENOSYS): a new task in the caller's group sharing everything but its
+    /// registers, TLS base and tid words. It first runs when the caller
+    /// blocks or yields (cooperative scheduling, see `crate::process`).
+    fn clone_thread(
+        &mut self,
+        frame: &SyscallFrame,
+        flags: u64,
+        stack: u64,
+        parent_tid: u64,
+        child_tid: u64,
+        tls: u64,
+    ) -> Result<u64> {
+        // Linux's own rules: a thread shares signal handlers, which need
+        // shared memory; a thread sharing files and cwd is all we model.
+        let needed = CLONE_VM | CLONE_SIGHAND | CLONE_FILES | CLONE_FS;
+        if flags & needed != needed || flags & CLONE_VFORK != 0 {
+            return Err(Errno::EINVAL);
+        }
+        let tgid = self.procs.tgid(self.cur);
+        let ppid = self.procs.get(tgid).map_or(0, |t| t.ppid);
+        let tid = self.procs.spawn(tgid)?;
+        let mut child_frame = *frame;
+        child_frame.rax = 0;
+        if stack != 0 {
+            child_frame.rsp = stack;
+        }
+        // SAFETY: `frame` is the trampoline's (clone is only reached from
+        // `dispatch`), with the caller's fxsave image below it.
+        let fx = unsafe { crate::sched::fx_of(frame) };
+        let state = ProcState {
+            fs_base: if flags & CLONE_SETTLS != 0 {
+                tls
+            } else {
+                self.fs_base
+            },
+            clear_child_tid: if flags & CLONE_CHILD_CLEARTID != 0 {
+                child_tid
+            } else {
+                0
+            },
+            // Files, memory and the rest come from a sibling when it runs;
+            // the signal mask is the thread's own, inherited.
+            signals: crate::syscalls::signal::Signals {
+                mask: self.signals.mask,
+                ..Default::default()
+            },
+            shared: false,
+            ..ProcState::default()
+        };
+        if let Some(t) = self.procs.get_mut(tid) {
+            t.tgid = tgid;
+            t.ppid = ppid;
+            t.ctx = Some(Box::new(Context {
+                frame: child_frame,
+                fx: *fx,
+            }));
+            t.parked = Some(state);
+            if flags & CLONE_CHILD_SETTID != 0 {
+                t.set_child_tid = child_tid;
+            }
+        }
+        if flags & CLONE_PARENT_SETTID != 0 {
+            let _ = self.put_user(parent_tid, &tid.to_le_bytes());
+        }
+        Ok(tid as u64)
     }
 
     fn user_strv(&self, ptr: u64) -> Result<Vec<Vec<u8>>> {
@@ -699,19 +778,143 @@ impl Kernel {
 
     /// One thread: a wait on a value that still matches could never be
     /// woken, so it reports a timeout (or EAGAIN when the value changed).
-    pub fn sys_futex(&mut self, addr: u64, op: u32, val: u32) -> Result<u64> {
-        match op & 0x7f {
-            FUTEX_WAKE | FUTEX_WAKE_BITSET => Ok(0),
-            FUTEX_WAIT | FUTEX_WAIT_BITSET => {
-                let cur = self.user_buf(addr, 4)?;
-                if u32::from_le_bytes([cur[0], cur[1], cur[2], cur[3]]) != val {
-                    Err(Errno::EAGAIN)
+    /// futex: WAIT, WAKE, REQUEUE, CMP_REQUEUE, WAIT_BITSET, WAKE_BITSET,
+    /// private or not (the same thing here, see `crate::futex`). A waiter
+    /// blocks in a restartable call and learns on each retry whether a
+    /// wake reached it.
+    pub fn sys_futex(
+        &mut self,
+        addr: u64,
+        op: u32,
+        val: u32,
+        timeout: u64,
+        addr2: u64,
+        val3: u32,
+    ) -> Result<u64> {
+        let cur = self.cur;
+        let tgid = self.procs.tgid(cur);
+        if !addr.is_multiple_of(4) {
+            return Err(Errno::EINVAL);
+        }
+        let word = |k: &Self, a: u64| -> Result<u32> {
+            let b = k.user_buf(a, 4)?;
+            Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        };
+        let cmd = op & !(futex::FUTEX_PRIVATE_FLAG | futex::FUTEX_CLOCK_REALTIME);
+        match cmd {
+            futex::FUTEX_WAIT | futex::FUTEX_WAIT_BITSET => {
+                let bitset = if cmd == futex::FUTEX_WAIT {
+                    futex::BITSET_MATCH_ANY
                 } else {
-                    Err(Errno::ETIMEDOUT)
+                    val3
+                };
+                if bitset == 0 {
+                    return Err(Errno::EINVAL);
                 }
+                match self.futexes.state(cur) {
+                    futex::Wait::Woken => return Ok(0),
+                    futex::Wait::Queued => {}
+                    futex::Wait::First => {
+                        if word(self, addr)? != val {
+                            return Err(Errno::EAGAIN);
+                        }
+                        if timeout != 0 {
+                            let ns = self.timespec_ns(timeout)?;
+                            let mono = self.clock.monotonic_ns();
+                            // FUTEX_WAIT's timeout is relative; the bitset
+                            // form's is absolute, on the realtime clock when
+                            // FUTEX_CLOCK_REALTIME asks for it.
+                            let until = if cmd == futex::FUTEX_WAIT {
+                                mono.saturating_add(ns)
+                            } else if op & futex::FUTEX_CLOCK_REALTIME != 0 {
+                                let now = self.clock.realtime_ns();
+                                mono.saturating_add(ns.saturating_sub(now))
+                            } else {
+                                ns
+                            };
+                            self.restart_deadline = Some(until);
+                        }
+                        self.futexes.enqueue(cur, tgid, addr, bitset);
+                    }
+                }
+                if let Some(until) = self.restart_deadline {
+                    if self.clock.monotonic_ns() >= until {
+                        self.futexes.forget(cur);
+                        return Err(Errno::ETIMEDOUT);
+                    }
+                    self.block_deadline = Some(until);
+                }
+                Err(Errno::EBLOCK)
+            }
+            futex::FUTEX_WAKE | futex::FUTEX_WAKE_BITSET => {
+                let bitset = if cmd == futex::FUTEX_WAKE {
+                    futex::BITSET_MATCH_ANY
+                } else {
+                    val3
+                };
+                if bitset == 0 {
+                    return Err(Errno::EINVAL);
+                }
+                let n = self.futexes.wake(tgid, addr, val, bitset);
+                if n > 0 {
+                    crate::pipe::bump();
+                }
+                Ok(u64::from(n))
+            }
+            futex::FUTEX_REQUEUE | futex::FUTEX_CMP_REQUEUE => {
+                if cmd == futex::FUTEX_CMP_REQUEUE && word(self, addr)? != val3 {
+                    return Err(Errno::EAGAIN);
+                }
+                if !addr2.is_multiple_of(4) {
+                    return Err(Errno::EINVAL);
+                }
+                // The fourth argument is a count here, not a timeout.
+                let moved = u32::try_from(timeout).unwrap_or(u32::MAX);
+                let n = self.futexes.requeue(tgid, addr, val, addr2, moved);
+                crate::pipe::bump();
+                Ok(u64::from(n))
             }
             _ => Err(Errno::ENOSYS),
         }
+    }
+
+    /// sched_yield: the caller stays runnable and the next runnable task
+    /// (thread or process, round robin) runs first.
+    pub fn sys_sched_yield(&mut self) -> u64 {
+        // The scheduler only looks at deadlines when nothing is runnable;
+        // a yielding task is, so wake expired sleepers here or a thread
+        // spinning on sched_yield would starve them forever. (Stdin is
+        // not asked: that costs an exit, and idling looks at it.)
+        let now = self.clock.monotonic_ns();
+        self.procs.wake(crate::pipe::events(), now, &mut || false);
+        self.switch_pending = true;
+        0
+    }
+
+    /// set_robust_list: recorded per thread (the list is not walked when a
+    /// thread dies; see docs/syscalls.md).
+    pub fn sys_set_robust_list(&mut self, head: u64, len: u64) -> Result<u64> {
+        // struct robust_list_head is three words.
+        if len != 24 {
+            return Err(Errno::EINVAL);
+        }
+        self.robust_list = head;
+        Ok(0)
+    }
+
+    pub fn sys_get_robust_list(&mut self, tid: i32, head: u64, len: u64) -> Result<u64> {
+        let value = if tid == 0 || tid == self.cur {
+            self.robust_list
+        } else {
+            self.procs
+                .get(tid)
+                .and_then(|t| t.parked.as_ref())
+                .map(|p| p.robust_list)
+                .ok_or(Errno::ESRCH)?
+        };
+        self.put_user(head, &value.to_le_bytes())?;
+        self.put_user(len, &24u64.to_le_bytes())?;
+        Ok(0)
     }
 
     pub fn sys_getrandom(&mut self, buf: u64, len: u64) -> Result<u64> {

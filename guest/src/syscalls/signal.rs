@@ -294,19 +294,25 @@ impl Kernel {
             return;
         }
         if pid != self.cur {
-            let fatal = self
-                .procs
-                .get(pid)
-                .and_then(|t| t.parked.as_ref())
-                .is_some_and(|p| {
-                    let handler = p.signals.actions[sig as usize - 1].handler;
-                    let blocked = p.signals.mask & (1 << (sig - 1)) & !UNBLOCKABLE != 0;
-                    sig == SIGKILL
-                        || (!blocked
-                            && handler == SIG_DFL
-                            && !ignored_by_default(sig)
-                            && !is_stop(sig))
-                });
+            // A thread's signal state is its group's: in the kernel when a
+            // sibling runs, else parked with whichever task holds it.
+            let tgid = self.procs.tgid(pid);
+            let signals = if tgid == self.procs.tgid(self.cur) {
+                Some(&self.signals)
+            } else {
+                self.procs
+                    .group(tgid)
+                    .into_iter()
+                    .filter_map(|p| self.procs.get(p).and_then(|t| t.parked.as_ref()))
+                    .find(|p| p.shared)
+                    .map(|p| &p.signals)
+            };
+            let fatal = signals.is_some_and(|signals| {
+                let handler = signals.actions[sig as usize - 1].handler;
+                let blocked = signals.mask & (1 << (sig - 1)) & !UNBLOCKABLE != 0;
+                sig == SIGKILL
+                    || (!blocked && handler == SIG_DFL && !ignored_by_default(sig) && !is_stop(sig))
+            });
             if fatal {
                 self.terminate(
                     pid,
