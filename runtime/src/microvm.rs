@@ -213,6 +213,19 @@ fn memory_limit(spec: &Spec) -> Option<i64> {
         .and_then(|m| m.limit())
 }
 
+/// Where the guest mounts a shared directory: the destination resolved in
+/// the rootfs as `prepare` resolved it (symlinks in the rootfs followed,
+/// never out of it), so that the mount lands on the directory made there and
+/// a path through a symlink reaches it, as in a container.
+fn guest_destination(rootfs: &Path, destination: &Path) -> String {
+    secure_join(rootfs, destination)
+        .ok()
+        .and_then(|p| p.strip_prefix(rootfs).ok().map(|r| Path::new("/").join(r)))
+        .unwrap_or_else(|| destination.to_path_buf())
+        .to_string_lossy()
+        .into_owned()
+}
+
 /// The guest's view of the spec.
 fn vm_config(spec: &Spec, rootfs: &Path, bundle: &Path) -> Result<capsa_vmm::VmConfig> {
     let default_process = oci_spec::runtime::Process::default();
@@ -239,7 +252,7 @@ fn vm_config(spec: &Spec, rootfs: &Path, bundle: &Path) -> Result<capsa_vmm::VmC
         .filter(|m| !m.is_file)
         .map(|m| capsa_vmm::SharedDir {
             source: m.source,
-            destination: m.destination.to_string_lossy().into_owned(),
+            destination: guest_destination(rootfs, &m.destination),
             readonly: m.readonly,
         })
         .collect();

@@ -1,0 +1,733 @@
+//! Escape, containment, fault and load tests in both isolation modes. Each
+//! attempt asserts what users rely on: a clear exit status, no host content
+//! reaching the instance, no effect on the host or on a neighbour instance,
+//! and nothing of the instance left behind afterwards.
+//!
+//! The load tests count the test process's fds and the host's mounts, so they
+//! run alone: they take [`EXCLUSIVE`] for writing, every other test for
+//! reading.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
+
+use capsa_tests::*;
+use serde_json::json;
+
+const MODES: [&str; 2] = ["container", "microvm"];
+
+static EXCLUSIVE: RwLock<()> = RwLock::new(());
+
+fn shared() -> RwLockReadGuard<'static, ()> {
+    EXCLUSIVE.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn exclusive() -> RwLockWriteGuard<'static, ()> {
+    EXCLUSIVE.write().unwrap_or_else(|e| e.into_inner())
+}
+
+fn sh(script: &str) -> TestBundle {
+    TestBundle::busybox(&["sh", "-c", script])
+}
+
+/// `capsa run` in `mode`; asserts nothing of the instance is left.
+fn run(capsa: &Capsa, bundle: &TestBundle, mode: &str) -> Output {
+    let id = unique_id(mode);
+    let out = capsa.run(bundle, mode, &id);
+    capsa.assert_nothing_left(&id);
+    out
+}
+
+fn show(out: &Output) -> String {
+    format!(
+        "status {:?}\n--- stdout\n{}--- stderr\n{}",
+        out.status.code(),
+        stdout(out),
+        stderr(out)
+    )
+}
+
+/// Host pids whose command line names this capsa's state root: every init
+/// and VMM of `capsa` is a clone of a capsa process run with `--root`.
+fn processes_of(capsa: &Capsa) -> Vec<i32> {
+    let root = capsa.root.path().as_os_str().as_encoded_bytes().to_vec();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        if cmdline.windows(root.len()).any(|w| w == root.as_slice()) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+fn assert_no_process_of(capsa: &Capsa) {
+    let left = processes_of(capsa);
+    assert!(left.is_empty(), "capsa processes left behind: {left:?}");
+}
+
+/// Blocks until process `pid` has exited (pidfd, no polling).
+fn wait_exit(pid: i32) {
+    // SAFETY: pidfd_open takes a pid and flags; returns an fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
+    if fd < 0 {
+        return; // already gone
+    }
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd; then closing the fd we own.
+    unsafe {
+        libc::poll(&mut pfd, 1, -1);
+        libc::close(fd);
+    }
+}
+
+/// A file on the host, outside every bundle, whose content must never be
+/// read inside an instance.
+struct HostSecret {
+    dir: tempfile::TempDir,
+    marker: String,
+}
+
+impl HostSecret {
+    fn new() -> HostSecret {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let marker = format!("HOST-SECRET-{}-{}", std::process::id(), unique_id("s"));
+        std::fs::write(dir.path().join("secret"), format!("{marker}\n")).expect("write secret");
+        HostSecret { dir, marker }
+    }
+
+    fn file(&self) -> PathBuf {
+        self.dir.path().join("secret")
+    }
+}
+
+/// Creates `path` inside `rootfs` (parents included) holding `text`.
+fn put(rootfs: &Path, path: &Path, text: &str) {
+    let inside = rootfs.join(path.strip_prefix("/").expect("absolute path"));
+    std::fs::create_dir_all(inside.parent().expect("parent")).expect("mkdir");
+    std::fs::write(inside, text).expect("write");
+}
+
+/// `../` repeated well past the depth of any path in the test.
+fn climb(target: &Path) -> String {
+    format!("{}{}", "../".repeat(24), target.display())
+}
+
+/// A static C program compiled once with the host's gcc.
+fn compiled(name: &'static str, source: &'static str) -> PathBuf {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    let dir = DIR.get_or_init(|| tempfile::tempdir().expect("tempdir"));
+    let binary = dir.path().join(name);
+    if !binary.exists() {
+        let src = dir.path().join(format!("{name}.c"));
+        std::fs::write(&src, source).expect("write source");
+        let tmp = dir.path().join(format!("{name}.{}", unique_id("tmp")));
+        let out = Command::new("gcc")
+            .args(["-static", "-O2", "-o"])
+            .arg(&tmp)
+            .arg(&src)
+            .output()
+            .expect("run gcc (the test machines have it)");
+        assert!(out.status.success(), "gcc: {}", stderr(&out));
+        std::fs::rename(&tmp, &binary).expect("rename");
+    }
+    binary
+}
+
+/// A long-running instance beside an attacked one, to show the attack left
+/// it alone: it must still be running afterwards and end only when killed.
+struct Neighbour {
+    _bundle: TestBundle,
+    child: Child,
+    id: String,
+}
+
+impl Neighbour {
+    fn start(capsa: &Capsa, mode: &str) -> Neighbour {
+        let bundle = sh("echo ready; exec sleep 1000");
+        let id = unique_id("neighbour");
+        let mut child = capsa
+            .cmd()
+            .args(["run", "--isolation", mode, "--bundle"])
+            .arg(bundle.path())
+            .arg(&id)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn neighbour");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("read");
+        assert_eq!(line.trim(), "ready", "neighbour did not start");
+        Neighbour {
+            _bundle: bundle,
+            child,
+            id,
+        }
+    }
+
+    /// Asserts the neighbour is still running, then kills it.
+    fn assert_alive(mut self, capsa: &Capsa) {
+        assert_eq!(capsa.state(&self.id)["status"], "running");
+        assert!(self.child.try_wait().expect("try_wait").is_none());
+        let out = capsa.output(&["kill", &self.id, "KILL"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let status = self.child.wait().expect("wait");
+        assert_eq!(status.code(), Some(137), "the neighbour ended otherwise");
+        capsa.assert_nothing_left(&self.id);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Escapes through paths and symlinks
+
+/// `..` chains, absolute and relative symlinks and /proc/self/root all
+/// resolve inside the rootfs: they reach the rootfs's decoy at the secret's
+/// path, never the host's file, and /etc/shadow (absent from the rootfs) is
+/// ENOENT.
+#[test]
+fn paths_and_symlinks_cannot_climb_out_of_the_rootfs() {
+    let _guard = shared();
+    let capsa = Capsa::new();
+    let secret = HostSecret::new();
+    let host = secret.file();
+    let h = host.display();
+    let script = format!(
+        "for p in /../../../../..{h} /etc/../../../..{h} /abs /rel /dirlink/secret \
+         /sub/deeper/rel /proc/self/root{h} /hostname-link /../../../../etc/shadow; do \
+         cat $p 2>/dev/null || echo \"$p: absent\"; done"
+    );
+    let bundle = sh(&script);
+    let rootfs = bundle.rootfs();
+    put(&rootfs, &host, "rootfs-decoy\n");
+    std::fs::write(rootfs.join("etc/hostname"), "rootfs-hostname\n").expect("hostname");
+    let link = |target: &str, at: &str| {
+        std::os::unix::fs::symlink(target, rootfs.join(at)).expect("symlink");
+    };
+    link(&host.display().to_string(), "abs");
+    link(&climb(&host), "rel");
+    link(&secret.dir.path().display().to_string(), "dirlink");
+    std::fs::create_dir_all(rootfs.join("sub/deeper")).expect("mkdir");
+    link(&climb(&host), "sub/deeper/rel");
+    link("/etc/hostname", "hostname-link");
+    assert!(
+        Path::new("/etc/shadow").exists(),
+        "the host has /etc/shadow"
+    );
+
+    for mode in MODES {
+        let out = run(&capsa, &bundle, mode);
+        let text = stdout(&out);
+        assert!(
+            !text.contains(&secret.marker),
+            "{mode}: host file read\n{text}"
+        );
+        // /proc/self/root of a microVM's process does not exist (the guest
+        // emulates few /proc files); in a container it is the rootfs.
+        let proc_root = if mode == "microvm" {
+            format!("/proc/self/root{h}: absent")
+        } else {
+            "rootfs-decoy".to_string()
+        };
+        let expected = [
+            "rootfs-decoy",
+            "rootfs-decoy",
+            "rootfs-decoy",
+            "rootfs-decoy",
+            "rootfs-decoy",
+            "rootfs-decoy",
+            &proc_root,
+            "rootfs-hostname",
+            "/../../../../etc/shadow: absent",
+        ];
+        assert_eq!(
+            text.lines().collect::<Vec<_>>(),
+            expected,
+            "{mode}: {}",
+            show(&out)
+        );
+        assert_eq!(out.status.code(), Some(0), "{mode}: {}", show(&out));
+    }
+}
+
+/// A link in the rootfs is swapped, as fast as the host can, between a file
+/// of the rootfs and the host's secret (and a directory between a rootfs
+/// directory and a link to the host's) while the instance opens it hundreds
+/// of times: no read ever returns host content.
+#[test]
+fn a_symlink_swapped_during_open_never_reaches_the_host() {
+    let _guard = shared();
+    let capsa = Capsa::new();
+    let secret = HostSecret::new();
+    let bundle = sh(
+        "i=0; while [ $i -lt 300 ]; do cat /race /racedir/secret 2>/dev/null; \
+         i=$((i+1)); done; echo end",
+    );
+    let rootfs = bundle.rootfs();
+    std::fs::write(rootfs.join("inside"), "inside\n").expect("write");
+    std::fs::create_dir(rootfs.join("innerdir")).expect("mkdir");
+    std::fs::write(rootfs.join("innerdir/secret"), "inner\n").expect("write");
+    std::os::unix::fs::symlink("/inside", rootfs.join("race")).expect("symlink");
+    std::os::unix::fs::symlink("/innerdir", rootfs.join("racedir")).expect("symlink");
+
+    for mode in MODES {
+        let stop = Arc::new(AtomicBool::new(false));
+        let swaps = Arc::new(AtomicUsize::new(0));
+        let swapper = {
+            let (stop, swaps, rootfs) = (stop.clone(), swaps.clone(), rootfs.clone());
+            let host_file = secret.file();
+            let host_dir = secret.dir.path().to_path_buf();
+            std::thread::spawn(move || {
+                let tmp = rootfs.join(".swap");
+                let mut n = 0usize;
+                while !stop.load(Ordering::Relaxed) {
+                    let (file, dir) = if n.is_multiple_of(2) {
+                        (host_file.clone(), host_dir.clone())
+                    } else {
+                        (PathBuf::from("/inside"), PathBuf::from("/innerdir"))
+                    };
+                    for (target, at) in [(file, "race"), (dir, "racedir")] {
+                        let _ = std::fs::remove_file(&tmp);
+                        std::os::unix::fs::symlink(&target, &tmp).expect("symlink");
+                        std::fs::rename(&tmp, rootfs.join(at)).expect("rename");
+                    }
+                    n += 1;
+                    swaps.store(n, Ordering::Relaxed);
+                }
+            })
+        };
+        let out = run(&capsa, &bundle, mode);
+        stop.store(true, Ordering::Relaxed);
+        swapper.join().expect("swapper");
+        let text = stdout(&out);
+        assert!(
+            !text.contains(&secret.marker),
+            "{mode}: host content read through a swapped link"
+        );
+        assert_eq!(out.status.code(), Some(0), "{mode}: {}", show(&out));
+        assert_eq!(text.lines().last(), Some("end"), "{mode}");
+        assert!(
+            text.lines()
+                .all(|l| ["inside", "inner", "end"].contains(&l)),
+            "{mode}: unexpected output {text}"
+        );
+        assert!(
+            swaps.load(Ordering::Relaxed) > 10,
+            "{mode}: the links were hardly swapped"
+        );
+    }
+}
+
+/// `mounts[].destination` through an absolute and a relative symlink that
+/// point outside the rootfs: the mount lands inside the rootfs (where the
+/// link resolves relative to it) and is reachable through the link; the host
+/// directory the link names is untouched.
+#[test]
+fn mount_destinations_through_symlinks_stay_in_the_rootfs() {
+    let _guard = shared();
+    let capsa = Capsa::new();
+    let target = tempfile::tempdir().expect("tempdir");
+    std::fs::write(target.path().join("host-file"), "host\n").expect("write");
+    let source = tempfile::tempdir().expect("tempdir");
+    std::fs::write(source.path().join("marker"), "from-bind-source\n").expect("write");
+    let mut bundle = sh("cat /abs/marker /rel/marker; ls /abs /rel");
+    let rootfs = bundle.rootfs();
+    std::os::unix::fs::symlink(target.path(), rootfs.join("abs")).expect("symlink");
+    std::os::unix::fs::symlink(climb(target.path()), rootfs.join("rel")).expect("symlink");
+    let src = source.path().display().to_string();
+    bundle.edit(|c| {
+        let mounts = c["mounts"].as_array_mut().expect("mounts");
+        for dest in ["/abs", "/rel"] {
+            mounts.push(json!({"destination": dest, "type": "bind", "source": src,
+                "options": ["rbind", "ro"]}));
+        }
+    });
+    let host_mounts = mount_count();
+    for mode in MODES {
+        let out = run(&capsa, &bundle, mode);
+        assert_eq!(out.status.code(), Some(0), "{mode}: {}", show(&out));
+        assert_eq!(
+            stdout(&out),
+            "from-bind-source\nfrom-bind-source\n/abs:\nmarker\n\n/rel:\nmarker\n",
+            "{mode}"
+        );
+        // The mount point was made inside the rootfs, not on the host.
+        let inside = rootfs.join(target.path().strip_prefix("/").expect("absolute"));
+        assert!(inside.is_dir(), "{mode}: {} missing", inside.display());
+        let entries: Vec<_> = std::fs::read_dir(target.path())
+            .expect("read host dir")
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(entries, ["host-file"], "{mode}: the host directory changed");
+        assert_eq!(mount_count(), host_mounts, "{mode}: host mounts changed");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Resource exhaustion
+
+const EAT_C: &str = r#"#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+int main(void) {
+    size_t chunk = 1 << 20, total = 0;
+    for (;;) {
+        char *p = malloc(chunk);
+        if (!p) { printf("malloc failed after %zu MiB\n", total >> 20); return 3; }
+        memset(p, 0xa5, chunk);
+        total += chunk;
+        if (total > ((size_t)2 << 30)) { printf("no limit after 2 GiB\n"); return 4; }
+    }
+}
+"#;
+
+/// A program allocating and touching memory until failure under a 64 MiB
+/// limit: the instance ends with the program's own failure (3, the guest's
+/// or libc's ENOMEM) or 137 (the cgroup's OOM killer), a neighbour instance
+/// keeps running, and nothing is left.
+#[test]
+fn memory_exhaustion_under_a_limit_ends_cleanly() {
+    let _guard = shared();
+    let capsa = Capsa::new();
+    let mut bundle = TestBundle::busybox(&["/bin/eat"]);
+    std::fs::copy(compiled("eat", EAT_C), bundle.rootfs().join("bin/eat")).expect("copy");
+    bundle.edit(|c| c["linux"]["resources"] = json!({"memory": {"limit": 64 << 20}}));
+    for mode in MODES {
+        let neighbour = Neighbour::start(&capsa, mode);
+        let out = run(&capsa, &bundle, mode);
+        match out.status.code() {
+            Some(3) => assert!(stdout(&out).starts_with("malloc failed after"), "{mode}"),
+            Some(137) => {}
+            _ => panic!("{mode}: unexpected end\n{}", show(&out)),
+        }
+        assert!(!stdout(&out).contains("no limit"), "{mode}");
+        neighbour.assert_alive(&capsa);
+    }
+}
+
+/// A bounded fork bomb (2^8 - 2 shells wanted) against pids.limit 16: forks
+/// fail inside the instance, the host cgroup never exceeds its pids.max,
+/// the bomb ends, a neighbour keeps running, and nothing is left.
+#[test]
+fn a_fork_bomb_stays_within_the_pids_limit() {
+    let _guard = shared();
+    let capsa = Capsa::new();
+    let mut bundle = sh(
+        "f(){ [ $1 -gt 0 ] || return 0; f $(($1-1)) & f $(($1-1)) & wait; }; \
+         f 7 2>/tmp/forks; echo failed=$(grep -c \"can't fork\" /tmp/forks); \
+         echo bombed; exec sleep 1000",
+    );
+    bundle.edit(|c| {
+        c["root"]["readonly"] = json!(false);
+        c["linux"]["resources"] = json!({"pids": {"limit": 16}});
+    });
+    std::fs::create_dir_all(bundle.rootfs().join("tmp")).expect("mkdir /tmp");
+    for mode in MODES {
+        let neighbour = Neighbour::start(&capsa, mode);
+        let id = unique_id("bomb");
+        let mut child = capsa
+            .cmd()
+            .args(["run", "--isolation", mode, "--bundle"])
+            .arg(bundle.path())
+            .arg(&id)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let mut reader = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut failed = String::new();
+        reader.read_line(&mut failed).expect("read");
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("read");
+        assert_eq!(line.trim(), "bombed", "{mode}: {failed}");
+        let failures: u32 = failed
+            .trim()
+            .strip_prefix("failed=")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{mode}: {failed:?}"));
+        assert!(failures > 0, "{mode}: no fork failed");
+        let pids = |file: &str| {
+            std::fs::read_to_string(format!("/sys/fs/cgroup/pids/capsa/{id}/{file}"))
+                .unwrap_or_else(|e| panic!("{mode}: pids/{file}: {e}"))
+        };
+        let max: u64 = pids("pids.max").trim().parse().expect("pids.max");
+        let current: u64 = pids("pids.current").trim().parse().expect("pids.current");
+        assert!(current <= max, "{mode}: pids.current {current} > {max}");
+        if let Ok(peak) =
+            std::fs::read_to_string(format!("/sys/fs/cgroup/pids/capsa/{id}/pids.peak"))
+        {
+            let peak: u64 = peak.trim().parse().expect("pids.peak");
+            assert!(peak <= max, "{mode}: pids.peak {peak} > {max}");
+        }
+        if mode == "container" {
+            // The host kernel refused the forks: the cgroup counted them.
+            let events = pids("pids.events");
+            let refused: u64 = events
+                .split_whitespace()
+                .nth(1)
+                .and_then(|n| n.parse().ok())
+                .expect("pids.events");
+            assert!(refused > 0, "{mode}: pids.events {events}");
+        }
+        // The bomb is over and the instance still answers: it ends when killed.
+        assert_eq!(capsa.state(&id)["status"], "running", "{mode}");
+        let out = capsa.output(&["kill", &id, "KILL"]);
+        assert!(out.status.success(), "{mode}: {}", stderr(&out));
+        assert_eq!(child.wait().expect("wait").code(), Some(137), "{mode}");
+        capsa.assert_nothing_left(&id);
+        neighbour.assert_alive(&capsa);
+        assert_no_process_of(&capsa);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Faults: SIGKILL of the init (the VMM in a microVM) at each stage
+
+/// Creates `id` running `bundle` in `mode`; the init's stdout is a pipe whose
+/// reader is returned (the init holds the write end).
+fn create_with_stdout(
+    capsa: &Capsa,
+    bundle: &TestBundle,
+    mode: &str,
+    id: &str,
+) -> BufReader<std::fs::File> {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for two descriptors.
+    let ret = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
+    assert_eq!(ret, 0, "pipe2");
+    // SAFETY: both descriptors are new and owned by nobody else.
+    let (reader, writer) = unsafe {
+        use std::os::fd::FromRawFd;
+        (
+            std::fs::File::from_raw_fd(fds[0]),
+            std::fs::File::from_raw_fd(fds[1]),
+        )
+    };
+    let status = capsa
+        .cmd()
+        .args(["create", "--isolation", mode, "--bundle"])
+        .arg(bundle.path())
+        .arg(id)
+        .stdout(writer)
+        .stderr(Stdio::null())
+        .status()
+        .expect("capsa create");
+    assert!(status.success(), "{mode}: create failed");
+    BufReader::new(reader)
+}
+
+fn init_pid(capsa: &Capsa, id: &str) -> i32 {
+    capsa.state(id)["pid"].as_i64().expect("pid") as i32
+}
+
+fn sigkill(pid: i32) {
+    // SAFETY: kill(2) with a pid read from capsa state and a valid signal.
+    let ret = unsafe { libc::kill(pid, libc::SIGKILL) };
+    assert_eq!(ret, 0, "kill {pid}");
+}
+
+fn delete_force_leaves_nothing(capsa: &Capsa, id: &str, pid: i32) {
+    wait_exit(pid);
+    assert_eq!(capsa.state(id)["status"], "stopped");
+    let out = capsa.output(&["delete", "--force", id]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    capsa.assert_nothing_left(id);
+    assert_no_process_of(capsa);
+}
+
+#[test]
+fn sigkill_of_a_created_init_then_delete_force_leaves_nothing() {
+    let _guard = shared();
+    let capsa = Capsa::new();
+    let bundle = sh("echo ready; exec sleep 1000");
+    for mode in MODES {
+        let id = unique_id("killed-created");
+        let _out = create_with_stdout(&capsa, &bundle, mode, &id);
+        assert_eq!(capsa.state(&id)["status"], "created");
+        let pid = init_pid(&capsa, &id);
+        sigkill(pid);
+        delete_force_leaves_nothing(&capsa, &id, pid);
+    }
+}
+
+#[test]
+fn sigkill_of_a_running_vmm_then_delete_force_leaves_nothing() {
+    let _guard = shared();
+    let capsa = Capsa::new();
+    let bundle = sh("echo ready; while true; do sleep 1; done");
+    let id = unique_id("killed-running");
+    let mut out = create_with_stdout(&capsa, &bundle, "microvm", &id);
+    let pid = init_pid(&capsa, &id);
+    let start = capsa.output(&["start", &id]);
+    assert!(start.status.success(), "{}", stderr(&start));
+    let mut line = String::new();
+    out.read_line(&mut line).expect("read");
+    assert_eq!(line.trim(), "ready");
+    assert_eq!(capsa.state(&id)["status"], "running");
+    sigkill(pid);
+    delete_force_leaves_nothing(&capsa, &id, pid);
+    // The VMM's end closed the guest's stdout.
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).expect("read");
+}
+
+#[test]
+fn sigkill_of_the_vmm_under_capsa_run_exits_137_and_leaves_nothing() {
+    let _guard = shared();
+    let capsa = Capsa::new();
+    let bundle = sh("echo ready; while true; do sleep 1; done");
+    let id = unique_id("killed-run");
+    let mut child = capsa
+        .cmd()
+        .args(["run", "--isolation", "microvm", "--bundle"])
+        .arg(bundle.path())
+        .arg(&id)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut reader = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    reader.read_line(&mut line).expect("read");
+    assert_eq!(line.trim(), "ready");
+    sigkill(init_pid(&capsa, &id));
+    assert_eq!(child.wait().expect("wait").code(), Some(137));
+    capsa.assert_nothing_left(&id);
+    assert_no_process_of(&capsa);
+}
+
+// ---------------------------------------------------------------------------
+// Load: many runs leak nothing
+
+fn fd_count() -> usize {
+    std::fs::read_dir("/proc/self/fd").expect("fds").count()
+}
+
+fn mount_count() -> usize {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .expect("mountinfo")
+        .lines()
+        .count()
+}
+
+fn capsa_cgroups() -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for controller in std::fs::read_dir("/sys/fs/cgroup")
+        .expect("cgroup")
+        .flatten()
+    {
+        if let Ok(dirs) = std::fs::read_dir(controller.path().join("capsa")) {
+            found.extend(dirs.flatten().map(|d| d.path()).filter(|p| p.is_dir()));
+        }
+    }
+    found
+}
+
+/// What must not change across a load test.
+struct Baseline {
+    fds: usize,
+    mounts: usize,
+    cgroups: Vec<PathBuf>,
+}
+
+impl Baseline {
+    fn take() -> Baseline {
+        Baseline {
+            fds: fd_count(),
+            mounts: mount_count(),
+            cgroups: capsa_cgroups(),
+        }
+    }
+
+    fn assert_unchanged(&self, capsa: &Capsa) {
+        assert_eq!(fd_count(), self.fds, "fds leaked");
+        assert_eq!(mount_count(), self.mounts, "mounts leaked");
+        assert_eq!(capsa_cgroups(), self.cgroups, "cgroups leaked");
+        assert_no_process_of(capsa);
+        let states: Vec<_> = std::fs::read_dir(capsa.root.path())
+            .expect("state root")
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        assert!(states.is_empty(), "state left: {states:?}");
+    }
+}
+
+fn percentiles(mut times: Vec<Duration>) -> (Duration, Duration) {
+    times.sort();
+    let at = |q: f64| times[((times.len() as f64 * q).ceil() as usize).saturating_sub(1)];
+    (at(0.50), at(0.99))
+}
+
+#[test]
+fn a_hundred_sequential_runs_per_mode_leak_nothing() {
+    let _guard = exclusive();
+    let capsa = Capsa::new();
+    let bundle = sh("echo ok");
+    let baseline = Baseline::take();
+    for mode in MODES {
+        let mut times = Vec::new();
+        for i in 0..100 {
+            let id = format!("seq-{mode}-{i}");
+            let started = Instant::now();
+            let out = capsa.run(&bundle, mode, &id);
+            times.push(started.elapsed());
+            assert_eq!(
+                (out.status.code(), stdout(&out).as_str()),
+                (Some(0), "ok\n"),
+                "{mode} run {i}: {}",
+                show(&out)
+            );
+        }
+        let (p50, p99) = percentiles(times);
+        println!("{mode}: 100 sequential runs, p50 {p50:?}, p99 {p99:?}");
+    }
+    baseline.assert_unchanged(&capsa);
+}
+
+#[test]
+fn twenty_concurrent_runs_per_mode_leak_nothing() {
+    let _guard = exclusive();
+    let capsa = Capsa::new();
+    let bundle = sh("echo ok");
+    let baseline = Baseline::take();
+    for mode in MODES {
+        let times: Vec<Duration> = std::thread::scope(|scope| {
+            let runs: Vec<_> = (0..20)
+                .map(|i| {
+                    let (capsa, bundle) = (&capsa, &bundle);
+                    scope.spawn(move || {
+                        let id = format!("par-{mode}-{i}");
+                        let started = Instant::now();
+                        let out = capsa.run(bundle, mode, &id);
+                        let took = started.elapsed();
+                        assert_eq!(
+                            (out.status.code(), stdout(&out).as_str()),
+                            (Some(0), "ok\n"),
+                            "{mode} run {i}: {}",
+                            show(&out)
+                        );
+                        took
+                    })
+                })
+                .collect();
+            runs.into_iter()
+                .map(|r| r.join().expect("run thread"))
+                .collect()
+        });
+        let (p50, p99) = percentiles(times);
+        println!("{mode}: 20 concurrent runs, p50 {p50:?}, p99 {p99:?}");
+    }
+    baseline.assert_unchanged(&capsa);
+}
