@@ -595,3 +595,37 @@ fn a_file_bind_mount_is_visible_and_read_only_in_both_modes() {
         "bound from the host\n"
     );
 }
+
+/// Input that arrives after the process is already blocked reading stdin
+/// (an interactive user, a slow producer) must wake it in both modes.
+#[test]
+fn stdin_arriving_later_wakes_a_blocked_reader() {
+    use std::io::{BufRead, BufReader, Write};
+    let bundle = fixture(&["sh", "-c", "echo ready; read x; echo got $x"]);
+    let capsa = Capsa::new();
+    for mode in MODES {
+        let id = unique_id("late-stdin");
+        let mut child = capsa
+            .cmd()
+            .args(["run", "--isolation", mode, "--bundle"])
+            .arg(bundle.path())
+            .arg(&id)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn capsa run");
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("read");
+        assert_eq!(line, "ready\n", "{mode}");
+        // The reader is blocked (or about to block) on an empty stdin now.
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(b"go\n").expect("write");
+        drop(stdin);
+        line.clear();
+        stdout.read_line(&mut line).expect("read");
+        assert_eq!(line, "got go\n", "{mode}");
+        assert!(child.wait().expect("wait").success(), "{mode}");
+        capsa.assert_nothing_left(&id);
+    }
+}

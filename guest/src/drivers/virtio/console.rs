@@ -85,8 +85,20 @@ impl Console {
         if self.pending.0 < self.pending.1 || self.eof {
             return true;
         }
+        // The VMM may have filled the posted buffer while we idled.
+        self.harvest();
+        if self.pending.0 < self.pending.1 || self.eof {
+            return true;
+        }
         if control_read(control::STDIN_READY) != 0 {
             self.post();
+        } else if !self.queues[RX].outstanding() {
+            // Leave a buffer posted without a notify (no exit): the VMM
+            // watches stdin while the guest idles only if it has somewhere
+            // to put the input, so without it a reader waiting for input
+            // that arrives later would sleep forever.
+            let buf = Buf::writable(&mut self.rx_buf);
+            self.queues[RX].push(&[buf]);
         }
         self.pending.0 < self.pending.1 || self.eof
     }
