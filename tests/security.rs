@@ -152,6 +152,23 @@ struct Neighbour {
     _bundle: TestBundle,
     child: Child,
     id: String,
+    root: PathBuf,
+}
+
+/// If a test fails before `assert_alive`, the neighbour must not outlive it
+/// (it would hold the test's output pipes open).
+impl Drop for Neighbour {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = Command::new(capsa_bin())
+                .arg("--root")
+                .arg(&self.root)
+                .args(["delete", "--force", &self.id])
+                .output();
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }
 
 impl Neighbour {
@@ -175,6 +192,7 @@ impl Neighbour {
             _bundle: bundle,
             child,
             id,
+            root: capsa.root.path().to_path_buf(),
         }
     }
 
