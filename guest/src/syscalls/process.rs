@@ -568,41 +568,17 @@ impl Kernel {
 
     pub fn sys_setresuid(&mut self, r: u32, e: u32, s: u32) -> Result<u64> {
         let c = &self.creds;
-        let allowed = |id: u32| id == u32::MAX || id == c.uid || id == c.euid || id == c.suid;
-        let permitted = allowed(r) && allowed(e) && allowed(s);
-        if !self.privileged() && !permitted {
-            return Err(Errno::EPERM);
-        }
+        let [uid, euid, suid] = set_res([c.uid, c.euid, c.suid], [r, e, s], self.privileged())?;
         let c = &mut self.creds;
-        if r != u32::MAX {
-            c.uid = r;
-        }
-        if e != u32::MAX {
-            c.euid = e;
-        }
-        if s != u32::MAX {
-            c.suid = s;
-        }
+        (c.uid, c.euid, c.suid) = (uid, euid, suid);
         Ok(0)
     }
 
     pub fn sys_setresgid(&mut self, r: u32, e: u32, s: u32) -> Result<u64> {
         let c = &self.creds;
-        let allowed = |id: u32| id == u32::MAX || id == c.gid || id == c.egid || id == c.sgid;
-        let permitted = allowed(r) && allowed(e) && allowed(s);
-        if !self.privileged() && !permitted {
-            return Err(Errno::EPERM);
-        }
+        let [gid, egid, sgid] = set_res([c.gid, c.egid, c.sgid], [r, e, s], self.privileged())?;
         let c = &mut self.creds;
-        if r != u32::MAX {
-            c.gid = r;
-        }
-        if e != u32::MAX {
-            c.egid = e;
-        }
-        if s != u32::MAX {
-            c.sgid = s;
-        }
+        (c.gid, c.egid, c.sgid) = (gid, egid, sgid);
         Ok(0)
     }
 
@@ -921,5 +897,40 @@ impl Kernel {
         let out = self.user_buf(buf, len as usize)?;
         self.dev.rng.fill(out);
         Ok(len)
+    }
+}
+
+/// setresuid/setresgid semantics over (real, effective, saved): `u32::MAX`
+/// keeps a value; without privilege each new value must be one of the
+/// current three.
+fn set_res(current: [u32; 3], requested: [u32; 3], privileged: bool) -> Result<[u32; 3]> {
+    let allowed = |id: u32| id == u32::MAX || current.contains(&id);
+    if !privileged && !requested.iter().all(|id| allowed(*id)) {
+        return Err(Errno::EPERM);
+    }
+    let mut next = current;
+    for (slot, id) in next.iter_mut().zip(requested) {
+        if id != u32::MAX {
+            *slot = id;
+        }
+    }
+    Ok(next)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_res_keeps_unset_ids_and_checks_privilege() {
+        assert_eq!(
+            set_res([1, 2, 3], [u32::MAX, 3, u32::MAX], false),
+            Ok([1, 3, 3])
+        );
+        assert_eq!(
+            set_res([1, 2, 3], [9, u32::MAX, u32::MAX], false),
+            Err(Errno::EPERM)
+        );
+        assert_eq!(set_res([0, 0, 0], [9, 9, 9], true), Ok([9, 9, 9]));
     }
 }
