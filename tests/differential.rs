@@ -28,25 +28,13 @@ fn static_hello() -> &'static Path {
     static HELLO: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
     let (_, path) = HELLO.get_or_init(|| {
         let dir = tempfile::tempdir().expect("tempdir");
-        let source = dir.path().join("hello.c");
-        std::fs::write(
-            &source,
+        let binary = compile_c(
+            dir.path(),
+            "hello",
             "#include <stdio.h>\nint main(int argc, char **argv) {\n\
              printf(\"hello from %s with %d args\\n\", argv[0], argc);\n\
              fprintf(stderr, \"to stderr\\n\");\n return 4;\n}\n",
-        )
-        .expect("write hello.c");
-        let binary = dir.path().join("hello");
-        let out = Command::new("gcc")
-            .args(["-static", "-O2", "-o"])
-            .arg(&binary)
-            .arg(&source)
-            .output()
-            .expect("run gcc (the test machines have it)");
-        assert!(
-            out.status.success(),
-            "gcc -static failed: {}",
-            String::from_utf8_lossy(&out.stderr)
+            &["-static"],
         );
         (dir, binary)
     });
@@ -92,15 +80,6 @@ fn run(capsa: &Capsa, bundle: &TestBundle, mode: &str, stdin: Option<&[u8]>) -> 
     let out = child.wait_with_output().expect("wait for capsa run");
     capsa.assert_nothing_left(&id);
     out
-}
-
-fn show(out: &Output) -> String {
-    format!(
-        "status {:?}\n--- stdout\n{}--- stderr\n{}",
-        out.status.code(),
-        stdout(out),
-        stderr(out)
-    )
 }
 
 /// Runs `bundle` in both modes and asserts identical results; returns them.

@@ -6,7 +6,7 @@
 //! so the modes cannot agree on being wrong.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use capsa_tests::*;
 
@@ -176,20 +176,7 @@ int main(void) {
 /// [`THREADS_C`] built (dynamically linked) with the host's gcc into `rootfs`.
 fn add_threads_program(rootfs: &Path) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let source = dir.path().join("threads.c");
-    std::fs::write(&source, THREADS_C).expect("write threads.c");
-    let binary = dir.path().join("threads");
-    let out = Command::new("gcc")
-        .args(["-O2", "-pthread", "-o"])
-        .arg(&binary)
-        .arg(&source)
-        .output()
-        .expect("run gcc (the test machines have it)");
-    assert!(
-        out.status.success(),
-        "gcc failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let binary = compile_c(dir.path(), "threads", THREADS_C, &["-pthread"]);
     copy_into(rootfs, &binary, Path::new("/hbin/threads"));
     for lib in libraries(&binary.to_string_lossy()) {
         copy_into(rootfs, &lib, &lib);
@@ -204,15 +191,6 @@ fn set_script(bundle: &mut TestBundle, script: &str) {
         c["process"]["args"] = serde_json::json!(["/hbin/dash", "-c", script]);
         c["process"]["env"] = serde_json::json!(["PATH=/hbin:/bin", "LC_ALL=C", "HOME=/root"]);
     });
-}
-
-fn show(out: &Output) -> String {
-    format!(
-        "status {:?}\n--- stdout\n{}--- stderr\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 /// Runs `script` in both modes: identical results, and the expected ones.

@@ -41,15 +41,6 @@ fn run(capsa: &Capsa, bundle: &TestBundle, mode: &str) -> Output {
     out
 }
 
-fn show(out: &Output) -> String {
-    format!(
-        "status {:?}\n--- stdout\n{}--- stderr\n{}",
-        out.status.code(),
-        stdout(out),
-        stderr(out)
-    )
-}
-
 /// Host pids whose command line names this capsa's state root: every init
 /// and VMM of `capsa` is a clone of a capsa process run with `--root`.
 fn processes_of(capsa: &Capsa) -> Vec<i32> {
@@ -131,16 +122,10 @@ fn compiled(name: &'static str, source: &'static str) -> PathBuf {
     let dir = DIR.get_or_init(|| tempfile::tempdir().expect("tempdir"));
     let binary = dir.path().join(name);
     if !binary.exists() {
-        let src = dir.path().join(format!("{name}.c"));
-        std::fs::write(&src, source).expect("write source");
-        let tmp = dir.path().join(format!("{name}.{}", unique_id("tmp")));
-        let out = Command::new("gcc")
-            .args(["-static", "-O2", "-o"])
-            .arg(&tmp)
-            .arg(&src)
-            .output()
-            .expect("run gcc (the test machines have it)");
-        assert!(out.status.success(), "gcc: {}", stderr(&out));
+        // Built under a unique name and renamed, so concurrent tests never
+        // run a half-written binary.
+        let tmp_name = format!("{name}.{}", unique_id("tmp"));
+        let tmp = compile_c(dir.path(), &tmp_name, source, &["-static"]);
         std::fs::rename(&tmp, &binary).expect("rename");
     }
     binary

@@ -218,3 +218,35 @@ pub fn wait_exit(pid: i32) {
         libc::close(fd);
     }
 }
+
+/// A command's status, stdout and stderr, for assertion messages.
+pub fn show(out: &Output) -> String {
+    format!(
+        "status {:?}\n--- stdout\n{}--- stderr\n{}",
+        out.status.code(),
+        stdout(out),
+        stderr(out)
+    )
+}
+
+/// Compiles C `source` with the host's gcc (`-O2` plus `flags`) into
+/// `dir/name` and returns the binary's path.
+pub fn compile_c(dir: &Path, name: &str, source: &str, flags: &[&str]) -> PathBuf {
+    let src = dir.join(format!("{name}.c"));
+    std::fs::write(&src, source).expect("write C source");
+    let binary = dir.join(name);
+    let out = Command::new("gcc")
+        .arg("-O2")
+        .args(flags)
+        .arg("-o")
+        .arg(&binary)
+        .arg(&src)
+        .output()
+        .expect("run gcc (the test machines have it)");
+    assert!(
+        out.status.success(),
+        "gcc {flags:?} failed: {}",
+        stderr(&out)
+    );
+    binary
+}
