@@ -35,10 +35,15 @@
 //! host, checks permission bits for a non-root `process.user` on open and
 //! access, since the file server acts as root; it creates files as that user.
 //!
-//! Not applied inside the guest: `proc` (the guest emulates only the files
-//! it needs, such as `/proc/self/exe`), `tmpfs` (the rootfs directory is used
-//! as is), `sysfs`, `devpts`, `mqueue` and `cgroup` mounts are skipped; the
-//! guest provides `/dev/{null,zero,full,random,urandom}` itself.
+//! A `tmpfs` mount becomes a tmpfs the VMM creates in its own mount namespace
+//! (with the mount's options, charged to the instance's memory cgroup, gone
+//! with the VMM) and serves like a directory bind; the executable lookup at
+//! create time looks through directory binds to their sources.
+//!
+//! Not applied inside the guest: `proc` (the guest emulates the files it
+//! needs, see docs/syscalls.md), `sysfs`, `devpts`, `mqueue`, `cgroup` mounts
+//! and any mount under `/dev`, `/proc` or `/sys` are skipped; the guest
+//! provides `/dev/{null,zero,full,random,urandom}` itself.
 //! `process.capabilities`, `linux.seccomp`, `linux.maskedPaths`,
 //! `linux.readonlyPaths`, `linux.devices`, `linux.sysctl` and id mappings have
 //! no host meaning for a guest process and are ignored, as is
@@ -46,6 +51,7 @@
 //! terminal yet).
 
 use std::convert::Infallible;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use caps::{CapSet, Capability as Cap};
@@ -57,7 +63,7 @@ use oci_spec::runtime::{
 };
 
 use crate::backend::{Backend, BackendError};
-use crate::container::process::{resolve_executable_in, rlimit_resource};
+use crate::container::process::{resolve_executable_with, rlimit_resource};
 use crate::container::rootfs::{ensure_dir, ensure_file, parse_options, secure_join};
 use crate::container::{nix_io, ContainerError};
 use crate::init::{Init, InitError};
@@ -123,6 +129,13 @@ pub enum MicroVmError {
         path: PathBuf,
         message: String,
     },
+    #[error("mounts[{index}].options: {option}: not accepted by tmpfs")]
+    Tmpfs {
+        index: usize,
+        option: String,
+        #[source]
+        source: nix::Error,
+    },
     #[error("linux.rootfsPropagation: cannot make the VMM's mounts private")]
     Propagation(#[source] nix::Error),
     #[error("cannot build the VMM's jail at {path}")]
@@ -145,10 +158,11 @@ pub enum MicroVmError {
 
 type Result<T, E = MicroVmError> = std::result::Result<T, E>;
 
-/// A bind mount of the spec, as the VMM serves it.
-struct BindMount {
+/// A mount of the spec that the VMM serves: a bind mount, or a tmpfs the
+/// VMM creates (in its own mount namespace, so it goes away with the VMM).
+struct GuestMount {
     index: usize,
-    source: PathBuf,
+    source: GuestMountSource,
     destination: PathBuf,
     readonly: bool,
     /// A file, not a directory: bound in place inside the rootfs (which the
@@ -156,15 +170,50 @@ struct BindMount {
     is_file: bool,
 }
 
-/// The spec's bind mounts; other mount types are the guest's business (see
-/// the module docs).
-fn bind_mounts(spec: &Spec, bundle: &Path) -> Vec<BindMount> {
+#[derive(Debug, PartialEq, Eq)]
+enum GuestMountSource {
+    /// A host file or directory (absolute).
+    Host(PathBuf),
+    /// A new tmpfs with these options (`size=`, `mode=`, ...).
+    Tmpfs(Vec<String>),
+}
+
+impl GuestMount {
+    fn host_source(&self) -> Option<&Path> {
+        match &self.source {
+            GuestMountSource::Host(path) => Some(path),
+            GuestMountSource::Tmpfs(_) => None,
+        }
+    }
+}
+
+/// Whether a destination is one of the trees the guest kernel provides
+/// itself (`/dev`, `/proc`, `/sys` and anything below them).
+fn provided_by_guest(destination: &Path) -> bool {
+    ["/dev", "/proc", "/sys"]
+        .iter()
+        .any(|tree| destination.starts_with(tree))
+}
+
+/// The spec's bind and tmpfs mounts, in order; other mount types are the
+/// guest's business (see the module docs).
+fn guest_mounts(spec: &Spec, bundle: &Path) -> Vec<GuestMount> {
     let mounts = spec.mounts().as_deref().unwrap_or_default();
     mounts
         .iter()
         .enumerate()
         .filter_map(|(index, m)| {
             let options = parse_options(m.options().as_deref().unwrap_or_default());
+            let readonly = options.flags.contains(MsFlags::MS_RDONLY);
+            if m.typ().as_deref() == Some("tmpfs") && !options.bind {
+                return (!provided_by_guest(m.destination())).then(|| GuestMount {
+                    index,
+                    source: GuestMountSource::Tmpfs(options.data),
+                    destination: m.destination().clone(),
+                    readonly,
+                    is_file: false,
+                });
+            }
             if !(options.bind || m.typ().as_deref() == Some("bind")) {
                 return None;
             }
@@ -175,11 +224,11 @@ fn bind_mounts(spec: &Spec, bundle: &Path) -> Vec<BindMount> {
                 bundle.join(source)
             };
             let is_file = std::fs::metadata(&source).is_ok_and(|meta| !meta.is_dir());
-            Some(BindMount {
+            Some(GuestMount {
                 index,
-                source,
+                source: GuestMountSource::Host(source),
                 destination: m.destination().clone(),
-                readonly: options.flags.contains(MsFlags::MS_RDONLY),
+                readonly,
                 is_file,
             })
         })
@@ -247,11 +296,12 @@ fn vm_config(spec: &Spec, rootfs: &Path, bundle: &Path) -> Result<capsa_vmm::VmC
         .and_then(|l| l.resources().as_ref())
         .and_then(|r| r.pids().as_ref())
         .and_then(|p| u64::try_from(p.limit()).ok().filter(|l| *l > 0));
-    let mounts = bind_mounts(spec, bundle)
+    // A tmpfs has no source yet: `enter_jail` creates it.
+    let mounts = guest_mounts(spec, bundle)
         .into_iter()
         .filter(|m| !m.is_file)
         .map(|m| capsa_vmm::SharedDir {
-            source: m.source,
+            source: m.host_source().map(Path::to_path_buf).unwrap_or_default(),
             destination: guest_destination(rootfs, &m.destination),
             readonly: m.readonly,
         })
@@ -310,8 +360,8 @@ fn close_inherited_fds() {
 /// /proc/self/fd). Rewrites `config`'s paths to those. The rest of the host's
 /// file system is then out of reach even for the file-serving syscalls the
 /// seccomp filter must allow.
-fn enter_jail(config: &mut capsa_vmm::VmConfig) -> Result<()> {
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+fn enter_jail(config: &mut capsa_vmm::VmConfig, shared: &[GuestMount]) -> Result<()> {
+    use std::os::fd::{AsRawFd, FromRawFd};
     use std::os::unix::ffi::OsStrExt;
 
     let jail_error = |path: &Path| {
@@ -345,13 +395,12 @@ fn enter_jail(config: &mut capsa_vmm::VmConfig) -> Result<()> {
         config.rootfs_readonly,
         true,
     )];
-    for (i, dir) in config.mounts.iter().enumerate() {
-        trees.push((
-            clone_tree(&dir.source)?,
-            PathBuf::from(format!("mnt/{i}")),
-            dir.readonly,
-            true,
-        ));
+    for (i, (dir, mount)) in config.mounts.iter().zip(shared).enumerate() {
+        let tree = match &mount.source {
+            GuestMountSource::Host(_) => clone_tree(&dir.source)?,
+            GuestMountSource::Tmpfs(options) => new_tmpfs(mount.index, options, true)?,
+        };
+        trees.push((tree, PathBuf::from(format!("mnt/{i}")), dir.readonly, true));
     }
     trees.push((
         clone_tree(Path::new("/dev/kvm"))?,
@@ -445,6 +494,81 @@ fn enter_jail(config: &mut capsa_vmm::VmConfig) -> Result<()> {
     Ok(())
 }
 
+/// A tmpfs configured with a spec mount's `options` (those the kernel
+/// rejects are reported with their mount's index): with `create`, the
+/// detached mount of a new instance (nosuid, nodev), else only the checked
+/// configuration.
+fn new_tmpfs(index: usize, options: &[String], create: bool) -> Result<OwnedFd> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let error = |option: &str| {
+        let option = option.to_string();
+        move |source| MicroVmError::Tmpfs {
+            index,
+            option,
+            source,
+        }
+    };
+    let owned = |fd: libc::c_long, option: &str| -> Result<OwnedFd> {
+        if fd < 0 {
+            return Err(error(option)(nix::Error::last()));
+        }
+        // SAFETY: the fd was just returned by the kernel and is owned by no one else.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    };
+    // SAFETY: fsopen reads a NUL-terminated name and returns a new fd or -1.
+    let opened =
+        unsafe { libc::syscall(libc::SYS_fsopen, c"tmpfs".as_ptr(), libc::FSOPEN_CLOEXEC) };
+    let context = owned(opened, "tmpfs")?;
+    let configure =
+        |command: libc::c_uint, key: Option<&std::ffi::CStr>, value: Option<&std::ffi::CStr>| {
+            // SAFETY: fsconfig reads the optional NUL-terminated key and value
+            // and writes nothing into this process.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_fsconfig,
+                    context.as_raw_fd(),
+                    command,
+                    key.map_or(std::ptr::null(), |k| k.as_ptr()),
+                    value.map_or(std::ptr::null(), |v| v.as_ptr()),
+                    0,
+                )
+            }
+        };
+    for option in options {
+        let (key, value) = match option.split_once('=') {
+            Some((key, value)) => (key, Some(value)),
+            None => (option.as_str(), None),
+        };
+        let c = |text: &str| {
+            std::ffi::CString::new(text).map_err(|_| error(option)(nix::Error::EINVAL))
+        };
+        let key = c(key)?;
+        let done = match value {
+            Some(value) => configure(libc::FSCONFIG_SET_STRING, Some(&key), Some(&c(value)?)),
+            None => configure(libc::FSCONFIG_SET_FLAG, Some(&key), None),
+        };
+        if done < 0 {
+            return Err(error(option)(nix::Error::last()));
+        }
+    }
+    if !create {
+        return Ok(context);
+    }
+    if configure(libc::FSCONFIG_CMD_CREATE, None, None) < 0 {
+        return Err(error("tmpfs")(nix::Error::last()));
+    }
+    // SAFETY: fsmount takes the configured context and returns a new fd or -1.
+    let mounted = unsafe {
+        libc::syscall(
+            libc::SYS_fsmount,
+            context.as_raw_fd(),
+            libc::FSMOUNT_CLOEXEC,
+            libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV,
+        )
+    };
+    owned(mounted, "tmpfs")
+}
+
 /// Leaves the VMM only [`KEPT_CAPABILITIES`], in every set, and sets
 /// no_new_privs so nothing it could exec regains more.
 fn confine() -> Result<()> {
@@ -499,11 +623,18 @@ impl Backend for MicroVmBackend {
             return Err(MicroVmError::Terminal.into());
         }
         ram_size(memory_limit(&bundle.spec))?;
-        for m in bind_mounts(&bundle.spec, &bundle.dir) {
-            if let Err(err) = std::fs::metadata(&m.source) {
+        for m in guest_mounts(&bundle.spec, &bundle.dir) {
+            let source = match &m.source {
+                GuestMountSource::Host(source) => source,
+                GuestMountSource::Tmpfs(options) => {
+                    new_tmpfs(m.index, options, false)?;
+                    continue;
+                }
+            };
+            if let Err(err) = std::fs::metadata(source) {
                 return Err(MicroVmError::MountSource {
                     index: m.index,
-                    path: m.source,
+                    path: source.to_path_buf(),
                     message: err.to_string(),
                 }
                 .into());
@@ -570,7 +701,7 @@ impl Backend for MicroVmBackend {
         // The guest mounts shared directories over existing directories;
         // files (podman's /etc/hosts, say) are bound in place here, in our
         // private mount namespace, and reach the guest with the rootfs.
-        for m in bind_mounts(&init.spec, &init.bundle) {
+        for m in guest_mounts(&init.spec, &init.bundle) {
             let field = format!("mounts[{}].destination", m.index);
             let target =
                 secure_join(&init.rootfs, &m.destination).map_err(|err| ContainerError::Path {
@@ -589,7 +720,7 @@ impl Backend for MicroVmBackend {
                 source,
             };
             mount(
-                Some(&m.source),
+                m.host_source(),
                 &target,
                 None::<&str>,
                 MsFlags::MS_BIND,
@@ -604,7 +735,23 @@ impl Backend for MicroVmBackend {
                     .map_err(MicroVmError::from)?;
             }
         }
-        resolve_executable_in(&init.rootfs, init.process()).map_err(MicroVmError::from)?;
+        // Directory binds reach the guest as their own devices, not through
+        // the rootfs: an executable inside one (the host's /usr, say) is
+        // looked up at its source.
+        let shared: Vec<_> = guest_mounts(&init.spec, &init.bundle)
+            .into_iter()
+            .filter(|m| !m.is_file)
+            .collect();
+        let rootfs = init.rootfs.clone();
+        resolve_executable_with(init.process(), |path| {
+            let (base, rest) = shared
+                .iter()
+                .rev()
+                .find_map(|m| Some((m.host_source()?, path.strip_prefix(&m.destination).ok()?)))
+                .unwrap_or((&rootfs, path));
+            secure_join(base, rest).and_then(std::fs::metadata).ok()
+        })
+        .map_err(MicroVmError::from)?;
         Ok(())
     }
 
@@ -622,10 +769,14 @@ impl Backend for MicroVmBackend {
 /// the guest's status.
 fn become_vmm(init: Init) -> Result<Infallible> {
     let mut config = vm_config(&init.spec, &init.rootfs, &init.bundle)?;
+    let shared: Vec<_> = guest_mounts(&init.spec, &init.bundle)
+        .into_iter()
+        .filter(|m| !m.is_file)
+        .collect();
     // The init's channel and fifo are not the guest's business.
     drop(init);
     close_inherited_fds();
-    enter_jail(&mut config)?;
+    enter_jail(&mut config, &shared)?;
     confine()?;
     // capsa blocked the forwarded signals before cloning the init, and
     // Rust's runtime ignores SIGPIPE: the VMM should die of a closed
@@ -657,7 +808,7 @@ mod tests {
     }
 
     #[test]
-    fn only_bind_mounts_become_shared_dirs() {
+    fn only_bind_and_tmpfs_mounts_become_shared_dirs() {
         let json = serde_json::json!({
             "ociVersion": "1.0.2",
             "root": {"path": "rootfs"},
@@ -665,23 +816,26 @@ mod tests {
                 {"destination": "/proc", "type": "proc", "source": "proc"},
                 {"destination": "/data", "type": "bind", "source": "/srv", "options": ["rbind", "ro"]},
                 {"destination": "/rel", "source": "rel", "options": ["bind"]},
-                {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs"},
+                {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "size=1m"]},
+                {"destination": "/dev/shm", "type": "tmpfs", "source": "shm"},
             ],
         });
         let spec: Spec = serde_json::from_value(json).expect("spec");
-        let mounts = bind_mounts(&spec, Path::new("/bundle"));
+        let mounts = guest_mounts(&spec, Path::new("/bundle"));
         let summary: Vec<_> = mounts
-            .iter()
-            .map(|m| (m.index, m.source.clone(), m.destination.clone(), m.readonly))
+            .into_iter()
+            .map(|m| (m.index, m.source, m.destination, m.readonly))
             .collect();
+        let host = |path: &str| GuestMountSource::Host(PathBuf::from(path));
         assert_eq!(
             summary,
             vec![
-                (1, PathBuf::from("/srv"), PathBuf::from("/data"), true),
+                (1, host("/srv"), PathBuf::from("/data"), true),
+                (2, host("/bundle/rel"), PathBuf::from("/rel"), false),
                 (
-                    2,
-                    PathBuf::from("/bundle/rel"),
-                    PathBuf::from("/rel"),
+                    3,
+                    GuestMountSource::Tmpfs(vec!["size=1m".into()]),
+                    PathBuf::from("/tmp"),
                     false
                 ),
             ]

@@ -39,6 +39,20 @@ pub fn resolve_executable(process: &Process) -> Result<PathBuf> {
 /// (the microVM backend checks the rootfs from the host this way). Returns
 /// the path as the process sees it.
 pub(crate) fn resolve_executable_in(root: &Path, process: &Process) -> Result<PathBuf> {
+    resolve_executable_with(process, |path| {
+        super::rootfs::secure_join(root, path)
+            .and_then(std::fs::metadata)
+            .ok()
+    })
+}
+
+/// Finds `args[0]` like execvp, asking `metadata` what a path (as the
+/// process sees it) is — so a caller can look through mounts that are not
+/// in place yet.
+pub(crate) fn resolve_executable_with(
+    process: &Process,
+    metadata: impl Fn(&Path) -> Option<std::fs::Metadata>,
+) -> Result<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     let arg0 = process
         .args()
@@ -46,11 +60,6 @@ pub(crate) fn resolve_executable_in(root: &Path, process: &Process) -> Result<Pa
         .and_then(|a| a.first())
         .cloned()
         .unwrap_or_default();
-    let metadata = |path: &Path| {
-        super::rootfs::secure_join(root, path)
-            .and_then(std::fs::metadata)
-            .ok()
-    };
     if arg0.contains('/') {
         let path = if Path::new(&arg0).is_absolute() {
             PathBuf::from(&arg0)
