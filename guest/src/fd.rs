@@ -76,6 +76,19 @@ pub trait File {
     fn dir_path(&self) -> Option<&[u8]> {
         None
     }
+    /// Whether readiness can change (epoll refuses regular files and
+    /// directories, which are always ready).
+    fn pollable(&self) -> bool {
+        true
+    }
+    /// The epoll instance this file is, if it is one.
+    fn as_epoll(&self) -> Option<&crate::event::Epoll> {
+        None
+    }
+    /// What `/proc/self/fd/N` links to.
+    fn proc_name(&self) -> Vec<u8> {
+        b"anon_inode:[unknown]".to_vec()
+    }
     /// Called when the last descriptor referring to this file is closed.
     fn release(&self, _dev: &mut Devices) {}
     /// Whole-file access for the ELF loader and file-backed `mmap`.
@@ -107,6 +120,16 @@ impl FdTable {
 
     pub fn file(&self, fd: i32) -> Result<Rc<dyn File>> {
         Ok(self.get(fd)?.file.clone())
+    }
+
+    /// The descriptor the next `insert` would use.
+    pub fn lowest_free(&self) -> i32 {
+        let i = self
+            .slots
+            .iter()
+            .position(Option::is_none)
+            .unwrap_or(self.slots.len());
+        i32::try_from(i).unwrap_or(i32::MAX)
     }
 
     /// Installs at the lowest free descriptor >= `min`, below `limit`.

@@ -14,7 +14,7 @@ use crate::fuse::{self, Attr, S_IFCHR, S_IFIFO};
 use crate::kernel::Devices;
 use crate::vfs::Node;
 
-fn synthetic_stat(mode: u32, rdev: u32, ino: u64) -> [u8; 144] {
+pub(crate) fn synthetic_stat(mode: u32, rdev: u32, ino: u64) -> [u8; 144] {
     Attr {
         ino,
         mode,
@@ -57,6 +57,9 @@ impl File for ConsoleIn {
     fn stat(&self, _dev: &mut Devices) -> Result<[u8; 144]> {
         Ok(synthetic_stat(S_IFIFO | 0o600, 0, 1))
     }
+    fn proc_name(&self) -> Vec<u8> {
+        b"pipe:[1]".to_vec()
+    }
     fn poll(&self, dev: &mut Devices) -> (bool, bool) {
         let ready = match dev.stdio.and_then(|i| dev.consoles.get_mut(i)) {
             Some(c) => c.readable(),
@@ -97,6 +100,9 @@ impl File for ConsoleOut {
             0,
             2 + u64::from(self.stderr),
         ))
+    }
+    fn proc_name(&self) -> Vec<u8> {
+        alloc::format!("pipe:[{}]", 2 + u64::from(self.stderr)).into_bytes()
     }
     fn poll(&self, _dev: &mut Devices) -> (bool, bool) {
         (false, true)
@@ -180,6 +186,14 @@ impl File for CharDev {
         };
         Ok(synthetic_stat(S_IFCHR | 0o666, (1 << 8) | minor, ino))
     }
+    fn proc_name(&self) -> Vec<u8> {
+        match self.kind {
+            CharKind::Null => b"/dev/null".to_vec(),
+            CharKind::Zero => b"/dev/zero".to_vec(),
+            CharKind::Full => b"/dev/full".to_vec(),
+            CharKind::Random => b"/dev/urandom".to_vec(),
+        }
+    }
     fn flags(&self) -> u32 {
         self.flags
     }
@@ -190,6 +204,8 @@ pub struct FuseFile {
     pub fh: u64,
     pub flags: Cell<u32>,
     pub offset: Cell<u64>,
+    /// Canonical path at open (for `/proc/self/fd`).
+    pub path: Vec<u8>,
 }
 
 impl FuseFile {
@@ -292,6 +308,12 @@ impl File for FuseFile {
     fn set_flags(&self, flags: u32) {
         self.flags.set(flags);
     }
+    fn proc_name(&self) -> Vec<u8> {
+        self.path.clone()
+    }
+    fn pollable(&self) -> bool {
+        false
+    }
     fn release(&self, dev: &mut Devices) {
         if let Ok(fs) = dev.vfs.fs(self.node.fs) {
             if writable(self.flags.get()) {
@@ -388,6 +410,12 @@ impl File for FuseDir {
     }
     fn dir_path(&self) -> Option<&[u8]> {
         Some(&self.path)
+    }
+    fn proc_name(&self) -> Vec<u8> {
+        self.path.clone()
+    }
+    fn pollable(&self) -> bool {
+        false
     }
     fn release(&self, dev: &mut Devices) {
         if let Ok(fs) = dev.vfs.fs(self.node.fs) {

@@ -505,7 +505,13 @@ pub fn boot(boot_info: u64) -> ! {
     let name = program.rsplit(|&b| b == b'/').next().unwrap_or(&program);
     let n = name.len().min(15);
     k.comm[..n].copy_from_slice(&name[..n]);
-    k.exe_path = program;
+    let cwd = k.cwd.clone();
+    k.exe_path = k
+        .dev
+        .vfs
+        .walk(&cwd, &program, true)
+        .map(|w| w.path)
+        .unwrap_or(program);
     if let Some(s) = &k.space {
         space::self_test(s, sp & !(PAGE_SIZE - 1));
     }
@@ -526,8 +532,10 @@ impl Kernel {
     }
 
     fn is_regular_file(&mut self, path: &[u8]) -> Option<Vec<u8>> {
+        // The path as given, not its target: the process's name (comm) is
+        // the last component of what was executed, as on Linux.
         let w = self.dev.vfs.walk(&self.cwd, path, true).ok()?;
-        (w.mode & crate::fuse::S_IFMT == crate::fuse::S_IFREG).then_some(w.path)
+        (w.mode & crate::fuse::S_IFMT == crate::fuse::S_IFREG).then(|| path.to_vec())
     }
 
     /// `args[0]` as runc resolves it: as a path when it contains a slash,
@@ -561,6 +569,7 @@ impl Kernel {
             fh,
             flags: Cell::new(O_RDONLY),
             offset: Cell::new(0),
+            path: w.path,
         })
     }
 
@@ -698,7 +707,9 @@ impl Kernel {
         // SAFETY: the window lies inside the stack region reserved above.
         let mem =
             unsafe { core::slice::from_raw_parts_mut((top - window) as *mut u8, window as usize) };
-        let sp = stack::build(mem, top, args, env, path, &auxv, random)?;
+        let (sp, args_span) = stack::build(mem, top, args, env, path, &auxv, random)?;
+        self.mm.args = args_span;
+        self.mm.stack = (stack_base, top);
         Ok((entry, sp))
     }
 }

@@ -357,3 +357,12 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
 #[cfg(not(test))]
 #[no_mangle]
 extern "C" fn rust_eh_personality() {}
+
+/// The prebuilt `alloc`'s formatting code keeps cleanup landing pads that
+/// resume unwinding through this symbol. With `panic = "abort"` no unwind
+/// ever starts, so reaching it would be a broken invariant: stop there.
+#[cfg(not(test))]
+#[no_mangle]
+extern "C" fn _Unwind_Resume() -> ! {
+    panic!("unwinding reached in an abort-on-panic kernel")
+}

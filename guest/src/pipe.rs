@@ -9,6 +9,7 @@
 
 use alloc::collections::VecDeque;
 use alloc::rc::Rc;
+use alloc::vec::Vec;
 use core::cell::{Cell, RefCell};
 use core::sync::atomic::{AtomicU64, Ordering};
 
@@ -159,6 +160,9 @@ impl File for PipeEnd {
             return Err(Errno::EBADF);
         }
         self.pipe.borrow_mut().write(buf, self.nonblocking())
+    }
+    fn proc_name(&self) -> Vec<u8> {
+        alloc::format!("pipe:[{}]", self.pipe.borrow().ino).into_bytes()
     }
     fn stat(&self, _dev: &mut Devices) -> Result<[u8; 144]> {
         Ok(Attr {

@@ -29,7 +29,8 @@ pub const AT_EXECFN: u64 = 31;
 
 /// Writes the initial stack into `stack`, which is the memory just below
 /// address `top`. Appends AT_RANDOM, AT_PLATFORM, AT_EXECFN and AT_NULL to
-/// `auxv`. Returns the initial stack pointer (16-byte aligned, pointing at argc).
+/// `auxv`. Returns the initial stack pointer (16-byte aligned, pointing at
+/// argc) and where the argument strings lie (`/proc/self/cmdline`).
 pub fn build(
     stack: &mut [u8],
     top: u64,
@@ -38,7 +39,7 @@ pub fn build(
     execfn: &[u8],
     auxv: &[(u64, u64)],
     random: [u8; 16],
-) -> Result<u64> {
+) -> Result<(u64, (u64, u64))> {
     let base = top - stack.len() as u64;
     let mut pos = top - 8;
     let mut put = |pos: &mut u64, bytes: &[u8], nul: bool| -> Result<u64> {
@@ -65,6 +66,10 @@ pub fn build(
         arg_at.push(put(&mut pos, s, true)?);
     }
     arg_at.reverse();
+    let args_span = (
+        arg_at.first().copied().unwrap_or(pos),
+        pos_after(&arg_at, args),
+    );
     let platform_at = put(&mut pos, b"x86_64", true)?;
     pos &= !15;
     let random_at = put(&mut pos, &random, false)?;
@@ -97,7 +102,15 @@ pub fn build(
         let at = (sp - base) as usize + i * 8;
         stack[at..at + 8].copy_from_slice(&w.to_le_bytes());
     }
-    Ok(sp)
+    Ok((sp, args_span))
+}
+
+/// End of the last of the NUL-terminated `strings` placed at `at`.
+fn pos_after(at: &[u64], strings: &[Vec<u8>]) -> u64 {
+    match (at.last(), strings.last()) {
+        (Some(&start), Some(s)) => start + s.len() as u64 + 1,
+        _ => at.first().copied().unwrap_or(0),
+    }
 }
 
 #[cfg(test)]
@@ -125,7 +138,7 @@ mod tests {
         let base = top - stack.len() as u64;
         let args = [b"/bin/echo".to_vec(), b"hi".to_vec()];
         let env = [b"PATH=/bin".to_vec()];
-        let sp = build(
+        let (sp, (args_start, args_end)) = build(
             &mut stack,
             top,
             &args,
@@ -136,6 +149,8 @@ mod tests {
         )
         .expect("fits");
         assert_eq!(sp % 16, 0);
+        let at = (args_start - base) as usize;
+        assert_eq!(&stack[at..(args_end - base) as usize], b"/bin/echo\0hi\0");
         assert_eq!(word(&stack, base, sp), 2);
         assert_eq!(cstr(&stack, base, word(&stack, base, sp + 8)), b"/bin/echo");
         assert_eq!(cstr(&stack, base, word(&stack, base, sp + 16)), b"hi");
@@ -176,7 +191,7 @@ mod tests {
         let mut stack = vec![0u8; 64];
         let args = [vec![b'a'; 100]];
         assert_eq!(
-            build(&mut stack, 0x1000, &args, &[], b"a", &[], [0; 16]),
+            build(&mut stack, 0x1000, &args, &[], b"a", &[], [0; 16]).map(|(sp, _)| sp),
             Err(Errno::E2BIG)
         );
     }

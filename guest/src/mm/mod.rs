@@ -206,6 +206,11 @@ impl Vmas {
         self.map.len()
     }
 
+    /// Every mapping as `(start, end, prot)`.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, u64, u32)> + '_ {
+        self.map.iter().map(|(&s, v)| (s, v.end, v.prot))
+    }
+
     /// Every mapping as `(start, end)`.
     pub fn ranges(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
         self.map.iter().map(|(&s, v)| (s, v.end))
@@ -236,6 +241,9 @@ pub struct Mm {
     pub brk_end: u64,
     /// Never hand out memory at or above this (end of RAM).
     pub ram_end: u64,
+    /// Where the argument strings and the initial stack lie (`/proc/self`).
+    pub args: (u64, u64),
+    pub stack: (u64, u64),
 }
 
 impl Mm {

@@ -11,6 +11,7 @@ use crate::fd::*;
 use crate::files::{CharDev, FuseDir, FuseFile};
 use crate::fuse::{fattr, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG};
 use crate::kernel::Kernel;
+use crate::procfs;
 use crate::vfs::{self, Walk};
 
 pub const AT_FDCWD: i32 = -100;
@@ -96,7 +97,7 @@ impl Kernel {
         out
     }
 
-    fn install(&mut self, file: Rc<dyn File>, cloexec: bool) -> Result<u64> {
+    pub fn install(&mut self, file: Rc<dyn File>, cloexec: bool) -> Result<u64> {
         let limit = self.nofile_limit();
         self.fds
             .insert(Fd { file, cloexec }, limit)
@@ -124,6 +125,15 @@ impl Kernel {
                 kind,
                 flags: flags & (O_ACCMODE | SETFL_MASK),
             }));
+        }
+        if procfs::is_proc(&lexical) {
+            let follow = flags & O_NOFOLLOW == 0;
+            return match self.proc_entry(&lexical, follow, true)? {
+                procfs::Entry::Link(target, None) if follow => {
+                    self.open_path(AT_FDCWD, &target, flags, mode)
+                }
+                entry => procfs::open_entry(entry, flags),
+            };
         }
         let access = flags & O_ACCMODE;
         let keep = flags & (O_ACCMODE | O_APPEND | O_NONBLOCK);
@@ -155,6 +165,7 @@ impl Kernel {
                         fh,
                         flags: Cell::new(keep),
                         offset: Cell::new(0),
+                        path: vfs::join(&dir.path, &name),
                     }));
                 }
                 Err(e) => return Err(e),
@@ -194,6 +205,7 @@ impl Kernel {
                     fh,
                     flags: Cell::new(keep),
                     offset: Cell::new(0),
+                    path: w.path,
                 };
                 if flags & O_TRUNC != 0 && access != O_RDONLY {
                     let set = SetAttr {
@@ -379,6 +391,16 @@ impl Kernel {
             }
             .stat(&mut self.dev);
         }
+        if procfs::is_proc(&lexical) {
+            let follow = flags & AT_SYMLINK_NOFOLLOW == 0;
+            return match self.proc_entry(&lexical, follow, false)? {
+                procfs::Entry::Link(target, None) if follow => {
+                    self.stat_path(AT_FDCWD, &target, flags)
+                }
+                procfs::Entry::Link(_, Some(file)) if follow => file.stat(&mut self.dev),
+                entry => Ok(entry.stat()),
+            };
+        }
         let w = self.walk_at(dirfd, path, flags & AT_SYMLINK_NOFOLLOW == 0)?;
         let attr = self.dev.vfs.fs(w.node.fs)?.getattr(w.node.id, None)?;
         Ok(attr.to_stat(w.node.fs as u64 + 1))
@@ -438,8 +460,12 @@ impl Kernel {
             return Err(Errno::EINVAL);
         }
         let base = self.at_base(dirfd, &path)?;
-        let target = if self.lexical(&base, &path) == b"/proc/self/exe" {
-            self.exe_path.clone()
+        let lexical = self.lexical(&base, &path);
+        let target = if procfs::is_proc(&lexical) {
+            match self.proc_entry(&lexical, false, false)? {
+                procfs::Entry::Link(target, _) => target,
+                _ => return Err(Errno::EINVAL),
+            }
         } else {
             let w = self.walk_at(dirfd, &path, false)?;
             if w.mode & S_IFMT != S_IFLNK {
@@ -469,8 +495,16 @@ impl Kernel {
     pub fn sys_faccessat(&mut self, dirfd: i32, path: u64, mode: u32) -> Result<u64> {
         let path = self.user_cstr(path)?;
         let base = self.at_base(dirfd, &path)?;
-        if CharDev::by_path(&self.lexical(&base, &path)).is_some() {
+        let lexical = self.lexical(&base, &path);
+        if CharDev::by_path(&lexical).is_some() {
             return Ok(0);
+        }
+        if procfs::is_proc(&lexical) {
+            return match self.proc_entry(&lexical, true, false)? {
+                procfs::Entry::Link(..) => Ok(0),
+                _ if mode & 2 != 0 => Err(Errno::EACCES),
+                _ => Ok(0),
+            };
         }
         let w = self.walk_at(dirfd, &path, true)?;
         let fs = self.dev.vfs.fs(w.node.fs)?;
@@ -989,16 +1023,25 @@ impl Kernel {
                 }
             }
         }
-        if any || timeout_ns == Some(0) {
-            return Ok(out);
+        if !any {
+            self.block_until(timeout_ns)?;
         }
-        // Nothing ready: block (other processes run meanwhile) and retry the
-        // whole call when something changes; the deadline survives restarts.
+        Ok(out)
+    }
+
+    /// For a call that found nothing ready: `Ok` once `timeout_ns` has
+    /// passed (at once for 0), else `EBLOCK` — other processes run, and the
+    /// whole call is retried when something changes; the deadline survives
+    /// the restarts.
+    pub fn block_until(&mut self, timeout_ns: Option<u64>) -> Result<()> {
+        if timeout_ns == Some(0) {
+            return Ok(());
+        }
         let now = self.clock.monotonic_ns();
         let deadline =
             timeout_ns.map(|t| *self.restart_deadline.get_or_insert(now.saturating_add(t)));
         if deadline.is_some_and(|d| now >= d) {
-            return Ok(out);
+            return Ok(());
         }
         self.block_deadline = deadline;
         self.block_stdin = true;

@@ -237,7 +237,17 @@ impl Kernel {
             273 => self.sys_set_robust_list(a0, a1),
             274 => self.sys_get_robust_list(a0 as i32, a1, a2),
             280 => self.sys_utimensat(a0 as i32, a1, a2, a3 as u32),
-            284 | 290 => Err(Errno::ENOSYS),
+            284 => self.sys_eventfd2(a0 as u32, 0),
+            290 => self.sys_eventfd2(a0 as u32, a1 as u32),
+            213 if (a0 as i32) <= 0 => Err(Errno::EINVAL),
+            213 => self.sys_epoll_create1(0),
+            291 => self.sys_epoll_create1(a0 as u32),
+            233 => self.sys_epoll_ctl(a0 as i32, a1 as u32, a2 as i32, a3),
+            232 | 281 => {
+                let timeout = (a3 as i32 >= 0).then(|| (a3 as i32) as u64 * 1_000_000);
+                self.sys_epoll_wait(a0 as i32, a1, a2 as i32, timeout)
+            }
+            441 => self.sys_epoll_pwait2(a0 as i32, a1, a2 as i32, a3),
             285 => Ok(0), // fallocate: accepted, the server allocates on write
             247 => self.sys_waitid(a0 as u32, a1, a2, a3 as u32),
             293 => self.sys_pipe2(a0, a1 as u32),
