@@ -115,7 +115,13 @@ pub struct Task<S> {
     pub set_child_tid: u64,
     /// Signals sent while parked (merged into the signal state on switch-in).
     pub pending: u64,
+    /// The process's ITIMER_REAL (kept on its first thread): next expiry
+    /// and reload interval, in monotonic ns (interval 0: one-shot).
+    pub alarm: Option<(u64, u64)>,
 }
+
+/// SIGALRM, what an expired ITIMER_REAL sends.
+const SIGALRM: u32 = 14;
 
 /// Which children a wait call asks about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -159,6 +165,28 @@ impl<S> ProcTable<S> {
             vfork_parent: None,
             set_child_tid: 0,
             pending: 0,
+            alarm: None,
+        }
+    }
+
+    /// Fires `tgid`'s ITIMER_REAL if it expired by `now`: reloads or
+    /// disarms it and returns true (the caller delivers SIGALRM).
+    pub fn take_expired_alarm(&mut self, tgid: Pid, now: u64) -> bool {
+        let Some(t) = self.tasks.get_mut(&tgid) else {
+            return false;
+        };
+        match t.alarm {
+            Some((deadline, interval)) if now >= deadline => {
+                t.alarm = (interval > 0).then(|| {
+                    let missed = (now - deadline) / interval + 1;
+                    (
+                        deadline.saturating_add(missed.saturating_mul(interval)),
+                        interval,
+                    )
+                });
+                true
+            }
+            _ => false,
         }
     }
 
@@ -289,6 +317,20 @@ impl<S> ProcTable<S> {
     pub fn wake(&mut self, events: u64, now: u64, stdin_ready: &mut dyn FnMut() -> bool) -> bool {
         let mut woke = false;
         let mut stdin: Option<bool> = None;
+        let groups: Vec<Pid> = self
+            .tasks
+            .values()
+            .filter(|t| t.alarm.is_some())
+            .map(|t| t.pid)
+            .collect();
+        for pid in groups {
+            if self.take_expired_alarm(pid, now) {
+                if let Some(t) = self.tasks.get_mut(&pid) {
+                    t.pending |= 1 << (SIGALRM - 1);
+                }
+                crate::pipe::bump();
+            }
+        }
         for t in self.tasks.values_mut() {
             if let State::Blocked(Block::Retry {
                 since,
@@ -311,13 +353,12 @@ impl<S> ProcTable<S> {
 
     /// The earliest deadline of any blocked process.
     pub fn next_deadline(&self) -> Option<u64> {
-        self.tasks
-            .values()
-            .filter_map(|t| match t.state {
-                State::Blocked(Block::Retry { deadline, .. }) => deadline,
-                _ => None,
-            })
-            .min()
+        let blocked = self.tasks.values().filter_map(|t| match t.state {
+            State::Blocked(Block::Retry { deadline, .. }) => deadline,
+            _ => None,
+        });
+        let alarms = self.tasks.values().filter_map(|t| t.alarm.map(|(d, _)| d));
+        blocked.chain(alarms).min()
     }
 
     /// `setpgid(pid, pgid)` as asked by `caller` (pids already resolved: 0

@@ -379,6 +379,16 @@ impl Kernel {
             self.block_deadline = None;
             self.block_stdin = false;
         }
+        // A process that keeps making calls never idles: its timer is
+        // checked here (no timer interrupt, see docs/syscalls.md).
+        let tgid = self.procs.tgid(self.cur);
+        if self.procs.get(tgid).is_some_and(|t| t.alarm.is_some())
+            && self
+                .procs
+                .take_expired_alarm(tgid, self.clock.monotonic_ns())
+        {
+            self.post_signal(self.cur, 14);
+        }
         self.resume_loop(frame, fx);
     }
 

@@ -30,8 +30,11 @@ use std::path::PathBuf;
 /// `limit - VMM_MEMORY_ALLOWANCE` bytes of RAM.
 pub const VMM_MEMORY_ALLOWANCE: u64 = 32 << 20;
 
-/// Guest RAM used when nothing else is asked for.
-pub const DEFAULT_RAM_SIZE: u64 = 256 << 20;
+/// Guest RAM used when nothing else is asked for. The host backs guest
+/// pages only when first touched, so a generous size costs nothing idle
+/// (measured: the same idle PSS as 256 MiB) and leaves room for the guest's
+/// 2 MiB-granular memory, where a fork backs every slot the parent maps.
+pub const DEFAULT_RAM_SIZE: u64 = 1 << 30;
 
 /// One resource limit of the process (`RLIMIT_*` number, `u64::MAX` = unlimited).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

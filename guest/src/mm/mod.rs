@@ -119,6 +119,9 @@ impl Regions {
 pub struct Vma {
     pub end: u64,
     pub prot: u32,
+    /// `MAP_SHARED` (for `madvise`; the memory itself is a private copy
+    /// after a fork, see docs/syscalls.md).
+    pub shared: bool,
 }
 
 /// The application's mappings (start -> end, prot), for munmap/mprotect bookkeeping.
@@ -129,8 +132,12 @@ pub struct Vmas {
 
 impl Vmas {
     pub fn insert(&mut self, start: u64, end: u64, prot: u32) {
+        self.insert_vma(start, end, prot, false);
+    }
+
+    pub fn insert_vma(&mut self, start: u64, end: u64, prot: u32, shared: bool) {
         self.remove(start, end);
-        self.map.insert(start, Vma { end, prot });
+        self.map.insert(start, Vma { end, prot, shared });
     }
 
     /// Unmaps `[start, end)`, splitting mappings that straddle it; returns the
@@ -146,22 +153,10 @@ impl Vmas {
         for (s, v) in overlapping {
             self.map.remove(&s);
             if s < start {
-                self.map.insert(
-                    s,
-                    Vma {
-                        end: start,
-                        prot: v.prot,
-                    },
-                );
+                self.map.insert(s, Vma { end: start, ..v });
             }
             if v.end > end {
-                self.map.insert(
-                    end,
-                    Vma {
-                        end: v.end,
-                        prot: v.prot,
-                    },
-                );
+                self.map.insert(end, v);
             }
             removed.push((s.max(start), v.end.min(end)));
         }
@@ -191,8 +186,22 @@ impl Vmas {
         if !self.covers(start, end) {
             return Err(Errno::ENOMEM);
         }
-        for (s, e) in self.remove(start, end) {
-            self.map.insert(s, Vma { end: e, prot });
+        let pieces: Vec<(u64, u64, bool)> = self
+            .map
+            .range(..end)
+            .filter(|(&s, v)| s < end && v.end > start)
+            .map(|(&s, v)| (s.max(start), v.end.min(end), v.shared))
+            .collect();
+        self.remove(start, end);
+        for (s, e, shared) in pieces {
+            self.map.insert(
+                s,
+                Vma {
+                    end: e,
+                    prot,
+                    shared,
+                },
+            );
         }
         Ok(())
     }
@@ -209,6 +218,15 @@ impl Vmas {
     /// Every mapping as `(start, end, prot)`.
     pub fn iter(&self) -> impl Iterator<Item = (u64, u64, u32)> + '_ {
         self.map.iter().map(|(&s, v)| (s, v.end, v.prot))
+    }
+
+    /// The private parts of `[start, end)`.
+    pub fn private_ranges(&self, start: u64, end: u64) -> Vec<(u64, u64)> {
+        self.map
+            .range(..end)
+            .filter(|(&s, v)| s < end && v.end > start && !v.shared)
+            .map(|(&s, v)| (s.max(start), v.end.min(end)))
+            .collect()
     }
 
     /// Every mapping as `(start, end)`.
@@ -332,7 +350,8 @@ impl Mm {
                 }
                 return Err(Errno::ENOMEM);
             }
-            self.vmas.insert(addr, end, prot);
+            self.vmas
+                .insert_vma(addr, end, prot, flags & MAP_SHARED != 0);
             return Ok(addr);
         }
         let hinted = addr != 0
@@ -346,7 +365,8 @@ impl Mm {
                 .alloc_top(len, PAGE_SIZE)
                 .ok_or(Errno::ENOMEM)?
         };
-        self.vmas.insert(start, start + len, prot);
+        self.vmas
+            .insert_vma(start, start + len, prot, flags & MAP_SHARED != 0);
         Ok(start)
     }
 

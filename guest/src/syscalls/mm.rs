@@ -69,6 +69,65 @@ impl Kernel {
         Ok(0)
     }
 
+    /// msync: checks the range like Linux. There is nothing to write back:
+    /// file mappings are private copies (see docs/syscalls.md for
+    /// `MAP_SHARED` of files).
+    pub fn sys_msync(&mut self, addr: u64, len: u64, flags: u32) -> Result<u64> {
+        const MS_ASYNC: u32 = 1;
+        const MS_INVALIDATE: u32 = 2;
+        const MS_SYNC: u32 = 4;
+        if !addr.is_multiple_of(PAGE_SIZE)
+            || flags & !(MS_ASYNC | MS_INVALIDATE | MS_SYNC) != 0
+            || flags & (MS_ASYNC | MS_SYNC) == MS_ASYNC | MS_SYNC
+        {
+            return Err(Errno::EINVAL);
+        }
+        let end = page_up(len)
+            .and_then(|l| addr.checked_add(l))
+            .ok_or(Errno::ENOMEM)?;
+        if end > addr && !self.mm.vmas.covers(addr, end) {
+            return Err(Errno::ENOMEM);
+        }
+        Ok(0)
+    }
+
+    /// madvise: the access-pattern and huge-page hints change nothing here
+    /// (memory is already resident in 2 MiB frames), so accepting them is
+    /// their whole effect; `MADV_DONTNEED` zero-fills the private parts of
+    /// the range, which is what the next read of private anonymous memory
+    /// sees on Linux (private file mappings, which Linux would re-read from
+    /// the file, read back as zero too).
+    /// `MADV_FREE` may keep the contents, as Linux may.
+    pub fn sys_madvise(&mut self, addr: u64, len: u64, advice: u32) -> Result<u64> {
+        const MADV_DONTNEED: u32 = 4;
+        const MADV_REMOVE: u32 = 9;
+        const MADV_HWPOISON: u32 = 100;
+        if !addr.is_multiple_of(PAGE_SIZE) {
+            return Err(Errno::EINVAL);
+        }
+        let len = page_up(len).ok_or(Errno::EINVAL)?;
+        let end = addr.checked_add(len).ok_or(Errno::EINVAL)?;
+        match advice {
+            0..=3 | 8 | 10..=21 | MADV_DONTNEED => {}
+            MADV_REMOVE | MADV_HWPOISON => return Err(Errno::EINVAL),
+            _ => return Err(Errno::EINVAL),
+        }
+        if len == 0 {
+            return Ok(0);
+        }
+        if !self.mm.vmas.covers(addr, end) {
+            return Err(Errno::ENOMEM);
+        }
+        if advice == MADV_DONTNEED {
+            // Shared memory keeps its contents (the pages stay in the
+            // shared object), private memory reads back as zero.
+            for (s, e) in self.mm.vmas.private_ranges(addr, end) {
+                zero_range(s, e);
+            }
+        }
+        Ok(0)
+    }
+
     pub fn sys_mprotect(&mut self, addr: u64, len: u64, prot: u32) -> Result<u64> {
         self.mm.protect(addr, len, prot).map(|_| 0)
     }

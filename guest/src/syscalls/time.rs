@@ -83,7 +83,91 @@ pub fn timespec(ns: u64) -> [u8; 16] {
     t
 }
 
+/// A `struct timeval` (sec, usec) as ns, rejecting out-of-range fields.
+fn timeval_ns(t: &[u8]) -> Result<u64> {
+    let sec = i64::from_le_bytes(t[..8].try_into().map_err(|_| Errno::EFAULT)?);
+    let usec = i64::from_le_bytes(t[8..16].try_into().map_err(|_| Errno::EFAULT)?);
+    if sec < 0 || !(0..1_000_000).contains(&usec) {
+        return Err(Errno::EINVAL);
+    }
+    Ok((sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(usec as u64 * 1000))
+}
+
+fn timeval(ns: u64) -> [u8; 16] {
+    let mut t = [0u8; 16];
+    t[..8].copy_from_slice(&(ns / 1_000_000_000).to_le_bytes());
+    t[8..].copy_from_slice(&(ns % 1_000_000_000 / 1000).to_le_bytes());
+    t
+}
+
+const ITIMER_REAL: u32 = 0;
+
 impl Kernel {
+    /// The ITIMER_REAL of the calling process as (remaining, interval) ns.
+    fn real_timer(&self) -> (u64, u64) {
+        let tgid = self.procs.tgid(self.cur);
+        match self.procs.get(tgid).and_then(|t| t.alarm) {
+            Some((deadline, interval)) => (
+                deadline.saturating_sub(self.clock.monotonic_ns()).max(1),
+                interval,
+            ),
+            None => (0, 0),
+        }
+    }
+
+    fn set_real_timer(&mut self, value: u64, interval: u64) {
+        let tgid = self.procs.tgid(self.cur);
+        let now = self.clock.monotonic_ns();
+        if let Some(t) = self.procs.get_mut(tgid) {
+            t.alarm = (value > 0).then(|| (now.saturating_add(value), interval));
+        }
+    }
+
+    /// getitimer: only ITIMER_REAL (the virtual and profiling timers need
+    /// CPU-time accounting the guest does not keep).
+    pub fn sys_getitimer(&mut self, which: u32, out: u64) -> Result<u64> {
+        if which != ITIMER_REAL {
+            return Err(Errno::EINVAL);
+        }
+        let (value, interval) = self.real_timer();
+        let mut v = [0u8; 32];
+        v[..16].copy_from_slice(&timeval(interval));
+        v[16..].copy_from_slice(&timeval(value));
+        self.put_user(out, &v)?;
+        Ok(0)
+    }
+
+    pub fn sys_setitimer(&mut self, which: u32, new: u64, old: u64) -> Result<u64> {
+        if which != ITIMER_REAL {
+            return Err(Errno::EINVAL);
+        }
+        let (interval, value) = if new == 0 {
+            (0, 0)
+        } else {
+            let raw = self.user_buf(new, 32)?;
+            (timeval_ns(&raw[..16])?, timeval_ns(&raw[16..])?)
+        };
+        if old != 0 {
+            self.sys_getitimer(which, old)?;
+        }
+        self.set_real_timer(value, interval);
+        Ok(0)
+    }
+
+    /// alarm: a one-shot ITIMER_REAL; returns the seconds the previous one
+    /// had left (rounded to nearest, at least 1 if armed), as Linux does.
+    pub fn sys_alarm(&mut self, seconds: u32) -> Result<u64> {
+        let (left, _) = self.real_timer();
+        self.set_real_timer(u64::from(seconds) * 1_000_000_000, 0);
+        Ok(if left == 0 {
+            0
+        } else {
+            (left.saturating_add(500_000_000) / 1_000_000_000).max(1)
+        })
+    }
+
     pub fn timespec_ns(&self, ptr: u64) -> Result<u64> {
         let t = self.user_buf(ptr, 16)?;
         let sec = i64::from_le_bytes(t[..8].try_into().map_err(|_| Errno::EFAULT)?);
