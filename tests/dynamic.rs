@@ -10,8 +10,6 @@ use std::process::Command;
 
 use capsa_tests::*;
 
-const MODES: [&str; 2] = ["container", "microvm"];
-
 /// Host programs copied into `/hbin` (those missing on a machine are skipped,
 /// and so are the cases using them).
 const PROGRAMS: [&str; 20] = [
@@ -196,30 +194,7 @@ fn set_script(bundle: &mut TestBundle, script: &str) {
 /// Runs `script` in both modes: identical results, and the expected ones.
 fn check(bundle: &mut TestBundle, script: &str, code: i32, stdout: &str, stderr: &str) {
     set_script(bundle, script);
-    let capsa = Capsa::new();
-    let [container, microvm] = MODES.map(|mode| {
-        let id = unique_id(mode);
-        let out = capsa.run(bundle, mode, &id);
-        capsa.assert_nothing_left(&id);
-        out
-    });
-    assert!(
-        container.status.code() == microvm.status.code()
-            && container.stdout == microvm.stdout
-            && container.stderr == microvm.stderr,
-        "{script:?}: the modes differ\n== container: {}\n== microvm: {}",
-        show(&container),
-        show(&microvm)
-    );
-    assert_eq!(
-        (
-            container.status.code(),
-            String::from_utf8_lossy(&container.stdout).as_ref(),
-            String::from_utf8_lossy(&container.stderr).as_ref()
-        ),
-        (Some(code), stdout, stderr),
-        "{script:?}: both modes agree on a wrong result"
-    );
+    assert_both_modes(bundle, script, code, stdout, stderr);
 }
 
 #[test]

@@ -250,3 +250,33 @@ pub fn compile_c(dir: &Path, name: &str, source: &str, flags: &[&str]) -> PathBu
     );
     binary
 }
+
+/// Runs `bundle` in both modes and requires identical results — and the
+/// expected ones, so the modes cannot agree on being wrong. `what` names
+/// the case in failures.
+pub fn assert_both_modes(bundle: &TestBundle, what: &str, code: i32, stdout: &str, stderr: &str) {
+    let capsa = Capsa::new();
+    let [container, microvm] = ["container", "microvm"].map(|mode| {
+        let id = unique_id(mode);
+        let out = capsa.run(bundle, mode, &id);
+        capsa.assert_nothing_left(&id);
+        out
+    });
+    assert!(
+        container.status.code() == microvm.status.code()
+            && container.stdout == microvm.stdout
+            && container.stderr == microvm.stderr,
+        "{what}: the modes differ\n== container: {}\n== microvm: {}",
+        show(&container),
+        show(&microvm)
+    );
+    assert_eq!(
+        (
+            container.status.code(),
+            String::from_utf8_lossy(&container.stdout).as_ref(),
+            String::from_utf8_lossy(&container.stderr).as_ref()
+        ),
+        (Some(code), stdout, stderr),
+        "{what}: both modes agree on a wrong result"
+    );
+}

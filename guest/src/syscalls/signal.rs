@@ -293,6 +293,30 @@ impl Kernel {
         if sig == 0 {
             return;
         }
+        // The VM's init is a pid namespace's init: signals sent from inside
+        // that it has no handler for (SIGKILL and SIGSTOP included) are
+        // dropped, as Linux protects a container's pid 1.
+        let tgid = self.procs.tgid(pid);
+        if tgid == 1 {
+            let own = tgid == self.procs.tgid(self.cur);
+            let handled = own
+                && sig != SIGKILL
+                && !is_stop(sig)
+                && self.signals.actions[sig as usize - 1].handler != SIG_DFL;
+            let parked_handled = !own
+                && sig != SIGKILL
+                && !is_stop(sig)
+                && self
+                    .procs
+                    .group(tgid)
+                    .into_iter()
+                    .filter_map(|p| self.procs.get(p).and_then(|t| t.parked.as_ref()))
+                    .find(|p| p.shared)
+                    .is_some_and(|p| p.signals.actions[sig as usize - 1].handler != SIG_DFL);
+            if !handled && !parked_handled {
+                return;
+            }
+        }
         if pid != self.cur {
             // A thread's signal state is its group's: in the kernel when a
             // sibling runs, else parked with whichever task holds it.
