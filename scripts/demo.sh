@@ -16,3 +16,7 @@ for isolation in container microvm; do
 done
 echo "== capsa bench startup (busybox /bin/true)"
 "$capsa" bench startup --runs 30 --bundle "$bundle" -- /bin/true
+if [ -x /usr/bin/python3 ]; then
+    echo "== capsa bench startup (the host's python3 -c 'print(1)')"
+    "$capsa" bench startup --runs 20 --host-usr -- /usr/bin/python3 -c 'print(1)'
+fi

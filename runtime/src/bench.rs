@@ -33,6 +33,8 @@ pub struct StartupOptions {
     pub isolations: Vec<Isolation>,
     pub peers: Vec<String>,
     pub bundle: Option<PathBuf>,
+    /// Bind the host's /usr read-only into the demo bundle.
+    pub host_usr: bool,
     pub command: Vec<String>,
 }
 
@@ -128,12 +130,45 @@ fn prepare_bundle(work: &Path, opts: &StartupOptions) -> Result<PathBuf, BenchEr
                 opts.command.clone()
             };
             crate::demo::build_bundle(&dir, &command)?;
+            if opts.host_usr {
+                add_host_usr(&dir)?;
+            }
         }
         Some(source) => {
             derive_bundle(source, &dir, &opts.command, false)?;
         }
     }
     Ok(dir)
+}
+
+/// Makes the demo bundle in `dir` see the host's /usr (read-only) as its
+/// own, with /lib and /lib64 linking into it as on a merged-/usr Debian, so
+/// host programs and their libraries run unchanged in every runtime.
+fn add_host_usr(dir: &Path) -> Result<(), BenchError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| BenchError::Io { path, source }
+    };
+    let rootfs = dir.join("rootfs");
+    fs::create_dir_all(rootfs.join("usr")).map_err(io(&rootfs))?;
+    for (link, target) in [("lib", "usr/lib"), ("lib64", "usr/lib64")] {
+        let at = rootfs.join(link);
+        if fs::symlink_metadata(&at).is_err() {
+            std::os::unix::fs::symlink(target, &at).map_err(io(&at))?;
+        }
+    }
+    let config = dir.join("config.json");
+    let text = fs::read_to_string(&config).map_err(io(&config))?;
+    let mut spec: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| io(&config)(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
+    if let Some(mounts) = spec["mounts"].as_array_mut() {
+        mounts.push(serde_json::json!({
+            "destination": "/usr", "type": "bind", "source": "/usr", "options": ["rbind", "ro"]
+        }));
+    }
+    let text = serde_json::to_string_pretty(&spec)
+        .map_err(|e| io(&config)(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
+    fs::write(&config, text).map_err(io(&config))
 }
 
 /// Writes `<dir>/config.json`: the bundle at `source` running `command` (if
@@ -469,6 +504,7 @@ pub fn memory(opts: &MemoryOptions) -> Result<Vec<MemorySummary>, BenchError> {
         isolations: Vec::new(),
         peers: Vec::new(),
         bundle: opts.bundle.clone(),
+        host_usr: false,
         command: vec!["sleep".into(), "1000000".into()],
     };
     let result = in_work_dir(|work| {

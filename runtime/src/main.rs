@@ -211,6 +211,10 @@ enum BenchCommand {
         /// Bundle whose rootfs to use (default: the built-in busybox demo).
         #[arg(long)]
         bundle: Option<PathBuf>,
+        /// Bind the host's /usr read-only into the built-in demo bundle, to
+        /// measure host programs such as `/usr/bin/python3`.
+        #[arg(long, conflicts_with = "bundle")]
+        host_usr: bool,
         #[command(flatten)]
         output: BenchOutput,
         /// The command to run (default /bin/true).
@@ -405,6 +409,7 @@ fn dispatch(cli: Cli) -> Result<u8> {
             isolation,
             peers,
             bundle,
+            host_usr,
             output,
             command,
         }) => {
@@ -414,6 +419,7 @@ fn dispatch(cli: Cli) -> Result<u8> {
                 isolations: isolation,
                 peers,
                 bundle,
+                host_usr,
                 command,
             };
             let summaries = capsa::bench::startup(&opts).map_err(chain)?;
