@@ -278,6 +278,33 @@ fn sqlite3_module() {
     );
 }
 
+/// Advisory locks between processes: a POSIX lock held by the parent makes
+/// the child's non-blocking attempt fail and its blocking one wait for the
+/// unlock; flock locks belong to open files and end with them.
+#[test]
+fn file_locks_between_processes() {
+    let Some(mut b) = fixture() else { return };
+    check(
+        &mut b,
+        "import fcntl, os\n\
+         f = open('/tmp/l', 'w'); fcntl.lockf(f, fcntl.LOCK_EX)\n\
+         r, w = os.pipe(); pid = os.fork()\n\
+         if pid == 0:\n\
+         \x20   g = open('/tmp/l', 'w')\n\
+         \x20   try: fcntl.lockf(g, fcntl.LOCK_EX | fcntl.LOCK_NB)\n\
+         \x20   except OSError as e: os.write(w, b'refused %d' % e.errno)\n\
+         \x20   fcntl.lockf(g, fcntl.LOCK_EX); print('child got the lock', flush=True); os._exit(0)\n\
+         print(os.read(r, 100), flush=True); fcntl.lockf(f, fcntl.LOCK_UN); os.waitpid(pid, 0)\n\
+         a = open('/tmp/l'); b = open('/tmp/l'); fcntl.flock(a, fcntl.LOCK_EX)\n\
+         try: fcntl.flock(b, fcntl.LOCK_SH | fcntl.LOCK_NB)\n\
+         except OSError as e: print('flock refused', e.errno)\n\
+         a.close(); fcntl.flock(b, fcntl.LOCK_SH | fcntl.LOCK_NB); print('flock after close ok')",
+        0,
+        "b'refused 11'\nchild got the lock\nflock refused 11\nflock after close ok\n",
+        "",
+    );
+}
+
 #[test]
 fn time_signals_and_io_multiplexing() {
     let Some(mut b) = fixture() else { return };

@@ -76,6 +76,11 @@ pub trait File {
     fn dir_path(&self) -> Option<&[u8]> {
         None
     }
+    /// The file a lock on this open file is about (file system, node id);
+    /// None for files without a node (pipes, emulated devices).
+    fn node_key(&self) -> Option<(usize, u64)> {
+        None
+    }
     /// Whether readiness can change (epoll refuses regular files and
     /// directories, which are always ready).
     fn pollable(&self) -> bool {

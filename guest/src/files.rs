@@ -314,6 +314,9 @@ impl File for FuseFile {
     fn pollable(&self) -> bool {
         false
     }
+    fn node_key(&self) -> Option<(usize, u64)> {
+        Some((self.node.fs, self.node.id))
+    }
     fn release(&self, dev: &mut Devices) {
         if let Ok(fs) = dev.vfs.fs(self.node.fs) {
             if writable(self.flags.get()) {
@@ -416,6 +419,9 @@ impl File for FuseDir {
     }
     fn pollable(&self) -> bool {
         false
+    }
+    fn node_key(&self) -> Option<(usize, u64)> {
+        Some((self.node.fs, self.node.id))
     }
     fn release(&self, dev: &mut Devices) {
         if let Ok(fs) = dev.vfs.fs(self.node.fs) {

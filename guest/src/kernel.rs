@@ -120,6 +120,8 @@ pub struct Kernel {
     pub robust_list: u64,
     /// Threads blocked in futex waits, all groups.
     pub futexes: crate::futex::Futexes,
+    /// Advisory file locks of every process.
+    pub locks: crate::locks::Locks,
     /// What a call answering `EBLOCK` waits for besides the event counter.
     pub block_deadline: Option<u64>,
     pub block_stdin: bool,
@@ -436,6 +438,7 @@ pub fn boot(boot_info: u64) -> ! {
         clear_child_tid: 0,
         robust_list: 0,
         futexes: crate::futex::Futexes::default(),
+        locks: crate::locks::Locks::default(),
         block_deadline: None,
         block_stdin: false,
         switch_pending: false,

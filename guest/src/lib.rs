@@ -23,6 +23,7 @@ pub mod files;
 pub mod fuse;
 pub mod futex;
 pub mod kernel;
+pub mod locks;
 pub mod mem;
 pub mod mm;
 pub mod pipe;

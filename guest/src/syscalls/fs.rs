@@ -11,6 +11,7 @@ use crate::fd::*;
 use crate::files::{CharDev, FuseDir, FuseFile};
 use crate::fuse::{fattr, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG};
 use crate::kernel::Kernel;
+use crate::locks::{LockKey, Owner, RecordLock};
 use crate::procfs;
 use crate::vfs::{self, Walk};
 
@@ -30,6 +31,22 @@ const F_SETFL: u32 = 4;
 const F_GETLK: u32 = 5;
 const F_SETLK: u32 = 6;
 const F_SETLKW: u32 = 7;
+const F_OFD_GETLK: u32 = 36;
+const F_OFD_SETLK: u32 = 37;
+const F_OFD_SETLKW: u32 = 38;
+const F_RDLCK: u16 = 0;
+const F_WRLCK: u16 = 1;
+const F_UNLCK: u16 = 2;
+const LOCK_SH: u32 = 1;
+const LOCK_EX: u32 = 2;
+const LOCK_NB: u32 = 4;
+const LOCK_UN: u32 = 8;
+
+/// What locks on `file` are keyed by: its node, or the open file itself.
+fn lock_key(file: &Rc<dyn File>) -> LockKey {
+    file.node_key()
+        .unwrap_or((usize::MAX, Rc::as_ptr(file) as *const u8 as u64))
+}
 const F_DUPFD_CLOEXEC: u32 = 1030;
 const FD_CLOEXEC: u64 = 1;
 const TCGETS: u32 = 0x5401;
@@ -226,6 +243,9 @@ impl Kernel {
     }
 
     fn release_if_last(&mut self, entry: Fd) {
+        // Closing any descriptor of a file drops the process's POSIX locks on it.
+        let tgid = self.procs.tgid(self.cur);
+        self.locks.release_process(lock_key(&entry.file), tgid);
         if Rc::strong_count(&entry.file) == 1 {
             entry.file.release(&mut self.dev);
         }
@@ -969,14 +989,115 @@ impl Kernel {
                     .set_flags((flags & !SETFL_MASK) | (arg as u32 & SETFL_MASK));
                 Ok(0)
             }
-            // One process: every lock is granted, and nobody holds a conflicting one.
-            F_SETLK | F_SETLKW => Ok(0),
-            F_GETLK => {
-                let lock = self.user_buf(arg, 2)?;
-                lock.copy_from_slice(&2u16.to_le_bytes()); // F_UNLCK
-                Ok(0)
+            F_SETLK | F_SETLKW | F_OFD_SETLK | F_OFD_SETLKW | F_GETLK | F_OFD_GETLK => {
+                self.record_lock(&entry.file, cmd, arg)
             }
             _ => Err(Errno::EINVAL),
+        }
+    }
+
+    /// fcntl's record locks: `struct flock` at `arg`, owned by the process
+    /// (`F_*LK*`) or by the open file description (`F_OFD_*`).
+    fn record_lock(&mut self, file: &Rc<dyn File>, cmd: u32, arg: u64) -> Result<u64> {
+        let raw = self.user_buf(arg, 32)?;
+        let field = |at: usize| i64::from_le_bytes(raw[at..at + 8].try_into().unwrap_or([0; 8]));
+        let typ = u16::from_le_bytes([raw[0], raw[1]]);
+        let whence = u32::from(u16::from_le_bytes([raw[2], raw[3]]));
+        let (start, len) = (field(8), field(16));
+        let pid = i32::from_le_bytes([raw[24], raw[25], raw[26], raw[27]]);
+        let ofd = matches!(cmd, F_OFD_GETLK | F_OFD_SETLK | F_OFD_SETLKW);
+        if ofd && pid != 0 {
+            return Err(Errno::EINVAL);
+        }
+        let base = match whence {
+            SEEK_SET => 0,
+            SEEK_CUR => file.seek(&mut self.dev, 0, SEEK_CUR)? as i64,
+            SEEK_END => {
+                let st = file.stat(&mut self.dev)?;
+                i64::from_le_bytes(st[48..56].try_into().unwrap_or([0; 8]))
+            }
+            _ => return Err(Errno::EINVAL),
+        };
+        let start = base.checked_add(start).ok_or(Errno::EINVAL)?;
+        let (from, to) = match len {
+            0 => (start, None),
+            l if l > 0 => (start, Some(start.checked_add(l).ok_or(Errno::EINVAL)?)),
+            l => (start.checked_add(l).ok_or(Errno::EINVAL)?, Some(start)),
+        };
+        if from < 0 {
+            return Err(Errno::EINVAL);
+        }
+        let owner = if ofd {
+            Owner::File(Rc::downgrade(file))
+        } else {
+            Owner::Process(self.procs.tgid(self.cur))
+        };
+        let lock = RecordLock {
+            owner,
+            start: from as u64,
+            end: to.map_or(u64::MAX, |t| t as u64),
+            write: typ == F_WRLCK,
+        };
+        let key = lock_key(file);
+        let procs = &self.procs;
+        let alive = |pid: i32| {
+            procs
+                .get(pid)
+                .is_some_and(|t| !matches!(t.state, crate::process::State::Zombie(_)))
+        };
+        if matches!(cmd, F_GETLK | F_OFD_GETLK) {
+            if typ != F_RDLCK && typ != F_WRLCK {
+                return Err(Errno::EINVAL);
+            }
+            let conflict = self.locks.conflict(key, &lock, &alive);
+            let out = self.user_buf(arg, 32)?;
+            match conflict {
+                None => out[0..2].copy_from_slice(&F_UNLCK.to_le_bytes()),
+                Some(c) => {
+                    let typ = if c.write { F_WRLCK } else { F_RDLCK };
+                    let len = if c.end == u64::MAX {
+                        0
+                    } else {
+                        c.end - c.start
+                    };
+                    let pid = match c.owner {
+                        Owner::Process(pid) => pid,
+                        Owner::File(_) => -1,
+                    };
+                    out[0..2].copy_from_slice(&typ.to_le_bytes());
+                    out[2..4].copy_from_slice(&0u16.to_le_bytes());
+                    out[8..16].copy_from_slice(&c.start.to_le_bytes());
+                    out[16..24].copy_from_slice(&len.to_le_bytes());
+                    out[24..28].copy_from_slice(&pid.to_le_bytes());
+                }
+            }
+            return Ok(0);
+        }
+        let access = file.flags() & O_ACCMODE;
+        match typ {
+            F_RDLCK if access == O_WRONLY => return Err(Errno::EBADF),
+            F_WRLCK if access == O_RDONLY => return Err(Errno::EBADF),
+            F_RDLCK | F_WRLCK | F_UNLCK => {}
+            _ => return Err(Errno::EINVAL),
+        }
+        let wait = matches!(cmd, F_SETLKW | F_OFD_SETLKW);
+        match self.locks.set(key, lock, typ == F_UNLCK, &alive) {
+            Err(Errno::EAGAIN) if wait => Err(Errno::EBLOCK),
+            other => other.map(|()| 0),
+        }
+    }
+
+    pub fn sys_flock(&mut self, fd: i32, op: u32) -> Result<u64> {
+        let file = self.fds.file(fd)?;
+        let (exclusive, unlock) = match op & !LOCK_NB {
+            LOCK_SH => (false, false),
+            LOCK_EX => (true, false),
+            LOCK_UN => (false, true),
+            _ => return Err(Errno::EINVAL),
+        };
+        match self.locks.flock(lock_key(&file), &file, exclusive, unlock) {
+            Err(Errno::EAGAIN) if op & LOCK_NB == 0 => Err(Errno::EBLOCK),
+            other => other.map(|()| 0),
         }
     }
 

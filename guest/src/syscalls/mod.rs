@@ -144,7 +144,7 @@ impl Kernel {
             62 => self.sys_kill(a0 as i32, a1 as u32),
             63 => self.sys_uname(a0),
             72 => self.sys_fcntl(a0 as i32, a1 as u32, a2),
-            73 => Ok(0), // flock: one process, nobody to exclude
+            73 => self.sys_flock(a0 as i32, a1 as u32),
             74 | 75 => self.sys_fsync(a0 as i32),
             76 => self.sys_truncate(a0, a1),
             77 => self.sys_ftruncate(a0 as i32, a1),
