@@ -49,10 +49,14 @@ pub struct RecordLock {
     pub write: bool,
 }
 
+/// A `flock` lock: the open file description holding it, and whether it
+/// is exclusive.
+type Flock = (Weak<dyn File>, bool);
+
 #[derive(Default)]
 pub struct Locks {
     records: BTreeMap<LockKey, Vec<RecordLock>>,
-    flocks: BTreeMap<LockKey, Vec<(Weak<dyn File>, bool)>>,
+    flocks: BTreeMap<LockKey, Vec<Flock>>,
 }
 
 impl Locks {
