@@ -58,6 +58,10 @@ pub trait File {
     fn truncate(&self, _dev: &mut Devices, _len: u64) -> Result<()> {
         Err(Errno::EINVAL)
     }
+    /// `fallocate`: ENODEV for anything but a regular file (ESPIPE for pipes).
+    fn fallocate(&self, _dev: &mut Devices, _mode: u32, _offset: u64, _len: u64) -> Result<()> {
+        Err(Errno::ENODEV)
+    }
     fn sync(&self, _dev: &mut Devices) -> Result<()> {
         Ok(())
     }

@@ -296,6 +296,14 @@ impl File for FuseFile {
             .fs(self.node.fs)?
             .fsync(self.node.id, self.fh, false)
     }
+    fn fallocate(&self, dev: &mut Devices, mode: u32, offset: u64, len: u64) -> Result<()> {
+        if !writable(self.flags.get()) {
+            return Err(Errno::EBADF);
+        }
+        dev.vfs
+            .fs(self.node.fs)?
+            .fallocate(self.node.id, self.fh, offset, len, mode)
+    }
     fn setattr(&self, dev: &mut Devices, set: &SetAttr) -> Result<()> {
         dev.vfs
             .fs(self.node.fs)?

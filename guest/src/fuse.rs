@@ -43,6 +43,7 @@ pub mod op {
     pub const FSYNCDIR: u32 = 30;
     pub const ACCESS: u32 = 34;
     pub const CREATE: u32 = 35;
+    pub const FALLOCATE: u32 = 43;
 }
 
 /// `FUSE_INIT` flags we ask for.

@@ -164,6 +164,9 @@ impl File for PipeEnd {
     fn proc_name(&self) -> Vec<u8> {
         alloc::format!("pipe:[{}]", self.pipe.borrow().ino).into_bytes()
     }
+    fn fallocate(&self, _dev: &mut Devices, _mode: u32, _offset: u64, _len: u64) -> Result<()> {
+        Err(Errno::ESPIPE)
+    }
     fn stat(&self, _dev: &mut Devices) -> Result<[u8; 144]> {
         Ok(Attr {
             ino: self.pipe.borrow().ino,

@@ -854,6 +854,15 @@ impl Kernel {
         file.truncate(&mut self.dev, len).map(|_| 0)
     }
 
+    pub fn sys_fallocate(&mut self, fd: i32, mode: u32, offset: i64, len: i64) -> Result<u64> {
+        if offset < 0 || len <= 0 || offset.checked_add(len).is_none() {
+            return Err(Errno::EINVAL);
+        }
+        let file = self.fds.file(fd)?;
+        file.fallocate(&mut self.dev, mode, offset as u64, len as u64)
+            .map(|()| 0)
+    }
+
     pub fn sys_fsync(&mut self, fd: i32) -> Result<u64> {
         let file = self.fds.file(fd)?;
         file.sync(&mut self.dev).map(|_| 0)

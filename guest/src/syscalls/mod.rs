@@ -252,7 +252,7 @@ impl Kernel {
                 self.sys_epoll_wait(a0 as i32, a1, a2 as i32, timeout)
             }
             441 => self.sys_epoll_pwait2(a0 as i32, a1, a2 as i32, a3),
-            285 => Ok(0), // fallocate: accepted, the server allocates on write
+            285 => self.sys_fallocate(a0 as i32, a1 as u32, a2 as i64, a3 as i64),
             247 => self.sys_waitid(a0 as u32, a1, a2, a3 as u32),
             293 => self.sys_pipe2(a0, a1 as u32),
             292 => self.sys_dup3(a0 as i32, a1 as i32, a2 as u32, false),

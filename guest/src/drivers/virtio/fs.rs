@@ -360,6 +360,27 @@ impl<T: FuseTransport> FuseFs<T> {
             .map(|_| ())
     }
 
+    pub fn fallocate(
+        &mut self,
+        node: u64,
+        fh: u64,
+        offset: u64,
+        len: u64,
+        mode: u32,
+    ) -> Result<()> {
+        self.check_writable()?;
+        let body = Enc::new()
+            .u64(fh)
+            .u64(offset)
+            .u64(len)
+            .u32(mode)
+            .u32(0)
+            .bytes();
+        self.transport
+            .call(op::FALLOCATE, node, &[&body], &mut [])
+            .map(|_| ())
+    }
+
     pub fn fsync(&mut self, node: u64, fh: u64, datasync: bool) -> Result<()> {
         let body = Enc::new().u64(fh).u32(u32::from(datasync)).u32(0).bytes();
         self.transport
