@@ -243,7 +243,7 @@ pub fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
 
 /// Writes to the process's stderr (for messages the runtime prints in
 /// container mode too, like a failed exec).
-fn stderr_message(dev: &mut Devices, msg: &[u8]) {
+pub(crate) fn stderr_message(dev: &mut Devices, msg: &[u8]) {
     let out = ConsoleOut {
         stderr: true,
         flags: Cell::new(O_WRONLY),

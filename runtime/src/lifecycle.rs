@@ -693,6 +693,14 @@ pub fn run_foreground(store: &Store, opts: &CreateOptions<'_>) -> Result<i32> {
             };
             let code = wait_forwarding(pid, &forwarded);
             crate::trace::event("exited");
+            // The kernel's OOM killer says nothing to the container; the
+            // guest's reports itself on the console (see the microVM guest).
+            if code == 137 && state.cgroup.as_ref().is_some_and(Cgroup::oom_killed) {
+                eprintln!(
+                    "capsa: out of memory: {} reached its memory limit and was killed",
+                    opts.id
+                );
+            }
             if let Some(proxy) = proxy {
                 proxy.finish();
             }

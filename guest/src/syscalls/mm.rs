@@ -15,6 +15,45 @@ fn zero_range(start: u64, end: u64) {
 }
 
 impl Kernel {
+    /// Guest RAM ran out for a mapping of `len` bytes. As Linux's
+    /// heuristic overcommit, a request larger than all of RAM is refused
+    /// (`ENOMEM`); otherwise, as its OOM killer, the process holding the
+    /// most memory is killed with SIGKILL and the kill reported on the
+    /// console's stderr. Returns whether the caller survived to retry.
+    fn out_of_memory(&mut self, len: u64) -> Result<bool> {
+        if len > self.ram_size {
+            return Err(Errno::ENOMEM);
+        }
+        let me = self.procs.tgid(self.cur);
+        let slots = |space: Option<&crate::mm::space::Space>| space.map_or(0, |s| s.slot_count());
+        let mut victim = (me, slots(self.space.as_ref()), self.comm);
+        for pid in self.procs.pids() {
+            let Some(task) = self.procs.get(pid) else {
+                continue;
+            };
+            let parked = task.parked.as_ref().filter(|p| p.shared && task.tgid != me);
+            if let Some(p) = parked.filter(|p| slots(p.space.as_ref()) > victim.1) {
+                victim = (task.tgid, slots(p.space.as_ref()), p.comm);
+            }
+        }
+        let (pid, held, comm) = victim;
+        let len = comm.iter().position(|&b| b == 0).unwrap_or(16);
+        let msg = alloc::format!(
+            "capsa: out of memory: killed process {pid} ({}, {} MiB)\n",
+            alloc::string::String::from_utf8_lossy(&comm[..len]),
+            held as u64 * (crate::mm::space::SLOT >> 20)
+        );
+        crate::kernel::stderr_message(&mut self.dev, msg.as_bytes());
+        self.terminate(
+            pid,
+            crate::process::ExitStatus::Signaled {
+                signal: 9,
+                core: false,
+            },
+        );
+        Ok(pid != me)
+    }
+
     pub fn sys_brk(&mut self, addr: u64) -> u64 {
         let old = self.mm.brk;
         let new = self.mm.brk(addr, &mut zero_range);
@@ -44,12 +83,27 @@ impl Kernel {
         } else {
             None
         };
-        let start = self.mm.map(addr, len, prot, flags, &mut zero_range)?;
-        if let Err(e) = self.back() {
-            let _ = self.mm.unmap(start, len, &mut zero_range);
-            let _ = self.back();
-            return Err(e);
-        }
+        let start = loop {
+            // Addresses are guest-physical ones (see `crate::mm`): running
+            // out of them is running out of memory too.
+            let start = match self.mm.map(addr, len, prot, flags, &mut zero_range) {
+                Ok(start) => start,
+                Err(Errno::ENOMEM) if flags & MAP_FIXED == 0 && self.out_of_memory(len)? => {
+                    continue
+                }
+                Err(e) => return Err(e),
+            };
+            match self.back() {
+                Ok(()) => break start,
+                Err(e) => {
+                    let _ = self.mm.unmap(start, len, &mut zero_range);
+                    let _ = self.back();
+                    if e != Errno::ENOMEM || !self.out_of_memory(len)? {
+                        return Err(e);
+                    }
+                }
+            }
+        };
         if file.is_some() {
             let mapped = page_up(len).ok_or(Errno::ENOMEM)?;
             let dst = self.user_buf(start, len as usize);
@@ -184,7 +238,6 @@ impl Kernel {
         };
         self.mm.unmap(old, old_len, &mut zero_range)?;
         self.back()?;
-        let _ = MAP_FIXED;
         Ok(new)
     }
 }
