@@ -608,3 +608,61 @@ fn stdin_arriving_later_wakes_a_blocked_reader() {
         capsa.assert_nothing_left(&id);
     }
 }
+
+/// Faults raise signals whose handlers run: SIGSEGV on an unmapped address
+/// (three times, each handler leaving through siglongjmp) with the address
+/// and SEGV_MAPERR in its siginfo, SIGFPE on an integer division by zero,
+/// then, with the default action back, the fault kills the process (139).
+const FAULTS_C: &str = r#"#include <setjmp.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+static sigjmp_buf back;
+static volatile void *where;
+static volatile int code, sig;
+static void on_fault(int s, siginfo_t *info, void *uc) {
+    (void)uc; sig = s; where = info->si_addr; code = info->si_code;
+    siglongjmp(back, 1);
+}
+int main(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = on_fault;
+    sa.sa_flags = SA_SIGINFO;
+    sigaction(SIGSEGV, &sa, NULL);
+    sigaction(SIGFPE, &sa, NULL);
+    volatile int *bad = (int *)0x100000000000;
+    for (int i = 0; i < 3; i++) {
+        if (!sigsetjmp(back, 1)) *bad = 1;
+        printf("SIGSEGV %d at %p code %d\n", sig, (void *)where, code);
+    }
+    volatile int zero = 0, seven = 7;
+    if (!sigsetjmp(back, 1)) printf("%d\n", seven / zero);
+    printf("SIGFPE %d code %d\n", sig, code);
+    signal(SIGSEGV, SIG_DFL);
+    fflush(stdout);
+    *bad = 2;
+    return 0;
+}
+"#;
+
+#[test]
+fn fault_signals_run_their_handlers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let binary = compile_c(dir.path(), "faults", FAULTS_C, &["-static", "-O1"]);
+    let bundle = fixture(&["/bin/faults"]);
+    std::fs::copy(&binary, bundle.rootfs().join("bin/faults")).expect("copy faults");
+    let out = both("fault handlers", &bundle, None);
+    assert_eq!(
+        (out.status.code(), stdout(&out).as_str()),
+        (
+            Some(139),
+            "SIGSEGV 11 at 0x100000000000 code 1\n\
+             SIGSEGV 11 at 0x100000000000 code 1\n\
+             SIGSEGV 11 at 0x100000000000 code 1\n\
+             SIGFPE 8 code 1\n"
+        ),
+        "{}",
+        show(&out)
+    );
+}

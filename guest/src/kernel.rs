@@ -770,7 +770,7 @@ fn signal_for(frame: &ExceptionFrame) -> u32 {
 
 /// Entry from `capsa_fault_user`: an exception in the application (or in
 /// the kernel, which is fatal).
-pub fn fault(regs: &FaultInfo) -> ! {
+pub fn fault(regs: &FaultInfo, fx: &arch::FxArea) -> ! {
     let frame = arch::exception_frame();
     let kernel_end = kernel_end();
     if (capsa_abi::KERNEL_BASE..kernel_end).contains(&frame.rip) {
@@ -793,8 +793,47 @@ pub fn fault(regs: &FaultInfo) -> ! {
         );
         arch::debug(m.as_bytes());
     }
-    // No fault handlers: the process dies with the signal (no core: the
-    // spec's RLIMIT_CORE is 0 as in a container), and the next one runs.
+    // SAFETY: see `FaultResume`.
+    let (rf, rfx) = unsafe { &mut *FAULT_RESUME.0.get() };
+    // A handler for the signal, not blocked: it runs on the faulting
+    // context, with the fault's address in its siginfo. rcx and r11 are not
+    // kept across the handler (the return path uses them, see main.rs).
+    *rf = SyscallFrame {
+        rax: regs.rax,
+        rdi: regs.rdi,
+        rsi: regs.rsi,
+        rdx: regs.rdx,
+        r10: regs.r10,
+        r8: regs.r8,
+        r9: regs.r9,
+        rbx: regs.rbx,
+        rbp: regs.rbp,
+        r12: regs.r12,
+        r13: regs.r13,
+        r14: regs.r14,
+        r15: regs.r15,
+        rip: frame.rip,
+        rflags: frame.rflags,
+        rsp: frame.rsp,
+    };
+    *rfx = *fx;
+    let code = match (signal, frame.error & 1) {
+        (11, 0) => 1, // SEGV_MAPERR
+        (11, _) => 2, // SEGV_ACCERR
+        (8, _) => 1,  // FPE_INTDIV
+        (4, _) => 1,  // ILL_ILLOPC
+        _ => 1,
+    };
+    let addr = if frame.vector == 14 {
+        frame.cr2
+    } else {
+        frame.rip
+    };
+    if k.deliver_fault_signal(signal, code, addr, rf, rfx) {
+        arch::return_user(rf, rfx)
+    }
+    // No handler: the process dies with the signal (no core: the spec's
+    // RLIMIT_CORE is 0 as in a container), and the next one runs.
     let cur = k.cur;
     k.terminate(
         cur,
@@ -803,8 +842,6 @@ pub fn fault(regs: &FaultInfo) -> ! {
             core: false,
         },
     );
-    // SAFETY: see `FaultResume`.
-    let (rf, rfx) = unsafe { &mut *FAULT_RESUME.0.get() };
     k.finish_fault(rf, rfx);
     arch::return_user(rf, rfx)
 }

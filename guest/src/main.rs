@@ -233,7 +233,10 @@ capsa_fault_user:
     push rbx
     push rax
     mov rdi, rsp
-    and rsp, -16
+    sub rsp, 512
+    and rsp, -64
+    fxsave [rsp]
+    mov rsi, rsp
     call capsa_fault
     ud2
 
@@ -342,8 +345,8 @@ extern "C" fn capsa_syscall(frame: &mut SyscallFrame) {
 }
 
 #[no_mangle]
-extern "C" fn capsa_fault(regs: &FaultInfo) -> ! {
-    capsa_guest::kernel::fault(regs)
+extern "C" fn capsa_fault(regs: &FaultInfo, fx: &capsa_guest::arch::FxArea) -> ! {
+    capsa_guest::kernel::fault(regs, fx)
 }
 
 #[panic_handler]

@@ -405,7 +405,7 @@ impl Kernel {
             if action.handler == SIG_IGN {
                 continue;
             }
-            if self.push_frame(sig, &action, frame, fx).is_err() {
+            if self.push_frame(sig, &action, frame, fx, None).is_err() {
                 let cur = self.cur;
                 self.terminate(
                     cur,
@@ -425,6 +425,7 @@ impl Kernel {
         action: &SigAction,
         frame: &mut SyscallFrame,
         fx: &mut FxArea,
+        fault: Option<(i32, u64)>,
     ) -> Result<()> {
         if action.flags & SA_RESTORER == 0 {
             // No vDSO to return through: the handler could never return.
@@ -460,9 +461,18 @@ impl Kernel {
         let restore = self.signals.saved_mask.take().unwrap_or(self.signals.mask);
         put(FRAME_UC + UC_SIGMASK, &restore.to_le_bytes());
         put(FRAME_INFO, &(sig as i32).to_le_bytes());
-        // si_code SI_USER, si_pid and si_uid of the sender (unknown: ours).
-        put(FRAME_INFO + 16, &self.cur.to_le_bytes());
-        put(FRAME_INFO + 20, &self.creds.uid.to_le_bytes());
+        match fault {
+            // A fault: its si_code and the faulting address.
+            Some((code, addr)) => {
+                put(FRAME_INFO + 8, &code.to_le_bytes());
+                put(FRAME_INFO + 16, &addr.to_le_bytes());
+            }
+            // si_code SI_USER, si_pid and si_uid of the sender (unknown: ours).
+            None => {
+                put(FRAME_INFO + 16, &self.cur.to_le_bytes());
+                put(FRAME_INFO + 20, &self.creds.uid.to_le_bytes());
+            }
+        }
         self.put_user(at, &bytes)?;
 
         let mut mask = self.signals.mask | action.mask;
@@ -486,6 +496,26 @@ impl Kernel {
         frame.rflags &= !0x500; // TF, DF
         *fx = FxArea::initial();
         Ok(())
+    }
+
+    /// A fault raised `sig` in the running process: runs its handler (true)
+    /// when it has one and the signal is not blocked; otherwise, as Linux
+    /// forces, the default action applies and the caller ends the process.
+    pub fn deliver_fault_signal(
+        &mut self,
+        sig: u32,
+        code: i32,
+        addr: u64,
+        frame: &mut SyscallFrame,
+        fx: &mut FxArea,
+    ) -> bool {
+        let action = self.signals.actions[sig as usize - 1];
+        let blocked = self.signals.mask & (1 << (sig - 1)) != 0;
+        if blocked || action.handler == SIG_DFL || action.handler == SIG_IGN {
+            return false;
+        }
+        self.push_frame(sig, &action, frame, fx, Some((code, addr)))
+            .is_ok()
     }
 
     /// `rt_sigreturn`: back to the context saved in the frame the handler
