@@ -9,7 +9,8 @@
 //! - `mprotect` and the `PROT_*` bits of `mmap` are bookkeeping only (2 MiB
 //!   pages cannot express 4 KiB permissions, and changing them would need CPL0
 //!   page-table work); `PROT_NONE` guard pages do not fault.
-//! - Page 0 is mapped, so null dereferences read boot data instead of faulting.
+//! - Page 0 is not mapped in process address spaces (`space`), so null
+//!   dereferences fault; the boot data from 0x1000 up stays mapped.
 //! - Memory never handed out is zero (fresh VMM RAM); memory given back
 //!   (`munmap`, `brk` shrink) is zeroed on release, so every new anonymous
 //!   mapping reads as zero without a fault-in path.

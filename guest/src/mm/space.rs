@@ -7,6 +7,8 @@
 //!   the virtqueues, then the MMIO window) are identity mapped, identically
 //!   in every space: the kernel, running at CPL3 in whichever process is
 //!   current, always finds its code, heap and devices at the same place.
+//!   The first slot is mapped with 4 KiB pages leaving page 0 out, so a
+//!   null-pointer access faults as on Linux.
 //! - Slots in `[user_lo, user_hi)` belong to the process: not present until
 //!   one of its mappings (`crate::mm::Vmas`) covers them, then backed by a
 //!   frame from [`Frames`]. Virtual addresses stay those `crate::mm::Mm`
@@ -122,6 +124,9 @@ pub struct Frames {
     fresh: u64,
     ident_pdpt: Option<Table>,
     ident_pds: Vec<Table>,
+    /// 4 KiB pages for the first 2 MiB with page 0 left out, so that a
+    /// null-pointer access faults (boot data starts at 0x1000).
+    low_pt: Option<Table>,
 }
 
 impl Frames {
@@ -136,6 +141,7 @@ impl Frames {
             fresh: user_lo,
             ident_pdpt: None,
             ident_pds: Vec::new(),
+            low_pt: None,
         }
     }
 
@@ -152,6 +158,11 @@ impl Frames {
             self.ident_pds.push(pd);
         }
         self.ident_pdpt = Some(pdpt);
+        let low = Table::new()?;
+        for i in 1..512u64 {
+            low.set(i as usize, (i << 12) | TABLE);
+        }
+        self.low_pt = Some(low);
         Ok(())
     }
 
@@ -227,7 +238,10 @@ impl Space {
                 let pd = Table::new()?;
                 for j in 0..512 {
                     let va = ((g * 512 + j) as u64) << 21;
-                    if !frames.is_user(va) {
+                    if va == 0 {
+                        let low = frames.low_pt.as_ref().ok_or(Errno::ENOMEM)?;
+                        pd.set(j, low.addr() | TABLE);
+                    } else if !frames.is_user(va) {
                         pd.set(j, va | LARGE);
                     }
                 }
