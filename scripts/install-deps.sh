@@ -2,7 +2,7 @@
 # Installs the Debian packages capsa's build, demo and tests need; quick when
 # they are already present.
 set -euo pipefail
-packages=(busybox-static runc podman containerd libseccomp-dev pkg-config iproute2 util-linux)
+packages=(busybox-static runc podman containerd libseccomp-dev pkg-config iproute2 util-linux gcc libc6-dev gawk python3)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -329,6 +329,23 @@ fn grep_sed_awk_find() {
         "6\n",
         "",
     );
+    // GNU awk's own extensions, when the host has gawk.
+    if Path::new("/usr/bin/gawk").exists() {
+        check(
+            &mut b,
+            "gawk 'BEGIN { n = split(\"pear fig apple\", x); asort(x); print x[1], x[3], n }'",
+            0,
+            "apple pear 3\n",
+            "",
+        );
+        check(
+            &mut b,
+            "gawk '{ w += NF; print toupper(substr($0, 1, 3)) } END { printf \"%d words\\n\", w }' /data/b.txt",
+            0,
+            "ONE\nFOU\n5 words\n",
+            "",
+        );
+    }
 }
 
 #[test]
