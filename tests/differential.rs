@@ -667,3 +667,45 @@ fn fault_signals_run_their_handlers() {
         show(&out)
     );
 }
+
+/// `capsa kill` with SIGTERM reaches the process in both modes: a shell
+/// trapping it runs its trap (exit 3), while SIGUSR1, which it has no
+/// handler for, is ignored as by any container's pid 1 and the process
+/// keeps running until it is told to stop (here by its trap).
+#[test]
+fn kill_term_reaches_a_trapping_process_in_both_modes() {
+    for mode in MODES {
+        let capsa = Capsa::new();
+        let id = unique_id("term");
+        let bundle = fixture(&[
+            "sh",
+            "-c",
+            "trap 'echo got TERM; exit 3' TERM; echo ready; while :; do sleep 1; done",
+        ]);
+        let mut child = capsa
+            .cmd()
+            .args(["run", "--isolation", mode, "--bundle"])
+            .arg(bundle.path())
+            .arg(&id)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn capsa run");
+        let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        out.read_line(&mut line).expect("read ready");
+        assert_eq!(line, "ready\n", "{mode}");
+        for sig in ["USR1", "TERM"] {
+            let sent = capsa.output(&["kill", &id, sig]);
+            assert!(sent.status.success(), "{mode} {sig}: {}", stderr(&sent));
+        }
+        let status = child.wait().expect("wait");
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut out, &mut rest).expect("read rest");
+        assert_eq!(
+            (status.code(), rest.as_str()),
+            (Some(3), "got TERM\n"),
+            "{mode}"
+        );
+        capsa.assert_nothing_left(&id);
+    }
+}

@@ -113,6 +113,9 @@ pub struct Kernel {
     pub cur: Pid,
     /// Deadline of a sleep or poll being restarted (see `crate::process`).
     pub restart_deadline: Option<u64>,
+    /// The call the current thread is blocked in (to be restarted), if any:
+    /// a handler interrupting it makes it fail with EINTR instead.
+    pub blocked_nr: Option<u64>,
     /// CLONE_CHILD_CLEARTID / set_tid_address: cleared when the process exits.
     pub clear_child_tid: u64,
     /// set_robust_list: the current thread's list head (recorded, reported by
@@ -149,6 +152,7 @@ pub struct ProcState {
     pub fs_base: u64,
     pub comm: [u8; 16],
     pub restart_deadline: Option<u64>,
+    pub blocked_nr: Option<u64>,
     pub clear_child_tid: u64,
     pub robust_list: u64,
     /// Whether this parked state holds its thread group's shared parts
@@ -435,6 +439,7 @@ pub fn boot(boot_info: u64) -> ! {
         kernel_space: Some(kernel_space),
         cur: INIT,
         restart_deadline: None,
+        blocked_nr: None,
         clear_child_tid: 0,
         robust_list: 0,
         futexes: crate::futex::Futexes::default(),

@@ -47,6 +47,7 @@ impl Kernel {
             fs_base: self.fs_base,
             comm: self.comm,
             restart_deadline: self.restart_deadline.take(),
+            blocked_nr: self.blocked_nr.take(),
             clear_child_tid: replace(&mut self.clear_child_tid, 0),
             robust_list: replace(&mut self.robust_list, 0),
             shared: true,
@@ -65,6 +66,7 @@ impl Kernel {
         self.fs_base = st.fs_base;
         self.comm = st.comm;
         self.restart_deadline = st.restart_deadline;
+        self.blocked_nr = st.blocked_nr;
         self.clear_child_tid = st.clear_child_tid;
         self.robust_list = st.robust_list;
     }
@@ -97,13 +99,19 @@ impl Kernel {
         Ok(())
     }
 
+    /// Whether the current task's state is in the kernel's fields (false
+    /// while the scheduler has parked it, e.g. when idle).
+    pub fn cur_is_loaded(&self) -> bool {
+        self.procs.get(self.cur).is_some_and(|t| t.parked.is_none())
+    }
+
     /// Sends `sig` to process `pid` (the current one or a parked one).
     pub fn post_signal(&mut self, pid: Pid, sig: u32) {
         if sig == 0 || sig as usize > crate::syscalls::signal::NSIG {
             return;
         }
         let bit = 1u64 << (sig - 1);
-        if pid == self.cur {
+        if pid == self.cur && self.cur_is_loaded() {
             self.signals.pending |= bit;
         } else if let Some(t) = self.procs.get_mut(pid) {
             t.pending |= bit;
@@ -318,6 +326,7 @@ impl Kernel {
             if let Some(next) = self.procs.next_runnable(cur) {
                 return next;
             }
+            self.take_host_signals();
             let now = self.clock.monotonic_ns();
             let dev = &mut self.dev;
             let mut stdin_ready = || match dev.stdio.and_then(|i| dev.consoles.get_mut(i)) {
@@ -372,13 +381,16 @@ impl Kernel {
             // original number when the process runs again.
             frame.rip = frame.rip.wrapping_sub(2);
             frame.rax = nr;
+            self.blocked_nr = Some(nr);
             self.block_current();
         } else {
             frame.rax = ret as u64;
+            self.blocked_nr = None;
             self.restart_deadline = None;
             self.block_deadline = None;
             self.block_stdin = false;
         }
+        self.take_host_signals();
         // A process that keeps making calls never idles: its timer is
         // checked here (no timer interrupt, see docs/syscalls.md).
         let tgid = self.procs.tgid(self.cur);

@@ -19,10 +19,11 @@
 //! VMM. The VMM exits with the guest process's status, or with
 //! [`VMM_FAILURE_STATUS`] if it fails itself.
 //!
-//! Signals: the VMM installs no handlers and is pid 1 of its pid namespace,
-//! so, like an untrapped signal to a container's pid 1, a forwarded SIGTERM
-//! or SIGINT is ignored; SIGKILL ends the microVM (status 137). Signals are
-//! not yet delivered to the guest process.
+//! Signals: the VMM passes SIGHUP, SIGINT, SIGQUIT, SIGUSR1, SIGUSR2 and
+//! SIGTERM (from `capsa kill`, a forwarding `capsa run`, podman) to the
+//! guest's first process, which, like a container's pid 1, takes those it
+//! has a handler for and ignores the rest; SIGKILL ends the microVM
+//! (status 137). See `capsa_vmm`'s `signals` module.
 //!
 //! # Spec fields
 //! Passed to the guest: `process.{args,env,cwd,user.{uid,gid,additionalGids,

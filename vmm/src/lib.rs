@@ -18,6 +18,7 @@ pub mod devices;
 mod hostio;
 pub mod memory;
 pub mod seccomp;
+mod signals;
 pub mod vcpu;
 pub mod vm;
 
@@ -132,6 +133,8 @@ pub enum Error {
 /// little more than report the result and exit.
 pub fn run(config: VmConfig) -> Result<GuestExit, Error> {
     let mut machine = vm::Vm::new(&config)?;
+    // Handlers go in before the seccomp filter, which has no rt_sigaction.
+    let _forwarding = signals::forward_to(machine.host_signals_word());
     if config.seccomp {
         seccomp::install()?;
     }

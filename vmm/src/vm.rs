@@ -483,6 +483,14 @@ impl Vm {
         })
     }
 
+    /// Where in this process the guest's host-signal word lives (see
+    /// [`capsa_abi::HOST_SIGNALS_ADDR`]); null if RAM does not reach it.
+    pub fn host_signals_word(&self) -> *const std::sync::atomic::AtomicU64 {
+        self._mem
+            .get_host_address(GuestAddress(capsa_abi::HOST_SIGNALS_ADDR))
+            .map_or(std::ptr::null(), |p| p.cast_const().cast())
+    }
+
     /// Runs the guest until its process ends.
     pub fn run(&mut self) -> Result<GuestExit, vcpu::Error> {
         vcpu::run_loop(&mut self.vcpu, &mut self.bus)

@@ -37,6 +37,11 @@ pub const BOOT_INFO_ADDR: u64 = 0x1000;
 /// it has copied what it needs.
 pub const BOOT_DATA_START: u64 = 0x1000;
 pub const BOOT_DATA_END: u64 = 0x20_0000;
+/// A little-endian u64 in the boot data region (in the GDT's page, after
+/// the TSS) where the VMM sets bit `n - 1` when the host sends it signal
+/// `n` for the guest; the guest swaps it to zero and delivers the signals to
+/// its first process. Both sides use atomic operations on it.
+pub const HOST_SIGNALS_ADDR: u64 = 0x1E_0800;
 /// Initial stack pointer (grows down inside the boot data region).
 pub const BOOT_STACK_TOP: u64 = 0x20_0000;
 /// The guest kernel ELF is linked at this address.

@@ -162,6 +162,7 @@ impl Kernel {
             },
             comm: self.comm,
             restart_deadline: None,
+            blocked_nr: None,
             clear_child_tid: if flags & CLONE_CHILD_CLEARTID != 0 {
                 child_tid
             } else {

@@ -9,8 +9,9 @@
 //! A handler runs on a Linux `rt_sigframe` (siginfo, ucontext with the
 //! interrupted registers, signal mask and fxsave image) and returns through
 //! its `SA_RESTORER` trampoline into `rt_sigreturn`. A call that was
-//! blocked when the signal came is restarted after the handler (as with
-//! `SA_RESTART`).
+//! blocked when the signal came fails with EINTR, or, for the calls Linux
+//! restarts under `SA_RESTART` when the handler has it, is restarted after
+//! the handler.
 
 use crate::arch::{FxArea, SyscallFrame};
 use crate::errno::{Errno, Result};
@@ -24,6 +25,18 @@ const SIGKILL: u32 = 9;
 pub const SIGPIPE: u32 = 13;
 const SIGSTOP: u32 = 19;
 const SA_SIGINFO: u64 = 4;
+const SA_RESTART: u64 = 0x1000_0000;
+
+/// Calls a handler with `SA_RESTART` restarts after interrupting them (the
+/// others — sleeps, poll, select, epoll_wait, pause — always fail with EINTR).
+fn restartable(nr: u64) -> bool {
+    // read, write, readv, writev, wait4, fcntl (F_SETLKW), flock, futex,
+    // waitid, openat (a FIFO), sendfile.
+    matches!(
+        nr,
+        0 | 1 | 19 | 20 | 61 | 72 | 73 | 202 | 247 | 2 | 257 | 40
+    )
+}
 const SA_ONSTACK: u64 = 0x0800_0000;
 const SA_RESTORER: u64 = 0x0400_0000;
 const SA_NODEFER: u64 = 0x4000_0000;
@@ -289,16 +302,17 @@ impl Kernel {
     /// Sends `sig` (0: just the existence check). A parked process whose
     /// signal would take the default fatal action dies right away; anything
     /// else is delivered when it next returns to user mode.
-    fn send(&mut self, pid: i32, sig: u32) {
+    pub(crate) fn send(&mut self, pid: i32, sig: u32) {
         if sig == 0 {
             return;
         }
         // The VM's init is a pid namespace's init: signals sent from inside
         // that it has no handler for (SIGKILL and SIGSTOP included) are
         // dropped, as Linux protects a container's pid 1.
+        let loaded = self.cur_is_loaded();
         let tgid = self.procs.tgid(pid);
         if tgid == 1 {
-            let own = tgid == self.procs.tgid(self.cur);
+            let own = loaded && tgid == self.procs.tgid(self.cur);
             let handled = own
                 && sig != SIGKILL
                 && !is_stop(sig)
@@ -317,11 +331,11 @@ impl Kernel {
                 return;
             }
         }
-        if pid != self.cur {
+        if pid != self.cur || !loaded {
             // A thread's signal state is its group's: in the kernel when a
             // sibling runs, else parked with whichever task holds it.
             let tgid = self.procs.tgid(pid);
-            let signals = if tgid == self.procs.tgid(self.cur) {
+            let signals = if loaded && tgid == self.procs.tgid(self.cur) {
                 Some(&self.signals)
             } else {
                 self.procs
@@ -404,6 +418,17 @@ impl Kernel {
             }
             if action.handler == SIG_IGN {
                 continue;
+            }
+            if let Some(nr) = self.blocked_nr.take() {
+                if action.flags & SA_RESTART == 0 || !restartable(nr) {
+                    // The handler returns to after the call, which failed.
+                    frame.rip = frame.rip.wrapping_add(2);
+                    frame.rax = Errno::EINTR.to_ret() as u64;
+                    self.restart_deadline = None;
+                    self.block_deadline = None;
+                    self.block_stdin = false;
+                    self.futexes.forget(self.cur);
+                }
             }
             if self.push_frame(sig, &action, frame, fx, None).is_err() {
                 let cur = self.cur;
@@ -496,6 +521,33 @@ impl Kernel {
         frame.rflags &= !0x500; // TF, DF
         *fx = FxArea::initial();
         Ok(())
+    }
+
+    /// Delivers the signals the host sent the VM (see
+    /// `capsa_abi::HOST_SIGNALS_ADDR`) to the first process, which, as a
+    /// container's pid 1, takes only those it has handlers for.
+    pub fn take_host_signals(&mut self) {
+        #[cfg(not(test))]
+        {
+            use core::sync::atomic::{AtomicU64, Ordering};
+            // SAFETY: the word is 8-byte aligned in the boot data page,
+            // mapped in every address space, and only accessed atomically.
+            let word = unsafe { &*(capsa_abi::HOST_SIGNALS_ADDR as *const AtomicU64) };
+            if word.load(Ordering::Relaxed) == 0 {
+                return;
+            }
+            let bits = word.swap(0, Ordering::AcqRel);
+            if self.debug_enabled() {
+                crate::arch::debug(
+                    alloc::format!("capsa guest: host signals {bits:#x}").as_bytes(),
+                );
+            }
+            for sig in 1..=NSIG as u32 {
+                if bits & (1 << (sig - 1)) != 0 && self.procs.get(1).is_some() {
+                    self.send(1, sig);
+                }
+            }
+        }
     }
 
     /// A fault raised `sig` in the running process: runs its handler (true)
