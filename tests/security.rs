@@ -7,11 +7,11 @@
 //! run alone: they take [`EXCLUSIVE`] for writing, every other test for
 //! reading.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Barrier, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use capsa_tests::*;
@@ -673,15 +673,27 @@ fn percentiles(mut times: Vec<Duration>) -> (Duration, Duration) {
     (at(0.50), at(0.99))
 }
 
+/// Runs per mode for the load tests: the figures by default, more
+/// for a long soak (`CAPSA_SOAK_SEQUENTIAL`, `CAPSA_SOAK_CONCURRENT`).
+fn load_count(var: &str, default: usize) -> usize {
+    match std::env::var(var) {
+        Ok(text) => text
+            .parse()
+            .unwrap_or_else(|_| panic!("{var}={text:?} is not a count")),
+        Err(_) => default,
+    }
+}
+
 #[test]
-fn a_hundred_sequential_runs_per_mode_leak_nothing() {
+fn a_thousand_sequential_runs_per_mode_leak_nothing() {
     let _guard = exclusive();
     let capsa = Capsa::new();
     let bundle = sh("echo ok");
+    let runs = load_count("CAPSA_SOAK_SEQUENTIAL", 1000);
     let baseline = Baseline::take();
     for mode in MODES {
         let mut times = Vec::new();
-        for i in 0..100 {
+        for i in 0..runs {
             let id = format!("seq-{mode}-{i}");
             let started = Instant::now();
             let out = capsa.run(&bundle, mode, &id);
@@ -694,43 +706,101 @@ fn a_hundred_sequential_runs_per_mode_leak_nothing() {
             );
         }
         let (p50, p99) = percentiles(times);
-        println!("{mode}: 100 sequential runs, p50 {p50:?}, p99 {p99:?}");
+        println!("{mode}: {runs} sequential runs, p50 {p50:?}, p99 {p99:?}");
     }
     baseline.assert_unchanged(&capsa);
 }
 
+/// One `capsa run` of [`concurrent`]: the time to its `ready` line, and
+/// from its release to its exit.
+fn held_run(
+    capsa: &Capsa,
+    bundle: &TestBundle,
+    mode: &str,
+    id: &str,
+    ready: &Barrier,
+    go: &Barrier,
+) -> Duration {
+    let started = Instant::now();
+    let mut child = capsa
+        .cmd()
+        .args(["run", "--isolation", mode, "--bundle"])
+        .arg(bundle.path())
+        .arg(id)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn capsa run");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    let read = stdout.read_line(&mut line);
+    let to_ready = started.elapsed();
+    // Every run reaches both barriers, even a failed one, so no other run
+    // waits forever on it; the failure is reported after the release.
+    ready.wait();
+    go.wait();
+    let released = Instant::now();
+    let mut stdin = child.stdin.take().expect("stdin");
+    let _ = writeln!(stdin, "go");
+    drop(stdin);
+    let mut rest = String::new();
+    let _ = stdout.read_to_string(&mut rest);
+    let out = child.wait_with_output().expect("wait capsa run");
+    let took = to_ready + released.elapsed();
+    assert!(
+        read.is_ok() && line == "ready\n",
+        "{mode} {id}: {line:?}, {}",
+        show(&out)
+    );
+    assert_eq!(
+        (out.status.code(), rest.as_str()),
+        (Some(0), "ok\n"),
+        "{mode} {id}: {}",
+        show(&out)
+    );
+    took
+}
+
+/// `runs` instances of `mode` all alive at once: each says `ready` and waits
+/// on stdin until every one is up, then exits. Returns each run's time
+/// without the wait for the others.
+fn concurrent(capsa: &Capsa, bundle: &TestBundle, mode: &str, runs: usize) -> Vec<Duration> {
+    let (ready, go) = (Barrier::new(runs + 1), Barrier::new(runs + 1));
+    std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..runs)
+            .map(|i| {
+                let (ready, go) = (&ready, &go);
+                scope.spawn(move || {
+                    held_run(capsa, bundle, mode, &format!("par-{mode}-{i}"), ready, go)
+                })
+            })
+            .collect();
+        ready.wait();
+        // Every run has said ready (or failed): count the live instances.
+        let alive = std::fs::read_dir(capsa.root.path())
+            .expect("state root")
+            .count();
+        go.wait();
+        let times = threads
+            .into_iter()
+            .map(|t| t.join().expect("run thread"))
+            .collect();
+        assert_eq!(alive, runs, "{mode}: instances alive at once");
+        times
+    })
+}
+
 #[test]
-fn twenty_concurrent_runs_per_mode_leak_nothing() {
+fn a_hundred_concurrent_runs_per_mode_leak_nothing() {
     let _guard = exclusive();
     let capsa = Capsa::new();
-    let bundle = sh("echo ok");
+    let bundle = sh("echo ready; read line; echo ok");
+    let runs = load_count("CAPSA_SOAK_CONCURRENT", 100);
     let baseline = Baseline::take();
     for mode in MODES {
-        let times: Vec<Duration> = std::thread::scope(|scope| {
-            let runs: Vec<_> = (0..20)
-                .map(|i| {
-                    let (capsa, bundle) = (&capsa, &bundle);
-                    scope.spawn(move || {
-                        let id = format!("par-{mode}-{i}");
-                        let started = Instant::now();
-                        let out = capsa.run(bundle, mode, &id);
-                        let took = started.elapsed();
-                        assert_eq!(
-                            (out.status.code(), stdout(&out).as_str()),
-                            (Some(0), "ok\n"),
-                            "{mode} run {i}: {}",
-                            show(&out)
-                        );
-                        took
-                    })
-                })
-                .collect();
-            runs.into_iter()
-                .map(|r| r.join().expect("run thread"))
-                .collect()
-        });
-        let (p50, p99) = percentiles(times);
-        println!("{mode}: 20 concurrent runs, p50 {p50:?}, p99 {p99:?}");
+        let (p50, p99) = percentiles(concurrent(&capsa, &bundle, mode, runs));
+        println!("{mode}: {runs} concurrent runs, p50 {p50:?}, p99 {p99:?}");
     }
     baseline.assert_unchanged(&capsa);
 }
