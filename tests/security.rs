@@ -3,9 +3,9 @@
 //! reaching the instance, no effect on the host or on a neighbour instance,
 //! and nothing of the instance left behind afterwards.
 //!
-//! The load tests count the test process's fds and the host's mounts, so they
-//! run alone: they take [`EXCLUSIVE`] for writing, every other test for
-//! reading.
+//! The load tests count the test process's fds and the host's mounts, and
+//! the CPU quota test measures CPU shares, so they run alone: they take
+//! [`EXCLUSIVE`] for writing, every other test for reading.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
@@ -492,6 +492,137 @@ fn a_fork_bomb_stays_within_the_pids_limit() {
         capsa.assert_nothing_left(&id);
         neighbour.assert_alive(&capsa);
         assert_no_process_of(&capsa);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// CPU quota, measured
+
+/// What the kernel accounted to an instance's cgroup: CPU time, and how
+/// often and how long the CFS quota held it back.
+#[derive(Clone, Copy)]
+struct CpuStat {
+    usage: Duration,
+    nr_throttled: u64,
+    throttled: Duration,
+}
+
+impl CpuStat {
+    fn read(id: &str) -> CpuStat {
+        let read =
+            |path: String| std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        let field = |text: &str, key: &str| -> u64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
+                .unwrap_or_else(|| panic!("no {key} in cpu.stat:\n{text}"))
+        };
+        if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+            let stat = read(format!("/sys/fs/cgroup/capsa/{id}/cpu.stat"));
+            CpuStat {
+                usage: Duration::from_micros(field(&stat, "usage_usec")),
+                nr_throttled: field(&stat, "nr_throttled"),
+                throttled: Duration::from_micros(field(&stat, "throttled_usec")),
+            }
+        } else {
+            let usage = read(format!("/sys/fs/cgroup/cpuacct/capsa/{id}/cpuacct.usage"));
+            let stat = read(format!("/sys/fs/cgroup/cpu/capsa/{id}/cpu.stat"));
+            CpuStat {
+                usage: Duration::from_nanos(usage.trim().parse().expect("cpuacct.usage")),
+                nr_throttled: field(&stat, "nr_throttled"),
+                throttled: Duration::from_nanos(field(&stat, "throttled_time")),
+            }
+        }
+    }
+
+    fn since(self, before: CpuStat) -> CpuStat {
+        CpuStat {
+            usage: self.usage - before.usage,
+            nr_throttled: self.nr_throttled - before.nr_throttled,
+            throttled: self.throttled - before.throttled,
+        }
+    }
+}
+
+/// Creates an instance of `bundle`, starts it and waits for it to end;
+/// returns what its cgroup accounted from start to exit, the wall time, and
+/// its stdout.
+fn measure_cpu(capsa: &Capsa, bundle: &TestBundle, mode: &str) -> (CpuStat, Duration, String) {
+    let id = unique_id("cpu");
+    let mut out = create_with_stdout(capsa, bundle, mode, &id);
+    let pid = init_pid(capsa, &id);
+    let before = CpuStat::read(&id);
+    let started = Instant::now();
+    let start = capsa.output(&["start", &id]);
+    assert!(start.status.success(), "{mode}: {}", stderr(&start));
+    wait_exit(pid);
+    let wall = started.elapsed();
+    // Read before delete removes the cgroup and its counters with it.
+    let used = CpuStat::read(&id).since(before);
+    let delete = capsa.output(&["delete", &id]);
+    assert!(delete.status.success(), "{mode}: {}", stderr(&delete));
+    capsa.assert_nothing_left(&id);
+    let mut text = String::new();
+    out.read_to_string(&mut text).expect("read stdout");
+    (used, wall, text)
+}
+
+/// A CPU-bound workload (hashing 48 MiB of zeros) under a CFS quota of 0.2
+/// CPU gets no more than that: the CPU time the kernel accounted to the
+/// instance's cgroup over the wall time stays within 25% of the quota, the
+/// kernel reports throttling, and the same workload without the quota uses
+/// clearly more than 0.2 CPU (so the bound is the quota's doing). In a
+/// microVM the cgroup holds the VMM, so guest time counts through its vCPU
+/// thread.
+#[test]
+fn a_cpu_quota_caps_the_instance_cpu_share() {
+    // Alone, so other tests' load does not skew the unthrottled share.
+    let _guard = exclusive();
+    let capsa = Capsa::new();
+    const MIB: u64 = 48;
+    let script = format!("dd if=/dev/zero bs=1M count={MIB} 2>/dev/null | sha256sum");
+    let expected = Command::new("sh")
+        .args([
+            "-c",
+            &format!("head -c {} /dev/zero | sha256sum", MIB << 20),
+        ])
+        .output()
+        .expect("host sha256sum");
+    let expected = stdout(&expected);
+    let free = sh(&script);
+    let mut capped = sh(&script);
+    let (quota, period) = (20_000u64, 100_000u64);
+    let allowed = quota as f64 / period as f64;
+    capped.edit(|c| {
+        c["linux"]["resources"] = json!({"cpu": {"quota": quota, "period": period}});
+    });
+    for mode in MODES {
+        let mut shares = Vec::new();
+        for (name, bundle) in [("no quota", &free), ("quota 0.2", &capped)] {
+            let (used, wall, text) = measure_cpu(&capsa, bundle, mode);
+            assert_eq!(text, expected, "{mode} {name}: the workload did not finish");
+            let share = used.usage.as_secs_f64() / wall.as_secs_f64();
+            println!(
+                "{mode} {name}: {:?} CPU in {wall:?} = {share:.3} CPU, \
+                 throttled {} times for {:?}",
+                used.usage, used.nr_throttled, used.throttled
+            );
+            shares.push((share, used));
+        }
+        let [(free_share, _), (capped_share, capped_used)] = shares[..] else {
+            unreachable!()
+        };
+        assert!(
+            free_share > allowed * 1.25,
+            "{mode}: without a quota the workload used only {free_share:.3} CPU"
+        );
+        assert!(
+            capped_share <= allowed * 1.25,
+            "{mode}: {capped_share:.3} CPU under a {allowed} CPU quota"
+        );
+        assert!(
+            capped_used.nr_throttled > 0 && capped_used.throttled > Duration::ZERO,
+            "{mode}: the kernel never throttled the instance"
+        );
     }
 }
 
