@@ -755,14 +755,36 @@ fn mount_count() -> usize {
         .count()
 }
 
-fn capsa_cgroups() -> Vec<PathBuf> {
+/// Host mount points under `dirs`. The host's whole mount table is not
+/// compared: other users of the machine mount and unmount meanwhile. A
+/// mount escaping an instance's private mount namespace (by propagation)
+/// lands under its bundle or state directory.
+fn mounts_under(dirs: &[&Path]) -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .expect("mountinfo")
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|point| dirs.iter().any(|d| Path::new(point).starts_with(d)))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Cgroup directories under capsa's parent named like the ids this test
+/// process made (`<prefix>-<pid>-...`); other capsa users' are not ours.
+fn our_cgroups() -> Vec<PathBuf> {
+    let tag = format!("-{}-", std::process::id());
     let mut found = Vec::new();
     for controller in std::fs::read_dir("/sys/fs/cgroup")
         .expect("cgroup")
         .flatten()
     {
         if let Ok(dirs) = std::fs::read_dir(controller.path().join("capsa")) {
-            found.extend(dirs.flatten().map(|d| d.path()).filter(|p| p.is_dir()));
+            found.extend(
+                dirs.flatten()
+                    .filter(|d| d.file_name().to_string_lossy().contains(&tag))
+                    .map(|d| d.path())
+                    .filter(|p| p.is_dir()),
+            );
         }
     }
     found
@@ -771,23 +793,27 @@ fn capsa_cgroups() -> Vec<PathBuf> {
 /// What must not change across a load test.
 struct Baseline {
     fds: usize,
-    mounts: usize,
+    mounts: Vec<String>,
     cgroups: Vec<PathBuf>,
 }
 
 impl Baseline {
-    fn take() -> Baseline {
+    fn take(capsa: &Capsa, bundle: &TestBundle) -> Baseline {
         Baseline {
             fds: fd_count(),
-            mounts: mount_count(),
-            cgroups: capsa_cgroups(),
+            mounts: mounts_under(&[capsa.root.path(), bundle.path()]),
+            cgroups: our_cgroups(),
         }
     }
 
-    fn assert_unchanged(&self, capsa: &Capsa) {
+    fn assert_unchanged(&self, capsa: &Capsa, bundle: &TestBundle) {
         assert_eq!(fd_count(), self.fds, "fds leaked");
-        assert_eq!(mount_count(), self.mounts, "mounts leaked");
-        assert_eq!(capsa_cgroups(), self.cgroups, "cgroups leaked");
+        assert_eq!(
+            mounts_under(&[capsa.root.path(), bundle.path()]),
+            self.mounts,
+            "mounts leaked"
+        );
+        assert_eq!(our_cgroups(), self.cgroups, "cgroups leaked");
         assert_no_process_of(capsa);
         let states: Vec<_> = std::fs::read_dir(capsa.root.path())
             .expect("state root")
@@ -821,11 +847,11 @@ fn a_thousand_sequential_runs_per_mode_leak_nothing() {
     let capsa = Capsa::new();
     let bundle = sh("echo ok");
     let runs = load_count("CAPSA_SOAK_SEQUENTIAL", 1000);
-    let baseline = Baseline::take();
+    let baseline = Baseline::take(&capsa, &bundle);
     for mode in MODES {
         let mut times = Vec::new();
         for i in 0..runs {
-            let id = format!("seq-{mode}-{i}");
+            let id = unique_id(&format!("seq-{mode}"));
             let started = Instant::now();
             let out = capsa.run(&bundle, mode, &id);
             times.push(started.elapsed());
@@ -839,7 +865,7 @@ fn a_thousand_sequential_runs_per_mode_leak_nothing() {
         let (p50, p99) = percentiles(times);
         println!("{mode}: {runs} sequential runs, p50 {p50:?}, p99 {p99:?}");
     }
-    baseline.assert_unchanged(&capsa);
+    baseline.assert_unchanged(&capsa, &bundle);
 }
 
 /// One `capsa run` of [`concurrent`]: the time to its `ready` line, and
@@ -900,10 +926,17 @@ fn concurrent(capsa: &Capsa, bundle: &TestBundle, mode: &str, runs: usize) -> Ve
     let (ready, go) = (Barrier::new(runs + 1), Barrier::new(runs + 1));
     std::thread::scope(|scope| {
         let threads: Vec<_> = (0..runs)
-            .map(|i| {
+            .map(|_| {
                 let (ready, go) = (&ready, &go);
                 scope.spawn(move || {
-                    held_run(capsa, bundle, mode, &format!("par-{mode}-{i}"), ready, go)
+                    held_run(
+                        capsa,
+                        bundle,
+                        mode,
+                        &unique_id(&format!("par-{mode}")),
+                        ready,
+                        go,
+                    )
                 })
             })
             .collect();
@@ -928,10 +961,10 @@ fn a_hundred_concurrent_runs_per_mode_leak_nothing() {
     let capsa = Capsa::new();
     let bundle = sh("echo ready; read line; echo ok");
     let runs = load_count("CAPSA_SOAK_CONCURRENT", 100);
-    let baseline = Baseline::take();
+    let baseline = Baseline::take(&capsa, &bundle);
     for mode in MODES {
         let (p50, p99) = percentiles(concurrent(&capsa, &bundle, mode, runs));
         println!("{mode}: {runs} concurrent runs, p50 {p50:?}, p99 {p99:?}");
     }
-    baseline.assert_unchanged(&capsa);
+    baseline.assert_unchanged(&capsa, &bundle);
 }
