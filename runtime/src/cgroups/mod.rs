@@ -360,22 +360,49 @@ fn mkdir_path(
     root: &Path,
     relative: &Path,
     created: &mut Vec<PathBuf>,
-    mut on_created: impl FnMut(&Path) -> Result<(), CgroupError>,
+    on_created: impl FnMut(&Path) -> Result<(), CgroupError>,
 ) -> Result<PathBuf, CgroupError> {
-    let mut dir = root.to_path_buf();
-    for c in relative.components() {
-        dir.push(c);
-        match fs::create_dir(&dir) {
-            Ok(()) => {
-                created.push(dir.clone());
-                on_created(&dir)?;
+    mkdir_path_with(root, relative, created, on_created, |dir| {
+        fs::create_dir(dir)
+    })
+}
+
+/// How often [`mkdir_path`] starts over after a parent vanished.
+const MKDIR_ATTEMPTS: usize = 10;
+
+/// [`mkdir_path`] with `mkdir` doing each directory, so tests can interleave
+/// another capsa's deletion.
+fn mkdir_path_with(
+    root: &Path,
+    relative: &Path,
+    created: &mut Vec<PathBuf>,
+    mut on_created: impl FnMut(&Path) -> Result<(), CgroupError>,
+    mut mkdir: impl FnMut(&Path) -> io::Result<()>,
+) -> Result<PathBuf, CgroupError> {
+    let mut attempt = 1;
+    'again: loop {
+        let mut dir = root.to_path_buf();
+        for c in relative.components() {
+            dir.push(c);
+            match mkdir(&dir) {
+                Ok(()) => {
+                    created.push(dir.clone());
+                    on_created(&dir)?;
+                }
+                // Someone else's (or a concurrent capsa's): not ours to remove.
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                // A parent found existing was removed since by the capsa that
+                // made it (its own container gone, the parent empty): make
+                // it again, as ours now.
+                Err(e) if e.kind() == io::ErrorKind::NotFound && attempt < MKDIR_ATTEMPTS => {
+                    attempt += 1;
+                    continue 'again;
+                }
+                Err(e) => return Err(CgroupError::Mkdir(dir, e)),
             }
-            // Someone else's (or a concurrent capsa's): not ours to remove.
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(CgroupError::Mkdir(dir, e)),
         }
+        return Ok(dir);
     }
-    Ok(dir)
 }
 
 fn delete_hierarchy(h: &Hierarchy) -> Result<(), CgroupError> {
@@ -947,6 +974,66 @@ mod tests {
         assert!(!root.join("memory/capsa/b").exists());
         // Created by a, which left it for b; nobody removes it now: harmless.
         assert!(root.join("memory/capsa").exists());
+    }
+
+    /// Another capsa deletes the parent it made (its container gone)
+    /// between this one finding the parent and making its own directory.
+    #[test]
+    fn a_parent_removed_meanwhile_is_made_again() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path();
+        fs::create_dir(root.join("capsa")).unwrap();
+        let mut removed = false;
+        let mut created = Vec::new();
+        let path = mkdir_path_with(
+            root,
+            Path::new("capsa/c"),
+            &mut created,
+            |_| Ok(()),
+            |dir| {
+                if dir.ends_with("capsa/c") && !removed {
+                    removed = true;
+                    fs::remove_dir(root.join("capsa"))?;
+                }
+                fs::create_dir(dir)
+            },
+        )
+        .unwrap();
+        assert!(removed);
+        assert!(path.is_dir());
+        assert_eq!(created, [root.join("capsa"), root.join("capsa/c")]);
+
+        // A root that does not exist still fails, after a bounded number of
+        // attempts.
+        let err = mkdir_path(
+            &root.join("absent"),
+            Path::new("capsa/c"),
+            &mut Vec::new(),
+            |_| Ok(()),
+        )
+        .unwrap_err();
+        assert!(matches!(err, CgroupError::Mkdir(..)), "{err}");
+    }
+
+    /// A parent cpuset another capsa has made but not filled yet is filled
+    /// from its own parent, or the new container's cpuset could hold no task.
+    #[test]
+    fn v1_fills_a_half_made_parent_cpuset() {
+        let t = v1_fixture();
+        let root = t.path();
+        fs::create_dir(root.join("cpuset/capsa")).unwrap();
+        touch(
+            &root.join("cpuset/capsa"),
+            &[("cpuset.cpus", ""), ("cpuset.mems", "")],
+        );
+        let cg = Cgroup::create_at(root, None, "c", None).unwrap();
+        assert_eq!(read(root.join("cpuset/capsa/cpuset.cpus")), "0-1");
+        assert_eq!(read(root.join("cpuset/capsa/cpuset.mems")), "0");
+        cg.delete().unwrap();
+        assert!(
+            root.join("cpuset/capsa").exists(),
+            "not capsa c's to remove"
+        );
     }
 
     #[test]

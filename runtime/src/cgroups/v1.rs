@@ -76,14 +76,11 @@ pub(super) fn create(root: &Path, relative: &Path) -> Result<Vec<Hierarchy>, Cgr
             path: PathBuf::new(),
             created: Vec::new(),
         };
-        let res = mkdir_path(&mount, relative, &mut h.created, |dir| {
+        let res = mkdir_path(&mount, relative, &mut h.created, |_| Ok(())).and_then(|path| {
             if is_cpuset {
-                // A new cpuset starts with empty cpus/mems and accepts no
-                // task until they are filled in.
-                inherit_cpuset(dir)
-            } else {
-                Ok(())
+                fill_cpusets(&mount, relative)?;
             }
+            Ok(path)
         });
         match res {
             Ok(path) => {
@@ -100,6 +97,19 @@ pub(super) fn create(root: &Path, relative: &Path) -> Result<Vec<Hierarchy>, Cgr
         }
     }
     Ok(done)
+}
+
+/// A new cpuset starts with empty cpus/mems and accepts no task until they
+/// are filled in. Every empty one along the path is filled from its parent,
+/// top down, not only those made here: a parent another capsa has just made
+/// may still be empty (as runc does for parents).
+fn fill_cpusets(mount: &Path, relative: &Path) -> Result<(), CgroupError> {
+    let mut dir = mount.to_path_buf();
+    for c in relative.components() {
+        dir.push(c);
+        inherit_cpuset(&dir)?;
+    }
+    Ok(())
 }
 
 fn inherit_cpuset(dir: &Path) -> Result<(), CgroupError> {
