@@ -709,3 +709,77 @@ fn kill_term_reaches_a_trapping_process_in_both_modes() {
         capsa.assert_nothing_left(&id);
     }
 }
+
+/// Prints CLOCK_REALTIME and CLOCK_MONOTONIC (ns) twice, 30 ms apart by
+/// nanosleep.
+const CLOCKS_C: &str = r#"#include <stdio.h>
+#include <time.h>
+static long long ns(clockid_t c) {
+    struct timespec t;
+    clock_gettime(c, &t);
+    return t.tv_sec * 1000000000LL + t.tv_nsec;
+}
+int main(void) {
+    long long r1 = ns(CLOCK_REALTIME), m1 = ns(CLOCK_MONOTONIC);
+    struct timespec nap = {0, 30 * 1000 * 1000};
+    nanosleep(&nap, NULL);
+    long long r2 = ns(CLOCK_REALTIME), m2 = ns(CLOCK_MONOTONIC);
+    printf("%lld %lld %lld %lld\n", r1, m1, r2, m2);
+    return 0;
+}
+"#;
+
+fn host_clock(clock: libc::clockid_t) -> i64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec.
+    unsafe { libc::clock_gettime(clock, &mut t) };
+    t.tv_sec * 1_000_000_000 + t.tv_nsec
+}
+
+/// The process's CLOCK_REALTIME and CLOCK_MONOTONIC agree with the host's to
+/// a millisecond in both modes: each reading lies between the host's
+/// readings taken before `capsa run` and after it (±1 ms), and a 30 ms
+/// nanosleep lasts 30 ms or more on both clocks, which advance together.
+#[test]
+fn clocks_agree_with_the_host_within_a_millisecond() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let binary = compile_c(dir.path(), "clocks", CLOCKS_C, &["-static"]);
+    let bundle = fixture(&["/bin/clocks"]);
+    std::fs::copy(&binary, bundle.rootfs().join("bin/clocks")).expect("copy clocks");
+    const MS: i64 = 1_000_000;
+    for mode in MODES {
+        let capsa = Capsa::new();
+        let before = [libc::CLOCK_REALTIME, libc::CLOCK_MONOTONIC].map(host_clock);
+        let out = run(&capsa, &bundle, mode, None);
+        let after = [libc::CLOCK_REALTIME, libc::CLOCK_MONOTONIC].map(host_clock);
+        assert_eq!(out.status.code(), Some(0), "{mode}: {}", show(&out));
+        let v: Vec<i64> = stdout(&out)
+            .split_whitespace()
+            .map(|w| w.parse().expect("a number"))
+            .collect();
+        let [r1, m1, r2, m2] = v[..] else {
+            panic!("{mode}: {}", show(&out))
+        };
+        for (clock, (first, second)) in [(r1, r2), (m1, m2)].into_iter().enumerate() {
+            assert!(
+                before[clock] - MS <= first && first <= second && second <= after[clock] + MS,
+                "{mode}: clock {clock}: host {} .. {}, process {first} .. {second}",
+                before[clock],
+                after[clock]
+            );
+        }
+        assert!(
+            r2 - r1 >= 30 * MS && m2 - m1 >= 30 * MS,
+            "{mode}: slept too little"
+        );
+        assert!(
+            ((r2 - r1) - (m2 - m1)).abs() <= MS,
+            "{mode}: the clocks advanced apart: {} vs {} ns",
+            r2 - r1,
+            m2 - m1
+        );
+    }
+}
