@@ -278,6 +278,42 @@ fn sqlite3_module() {
     );
 }
 
+/// asyncio: its event loop (epoll, a socketpair self-pipe), timers, tasks
+/// and a subprocess fed through a socket, whose exit a watcher thread
+/// collects; plus a socket pair used directly.
+#[test]
+fn asyncio_and_socket_pairs() {
+    let Some(mut b) = fixture() else { return };
+    check(
+        &mut b,
+        "import asyncio\n\
+         async def double(i):\n    await asyncio.sleep(0.01 * i); return 2 * i\n\
+         async def main():\n\
+         \x20   p = await asyncio.create_subprocess_exec('cat', stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)\n\
+         \x20   out, _ = await p.communicate(b'through a socket')\n\
+         \x20   print(await asyncio.gather(*(double(i) for i in range(5))), out, p.returncode)\n\
+         \x20   try: await asyncio.wait_for(asyncio.sleep(10), 0.02)\n\
+         \x20   except asyncio.TimeoutError: print('timed out')\n\
+         asyncio.run(main())",
+        0,
+        "[0, 2, 4, 6, 8] b'through a socket' 0\ntimed out\n",
+        "",
+    );
+    check(
+        &mut b,
+        "import socket\n\
+         a, b = socket.socketpair(); a.sendall(b'ping' * 1000)\n\
+         print(b.recv(4, socket.MSG_PEEK), len(b.recv(8192)))\n\
+         a.shutdown(socket.SHUT_WR); print(b.recv(10), a.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE) == socket.SOCK_STREAM)\n\
+         b.setblocking(False)\n\
+         try: a.recv(1, socket.MSG_DONTWAIT)\n\
+         except BlockingIOError: print('would block')",
+        0,
+        "b'ping' 4000\nb'' True\nwould block\n",
+        "",
+    );
+}
+
 /// Advisory locks between processes: a POSIX lock held by the parent makes
 /// the child's non-blocking attempt fail and its blocking one wait for the
 /// unlock; flock locks belong to open files and end with them.

@@ -90,6 +90,10 @@ pub trait File {
     fn pollable(&self) -> bool {
         true
     }
+    /// The socket this file is, if it is one.
+    fn as_unix_stream(&self) -> Option<&crate::socket::UnixStream> {
+        None
+    }
     /// The epoll instance this file is, if it is one.
     fn as_epoll(&self) -> Option<&crate::event::Epoll> {
         None

@@ -30,6 +30,7 @@ pub mod pipe;
 pub mod process;
 pub mod procfs;
 pub mod sched;
+pub mod socket;
 pub mod spec;
 pub mod stack;
 pub mod syscalls;

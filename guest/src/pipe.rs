@@ -92,6 +92,23 @@ impl PipeBuf {
         Ok(n)
     }
 
+    /// Copies what is there without taking it (`MSG_PEEK`).
+    pub fn peek(&self, out: &mut [u8]) -> usize {
+        let n = out.len().min(self.data.len());
+        for (o, b) in out.iter_mut().zip(self.data.iter()) {
+            *o = *b;
+        }
+        n
+    }
+
+    pub fn ino(&self) -> u64 {
+        self.ino
+    }
+
+    pub fn has_writers(&self) -> bool {
+        self.writers > 0
+    }
+
     /// (readable, writable) for poll: end of file and a broken pipe count as ready.
     pub fn poll(&self) -> (bool, bool) {
         (

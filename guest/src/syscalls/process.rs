@@ -443,7 +443,8 @@ impl Kernel {
         options: u32,
         keep: bool,
     ) -> Result<Option<(i32, ExitStatus)>> {
-        let cur = self.cur;
+        // Children belong to the process: any of its threads may wait.
+        let cur = self.procs.tgid(self.cur);
         if let Some((pid, status)) = self.procs.zombie_child(cur, which) {
             if !keep {
                 self.procs.remove(pid);
@@ -501,7 +502,9 @@ impl Kernel {
     }
 
     pub fn sys_getppid(&mut self) -> Result<u64> {
-        Ok(self.procs.get(self.cur).map_or(0, |t| t.ppid) as u64)
+        // The process's parent, whichever thread asks.
+        let tgid = self.procs.tgid(self.cur);
+        Ok(self.procs.get(tgid).map_or(0, |t| t.ppid) as u64)
     }
 
     pub fn sys_setpgid(&mut self, pid: i32, pgid: i32) -> Result<u64> {
