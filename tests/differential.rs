@@ -431,6 +431,19 @@ fn microvm_refusals_name_the_field_and_leave_nothing() {
             }),
             "/no/such/source",
         ),
+        (
+            Box::new(|c| {
+                c["mounts"].as_array_mut().expect("mounts").push(
+                    json!({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
+                    "options": ["size=lots"]}),
+                )
+            }),
+            "mounts[",
+        ),
+        (
+            Box::new(|c| c["annotations"] = json!({"dev.capsa.hugepages": "maybe"})),
+            "annotations.dev.capsa.hugepages",
+        ),
     ];
     for (change, needle) in cases {
         let mut bundle = fixture(&["true"]);
@@ -782,4 +795,20 @@ fn clocks_agree_with_the_host_within_a_millisecond() {
             m2 - m1
         );
     }
+}
+
+/// `dev.capsa.hugepages: "true"` runs the same process the same way (the
+/// microVM's RAM is then backed by transparent huge pages; a container
+/// ignores it).
+#[test]
+fn the_hugepages_annotation_changes_nothing_the_process_sees() {
+    let mut bundle = fixture(&["/bin/hello", "big"]);
+    bundle.edit(|c| c["annotations"] = json!({"dev.capsa.hugepages": "true"}));
+    let out = both("hugepages", &bundle, None);
+    assert_eq!(
+        (out.status.code(), stdout(&out).as_str()),
+        (Some(4), "hello from /bin/hello with 2 args\n"),
+        "{}",
+        show(&out)
+    );
 }

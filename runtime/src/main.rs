@@ -583,6 +583,7 @@ fn features() -> serde_json::Value {
         },
         "annotations": {
             capsa::spec::ISOLATION_ANNOTATION: "container|microvm",
+            capsa::spec::HUGEPAGES_ANNOTATION: "true|false",
         },
     })
 }

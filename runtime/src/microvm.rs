@@ -154,6 +154,8 @@ pub enum MicroVmError {
     #[error(transparent)]
     Container(#[from] ContainerError),
     #[error(transparent)]
+    Spec(#[from] crate::spec::SpecError),
+    #[error(transparent)]
     Init(#[from] InitError),
 }
 
@@ -310,6 +312,7 @@ fn vm_config(spec: &Spec, rootfs: &Path, bundle: &Path) -> Result<capsa_vmm::VmC
     Ok(capsa_vmm::VmConfig {
         kernel: std::borrow::Cow::Borrowed(GUEST_KERNEL),
         ram_size: ram_size(memory_limit(spec))?,
+        hugepages: crate::spec::hugepages(spec)?,
         vcpus: 1,
         process: capsa_vmm::ProcessSpec {
             args: process.args().clone().unwrap_or_default(),

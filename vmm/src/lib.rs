@@ -78,6 +78,8 @@ pub struct VmConfig {
     pub kernel: Cow<'static, [u8]>,
     /// Bytes of guest RAM (rounded down to 2 MiB, at most `capsa_abi::MAX_RAM_SIZE`).
     pub ram_size: u64,
+    /// Back guest RAM with transparent huge pages (`MADV_HUGEPAGE`).
+    pub hugepages: bool,
     /// Number of vCPUs; only 1 is supported.
     pub vcpus: u8,
     pub process: ProcessSpec,

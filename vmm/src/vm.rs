@@ -327,7 +327,7 @@ impl Vm {
         if config.vcpus != 1 {
             return Err(Error::VcpuCount(config.vcpus));
         }
-        let mem = memory::create(config.ram_size)?;
+        let mem = memory::create(config.ram_size, config.hugepages)?;
         let ram_size = mem.last_addr().0 + 1;
 
         let kvm = Kvm::new().map_err(kvm_err("open /dev/kvm"))?;

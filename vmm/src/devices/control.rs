@@ -126,7 +126,7 @@ mod tests {
     use std::cell::RefCell;
 
     fn control() -> (Control, Rc<RefCell<Vec<String>>>) {
-        let mem = crate::memory::create(8 << 20).unwrap();
+        let mem = crate::memory::create(8 << 20, false).unwrap();
         let lines = Rc::new(RefCell::new(Vec::new()));
         let sink = lines.clone();
         // A descriptor that is never readable: a pipe whose write end stays open.

@@ -54,6 +54,7 @@ pub fn config(code: Vec<u8>) -> VmConfig {
     VmConfig {
         kernel: Cow::Owned(elf(&code)),
         ram_size: 32 << 20,
+        hugepages: false,
         vcpus: 1,
         process: ProcessSpec {
             args: vec!["/bin/true".into()],

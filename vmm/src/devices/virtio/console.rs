@@ -172,7 +172,7 @@ mod tests {
 
     #[test]
     fn transmit_writes_guest_bytes_to_the_output() {
-        let mem = crate::memory::create(8 << 20).unwrap();
+        let mem = crate::memory::create(8 << 20, false).unwrap();
         let (mut out_r, out_w) = pipe();
         let mock_rx = MockSplitQueue::create(&mem, GuestAddress(0x10_0000), 16);
         let mock_tx = MockSplitQueue::create(&mem, GuestAddress(0x20_0000), 16);
@@ -200,7 +200,7 @@ mod tests {
 
     #[test]
     fn receive_delivers_input_then_eof_once() {
-        let mem = crate::memory::create(8 << 20).unwrap();
+        let mem = crate::memory::create(8 << 20, false).unwrap();
         let (in_r, mut in_w) = pipe();
         let stdin = Rc::new(Stdin::new(in_r.as_raw_fd()));
         let mock_rx = MockSplitQueue::create(&mem, GuestAddress(0x10_0000), 16);

@@ -364,7 +364,7 @@ pub(crate) mod tests {
 
     fn transport() -> (MmioTransport<Dummy>, Rc<RefCell<Vec<usize>>>) {
         let notified = Rc::new(RefCell::new(Vec::new()));
-        let mem = crate::memory::create(8 << 20).unwrap();
+        let mem = crate::memory::create(8 << 20, false).unwrap();
         (
             MmioTransport::new(
                 Dummy {

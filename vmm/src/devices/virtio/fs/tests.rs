@@ -30,7 +30,7 @@ fn raw(addr: u64, len: u32, flags: u32) -> RawDescriptor {
 
 impl Harness {
     fn new(dir: &Path, readonly: bool) -> Self {
-        let mem = crate::memory::create(16 << 20).unwrap();
+        let mem = crate::memory::create(16 << 20, false).unwrap();
         let mock = MockSplitQueue::create(&mem, GuestAddress(0x10_0000), 256);
         let queue: Queue = mock.create_queue().unwrap();
         let mut h = Self {
