@@ -110,6 +110,17 @@ fn os_module() {
     check(
         &mut b,
         "import os\n\
+         print(os.getpriority(os.PRIO_PROCESS, 0)); os.setpriority(os.PRIO_PROCESS, 0, 5)\n\
+         pid = os.fork()\n\
+         if pid == 0: os._exit(os.nice(0))\n\
+         print(os.nice(0), os.WEXITSTATUS(os.waitpid(pid, 0)[1]), os.nice(2))",
+        0,
+        "0\n5 5 7\n",
+        "",
+    );
+    check(
+        &mut b,
+        "import os\n\
          r, w = os.pipe(); pid = os.fork()\n\
          if pid == 0:\n    os.close(r); os.write(w, b'from child'); os._exit(7)\n\
          os.close(w); data = os.read(r, 100); _, st = os.waitpid(pid, 0)\n\

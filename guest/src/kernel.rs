@@ -81,6 +81,10 @@ pub struct Creds {
     pub gid: u32,
     pub egid: u32,
     pub sgid: u32,
+    /// The ids file permission checks use; they follow the effective ids
+    /// unless `setfsuid`/`setfsgid` set them apart.
+    pub fsuid: u32,
+    pub fsgid: u32,
     pub groups: Vec<u32>,
 }
 
@@ -414,6 +418,8 @@ pub fn boot(boot_info: u64) -> ! {
         gid: spec.gid,
         egid: spec.gid,
         sgid: spec.gid,
+        fsuid: spec.uid,
+        fsgid: spec.gid,
         groups: spec.groups.clone(),
     };
     let mut k = Kernel {

@@ -118,6 +118,9 @@ pub struct Task<S> {
     /// The process's ITIMER_REAL (kept on its first thread): next expiry
     /// and reload interval, in monotonic ns (interval 0: one-shot).
     pub alarm: Option<(u64, u64)>,
+    /// Nice value (-20..=19): recorded and reported; the cooperative
+    /// scheduler does not weigh it.
+    pub nice: i32,
 }
 
 /// SIGALRM, what an expired ITIMER_REAL sends.
@@ -166,6 +169,7 @@ impl<S> ProcTable<S> {
             set_child_tid: 0,
             pending: 0,
             alarm: None,
+            nice: 0,
         }
     }
 
@@ -233,7 +237,10 @@ impl<S> ProcTable<S> {
                 .any(|t| t.pid == pid || t.pgid == pid || t.sid == pid);
             if !used {
                 self.last_pid = pid;
-                self.tasks.insert(pid, Self::task(pid, parent, pgid, sid));
+                let mut task = Self::task(pid, parent, pgid, sid);
+                // fork and clone inherit the creator's nice value.
+                task.nice = self.tasks.get(&parent).map_or(0, |p| p.nice);
+                self.tasks.insert(pid, task);
                 return Ok(pid);
             }
         }

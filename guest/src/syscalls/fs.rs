@@ -189,7 +189,7 @@ impl Kernel {
             }
         }
         let w = self.walk_at(dirfd, path, flags & O_NOFOLLOW == 0)?;
-        if self.creds.euid != 0 && w.mode & S_IFMT != S_IFLNK && flags & O_PATH == 0 {
+        if self.creds.fsuid != 0 && w.mode & S_IFMT != S_IFLNK && flags & O_PATH == 0 {
             let want = match access {
                 O_RDONLY => vfs::MAY_READ,
                 O_WRONLY => vfs::MAY_WRITE,
@@ -504,7 +504,7 @@ impl Kernel {
         let attr = self.dev.vfs.fs(node.fs)?.getattr(node.id, None)?;
         let c = &self.creds;
         if vfs::may_access(
-            attr.mode, attr.uid, attr.gid, c.euid, c.egid, &c.groups, want,
+            attr.mode, attr.uid, attr.gid, c.fsuid, c.fsgid, &c.groups, want,
         ) {
             Ok(())
         } else {

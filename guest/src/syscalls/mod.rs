@@ -195,8 +195,8 @@ impl Kernel {
             118 => self.sys_getresuid(a0, a1, a2, false),
             119 => self.sys_setresgid(a0 as u32, a1 as u32, a2 as u32),
             120 => self.sys_getresuid(a0, a1, a2, true),
-            122 => Ok(u64::from(self.creds.euid)), // setfsuid: report the current one
-            123 => Ok(u64::from(self.creds.egid)),
+            122 => self.sys_setfsid(a0 as u32, false),
+            123 => self.sys_setfsid(a0 as u32, true),
             127 => self.sys_rt_sigpending(a0),
             130 => self.sys_rt_sigsuspend(a0, a1),
             131 => self.sys_sigaltstack(a0, a1),
@@ -205,8 +205,8 @@ impl Kernel {
             135 => Ok(0), // personality: PER_LINUX
             137 => self.sys_statfs(a0, a1),
             138 => self.sys_fstatfs(a0 as i32, a1),
-            140 => Ok(20), // getpriority: nice 0, as the raw syscall encodes it
-            141 => Ok(0),
+            140 => self.sys_getpriority(a0 as u32, a1 as i32),
+            141 => self.sys_setpriority(a0 as u32, a1 as i32, a2 as i32),
             157 => self.sys_prctl(a0 as u32, a1),
             158 => self.sys_arch_prctl(a0 as u32, a1),
             160 => self.sys_prlimit(0, a0 as u32, a1, 0),

@@ -501,6 +501,74 @@ impl Kernel {
         Ok(0)
     }
 
+    /// The tasks `which`/`who` name for get/setpriority.
+    fn priority_targets(&self, which: u32, who: i32) -> Result<Vec<i32>> {
+        const PRIO_PROCESS: u32 = 0;
+        const PRIO_PGRP: u32 = 1;
+        const PRIO_USER: u32 = 2;
+        let me = self.procs.get(self.cur);
+        let targets: Vec<i32> = match which {
+            PRIO_PROCESS => vec![if who == 0 { self.cur } else { who }],
+            PRIO_PGRP => {
+                let group = if who == 0 {
+                    me.map_or(0, |t| t.pgid)
+                } else {
+                    who
+                };
+                self.procs
+                    .pids()
+                    .into_iter()
+                    .filter(|&p| self.procs.get(p).is_some_and(|t| t.pgid == group))
+                    .collect()
+            }
+            // One user owns every process of the VM unless ids changed;
+            // credentials of parked processes are theirs, so only the
+            // caller's own uid is matched exactly.
+            PRIO_USER if who == 0 || who as u32 == self.creds.uid => self.procs.pids(),
+            PRIO_USER => Vec::new(),
+            _ => return Err(Errno::EINVAL),
+        };
+        let alive: Vec<i32> = targets
+            .into_iter()
+            .filter(|&p| {
+                self.procs
+                    .get(p)
+                    .is_some_and(|t| !matches!(t.state, crate::process::State::Zombie(_)))
+            })
+            .collect();
+        if alive.is_empty() {
+            return Err(Errno::ESRCH);
+        }
+        Ok(alive)
+    }
+
+    /// getpriority: the best (lowest) nice of the targets, as `20 - nice`
+    /// (the raw system call's encoding).
+    pub fn sys_getpriority(&mut self, which: u32, who: i32) -> Result<u64> {
+        let targets = self.priority_targets(which, who)?;
+        let nice = targets
+            .iter()
+            .filter_map(|&p| self.procs.get(p).map(|t| t.nice))
+            .min()
+            .unwrap_or(0);
+        Ok((20 - nice) as u64)
+    }
+
+    /// setpriority: only a privileged caller may lower a nice value.
+    pub fn sys_setpriority(&mut self, which: u32, who: i32, prio: i32) -> Result<u64> {
+        let nice = prio.clamp(-20, 19);
+        let privileged = self.privileged();
+        for p in self.priority_targets(which, who)? {
+            if let Some(t) = self.procs.get_mut(p) {
+                if nice < t.nice && !privileged {
+                    return Err(Errno::EACCES);
+                }
+                t.nice = nice;
+            }
+        }
+        Ok(0)
+    }
+
     pub fn sys_getppid(&mut self) -> Result<u64> {
         // The process's parent, whichever thread asks.
         let tgid = self.procs.tgid(self.cur);
@@ -574,7 +642,7 @@ impl Kernel {
         let c = &self.creds;
         let [uid, euid, suid] = set_res([c.uid, c.euid, c.suid], [r, e, s], self.privileged())?;
         let c = &mut self.creds;
-        (c.uid, c.euid, c.suid) = (uid, euid, suid);
+        (c.uid, c.euid, c.suid, c.fsuid) = (uid, euid, suid, euid);
         Ok(0)
     }
 
@@ -582,8 +650,26 @@ impl Kernel {
         let c = &self.creds;
         let [gid, egid, sgid] = set_res([c.gid, c.egid, c.sgid], [r, e, s], self.privileged())?;
         let c = &mut self.creds;
-        (c.gid, c.egid, c.sgid) = (gid, egid, sgid);
+        (c.gid, c.egid, c.sgid, c.fsgid) = (gid, egid, sgid, egid);
         Ok(0)
+    }
+
+    /// setfsuid/setfsgid: sets the file-system id to one of the caller's
+    /// ids (any, when privileged); always returns the previous one, also
+    /// when refusing (as Linux, which reports no error).
+    pub fn sys_setfsid(&mut self, id: u32, group: bool) -> Result<u64> {
+        let privileged = self.privileged();
+        let c = &mut self.creds;
+        let (ids, fs) = if group {
+            ([c.gid, c.egid, c.sgid, c.fsgid], &mut c.fsgid)
+        } else {
+            ([c.uid, c.euid, c.suid, c.fsuid], &mut c.fsuid)
+        };
+        let old = *fs;
+        if id != u32::MAX && (privileged || ids.contains(&id)) {
+            *fs = id;
+        }
+        Ok(u64::from(old))
     }
 
     pub fn sys_getresuid(&mut self, r: u64, e: u64, s: u64, group: bool) -> Result<u64> {
