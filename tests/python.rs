@@ -113,9 +113,13 @@ fn os_module() {
          print(os.getpriority(os.PRIO_PROCESS, 0)); os.setpriority(os.PRIO_PROCESS, 0, 5)\n\
          pid = os.fork()\n\
          if pid == 0: os._exit(os.nice(0))\n\
-         print(os.nice(0), os.WEXITSTATUS(os.waitpid(pid, 0)[1]), os.nice(2))",
+         print(os.nice(0), os.WEXITSTATUS(os.waitpid(pid, 0)[1]), os.nice(2))\n\
+         import ctypes; libc = ctypes.CDLL(None); os.sched_setaffinity(0, {0})\n\
+         try: os.sched_setaffinity(0, {63})\n\
+         except OSError as e: print('affinity refused', e.errno)\n\
+         print(libc.personality(0x0040000), libc.personality(0xffffffff))",
         0,
-        "0\n5 5 7\n",
+        "0\n5 5 7\naffinity refused 22\n0 262144\n",
         "",
     );
     check(

@@ -105,6 +105,8 @@ pub struct Kernel {
     pub ram_size: u64,
     pub fs_base: u64,
     pub comm: [u8; 16],
+    /// personality(2) flags (the domain is always PER_LINUX).
+    pub personality: u32,
     /// The current process's page tables (see `mm::space`).
     pub space: Option<Space>,
     /// User memory frames, shared by all processes.
@@ -155,6 +157,7 @@ pub struct ProcState {
     pub exe_path: Vec<u8>,
     pub fs_base: u64,
     pub comm: [u8; 16],
+    pub personality: u32,
     pub restart_deadline: Option<u64>,
     pub blocked_nr: Option<u64>,
     pub clear_child_tid: u64,
@@ -437,6 +440,7 @@ pub fn boot(boot_info: u64) -> ! {
         ram_size,
         fs_base: 0,
         comm: [0; 16],
+        personality: 0,
         procs: ProcTable::new(spec.pids_limit),
         spec,
         loaded_cr3: first_space.cr3(),

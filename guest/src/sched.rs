@@ -46,6 +46,7 @@ impl Kernel {
             exe_path: take(&mut self.exe_path),
             fs_base: self.fs_base,
             comm: self.comm,
+            personality: self.personality,
             restart_deadline: self.restart_deadline.take(),
             blocked_nr: self.blocked_nr.take(),
             clear_child_tid: replace(&mut self.clear_child_tid, 0),
@@ -65,6 +66,7 @@ impl Kernel {
         self.exe_path = st.exe_path;
         self.fs_base = st.fs_base;
         self.comm = st.comm;
+        self.personality = st.personality;
         self.restart_deadline = st.restart_deadline;
         self.blocked_nr = st.blocked_nr;
         self.clear_child_tid = st.clear_child_tid;
@@ -441,5 +443,6 @@ fn swap_shared(a: &mut ProcState, b: &mut ProcState) {
     core::mem::swap(&mut a.signals.saved_mask, &mut b.signals.saved_mask);
     core::mem::swap(&mut a.exe_path, &mut b.exe_path);
     core::mem::swap(&mut a.comm, &mut b.comm);
+    core::mem::swap(&mut a.personality, &mut b.personality);
     core::mem::swap(&mut a.shared, &mut b.shared);
 }

@@ -202,7 +202,7 @@ impl Kernel {
             131 => self.sys_sigaltstack(a0, a1),
             132 => self.sys_utimes_compat(a0, a1, false),
             133 => self.sys_mknodat(fs::AT_FDCWD, a0, a1 as u32, a2 as u32),
-            135 => Ok(0), // personality: PER_LINUX
+            135 => self.sys_personality(a0 as u32),
             137 => self.sys_statfs(a0, a1),
             138 => self.sys_fstatfs(a0 as i32, a1),
             140 => self.sys_getpriority(a0 as u32, a1 as i32),
@@ -222,7 +222,7 @@ impl Kernel {
             234 => self.sys_tkill(a1 as i32, a2 as u32),
             201 => self.sys_time(a0),
             202 => self.sys_futex(a0, a1 as u32, a2 as u32, a3, a4, a5 as u32),
-            203 => Ok(0), // sched_setaffinity: one CPU whatever is asked
+            203 => self.sys_sched_setaffinity(a0 as i32, a1, a2),
             204 => self.sys_sched_getaffinity(a1, a2),
             217 => self.sys_getdents64(a0 as i32, a1, a2),
             218 => self.sys_set_tid_address(a0),

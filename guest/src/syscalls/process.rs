@@ -161,6 +161,7 @@ impl Kernel {
                 self.fs_base
             },
             comm: self.comm,
+            personality: self.personality,
             restart_deadline: None,
             blocked_nr: None,
             clear_child_tid: if flags & CLONE_CHILD_CLEARTID != 0 {
@@ -762,6 +763,36 @@ impl Kernel {
         m[0] = 1;
         self.put_user(mask, &m)?;
         Ok(m.len() as u64)
+    }
+
+    /// sched_setaffinity: the one vCPU is CPU 0, so a mask must include it
+    /// (EINVAL otherwise, as Linux answers for a mask of no usable CPU).
+    pub fn sys_sched_setaffinity(&mut self, pid: i32, len: u64, mask: u64) -> Result<u64> {
+        if pid != 0 && self.procs.get(pid).is_none() {
+            return Err(Errno::ESRCH);
+        }
+        if len == 0 {
+            return Err(Errno::EINVAL);
+        }
+        let first = self.user_buf(mask, 1)?[0];
+        if first & 1 == 0 {
+            return Err(Errno::EINVAL);
+        }
+        Ok(0)
+    }
+
+    /// personality: the execution domain is recorded and reported; only
+    /// Linux's own (`PER_LINUX`, with any flags, e.g. ADDR_NO_RANDOMIZE,
+    /// whose effect the guest's fixed layout already has) is accepted.
+    pub fn sys_personality(&mut self, persona: u32) -> Result<u64> {
+        let old = self.personality;
+        if persona != u32::MAX {
+            if persona & 0xff != 0 {
+                return Err(Errno::EINVAL);
+            }
+            self.personality = persona;
+        }
+        Ok(u64::from(old))
     }
 
     pub fn sys_getcpu(&mut self, cpu: u64, node: u64) -> Result<u64> {
