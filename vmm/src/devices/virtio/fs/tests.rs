@@ -371,3 +371,31 @@ fn hostile_descriptor_chains_are_rejected_without_panic() {
     assert_eq!(h.read(node, fh, 4096).unwrap(), b"inside");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A guest asking for big writes is offered 1 MiB ones (the server handles
+/// them; its passthrough alone would offer 4 KiB); one that does not ask
+/// keeps the server's answer.
+#[test]
+fn init_offers_big_writes_to_a_guest_that_asks() {
+    let dir = fixture("init");
+    let mut h = Harness::new(&dir, false);
+    for (flags, max_write, max_pages) in [
+        (
+            super::FUSE_BIG_WRITES | super::FUSE_MAX_PAGES,
+            1u32 << 20,
+            256u16,
+        ),
+        (0, 4096, 0),
+    ] {
+        let mut init = Vec::new();
+        for v in [7u32, 31, 1 << 20, flags] {
+            init.extend(v.to_le_bytes());
+        }
+        let (err, reply) = h.request(INIT, 0, &init);
+        assert_eq!(err, 0);
+        let field = |at: usize| u32::from_le_bytes(reply[at..at + 4].try_into().unwrap());
+        assert_eq!(field(20), max_write, "flags {flags:#x}");
+        assert_eq!(u16::from_le_bytes([reply[28], reply[29]]), max_pages);
+        assert_eq!(field(12) & flags, flags);
+    }
+}
