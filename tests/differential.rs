@@ -63,12 +63,8 @@ fn fixture(args: &[&str]) -> TestBundle {
 /// `capsa run` of `bundle` in `mode`, with `stdin` piped in (else /dev/null).
 fn run(capsa: &Capsa, bundle: &TestBundle, mode: &str, stdin: Option<&[u8]>) -> Output {
     let id = unique_id(mode);
-    let mut cmd = capsa.cmd();
-    cmd.args(["run", "--isolation", mode, "--bundle"])
-        .arg(bundle.path())
-        .arg(&id)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    let mut cmd = capsa.run_command(bundle, mode, &id);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     if stdin.is_some() {
         cmd.stdin(Stdio::piped());
     }
@@ -326,10 +322,7 @@ fn kill_ends_a_running_microvm_and_run_exits_137() {
         // is provably running (it printed) and waits without a timer.
         let bundle = fixture(&["sh", "-c", "echo ready; read line; echo never"]);
         let mut child = capsa
-            .cmd()
-            .args(["run", "--isolation", mode, "--bundle"])
-            .arg(bundle.path())
-            .arg(&id)
+            .run_command(&bundle, mode, &id)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -598,10 +591,7 @@ fn stdin_arriving_later_wakes_a_blocked_reader() {
     for mode in MODES {
         let id = unique_id("late-stdin");
         let mut child = capsa
-            .cmd()
-            .args(["run", "--isolation", mode, "--bundle"])
-            .arg(bundle.path())
-            .arg(&id)
+            .run_command(&bundle, mode, &id)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .spawn()
@@ -696,10 +686,7 @@ fn kill_term_reaches_a_trapping_process_in_both_modes() {
             "trap 'echo got TERM; exit 3' TERM; echo ready; while :; do sleep 1; done",
         ]);
         let mut child = capsa
-            .cmd()
-            .args(["run", "--isolation", mode, "--bundle"])
-            .arg(bundle.path())
-            .arg(&id)
+            .run_command(&bundle, mode, &id)
             .stdout(Stdio::piped())
             .spawn()
             .expect("spawn capsa run");

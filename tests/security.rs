@@ -161,10 +161,7 @@ impl Neighbour {
         let bundle = sh("echo ready; exec sleep 1000");
         let id = unique_id("neighbour");
         let mut child = capsa
-            .cmd()
-            .args(["run", "--isolation", mode, "--bundle"])
-            .arg(bundle.path())
-            .arg(&id)
+            .run_command(&bundle, mode, &id)
             .stdout(Stdio::piped())
             .spawn()
             .expect("spawn neighbour");
@@ -444,10 +441,7 @@ fn a_fork_bomb_stays_within_the_pids_limit() {
         let neighbour = Neighbour::start(&capsa, mode);
         let id = unique_id("bomb");
         let mut child = capsa
-            .cmd()
-            .args(["run", "--isolation", mode, "--bundle"])
-            .arg(bundle.path())
-            .arg(&id)
+            .run_command(&bundle, mode, &id)
             .stdout(Stdio::piped())
             .spawn()
             .expect("spawn");
@@ -882,10 +876,7 @@ fn held_run(
 ) -> Duration {
     let started = Instant::now();
     let mut child = capsa
-        .cmd()
-        .args(["run", "--isolation", mode, "--bundle"])
-        .arg(bundle.path())
-        .arg(id)
+        .run_command(bundle, mode, id)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

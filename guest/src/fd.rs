@@ -5,6 +5,7 @@
 
 use alloc::rc::Rc;
 use alloc::vec::Vec;
+use core::cell::Cell;
 
 use crate::drivers::virtio::fs::SetAttr;
 use crate::errno::{Errno, Result};
@@ -108,6 +109,28 @@ pub trait File {
     fn read_at(&self, dev: &mut Devices, buf: &mut [u8], offset: u64) -> Result<usize> {
         self.pread(dev, buf, offset)
     }
+}
+
+/// lseek on a file with its own offset: moves `offset` relative to the
+/// start, itself or `end()` (asked only for `SEEK_END`); never before 0.
+pub fn seek_in(
+    offset: &Cell<u64>,
+    delta: i64,
+    whence: u32,
+    end: impl FnOnce() -> Result<u64>,
+) -> Result<u64> {
+    let base = match whence {
+        SEEK_SET => 0,
+        SEEK_CUR => offset.get() as i64,
+        SEEK_END => end()? as i64,
+        _ => return Err(Errno::EINVAL),
+    };
+    let at = base
+        .checked_add(delta)
+        .filter(|&v| v >= 0)
+        .ok_or(Errno::EINVAL)?;
+    offset.set(at as u64);
+    Ok(at as u64)
 }
 
 #[derive(Clone)]

@@ -7,9 +7,7 @@ use core::cell::Cell;
 
 use crate::drivers::virtio::fs::SetAttr;
 use crate::errno::{Errno, Result};
-use crate::fd::{
-    File, O_ACCMODE, O_APPEND, O_NONBLOCK, O_RDONLY, O_WRONLY, SEEK_CUR, SEEK_END, SEEK_SET,
-};
+use crate::fd::{File, O_ACCMODE, O_APPEND, O_NONBLOCK, O_RDONLY, O_WRONLY, SEEK_CUR, SEEK_SET};
 use crate::fuse::{self, Attr, S_IFCHR, S_IFIFO};
 use crate::kernel::Devices;
 use crate::vfs::Node;
@@ -257,18 +255,7 @@ impl File for FuseFile {
             .write(self.node.id, self.fh, offset, buf)
     }
     fn seek(&self, dev: &mut Devices, offset: i64, whence: u32) -> Result<u64> {
-        let base = match whence {
-            SEEK_SET => 0,
-            SEEK_CUR => self.offset.get() as i64,
-            SEEK_END => self.size(dev)? as i64,
-            _ => return Err(Errno::EINVAL),
-        };
-        let at = base
-            .checked_add(offset)
-            .filter(|&v| v >= 0)
-            .ok_or(Errno::EINVAL)?;
-        self.offset.set(at as u64);
-        Ok(at as u64)
+        crate::fd::seek_in(&self.offset, offset, whence, || self.size(dev))
     }
     fn stat(&self, dev: &mut Devices) -> Result<[u8; 144]> {
         let attr = dev

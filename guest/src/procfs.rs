@@ -17,7 +17,7 @@ use core::cell::Cell;
 use core::fmt::Write;
 
 use crate::errno::{Errno, Result};
-use crate::fd::{File, SEEK_CUR, SEEK_END, SEEK_SET};
+use crate::fd::{File, SEEK_CUR, SEEK_SET};
 use crate::files::synthetic_stat;
 use crate::fuse::{self, S_IFDIR, S_IFLNK, S_IFREG};
 use crate::kernel::{Devices, Kernel};
@@ -425,18 +425,7 @@ impl File for ProcFile {
         Ok(n)
     }
     fn seek(&self, _dev: &mut Devices, offset: i64, whence: u32) -> Result<u64> {
-        let base = match whence {
-            SEEK_SET => 0,
-            SEEK_CUR => self.offset.get() as i64,
-            SEEK_END => self.data.len() as i64,
-            _ => return Err(Errno::EINVAL),
-        };
-        let at = base
-            .checked_add(offset)
-            .filter(|&v| v >= 0)
-            .ok_or(Errno::EINVAL)?;
-        self.offset.set(at as u64);
-        Ok(at as u64)
+        crate::fd::seek_in(&self.offset, offset, whence, || Ok(self.data.len() as u64))
     }
     fn stat(&self, _dev: &mut Devices) -> Result<[u8; 144]> {
         Ok(Entry::File(Vec::new()).stat())

@@ -101,12 +101,19 @@ impl Capsa {
         self.cmd().args(args).output().expect("run capsa")
     }
 
+    /// The command for `capsa run` in the foreground, for callers that set
+    /// up its stdio and spawn it.
+    pub fn run_command(&self, bundle: &TestBundle, isolation: &str, id: &str) -> Command {
+        let mut cmd = self.cmd();
+        cmd.args(["run", "--isolation", isolation, "--bundle"])
+            .arg(bundle.path())
+            .arg(id);
+        cmd
+    }
+
     /// `capsa run` in the foreground.
     pub fn run(&self, bundle: &TestBundle, isolation: &str, id: &str) -> Output {
-        self.cmd()
-            .args(["run", "--isolation", isolation, "--bundle"])
-            .arg(bundle.path())
-            .arg(id)
+        self.run_command(bundle, isolation, id)
             .output()
             .expect("run capsa")
     }
