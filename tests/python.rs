@@ -151,6 +151,20 @@ fn os_module() {
 #[test]
 fn subprocess_module() {
     let Some(mut b) = fixture() else { return };
+    // The child says it is up once its shell runs: its /proc entry is then
+    // the shell's.
+    check(
+        &mut b,
+        "import os, subprocess\n\
+         p = subprocess.Popen(['sh', '-c', 'echo up; read x'], stdin=subprocess.PIPE, stdout=subprocess.PIPE)\n\
+         print(p.stdout.readline(), sorted(int(d) for d in os.listdir('/proc') if d.isdigit()))\n\
+         print(open(f'/proc/{p.pid}/cmdline', 'rb').read(), open(f'/proc/{p.pid}/comm').read().strip(), os.readlink(f'/proc/{p.pid}/exe'))\n\
+         print([l for l in open(f'/proc/{p.pid}/status').read().splitlines() if l.startswith(('Name', 'PPid'))])\n\
+         p.kill(); print(p.wait())",
+        0,
+        "b'up\\n' [1, 2]\nb'sh\\x00-c\\x00echo up; read x\\x00' sh /usr/bin/dash\n['Name:\\tsh', 'PPid:\\t1']\n-9\n",
+        "",
+    );
     check(
         &mut b,
         "import subprocess\n\

@@ -65,24 +65,90 @@ const PID_ENTRIES: [(&[u8], u8); 8] = [
     (b"status", DT_REG),
 ];
 
+/// What `/proc/<pid>` shows of one process, gathered from the kernel (the
+/// running process) or from its parked state.
+struct ProcInfo {
+    tgid: i32,
+    pid: i32,
+    ppid: i32,
+    pgid: i32,
+    sid: i32,
+    sleeping: bool,
+    comm: [u8; 16],
+    exe: Vec<u8>,
+    cmdline: Vec<u8>,
+    uids: [u32; 4],
+    gids: [u32; 4],
+    groups: Vec<u32>,
+    umask: u32,
+    pending: u64,
+    blocked: u64,
+    ignored: u64,
+    caught: u64,
+    vmas: Vec<(u64, u64, u32)>,
+    stack: (u64, u64),
+    brk: (u64, u64),
+    fds: Vec<(i32, Rc<dyn File>)>,
+    threads: usize,
+}
+
+impl ProcInfo {
+    fn name(&self) -> String {
+        let len = self.comm.iter().position(|&b| b == 0).unwrap_or(16);
+        String::from_utf8_lossy(&self.comm[..len]).into()
+    }
+
+    fn vm_size(&self) -> u64 {
+        self.vmas.iter().map(|(s, e, _)| e - s).sum()
+    }
+}
+
+/// The process state parts of a `ProcInfo` (everything but the task fields).
+fn from_state(
+    info: &mut ProcInfo,
+    st: (
+        &crate::kernel::Creds,
+        &crate::syscalls::signal::Signals,
+        &crate::mm::Mm,
+    ),
+) {
+    let (c, sig, mm) = st;
+    info.uids = [c.uid, c.euid, c.suid, c.fsuid];
+    info.gids = [c.gid, c.egid, c.sgid, c.fsgid];
+    info.groups = c.groups.clone();
+    info.pending = sig.pending;
+    info.blocked = sig.mask;
+    for (i, action) in sig.actions.iter().enumerate() {
+        match action.handler {
+            0 => {}
+            1 => info.ignored |= 1 << i,
+            _ => info.caught |= 1 << i,
+        }
+    }
+    info.vmas = mm.vmas.iter().collect();
+    info.stack = mm.stack;
+    info.brk = (mm.brk_start, mm.brk_end);
+}
+
 impl Kernel {
     /// The `/proc` entry at `path` (lexical, absolute, under `/proc`).
     /// `/proc/self` is a link; below it, `self` names the caller's pid.
-    /// `opening`: the entry is being opened, so `fd/` lists the descriptor
-    /// the open is about to take, as Linux's listing does.
+    /// `opening`: the entry is being opened, so the caller's `fd/` lists
+    /// the descriptor the open is about to take, as Linux's listing does.
     pub fn proc_entry(&mut self, path: &[u8], follow: bool, opening: bool) -> Result<Entry> {
         let parts: Vec<&[u8]> = path
             .split(|&b| b == b'/')
             .filter(|c| !c.is_empty())
             .skip(1)
             .collect();
-        let tgid = self.procs.tgid(self.cur);
-        let own = |name: &[u8]| {
-            name == b"self"
-                || core::str::from_utf8(name)
-                    .ok()
-                    .and_then(|n| n.parse::<i32>().ok())
-                    .is_some_and(|pid| pid > 0 && self.procs.tgid(pid) == tgid)
+        let me = self.procs.tgid(self.cur);
+        // `self`, or a pid (a thread's id names its process, as on Linux).
+        let pid_of = |name: &[u8]| -> Option<i32> {
+            if name == b"self" {
+                return Some(me);
+            }
+            let pid = core::str::from_utf8(name).ok()?.parse::<i32>().ok()?;
+            (pid > 0).then_some(pid)
         };
         match parts.as_slice() {
             [] => {
@@ -92,10 +158,14 @@ impl Kernel {
                         .map(|n| (n.to_vec(), DT_REG))
                         .collect();
                 names.push((b"self".to_vec(), DT_LNK));
-                names.push((format!("{tgid}").into_bytes(), DT_DIR));
+                for pid in self.procs.pids() {
+                    if self.procs.tgid(pid) == pid && self.proc_info(pid).is_some() {
+                        names.push((format!("{pid}").into_bytes(), DT_DIR));
+                    }
+                }
                 Ok(Entry::Dir(b"/proc".to_vec(), names))
             }
-            [b"self"] if !follow => Ok(Entry::Link(format!("{tgid}").into_bytes(), None)),
+            [b"self"] if !follow => Ok(Entry::Link(format!("{me}").into_bytes(), None)),
             [b"cpuinfo"] => Ok(Entry::File(cpuinfo())),
             [b"meminfo"] => Ok(Entry::File(self.meminfo())),
             [b"uptime"] => {
@@ -106,65 +176,145 @@ impl Kernel {
                 ))
             }
             [b"mounts"] => Ok(Entry::File(self.mounts())),
-            [pid] if own(pid) => Ok(Entry::Dir(
-                format!("/proc/{tgid}").into_bytes(),
-                PID_ENTRIES.iter().map(|(n, t)| (n.to_vec(), *t)).collect(),
-            )),
-            [pid, rest @ ..] if own(pid) => self.pid_entry(rest, tgid, opening),
-            _ => Err(Errno::ENOENT),
+            [name, rest @ ..] => {
+                let pid = pid_of(name).ok_or(Errno::ENOENT)?;
+                let info = self.proc_info(pid).ok_or(Errno::ENOENT)?;
+                if rest.is_empty() {
+                    let path = format!("/proc/{}", info.tgid).into_bytes();
+                    let names = PID_ENTRIES.iter().map(|(n, t)| (n.to_vec(), *t)).collect();
+                    return Ok(Entry::Dir(path, names));
+                }
+                let opening_own_fd = (opening && info.tgid == me).then(|| self.fds.lowest_free());
+                self.pid_entry(&info, rest, opening_own_fd)
+            }
         }
     }
 
-    fn pid_entry(&mut self, rest: &[&[u8]], tgid: i32, opening: bool) -> Result<Entry> {
+    /// What `/proc/<pid>` shows of process `pid` (or of the process whose
+    /// thread `pid` is); None if there is no such live process.
+    fn proc_info(&self, pid: i32) -> Option<ProcInfo> {
+        let tgid = self.procs.tgid(pid);
+        let task = self.procs.get(tgid)?;
+        if matches!(task.state, crate::process::State::Zombie(_)) {
+            return None;
+        }
+        let mut info = ProcInfo {
+            tgid,
+            pid: tgid,
+            ppid: task.ppid,
+            pgid: task.pgid,
+            sid: task.sid,
+            sleeping: matches!(task.state, crate::process::State::Blocked(_)),
+            comm: [0; 16],
+            exe: Vec::new(),
+            cmdline: Vec::new(),
+            uids: [0; 4],
+            gids: [0; 4],
+            groups: Vec::new(),
+            umask: 0,
+            pending: 0,
+            blocked: 0,
+            ignored: 0,
+            caught: 0,
+            vmas: Vec::new(),
+            stack: (0, 0),
+            brk: (0, 0),
+            fds: Vec::new(),
+            threads: self.procs.threads(tgid).len().max(1),
+        };
+        let fds = |table: &crate::fd::FdTable| -> Vec<(i32, Rc<dyn File>)> {
+            let mut out = Vec::new();
+            let (mut fd, mut seen) = (0, 0);
+            while seen < table.open_count() && (fd as usize) < self.nofile_limit() {
+                if let Ok(file) = table.file(fd) {
+                    out.push((fd, file));
+                    seen += 1;
+                }
+                fd += 1;
+            }
+            out
+        };
+        if tgid == self.procs.tgid(self.cur) && self.cur_is_loaded() {
+            info.sleeping = false;
+            info.comm = self.comm;
+            info.exe = self.exe_path.clone();
+            let (start, end) = self.mm.args;
+            info.cmdline = self
+                .user_buf(start, end.saturating_sub(start) as usize)
+                .map(|b| b.to_vec())
+                .unwrap_or_default();
+            info.umask = self.umask;
+            info.fds = fds(&self.fds);
+            from_state(&mut info, (&self.creds, &self.signals, &self.mm));
+            return Some(info);
+        }
+        let parked = self
+            .procs
+            .group(tgid)
+            .into_iter()
+            .filter_map(|p| self.procs.get(p).and_then(|t| t.parked.as_ref()))
+            .find(|p| p.shared)?;
+        info.comm = parked.comm;
+        info.exe = parked.exe_path.clone();
+        let (start, end) = parked.mm.args;
+        let mut cmdline = alloc::vec![0u8; end.saturating_sub(start).min(1 << 20) as usize];
+        if parked
+            .space
+            .as_ref()
+            .is_some_and(|s| s.read(start, &mut cmdline))
+        {
+            info.cmdline = cmdline;
+        }
+        info.umask = parked.umask;
+        info.fds = fds(&parked.fds);
+        from_state(&mut info, (&parked.creds, &parked.signals, &parked.mm));
+        Some(info)
+    }
+
+    /// `opening_fd`: the descriptor the caller's open of its own `fd/` is
+    /// about to take, listed too.
+    fn pid_entry(
+        &mut self,
+        info: &ProcInfo,
+        rest: &[&[u8]],
+        opening_fd: Option<i32>,
+    ) -> Result<Entry> {
         match rest {
-            [b"cmdline"] => {
-                let (start, end) = self.mm.args;
-                let bytes = self.user_buf(start, end.saturating_sub(start) as usize)?;
-                Ok(Entry::File(bytes.to_vec()))
-            }
-            [b"comm"] => {
-                let len = self.comm.iter().position(|&b| b == 0).unwrap_or(16);
-                let mut out = self.comm[..len].to_vec();
-                out.push(b'\n');
-                Ok(Entry::File(out))
-            }
-            [b"exe"] => Ok(Entry::Link(self.exe_path.clone(), None)),
-            [b"maps"] => Ok(Entry::File(self.maps())),
+            [b"cmdline"] => Ok(Entry::File(info.cmdline.clone())),
+            [b"comm"] => Ok(Entry::File(format!("{}\n", info.name()).into_bytes())),
+            [b"exe"] => Ok(Entry::Link(info.exe.clone(), None)),
+            [b"maps"] => Ok(Entry::File(maps(info))),
             [b"mounts"] => Ok(Entry::File(self.mounts())),
-            [b"stat"] => Ok(Entry::File(self.stat_line(tgid))),
-            [b"status"] => Ok(Entry::File(self.status(tgid))),
+            [b"stat"] => Ok(Entry::File(stat_line(info))),
+            [b"status"] => Ok(Entry::File(status(info))),
             [b"fd"] => {
-                let own_fd = opening.then(|| self.fds.lowest_free());
-                let names = (0..self.fds_len().max(own_fd.map_or(0, |fd| fd + 1)))
-                    .filter(|&fd| self.fds.get(fd).is_ok() || Some(fd) == own_fd)
+                let mut fds: Vec<i32> = info.fds.iter().map(|(fd, _)| *fd).collect();
+                fds.extend(opening_fd);
+                fds.sort_unstable();
+                fds.dedup();
+                let names = fds
+                    .into_iter()
                     .map(|fd| (format!("{fd}").into_bytes(), DT_LNK))
                     .collect();
-                Ok(Entry::Dir(format!("/proc/{tgid}/fd").into_bytes(), names))
+                Ok(Entry::Dir(
+                    format!("/proc/{}/fd", info.tgid).into_bytes(),
+                    names,
+                ))
             }
             [b"fd", n] => {
                 let fd = core::str::from_utf8(n)
                     .ok()
                     .and_then(|n| n.parse::<i32>().ok())
                     .ok_or(Errno::ENOENT)?;
-                let file = self.fds.file(fd).map_err(|_| Errno::ENOENT)?;
-                Ok(Entry::Link(file.proc_name(), Some(file)))
+                let (_, file) = info
+                    .fds
+                    .iter()
+                    .find(|(f, _)| *f == fd)
+                    .ok_or(Errno::ENOENT)?;
+                Ok(Entry::Link(file.proc_name(), Some(file.clone())))
             }
             _ => Err(Errno::ENOENT),
         }
-    }
-
-    fn fds_len(&self) -> i32 {
-        let limit = self.nofile_limit();
-        let mut seen = 0;
-        let open = self.fds.open_count();
-        let mut fd = 0;
-        while seen < open && (fd as usize) < limit {
-            if self.fds.get(fd).is_ok() {
-                seen += 1;
-            }
-            fd += 1;
-        }
-        fd
     }
 
     fn meminfo(&self) -> Vec<u8> {
@@ -202,99 +352,91 @@ impl Kernel {
         out.push_str("proc /proc proc rw,nosuid,nodev,noexec,relatime 0 0\n");
         out.into_bytes()
     }
+}
 
-    fn maps(&self) -> Vec<u8> {
-        let mut out = String::new();
-        for (start, end, prot) in self.mm.vmas.iter() {
-            let flag = |bit: u32, c: char| if prot & bit != 0 { c } else { '-' };
-            let name = if (start, end) == self.mm.stack {
-                "[stack]"
-            } else if start >= self.mm.brk_start && end <= self.mm.brk_end && end > start {
-                "[heap]"
-            } else {
-                ""
-            };
-            let _ = writeln!(
-                out,
-                "{start:08x}-{end:08x} {}{}{}p 00000000 00:00 0 {:>19}{name}",
-                flag(PROT_READ, 'r'),
-                flag(PROT_WRITE, 'w'),
-                flag(PROT_EXEC, 'x'),
-                ""
-            );
-        }
-        out.into_bytes()
+fn maps(info: &ProcInfo) -> Vec<u8> {
+    let mut out = String::new();
+    for &(start, end, prot) in &info.vmas {
+        let flag = |bit: u32, c: char| if prot & bit != 0 { c } else { '-' };
+        let name = if (start, end) == info.stack {
+            "[stack]"
+        } else if start >= info.brk.0 && end <= info.brk.1 && end > start {
+            "[heap]"
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            out,
+            "{start:08x}-{end:08x} {}{}{}p 00000000 00:00 0 {:>19}{name}",
+            flag(PROT_READ, 'r'),
+            flag(PROT_WRITE, 'w'),
+            flag(PROT_EXEC, 'x'),
+            ""
+        );
     }
+    out.into_bytes()
+}
 
-    fn threads_of(&self, tgid: i32) -> usize {
-        self.procs.threads(tgid).len().max(1)
+fn state_char(info: &ProcInfo) -> char {
+    if info.sleeping {
+        'S'
+    } else {
+        'R'
     }
+}
 
-    fn stat_line(&self, tgid: i32) -> Vec<u8> {
-        let task = self.procs.get(self.cur);
-        let (ppid, pgid, sid) = task.map_or((0, 0, 0), |t| (t.ppid, t.pgid, t.sid));
-        let len = self.comm.iter().position(|&b| b == 0).unwrap_or(16);
-        let comm = String::from_utf8_lossy(&self.comm[..len]);
-        let threads = self.threads_of(tgid);
-        let start = self.mm.stack.1;
-        format!(
-            "{tgid} ({comm}) R {ppid} {pgid} {sid} 0 -1 0 0 0 0 0 0 0 0 0 20 0 {threads} 0 0 \
-             {vsize} {rss} 18446744073709551615 0 0 {start} 0 0 0 0 0 0 0 0 0 17 0 0 0 0 0 0 \
-             0 0 0 0 0 0 0 0\n",
-            vsize = self.vm_size(),
-            rss = self.vm_size() / 4096,
-        )
-        .into_bytes()
-    }
+fn stat_line(info: &ProcInfo) -> Vec<u8> {
+    format!(
+        "{} ({}) {} {} {} {} 0 -1 0 0 0 0 0 0 0 0 0 20 0 {} 0 0 {} {} \
+         18446744073709551615 0 0 {} 0 0 0 0 0 0 0 0 0 17 0 0 0 0 0 0 0 0 0 0 0 0 0 0\n",
+        info.pid,
+        info.name(),
+        state_char(info),
+        info.ppid,
+        info.pgid,
+        info.sid,
+        info.threads,
+        info.vm_size(),
+        info.vm_size() / 4096,
+        info.stack.1,
+    )
+    .into_bytes()
+}
 
-    fn vm_size(&self) -> u64 {
-        self.mm.vmas.iter().map(|(s, e, _)| e - s).sum()
+fn status(info: &ProcInfo) -> Vec<u8> {
+    let mut groups = String::new();
+    for g in &info.groups {
+        let _ = write!(groups, "{g} ");
     }
-
-    fn status(&self, tgid: i32) -> Vec<u8> {
-        let len = self.comm.iter().position(|&b| b == 0).unwrap_or(16);
-        let comm = String::from_utf8_lossy(&self.comm[..len]);
-        let ppid = self.procs.get(self.cur).map_or(0, |t| t.ppid);
-        let c = &self.creds;
-        let mut groups = String::new();
-        for g in &c.groups {
-            let _ = write!(groups, "{g} ");
-        }
-        let sig = &self.signals;
-        let (mut ignored, mut caught) = (0u64, 0u64);
-        for (i, action) in sig.actions.iter().enumerate().skip(1) {
-            match action.handler {
-                0 => {}
-                1 => ignored |= 1 << (i - 1),
-                _ => caught |= 1 << (i - 1),
-            }
-        }
-        let vm_kb = self.vm_size() / 1024;
-        format!(
-            "Name:\t{comm}\nUmask:\t{umask:04o}\nState:\tR (running)\nTgid:\t{tgid}\n\
-             Ngid:\t0\nPid:\t{pid}\nPPid:\t{ppid}\nTracerPid:\t0\n\
-             Uid:\t{}\t{}\t{}\t{}\nGid:\t{}\t{}\t{}\t{}\nFDSize:\t{fdsize}\n\
-             Groups:\t{groups}\nVmSize:\t{vm_kb:8} kB\nVmRSS:\t{vm_kb:8} kB\n\
-             Threads:\t{threads}\nSigPnd:\t{pending:016x}\nShdPnd:\t{pending:016x}\n\
-             SigBlk:\t{blocked:016x}\nSigIgn:\t{ignored:016x}\nSigCgt:\t{caught:016x}\n\
-             Cpus_allowed:\t1\nCpus_allowed_list:\t0\n",
-            c.uid,
-            c.euid,
-            c.suid,
-            c.euid,
-            c.gid,
-            c.egid,
-            c.sgid,
-            c.egid,
-            umask = self.umask,
-            pid = self.cur,
-            fdsize = self.fds_len().max(64),
-            threads = self.threads_of(tgid),
-            pending = sig.pending,
-            blocked = sig.mask,
-        )
-        .into_bytes()
-    }
+    let [u, eu, su, fu] = info.uids;
+    let [g, eg, sg, fg] = info.gids;
+    let vm_kb = info.vm_size() / 1024;
+    let state = if info.sleeping {
+        "S (sleeping)"
+    } else {
+        "R (running)"
+    };
+    format!(
+        "Name:\t{name}\nUmask:\t{umask:04o}\nState:\t{state}\nTgid:\t{tgid}\n\
+         Ngid:\t0\nPid:\t{pid}\nPPid:\t{ppid}\nTracerPid:\t0\n\
+         Uid:\t{u}\t{eu}\t{su}\t{fu}\nGid:\t{g}\t{eg}\t{sg}\t{fg}\nFDSize:\t{fdsize}\n\
+         Groups:\t{groups}\nVmSize:\t{vm_kb:8} kB\nVmRSS:\t{vm_kb:8} kB\n\
+         Threads:\t{threads}\nSigPnd:\t{pending:016x}\nShdPnd:\t{pending:016x}\n\
+         SigBlk:\t{blocked:016x}\nSigIgn:\t{ignored:016x}\nSigCgt:\t{caught:016x}\n\
+         Cpus_allowed:\t1\nCpus_allowed_list:\t0\n",
+        name = info.name(),
+        umask = info.umask,
+        tgid = info.tgid,
+        pid = info.pid,
+        ppid = info.ppid,
+        fdsize = info.fds.last().map_or(0, |(fd, _)| fd + 1).max(64),
+        threads = info.threads,
+        pending = info.pending,
+        blocked = info.blocked,
+        ignored = info.ignored,
+        caught = info.caught,
+    )
+    .into_bytes()
 }
 
 /// `/proc/cpuinfo` for the one vCPU, from CPUID.

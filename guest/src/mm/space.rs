@@ -354,6 +354,27 @@ impl Space {
         }
     }
 
+    /// Copies `out.len()` bytes at `va` of this space (loaded or not)
+    /// through the physical window; false if part of it is not backed.
+    pub fn read(&self, va: u64, out: &mut [u8]) -> bool {
+        let mut done = 0usize;
+        while done < out.len() {
+            let at = va + done as u64;
+            let Some(&frame) = self.slots.get(&slot_of(at)) else {
+                return false;
+            };
+            let within = at - slot_of(at);
+            let n = ((SLOT - within) as usize).min(out.len() - done);
+            // SAFETY: `frame` is one of this space's 2 MiB frames and
+            // `within + n` stays inside it; the physical window maps it.
+            unsafe {
+                core::ptr::copy_nonoverlapping(phys(frame + within), out[done..].as_mut_ptr(), n)
+            };
+            done += n;
+        }
+        true
+    }
+
     /// Frames in use (for `sysinfo` and tests).
     pub fn slot_count(&self) -> usize {
         self.slots.len()
