@@ -22,7 +22,7 @@
 pub mod heap;
 pub mod space;
 
-use alloc::collections::BTreeMap;
+use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;
 
 use crate::errno::{Errno, Result};
@@ -221,6 +221,28 @@ impl Vmas {
         self.map.iter().map(|(&s, v)| (s, v.end, v.prot))
     }
 
+    /// The slots wholly covered by `MAP_SHARED` mappings (adjacent ones
+    /// together): a fork shares their frames with the child.
+    pub fn shared_slots(&self) -> BTreeSet<u64> {
+        let slot = space::SLOT;
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        for (&s, v) in self.map.iter().filter(|(_, v)| v.shared) {
+            match runs.last_mut() {
+                Some(run) if run.1 == s => run.1 = v.end,
+                _ => runs.push((s, v.end)),
+            }
+        }
+        let mut out = BTreeSet::new();
+        for (s, e) in runs {
+            let mut at = s.next_multiple_of(slot);
+            while at.saturating_add(slot) <= e {
+                out.insert(at);
+                at += slot;
+            }
+        }
+        out
+    }
+
     /// The private parts of `[start, end)`.
     pub fn private_ranges(&self, start: u64, end: u64) -> Vec<(u64, u64)> {
         self.map
@@ -355,16 +377,26 @@ impl Mm {
                 .insert_vma(addr, end, prot, flags & MAP_SHARED != 0);
             return Ok(addr);
         }
+        // Shared anonymous memory gets whole 2 MiB slots of its own, so a
+        // fork can share its frames without sharing anything private.
+        let shared_anonymous = flags & MAP_SHARED != 0 && flags & MAP_ANONYMOUS != 0;
+        let (len, align) = if shared_anonymous {
+            let slot = space::SLOT;
+            (
+                len.checked_add(slot - 1).ok_or(Errno::ENOMEM)? & !(slot - 1),
+                slot,
+            )
+        } else {
+            (len, PAGE_SIZE)
+        };
         let hinted = addr != 0
-            && addr.is_multiple_of(PAGE_SIZE)
+            && addr.is_multiple_of(align)
             && addr.checked_add(len).is_some_and(|end| end <= self.ram_end)
             && self.regions.reserve(addr, addr + len);
         let start = if hinted {
             addr
         } else {
-            self.regions
-                .alloc_top(len, PAGE_SIZE)
-                .ok_or(Errno::ENOMEM)?
+            self.regions.alloc_top(len, align).ok_or(Errno::ENOMEM)?
         };
         self.vmas
             .insert_vma(start, start + len, prot, flags & MAP_SHARED != 0);
@@ -379,12 +411,23 @@ impl Mm {
         let end = addr
             .checked_add(page_up(len).ok_or(Errno::EINVAL)?)
             .ok_or(Errno::EINVAL)?;
+        // Whole slots of shared mappings are not cleared here: another
+        // process may still map their frames, which are cleared when the
+        // last one lets go (see `space`).
+        let shared = self.vmas.shared_slots();
         for (s, e) in self.vmas.remove(addr, end) {
             if s >= self.brk_start && e <= self.brk_end {
                 // The break area stays reserved for brk; just record the hole.
                 continue;
             }
-            zero(s, e);
+            let mut at = s;
+            while at < e {
+                let slot_end = (space::slot_of(at) + space::SLOT).min(e);
+                if !shared.contains(&space::slot_of(at)) {
+                    zero(at, slot_end);
+                }
+                at = slot_end;
+            }
             self.regions.free(s, e);
         }
         Ok(())
@@ -404,6 +447,21 @@ impl Mm {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shared_slots_are_the_whole_slots_shared_mappings_cover() {
+        let slot = space::SLOT;
+        let mut v = Vmas::default();
+        v.insert_vma(0x40_0000, 0x40_0000 + 2 * slot, PROT_READ, true);
+        // Two adjacent shared mappings cover one slot together.
+        v.insert_vma(0x100_0000, 0x110_0000, PROT_READ, true);
+        v.insert_vma(0x110_0000, 0x120_0000, PROT_READ, true);
+        // Private memory and a partly covered slot are not shared.
+        v.insert_vma(0x200_0000, 0x200_0000 + slot, PROT_READ, false);
+        v.insert_vma(0x300_1000, 0x300_1000 + slot, PROT_READ, true);
+        let shared: Vec<u64> = v.shared_slots().into_iter().collect();
+        assert_eq!(shared, vec![0x40_0000, 0x40_0000 + slot, 0x100_0000]);
+    }
 
     #[test]
     fn regions_reserve_alloc_and_merge() {

@@ -42,6 +42,11 @@
 //! and a whole `(true)` subshell — fork, child exit, wait4, freeing and
 //! clearing the child's frames — about 1.9 ms.
 //!
+//! Slots wholly covered by `MAP_SHARED` mappings are not copied: the child
+//! maps the same frame, and [`Frames`] counts the holders so the last one
+//! to let go clears and frees it (shared anonymous mappings get whole slots
+//! of their own for this, see `crate::mm`).
+//!
 //! The cost of 2 MiB granularity is memory: each process holds at least a
 //! frame per 2 MiB region it touches, and protections stay bookkeeping
 //! (no guard pages), as in the single-process design.
@@ -122,6 +127,9 @@ pub struct Frames {
     free: Vec<u64>,
     /// Frames from here to `user_hi` were never handed out (still zero).
     fresh: u64,
+    /// Frames of shared mappings held by more than one space: the count of
+    /// holders beyond the first.
+    extra_holders: BTreeMap<u64, u32>,
     ident_pdpt: Option<Table>,
     ident_pds: Vec<Table>,
     /// 4 KiB pages for the first 2 MiB with page 0 left out, so that a
@@ -139,6 +147,7 @@ impl Frames {
             user_hi,
             free: Vec::new(),
             fresh: user_lo,
+            extra_holders: BTreeMap::new(),
             ident_pdpt: None,
             ident_pds: Vec::new(),
             low_pt: None,
@@ -181,6 +190,26 @@ impl Frames {
     /// Takes back a frame, which the caller has cleared.
     pub fn free(&mut self, frame: u64) {
         self.free.push(frame);
+    }
+
+    /// One more space holds `frame`.
+    pub fn hold(&mut self, frame: u64) {
+        *self.extra_holders.entry(frame).or_default() += 1;
+    }
+
+    /// A space lets go of `frame`; true if others still hold it.
+    pub fn let_go(&mut self, frame: u64) -> bool {
+        match self.extra_holders.get_mut(&frame) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                true
+            }
+            Some(_) => {
+                self.extra_holders.remove(&frame);
+                true
+            }
+            None => false,
+        }
     }
 
     pub fn available(&self) -> u64 {
@@ -317,6 +346,10 @@ impl Space {
             if let Some((pd, i)) = self.pde(va) {
                 pd.set(i, 0);
             }
+            if frames.let_go(frame) {
+                // Another space still maps this shared frame.
+                return;
+            }
             if dirty {
                 clear_frame(frame);
             }
@@ -324,11 +357,22 @@ impl Space {
         }
     }
 
-    /// A copy for a forked child: dirty slots copied into fresh frames,
-    /// clean ones backed by fresh (zero) frames.
-    pub fn fork(&self, frames: &mut Frames) -> Result<Space> {
+    /// A copy for a forked child: `shared` slots (of `MAP_SHARED`
+    /// mappings) map the same frames, dirty slots are copied into fresh
+    /// frames, clean ones backed by fresh (zero) frames.
+    pub fn fork(&self, frames: &mut Frames, shared: &BTreeSet<u64>) -> Result<Space> {
         let mut child = Space::new(frames)?;
         for (&va, &frame) in &self.slots {
+            if shared.contains(&va) {
+                frames.hold(frame);
+                // Marked written, so whoever lets go last clears it.
+                child.set_slot(va, frame, true);
+                if let Some((pd, i)) = self.pde(va) {
+                    pd.set(i, pd.get(i) | DIRTY | ACCESSED);
+                }
+                child.slots.insert(va, frame);
+                continue;
+            }
             let Some(new) = frames.alloc() else {
                 child.release(frames);
                 return Err(Errno::ENOMEM);
@@ -478,6 +522,18 @@ mod tests {
         }
         assert_eq!(f.alloc(), None);
         assert!(f.is_user(0x40_0000) && !f.is_user(0x100_0000) && !f.is_user(0x20_0000));
+    }
+
+    #[test]
+    fn a_shared_frame_is_freed_by_its_last_holder() {
+        let mut f = Frames::new(0x40_0000, 0x100_0000);
+        let frame = f.alloc().expect("frame");
+        assert!(!f.let_go(frame), "one holder: the caller frees it");
+        f.hold(frame);
+        f.hold(frame);
+        assert!(f.let_go(frame));
+        assert!(f.let_go(frame));
+        assert!(!f.let_go(frame));
     }
 
     #[test]

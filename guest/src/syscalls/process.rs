@@ -99,10 +99,11 @@ impl Kernel {
             None
         } else {
             let started = self.clock.monotonic_ns();
+            let shared = self.mm.vmas.shared_slots();
             let copy = self
                 .space
                 .as_ref()
-                .map(|s| s.fork(&mut self.frames))
+                .map(|s| s.fork(&mut self.frames, &shared))
                 .transpose()
                 .map_err(|_| Errno::ENOMEM)?;
             self.last_fork_ns = self.clock.monotonic_ns().saturating_sub(started);
