@@ -7,8 +7,6 @@
 //! (`capsa-vmm`, `capsa`, `capsa-guest`), called as the VMM, the runtime and
 //! the guest call it.
 
-#![allow(clippy::unwrap_used)]
-
 pub mod driver;
 pub mod input;
 pub mod ram;
