@@ -2,7 +2,8 @@
 # Installs the Debian packages capsa's build, demo and tests need; quick when
 # they are already present.
 set -euo pipefail
-packages=(busybox-static runc podman containerd libseccomp-dev pkg-config iproute2 util-linux)
+# g++ builds libFuzzer for the fuzz targets (scripts/fuzz.sh).
+packages=(busybox-static runc podman containerd libseccomp-dev pkg-config iproute2 util-linux g++)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
