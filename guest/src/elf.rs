@@ -18,6 +18,9 @@ pub const EHDR_SIZE: usize = 64;
 const PHDR_SIZE: usize = 56;
 /// Refuse absurd program header counts before allocating for them.
 const MAX_PHNUM: u16 = 128;
+/// Loadable segments end below the top of the x86-64 user half, which also
+/// keeps rounding their ends up to a page from overflowing.
+const USER_END: u64 = 1 << 47;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProgramHeader {
@@ -93,7 +96,9 @@ pub fn parse(ehdr: &[u8], phdrs: &[u8]) -> Result<Elf> {
         .collect::<Vec<_>>();
     for h in headers.iter().filter(|h| h.kind == PT_LOAD) {
         if h.filesz > h.memsz
-            || h.vaddr.checked_add(h.memsz).is_none()
+            || h.vaddr
+                .checked_add(h.memsz)
+                .is_none_or(|end| end > USER_END)
             || h.offset.checked_add(h.filesz).is_none()
         {
             return Err(Errno::ENOEXEC);
@@ -206,6 +211,9 @@ pub(crate) mod tests {
         let mut img = image(3, 0, &[(0, 0, 0x20, 0x10)]);
         let phdrs = img[64..].to_vec();
         assert_eq!(parse(&img, &phdrs), Err(Errno::ENOEXEC));
+        // Ending at the top of the address space: span() would overflow.
+        let top = image(2, 0, &[(0, u64::MAX - 0x10, 0, 0x10)]);
+        assert_eq!(parse(&top, &top[64..]), Err(Errno::ENOEXEC));
         img[18] = 3; // EM_386
         assert_eq!(parse_header(&img), Err(Errno::ENOEXEC));
     }

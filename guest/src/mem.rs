@@ -2,7 +2,7 @@
 //! kernel (compiler_builtins does not export them on this target). Written
 //! with `rep movsb`/`rep stosb` in inline assembly so LLVM cannot turn the
 //! bodies back into calls to themselves. Fast on every CPU with ERMS.
-#![cfg(not(test))]
+#![cfg(not(any(test, feature = "fuzzing")))]
 
 /// # Safety
 /// Standard C contract: `dest` and `src` valid for `n` bytes, not overlapping.

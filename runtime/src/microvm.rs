@@ -278,8 +278,8 @@ fn guest_destination(rootfs: &Path, destination: &Path) -> String {
         .into_owned()
 }
 
-/// The guest's view of the spec.
-fn vm_config(spec: &Spec, rootfs: &Path, bundle: &Path) -> Result<capsa_vmm::VmConfig> {
+/// The guest's view of the spec (public for the config.json fuzz target).
+pub fn vm_config(spec: &Spec, rootfs: &Path, bundle: &Path) -> Result<capsa_vmm::VmConfig> {
     let default_process = oci_spec::runtime::Process::default();
     let process = spec.process().as_ref().unwrap_or(&default_process);
     let user = process.user();

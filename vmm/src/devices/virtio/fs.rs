@@ -10,7 +10,9 @@
 //! root, symlinks are never followed on the host: the guest reads them and
 //! resolves them itself). Before a request reaches it, [`screen`] refuses
 //! opcodes this device does not serve and, for a read-only directory, every
-//! request that would modify it (`EROFS`).
+//! request that would modify it (`EROFS`). READ and WRITE reach the
+//! passthrough through [`fixed_flags`], which keeps a handle's descriptor
+//! its own (see there).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -48,10 +50,14 @@ pub enum Error {
     TagTooLong(String),
 }
 
+mod fixed_flags;
+
+use fixed_flags::FixedFlags;
+
 type Passthrough = PassthroughFs<()>;
 
 pub struct Fs {
-    server: Server<Arc<Passthrough>>,
+    server: Server<Arc<FixedFlags<Passthrough>>>,
     readonly: bool,
     config: [u8; TAG_LEN + 4],
 }
@@ -262,7 +268,7 @@ impl Fs {
         config[..tag.len()].copy_from_slice(tag.as_bytes());
         config[TAG_LEN..].copy_from_slice(&1u32.to_le_bytes());
         Ok(Self {
-            server: Server::new(Arc::new(fs)),
+            server: Server::new(Arc::new(FixedFlags::new(fs))),
             readonly,
             config,
         })

@@ -219,6 +219,34 @@ fn cannot_escape_the_directory() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// A READ whose flags differ from its handle's no longer changes the host
+/// descriptor's flags: when that F_SETFL failed (here on an O_PATH handle),
+/// fuse-backend-rs closed the handle's descriptor by mistake, and the handle
+/// went on to read, and finally close, whatever file next got its number.
+#[test]
+fn a_handle_keeps_its_own_descriptor() {
+    let dir = fixture("flags");
+    std::fs::write(dir.join("other"), b"other file").unwrap();
+    let mut h = Harness::new(&dir, false);
+    let (node, _) = h.lookup(1, "file").unwrap();
+    let fh = h.open(node, libc::O_PATH).unwrap();
+    assert!(h.read(node, fh, 64).is_err());
+    let (other, _) = h.lookup(1, "other").unwrap();
+    let other_fh = h.open(other, libc::O_RDONLY).unwrap();
+    assert_ne!(h.read(node, fh, 64), Ok(b"other file".to_vec()));
+    assert_eq!(h.read(other, other_fh, 64).unwrap(), b"other file");
+    // O_APPEND stays with the guest kernel: a write lands where it says.
+    let fh = h.open(node, libc::O_WRONLY | libc::O_APPEND).unwrap();
+    let mut write = fh.to_le_bytes().to_vec();
+    write.extend(0u64.to_le_bytes());
+    write.extend(1u32.to_le_bytes());
+    write.extend([0u8; 20]);
+    write.push(b'I');
+    assert_eq!(h.request(Opcode::Write as u32, node, &write).0, 0);
+    assert_eq!(std::fs::read(dir.join("file")).unwrap(), b"Inside");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[test]
 fn read_only_directories_refuse_writes() {
     let dir = fixture("ro");
