@@ -11,8 +11,8 @@
 //! resolves them itself). Before a request reaches it, [`screen`] refuses
 //! opcodes this device does not serve and, for a read-only directory, every
 //! request that would modify it (`EROFS`). READ and WRITE reach the
-//! passthrough through [`fixed_flags`], which keeps a handle's descriptor
-//! its own (see there).
+//! passthrough through `FixedFlags` (`fs/fixed_flags.rs`), which keeps a
+//! handle's host descriptor its own.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -24,8 +24,11 @@ use fuse_backend_rs::transport::{Reader, VirtioFsWriter};
 use virtio_queue::{DescriptorChain, Queue};
 use vm_memory::{ByteValued, Bytes};
 
+use self::fixed_flags::FixedFlags;
 use super::{queue, VirtioDevice};
 use crate::memory::GuestMemory;
+
+mod fixed_flags;
 
 pub const HIPRIO_QUEUE: usize = 0;
 pub const REQUEST_QUEUE: usize = 1;
@@ -49,10 +52,6 @@ pub enum Error {
     #[error("tag {0:?} is longer than {TAG_LEN} bytes")]
     TagTooLong(String),
 }
-
-mod fixed_flags;
-
-use fixed_flags::FixedFlags;
 
 type Passthrough = PassthroughFs<()>;
 

@@ -36,6 +36,9 @@ pub struct FixedFlags<FS> {
     inner: FS,
     /// Open flags of each file handle the inner file system returned, as it
     /// stored them (directory handles have none: they take no READ or WRITE).
+    /// The passthrough never reuses a handle number, so an entry left by a
+    /// failed RELEASE cannot describe another handle; each entry stands for
+    /// an open host descriptor, which RLIMIT_NOFILE bounds.
     handles: Mutex<HashMap<u64, Option<u32>>>,
 }
 
