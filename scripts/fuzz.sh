@@ -45,6 +45,14 @@ start=$SECONDS
 cargo fuzz build "${flags[@]}"
 echo "fuzz targets built in $((SECONDS - start)) s"
 
+# Directories served by fuzz processes that crashed (a crash skips their
+# cleanup; see fuzz/src/sandbox.rs).
+for dir in /dev/shm/capsa-fuzz-*; do
+    [[ -d $dir ]] || continue
+    pid=${dir#/dev/shm/capsa-fuzz-}
+    kill -0 "${pid%%-*}" 2>/dev/null || rm -rf "$dir"
+done
+
 logs=fuzz/target/logs
 mkdir -p "$logs"
 failed=()
