@@ -60,6 +60,17 @@ fn fixture(args: &[&str]) -> TestBundle {
     bundle
 }
 
+/// A fixture running `/bin/<name>`, the C program `source` built with the
+/// host's gcc and `flags`.
+fn c_program_fixture(name: &str, source: &str, flags: &[&str]) -> TestBundle {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let binary = compile_c(dir.path(), name, source, flags);
+    let program = format!("/bin/{name}");
+    let bundle = fixture(&[program.as_str()]);
+    std::fs::copy(&binary, bundle.rootfs().join(&program[1..])).expect("copy the program");
+    bundle
+}
+
 /// `capsa run` of `bundle` in `mode`, with `stdin` piped in (else /dev/null).
 fn run(capsa: &Capsa, bundle: &TestBundle, mode: &str, stdin: Option<&[u8]>) -> Output {
     let id = unique_id(mode);
@@ -652,10 +663,7 @@ int main(void) {
 
 #[test]
 fn fault_signals_run_their_handlers() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let binary = compile_c(dir.path(), "faults", FAULTS_C, &["-static", "-O1"]);
-    let bundle = fixture(&["/bin/faults"]);
-    std::fs::copy(&binary, bundle.rootfs().join("bin/faults")).expect("copy faults");
+    let bundle = c_program_fixture("faults", FAULTS_C, &["-static", "-O1"]);
     let out = both("fault handlers", &bundle, None);
     assert_eq!(
         (out.status.code(), stdout(&out).as_str()),
@@ -745,10 +753,7 @@ fn host_clock(clock: libc::clockid_t) -> i64 {
 /// nanosleep lasts 30 ms or more on both clocks, which advance together.
 #[test]
 fn clocks_agree_with_the_host_within_a_millisecond() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let binary = compile_c(dir.path(), "clocks", CLOCKS_C, &["-static"]);
-    let bundle = fixture(&["/bin/clocks"]);
-    std::fs::copy(&binary, bundle.rootfs().join("bin/clocks")).expect("copy clocks");
+    let bundle = c_program_fixture("clocks", CLOCKS_C, &["-static"]);
     const MS: i64 = 1_000_000;
     for mode in MODES {
         let capsa = Capsa::new();
@@ -826,10 +831,7 @@ int main(void) {
 
 #[test]
 fn shared_anonymous_memory_is_shared_across_fork() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let binary = compile_c(dir.path(), "shm", SHARED_MEMORY_C, &["-static", "-O1"]);
-    let bundle = fixture(&["/bin/shm"]);
-    std::fs::copy(&binary, bundle.rootfs().join("bin/shm")).expect("copy shm");
+    let bundle = c_program_fixture("shm", SHARED_MEMORY_C, &["-static", "-O1"]);
     let out = both("shared memory", &bundle, None);
     assert_eq!(
         (out.status.code(), stdout(&out).as_str()),

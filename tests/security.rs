@@ -65,25 +65,6 @@ fn assert_no_process_of(capsa: &Capsa) {
     assert!(left.is_empty(), "capsa processes left behind: {left:?}");
 }
 
-/// Blocks until process `pid` has exited (pidfd, no polling).
-fn wait_exit(pid: i32) {
-    // SAFETY: pidfd_open takes a pid and flags; returns an fd or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
-    if fd < 0 {
-        return; // already gone
-    }
-    let mut pfd = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd; then closing the fd we own.
-    unsafe {
-        libc::poll(&mut pfd, 1, -1);
-        libc::close(fd);
-    }
-}
-
 /// A file on the host, outside every bundle, whose content must never be
 /// read inside an instance.
 struct HostSecret {

@@ -41,8 +41,7 @@ const MAX_REQUESTS: usize = 64;
 const FUSE_INIT: u32 = 26;
 
 fn ram() -> &'static Ram {
-    static RAM: OnceLock<Ram> = OnceLock::new();
-    RAM.get_or_init(|| Ram::new(RAM_SIZE))
+    capsa_fuzz::ram::shared(RAM_SIZE)
 }
 
 fn sandbox() -> &'static Mutex<Sandbox> {

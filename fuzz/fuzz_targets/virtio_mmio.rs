@@ -20,7 +20,7 @@
 
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use capsa_abi::{CONTROL_MMIO_BASE, CONTROL_MMIO_SIZE, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE};
@@ -39,13 +39,11 @@ use vm_memory::{Bytes, GuestAddress};
 const RAM_SIZE: usize = 64 << 10;
 
 fn ram() -> &'static Ram {
-    static RAM: OnceLock<Ram> = OnceLock::new();
-    RAM.get_or_init(|| Ram::new(RAM_SIZE))
+    capsa_fuzz::ram::shared(RAM_SIZE)
 }
 
 fn sandbox() -> &'static Mutex<Sandbox> {
-    static SANDBOX: OnceLock<Mutex<Sandbox>> = OnceLock::new();
-    SANDBOX.get_or_init(|| Mutex::new(Sandbox::new()))
+    capsa_fuzz::sandbox::shared()
 }
 
 fn address(target: u8, offset: u16) -> u64 {

@@ -20,7 +20,7 @@
 
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 
 use capsa_fuzz::driver::{self, Ring};
 use capsa_fuzz::input::Input;
@@ -36,13 +36,11 @@ use libfuzzer_sys::fuzz_target;
 const RAM_SIZE: usize = 64 << 10;
 
 fn ram() -> &'static Ram {
-    static RAM: OnceLock<Ram> = OnceLock::new();
-    RAM.get_or_init(|| Ram::new(RAM_SIZE))
+    capsa_fuzz::ram::shared(RAM_SIZE)
 }
 
 fn sandbox() -> &'static Mutex<Sandbox> {
-    static SANDBOX: OnceLock<Mutex<Sandbox>> = OnceLock::new();
-    SANDBOX.get_or_init(|| Mutex::new(Sandbox::new()))
+    capsa_fuzz::sandbox::shared()
 }
 
 fuzz_target!(|data: &[u8]| {

@@ -10,6 +10,15 @@ use vm_memory::{Bytes, GuestAddress, GuestRegionMmap, MmapRegion};
 
 const PAGE: usize = 4096;
 
+/// The process's one guest RAM of `size` bytes (a fuzz target is one
+/// process and serves every input from the same mapping).
+pub fn shared(size: usize) -> &'static Ram {
+    static RAM: std::sync::OnceLock<Ram> = std::sync::OnceLock::new();
+    let ram = RAM.get_or_init(|| Ram::new(size));
+    assert_eq!(ram.size, size, "one RAM size per fuzz target");
+    ram
+}
+
 pub struct Ram {
     memory: GuestMemory,
     size: usize,

@@ -118,6 +118,12 @@ pub struct Sandbox {
     pristine_outside: Snapshot,
 }
 
+/// The process's one sandbox, shared by every input of a fuzz target.
+pub fn shared() -> &'static std::sync::Mutex<Sandbox> {
+    static SANDBOX: std::sync::OnceLock<std::sync::Mutex<Sandbox>> = std::sync::OnceLock::new();
+    SANDBOX.get_or_init(|| std::sync::Mutex::new(Sandbox::new()))
+}
+
 impl Sandbox {
     pub fn new() -> Self {
         static COUNT: AtomicUsize = AtomicUsize::new(0);

@@ -221,6 +221,13 @@ impl Vmas {
         self.map.iter().map(|(&s, v)| (s, v.end, v.prot))
     }
 
+    /// Whether a `MAP_SHARED` mapping overlaps `[start, end)`.
+    pub fn any_shared(&self, start: u64, end: u64) -> bool {
+        self.map
+            .range(..end)
+            .any(|(&s, v)| v.shared && s < end && v.end > start)
+    }
+
     /// The slots wholly covered by `MAP_SHARED` mappings (adjacent ones
     /// together): a fork shares their frames with the child.
     pub fn shared_slots(&self) -> BTreeSet<u64> {
@@ -414,7 +421,11 @@ impl Mm {
         // Whole slots of shared mappings are not cleared here: another
         // process may still map their frames, which are cleared when the
         // last one lets go (see `space`).
-        let shared = self.vmas.shared_slots();
+        let shared = if self.vmas.any_shared(addr, end) {
+            self.vmas.shared_slots()
+        } else {
+            BTreeSet::new()
+        };
         for (s, e) in self.vmas.remove(addr, end) {
             if s >= self.brk_start && e <= self.brk_end {
                 // The break area stays reserved for brk; just record the hole.
