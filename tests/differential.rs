@@ -679,6 +679,125 @@ fn fault_signals_run_their_handlers() {
     );
 }
 
+/// mprotect is enforced page by page: a read-only page reads but a write
+/// faults with SEGV_ACCERR at the written address while its neighbour
+/// stays writable; the kernel refuses (EFAULT) to write into a read-only
+/// page or read from a PROT_NONE one; a forked child inherits the
+/// protections; making the page writable again works; bad arguments fail
+/// as on Linux; a read-only private file mapping faults on write.
+const PROTECT_C: &str = r#"#include <errno.h>
+#include <fcntl.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+static sigjmp_buf back;
+static volatile char *where;
+static volatile int code, sig;
+static void on_fault(int s, siginfo_t *info, void *uc) {
+    (void)uc; sig = s; where = info->si_addr; code = info->si_code;
+    siglongjmp(back, 1);
+}
+static void try_write(const char *what, volatile char *p) {
+    sig = 0;
+    if (!sigsetjmp(back, 1)) *p = 'w';
+    printf("write %s: signal %d code %d at %+ld\n", what, sig, sig ? code : 0, sig ? (long)(where - p) : 0L);
+}
+static void try_read(const char *what, volatile char *p) {
+    sig = 0;
+    int v = 0;
+    if (!sigsetjmp(back, 1)) v = *p;
+    printf("read %s: signal %d code %d value %d\n", what, sig, sig ? code : 0, sig ? -1 : v);
+}
+int main(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = on_fault;
+    sa.sa_flags = SA_SIGINFO;
+    sigaction(SIGSEGV, &sa, NULL);
+    long pg = sysconf(_SC_PAGESIZE);
+    char *m = mmap(NULL, 3 * pg, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    memset(m, 'a', 3 * pg);
+    printf("mprotect read-only: %d\n", mprotect(m + pg, pg, PROT_READ));
+    try_read("read-only", m + pg);
+    try_write("read-only", m + pg + 7);
+    try_write("neighbour", m + 2 * pg);
+    int fd = open("/dev/zero", O_RDONLY);
+    int p[2];
+    pipe(p);
+    ssize_t n = read(fd, m + pg, 16);
+    printf("read(2) into read-only: %zd errno %d\n", n, errno);
+    n = write(p[1], m + pg, 16);
+    printf("write(2) from read-only: %zd\n", n);
+    printf("mprotect none: %d\n", mprotect(m + pg, pg, PROT_NONE));
+    try_read("none", m + pg);
+    errno = 0;
+    n = write(p[1], m + pg, 16);
+    printf("write(2) from none: %zd errno %d\n", n, errno);
+    pid_t child = fork();
+    if (child == 0) {
+        signal(SIGSEGV, SIG_DFL);
+        m[0] = 'c';
+        m[pg] = 'c';
+        _exit(0);
+    }
+    int status;
+    waitpid(child, &status, 0);
+    printf("child touching none: signaled %d sig %d\n", WIFSIGNALED(status), WTERMSIG(status));
+    printf("mprotect read-write: %d\n", mprotect(m, 3 * pg, PROT_READ | PROT_WRITE));
+    try_write("read-write", m + pg);
+    printf("value %c\n", m[pg]);
+    int r = mprotect(m, pg, 0x80);
+    printf("mprotect bad prot: %d errno %d\n", r, errno);
+    r = mprotect(m + 1, pg, PROT_READ);
+    printf("mprotect unaligned: %d errno %d\n", r, errno);
+    munmap(m + pg, pg);
+    r = mprotect(m, 3 * pg, PROT_READ);
+    printf("mprotect hole: %d errno %d\n", r, errno);
+    int f = open("/data/a.txt", O_RDONLY);
+    char *fm = mmap(NULL, pg, PROT_READ, MAP_PRIVATE, f, 0);
+    if (fm == MAP_FAILED) return 1;
+    printf("file mapping reads %c\n", fm[0]);
+    try_write("file read-only", fm);
+    return 0;
+}
+"#;
+
+#[test]
+fn mprotect_is_enforced_page_by_page() {
+    let bundle = c_program_fixture("protect", PROTECT_C, &["-static", "-O1"]);
+    let out = both("mprotect", &bundle, None);
+    assert_eq!(
+        (out.status.code(), stdout(&out).as_str()),
+        (
+            Some(0),
+            "mprotect read-only: 0\n\
+             read read-only: signal 0 code 0 value 97\n\
+             write read-only: signal 11 code 2 at +0\n\
+             write neighbour: signal 0 code 0 at +0\n\
+             read(2) into read-only: -1 errno 14\n\
+             write(2) from read-only: 16\n\
+             mprotect none: 0\n\
+             read none: signal 11 code 2 value -1\n\
+             write(2) from none: -1 errno 14\n\
+             child touching none: signaled 1 sig 11\n\
+             mprotect read-write: 0\n\
+             write read-write: signal 0 code 0 at +0\n\
+             value w\n\
+             mprotect bad prot: -1 errno 22\n\
+             mprotect unaligned: -1 errno 22\n\
+             mprotect hole: -1 errno 12\n\
+             file mapping reads p\n\
+             write file read-only: signal 11 code 2 at +0\n"
+        ),
+        "{}",
+        show(&out)
+    );
+}
+
 /// `capsa kill` with SIGTERM reaches the process in both modes: a shell
 /// trapping it runs its trap (exit 3), while SIGUSR1, which it has no
 /// handler for, is ignored as by any container's pid 1 and the process

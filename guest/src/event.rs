@@ -262,13 +262,13 @@ impl Kernel {
         let ep_file = self.fds.file(epfd)?;
         let epoll = ep_file.as_epoll().ok_or(Errno::EINVAL)?;
         // Check the buffer before consuming one-shot entries.
-        self.user_buf(events, max * EVENT_SIZE)?;
+        self.user_buf_mut(events, max * EVENT_SIZE)?;
         let ready = epoll.ready(&mut self.dev, max);
         if ready.is_empty() {
             self.block_until(timeout_ns)?;
             return Ok(0);
         }
-        let out = self.user_buf(events, ready.len() * EVENT_SIZE)?;
+        let out = self.user_buf_mut(events, ready.len() * EVENT_SIZE)?;
         for (slot, (revents, data)) in out.chunks_exact_mut(EVENT_SIZE).zip(&ready) {
             slot[..4].copy_from_slice(&revents.to_le_bytes());
             slot[4..].copy_from_slice(&data.to_le_bytes());

@@ -647,19 +647,25 @@ impl Kernel {
             if h.flags & elf::PF_X != 0 {
                 prot |= PROT_EXEC;
             }
-            self.mm.vmas.insert(
+            let (map_start, map_end) = (
                 start & !(PAGE_SIZE - 1),
                 page_up(start + h.memsz).ok_or(Errno::ENOEXEC)?,
-                prot,
             );
+            // Writable while the kernel fills it, then what the segment says.
+            self.mm
+                .vmas
+                .insert(map_start, map_end, PROT_READ | PROT_WRITE);
             self.back()?;
             // SAFETY: [start, start + memsz) lies in the range reserved above
-            // for this image (identity-mapped RAM nobody else uses).
+            // for this image (identity-mapped RAM nobody else uses), mapped
+            // writable just above.
             let dst =
                 unsafe { core::slice::from_raw_parts_mut(start as *mut u8, h.memsz as usize) };
             let (file_part, bss) = dst.split_at_mut(h.filesz as usize);
             self.read_exact(file, file_part, h.offset)?;
             bss.fill(0);
+            self.mm.vmas.protect(map_start, map_end, prot)?;
+            self.back()?;
         }
         Ok((image, bias, hi + bias))
     }
@@ -832,11 +838,14 @@ pub fn fault(regs: &FaultInfo, fx: &arch::FxArea) -> ! {
         rsp: frame.rsp,
     };
     *rfx = *fx;
-    let code = match (signal, frame.error & 1) {
-        (11, 0) => 1, // SEGV_MAPERR
-        (11, _) => 2, // SEGV_ACCERR
-        (8, _) => 1,  // FPE_INTDIV
-        (4, _) => 1,  // ILL_ILLOPC
+    // SEGV_ACCERR when a mapping covers the address (its protection said
+    // no), SEGV_MAPERR when none does.
+    let mapped = frame.vector == 14 && k.mm.vmas.get(frame.cr2).is_some();
+    let code = match (signal, mapped) {
+        (11, false) => 1, // SEGV_MAPERR
+        (11, true) => 2,  // SEGV_ACCERR
+        (8, _) => 1,      // FPE_INTDIV
+        (4, _) => 1,      // ILL_ILLOPC
         _ => 1,
     };
     let addr = if frame.vector == 14 {

@@ -85,13 +85,30 @@ impl Kernel {
         }
     }
 
-    /// Backs every slot the current mappings touch, releases the others.
+    /// Backs every slot the current mappings touch, releases the others,
+    /// and makes the pages of slots whose mappings changed allow what
+    /// their mappings' protections say.
     pub fn back(&mut self) -> Result<()> {
         let needed = space::slots_of(self.mm.vmas.ranges());
         let Some(s) = self.space.as_mut() else {
             return Ok(());
         };
-        let changed = s.sync(&needed, &mut self.frames)?;
+        let mut changed = s.sync(&needed, &mut self.frames)?;
+        if let Some((start, end)) = self.mm.vmas.take_changed() {
+            for slot in space::slots_of(core::iter::once((start, end))) {
+                let access = self.mm.vmas.slot_access(slot);
+                match s.set_access(slot, access.as_ref()) {
+                    Ok(c) => changed |= c,
+                    Err(e) => {
+                        // Out of heap for a page table: try again next time.
+                        self.mm.vmas.note_changed(start, end);
+                        arch::load_cr3(s.cr3());
+                        self.loaded_cr3 = s.cr3();
+                        return Err(e);
+                    }
+                }
+            }
+        }
         if changed {
             // Flush: under shadow paging the hypervisor may hold on to the
             // old entries (and on hardware, removed ones) until a CR3 load.

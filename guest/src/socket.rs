@@ -130,7 +130,7 @@ impl Kernel {
         if protocol != 0 {
             return Err(Errno::EPROTONOSUPPORT);
         }
-        self.user_buf(sv, 8)?;
+        self.user_buf_mut(sv, 8)?;
         let (a_rx, b_tx) = new_pipe(0);
         let (b_rx, a_tx) = new_pipe(0);
         let flags = O_RDWR | (typ & O_NONBLOCK);
@@ -195,7 +195,7 @@ impl Kernel {
         addr_len: u64,
     ) -> Result<u64> {
         let file = self.unix_stream(fd)?;
-        let data = self.user_buf(buf, len as usize)?;
+        let data = self.user_buf_mut(buf, len as usize)?;
         let Some(sock) = file.as_unix_stream() else {
             return Err(Errno::ENOTSOCK);
         };

@@ -6,9 +6,13 @@
 //! device DMA can target any application buffer directly.
 //!
 //! Consequences, by design for now:
-//! - `mprotect` and the `PROT_*` bits of `mmap` are bookkeeping only (2 MiB
-//!   pages cannot express 4 KiB permissions, and changing them would need CPL0
-//!   page-table work); `PROT_NONE` guard pages do not fault.
+//! - Protections are enforced page by page: a 2 MiB slot whose mappings
+//!   all allow reading and writing is one 2 MiB page, any other gets a 4 KiB
+//!   page table saying what each page allows (`space::Access`). The kernel
+//!   checks a buffer's protections before touching it for the application
+//!   (`EFAULT` otherwise, as Linux's `copy_to_user`), and fills or clears
+//!   memory it maps for itself (ELF segments, file mappings, released
+//!   memory) while writable or through the physical window.
 //! - Page 0 is not mapped in process address spaces (`space`), so null
 //!   dereferences fault; the boot data from 0x1000 up stays mapped.
 //! - Memory never handed out is zero (fresh VMM RAM); memory given back
@@ -125,10 +129,13 @@ pub struct Vma {
     pub shared: bool,
 }
 
-/// The application's mappings (start -> end, prot), for munmap/mprotect bookkeeping.
+/// The application's mappings (start -> end, prot).
 #[derive(Clone, Debug, Default)]
 pub struct Vmas {
     map: BTreeMap<u64, Vma>,
+    /// The span whose mappings changed since the page tables last followed
+    /// them (see `take_changed`).
+    changed: Option<(u64, u64)>,
 }
 
 impl Vmas {
@@ -141,9 +148,72 @@ impl Vmas {
         self.map.insert(start, Vma { end, prot, shared });
     }
 
+    /// Records that `[start, end)` changed.
+    pub fn note_changed(&mut self, start: u64, end: u64) {
+        self.changed = Some(match self.changed {
+            Some((s, e)) => (s.min(start), e.max(end)),
+            None => (start, end),
+        });
+    }
+
+    /// The span that changed since the last call.
+    pub fn take_changed(&mut self) -> Option<(u64, u64)> {
+        self.changed.take()
+    }
+
+    /// What each page of the 2 MiB slot at `slot` allows, or `None` when
+    /// every page allows reading and writing, so one 2 MiB page can map it.
+    /// x86 pages cannot be write-only or execute-only: any access but none
+    /// implies reading. Pages no mapping covers stay accessible, as in
+    /// slots without protections (see docs/syscalls.md).
+    pub fn slot_access(&self, slot: u64) -> Option<[space::Access; 512]> {
+        let end = slot + space::SLOT;
+        let mut access = [space::Access::ReadWrite; 512];
+        let mut uniform = true;
+        let within = self
+            .map
+            .range(..end)
+            .rev()
+            .take_while(|(_, v)| v.end > slot);
+        for (&s, v) in within {
+            if v.prot & PROT_WRITE != 0 {
+                continue;
+            }
+            let a = if v.prot & (PROT_READ | PROT_EXEC) != 0 {
+                space::Access::Read
+            } else {
+                space::Access::None
+            };
+            let first = (s.max(slot) - slot) / PAGE_SIZE;
+            let last = (v.end.min(end) - slot) / PAGE_SIZE;
+            for page in &mut access[first as usize..last as usize] {
+                *page = a;
+            }
+            uniform = false;
+        }
+        (!uniform).then_some(access)
+    }
+
+    /// Whether the application may read (`write`: and write) every mapped
+    /// page of `[start, end)`: the kernel must not touch for it what it
+    /// could not touch itself.
+    pub fn allows(&self, start: u64, end: u64, write: bool) -> bool {
+        let need = if write {
+            PROT_WRITE
+        } else {
+            PROT_READ | PROT_WRITE | PROT_EXEC
+        };
+        self.map
+            .range(..end)
+            .rev()
+            .take_while(|(_, v)| v.end > start)
+            .all(|(_, v)| v.prot & need != 0)
+    }
+
     /// Unmaps `[start, end)`, splitting mappings that straddle it; returns the
     /// subranges that were mapped.
     pub fn remove(&mut self, start: u64, end: u64) -> Vec<(u64, u64)> {
+        self.note_changed(start, end);
         let mut removed = Vec::new();
         let overlapping: Vec<(u64, Vma)> = self
             .map
@@ -269,6 +339,7 @@ impl Vmas {
     }
 }
 
+pub const PROT_NONE: u32 = 0;
 pub const PROT_READ: u32 = 1;
 pub const PROT_WRITE: u32 = 2;
 pub const PROT_EXEC: u32 = 4;
@@ -472,6 +543,44 @@ mod tests {
         v.insert_vma(0x300_1000, 0x300_1000 + slot, PROT_READ, true);
         let shared: Vec<u64> = v.shared_slots().into_iter().collect();
         assert_eq!(shared, vec![0x40_0000, 0x40_0000 + slot, 0x100_0000]);
+    }
+
+    #[test]
+    fn slots_with_mixed_protections_get_per_page_access() {
+        use space::Access;
+        let slot = space::SLOT;
+        let mut v = Vmas::default();
+        v.insert(0x40_0000, 0x40_0000 + slot, PROT_READ | PROT_WRITE);
+        assert_eq!(
+            v.slot_access(0x40_0000),
+            None,
+            "all writable: one 2 MiB page"
+        );
+        v.protect(0x40_1000, 0x40_2000, PROT_NONE).expect("mapped");
+        v.protect(0x40_3000, 0x40_5000, PROT_READ | PROT_EXEC)
+            .expect("mapped");
+        let access = v.slot_access(0x40_0000).expect("mixed");
+        assert_eq!(
+            &access[..6],
+            &[
+                Access::ReadWrite,
+                Access::None,
+                Access::ReadWrite,
+                Access::Read,
+                Access::Read,
+                Access::ReadWrite
+            ]
+        );
+        assert!(v.allows(0x40_0000, 0x40_1000, true));
+        assert!(
+            !v.allows(0x40_0800, 0x40_1800, false),
+            "reaches the PROT_NONE page"
+        );
+        assert!(v.allows(0x40_3000, 0x40_5000, false));
+        assert!(!v.allows(0x40_3000, 0x40_3001, true), "read-only");
+        // The span the page tables must follow covers every change.
+        assert_eq!(v.take_changed(), Some((0x40_0000, 0x40_0000 + slot)));
+        assert_eq!(v.take_changed(), None);
     }
 
     #[test]

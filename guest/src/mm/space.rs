@@ -48,8 +48,16 @@
 //! of their own for this, see `crate::mm`).
 //!
 //! The cost of 2 MiB granularity is memory: each process holds at least a
-//! frame per 2 MiB region it touches, and protections stay bookkeeping
-//! (no guard pages), as in the single-process design.
+//! frame per 2 MiB region it touches.
+//!
+//! # Protections
+//! A slot whose pages differ in what they allow (a `PROT_NONE` guard page,
+//! read-only RELRO or text) is mapped through a 4 KiB page table instead of
+//! one 2 MiB page ([`Space::set_access`]); its frame stays one contiguous
+//! 2 MiB frame, so fork, DMA and the physical window treat it as any slot,
+//! and dirty bits are read from its page entries. Changing entries reloads
+//! CR3 (`Kernel::back`), one gate exit per `mprotect`, as shadow paging
+//! needs a flush to see a tightened entry.
 
 use alloc::alloc::{alloc_zeroed, dealloc};
 use alloc::collections::{BTreeMap, BTreeSet};
@@ -67,8 +75,11 @@ const ACCESSED: u64 = 0x20;
 const DIRTY: u64 = 0x40;
 /// Present, writable, user, 2 MiB.
 const LARGE: u64 = 0x87;
-/// Present, writable, user: a pointer to a lower table.
+/// Present, writable, user: a pointer to a lower table, or a 4 KiB page.
 const TABLE: u64 = 0x07;
+/// Present, user, read-only 4 KiB page.
+const READ_ONLY: u64 = 0x05;
+const PAGE_BYTES: u64 = 4096;
 const ADDR_MASK: u64 = 0x000f_ffff_ffe0_0000;
 const TABLE_MASK: u64 = 0x000f_ffff_ffff_f000;
 /// Guest-physical space the identity tables cover (RAM and the MMIO window).
@@ -234,14 +245,39 @@ pub fn slots_of(ranges: impl Iterator<Item = (u64, u64)>) -> BTreeSet<u64> {
     out
 }
 
+/// What the application may do with one 4 KiB page of a slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    None,
+    Read,
+    ReadWrite,
+}
+
+impl Access {
+    fn pte_flags(self) -> u64 {
+        match self {
+            Access::None => 0,
+            Access::Read => READ_ONLY,
+            Access::ReadWrite => TABLE,
+        }
+    }
+}
+
+/// The frame behind a slot and, when its pages differ in what they allow,
+/// the 4 KiB page table that says so (otherwise one 2 MiB page maps it).
+struct Backing {
+    frame: u64,
+    pages: Option<Table>,
+}
+
 /// One process's page tables and the frames behind its slots.
 pub struct Space {
     pml4: Table,
     pdpt: Table,
     /// Private page directories for the GiBs holding user slots.
     pds: Vec<Table>,
-    /// Slot address -> frame.
-    slots: BTreeMap<u64, u64>,
+    /// Slot address -> its frame.
+    slots: BTreeMap<u64, Backing>,
 }
 
 fn phys(pa: u64) -> *mut u8 {
@@ -300,9 +336,17 @@ impl Space {
         Some((pd, ((va >> 21) & 511) as usize))
     }
 
-    fn set_slot(&self, va: u64, frame: u64, dirty: bool) {
-        if let Some((pd, i)) = self.pde(va) {
-            pd.set(i, frame | LARGE | if dirty { DIRTY | ACCESSED } else { 0 });
+    /// Points the slot at `va` to `backing`: one 2 MiB page, or its page table.
+    fn install(&self, va: u64, backing: &Backing, dirty: bool) {
+        let Some((pd, i)) = self.pde(va) else {
+            return;
+        };
+        match &backing.pages {
+            Some(pt) => pd.set(i, pt.addr() | TABLE),
+            None => pd.set(
+                i,
+                backing.frame | LARGE | if dirty { DIRTY | ACCESSED } else { 0 },
+            ),
         }
     }
 
@@ -310,7 +354,10 @@ impl Space {
         if !DIRTY_BITS_WORK.load(Ordering::Relaxed) {
             return true;
         }
-        self.pde(va).is_some_and(|(pd, i)| pd.get(i) & DIRTY != 0)
+        match self.slots.get(&va).and_then(|b| b.pages.as_ref()) {
+            Some(pt) => (0..512).any(|i| pt.get(i) & DIRTY != 0),
+            None => self.pde(va).is_some_and(|(pd, i)| pd.get(i) & DIRTY != 0),
+        }
     }
 
     pub fn is_mapped(&self, va: u64) -> bool {
@@ -334,43 +381,125 @@ impl Space {
                 continue;
             }
             let frame = frames.alloc().ok_or(Errno::ENOMEM)?;
-            self.set_slot(va, frame, false);
-            self.slots.insert(va, frame);
+            let backing = Backing { frame, pages: None };
+            self.install(va, &backing, false);
+            self.slots.insert(va, backing);
         }
         Ok(!gone.is_empty())
     }
 
+    /// Sets what each 4 KiB page of the backed slot at `va` allows (`None`:
+    /// everything, as one 2 MiB page); returns whether an entry changed (the
+    /// caller must then flush the TLB). Dirty bits carry over: a slot
+    /// written as a whole counts as written in each of its pages.
+    pub fn set_access(&mut self, va: u64, access: Option<&[Access; 512]>) -> Result<bool> {
+        let dirty = self.slots.contains_key(&va) && self.dirty(va);
+        let Some(backing) = self.slots.get_mut(&va) else {
+            return Ok(false);
+        };
+        let frame = backing.frame;
+        let changed = match (access, &backing.pages) {
+            (None, None) => false,
+            (None, Some(_)) => {
+                backing.pages = None;
+                true
+            }
+            (Some(access), None) => {
+                let pt = Table::new()?;
+                let written = if dirty { DIRTY | ACCESSED } else { 0 };
+                for (i, a) in access.iter().enumerate() {
+                    pt.set(i, (frame + i as u64 * PAGE_BYTES) | a.pte_flags() | written);
+                }
+                backing.pages = Some(pt);
+                true
+            }
+            (Some(access), Some(pt)) => {
+                let mut changed = false;
+                for (i, a) in access.iter().enumerate() {
+                    let old = pt.get(i);
+                    let new = (old & !(TABLE | READ_ONLY)) | a.pte_flags();
+                    if new != old {
+                        pt.set(i, new);
+                        changed = true;
+                    }
+                }
+                return Ok(changed);
+            }
+        };
+        let Some(backing) = self.slots.get(&va) else {
+            return Ok(changed);
+        };
+        self.install(va, backing, dirty);
+        Ok(changed)
+    }
+
     fn drop_slot(&mut self, va: u64, frames: &mut Frames) {
-        if let Some(frame) = self.slots.remove(&va) {
-            let dirty = self.dirty(va);
+        let dirty = self.slots.contains_key(&va) && self.dirty(va);
+        if let Some(backing) = self.slots.remove(&va) {
             if let Some((pd, i)) = self.pde(va) {
                 pd.set(i, 0);
             }
-            if frames.let_go(frame) {
+            if frames.let_go(backing.frame) {
                 // Another space still maps this shared frame.
                 return;
             }
             if dirty {
-                clear_frame(frame);
+                clear_frame(backing.frame);
             }
-            frames.free(frame);
+            frames.free(backing.frame);
+        }
+    }
+
+    /// The child's backing of a slot: `frame`, with a copy of `parent`'s
+    /// page table (if it has one) pointing there, its dirty bits cleared
+    /// unless `written`.
+    fn backing_like(parent: &Backing, frame: u64, written: bool) -> Result<Backing> {
+        let pages = match &parent.pages {
+            None => None,
+            Some(pt) => {
+                let copy = Table::new()?;
+                for i in 0..512 {
+                    let mut e = (pt.get(i) & !TABLE_MASK) | (frame + i as u64 * PAGE_BYTES);
+                    if !written {
+                        e &= !(DIRTY | ACCESSED);
+                    }
+                    copy.set(i, e);
+                }
+                Some(copy)
+            }
+        };
+        Ok(Backing { frame, pages })
+    }
+
+    /// Marks the whole slot at `va` written (so whoever lets go of a shared
+    /// frame last clears it).
+    fn mark_written(&self, va: u64) {
+        match self.slots.get(&va).and_then(|b| b.pages.as_ref()) {
+            Some(pt) => (0..512).for_each(|i| pt.set(i, pt.get(i) | DIRTY | ACCESSED)),
+            None => {
+                if let Some((pd, i)) = self.pde(va) {
+                    pd.set(i, pd.get(i) | DIRTY | ACCESSED);
+                }
+            }
         }
     }
 
     /// A copy for a forked child: `shared` slots (of `MAP_SHARED`
     /// mappings) map the same frames, dirty slots are copied into fresh
-    /// frames, clean ones backed by fresh (zero) frames.
+    /// frames, clean ones backed by fresh (zero) frames. Page protections
+    /// are the parent's.
     pub fn fork(&self, frames: &mut Frames, shared: &BTreeSet<u64>) -> Result<Space> {
         let mut child = Space::new(frames)?;
-        for (&va, &frame) in &self.slots {
+        for (&va, backing) in &self.slots {
             if shared.contains(&va) {
-                frames.hold(frame);
-                // Marked written, so whoever lets go last clears it.
-                child.set_slot(va, frame, true);
-                if let Some((pd, i)) = self.pde(va) {
-                    pd.set(i, pd.get(i) | DIRTY | ACCESSED);
-                }
-                child.slots.insert(va, frame);
+                let Ok(copy) = Self::backing_like(backing, backing.frame, true) else {
+                    child.release(frames);
+                    return Err(Errno::ENOMEM);
+                };
+                frames.hold(backing.frame);
+                self.mark_written(va);
+                child.install(va, &copy, true);
+                child.slots.insert(va, copy);
                 continue;
             }
             let Some(new) = frames.alloc() else {
@@ -378,13 +507,23 @@ impl Space {
                 return Err(Errno::ENOMEM);
             };
             let dirty = self.dirty(va);
+            let copy = match Self::backing_like(backing, new, dirty) {
+                Ok(copy) => copy,
+                Err(e) => {
+                    frames.free(new);
+                    child.release(frames);
+                    return Err(e);
+                }
+            };
             if dirty {
                 // SAFETY: two distinct whole frames, both reached through the
                 // physical window; `new` belongs to nobody yet.
-                unsafe { core::ptr::copy_nonoverlapping(phys(frame), phys(new), SLOT as usize) };
+                unsafe {
+                    core::ptr::copy_nonoverlapping(phys(backing.frame), phys(new), SLOT as usize)
+                };
             }
-            child.set_slot(va, new, dirty);
-            child.slots.insert(va, new);
+            child.install(va, &copy, dirty);
+            child.slots.insert(va, copy);
         }
         Ok(child)
     }
@@ -404,7 +543,7 @@ impl Space {
         let mut done = 0usize;
         while done < out.len() {
             let at = va + done as u64;
-            let Some(&frame) = self.slots.get(&slot_of(at)) else {
+            let Some(backing) = self.slots.get(&slot_of(at)) else {
                 return false;
             };
             let within = at - slot_of(at);
@@ -412,7 +551,11 @@ impl Space {
             // SAFETY: `frame` is one of this space's 2 MiB frames and
             // `within + n` stays inside it; the physical window maps it.
             unsafe {
-                core::ptr::copy_nonoverlapping(phys(frame + within), out[done..].as_mut_ptr(), n)
+                core::ptr::copy_nonoverlapping(
+                    phys(backing.frame + within),
+                    out[done..].as_mut_ptr(),
+                    n,
+                )
             };
             done += n;
         }
@@ -455,27 +598,81 @@ pub fn self_test(space: &Space, va: u64) {
 }
 
 /// Splits the buffer `[va, va + len)` of the loaded space into guest-physical
-/// pieces for a device; marks written slots dirty (the CPU does not see DMA).
+/// pieces for a device; marks written pages dirty (the CPU does not see DMA).
 pub fn dma_pieces(va: u64, len: u32, writable: bool, out: &mut Vec<(u64, u32)>) {
-    let pml4 = ACTIVE_PML4.load(Ordering::Relaxed);
-    if pml4 == 0 || len == 0 {
-        out.push((va, len));
-        return;
-    }
-    let end = va + u64::from(len);
-    let mut at = va;
-    while at < end {
-        let piece_end = (slot_of(at) + SLOT).min(end);
-        let pa = translate(pml4, at, writable).unwrap_or(at);
-        out.push((pa, (piece_end - at) as u32));
-        at = piece_end;
+    for (pa, n) in physical_pieces(va, u64::from(len), writable) {
+        out.push((pa, n as u32));
     }
 }
 
-fn translate(pml4: u64, va: u64, mark_dirty: bool) -> Option<u64> {
+/// Where the kernel can reach `[va, va + len)` of the loaded space whatever
+/// its pages allow the application: pieces of the physical window (the
+/// range itself without a loaded space). `written` marks the pages dirty,
+/// as a write through `va` would; unbacked parts are left out.
+pub fn kernel_view(va: u64, len: u64, written: bool) -> Vec<(u64, u64)> {
+    let pml4 = ACTIVE_PML4.load(Ordering::Relaxed);
+    if pml4 == 0 {
+        return alloc::vec![(va, len)];
+    }
+    physical_pieces(va, len, written)
+        .into_iter()
+        .map(|(pa, n)| (PHYS_BASE + pa, n))
+        .collect()
+}
+
+/// Copies `len` bytes from `src` to `dst` in the loaded space (ranges that
+/// do not overlap) through [`kernel_view`], whatever the pages allow.
+pub fn copy_within_space(dst: u64, src: u64, len: u64) {
+    let mut done = 0;
+    for (to, n) in kernel_view(dst, len, true) {
+        let mut piece_done = 0;
+        for (from, m) in kernel_view(src + done, n, false) {
+            // SAFETY: both are views of backed application memory (the
+            // physical window, or identity-mapped RAM without a loaded
+            // space) of at least `m` bytes, and the ranges do not overlap.
+            unsafe {
+                core::ptr::copy_nonoverlapping(
+                    from as *const u8,
+                    (to + piece_done) as *mut u8,
+                    m as usize,
+                )
+            };
+            piece_done += m;
+        }
+        done += n;
+    }
+}
+
+fn physical_pieces(va: u64, len: u64, written: bool) -> Vec<(u64, u64)> {
+    let pml4 = ACTIVE_PML4.load(Ordering::Relaxed);
+    if pml4 == 0 || len == 0 {
+        return alloc::vec![(va, len)];
+    }
+    let mut out = Vec::new();
+    let end = va.saturating_add(len);
+    let mut at = va;
+    while at < end {
+        let piece_end = (slot_of(at) + SLOT).min(end);
+        if let Some(pa) = translate(pml4, at, piece_end, written) {
+            out.push((pa, piece_end - at));
+        }
+        at = piece_end;
+    }
+    out
+}
+
+/// The guest-physical address of `va`, `[va, end)` lying in one slot
+/// (whose frame is contiguous, whether one 2 MiB page or a page table maps
+/// it); `mark_dirty` sets the dirty bits of the entries covering the range.
+fn translate(pml4: u64, va: u64, end: u64, mark_dirty: bool) -> Option<u64> {
     let read = |table: u64, i: u64| {
         // SAFETY: page tables live in identity-mapped kernel heap.
         unsafe { core::ptr::read_volatile((table as *const u64).add((i & 511) as usize)) }
+    };
+    let write = |table: u64, i: u64, v: u64| {
+        // SAFETY: as above; setting D on an entry is what the CPU itself
+        // would do on a write through it.
+        unsafe { core::ptr::write_volatile((table as *mut u64).add((i & 511) as usize), v) }
     };
     let e = read(pml4, va >> 39);
     if e & PRESENT == 0 {
@@ -487,22 +684,34 @@ fn translate(pml4: u64, va: u64, mark_dirty: bool) -> Option<u64> {
     }
     let pd = e & TABLE_MASK;
     let e = read(pd, va >> 21);
-    if e & PRESENT == 0 || e & 0x80 == 0 {
+    if e & PRESENT == 0 {
         return None;
     }
-    if mark_dirty && e & DIRTY == 0 {
-        // SAFETY: as above; setting D on a present PDE is what the CPU
-        // itself would do on a write.
-        unsafe {
-            core::ptr::write_volatile(
-                (pd as *mut u64).add(((va >> 21) & 511) as usize),
-                e | DIRTY | ACCESSED,
-            )
-        };
+    if e & 0x80 != 0 {
+        if mark_dirty && e & DIRTY == 0 {
+            write(pd, va >> 21, e | DIRTY | ACCESSED);
+        }
+        return Some((e & ADDR_MASK) + (va & (SLOT - 1)));
     }
-    Some((e & ADDR_MASK) + (va & (SLOT - 1)))
+    // A slot mapped page by page: every entry keeps its frame address, even
+    // where the page allows nothing.
+    let pt = e & TABLE_MASK;
+    let first = read(pt, va >> 12);
+    if first & TABLE_MASK == 0 {
+        return None;
+    }
+    if mark_dirty {
+        let mut page = va >> 12;
+        while page << 12 < end {
+            let e = read(pt, page);
+            if e & DIRTY == 0 {
+                write(pt, page, e | DIRTY | ACCESSED);
+            }
+            page += 1;
+        }
+    }
+    Some((first & TABLE_MASK) + (va & (PAGE_BYTES - 1)))
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -253,7 +253,7 @@ impl Kernel {
 
     pub fn sys_read(&mut self, fd: i32, buf: u64, len: u64) -> Result<u64> {
         let file = self.fds.file(fd)?;
-        let buf = self.user_buf(buf, len as usize)?;
+        let buf = self.user_buf_mut(buf, len as usize)?;
         file.read(&mut self.dev, buf).map(|n| n as u64)
     }
 
@@ -265,7 +265,7 @@ impl Kernel {
 
     pub fn sys_pread(&mut self, fd: i32, buf: u64, len: u64, offset: u64) -> Result<u64> {
         let file = self.fds.file(fd)?;
-        let buf = self.user_buf(buf, len as usize)?;
+        let buf = self.user_buf_mut(buf, len as usize)?;
         file.pread(&mut self.dev, buf, offset).map(|n| n as u64)
     }
 
@@ -275,7 +275,8 @@ impl Kernel {
         file.pwrite(&mut self.dev, buf, offset).map(|n| n as u64)
     }
 
-    fn iovecs(&self, iov: u64, count: u64) -> Result<Vec<&'static mut [u8]>> {
+    /// The buffers of an iovec array; `write`: the kernel fills them.
+    fn iovecs(&self, iov: u64, count: u64, write: bool) -> Result<Vec<&'static mut [u8]>> {
         if count > IOV_MAX {
             return Err(Errno::EINVAL);
         }
@@ -284,7 +285,11 @@ impl Kernel {
         for v in raw.chunks_exact(16) {
             let base = u64::from_le_bytes(v[..8].try_into().map_err(|_| Errno::EFAULT)?);
             let len = u64::from_le_bytes(v[8..].try_into().map_err(|_| Errno::EFAULT)?);
-            out.push(self.user_buf(base, len as usize)?);
+            out.push(if write {
+                self.user_buf_mut(base, len as usize)?
+            } else {
+                self.user_buf(base, len as usize)?
+            });
         }
         Ok(out)
     }
@@ -292,7 +297,7 @@ impl Kernel {
     pub fn sys_readv(&mut self, fd: i32, iov: u64, count: u64, offset: Option<u64>) -> Result<u64> {
         let file = self.fds.file(fd)?;
         let mut total = 0u64;
-        for buf in self.iovecs(iov, count)? {
+        for buf in self.iovecs(iov, count, true)? {
             let want = buf.len();
             let n = match offset {
                 Some(o) => file.pread(&mut self.dev, buf, o + total),
@@ -320,7 +325,7 @@ impl Kernel {
         offset: Option<u64>,
     ) -> Result<u64> {
         let file = self.fds.file(fd)?;
-        let bufs = self.iovecs(iov, count)?;
+        let bufs = self.iovecs(iov, count, false)?;
         // Gather small vectors into one write: one device request instead of many.
         let total_len: usize = bufs.iter().map(|b| b.len()).sum();
         if bufs.len() > 1 && total_len <= 64 * 1024 {
@@ -470,7 +475,7 @@ impl Kernel {
 
     pub fn sys_getdents64(&mut self, fd: i32, buf: u64, len: u64) -> Result<u64> {
         let file = self.fds.file(fd)?;
-        let buf = self.user_buf(buf, len as usize)?;
+        let buf = self.user_buf_mut(buf, len as usize)?;
         file.getdents64(&mut self.dev, buf).map(|n| n as u64)
     }
 
@@ -925,7 +930,7 @@ impl Kernel {
         if flags & !(O_CLOEXEC | O_NONBLOCK | O_DIRECT) != 0 {
             return Err(Errno::EINVAL);
         }
-        self.user_range(fds, 8)?;
+        self.user_range_mut(fds, 8)?;
         let (r, w) = crate::pipe::new_pipe(flags);
         let cloexec = flags & O_CLOEXEC != 0;
         let rfd = self.install(Rc::new(r), cloexec)?;
@@ -1059,7 +1064,7 @@ impl Kernel {
                 return Err(Errno::EINVAL);
             }
             let conflict = self.locks.conflict(key, &lock, &alive);
-            let out = self.user_buf(arg, 32)?;
+            let out = self.user_buf_mut(arg, 32)?;
             match conflict {
                 None => out[0..2].copy_from_slice(&F_UNLCK.to_le_bytes()),
                 Some(c) => {
@@ -1182,7 +1187,7 @@ impl Kernel {
         if nfds > 4096 {
             return Err(Errno::EINVAL);
         }
-        let raw = self.user_buf(fds_ptr, nfds as usize * 8)?;
+        let raw = self.user_buf_mut(fds_ptr, nfds as usize * 8)?;
         let mut want = Vec::new();
         for p in raw.chunks_exact(8) {
             let fd = i32::from_le_bytes([p[0], p[1], p[2], p[3]]);

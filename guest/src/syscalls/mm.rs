@@ -4,14 +4,18 @@
 
 use crate::errno::{Errno, Result};
 use crate::kernel::Kernel;
-use crate::mm::{page_up, MAP_ANONYMOUS, MAP_FIXED, PAGE_SIZE};
+use crate::mm::{page_up, space, MAP_ANONYMOUS, MAP_FIXED, PAGE_SIZE, PROT_READ, PROT_WRITE};
 
 const MREMAP_MAYMOVE: u32 = 1;
 
+/// Clears application memory being released or replaced, whatever its
+/// pages allow the application.
 fn zero_range(start: u64, end: u64) {
-    // SAFETY: the range is application memory being released or replaced
-    // (identity-mapped RAM reserved for the application).
-    unsafe { core::ptr::write_bytes(start as *mut u8, 0, (end - start) as usize) }
+    for (at, n) in space::kernel_view(start, end - start, false) {
+        // SAFETY: a view of backed application memory (see `kernel_view`)
+        // the application is giving up.
+        unsafe { core::ptr::write_bytes(at as *mut u8, 0, n as usize) }
+    }
 }
 
 impl Kernel {
@@ -86,7 +90,14 @@ impl Kernel {
         let start = loop {
             // Addresses are guest-physical ones (see `crate::mm`): running
             // out of them is running out of memory too.
-            let start = match self.mm.map(addr, len, prot, flags, &mut zero_range) {
+            // A file mapping is filled by the kernel, so it starts writable
+            // and gets its protection once filled.
+            let fill_prot = if file.is_some() {
+                prot | PROT_READ | PROT_WRITE
+            } else {
+                prot
+            };
+            let start = match self.mm.map(addr, len, fill_prot, flags, &mut zero_range) {
                 Ok(start) => start,
                 Err(Errno::ENOMEM) if flags & MAP_FIXED == 0 && self.out_of_memory(len)? => {
                     continue
@@ -106,9 +117,13 @@ impl Kernel {
         };
         if file.is_some() {
             let mapped = page_up(len).ok_or(Errno::ENOMEM)?;
-            let dst = self.user_buf(start, len as usize);
+            let dst = self.user_buf_mut(start, len as usize);
             let read = dst.and_then(|dst| self.read_file_into(fd, offset, dst));
-            if let Err(e) = read {
+            let protected = read.and_then(|_| {
+                self.mm.protect(start, mapped, prot)?;
+                self.back()
+            });
+            if let Err(e) = protected {
                 let _ = self.mm.unmap(start, mapped, &mut zero_range);
                 let _ = self.back();
                 return Err(e);
@@ -182,8 +197,19 @@ impl Kernel {
         Ok(0)
     }
 
+    /// mprotect: the page tables follow at once (see `crate::mm::space`).
     pub fn sys_mprotect(&mut self, addr: u64, len: u64, prot: u32) -> Result<u64> {
-        self.mm.protect(addr, len, prot).map(|_| 0)
+        const PROT_GROWSDOWN: u32 = 0x0100_0000;
+        const PROT_GROWSUP: u32 = 0x0200_0000;
+        if prot & !(PROT_READ | PROT_WRITE | crate::mm::PROT_EXEC | PROT_GROWSDOWN | PROT_GROWSUP)
+            != 0
+        {
+            return Err(Errno::EINVAL);
+        }
+        self.mm
+            .protect(addr, len, prot & !(PROT_GROWSDOWN | PROT_GROWSUP))?;
+        self.back()?;
+        Ok(0)
     }
 
     pub fn sys_mremap(
@@ -231,11 +257,8 @@ impl Kernel {
             let _ = self.back();
             return Err(e);
         }
-        // SAFETY: both ranges are application mappings tracked above and
-        // do not overlap (the new one was free until now).
-        unsafe {
-            core::ptr::copy_nonoverlapping(old as *const u8, new as *mut u8, old_len as usize)
-        };
+        // The new range was free until now: no overlap.
+        space::copy_within_space(new, old, old_len);
         self.mm.unmap(old, old_len, &mut zero_range)?;
         self.back()?;
         Ok(new)

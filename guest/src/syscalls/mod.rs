@@ -19,8 +19,19 @@ use crate::kernel::{Kernel, MsgBuf};
 const USER_MIN: u64 = capsa_abi::KERNEL_BASE;
 
 impl Kernel {
-    /// Checks that `[ptr, ptr + len)` is RAM the application may name.
+    /// Checks that `[ptr, ptr + len)` is RAM the application may read.
     pub fn user_range(&self, ptr: u64, len: usize) -> Result<()> {
+        self.check_user(ptr, len, false)
+    }
+
+    /// Checks that `[ptr, ptr + len)` is RAM the application may write.
+    pub fn user_range_mut(&self, ptr: u64, len: usize) -> Result<()> {
+        self.check_user(ptr, len, true)
+    }
+
+    /// Checks that `[ptr, ptr + len)` is RAM the application may name and
+    /// its pages allow what the kernel is about to do for it.
+    fn check_user(&self, ptr: u64, len: usize, write: bool) -> Result<()> {
         if len == 0 {
             return Ok(());
         }
@@ -39,18 +50,33 @@ impl Kernel {
                 slot += crate::mm::space::SLOT;
             }
         }
+        // The pages' protections: touching a page they forbid would fault
+        // in the kernel.
+        if !self.mm.vmas.allows(ptr, end, write) {
+            return Err(Errno::EFAULT);
+        }
         Ok(())
     }
 
-    /// The application's buffer `[ptr, ptr + len)`.
+    /// The application's buffer `[ptr, ptr + len)`, for the kernel to read.
     pub fn user_buf(&self, ptr: u64, len: usize) -> Result<&'static mut [u8]> {
+        self.user_slice(ptr, len, false)
+    }
+
+    /// The application's buffer `[ptr, ptr + len)`, for the kernel to
+    /// write (and read): `EFAULT` unless its pages are writable.
+    pub fn user_buf_mut(&self, ptr: u64, len: usize) -> Result<&'static mut [u8]> {
+        self.user_slice(ptr, len, true)
+    }
+
+    fn user_slice(&self, ptr: u64, len: usize, write: bool) -> Result<&'static mut [u8]> {
         if len == 0 {
             return Ok(&mut []);
         }
-        self.user_range(ptr, len)?;
-        // SAFETY: the range is identity-mapped RAM (checked above); the
-        // application and kernel share the address space and nothing else
-        // runs while the kernel handles this call.
+        self.check_user(ptr, len, write)?;
+        // SAFETY: the range is mapped RAM whose pages allow the access
+        // (checked above); the application and kernel share the address
+        // space and nothing else runs while the kernel handles this call.
         Ok(unsafe { core::slice::from_raw_parts_mut(ptr as *mut u8, len) })
     }
 
@@ -65,12 +91,15 @@ impl Kernel {
             .checked_sub(ptr)
             .ok_or(Errno::EFAULT)?
             .min(max);
-        // Stop at the end of the backed slots rather than fault on a string
-        // that ends just before an unmapped one.
+        // Stop at the last readable page rather than fault on a string
+        // that ends just before an unmapped or forbidden one.
         let mut avail = avail;
         while avail > 0 && self.user_range(ptr, avail as usize).is_err() {
-            let slot_end = crate::mm::space::slot_of(ptr + avail - 1);
-            avail = slot_end.saturating_sub(ptr);
+            let last_page = crate::mm::page_down(ptr + avail - 1);
+            avail = last_page.saturating_sub(ptr);
+        }
+        if avail == 0 {
+            return Err(Errno::EFAULT);
         }
         let buf = self.user_buf(ptr, avail as usize)?;
         let len = buf
@@ -81,7 +110,7 @@ impl Kernel {
     }
 
     pub fn put_user(&self, ptr: u64, bytes: &[u8]) -> Result<()> {
-        self.user_buf(ptr, bytes.len())?.copy_from_slice(bytes);
+        self.user_buf_mut(ptr, bytes.len())?.copy_from_slice(bytes);
         Ok(())
     }
 

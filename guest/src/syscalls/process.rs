@@ -1016,7 +1016,7 @@ impl Kernel {
     }
 
     pub fn sys_getrandom(&mut self, buf: u64, len: u64) -> Result<u64> {
-        let out = self.user_buf(buf, len as usize)?;
+        let out = self.user_buf_mut(buf, len as usize)?;
         self.dev.rng.fill(out);
         Ok(len)
     }
