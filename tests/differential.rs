@@ -798,6 +798,101 @@ fn mprotect_is_enforced_page_by_page() {
     );
 }
 
+/// `MAP_SHARED` file mappings are the file's: msync writes them back, a
+/// forked child's writes show in the parent's mapping, munmap and exit
+/// write them back; a writable shared mapping of a read-only descriptor is
+/// refused (EACCES); a process-shared semaphore in shared memory wakes a
+/// child blocked on it (its futex is keyed by the memory, not the process).
+const SHARED_FILE_C: &str = r#"#include <errno.h>
+#include <fcntl.h>
+#include <semaphore.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+static void show(const char *what, int fd) {
+    char buf[32] = {0};
+    ssize_t n = pread(fd, buf, sizeof buf - 1, 0);
+    printf("%s: %zd \"%s\"\n", what, n, buf);
+    fflush(stdout);
+}
+int main(void) {
+    setvbuf(stdout, NULL, _IONBF, 0);
+    int fd = open("/data/shared-map", O_RDWR | O_CREAT | O_TRUNC, 0600);
+    if (fd < 0 || ftruncate(fd, 4096) != 0) return 1;
+    char *m = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (m == MAP_FAILED) return 2;
+    strcpy(m, "written");
+    printf("msync: %d\n", msync(m, 4096, MS_SYNC));
+    show("after msync", fd);
+    pid_t child = fork();
+    if (child == 0) {
+        strcpy(m, "by the child");
+        _exit(0);
+    }
+    waitpid(child, NULL, 0);
+    printf("parent sees: \"%s\"\n", m);
+    munmap(m, 4096);
+    show("after munmap", fd);
+    child = fork();
+    if (child == 0) {
+        char *c = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        strcpy(c, "at exit");
+        _exit(0);
+    }
+    waitpid(child, NULL, 0);
+    show("after the child's exit", fd);
+    int ro = open("/data/shared-map", O_RDONLY);
+    void *bad = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, ro, 0);
+    printf("writable shared map of a read-only fd: %s errno %d\n", bad == MAP_FAILED ? "refused" : "allowed", errno);
+    char *r = mmap(NULL, 4096, PROT_READ, MAP_SHARED, ro, 3 * 0 + 0);
+    printf("read-only shared map reads \"%s\"\n", r);
+    sem_t *sem = mmap(NULL, sizeof *sem, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    sem_init(sem, 1, 0);
+    child = fork();
+    if (child == 0) {
+        sem_wait(sem);
+        printf("child woke\n");
+        fflush(stdout);
+        sem_post(sem + 0);
+        _exit(0);
+    }
+    printf("posting\n");
+    fflush(stdout);
+    sem_post(sem);
+    waitpid(child, NULL, 0);
+    printf("done\n");
+    return 0;
+}
+"#;
+
+#[test]
+fn shared_file_mappings_reach_the_file_and_other_processes() {
+    let mut bundle =
+        c_program_fixture("sharedfile", SHARED_FILE_C, &["-static", "-O1", "-pthread"]);
+    bundle.edit(|c| c["root"]["readonly"] = json!(false));
+    let out = both("MAP_SHARED files", &bundle, None);
+    assert_eq!(
+        (out.status.code(), stdout(&out).as_str()),
+        (
+            Some(0),
+            "msync: 0\n\
+             after msync: 31 \"written\"\n\
+             parent sees: \"by the child\"\n\
+             after munmap: 31 \"by the child\"\n\
+             after the child's exit: 31 \"at exit\"\n\
+             writable shared map of a read-only fd: refused errno 13\n\
+             read-only shared map reads \"at exit\"\n\
+             posting\n\
+             child woke\n\
+             done\n"
+        ),
+        "{}",
+        show(&out)
+    );
+}
+
 /// `capsa kill` with SIGTERM reaches the process in both modes: a shell
 /// trapping it runs its trap (exit 3), while SIGUSR1, which it has no
 /// handler for, is ignored as by any container's pid 1 and the process

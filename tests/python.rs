@@ -417,3 +417,47 @@ fn time_signals_and_io_multiplexing() {
         "",
     );
 }
+
+/// multiprocessing with the fork start method: shared values live in a
+/// `MAP_SHARED` file mapping and locks are POSIX semaphores (`sem_open`)
+/// in shared memory, so workers in other processes see each other's
+/// increments and block on each other's locks; a Pool maps over worker
+/// processes; a file written through `mmap` reaches the file.
+#[test]
+fn multiprocessing_shares_memory_and_locks() {
+    let Some(mut b) = fixture() else { return };
+    check(
+        &mut b,
+        "import multiprocessing as mp\n\
+         mp.set_start_method('fork')\n\
+         def work(v, lock):\n\
+         \x20   for _ in range(200):\n\
+         \x20       with lock: v.value += 1\n\
+         v = mp.Value('i', 0); lock = mp.Lock()\n\
+         ps = [mp.Process(target=work, args=(v, lock)) for _ in range(3)]\n\
+         [p.start() for p in ps]; [p.join() for p in ps]\n\
+         print(v.value, [p.exitcode for p in ps])\n\
+         arr = mp.Array('d', 4)\n\
+         def fill(i): arr[i] = i * 1.5\n\
+         qs = [mp.Process(target=fill, args=(i,)) for i in range(4)]\n\
+         [q.start() for q in qs]; [q.join() for q in qs]\n\
+         print(list(arr))\n\
+         with mp.Pool(2) as pool: print(pool.map(abs, [-1, -2, 3]))\n\
+         q = mp.Queue(); p = mp.Process(target=q.put, args=('via queue',)); p.start(); print(q.get()); p.join()",
+        0,
+        "600 [0, 0, 0]\n[0.0, 1.5, 3.0, 4.5]\n[1, 2, 3]\nvia queue\n",
+        "",
+    );
+    check(
+        &mut b,
+        "import mmap, os\n\
+         fd = os.open('/tmp/m', os.O_RDWR | os.O_CREAT); os.ftruncate(fd, 4096)\n\
+         m = mmap.mmap(fd, 4096); m[:5] = b'hello'; m.flush(); print(os.pread(fd, 5, 0))\n\
+         if os.fork() == 0:\n\
+         \x20   m[:5] = b'child'; os._exit(0)\n\
+         os.wait(); print(m[:5]); m.close(); os.close(fd); print(open('/tmp/m', 'rb').read(5))",
+        0,
+        "b'hello'\nb'child'\nb'child'\n",
+        "",
+    );
+}

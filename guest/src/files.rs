@@ -27,7 +27,7 @@ pub(crate) fn synthetic_stat(mode: u32, rdev: u32, ino: u64) -> [u8; 144] {
 fn readable(flags: u32) -> bool {
     flags & O_ACCMODE != O_WRONLY
 }
-fn writable(flags: u32) -> bool {
+pub fn writable(flags: u32) -> bool {
     flags & O_ACCMODE != O_RDONLY
 }
 

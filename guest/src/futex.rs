@@ -6,9 +6,9 @@
 //! thread; later attempts either find it woken (the call returns 0), or
 //! still queued (it blocks again, as a queued Linux waiter does not look at
 //! the word again), or past its deadline (ETIMEDOUT, and it leaves the
-//! queue). Keys are `(thread group, address)`: memory is only ever shared
-//! between the threads of one group (fork copies it), so `FUTEX_PRIVATE_FLAG`
-//! changes nothing here.
+//! queue). Keys are `(thread group, address)` for private memory and
+//! `(0, guest-physical address)` for `MAP_SHARED` memory, which processes
+//! share across fork (see `Kernel::futex_key`).
 //!
 //! Plain data, unit-tested on the host.
 

@@ -146,7 +146,7 @@ impl Kernel {
         let pid = self.procs.tgid(pid);
         self.end_threads(pid);
         self.futexes.forget(pid);
-        let st = if pid == self.cur {
+        let mut st = if pid == self.cur {
             // Wake a CLONE_CHILD_CLEARTID waiter's word before the memory goes.
             if self.clear_child_tid != 0 {
                 let _ = self.put_user(self.clear_child_tid, &0u32.to_le_bytes());
@@ -156,6 +156,16 @@ impl Kernel {
         } else {
             self.procs.get_mut(pid).and_then(|t| t.parked.take())
         };
+        // Shared file mappings reach their files before the memory goes
+        // (a vfork child's memory is its parent's, which keeps them).
+        let lends_memory = self
+            .procs
+            .get(pid)
+            .is_some_and(|t| t.vfork_parent.is_some());
+        if let Some(st) = st.as_mut().filter(|_| !lends_memory) {
+            let maps = st.mm.files.take(0, u64::MAX);
+            crate::syscalls::mm::write_back(st.space.as_ref(), &mut self.dev, maps);
+        }
         if pid == INIT {
             match status {
                 ExitStatus::Exited(code) => kernel::exit(i32::from(code)),

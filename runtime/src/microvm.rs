@@ -43,8 +43,9 @@
 //!
 //! Not applied inside the guest: `proc` (the guest emulates the files it
 //! needs, see docs/syscalls.md), `sysfs`, `devpts`, `mqueue`, `cgroup` mounts
-//! and any mount under `/dev`, `/proc` or `/sys` are skipped; the guest
-//! provides `/dev/{null,zero,full,random,urandom}` itself.
+//! and any mount under `/dev` (but a tmpfs on `/dev/shm`), `/proc` or
+//! `/sys` are skipped; the guest provides
+//! `/dev/{null,zero,full,random,urandom}` itself.
 //! `process.capabilities`, `linux.seccomp`, `linux.maskedPaths`,
 //! `linux.readonlyPaths`, `linux.devices`, `linux.sysctl` and id mappings have
 //! no host meaning for a guest process and are ignored, as is
@@ -191,11 +192,14 @@ impl GuestMount {
 }
 
 /// Whether a destination is one of the trees the guest kernel provides
-/// itself (`/dev`, `/proc`, `/sys` and anything below them).
+/// itself (`/dev`, `/proc`, `/sys` and anything below them), except
+/// `/dev/shm`: POSIX shared memory and named semaphores are files there
+/// that processes map shared, so its tmpfs is served like any other.
 fn provided_by_guest(destination: &Path) -> bool {
-    ["/dev", "/proc", "/sys"]
-        .iter()
-        .any(|tree| destination.starts_with(tree))
+    !destination.starts_with("/dev/shm")
+        && ["/dev", "/proc", "/sys"]
+            .iter()
+            .any(|tree| destination.starts_with(tree))
 }
 
 /// The spec's bind and tmpfs mounts, in order; other mount types are the
@@ -822,6 +826,8 @@ mod tests {
                 {"destination": "/rel", "source": "rel", "options": ["bind"]},
                 {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "size=1m"]},
                 {"destination": "/dev/shm", "type": "tmpfs", "source": "shm"},
+                {"destination": "/dev", "type": "tmpfs", "source": "tmpfs"},
+                {"destination": "/dev/pts", "type": "devpts", "source": "devpts"},
             ],
         });
         let spec: Spec = serde_json::from_value(json).expect("spec");
@@ -840,6 +846,12 @@ mod tests {
                     3,
                     GuestMountSource::Tmpfs(vec!["size=1m".into()]),
                     PathBuf::from("/tmp"),
+                    false
+                ),
+                (
+                    4,
+                    GuestMountSource::Tmpfs(vec![]),
+                    PathBuf::from("/dev/shm"),
                     false
                 ),
             ]

@@ -27,9 +27,11 @@ pub mod heap;
 pub mod space;
 
 use alloc::collections::{BTreeMap, BTreeSet};
+use alloc::rc::Rc;
 use alloc::vec::Vec;
 
 use crate::errno::{Errno, Result};
+use crate::fd::File;
 
 pub const PAGE_SIZE: u64 = 4096;
 
@@ -339,6 +341,90 @@ impl Vmas {
     }
 }
 
+/// A `MAP_SHARED` mapping of a file: its pages are the file's, written
+/// back on `msync`, `munmap`, exit and exec (see `crate::syscalls::mm`).
+#[derive(Clone)]
+pub struct MappedFile {
+    pub start: u64,
+    pub end: u64,
+    pub file: Rc<dyn File>,
+    /// File offset of `start`.
+    pub offset: u64,
+}
+
+/// The process's `MAP_SHARED` file mappings by start address.
+#[derive(Clone, Default)]
+pub struct MappedFiles {
+    map: BTreeMap<u64, MappedFile>,
+}
+
+impl core::fmt::Debug for MappedFiles {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_list()
+            .entries(self.map.values().map(|m| (m.start, m.end, m.offset)))
+            .finish()
+    }
+}
+
+impl MappedFiles {
+    pub fn insert(&mut self, m: MappedFile) {
+        self.take(m.start, m.end);
+        self.map.insert(m.start, m);
+    }
+
+    /// The parts of mappings inside `[start, end)`, left in place.
+    pub fn within(&self, start: u64, end: u64) -> Vec<MappedFile> {
+        self.map
+            .range(..end)
+            .rev()
+            .take_while(|(_, m)| m.end > start)
+            .map(|(_, m)| {
+                let s = m.start.max(start);
+                MappedFile {
+                    start: s,
+                    end: m.end.min(end),
+                    file: m.file.clone(),
+                    offset: m.offset + (s - m.start),
+                }
+            })
+            .collect()
+    }
+
+    /// Removes the parts of mappings inside `[start, end)` (splitting those
+    /// that straddle it) and returns them.
+    pub fn take(&mut self, start: u64, end: u64) -> Vec<MappedFile> {
+        let taken = self.within(start, end);
+        let starts: Vec<u64> = self
+            .map
+            .range(..end)
+            .rev()
+            .take_while(|(_, m)| m.end > start)
+            .map(|(&s, _)| s)
+            .collect();
+        for s in starts {
+            let Some(m) = self.map.remove(&s) else {
+                continue;
+            };
+            if m.start < start {
+                let head = MappedFile {
+                    end: start,
+                    ..m.clone()
+                };
+                self.map.insert(m.start, head);
+            }
+            if m.end > end {
+                let tail = MappedFile {
+                    start: end,
+                    offset: m.offset + (end - m.start),
+                    ..m
+                };
+                self.map.insert(end, tail);
+            }
+        }
+        taken
+    }
+}
+
 pub const PROT_NONE: u32 = 0;
 pub const PROT_READ: u32 = 1;
 pub const PROT_WRITE: u32 = 2;
@@ -363,6 +449,7 @@ pub struct Mm {
     /// Where the argument strings and the initial stack lie (`/proc/self`).
     pub args: (u64, u64),
     pub stack: (u64, u64),
+    pub files: MappedFiles,
 }
 
 impl Mm {
@@ -455,10 +542,10 @@ impl Mm {
                 .insert_vma(addr, end, prot, flags & MAP_SHARED != 0);
             return Ok(addr);
         }
-        // Shared anonymous memory gets whole 2 MiB slots of its own, so a
-        // fork can share its frames without sharing anything private.
-        let shared_anonymous = flags & MAP_SHARED != 0 && flags & MAP_ANONYMOUS != 0;
-        let (len, align) = if shared_anonymous {
+        // Shared memory (anonymous or a file's) gets whole 2 MiB slots of
+        // its own, so a fork can share its frames without sharing anything
+        // private.
+        let (len, align) = if flags & MAP_SHARED != 0 {
             let slot = space::SLOT;
             (
                 len.checked_add(slot - 1).ok_or(Errno::ENOMEM)? & !(slot - 1),

@@ -643,6 +643,16 @@ pub fn copy_within_space(dst: u64, src: u64, len: u64) {
     }
 }
 
+/// The guest-physical address behind `va` in the loaded space (`va`
+/// itself without one), if it is backed.
+pub fn physical(va: u64) -> Option<u64> {
+    let pml4 = ACTIVE_PML4.load(Ordering::Relaxed);
+    if pml4 == 0 {
+        return Some(va);
+    }
+    translate(pml4, va, va + 1, false)
+}
+
 fn physical_pieces(va: u64, len: u64, written: bool) -> Vec<(u64, u64)> {
     let pml4 = ACTIVE_PML4.load(Ordering::Relaxed);
     if pml4 == 0 || len == 0 {

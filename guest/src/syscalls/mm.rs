@@ -2,9 +2,16 @@
 //! file), munmap, mprotect, mremap. See `crate::mm` for what the
 //! identity-mapped design means for protections.
 
+use alloc::rc::Rc;
+use alloc::vec;
+use alloc::vec::Vec;
+
 use crate::errno::{Errno, Result};
+use crate::kernel::Devices;
 use crate::kernel::Kernel;
+use crate::mm::space::Space;
 use crate::mm::{page_up, space, MAP_ANONYMOUS, MAP_FIXED, PAGE_SIZE, PROT_READ, PROT_WRITE};
+use crate::mm::{MappedFile, MAP_SHARED};
 
 const MREMAP_MAYMOVE: u32 = 1;
 
@@ -18,7 +25,48 @@ fn zero_range(start: u64, end: u64) {
     }
 }
 
+/// Writes `maps` (parts of `MAP_SHARED` file mappings of `space`) back to
+/// their files, up to each file's end as Linux does, and releases files no
+/// descriptor or mapping holds any more. Write errors are dropped, as a
+/// page cache's writeback errors are when nobody calls `msync`.
+pub fn write_back(space: Option<&Space>, dev: &mut Devices, maps: Vec<MappedFile>) {
+    let mut buf = vec![0u8; 64 << 10];
+    for m in &maps {
+        let Some(space) = space.filter(|_| crate::files::writable(m.file.flags())) else {
+            continue;
+        };
+        let Ok(stat) = m.file.stat(dev) else {
+            continue;
+        };
+        let size = u64::from_le_bytes(stat[48..56].try_into().unwrap_or([0; 8]));
+        let len = (m.end - m.start).min(size.saturating_sub(m.offset));
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(buf.len() as u64) as usize;
+            if !space.read(m.start + done, &mut buf[..n])
+                || m.file.pwrite(dev, &buf[..n], m.offset + done).is_err()
+            {
+                break;
+            }
+            done += n as u64;
+        }
+    }
+    for m in maps {
+        if Rc::strong_count(&m.file) == 1 {
+            m.file.release(dev);
+        }
+    }
+}
+
 impl Kernel {
+    /// Writes back and forgets the `MAP_SHARED` file mappings in `[start, end)`.
+    fn unmap_files(&mut self, start: u64, end: u64) {
+        let maps = self.mm.files.take(start, end);
+        if !maps.is_empty() {
+            write_back(self.space.as_ref(), &mut self.dev, maps);
+        }
+    }
+
     /// Guest RAM ran out for a mapping of `len` bytes. As Linux's
     /// heuristic overcommit, a request larger than all of RAM is refused
     /// (`ENOMEM`); otherwise, as its OOM killer, the process holding the
@@ -87,6 +135,16 @@ impl Kernel {
         } else {
             None
         };
+        if let Some(f) = file.as_ref().filter(|_| flags & MAP_SHARED != 0) {
+            if prot & PROT_WRITE != 0 && !crate::files::writable(f.flags()) {
+                return Err(Errno::EACCES);
+            }
+        }
+        if flags & MAP_FIXED != 0 {
+            if let Some(end) = page_up(len).and_then(|l| addr.checked_add(l)) {
+                self.unmap_files(addr, end);
+            }
+        }
         let start = loop {
             // Addresses are guest-physical ones (see `crate::mm`): running
             // out of them is running out of memory too.
@@ -115,7 +173,7 @@ impl Kernel {
                 }
             }
         };
-        if file.is_some() {
+        if let Some(file) = file {
             let mapped = page_up(len).ok_or(Errno::ENOMEM)?;
             let dst = self.user_buf_mut(start, len as usize);
             let read = dst.and_then(|dst| self.read_file_into(fd, offset, dst));
@@ -128,19 +186,32 @@ impl Kernel {
                 let _ = self.back();
                 return Err(e);
             }
+            if flags & MAP_SHARED != 0 {
+                self.mm.files.insert(MappedFile {
+                    start,
+                    end: start + mapped,
+                    file,
+                    offset,
+                });
+            }
         }
         Ok(start)
     }
 
     pub fn sys_munmap(&mut self, addr: u64, len: u64) -> Result<u64> {
+        if addr.is_multiple_of(PAGE_SIZE) {
+            if let Some(end) = page_up(len).and_then(|l| addr.checked_add(l)) {
+                self.unmap_files(addr, end);
+            }
+        }
         self.mm.unmap(addr, len, &mut zero_range)?;
         self.back()?;
         Ok(0)
     }
 
-    /// msync: checks the range like Linux. There is nothing to write back:
-    /// file mappings are private copies (see docs/syscalls.md for
-    /// `MAP_SHARED` of files).
+    /// msync: checks the range like Linux and writes the `MAP_SHARED` file
+    /// mappings in it back to their files (`MS_ASYNC` too: the write is
+    /// as cheap to do now as later).
     pub fn sys_msync(&mut self, addr: u64, len: u64, flags: u32) -> Result<u64> {
         const MS_ASYNC: u32 = 1;
         const MS_INVALIDATE: u32 = 2;
@@ -157,6 +228,8 @@ impl Kernel {
         if end > addr && !self.mm.vmas.covers(addr, end) {
             return Err(Errno::ENOMEM);
         }
+        let maps = self.mm.files.within(addr, end);
+        write_back(self.space.as_ref(), &mut self.dev, maps);
         Ok(0)
     }
 
@@ -228,6 +301,7 @@ impl Kernel {
         let (_, vma) = self.mm.vmas.get(old).ok_or(Errno::EFAULT)?;
         if new_len <= old_len {
             if new_len < old_len {
+                self.unmap_files(old + new_len, old + old_len);
                 self.mm
                     .unmap(old + new_len, old_len - new_len, &mut zero_range)?;
                 self.back()?;
@@ -259,6 +333,15 @@ impl Kernel {
         }
         // The new range was free until now: no overlap.
         space::copy_within_space(new, old, old_len);
+        // A shared file mapping moves with its file (as a private copy of
+        // its memory: see docs/syscalls.md).
+        for m in self.mm.files.take(old, old + old_len) {
+            self.mm.files.insert(MappedFile {
+                start: m.start - old + new,
+                end: m.end - old + new,
+                ..m
+            });
+        }
         self.mm.unmap(old, old_len, &mut zero_range)?;
         self.back()?;
         Ok(new)

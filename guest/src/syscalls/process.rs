@@ -20,7 +20,7 @@ use crate::futex;
 use crate::kernel::{Kernel, ProcState};
 use crate::mm::space::Space;
 use crate::mm::Mm;
-use crate::process::{Block, Context, ExitStatus, State, WaitFor};
+use crate::process::{Block, Context, ExitStatus, Pid, State, WaitFor};
 use crate::spec::RLIMIT_COUNT;
 
 const CLONE_VM: u64 = 0x100;
@@ -378,6 +378,9 @@ impl Kernel {
         match vfork_parent {
             Some(parent) => self.return_vfork_memory(parent, old_mm, old_space),
             None => {
+                let mut old_mm = old_mm;
+                let maps = old_mm.files.take(0, u64::MAX);
+                crate::syscalls::mm::write_back(old_space.as_ref(), &mut self.dev, maps);
                 if let Some(s) = old_space {
                     s.release(&mut self.frames);
                 }
@@ -890,10 +893,10 @@ impl Kernel {
         val3: u32,
     ) -> Result<u64> {
         let cur = self.cur;
-        let tgid = self.procs.tgid(cur);
         if !addr.is_multiple_of(4) {
             return Err(Errno::EINVAL);
         }
+        let (group, key) = self.futex_key(addr, op);
         let word = |k: &Self, a: u64| -> Result<u32> {
             let b = k.user_buf(a, 4)?;
             Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
@@ -932,7 +935,7 @@ impl Kernel {
                             };
                             self.restart_deadline = Some(until);
                         }
-                        self.futexes.enqueue(cur, tgid, addr, bitset);
+                        self.futexes.enqueue(cur, group, key, bitset);
                     }
                 }
                 if let Some(until) = self.restart_deadline {
@@ -953,7 +956,7 @@ impl Kernel {
                 if bitset == 0 {
                     return Err(Errno::EINVAL);
                 }
-                let n = self.futexes.wake(tgid, addr, val, bitset);
+                let n = self.futexes.wake(group, key, val, bitset);
                 if n > 0 {
                     crate::pipe::bump();
                 }
@@ -968,12 +971,31 @@ impl Kernel {
                 }
                 // The fourth argument is a count here, not a timeout.
                 let moved = u32::try_from(timeout).unwrap_or(u32::MAX);
-                let n = self.futexes.requeue(tgid, addr, val, addr2, moved);
+                let (group2, key2) = self.futex_key(addr2, op);
+                if group2 != group {
+                    // Requeueing between private and shared memory is
+                    // not something Linux allows either.
+                    return Err(Errno::EINVAL);
+                }
+                let n = self.futexes.requeue(group, key, val, key2, moved);
                 crate::pipe::bump();
                 Ok(u64::from(n))
             }
             _ => Err(Errno::ENOSYS),
         }
+    }
+
+    /// The futex the word at `addr` is, as `(group, key)`: in private
+    /// memory `(thread group, address)`; in `MAP_SHARED` memory, which other
+    /// processes may map too, `(0, guest-physical address)`, unless the
+    /// caller promises with `FUTEX_PRIVATE_FLAG` that only its threads use it.
+    pub fn futex_key(&self, addr: u64, op: u32) -> (Pid, u64) {
+        let shared = op & futex::FUTEX_PRIVATE_FLAG == 0
+            && self.mm.vmas.get(addr).is_some_and(|(_, v)| v.shared);
+        if let Some(pa) = crate::mm::space::physical(addr).filter(|_| shared) {
+            return (0, pa);
+        }
+        (self.procs.tgid(self.cur), addr)
     }
 
     /// sched_yield: the caller stays runnable and the next runnable task
