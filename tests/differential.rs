@@ -959,3 +959,236 @@ fn shared_anonymous_memory_is_shared_across_fork() {
         show(&out)
     );
 }
+
+/// Robust futex lists are walked when their thread dies: a robust mutex
+/// whose owner is gone (a thread that exited, a process that exited, was
+/// killed while blocked, ended with exit_group while a sibling thread held
+/// it, or exec'd) is taken with EOWNERDEAD, by a waiter already blocked on
+/// it too, and pthread_mutex_consistent makes it usable again. Hand-made
+/// lists check the kernel's walk itself: a circular list ends, the pending
+/// entry, the PI bit, a bad pointer and a pending operation on a released
+/// word (a wake, no mark) behave as on Linux. Every lock is bounded to 5 s,
+/// so a kernel that never marks fails here instead of hanging.
+const ROBUST_C: &str = r#"#define _GNU_SOURCE
+#include <errno.h>
+#include <linux/futex.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+static void say(const char *what, int ok) { printf("%s: %s\n", what, ok ? "yes" : "no"); fflush(stdout); }
+
+/* A lock bounded to 5 s, so a broken kernel fails the check instead of hanging. */
+static int lock5(pthread_mutex_t *m) {
+    struct timespec t;
+    clock_gettime(CLOCK_REALTIME, &t);
+    t.tv_sec += 5;
+    return pthread_mutex_timedlock(m, &t);
+}
+
+static void robust_init(pthread_mutex_t *m, int shared) {
+    pthread_mutexattr_t a;
+    pthread_mutexattr_init(&a);
+    pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
+    if (shared) pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
+    pthread_mutex_init(m, &a);
+}
+
+/* The owner thread exits holding m1 (or after unlocking m7); the lock is
+   taken after the join. */
+static pthread_mutex_t m1, m7;
+static void *hold_and_exit(void *arg) { pthread_mutex_lock(arg); return NULL; }
+static void *lock_unlock(void *arg) { pthread_mutex_lock(arg); pthread_mutex_unlock(arg); return NULL; }
+
+/* The owner exits while the main thread waits for the lock. */
+static pthread_mutex_t m2;
+static int ready[2];
+static void *hold_until_waited(void *arg) {
+    (void)arg;
+    pthread_mutex_lock(&m2);
+    char c = 1;
+    write(ready[1], &c, 1);
+    /* Leave once the main thread is queued on the lock (FUTEX_WAITERS). */
+    while (!(__atomic_load_n(&m2.__data.__lock, __ATOMIC_SEQ_CST) & FUTEX_WAITERS)) sched_yield();
+    return NULL;
+}
+
+/* Process-shared robust mutexes in MAP_SHARED memory, held by children. */
+static pthread_mutex_t *shm;
+static int go[2];
+static void *child_thread_holds(void *arg) {
+    (void)arg;
+    pthread_mutex_lock(&shm[2]);
+    char c = 1;
+    write(ready[1], &c, 1);
+    read(go[0], &c, 1); /* never written: blocked until the process ends */
+    return NULL;
+}
+
+/* Hand-made robust lists, walked when the thread that registered them exits. */
+struct entry { struct entry *next; long pad; unsigned word; };
+struct head { struct entry *next; long offset; struct entry *pending; };
+static struct entry ring[2], pend, pi_entry, lone;
+static struct head h_ring, h_pend, h_pi, h_bad;
+static long futex_offset = (long)__builtin_offsetof(struct entry, word);
+static void *register_list(void *arg) {
+    struct head *h = arg;
+    unsigned tid = (unsigned)syscall(SYS_gettid);
+    if (h == &h_ring) {
+        ring[0].next = &ring[1]; ring[1].next = &ring[0]; /* circular */
+        ring[0].word = tid; ring[1].word = 12345;
+        h->next = &ring[0];
+    } else if (h == &h_pend) {
+        h->next = (struct entry *)h; /* empty list */
+        pend.word = tid | FUTEX_WAITERS;
+        h->pending = &pend;
+    } else if (h == &h_pi) {
+        pi_entry.next = (struct entry *)h;
+        pi_entry.word = tid;
+        h->next = (struct entry *)((unsigned long)&pi_entry | 1);
+    } else {
+        h->next = (struct entry *)0x100000000000UL; /* unmapped */
+        lone.word = tid;
+        h->pending = &lone; /* not reached: the walk stops at the bad pointer */
+    }
+    h->offset = futex_offset;
+    syscall(SYS_set_robust_list, h, sizeof *h);
+    return NULL;
+}
+
+/* A pending operation on a released word only wakes a waiter. */
+static unsigned queue_word;
+static struct entry released;
+static struct head h_released;
+static void *release_pending(void *arg) {
+    (void)arg;
+    /* Move the main thread's wait onto the released word once it waits. */
+    while (syscall(SYS_futex, &queue_word, FUTEX_REQUEUE, 0, 1, &released.word, 0) != 1) sched_yield();
+    h_released.next = (struct entry *)&h_released;
+    h_released.offset = futex_offset;
+    h_released.pending = &released;
+    syscall(SYS_set_robust_list, &h_released, sizeof h_released);
+    return NULL;
+}
+
+int main(void) {
+    pthread_t t;
+    int r;
+
+    robust_init(&m1, 0);
+    pthread_create(&t, NULL, hold_and_exit, &m1);
+    pthread_join(t, NULL);
+    r = lock5(&m1);
+    say("owner died after join gives EOWNERDEAD", r == EOWNERDEAD);
+    say("consistent", pthread_mutex_consistent(&m1) == 0);
+    pthread_mutex_unlock(&m1);
+    say("relocked cleanly", lock5(&m1) == 0);
+    pthread_mutex_unlock(&m1);
+
+    robust_init(&m7, 0);
+    pthread_create(&t, NULL, lock_unlock, &m7);
+    pthread_join(t, NULL);
+    say("an unlocked mutex stays clean", lock5(&m7) == 0);
+
+    robust_init(&m2, 0);
+    pipe(ready);
+    pthread_create(&t, NULL, hold_until_waited, NULL);
+    char c;
+    read(ready[0], &c, 1);
+    r = lock5(&m2);
+    say("a waiter is woken with EOWNERDEAD", r == EOWNERDEAD);
+    pthread_mutex_unlock(&m2);
+    say("not made consistent: ENOTRECOVERABLE", lock5(&m2) == ENOTRECOVERABLE);
+    pthread_join(t, NULL);
+
+    shm = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    for (int i = 0; i < 4; i++) robust_init(&shm[i], 1);
+    pipe(go);
+    int st;
+    pid_t pid = fork();
+    if (pid == 0) { pthread_mutex_lock(&shm[0]); _exit(0); }
+    waitpid(pid, &st, 0);
+    say("a process exiting marks its shared mutex", lock5(&shm[0]) == EOWNERDEAD);
+
+    pid = fork();
+    if (pid == 0) { pthread_mutex_lock(&shm[1]); write(ready[1], &c, 1); read(go[0], &c, 1); _exit(0); }
+    read(ready[0], &c, 1);
+    kill(pid, SIGKILL);
+    waitpid(pid, &st, 0);
+    say("a process killed while blocked marks it", WIFSIGNALED(st) && lock5(&shm[1]) == EOWNERDEAD);
+
+    pid = fork();
+    if (pid == 0) {
+        pthread_t ct;
+        pthread_create(&ct, NULL, child_thread_holds, NULL);
+        read(ready[0], &c, 1);
+        _exit(0);
+    }
+    waitpid(pid, &st, 0);
+    say("exit_group marks a sibling thread's mutex", lock5(&shm[2]) == EOWNERDEAD);
+
+    pid = fork();
+    if (pid == 0) {
+        pthread_mutex_lock(&shm[3]);
+        execl("/bin/true", "true", (char *)NULL);
+        _exit(9);
+    }
+    waitpid(pid, &st, 0);
+    say("execve marks the old image's mutex", WIFEXITED(st) && WEXITSTATUS(st) == 0 && lock5(&shm[3]) == EOWNERDEAD);
+
+    struct head *heads[4] = {&h_ring, &h_pend, &h_pi, &h_bad};
+    for (int i = 0; i < 4; i++) { pthread_create(&t, NULL, register_list, heads[i]); pthread_join(t, NULL); }
+    say("circular list: owned word marked", ring[0].word == FUTEX_OWNER_DIED);
+    say("circular list: other word untouched", ring[1].word == 12345);
+    say("pending op marked, waiters bit kept", pend.word == (FUTEX_OWNER_DIED | FUTEX_WAITERS));
+    say("pi entry marked", pi_entry.word == FUTEX_OWNER_DIED);
+    say("bad pointer ends the walk", lone.word != 0 && !(lone.word & FUTEX_OWNER_DIED));
+
+    pthread_create(&t, NULL, release_pending, NULL);
+    struct timespec five = {5, 0};
+    r = syscall(SYS_futex, &queue_word, FUTEX_WAIT, 0, &five, NULL, 0);
+    say("pending op on a released word wakes a waiter", r == 0);
+    say("and leaves the word alone", released.word == 0);
+    pthread_join(t, NULL);
+    return 0;
+}
+"#;
+
+#[test]
+fn robust_mutexes_of_dead_owners_are_marked_owner_died() {
+    let bundle = c_program_fixture("robust", ROBUST_C, &["-static", "-pthread"]);
+    let out = both("robust mutexes", &bundle, None);
+    let expected: String = [
+        "owner died after join gives EOWNERDEAD",
+        "consistent",
+        "relocked cleanly",
+        "an unlocked mutex stays clean",
+        "a waiter is woken with EOWNERDEAD",
+        "not made consistent: ENOTRECOVERABLE",
+        "a process exiting marks its shared mutex",
+        "a process killed while blocked marks it",
+        "exit_group marks a sibling thread's mutex",
+        "execve marks the old image's mutex",
+        "circular list: owned word marked",
+        "circular list: other word untouched",
+        "pending op marked, waiters bit kept",
+        "pi entry marked",
+        "bad pointer ends the walk",
+        "pending op on a released word wakes a waiter",
+        "and leaves the word alone",
+    ]
+    .iter()
+    .map(|c| format!("{c}: yes\n"))
+    .collect();
+    assert_eq!(
+        (out.status.code(), stdout(&out)),
+        (Some(0), expected),
+        "{}",
+        show(&out)
+    );
+}

@@ -124,8 +124,8 @@ pub struct Kernel {
     pub blocked_nr: Option<u64>,
     /// CLONE_CHILD_CLEARTID / set_tid_address: cleared when the process exits.
     pub clear_child_tid: u64,
-    /// set_robust_list: the current thread's list head (recorded, reported by
-    /// get_robust_list; not walked at exit, see docs/syscalls.md).
+    /// set_robust_list: the current thread's list head, walked when the
+    /// thread exits or execs (`Kernel::exit_robust_lists`).
     pub robust_list: u64,
     /// Threads blocked in futex waits, all groups.
     pub futexes: crate::futex::Futexes,

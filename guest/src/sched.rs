@@ -5,10 +5,13 @@
 use alloc::boxed::Box;
 use core::mem::{replace, take};
 
+use alloc::vec::Vec;
+
 use crate::arch::{self, FxArea, SyscallFrame};
 use crate::errno::{Errno, Result};
+use crate::futex::{self, RobustMemory};
 use crate::kernel::{self, Kernel, ProcState};
-use crate::mm::space::{self, Space};
+use crate::mm::space::{self, Frames, Space};
 use crate::pipe;
 use crate::process::{Block, Context, ExitStatus, Pid, State, INIT};
 
@@ -32,7 +35,110 @@ pub unsafe fn fx_of(frame: *const SyscallFrame) -> &'static mut FxArea {
     unsafe { &mut *(at as *mut FxArea) }
 }
 
+/// The user memory of an address space loaded in CR3, for the robust-list
+/// walk: only slots the space backs in the user range are touched, so a
+/// bad pointer is a failed access, never a kernel fault.
+struct LoadedSpace<'a> {
+    space: &'a Space,
+    frames: &'a Frames,
+}
+
+impl LoadedSpace<'_> {
+    fn check(&self, addr: u64, len: u64) -> Option<*mut u8> {
+        let last = addr.checked_add(len - 1)?;
+        let ok = |va: u64| self.frames.is_user(va) && self.space.is_mapped(va);
+        (ok(addr) && ok(last)).then_some(addr as *mut u8)
+    }
+}
+
+impl RobustMemory for LoadedSpace<'_> {
+    fn read_u64(&mut self, addr: u64) -> Option<u64> {
+        let p = self.check(addr, 8)?;
+        // SAFETY: both ends lie in slots the loaded space backs (a range of
+        // 8 bytes spans at most two slots); unaligned reads are allowed.
+        Some(unsafe { core::ptr::read_unaligned(p as *const u64) })
+    }
+
+    fn read_u32(&mut self, addr: u64) -> Option<u32> {
+        let p = self.check(addr, 4)?;
+        // SAFETY: as in `read_u64`.
+        Some(unsafe { core::ptr::read_unaligned(p as *const u32) })
+    }
+
+    fn write_u32(&mut self, addr: u64, value: u32) -> Option<()> {
+        let p = self.check(addr, 4)?;
+        // SAFETY: as in `read_u64`: user memory of the loaded space, which
+        // the application itself may write (nothing else runs meanwhile).
+        unsafe { core::ptr::write_unaligned(p as *mut u32, value) };
+        Some(())
+    }
+}
+
 impl Kernel {
+    /// Walks the robust futex lists (set_robust_list) of threads `tids` of
+    /// group `tgid` as Linux does when a thread exits or execs, in the
+    /// group's memory: the running one's, or a parked group's, loaded for
+    /// the walk (two CR3 loads) and unloaded again. Each head is cleared,
+    /// as Linux's `futex_cleanup` does. Waiters are woken in the group
+    /// (futex keys are per group, see `crate::futex`).
+    pub fn exit_robust_lists(&mut self, tgid: Pid, tids: &[Pid]) {
+        let loaded = self.cur_is_loaded() && self.procs.tgid(self.cur) == tgid;
+        let mut lists = Vec::new();
+        for &tid in tids {
+            let head = if tid == self.cur && loaded {
+                take(&mut self.robust_list)
+            } else {
+                self.procs
+                    .get_mut(tid)
+                    .and_then(|t| t.parked.as_mut())
+                    .map_or(0, |p| take(&mut p.robust_list))
+            };
+            if head != 0 {
+                lists.push((tid, head));
+            }
+        }
+        if lists.is_empty() {
+            return;
+        }
+        let mut wakes = Vec::new();
+        let space = if loaded {
+            self.space.as_ref()
+        } else {
+            self.procs
+                .group(tgid)
+                .into_iter()
+                .filter_map(|p| self.procs.get(p).and_then(|t| t.parked.as_ref()))
+                .find(|p| p.shared)
+                .and_then(|p| p.space.as_ref())
+        };
+        // Without a space (a vfork parent lending its memory) there is
+        // nothing to walk.
+        if let Some(space) = space {
+            if !loaded {
+                arch::load_cr3(space.cr3());
+            }
+            let mut mem = LoadedSpace {
+                space,
+                frames: &self.frames,
+            };
+            for (tid, head) in lists {
+                wakes.extend(futex::exit_robust_list(&mut mem, head, tid));
+            }
+            if !loaded {
+                self.loaded_cr3 = space.cr3();
+            }
+        }
+        // Back to the current process's tables (or the kernel's) if the
+        // walk loaded others.
+        self.load_space();
+        for &addr in &wakes {
+            self.futexes.wake(tgid, addr, 1, futex::BITSET_MATCH_ANY);
+        }
+        if !wakes.is_empty() {
+            pipe::bump();
+        }
+    }
+
     /// Moves the running process's state out of the kernel.
     pub fn park(&mut self) -> ProcState {
         ProcState {
@@ -144,6 +250,10 @@ impl Kernel {
     pub fn terminate(&mut self, pid: Pid, status: ExitStatus) {
         // A process ends with all its threads, whichever one was named.
         let pid = self.procs.tgid(pid);
+        // Every thread dies: their robust mutexes are marked while the
+        // memory is still there (Linux's exit_mm_release, per thread).
+        let threads = self.procs.group(pid);
+        self.exit_robust_lists(pid, &threads);
         self.end_threads(pid);
         self.futexes.forget(pid);
         let st = if pid == self.cur {
@@ -245,6 +355,8 @@ impl Kernel {
         if tgid == cur {
             return false;
         }
+        // As Linux's exit_mm_release: robust mutexes first, then the tid word.
+        self.exit_robust_lists(tgid, &[cur]);
         if self.clear_child_tid != 0 {
             let addr = self.clear_child_tid;
             if self.put_user(addr, &0u32.to_le_bytes()).is_ok() {

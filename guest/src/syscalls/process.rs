@@ -365,6 +365,11 @@ impl Kernel {
         let (program, args) = self.resolve_exec(path, args)?;
         // The point of no return: the old image goes away.
         let fresh = Space::new(&self.frames).map_err(|_| Errno::ENOMEM)?;
+        // Robust mutexes the old image holds are marked before it goes
+        // (Linux's exec_mm_release); the new image registers its own list.
+        let cur = self.cur;
+        let tgid = self.procs.tgid(cur);
+        self.exit_robust_lists(tgid, &[cur]);
         let old_mm = core::mem::replace(
             &mut self.mm,
             Mm::new(self.frames.user_lo, self.frames.user_hi),
@@ -989,11 +994,10 @@ impl Kernel {
         0
     }
 
-    /// set_robust_list: recorded per thread (the list is not walked when a
-    /// thread dies; see docs/syscalls.md).
+    /// set_robust_list: recorded per thread; walked when the thread exits,
+    /// dies with its process or execs (`Kernel::exit_robust_lists`).
     pub fn sys_set_robust_list(&mut self, head: u64, len: u64) -> Result<u64> {
-        // struct robust_list_head is three words.
-        if len != 24 {
+        if len != futex::ROBUST_LIST_HEAD_SIZE {
             return Err(Errno::EINVAL);
         }
         self.robust_list = head;
