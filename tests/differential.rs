@@ -1192,3 +1192,211 @@ fn robust_mutexes_of_dead_owners_are_marked_owner_died() {
         show(&out)
     );
 }
+
+/// CPU time is accounted per thread: computing advances the process and
+/// thread CPU clocks by about the time spent (user time, little system
+/// time) and sleeping does not; getrusage (self, thread, children), times
+/// and wait4 agree; another thread's time counts for the process and that
+/// thread's clock only; a child's clock (clock_getcpuclockid) reads its
+/// time while it is a zombie and is gone once reaped; ITIMER_VIRTUAL and
+/// ITIMER_PROF fire on CPU time, not while sleeping. Only yes/no lines, so
+/// the output is the same in both modes; the bounds leave room for a busy
+/// host (see `burn`).
+const CPU_TIME_C: &str = r#"#define _GNU_SOURCE
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <sys/time.h>
+#include <sys/times.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MS 1000000LL
+static void say(const char *what, int ok) { printf("%s: %s\n", what, ok ? "yes" : "no"); fflush(stdout); }
+static long long ns(clockid_t c) {
+    struct timespec t;
+    if (clock_gettime(c, &t)) return -1;
+    return t.tv_sec * 1000000000LL + t.tv_nsec;
+}
+static long long tv(struct timeval t) { return t.tv_sec * 1000000000LL + t.tv_usec * 1000LL; }
+static volatile unsigned long sink;
+/* Computes for `ms` of wall-clock time, looking at the clock every ~0.1 ms.
+   The checks below want at least 60% of that as CPU time, so a busy host
+   taking the CPU away now and then does not fail them. */
+static void burn(long long ms) {
+    long long end = ns(CLOCK_MONOTONIC) + ms * MS;
+    while (ns(CLOCK_MONOTONIC) < end)
+        for (int i = 0; i < 20000; i++) sink += i;
+}
+static int pipe_a[2], pipe_b[2];
+static void *burner(void *arg) {
+    (void)arg;
+    char c = 1;
+    burn(40);
+    write(pipe_a[1], &c, 1);
+    read(pipe_b[0], &c, 1);
+    return NULL;
+}
+static volatile sig_atomic_t prof, vtalrm;
+static void on_sig(int s) { if (s == SIGPROF) prof++; else vtalrm++; }
+
+int main(void) {
+    struct timespec res;
+    say("process clock resolution is 1 ns", clock_getres(CLOCK_PROCESS_CPUTIME_ID, &res) == 0 && res.tv_sec == 0 && res.tv_nsec == 1);
+    say("thread clock resolution is 1 ns", clock_getres(CLOCK_THREAD_CPUTIME_ID, &res) == 0 && res.tv_sec == 0 && res.tv_nsec == 1);
+
+    /* Burning 50 ms advances both CPU clocks by about that much. */
+    long long p0 = ns(CLOCK_PROCESS_CPUTIME_ID), t0 = ns(CLOCK_THREAD_CPUTIME_ID), m0 = ns(CLOCK_MONOTONIC);
+    burn(50);
+    long long p1 = ns(CLOCK_PROCESS_CPUTIME_ID), t1 = ns(CLOCK_THREAD_CPUTIME_ID), m1 = ns(CLOCK_MONOTONIC);
+    say("burning counts on the process clock", p1 - p0 >= 30 * MS && p1 - p0 <= m1 - m0 + 2 * MS);
+    say("burning counts on the thread clock", t1 - t0 >= 30 * MS && t1 - t0 <= m1 - m0 + 2 * MS);
+
+    /* Sleeping 100 ms does not. */
+    struct timespec nap = {0, 100 * MS};
+    nanosleep(&nap, NULL);
+    long long p2 = ns(CLOCK_PROCESS_CPUTIME_ID), t2 = ns(CLOCK_THREAD_CPUTIME_ID);
+    say("sleeping does not count", p2 - p1 < 5 * MS && t2 - t1 < 5 * MS);
+
+    /* getrusage and times agree; the burn was user time. */
+    struct rusage self, thread;
+    getrusage(RUSAGE_SELF, &self);
+    getrusage(RUSAGE_THREAD, &thread);
+    long long self_ns = tv(self.ru_utime) + tv(self.ru_stime);
+    long long p3 = ns(CLOCK_PROCESS_CPUTIME_ID);
+    say("RUSAGE_SELF matches the process clock", self_ns >= p2 - 1000 && self_ns <= p3 + 1000);
+    say("the burn was user time", tv(self.ru_utime) >= 30 * MS && tv(self.ru_stime) < tv(self.ru_utime) / 2);
+    say("RUSAGE_THREAD counts the burn", tv(thread.ru_utime) + tv(thread.ru_stime) >= 30 * MS);
+    struct tms tm;
+    times(&tm);
+    say("times counts the burn", tm.tms_utime + tm.tms_stime >= 3 && tm.tms_cutime + tm.tms_cstime == 0);
+
+    /* Another thread's burn counts for the process and that thread, not for this one. */
+    pipe(pipe_a);
+    pipe(pipe_b);
+    pthread_t t;
+    pthread_create(&t, NULL, burner, NULL);
+    char c;
+    long long mine0 = ns(CLOCK_THREAD_CPUTIME_ID), proc0 = ns(CLOCK_PROCESS_CPUTIME_ID);
+    read(pipe_a[0], &c, 1);
+    long long mine1 = ns(CLOCK_THREAD_CPUTIME_ID), proc1 = ns(CLOCK_PROCESS_CPUTIME_ID);
+    clockid_t tc;
+    pthread_getcpuclockid(t, &tc);
+    long long other = ns(tc);
+    say("another thread's burn counts for the process", proc1 - proc0 >= 24 * MS);
+    say("but not for this thread", mine1 - mine0 < 10 * MS);
+    say("and on that thread's clock", other >= 24 * MS);
+    write(pipe_b[1], &c, 1);
+    pthread_join(t, NULL);
+    long long proc2 = ns(CLOCK_PROCESS_CPUTIME_ID);
+    say("an ended thread's time stays with the process", proc2 >= proc1);
+
+    /* A child's time: its clock while a zombie, wait4's rusage, RUSAGE_CHILDREN. */
+    struct rusage before_children;
+    getrusage(RUSAGE_CHILDREN, &before_children);
+    pid_t pid = fork();
+    if (pid == 0) { burn(40); _exit(0); }
+    long long self_before = ns(CLOCK_PROCESS_CPUTIME_ID);
+    siginfo_t si;
+    waitid(P_PID, pid, &si, WEXITED | WNOWAIT);
+    clockid_t cc;
+    say("clock_getcpuclockid of a child", clock_getcpuclockid(pid, &cc) == 0);
+    long long child = ns(cc);
+    say("a zombie child's clock counts its burn", child >= 24 * MS);
+    struct timespec x;
+    say("a thread clock of another process is EINVAL", clock_gettime((~pid << 3) | 6, &x) == -1);
+    struct rusage ru;
+    int st;
+    wait4(pid, &st, 0, &ru);
+    say("wait4 reports the child's time", tv(ru.ru_utime) + tv(ru.ru_stime) >= 24 * MS);
+    long long self_after = ns(CLOCK_PROCESS_CPUTIME_ID);
+    say("the parent's own time did not grow", self_after - self_before < 10 * MS);
+    struct rusage children;
+    getrusage(RUSAGE_CHILDREN, &children);
+    say("RUSAGE_CHILDREN counts the reaped child", tv(children.ru_utime) + tv(children.ru_stime) - tv(before_children.ru_utime) - tv(before_children.ru_stime) >= 24 * MS);
+    times(&tm);
+    say("times counts the child", tm.tms_cutime + tm.tms_cstime >= 2);
+    say("a reaped child's clock is gone", ns(cc) == -1);
+
+    /* Interval timers on CPU time: not while sleeping, then while computing
+       (Linux adds a tick to the value: armed means up to 30 ms left). */
+    signal(SIGVTALRM, on_sig);
+    signal(SIGPROF, on_sig);
+    struct itimerval it = {{0, 0}, {0, 20000}}, left;
+    setitimer(ITIMER_VIRTUAL, &it, NULL);
+    getitimer(ITIMER_VIRTUAL, &left);
+    say("ITIMER_VIRTUAL is armed", left.it_value.tv_sec == 0 && left.it_value.tv_usec > 0 && left.it_value.tv_usec <= 30000);
+    nanosleep(&nap, NULL);
+    say("ITIMER_VIRTUAL does not fire while sleeping", vtalrm == 0);
+    long long v0 = ns(CLOCK_PROCESS_CPUTIME_ID), deadline = ns(CLOCK_MONOTONIC) + 2000 * MS;
+    while (!vtalrm && ns(CLOCK_MONOTONIC) < deadline) for (int i = 0; i < 20000; i++) sink += i;
+    long long v1 = ns(CLOCK_PROCESS_CPUTIME_ID);
+    say("ITIMER_VIRTUAL fires after 20 ms of computing", vtalrm == 1 && v1 - v0 >= 15 * MS);
+    getitimer(ITIMER_VIRTUAL, &left);
+    say("and a one-shot timer is disarmed", left.it_value.tv_sec == 0 && left.it_value.tv_usec == 0);
+    struct itimerval periodic = {{0, 10000}, {0, 10000}};
+    setitimer(ITIMER_PROF, &periodic, NULL);
+    deadline = ns(CLOCK_MONOTONIC) + 2000 * MS;
+    while (prof < 3 && ns(CLOCK_MONOTONIC) < deadline) for (int i = 0; i < 20000; i++) sink += i;
+    say("ITIMER_PROF repeats", prof >= 3);
+    getitimer(ITIMER_PROF, &left);
+    say("with its interval", left.it_interval.tv_sec == 0 && left.it_interval.tv_usec == 10000);
+    struct itimerval off = {{0, 0}, {0, 0}};
+    setitimer(ITIMER_PROF, &off, NULL);
+
+    /* Clocks that name nobody. */
+    clockid_t bad = (~99999 << 3) | 2;
+    say("a CPU clock of no process is EINVAL", clock_gettime(bad, &x) == -1);
+    return 0;
+}
+"#;
+
+#[test]
+fn cpu_time_counts_computing_not_sleeping() {
+    let bundle = c_program_fixture("cputime", CPU_TIME_C, &["-static", "-pthread"]);
+    let out = both("cpu time", &bundle, None);
+    let expected: String = [
+        "process clock resolution is 1 ns",
+        "thread clock resolution is 1 ns",
+        "burning counts on the process clock",
+        "burning counts on the thread clock",
+        "sleeping does not count",
+        "RUSAGE_SELF matches the process clock",
+        "the burn was user time",
+        "RUSAGE_THREAD counts the burn",
+        "times counts the burn",
+        "another thread's burn counts for the process",
+        "but not for this thread",
+        "and on that thread's clock",
+        "an ended thread's time stays with the process",
+        "clock_getcpuclockid of a child",
+        "a zombie child's clock counts its burn",
+        "a thread clock of another process is EINVAL",
+        "wait4 reports the child's time",
+        "the parent's own time did not grow",
+        "RUSAGE_CHILDREN counts the reaped child",
+        "times counts the child",
+        "a reaped child's clock is gone",
+        "ITIMER_VIRTUAL is armed",
+        "ITIMER_VIRTUAL does not fire while sleeping",
+        "ITIMER_VIRTUAL fires after 20 ms of computing",
+        "and a one-shot timer is disarmed",
+        "ITIMER_PROF repeats",
+        "with its interval",
+        "a CPU clock of no process is EINVAL",
+    ]
+    .iter()
+    .map(|c| format!("{c}: yes\n"))
+    .collect();
+    assert_eq!(
+        (out.status.code(), stdout(&out)),
+        (Some(0), expected),
+        "{}",
+        show(&out)
+    );
+}

@@ -277,6 +277,8 @@ impl Kernel {
         };
         task.state = State::Zombie(status);
         task.ctx = None;
+        // Its CPU-time timers end with it (ITIMER_VIRTUAL, ITIMER_PROF).
+        task.cpu_timers = [None; 2];
         let ppid = task.ppid;
         let vfork_parent = task.vfork_parent.take();
         if let Some(mut st) = st {
@@ -301,6 +303,26 @@ impl Kernel {
         self.procs.reparent(pid);
         self.post_signal(ppid, SIGCHLD);
         pipe::bump();
+    }
+
+    /// Thread `tid` (not a group's first) is about to go away: its CPU time
+    /// (the running stretch too, if it is the current task) joins its
+    /// group's total of ended threads.
+    fn retire_cpu(&mut self, tid: Pid) {
+        let mut spent = if tid == self.cur {
+            self.meter.stop(arch::rdtsc())
+        } else {
+            crate::cputime::Times::default()
+        };
+        let tgid = self.procs.tgid(tid);
+        if let Some(t) = self.procs.get(tid) {
+            spent += t.cpu;
+        }
+        if tgid != tid {
+            if let Some(leader) = self.procs.get_mut(tgid) {
+                leader.cpu_dead += spent;
+            }
+        }
     }
 
     /// Moves group `tgid`'s shared state into `into` from the sibling
@@ -340,6 +362,7 @@ impl Kernel {
                     swap_shared(&mut st, leader);
                 }
             }
+            self.retire_cpu(tid);
             self.procs.remove(tid);
         }
     }
@@ -378,6 +401,7 @@ impl Kernel {
         {
             swap_shared(&mut st, p);
         }
+        self.retire_cpu(cur);
         self.procs.remove(cur);
         self.switch_pending = true;
         pipe::bump();
@@ -417,6 +441,12 @@ impl Kernel {
     pub fn schedule(&mut self, frame: &mut SyscallFrame, fx: &mut FxArea) {
         self.switch_pending = false;
         let cur = self.cur;
+        // The task stops running: its time so far is its own, and until
+        // the next one starts (idling included) the vCPU's is nobody's.
+        let spent = self.meter.stop(arch::rdtsc());
+        if let Some(t) = self.procs.get_mut(cur) {
+            t.cpu += spent;
+        }
         let alive = self
             .procs
             .get(cur)
@@ -502,6 +532,7 @@ impl Kernel {
         if settid != 0 {
             let _ = self.put_user(settid, &next.to_le_bytes());
         }
+        self.meter.start(arch::rdtsc());
     }
 
     /// Finishes a system call: result or restart, then switching and
@@ -522,7 +553,7 @@ impl Kernel {
             self.block_stdin = false;
         }
         self.take_host_signals();
-        // A process that keeps making calls never idles: its timer is
+        // A process that keeps making calls never idles: its timers are
         // checked here (no timer interrupt, see docs/syscalls.md).
         let tgid = self.procs.tgid(self.cur);
         if self.procs.get(tgid).is_some_and(|t| t.alarm.is_some())
@@ -531,6 +562,13 @@ impl Kernel {
                 .take_expired_alarm(tgid, self.clock.monotonic_ns())
         {
             self.post_signal(self.cur, 14);
+        }
+        if self
+            .procs
+            .get(tgid)
+            .is_some_and(|t| t.cpu_timers.iter().any(Option::is_some))
+        {
+            self.fire_cpu_timers();
         }
         self.resume_loop(frame, fx);
     }
