@@ -966,8 +966,9 @@ fn shared_anonymous_memory_is_shared_across_fork() {
 /// it, or exec'd) is taken with EOWNERDEAD, by a waiter already blocked on
 /// it too, and pthread_mutex_consistent makes it usable again. Hand-made
 /// lists check the kernel's walk itself: a circular list ends, the pending
-/// entry, the PI bit, a bad pointer and a pending operation on a released
-/// word (a wake, no mark) behave as on Linux. Every lock is bounded to 5 s,
+/// entry, the PI bit, a bad pointer, a read-only word, a PROT_NONE entry
+/// and a pending operation on a released word (a wake, no mark) behave as
+/// on Linux, and none of them faults the kernel. Every lock is bounded to 5 s,
 /// so a kernel that never marks fails here instead of hanging.
 const ROBUST_C: &str = r#"#define _GNU_SOURCE
 #include <errno.h>
@@ -975,6 +976,7 @@ const ROBUST_C: &str = r#"#define _GNU_SOURCE
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
+#include <string.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -999,13 +1001,12 @@ static void robust_init(pthread_mutex_t *m, int shared) {
     pthread_mutex_init(m, &a);
 }
 
-/* The owner thread exits holding m1 (or after unlocking m7); the lock is
-   taken after the join. */
+/* 1: the owner thread exits; the lock is taken after the join. */
 static pthread_mutex_t m1, m7;
 static void *hold_and_exit(void *arg) { pthread_mutex_lock(arg); return NULL; }
 static void *lock_unlock(void *arg) { pthread_mutex_lock(arg); pthread_mutex_unlock(arg); return NULL; }
 
-/* The owner exits while the main thread waits for the lock. */
+/* 2: the owner exits while the main thread waits for the lock. */
 static pthread_mutex_t m2;
 static int ready[2];
 static void *hold_until_waited(void *arg) {
@@ -1018,7 +1019,7 @@ static void *hold_until_waited(void *arg) {
     return NULL;
 }
 
-/* Process-shared robust mutexes in MAP_SHARED memory, held by children. */
+/* 3-6: process-shared robust mutexes in MAP_SHARED memory. */
 static pthread_mutex_t *shm;
 static int go[2];
 static void *child_thread_holds(void *arg) {
@@ -1030,11 +1031,13 @@ static void *child_thread_holds(void *arg) {
     return NULL;
 }
 
-/* Hand-made robust lists, walked when the thread that registered them exits. */
+/* 8: hand-made robust lists, walked when the thread that registered them exits. */
 struct entry { struct entry *next; long pad; unsigned word; };
 struct head { struct entry *next; long offset; struct entry *pending; };
-static struct entry ring[2], pend, pi_entry, lone;
-static struct head h_ring, h_pend, h_pi, h_bad;
+static struct entry ring[2], pend, pi_entry, lone, after_ro, after_none;
+static struct head h_ring, h_pend, h_pi, h_bad, h_ro, h_none;
+static char *guarded; /* a read-only page, then a PROT_NONE one */
+static unsigned other_word;
 static long futex_offset = (long)__builtin_offsetof(struct entry, word);
 static void *register_list(void *arg) {
     struct head *h = arg;
@@ -1051,17 +1054,29 @@ static void *register_list(void *arg) {
         pi_entry.next = (struct entry *)h;
         pi_entry.word = tid;
         h->next = (struct entry *)((unsigned long)&pi_entry | 1);
-    } else {
+    } else if (h == &h_bad) {
         h->next = (struct entry *)0x100000000000UL; /* unmapped */
         lone.word = tid;
         h->pending = &lone; /* not reached: the walk stops at the bad pointer */
+    } else {
+        /* An owned word the kernel may not write, or an entry it may not
+           read: either ends the walk (the pending entry is not reached). */
+        int ro = h == &h_ro;
+        struct entry *e = (struct entry *)(guarded + (ro ? 0 : 4096));
+        e->next = (struct entry *)h;
+        e->word = tid;
+        mprotect(e, 4096, ro ? PROT_READ : PROT_NONE);
+        struct entry *after = ro ? &after_ro : &after_none;
+        after->word = tid;
+        h->next = e;
+        h->pending = after;
     }
     h->offset = futex_offset;
     syscall(SYS_set_robust_list, h, sizeof *h);
     return NULL;
 }
 
-/* A pending operation on a released word only wakes a waiter. */
+/* 9: a pending operation on a released word only wakes a waiter. */
 static unsigned queue_word;
 static struct entry released;
 static struct head h_released;
@@ -1141,13 +1156,17 @@ int main(void) {
     waitpid(pid, &st, 0);
     say("execve marks the old image's mutex", WIFEXITED(st) && WEXITSTATUS(st) == 0 && lock5(&shm[3]) == EOWNERDEAD);
 
-    struct head *heads[4] = {&h_ring, &h_pend, &h_pi, &h_bad};
-    for (int i = 0; i < 4; i++) { pthread_create(&t, NULL, register_list, heads[i]); pthread_join(t, NULL); }
+    guarded = mmap(NULL, 8192, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    struct head *heads[6] = {&h_ring, &h_pend, &h_pi, &h_bad, &h_ro, &h_none};
+    for (int i = 0; i < 6; i++) { pthread_create(&t, NULL, register_list, heads[i]); pthread_join(t, NULL); }
     say("circular list: owned word marked", ring[0].word == FUTEX_OWNER_DIED);
     say("circular list: other word untouched", ring[1].word == 12345);
     say("pending op marked, waiters bit kept", pend.word == (FUTEX_OWNER_DIED | FUTEX_WAITERS));
     say("pi entry marked", pi_entry.word == FUTEX_OWNER_DIED);
     say("bad pointer ends the walk", lone.word != 0 && !(lone.word & FUTEX_OWNER_DIED));
+    say("a read-only word ends the walk", !(after_ro.word & FUTEX_OWNER_DIED) && !(((struct entry *)guarded)->word & FUTEX_OWNER_DIED));
+    say("a PROT_NONE entry ends the walk", after_none.word != 0 && !(after_none.word & FUTEX_OWNER_DIED));
+    (void)other_word;
 
     pthread_create(&t, NULL, release_pending, NULL);
     struct timespec five = {5, 0};
@@ -1179,6 +1198,8 @@ fn robust_mutexes_of_dead_owners_are_marked_owner_died() {
         "pending op marked, waiters bit kept",
         "pi entry marked",
         "bad pointer ends the walk",
+        "a read-only word ends the walk",
+        "a PROT_NONE entry ends the walk",
         "pending op on a released word wakes a waiter",
         "and leaves the word alone",
     ]

@@ -12,6 +12,7 @@ use crate::errno::{Errno, Result};
 use crate::futex::{self, RobustMemory};
 use crate::kernel::{self, Kernel, ProcState};
 use crate::mm::space::{self, Frames, Space};
+use crate::mm::Vmas;
 use crate::pipe;
 use crate::process::{Block, Context, ExitStatus, Pid, State, INIT};
 
@@ -36,39 +37,43 @@ pub unsafe fn fx_of(frame: *const SyscallFrame) -> &'static mut FxArea {
 }
 
 /// The user memory of an address space loaded in CR3, for the robust-list
-/// walk: only slots the space backs in the user range are touched, so a
-/// bad pointer is a failed access, never a kernel fault.
+/// walk: only slots the space backs in the user range, and only pages its
+/// mappings let the application read (or write), are touched, so a bad
+/// pointer is a failed access, never a kernel fault.
 struct LoadedSpace<'a> {
     space: &'a Space,
     frames: &'a Frames,
+    vmas: &'a Vmas,
 }
 
 impl LoadedSpace<'_> {
-    fn check(&self, addr: u64, len: u64) -> Option<*mut u8> {
-        let last = addr.checked_add(len - 1)?;
+    fn check(&self, addr: u64, len: u64, write: bool) -> Option<*mut u8> {
+        let end = addr.checked_add(len)?;
         let ok = |va: u64| self.frames.is_user(va) && self.space.is_mapped(va);
-        (ok(addr) && ok(last)).then_some(addr as *mut u8)
+        (ok(addr) && ok(end - 1) && self.vmas.allows(addr, end, write)).then_some(addr as *mut u8)
     }
 }
 
 impl RobustMemory for LoadedSpace<'_> {
     fn read_u64(&mut self, addr: u64) -> Option<u64> {
-        let p = self.check(addr, 8)?;
+        let p = self.check(addr, 8, false)?;
         // SAFETY: both ends lie in slots the loaded space backs (a range of
-        // 8 bytes spans at most two slots); unaligned reads are allowed.
+        // 8 bytes spans at most two slots) and every page of it is readable;
+        // unaligned reads are allowed.
         Some(unsafe { core::ptr::read_unaligned(p as *const u64) })
     }
 
     fn read_u32(&mut self, addr: u64) -> Option<u32> {
-        let p = self.check(addr, 4)?;
+        let p = self.check(addr, 4, false)?;
         // SAFETY: as in `read_u64`.
         Some(unsafe { core::ptr::read_unaligned(p as *const u32) })
     }
 
     fn write_u32(&mut self, addr: u64, value: u32) -> Option<()> {
-        let p = self.check(addr, 4)?;
-        // SAFETY: as in `read_u64`: user memory of the loaded space, which
-        // the application itself may write (nothing else runs meanwhile).
+        let p = self.check(addr, 4, true)?;
+        // SAFETY: as in `read_u64`, and the pages are writable: user memory
+        // of the loaded space the application itself may write (nothing
+        // else runs meanwhile).
         unsafe { core::ptr::write_unaligned(p as *mut u32, value) };
         Some(())
     }
@@ -101,25 +106,26 @@ impl Kernel {
             return;
         }
         let mut wakes = Vec::new();
-        let space = if loaded {
-            self.space.as_ref()
+        let memory = if loaded {
+            self.space.as_ref().map(|s| (s, &self.mm.vmas))
         } else {
             self.procs
                 .group(tgid)
                 .into_iter()
                 .filter_map(|p| self.procs.get(p).and_then(|t| t.parked.as_ref()))
                 .find(|p| p.shared)
-                .and_then(|p| p.space.as_ref())
+                .and_then(|p| p.space.as_ref().map(|s| (s, &p.mm.vmas)))
         };
         // Without a space (a vfork parent lending its memory) there is
         // nothing to walk.
-        if let Some(space) = space {
+        if let Some((space, vmas)) = memory {
             if !loaded {
                 arch::load_cr3(space.cr3());
             }
             let mut mem = LoadedSpace {
                 space,
                 frames: &self.frames,
+                vmas,
             };
             for (tid, head) in lists {
                 wakes.extend(futex::exit_robust_list(&mut mem, head, tid));
