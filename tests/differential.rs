@@ -1054,3 +1054,481 @@ fn shared_anonymous_memory_is_shared_across_fork() {
         show(&out)
     );
 }
+
+/// Robust futex lists are walked when their thread dies: a robust mutex
+/// whose owner is gone (a thread that exited, a process that exited, was
+/// killed while blocked, ended with exit_group while a sibling thread held
+/// it, or exec'd) is taken with EOWNERDEAD, by a waiter already blocked on
+/// it too, and pthread_mutex_consistent makes it usable again. Hand-made
+/// lists check the kernel's walk itself: a circular list ends, the pending
+/// entry, the PI bit, a bad pointer, a read-only word, a PROT_NONE entry
+/// and a pending operation on a released word (a wake, no mark) behave as
+/// on Linux, and none of them faults the kernel. Every lock is bounded to 5 s,
+/// so a kernel that never marks fails here instead of hanging.
+const ROBUST_C: &str = r#"#define _GNU_SOURCE
+#include <errno.h>
+#include <linux/futex.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+static void say(const char *what, int ok) { printf("%s: %s\n", what, ok ? "yes" : "no"); fflush(stdout); }
+
+/* A lock bounded to 5 s, so a broken kernel fails the check instead of hanging. */
+static int lock5(pthread_mutex_t *m) {
+    struct timespec t;
+    clock_gettime(CLOCK_REALTIME, &t);
+    t.tv_sec += 5;
+    return pthread_mutex_timedlock(m, &t);
+}
+
+static void robust_init(pthread_mutex_t *m, int shared) {
+    pthread_mutexattr_t a;
+    pthread_mutexattr_init(&a);
+    pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
+    if (shared) pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
+    pthread_mutex_init(m, &a);
+}
+
+/* 1: the owner thread exits; the lock is taken after the join. */
+static pthread_mutex_t m1, m7;
+static void *hold_and_exit(void *arg) { pthread_mutex_lock(arg); return NULL; }
+static void *lock_unlock(void *arg) { pthread_mutex_lock(arg); pthread_mutex_unlock(arg); return NULL; }
+
+/* 2: the owner exits while the main thread waits for the lock. */
+static pthread_mutex_t m2;
+static int ready[2];
+static void *hold_until_waited(void *arg) {
+    (void)arg;
+    pthread_mutex_lock(&m2);
+    char c = 1;
+    write(ready[1], &c, 1);
+    /* Leave once the main thread is queued on the lock (FUTEX_WAITERS). */
+    while (!(__atomic_load_n(&m2.__data.__lock, __ATOMIC_SEQ_CST) & FUTEX_WAITERS)) sched_yield();
+    return NULL;
+}
+
+/* 3-6: process-shared robust mutexes in MAP_SHARED memory. */
+static pthread_mutex_t *shm;
+static int go[2];
+static void *child_thread_holds(void *arg) {
+    (void)arg;
+    pthread_mutex_lock(&shm[2]);
+    char c = 1;
+    write(ready[1], &c, 1);
+    read(go[0], &c, 1); /* never written: blocked until the process ends */
+    return NULL;
+}
+
+/* 8: hand-made robust lists, walked when the thread that registered them exits. */
+struct entry { struct entry *next; long pad; unsigned word; };
+struct head { struct entry *next; long offset; struct entry *pending; };
+static struct entry ring[2], pend, pi_entry, lone, after_ro, after_none;
+static struct head h_ring, h_pend, h_pi, h_bad, h_ro, h_none;
+static char *guarded; /* a read-only page, then a PROT_NONE one */
+static unsigned other_word;
+static long futex_offset = (long)__builtin_offsetof(struct entry, word);
+static void *register_list(void *arg) {
+    struct head *h = arg;
+    unsigned tid = (unsigned)syscall(SYS_gettid);
+    if (h == &h_ring) {
+        ring[0].next = &ring[1]; ring[1].next = &ring[0]; /* circular */
+        ring[0].word = tid; ring[1].word = 12345;
+        h->next = &ring[0];
+    } else if (h == &h_pend) {
+        h->next = (struct entry *)h; /* empty list */
+        pend.word = tid | FUTEX_WAITERS;
+        h->pending = &pend;
+    } else if (h == &h_pi) {
+        pi_entry.next = (struct entry *)h;
+        pi_entry.word = tid;
+        h->next = (struct entry *)((unsigned long)&pi_entry | 1);
+    } else if (h == &h_bad) {
+        h->next = (struct entry *)0x100000000000UL; /* unmapped */
+        lone.word = tid;
+        h->pending = &lone; /* not reached: the walk stops at the bad pointer */
+    } else {
+        /* An owned word the kernel may not write, or an entry it may not
+           read: either ends the walk (the pending entry is not reached). */
+        int ro = h == &h_ro;
+        struct entry *e = (struct entry *)(guarded + (ro ? 0 : 4096));
+        e->next = (struct entry *)h;
+        e->word = tid;
+        mprotect(e, 4096, ro ? PROT_READ : PROT_NONE);
+        struct entry *after = ro ? &after_ro : &after_none;
+        after->word = tid;
+        h->next = e;
+        h->pending = after;
+    }
+    h->offset = futex_offset;
+    syscall(SYS_set_robust_list, h, sizeof *h);
+    return NULL;
+}
+
+/* 9: a pending operation on a released word only wakes a waiter. */
+static unsigned queue_word;
+static struct entry released;
+static struct head h_released;
+static void *release_pending(void *arg) {
+    (void)arg;
+    /* Move the main thread's wait onto the released word once it waits. */
+    while (syscall(SYS_futex, &queue_word, FUTEX_REQUEUE, 0, 1, &released.word, 0) != 1) sched_yield();
+    h_released.next = (struct entry *)&h_released;
+    h_released.offset = futex_offset;
+    h_released.pending = &released;
+    syscall(SYS_set_robust_list, &h_released, sizeof h_released);
+    return NULL;
+}
+
+int main(void) {
+    pthread_t t;
+    int r;
+
+    robust_init(&m1, 0);
+    pthread_create(&t, NULL, hold_and_exit, &m1);
+    pthread_join(t, NULL);
+    r = lock5(&m1);
+    say("owner died after join gives EOWNERDEAD", r == EOWNERDEAD);
+    say("consistent", pthread_mutex_consistent(&m1) == 0);
+    pthread_mutex_unlock(&m1);
+    say("relocked cleanly", lock5(&m1) == 0);
+    pthread_mutex_unlock(&m1);
+
+    robust_init(&m7, 0);
+    pthread_create(&t, NULL, lock_unlock, &m7);
+    pthread_join(t, NULL);
+    say("an unlocked mutex stays clean", lock5(&m7) == 0);
+
+    robust_init(&m2, 0);
+    pipe(ready);
+    pthread_create(&t, NULL, hold_until_waited, NULL);
+    char c;
+    read(ready[0], &c, 1);
+    r = lock5(&m2);
+    say("a waiter is woken with EOWNERDEAD", r == EOWNERDEAD);
+    pthread_mutex_unlock(&m2);
+    say("not made consistent: ENOTRECOVERABLE", lock5(&m2) == ENOTRECOVERABLE);
+    pthread_join(t, NULL);
+
+    shm = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    for (int i = 0; i < 4; i++) robust_init(&shm[i], 1);
+    pipe(go);
+    int st;
+    pid_t pid = fork();
+    if (pid == 0) { pthread_mutex_lock(&shm[0]); _exit(0); }
+    waitpid(pid, &st, 0);
+    say("a process exiting marks its shared mutex", lock5(&shm[0]) == EOWNERDEAD);
+
+    pid = fork();
+    if (pid == 0) { pthread_mutex_lock(&shm[1]); write(ready[1], &c, 1); read(go[0], &c, 1); _exit(0); }
+    read(ready[0], &c, 1);
+    kill(pid, SIGKILL);
+    waitpid(pid, &st, 0);
+    say("a process killed while blocked marks it", WIFSIGNALED(st) && lock5(&shm[1]) == EOWNERDEAD);
+
+    pid = fork();
+    if (pid == 0) {
+        pthread_t ct;
+        pthread_create(&ct, NULL, child_thread_holds, NULL);
+        read(ready[0], &c, 1);
+        _exit(0);
+    }
+    waitpid(pid, &st, 0);
+    say("exit_group marks a sibling thread's mutex", lock5(&shm[2]) == EOWNERDEAD);
+
+    pid = fork();
+    if (pid == 0) {
+        pthread_mutex_lock(&shm[3]);
+        execl("/bin/true", "true", (char *)NULL);
+        _exit(9);
+    }
+    waitpid(pid, &st, 0);
+    say("execve marks the old image's mutex", WIFEXITED(st) && WEXITSTATUS(st) == 0 && lock5(&shm[3]) == EOWNERDEAD);
+
+    guarded = mmap(NULL, 8192, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    struct head *heads[6] = {&h_ring, &h_pend, &h_pi, &h_bad, &h_ro, &h_none};
+    for (int i = 0; i < 6; i++) { pthread_create(&t, NULL, register_list, heads[i]); pthread_join(t, NULL); }
+    say("circular list: owned word marked", ring[0].word == FUTEX_OWNER_DIED);
+    say("circular list: other word untouched", ring[1].word == 12345);
+    say("pending op marked, waiters bit kept", pend.word == (FUTEX_OWNER_DIED | FUTEX_WAITERS));
+    say("pi entry marked", pi_entry.word == FUTEX_OWNER_DIED);
+    say("bad pointer ends the walk", lone.word != 0 && !(lone.word & FUTEX_OWNER_DIED));
+    say("a read-only word ends the walk", !(after_ro.word & FUTEX_OWNER_DIED) && !(((struct entry *)guarded)->word & FUTEX_OWNER_DIED));
+    say("a PROT_NONE entry ends the walk", after_none.word != 0 && !(after_none.word & FUTEX_OWNER_DIED));
+    (void)other_word;
+
+    pthread_create(&t, NULL, release_pending, NULL);
+    struct timespec five = {5, 0};
+    r = syscall(SYS_futex, &queue_word, FUTEX_WAIT, 0, &five, NULL, 0);
+    say("pending op on a released word wakes a waiter", r == 0);
+    say("and leaves the word alone", released.word == 0);
+    pthread_join(t, NULL);
+    return 0;
+}
+"#;
+
+#[test]
+fn robust_mutexes_of_dead_owners_are_marked_owner_died() {
+    let bundle = c_program_fixture("robust", ROBUST_C, &["-static", "-pthread"]);
+    let out = both("robust mutexes", &bundle, None);
+    let expected: String = [
+        "owner died after join gives EOWNERDEAD",
+        "consistent",
+        "relocked cleanly",
+        "an unlocked mutex stays clean",
+        "a waiter is woken with EOWNERDEAD",
+        "not made consistent: ENOTRECOVERABLE",
+        "a process exiting marks its shared mutex",
+        "a process killed while blocked marks it",
+        "exit_group marks a sibling thread's mutex",
+        "execve marks the old image's mutex",
+        "circular list: owned word marked",
+        "circular list: other word untouched",
+        "pending op marked, waiters bit kept",
+        "pi entry marked",
+        "bad pointer ends the walk",
+        "a read-only word ends the walk",
+        "a PROT_NONE entry ends the walk",
+        "pending op on a released word wakes a waiter",
+        "and leaves the word alone",
+    ]
+    .iter()
+    .map(|c| format!("{c}: yes\n"))
+    .collect();
+    assert_eq!(
+        (out.status.code(), stdout(&out)),
+        (Some(0), expected),
+        "{}",
+        show(&out)
+    );
+}
+
+/// CPU time is accounted per thread: computing advances the process and
+/// thread CPU clocks by about the time spent (user time, little system
+/// time) and sleeping does not; getrusage (self, thread, children), times
+/// and wait4 agree; another thread's time counts for the process and that
+/// thread's clock only; a child's clock (clock_getcpuclockid) reads its
+/// time while it is a zombie and is gone once reaped; ITIMER_VIRTUAL and
+/// ITIMER_PROF fire on CPU time, not while sleeping. Only yes/no lines, so
+/// the output is the same in both modes. A busy host taking the CPU away
+/// fails nothing: the computing check's lower bound is the work's own CPU
+/// cost (see `burn`), and the other burns run to a CPU-time target.
+const CPU_TIME_C: &str = r#"#define _GNU_SOURCE
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <sys/time.h>
+#include <sys/times.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MS 1000000LL
+static void say(const char *what, int ok) { printf("%s: %s\n", what, ok ? "yes" : "no"); fflush(stdout); }
+static long long ns(clockid_t c) {
+    struct timespec t;
+    if (clock_gettime(c, &t)) return -1;
+    return t.tv_sec * 1000000000LL + t.tv_nsec;
+}
+static long long tv(struct timeval t) { return t.tv_sec * 1000000000LL + t.tv_usec * 1000LL; }
+static volatile unsigned long sink;
+static void work(void) { for (int i = 0; i < 20000; i++) sink += i; }
+/* Computes for `ms` of wall-clock time in small chunks. Returns a lower
+   bound of the CPU time that took: the number of chunks times the fastest
+   one's duration (a busy host stretches chunks, never shrinks their work). */
+static long long burn(long long ms) {
+    long long start = ns(CLOCK_MONOTONIC), now = start, fastest = -1, chunks = 0;
+    while (now - start < ms * MS) {
+        long long before = now;
+        work();
+        now = ns(CLOCK_MONOTONIC);
+        if (fastest < 0 || now - before < fastest) fastest = now - before;
+        chunks++;
+    }
+    return chunks * fastest;
+}
+/* Computes until `clock` advanced `ms` (2 s at most). */
+static void burn_cpu(clockid_t clock, long long ms) {
+    long long end = ns(clock) + ms * MS, give_up = ns(CLOCK_MONOTONIC) + 2000 * MS;
+    while (ns(clock) < end && ns(CLOCK_MONOTONIC) < give_up) work();
+}
+static int pipe_a[2], pipe_b[2];
+static void *burner(void *arg) {
+    (void)arg;
+    char c = 1;
+    burn_cpu(CLOCK_THREAD_CPUTIME_ID, 40);
+    write(pipe_a[1], &c, 1);
+    read(pipe_b[0], &c, 1);
+    return NULL;
+}
+static volatile sig_atomic_t prof, vtalrm;
+static void on_sig(int s) { if (s == SIGPROF) prof++; else vtalrm++; }
+
+int main(void) {
+    struct timespec res;
+    say("process clock resolution is 1 ns", clock_getres(CLOCK_PROCESS_CPUTIME_ID, &res) == 0 && res.tv_sec == 0 && res.tv_nsec == 1);
+    say("thread clock resolution is 1 ns", clock_getres(CLOCK_THREAD_CPUTIME_ID, &res) == 0 && res.tv_sec == 0 && res.tv_nsec == 1);
+
+    /* Computing for 50 ms advances both CPU clocks by at least the work's
+       CPU time and at most the time that passed. */
+    long long p0 = ns(CLOCK_PROCESS_CPUTIME_ID), t0 = ns(CLOCK_THREAD_CPUTIME_ID), m0 = ns(CLOCK_MONOTONIC);
+    long long least = burn(50);
+    long long m1 = ns(CLOCK_MONOTONIC), p1 = ns(CLOCK_PROCESS_CPUTIME_ID), t1 = ns(CLOCK_THREAD_CPUTIME_ID);
+    long long wall = m1 - m0;
+    say("computing counts on the process clock", p1 - p0 >= least * 8 / 10 && p1 - p0 <= wall + 2 * MS);
+    say("and on the thread clock", t1 - t0 >= least * 8 / 10 && t1 - t0 <= wall + 2 * MS);
+
+    /* Sleeping 100 ms does not. */
+    struct timespec nap = {0, 100 * MS};
+    nanosleep(&nap, NULL);
+    long long p2 = ns(CLOCK_PROCESS_CPUTIME_ID), t2 = ns(CLOCK_THREAD_CPUTIME_ID);
+    say("sleeping does not count", p2 - p1 < 5 * MS && t2 - t1 < 5 * MS);
+
+    /* getrusage and times agree; the burn was user time. */
+    struct rusage self, thread;
+    struct tms tm;
+    getrusage(RUSAGE_SELF, &self);
+    times(&tm);
+    getrusage(RUSAGE_THREAD, &thread);
+    long long self_ns = tv(self.ru_utime) + tv(self.ru_stime);
+    long long p3 = ns(CLOCK_PROCESS_CPUTIME_ID);
+    say("RUSAGE_SELF matches the process clock", self_ns >= p2 - 1000 && self_ns <= p3 + 1000);
+    say("the burn was user time", tv(self.ru_utime) >= least * 8 / 10 && tv(self.ru_stime) < tv(self.ru_utime) / 2);
+    say("RUSAGE_THREAD counts the burn", tv(thread.ru_utime) + tv(thread.ru_stime) >= least * 8 / 10);
+    long long tms_ns = (long long)(tm.tms_utime + tm.tms_stime) * 10 * MS;
+    say("times agrees with getrusage", tms_ns <= self_ns + MS && tms_ns > self_ns - 20 * MS && tm.tms_cutime + tm.tms_cstime == 0);
+
+    /* Another thread's burn counts for the process and that thread, not for this one. */
+    pipe(pipe_a);
+    pipe(pipe_b);
+    pthread_t t;
+    long long mine0 = ns(CLOCK_THREAD_CPUTIME_ID), proc0 = ns(CLOCK_PROCESS_CPUTIME_ID);
+    pthread_create(&t, NULL, burner, NULL);
+    char c;
+    read(pipe_a[0], &c, 1);
+    long long mine1 = ns(CLOCK_THREAD_CPUTIME_ID), proc1 = ns(CLOCK_PROCESS_CPUTIME_ID);
+    clockid_t tc;
+    pthread_getcpuclockid(t, &tc);
+    long long other = ns(tc);
+    say("another thread's burn counts for the process", proc1 - proc0 >= 40 * MS);
+    say("but not for this thread", mine1 - mine0 < 10 * MS);
+    say("and on that thread's clock", other >= 40 * MS && other <= proc1 - proc0 + MS);
+    write(pipe_b[1], &c, 1);
+    pthread_join(t, NULL);
+    long long proc2 = ns(CLOCK_PROCESS_CPUTIME_ID);
+    say("an ended thread's time stays with the process", proc2 >= proc1);
+
+    /* A child's time: its clock while a zombie, wait4's rusage, RUSAGE_CHILDREN. */
+    struct rusage before_children;
+    getrusage(RUSAGE_CHILDREN, &before_children);
+    pid_t pid = fork();
+    if (pid == 0) { burn_cpu(CLOCK_PROCESS_CPUTIME_ID, 40); _exit(0); }
+    long long self_before = ns(CLOCK_PROCESS_CPUTIME_ID);
+    siginfo_t si;
+    waitid(P_PID, pid, &si, WEXITED | WNOWAIT);
+    clockid_t cc;
+    say("clock_getcpuclockid of a child", clock_getcpuclockid(pid, &cc) == 0);
+    long long child = ns(cc);
+    say("a zombie child's clock counts its burn", child >= 40 * MS);
+    struct timespec x;
+    say("a thread clock of another process is EINVAL", clock_gettime((~pid << 3) | 6, &x) == -1);
+    struct rusage ru;
+    int st;
+    wait4(pid, &st, 0, &ru);
+    say("wait4 reports the child's time", tv(ru.ru_utime) + tv(ru.ru_stime) >= 39 * MS);
+    long long self_after = ns(CLOCK_PROCESS_CPUTIME_ID);
+    say("the parent's own time did not grow", self_after - self_before < 10 * MS);
+    struct rusage children;
+    getrusage(RUSAGE_CHILDREN, &children);
+    say("RUSAGE_CHILDREN counts the reaped child", tv(children.ru_utime) + tv(children.ru_stime) - tv(before_children.ru_utime) - tv(before_children.ru_stime) >= 39 * MS);
+    times(&tm);
+    say("times counts the child", tm.tms_cutime + tm.tms_cstime >= 3);
+    say("a reaped child's clock is gone", ns(cc) == -1);
+
+    /* Interval timers on CPU time: not while sleeping, then while computing
+       (Linux adds a tick to the value: armed means up to 30 ms left). */
+    signal(SIGVTALRM, on_sig);
+    signal(SIGPROF, on_sig);
+    struct itimerval it = {{0, 0}, {0, 20000}}, left;
+    setitimer(ITIMER_VIRTUAL, &it, NULL);
+    getitimer(ITIMER_VIRTUAL, &left);
+    say("ITIMER_VIRTUAL is armed", left.it_value.tv_sec == 0 && left.it_value.tv_usec > 0 && left.it_value.tv_usec <= 30000);
+    nanosleep(&nap, NULL);
+    say("ITIMER_VIRTUAL does not fire while sleeping", vtalrm == 0);
+    long long v0 = ns(CLOCK_PROCESS_CPUTIME_ID), deadline = ns(CLOCK_MONOTONIC) + 2000 * MS;
+    while (!vtalrm && ns(CLOCK_MONOTONIC) < deadline) work();
+    long long v1 = ns(CLOCK_PROCESS_CPUTIME_ID);
+    say("ITIMER_VIRTUAL fires after 20 ms of computing", vtalrm == 1 && v1 - v0 >= 15 * MS);
+    getitimer(ITIMER_VIRTUAL, &left);
+    say("and a one-shot timer is disarmed", left.it_value.tv_sec == 0 && left.it_value.tv_usec == 0);
+    struct itimerval periodic = {{0, 10000}, {0, 10000}};
+    setitimer(ITIMER_PROF, &periodic, NULL);
+    deadline = ns(CLOCK_MONOTONIC) + 2000 * MS;
+    while (prof < 3 && ns(CLOCK_MONOTONIC) < deadline) work();
+    say("ITIMER_PROF repeats", prof >= 3);
+    getitimer(ITIMER_PROF, &left);
+    say("with its interval", left.it_interval.tv_sec == 0 && left.it_interval.tv_usec == 10000);
+    struct itimerval off = {{0, 0}, {0, 0}};
+    setitimer(ITIMER_PROF, &off, NULL);
+
+    /* Clocks that name nobody. */
+    clockid_t bad = (~99999 << 3) | 2;
+    say("a CPU clock of no process is EINVAL", clock_gettime(bad, &x) == -1);
+    return 0;
+}
+"#;
+
+#[test]
+fn cpu_time_counts_computing_not_sleeping() {
+    let bundle = c_program_fixture("cputime", CPU_TIME_C, &["-static", "-pthread"]);
+    let out = both("cpu time", &bundle, None);
+    let expected: String = [
+        "process clock resolution is 1 ns",
+        "thread clock resolution is 1 ns",
+        "computing counts on the process clock",
+        "and on the thread clock",
+        "sleeping does not count",
+        "RUSAGE_SELF matches the process clock",
+        "the burn was user time",
+        "RUSAGE_THREAD counts the burn",
+        "times agrees with getrusage",
+        "another thread's burn counts for the process",
+        "but not for this thread",
+        "and on that thread's clock",
+        "an ended thread's time stays with the process",
+        "clock_getcpuclockid of a child",
+        "a zombie child's clock counts its burn",
+        "a thread clock of another process is EINVAL",
+        "wait4 reports the child's time",
+        "the parent's own time did not grow",
+        "RUSAGE_CHILDREN counts the reaped child",
+        "times counts the child",
+        "a reaped child's clock is gone",
+        "ITIMER_VIRTUAL is armed",
+        "ITIMER_VIRTUAL does not fire while sleeping",
+        "ITIMER_VIRTUAL fires after 20 ms of computing",
+        "and a one-shot timer is disarmed",
+        "ITIMER_PROF repeats",
+        "with its interval",
+        "a CPU clock of no process is EINVAL",
+    ]
+    .iter()
+    .map(|c| format!("{c}: yes\n"))
+    .collect();
+    assert_eq!(
+        (out.status.code(), stdout(&out)),
+        (Some(0), expected),
+        "{}",
+        show(&out)
+    );
+}

@@ -98,6 +98,8 @@ pub struct Kernel {
     pub creds: Creds,
     pub signals: Signals,
     pub clock: Clock,
+    /// CPU-time accounting of the running task (see `crate::cputime`).
+    pub meter: crate::cputime::Meter,
     pub boot_flags: u32,
     /// Unknown syscall numbers and how often each was called.
     pub unknown_syscalls: BTreeMap<u64, u64>,
@@ -124,8 +126,8 @@ pub struct Kernel {
     pub blocked_nr: Option<u64>,
     /// CLONE_CHILD_CLEARTID / set_tid_address: cleared when the process exits.
     pub clear_child_tid: u64,
-    /// set_robust_list: the current thread's list head (recorded, reported by
-    /// get_robust_list; not walked at exit, see docs/syscalls.md).
+    /// set_robust_list: the current thread's list head, walked when the
+    /// thread exits or execs (`Kernel::exit_robust_lists`).
     pub robust_list: u64,
     /// Threads blocked in futex waits, all groups.
     pub futexes: crate::futex::Futexes,
@@ -425,6 +427,9 @@ pub fn boot(boot_info: u64) -> ! {
         fsgid: spec.gid,
         groups: spec.groups.clone(),
     };
+    // Finding and loading the program is the first process's system time
+    // (setting up the devices before is nobody's).
+    let clock_start = arch::rdtsc();
     let mut k = Kernel {
         dev,
         fds: FdTable::default(),
@@ -433,6 +438,7 @@ pub fn boot(boot_info: u64) -> ! {
         umask: spec.umask,
         creds,
         signals: Signals::default(),
+        meter: crate::cputime::Meter::new(clock_start),
         clock,
         boot_flags: info.flags,
         unknown_syscalls: BTreeMap::new(),
@@ -533,6 +539,7 @@ pub fn boot(boot_info: u64) -> ! {
     if let Some(s) = &k.space {
         space::self_test(s, sp & !(PAGE_SIZE - 1));
     }
+    k.meter.leave_kernel(arch::rdtsc());
     // SAFETY: boot runs once, before any syscall or fault can reach `kernel()`.
     unsafe { *KERNEL.0.get() = Some(k) };
     arch::enter_user(entry, sp)
@@ -745,11 +752,13 @@ fn hwcap() -> u64 {
 /// Entry from `capsa_syscall_user`.
 pub fn syscall(frame: &mut SyscallFrame) {
     let k = kernel();
+    k.meter.enter_kernel(arch::rdtsc());
     // SAFETY: `frame` is the trampoline's frame, with its fxsave image below.
     let fx = unsafe { crate::sched::fx_of(frame) };
     let nr = frame.rax;
     let ret = k.dispatch(frame);
     k.finish_syscall(frame, fx, nr, ret);
+    k.meter.leave_kernel(arch::rdtsc());
 }
 
 /// Where the fault path builds the context it resumes (one vCPU, and the
@@ -805,6 +814,7 @@ pub fn fault(regs: &FaultInfo, fx: &arch::FxArea) -> ! {
     let Some(k) = (unsafe { (*KERNEL.0.get()).as_mut() }) else {
         exit_signal(signal)
     };
+    k.meter.enter_kernel(arch::rdtsc());
     if k.debug_enabled() {
         let mut m = MsgBuf::new();
         let _ = write!(
@@ -854,6 +864,7 @@ pub fn fault(regs: &FaultInfo, fx: &arch::FxArea) -> ! {
         frame.rip
     };
     if k.deliver_fault_signal(signal, code, addr, rf, rfx) {
+        k.meter.leave_kernel(arch::rdtsc());
         arch::return_user(rf, rfx)
     }
     // No handler: the process dies with the signal (no core: the spec's
@@ -867,6 +878,7 @@ pub fn fault(regs: &FaultInfo, fx: &arch::FxArea) -> ! {
         },
     );
     k.finish_fault(rf, rfx);
+    k.meter.leave_kernel(arch::rdtsc());
     arch::return_user(rf, rfx)
 }
 

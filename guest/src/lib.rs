@@ -14,6 +14,7 @@
 extern crate alloc;
 
 pub mod arch;
+pub mod cputime;
 pub mod drivers;
 pub mod elf;
 pub mod errno;

@@ -30,6 +30,7 @@ use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
 use crate::arch::{FxArea, SyscallFrame};
+use crate::cputime::Times;
 use crate::errno::{Errno, Result};
 
 pub type Pid = i32;
@@ -121,6 +122,37 @@ pub struct Task<S> {
     /// Nice value (-20..=19): recorded and reported; the cooperative
     /// scheduler does not weigh it.
     pub nice: i32,
+    /// CPU time this task ran (see `crate::cputime`), up to when it last
+    /// stopped running (the running task's latest stretch is in the meter).
+    pub cpu: Times,
+    /// On a process's first thread: CPU time of its threads that ended.
+    pub cpu_dead: Times,
+    /// On a process's first thread: CPU time of its waited-for children
+    /// (and of theirs), as Linux's `cutime`/`cstime`.
+    pub cpu_children: Times,
+    /// On a process's first thread: ITIMER_VIRTUAL and ITIMER_PROF, next
+    /// expiry and reload interval in ticks of the process's user time
+    /// (VIRTUAL) or user and system time (PROF).
+    pub cpu_timers: [Option<(u64, u64)>; 2],
+}
+
+/// Fires a timer `(deadline, interval)` that expired by `now`: reloads it
+/// past `now` (intervals missed meanwhile are skipped) or disarms it, and
+/// returns true.
+pub fn expire(timer: &mut Option<(u64, u64)>, now: u64) -> bool {
+    match *timer {
+        Some((deadline, interval)) if now >= deadline => {
+            *timer = (interval > 0).then(|| {
+                let missed = (now - deadline) / interval + 1;
+                (
+                    deadline.saturating_add(missed.saturating_mul(interval)),
+                    interval,
+                )
+            });
+            true
+        }
+        _ => false,
+    }
 }
 
 /// SIGALRM, what an expired ITIMER_REAL sends.
@@ -170,28 +202,19 @@ impl<S> ProcTable<S> {
             pending: 0,
             alarm: None,
             nice: 0,
+            cpu: Times::default(),
+            cpu_dead: Times::default(),
+            cpu_children: Times::default(),
+            cpu_timers: [None; 2],
         }
     }
 
     /// Fires `tgid`'s ITIMER_REAL if it expired by `now`: reloads or
     /// disarms it and returns true (the caller delivers SIGALRM).
     pub fn take_expired_alarm(&mut self, tgid: Pid, now: u64) -> bool {
-        let Some(t) = self.tasks.get_mut(&tgid) else {
-            return false;
-        };
-        match t.alarm {
-            Some((deadline, interval)) if now >= deadline => {
-                t.alarm = (interval > 0).then(|| {
-                    let missed = (now - deadline) / interval + 1;
-                    (
-                        deadline.saturating_add(missed.saturating_mul(interval)),
-                        interval,
-                    )
-                });
-                true
-            }
-            _ => false,
-        }
+        self.tasks
+            .get_mut(&tgid)
+            .is_some_and(|t| expire(&mut t.alarm, now))
     }
 
     pub fn get(&self, pid: Pid) -> Option<&Task<S>> {
@@ -462,6 +485,21 @@ mod tests {
             .siginfo(),
             (CLD_DUMPED, 6)
         );
+    }
+
+    #[test]
+    fn timers_fire_reload_past_now_or_disarm() {
+        let mut one_shot = Some((100, 0));
+        assert!(!expire(&mut one_shot, 99));
+        assert!(expire(&mut one_shot, 100));
+        assert_eq!(one_shot, None);
+        assert!(!expire(&mut one_shot, 1000));
+        let mut periodic = Some((100, 30));
+        assert!(expire(&mut periodic, 100));
+        assert_eq!(periodic, Some((130, 30)));
+        // Intervals missed meanwhile are skipped: one signal, next in the future.
+        assert!(expire(&mut periodic, 200));
+        assert_eq!(periodic, Some((220, 30)));
     }
 
     #[test]

@@ -90,6 +90,8 @@ struct ProcInfo {
     brk: (u64, u64),
     fds: Vec<(i32, Rc<dyn File>)>,
     threads: usize,
+    /// utime, stime, cutime, cstime in clock ticks.
+    cpu: [u64; 4],
 }
 
 impl ProcInfo {
@@ -169,10 +171,12 @@ impl Kernel {
             [b"cpuinfo"] => Ok(Entry::File(cpuinfo())),
             [b"meminfo"] => Ok(Entry::File(self.meminfo())),
             [b"uptime"] => {
-                let ns = self.clock.since_boot_ns();
-                let (s, cs) = (ns / 1_000_000_000, ns / 10_000_000 % 100);
+                // Up time, and the time the one vCPU spent idle.
+                let up = self.clock.since_boot_ns();
+                let idle = self.clock.ticks_ns(self.meter.idle(crate::arch::rdtsc()));
+                let secs = |ns: u64| format!("{}.{:02}", ns / 1_000_000_000, ns / 10_000_000 % 100);
                 Ok(Entry::File(
-                    format!("{s}.{cs:02} {s}.{cs:02}\n").into_bytes(),
+                    format!("{} {}\n", secs(up), secs(idle.min(up))).into_bytes(),
                 ))
             }
             [b"mounts"] => Ok(Entry::File(self.mounts())),
@@ -221,7 +225,17 @@ impl Kernel {
             brk: (0, 0),
             fds: Vec::new(),
             threads: self.procs.threads(tgid).len().max(1),
+            cpu: [0; 4],
         };
+        let own = self.process_cpu(tgid).unwrap_or_default();
+        let children = task.cpu_children;
+        for (slot, ticks) in
+            info.cpu
+                .iter_mut()
+                .zip([own.user, own.sys, children.user, children.sys])
+        {
+            *slot = crate::cputime::clock_ticks(self.clock.ticks_ns(ticks));
+        }
         let fds = |table: &crate::fd::FdTable| -> Vec<(i32, Rc<dyn File>)> {
             let mut out = Vec::new();
             let (mut fd, mut seen) = (0, 0);
@@ -386,8 +400,9 @@ fn state_char(info: &ProcInfo) -> char {
 }
 
 fn stat_line(info: &ProcInfo) -> Vec<u8> {
+    let [utime, stime, cutime, cstime] = info.cpu;
     format!(
-        "{} ({}) {} {} {} {} 0 -1 0 0 0 0 0 0 0 0 0 20 0 {} 0 0 {} {} \
+        "{} ({}) {} {} {} {} 0 -1 0 0 0 0 0 {utime} {stime} {cutime} {cstime} 20 0 {} 0 0 {} {} \
          18446744073709551615 0 0 {} 0 0 0 0 0 0 0 0 0 17 0 0 0 0 0 0 0 0 0 0 0 0 0 0\n",
         info.pid,
         info.name(),

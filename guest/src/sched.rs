@@ -5,10 +5,14 @@
 use alloc::boxed::Box;
 use core::mem::{replace, take};
 
+use alloc::vec::Vec;
+
 use crate::arch::{self, FxArea, SyscallFrame};
 use crate::errno::{Errno, Result};
+use crate::futex::{self, RobustMemory};
 use crate::kernel::{self, Kernel, ProcState};
-use crate::mm::space::{self, Space};
+use crate::mm::space::{self, Frames, Space};
+use crate::mm::Vmas;
 use crate::pipe;
 use crate::process::{Block, Context, ExitStatus, Pid, State, INIT};
 
@@ -32,7 +36,115 @@ pub unsafe fn fx_of(frame: *const SyscallFrame) -> &'static mut FxArea {
     unsafe { &mut *(at as *mut FxArea) }
 }
 
+/// The user memory of an address space loaded in CR3, for the robust-list
+/// walk: only slots the space backs in the user range, and only pages its
+/// mappings let the application read (or write), are touched, so a bad
+/// pointer is a failed access, never a kernel fault.
+struct LoadedSpace<'a> {
+    space: &'a Space,
+    frames: &'a Frames,
+    vmas: &'a Vmas,
+}
+
+impl LoadedSpace<'_> {
+    fn check(&self, addr: u64, len: u64, write: bool) -> Option<*mut u8> {
+        let end = addr.checked_add(len)?;
+        let ok = |va: u64| self.frames.is_user(va) && self.space.is_mapped(va);
+        (ok(addr) && ok(end - 1) && self.vmas.allows(addr, end, write)).then_some(addr as *mut u8)
+    }
+}
+
+impl RobustMemory for LoadedSpace<'_> {
+    fn read_u64(&mut self, addr: u64) -> Option<u64> {
+        let p = self.check(addr, 8, false)?;
+        // SAFETY: both ends lie in slots the loaded space backs (a range of
+        // 8 bytes spans at most two slots) and every page of it is readable;
+        // unaligned reads are allowed.
+        Some(unsafe { core::ptr::read_unaligned(p as *const u64) })
+    }
+
+    fn read_u32(&mut self, addr: u64) -> Option<u32> {
+        let p = self.check(addr, 4, false)?;
+        // SAFETY: as in `read_u64`.
+        Some(unsafe { core::ptr::read_unaligned(p as *const u32) })
+    }
+
+    fn write_u32(&mut self, addr: u64, value: u32) -> Option<()> {
+        let p = self.check(addr, 4, true)?;
+        // SAFETY: as in `read_u64`, and the pages are writable: user memory
+        // of the loaded space the application itself may write (nothing
+        // else runs meanwhile).
+        unsafe { core::ptr::write_unaligned(p as *mut u32, value) };
+        Some(())
+    }
+}
+
 impl Kernel {
+    /// Walks the robust futex lists (set_robust_list) of threads `tids` of
+    /// group `tgid` as Linux does when a thread exits or execs, in the
+    /// group's memory: the running one's, or a parked group's, loaded for
+    /// the walk (two CR3 loads) and unloaded again. Each head is cleared,
+    /// as Linux's `futex_cleanup` does. Waiters are woken in the group
+    /// (futex keys are per group, see `crate::futex`).
+    pub fn exit_robust_lists(&mut self, tgid: Pid, tids: &[Pid]) {
+        let loaded = self.cur_is_loaded() && self.procs.tgid(self.cur) == tgid;
+        let mut lists = Vec::new();
+        for &tid in tids {
+            let head = if tid == self.cur && loaded {
+                take(&mut self.robust_list)
+            } else {
+                self.procs
+                    .get_mut(tid)
+                    .and_then(|t| t.parked.as_mut())
+                    .map_or(0, |p| take(&mut p.robust_list))
+            };
+            if head != 0 {
+                lists.push((tid, head));
+            }
+        }
+        if lists.is_empty() {
+            return;
+        }
+        let mut wakes = Vec::new();
+        let memory = if loaded {
+            self.space.as_ref().map(|s| (s, &self.mm.vmas))
+        } else {
+            self.procs
+                .group(tgid)
+                .into_iter()
+                .filter_map(|p| self.procs.get(p).and_then(|t| t.parked.as_ref()))
+                .find(|p| p.shared)
+                .and_then(|p| p.space.as_ref().map(|s| (s, &p.mm.vmas)))
+        };
+        // Without a space (a vfork parent lending its memory) there is
+        // nothing to walk.
+        if let Some((space, vmas)) = memory {
+            if !loaded {
+                arch::load_cr3(space.cr3());
+            }
+            let mut mem = LoadedSpace {
+                space,
+                frames: &self.frames,
+                vmas,
+            };
+            for (tid, head) in lists {
+                wakes.extend(futex::exit_robust_list(&mut mem, head, tid));
+            }
+            if !loaded {
+                self.loaded_cr3 = space.cr3();
+            }
+        }
+        // Back to the current process's tables (or the kernel's) if the
+        // walk loaded others.
+        self.load_space();
+        for &addr in &wakes {
+            self.futexes.wake(tgid, addr, 1, futex::BITSET_MATCH_ANY);
+        }
+        if !wakes.is_empty() {
+            pipe::bump();
+        }
+    }
+
     /// Moves the running process's state out of the kernel.
     pub fn park(&mut self) -> ProcState {
         ProcState {
@@ -144,6 +256,10 @@ impl Kernel {
     pub fn terminate(&mut self, pid: Pid, status: ExitStatus) {
         // A process ends with all its threads, whichever one was named.
         let pid = self.procs.tgid(pid);
+        // Every thread dies: their robust mutexes are marked while the
+        // memory is still there (Linux's exit_mm_release, per thread).
+        let threads = self.procs.group(pid);
+        self.exit_robust_lists(pid, &threads);
         self.end_threads(pid);
         self.futexes.forget(pid);
         let mut st = if pid == self.cur {
@@ -177,6 +293,8 @@ impl Kernel {
         };
         task.state = State::Zombie(status);
         task.ctx = None;
+        // Its CPU-time timers end with it (ITIMER_VIRTUAL, ITIMER_PROF).
+        task.cpu_timers = [None; 2];
         let ppid = task.ppid;
         let vfork_parent = task.vfork_parent.take();
         if let Some(mut st) = st {
@@ -201,6 +319,26 @@ impl Kernel {
         self.procs.reparent(pid);
         self.post_signal(ppid, SIGCHLD);
         pipe::bump();
+    }
+
+    /// Thread `tid` (not a group's first) is about to go away: its CPU time
+    /// (the running stretch too, if it is the current task) joins its
+    /// group's total of ended threads.
+    fn retire_cpu(&mut self, tid: Pid) {
+        let mut spent = if tid == self.cur {
+            self.meter.stop(arch::rdtsc())
+        } else {
+            crate::cputime::Times::default()
+        };
+        let tgid = self.procs.tgid(tid);
+        if let Some(t) = self.procs.get(tid) {
+            spent += t.cpu;
+        }
+        if tgid != tid {
+            if let Some(leader) = self.procs.get_mut(tgid) {
+                leader.cpu_dead += spent;
+            }
+        }
     }
 
     /// Moves group `tgid`'s shared state into `into` from the sibling
@@ -240,6 +378,7 @@ impl Kernel {
                     swap_shared(&mut st, leader);
                 }
             }
+            self.retire_cpu(tid);
             self.procs.remove(tid);
         }
     }
@@ -255,6 +394,8 @@ impl Kernel {
         if tgid == cur {
             return false;
         }
+        // As Linux's exit_mm_release: robust mutexes first, then the tid word.
+        self.exit_robust_lists(tgid, &[cur]);
         if self.clear_child_tid != 0 {
             let addr = self.clear_child_tid;
             if self.put_user(addr, &0u32.to_le_bytes()).is_ok() {
@@ -276,6 +417,7 @@ impl Kernel {
         {
             swap_shared(&mut st, p);
         }
+        self.retire_cpu(cur);
         self.procs.remove(cur);
         self.switch_pending = true;
         pipe::bump();
@@ -315,6 +457,12 @@ impl Kernel {
     pub fn schedule(&mut self, frame: &mut SyscallFrame, fx: &mut FxArea) {
         self.switch_pending = false;
         let cur = self.cur;
+        // The task stops running: its time so far is its own, and until
+        // the next one starts (idling included) the vCPU's is nobody's.
+        let spent = self.meter.stop(arch::rdtsc());
+        if let Some(t) = self.procs.get_mut(cur) {
+            t.cpu += spent;
+        }
         let alive = self
             .procs
             .get(cur)
@@ -400,6 +548,7 @@ impl Kernel {
         if settid != 0 {
             let _ = self.put_user(settid, &next.to_le_bytes());
         }
+        self.meter.start(arch::rdtsc());
     }
 
     /// Finishes a system call: result or restart, then switching and
@@ -420,7 +569,7 @@ impl Kernel {
             self.block_stdin = false;
         }
         self.take_host_signals();
-        // A process that keeps making calls never idles: its timer is
+        // A process that keeps making calls never idles: its timers are
         // checked here (no timer interrupt, see docs/syscalls.md).
         let tgid = self.procs.tgid(self.cur);
         if self.procs.get(tgid).is_some_and(|t| t.alarm.is_some())
@@ -429,6 +578,13 @@ impl Kernel {
                 .take_expired_alarm(tgid, self.clock.monotonic_ns())
         {
             self.post_signal(self.cur, 14);
+        }
+        if self
+            .procs
+            .get(tgid)
+            .is_some_and(|t| t.cpu_timers.iter().any(Option::is_some))
+        {
+            self.fire_cpu_timers();
         }
         self.resume_loop(frame, fx);
     }

@@ -201,7 +201,7 @@ impl Kernel {
             95 => Ok(self.sys_umask(a0 as u32)),
             96 => self.sys_gettimeofday(a0, a1),
             97 => self.sys_prlimit(0, a0 as u32, 0, a1),
-            98 => self.sys_getrusage(a1),
+            98 => self.sys_getrusage(a0 as i32, a1),
             99 => self.sys_sysinfo(a0),
             100 => self.sys_times(a0),
             102 => Ok(u64::from(self.creds.uid)),
@@ -288,7 +288,7 @@ impl Kernel {
             }
             441 => self.sys_epoll_pwait2(a0 as i32, a1, a2 as i32, a3),
             285 => self.sys_fallocate(a0 as i32, a1 as u32, a2 as i64, a3 as i64),
-            247 => self.sys_waitid(a0 as u32, a1, a2, a3 as u32),
+            247 => self.sys_waitid(a0 as u32, a1, a2, a3 as u32, a4),
             293 => self.sys_pipe2(a0, a1 as u32),
             292 => self.sys_dup3(a0 as i32, a1 as i32, a2 as u32, false),
             295 => self.sys_preadv(a0 as i32, a1, a2, a3),

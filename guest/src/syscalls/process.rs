@@ -14,6 +14,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use crate::arch::{self, FxArea, SyscallFrame};
+use crate::cputime::Times;
 use crate::errno::{Errno, Result};
 use crate::fd::File as _;
 use crate::futex;
@@ -365,6 +366,11 @@ impl Kernel {
         let (program, args) = self.resolve_exec(path, args)?;
         // The point of no return: the old image goes away.
         let fresh = Space::new(&self.frames).map_err(|_| Errno::ENOMEM)?;
+        // Robust mutexes the old image holds are marked before it goes
+        // (Linux's exec_mm_release); the new image registers its own list.
+        let cur = self.cur;
+        let tgid = self.procs.tgid(cur);
+        self.exit_robust_lists(tgid, &[cur]);
         let old_mm = core::mem::replace(
             &mut self.mm,
             Mm::new(self.frames.user_lo, self.frames.user_hi),
@@ -440,21 +446,31 @@ impl Kernel {
         }
     }
 
-    /// Finds a zombie child: `Ok(Some)` reaped (unless `keep`), `Ok(None)`
-    /// for WNOHANG with live children, EBLOCK to wait, ECHILD for none.
+    /// Finds a zombie child: `Ok(Some)` reaped (unless `keep`), with its
+    /// CPU time (its children's included), `Ok(None)` for WNOHANG with
+    /// live children, EBLOCK to wait, ECHILD for none. Reaping adds that
+    /// time to the caller's process's children's total.
     fn reap(
         &mut self,
         which: WaitFor,
         options: u32,
         keep: bool,
-    ) -> Result<Option<(i32, ExitStatus)>> {
+    ) -> Result<Option<(i32, ExitStatus, Times)>> {
         // Children belong to the process: any of its threads may wait.
         let cur = self.procs.tgid(self.cur);
         if let Some((pid, status)) = self.procs.zombie_child(cur, which) {
+            let times = self
+                .procs
+                .get(pid)
+                .map(|t| t.cpu + t.cpu_dead + t.cpu_children)
+                .unwrap_or_default();
             if !keep {
                 self.procs.remove(pid);
+                if let Some(me) = self.procs.get_mut(cur) {
+                    me.cpu_children += times;
+                }
             }
-            return Ok(Some((pid, status)));
+            return Ok(Some((pid, status, times)));
         }
         if !self.procs.has_child(cur, which) {
             return Err(Errno::ECHILD);
@@ -467,19 +483,27 @@ impl Kernel {
 
     pub fn sys_wait4(&mut self, pid: i32, status: u64, options: u32, rusage: u64) -> Result<u64> {
         let which = self.wait_for(pid);
-        let Some((child, st)) = self.reap(which, options, false)? else {
+        let Some((child, st, times)) = self.reap(which, options, false)? else {
             return Ok(0);
         };
         if status != 0 {
             self.put_user(status, &st.wstatus().to_le_bytes())?;
         }
         if rusage != 0 {
-            self.put_user(rusage, &[0u8; 144])?;
+            let r = self.rusage(times);
+            self.put_user(rusage, &r)?;
         }
         Ok(child as u64)
     }
 
-    pub fn sys_waitid(&mut self, idtype: u32, id: u64, info: u64, options: u32) -> Result<u64> {
+    pub fn sys_waitid(
+        &mut self,
+        idtype: u32,
+        id: u64,
+        info: u64,
+        options: u32,
+        rusage: u64,
+    ) -> Result<u64> {
         let which = match idtype {
             P_ALL => WaitFor::Any,
             P_PID => WaitFor::Pid(id as i32),
@@ -493,7 +517,7 @@ impl Kernel {
         let found = self.reap(which, options, options & WNOWAIT != 0)?;
         if info != 0 {
             let mut si = [0u8; 128];
-            if let Some((pid, st)) = found {
+            if let Some((pid, st, _)) = found {
                 let (code, value) = st.siginfo();
                 si[0..4].copy_from_slice(&17i32.to_le_bytes());
                 si[8..12].copy_from_slice(&code.to_le_bytes());
@@ -502,6 +526,11 @@ impl Kernel {
                 si[24..28].copy_from_slice(&value.to_le_bytes());
             }
             self.put_user(info, &si)?;
+        }
+        // As Linux, the rusage is written only when a child was found.
+        if let (Some((_, _, times)), true) = (found, rusage != 0) {
+            let r = self.rusage(times);
+            self.put_user(rusage, &r)?;
         }
         Ok(0)
     }
@@ -1011,11 +1040,10 @@ impl Kernel {
         0
     }
 
-    /// set_robust_list: recorded per thread (the list is not walked when a
-    /// thread dies; see docs/syscalls.md).
+    /// set_robust_list: recorded per thread; walked when the thread exits,
+    /// dies with its process or execs (`Kernel::exit_robust_lists`).
     pub fn sys_set_robust_list(&mut self, head: u64, len: u64) -> Result<u64> {
-        // struct robust_list_head is three words.
-        if len != 24 {
+        if len != futex::ROBUST_LIST_HEAD_SIZE {
             return Err(Errno::EINVAL);
         }
         self.robust_list = head;

@@ -1,20 +1,29 @@
-//! Clocks and sleeping.
+//! Clocks, sleeping, CPU time (`crate::cputime`) and interval timers.
 //!
 //! With the host TSC frequency from the boot info, time is rdtsc at CPL3
 //! scaled from one reading of the control clock registers at boot: no exit
-//! per `clock_gettime`. Without it, every reading is an MMIO exit.
+//! per `clock_gettime`. Without it, every reading is an MMIO exit, and CPU
+//! times (always TSC ticks) are converted with a frequency measured
+//! against the control clock.
+
+use core::cell::Cell;
 
 use capsa_abi::control;
 
 use crate::arch::{self, control_read, control_write};
+use crate::cputime::{self, timeval, CpuClock, Times};
 use crate::errno::{Errno, Result};
 use crate::kernel::Kernel;
+use crate::process::{self, Pid};
 
 pub struct Clock {
     tsc_khz: u64,
     tsc0: u64,
     realtime0: u64,
     monotonic0: u64,
+    /// Without `tsc_khz`: the TSC frequency measured since boot, kept once
+    /// measured over long enough that CPU clocks stay monotonic.
+    measured_khz: Cell<u64>,
 }
 
 const CLOCK_REALTIME: u32 = 0;
@@ -32,7 +41,36 @@ impl Clock {
             tsc0: arch::rdtsc(),
             realtime0,
             monotonic0,
+            measured_khz: Cell::new(0),
         }
+    }
+
+    /// TSC ticks per millisecond.
+    fn khz(&self) -> u64 {
+        if self.tsc_khz != 0 {
+            return self.tsc_khz;
+        }
+        if self.measured_khz.get() != 0 {
+            return self.measured_khz.get();
+        }
+        let ns = control_read(control::MONOTONIC_NS).saturating_sub(self.monotonic0);
+        let ticks = arch::rdtsc().wrapping_sub(self.tsc0);
+        let khz = (u128::from(ticks) * 1_000_000 / u128::from(ns.max(1))).max(1) as u64;
+        // The MMIO read's latency (tens of µs) is lost in 100 ms.
+        if ns >= 100_000_000 {
+            self.measured_khz.set(khz);
+        }
+        khz
+    }
+
+    /// TSC ticks as nanoseconds.
+    pub fn ticks_ns(&self, ticks: u64) -> u64 {
+        (u128::from(ticks) * 1_000_000 / u128::from(self.khz())).min(u128::from(u64::MAX)) as u64
+    }
+
+    /// Nanoseconds as TSC ticks (rounded down).
+    pub fn ns_ticks(&self, ns: u64) -> u64 {
+        (u128::from(ns) * u128::from(self.khz()) / 1_000_000).min(u128::from(u64::MAX)) as u64
     }
 
     fn elapsed_ns(&self) -> u64 {
@@ -54,7 +92,7 @@ impl Clock {
         self.monotonic0 + self.elapsed_ns()
     }
 
-    /// Time since boot (for CPU-time clocks: the one thread always runs).
+    /// Time since boot.
     pub fn since_boot_ns(&self) -> u64 {
         self.monotonic_ns().saturating_sub(self.monotonic0)
     }
@@ -65,7 +103,7 @@ impl Clock {
                 Ok(self.realtime_ns())
             }
             1 | 4 | 6 | 7 | 9 => Ok(self.monotonic_ns()),
-            2 | 3 => Ok(self.since_boot_ns()),
+            // The CPU-time clocks are the kernel's (`Kernel::cpu_clock_ns`).
             _ => Err(Errno::EINVAL),
         }
     }
@@ -95,14 +133,14 @@ fn timeval_ns(t: &[u8]) -> Result<u64> {
         .saturating_add(usec as u64 * 1000))
 }
 
-fn timeval(ns: u64) -> [u8; 16] {
-    let mut t = [0u8; 16];
-    t[..8].copy_from_slice(&(ns / 1_000_000_000).to_le_bytes());
-    t[8..].copy_from_slice(&(ns % 1_000_000_000 / 1000).to_le_bytes());
-    t
-}
-
 const ITIMER_REAL: u32 = 0;
+const ITIMER_VIRTUAL: u32 = 1;
+const ITIMER_PROF: u32 = 2;
+const SIGVTALRM: u32 = 26;
+const SIGPROF: u32 = 27;
+const RUSAGE_SELF: i32 = 0;
+const RUSAGE_CHILDREN: i32 = -1;
+const RUSAGE_THREAD: i32 = 1;
 
 impl Kernel {
     /// The ITIMER_REAL of the calling process as (remaining, interval) ns.
@@ -125,13 +163,127 @@ impl Kernel {
         }
     }
 
-    /// getitimer: only ITIMER_REAL (the virtual and profiling timers need
-    /// CPU-time accounting the guest does not keep).
+    /// CPU time of task `tid` so far, its running stretch included; None
+    /// if there is no such task.
+    pub fn thread_cpu(&self, tid: Pid) -> Option<Times> {
+        let mut t = self.procs.get(tid)?.cpu;
+        if tid == self.cur {
+            t += self.meter.unflushed(arch::rdtsc());
+        }
+        Some(t)
+    }
+
+    /// CPU time of process `tgid`: its threads, those that ended included.
+    pub fn process_cpu(&self, tgid: Pid) -> Option<Times> {
+        let mut t = self.procs.get(tgid)?.cpu_dead;
+        for tid in self.procs.group(tgid) {
+            t += self.thread_cpu(tid).unwrap_or_default();
+        }
+        Some(t)
+    }
+
+    /// The task whose CPU time `clock` reads, as Linux's `lookup_task`
+    /// finds it: a thread of the caller's own process, or any process
+    /// named by its first thread (a zombie too, until reaped). `gettime`:
+    /// for clock_gettime, which also takes the caller's own tid as a
+    /// process. EINVAL for anything else.
+    fn cpu_clock_owner(&self, clock: CpuClock, gettime: bool) -> Result<Pid> {
+        let me = self.cur;
+        let my_group = self.procs.tgid(me);
+        let pid = match (clock.pid, clock.thread) {
+            (0, true) => me,
+            (0, false) => my_group,
+            (p, true) => {
+                if self.procs.get(p).is_some_and(|t| t.tgid == my_group) {
+                    p
+                } else {
+                    return Err(Errno::EINVAL);
+                }
+            }
+            (p, false) => match self.procs.get(p) {
+                Some(_) if gettime && p == me => my_group,
+                Some(t) if t.tgid == p => p,
+                _ => return Err(Errno::EINVAL),
+            },
+        };
+        Ok(pid)
+    }
+
+    /// What a CPU clock reads now, in ns.
+    fn cpu_clock_ns(&self, clock: CpuClock) -> Result<u64> {
+        let pid = self.cpu_clock_owner(clock, true)?;
+        let times = if clock.thread {
+            self.thread_cpu(pid)
+        } else {
+            self.process_cpu(pid)
+        };
+        Ok(self.clock.ticks_ns(clock.read(times.unwrap_or_default())))
+    }
+
+    /// The calling process's CPU time as the ITIMER_VIRTUAL (`index` 0:
+    /// user time) or ITIMER_PROF (1: user and system time) counts it, in ticks.
+    fn itimer_clock(&self, index: usize) -> u64 {
+        let times = self
+            .process_cpu(self.procs.tgid(self.cur))
+            .unwrap_or_default();
+        if index == 0 {
+            times.user
+        } else {
+            times.total()
+        }
+    }
+
+    /// Sends SIGVTALRM or SIGPROF for the calling process's CPU timers that
+    /// expired (checked after each system call, like ITIMER_REAL).
+    pub fn fire_cpu_timers(&mut self) {
+        let tgid = self.procs.tgid(self.cur);
+        for (index, sig) in [(0, SIGVTALRM), (1, SIGPROF)] {
+            if self
+                .procs
+                .get(tgid)
+                .is_none_or(|t| t.cpu_timers[index].is_none())
+            {
+                continue;
+            }
+            let now = self.itimer_clock(index);
+            let fired = self
+                .procs
+                .get_mut(tgid)
+                .is_some_and(|t| process::expire(&mut t.cpu_timers[index], now));
+            if fired {
+                let cur = self.cur;
+                self.post_signal(cur, sig);
+            }
+        }
+    }
+
+    /// An interval timer of the calling process as (remaining, interval) ns.
+    fn itimer(&self, which: u32) -> (u64, u64) {
+        if which == ITIMER_REAL {
+            return self.real_timer();
+        }
+        let index = (which - ITIMER_VIRTUAL) as usize;
+        let tgid = self.procs.tgid(self.cur);
+        match self.procs.get(tgid).and_then(|t| t.cpu_timers[index]) {
+            // Due but not yet delivered (the next call's check will): about
+            // to fire, still armed.
+            Some((deadline, interval)) => (
+                self.clock
+                    .ticks_ns(deadline.saturating_sub(self.itimer_clock(index)))
+                    .max(1000),
+                self.clock.ticks_ns(interval),
+            ),
+            None => (0, 0),
+        }
+    }
+
+    /// getitimer: ITIMER_REAL (monotonic time), ITIMER_VIRTUAL (the
+    /// process's user time) and ITIMER_PROF (its user and system time).
     pub fn sys_getitimer(&mut self, which: u32, out: u64) -> Result<u64> {
-        if which != ITIMER_REAL {
+        if which > ITIMER_PROF {
             return Err(Errno::EINVAL);
         }
-        let (value, interval) = self.real_timer();
+        let (value, interval) = self.itimer(which);
         let mut v = [0u8; 32];
         v[..16].copy_from_slice(&timeval(interval));
         v[16..].copy_from_slice(&timeval(value));
@@ -139,8 +291,10 @@ impl Kernel {
         Ok(0)
     }
 
+    /// setitimer: see [`Self::sys_getitimer`]; not inherited by fork, kept
+    /// across exec, as on Linux.
     pub fn sys_setitimer(&mut self, which: u32, new: u64, old: u64) -> Result<u64> {
-        if which != ITIMER_REAL {
+        if which > ITIMER_PROF {
             return Err(Errno::EINVAL);
         }
         let (interval, value) = if new == 0 {
@@ -152,7 +306,21 @@ impl Kernel {
         if old != 0 {
             self.sys_getitimer(which, old)?;
         }
-        self.set_real_timer(value, interval);
+        if which == ITIMER_REAL {
+            self.set_real_timer(value, interval);
+            return Ok(0);
+        }
+        let index = (which - ITIMER_VIRTUAL) as usize;
+        let timer = (value > 0).then(|| {
+            // At least one tick: a value shorter than that still arms it.
+            let ticks = self.clock.ns_ticks(value).max(1);
+            let now = self.itimer_clock(index);
+            (now.saturating_add(ticks), self.clock.ns_ticks(interval))
+        });
+        let tgid = self.procs.tgid(self.cur);
+        if let Some(t) = self.procs.get_mut(tgid) {
+            t.cpu_timers[index] = timer;
+        }
         Ok(0)
     }
 
@@ -181,13 +349,24 @@ impl Kernel {
     }
 
     pub fn sys_clock_gettime(&mut self, clock: u32, out: u64) -> Result<u64> {
-        let ns = self.clock.now(clock)?;
+        let ns = match CpuClock::decode(clock as i32) {
+            Some(cpu) => self.cpu_clock_ns(cpu)?,
+            None => self.clock.now(clock)?,
+        };
         self.put_user(out, &timespec(ns))?;
         Ok(0)
     }
 
+    /// clock_getres: 1 ns for every clock (CPU times are TSC readings too).
     pub fn sys_clock_getres(&mut self, clock: u32, out: u64) -> Result<u64> {
-        self.clock.now(clock)?;
+        match CpuClock::decode(clock as i32) {
+            Some(cpu) => {
+                self.cpu_clock_owner(cpu, false)?;
+            }
+            None => {
+                self.clock.now(clock)?;
+            }
+        }
         if out != 0 {
             self.put_user(out, &timespec(1))?;
         }
@@ -246,6 +425,21 @@ impl Kernel {
         rem: u64,
     ) -> Result<u64> {
         let ns = self.timespec_ns(req)?;
+        if let Some(cpu) = CpuClock::decode(clock as i32) {
+            // Linux refuses the caller's own thread clock; a deadline on a
+            // process's CPU time would need a check wherever that process
+            // runs, so only one already reached is honoured.
+            let pid = self.cpu_clock_owner(cpu, false)?;
+            if cpu.thread && pid == self.cur {
+                return Err(Errno::EINVAL);
+            }
+            let now = self.cpu_clock_ns(cpu)?;
+            return if flags & TIMER_ABSTIME != 0 && now >= ns || ns == 0 {
+                Ok(0)
+            } else {
+                Err(Errno::EOPNOTSUPP)
+            };
+        }
         let deadline = if flags & TIMER_ABSTIME != 0 {
             ns
         } else {
@@ -258,23 +452,54 @@ impl Kernel {
         Ok(0)
     }
 
+    /// times: the process's and its waited-for children's user and system
+    /// time in clock ticks; returns the ticks since boot.
     pub fn sys_times(&mut self, out: u64) -> Result<u64> {
-        let ticks = self.clock.since_boot_ns() / 10_000_000;
+        let elapsed = cputime::clock_ticks(self.clock.since_boot_ns());
         if out != 0 {
+            let tgid = self.procs.tgid(self.cur);
+            let own = self.process_cpu(tgid).unwrap_or_default();
+            let children = self
+                .procs
+                .get(tgid)
+                .map(|t| t.cpu_children)
+                .unwrap_or_default();
             let mut t = [0u8; 32];
-            t[..8].copy_from_slice(&ticks.to_le_bytes());
+            for (i, ticks) in [own.user, own.sys, children.user, children.sys]
+                .into_iter()
+                .enumerate()
+            {
+                let v = cputime::clock_ticks(self.clock.ticks_ns(ticks));
+                t[i * 8..i * 8 + 8].copy_from_slice(&v.to_le_bytes());
+            }
             self.put_user(out, &t)?;
         }
-        Ok(ticks)
+        Ok(elapsed)
     }
 
-    pub fn sys_getrusage(&mut self, out: u64) -> Result<u64> {
-        let ns = self.clock.since_boot_ns();
-        let mut r = [0u8; 144];
-        r[..8].copy_from_slice(&(ns / 1_000_000_000).to_le_bytes());
-        r[8..16].copy_from_slice(&((ns % 1_000_000_000) / 1000).to_le_bytes());
+    /// getrusage: user and system time of the process (RUSAGE_SELF), of
+    /// its waited-for children (RUSAGE_CHILDREN) or of the calling thread
+    /// (RUSAGE_THREAD); the other fields are zero.
+    pub fn sys_getrusage(&mut self, who: i32, out: u64) -> Result<u64> {
+        let tgid = self.procs.tgid(self.cur);
+        let times = match who {
+            RUSAGE_SELF => self.process_cpu(tgid),
+            RUSAGE_CHILDREN => self.procs.get(tgid).map(|t| t.cpu_children),
+            RUSAGE_THREAD => self.thread_cpu(self.cur),
+            _ => return Err(Errno::EINVAL),
+        }
+        .unwrap_or_default();
+        let r = self.rusage(times);
         self.put_user(out, &r)?;
         Ok(0)
+    }
+
+    /// A `struct rusage` of `times`.
+    pub fn rusage(&self, times: Times) -> [u8; 144] {
+        cputime::rusage(
+            self.clock.ticks_ns(times.user),
+            self.clock.ticks_ns(times.sys),
+        )
     }
 }
 
