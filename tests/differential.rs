@@ -305,7 +305,8 @@ fn assert_vmm_is_jailed(pid: i32) {
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
         .collect();
     root.sort();
-    assert_eq!(root, ["dev", "proc", "rootfs"], "the VMM's root");
+    // `mnt` holds the served tmpfs of the spec's /dev/shm.
+    assert_eq!(root, ["dev", "mnt", "proc", "rootfs"], "the VMM's root");
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
     let field = |name: &str| {
         status

@@ -138,6 +138,8 @@ pub struct Kernel {
     pub block_stdin: bool,
     /// Set when the current process stopped being runnable during a call.
     pub switch_pending: bool,
+    /// When the current task was switched in (monotonic ns), for its time slice.
+    pub slice_start: u64,
     /// A vfork child to run next, borrowing the current process's memory.
     pub vfork_child: Option<Pid>,
     pub loaded_cr3: u64,
@@ -463,6 +465,7 @@ pub fn boot(boot_info: u64) -> ! {
         block_deadline: None,
         block_stdin: false,
         switch_pending: false,
+        slice_start: 0,
         vfork_child: None,
         last_fork_ns: 0,
     };

@@ -79,13 +79,18 @@ impl RobustMemory for LoadedSpace<'_> {
     }
 }
 
+/// How long a task whose system calls do not block runs before the others
+/// get a turn (Linux's default minimum granularity is a few ms; 10 ms keeps
+/// switches, each a CR3 load under PVM, rare).
+const TIME_SLICE_NS: u64 = 10_000_000;
+
 impl Kernel {
     /// Walks the robust futex lists (set_robust_list) of threads `tids` of
     /// group `tgid` as Linux does when a thread exits or execs, in the
     /// group's memory: the running one's, or a parked group's, loaded for
     /// the walk (two CR3 loads) and unloaded again. Each head is cleared,
-    /// as Linux's `futex_cleanup` does. Waiters are woken in the group
-    /// (futex keys are per group, see `crate::futex`).
+    /// as Linux's `futex_cleanup` does. Waiters are woken as by a shared
+    /// futex wake (see `Kernel::futex_key`).
     pub fn exit_robust_lists(&mut self, tgid: Pid, tids: &[Pid]) {
         let loaded = self.cur_is_loaded() && self.procs.tgid(self.cur) == tgid;
         let mut lists = Vec::new();
@@ -128,7 +133,23 @@ impl Kernel {
                 vmas,
             };
             for (tid, head) in lists {
-                wakes.extend(futex::exit_robust_list(&mut mem, head, tid));
+                wakes.extend(
+                    futex::exit_robust_list(&mut mem, head, tid)
+                        .into_iter()
+                        .map(|addr| (tgid, addr)),
+                );
+            }
+            // Keyed as a shared-futex wake, as Linux's: by the memory in
+            // shared mappings (waiters of other processes), else the group's.
+            for wake in &mut wakes {
+                let addr = wake.1;
+                if let Some(pa) = vmas
+                    .get(addr)
+                    .filter(|(_, v)| v.shared)
+                    .and_then(|_| space.physical(addr))
+                {
+                    *wake = (0, pa);
+                }
             }
             if !loaded {
                 self.loaded_cr3 = space.cr3();
@@ -137,8 +158,8 @@ impl Kernel {
         // Back to the current process's tables (or the kernel's) if the
         // walk loaded others.
         self.load_space();
-        for &addr in &wakes {
-            self.futexes.wake(tgid, addr, 1, futex::BITSET_MATCH_ANY);
+        for &(group, key) in &wakes {
+            self.futexes.wake(group, key, 1, futex::BITSET_MATCH_ANY);
         }
         if !wakes.is_empty() {
             pipe::bump();
@@ -549,6 +570,7 @@ impl Kernel {
             let _ = self.put_user(settid, &next.to_le_bytes());
         }
         self.meter.start(arch::rdtsc());
+        self.slice_start = self.clock.monotonic_ns();
     }
 
     /// Finishes a system call: result or restart, then switching and
@@ -567,6 +589,16 @@ impl Kernel {
             self.restart_deadline = None;
             self.block_deadline = None;
             self.block_stdin = false;
+        }
+        // The cooperative scheduler's bound: a task whose calls do not
+        // block is switched out once it has run a time slice, so the other
+        // runnable threads and processes (and sleepers whose time has
+        // come) get the vCPU. A task making no calls at all is not
+        // preempted (no timer interrupt, see docs/syscalls.md).
+        if !self.switch_pending
+            && self.clock.monotonic_ns().saturating_sub(self.slice_start) >= TIME_SLICE_NS
+        {
+            self.sys_sched_yield();
         }
         self.take_host_signals();
         // A process that keeps making calls never idles: its timers are

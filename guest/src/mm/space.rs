@@ -562,6 +562,12 @@ impl Space {
         true
     }
 
+    /// The guest-physical address behind `va` in this space (loaded or not).
+    pub fn physical(&self, va: u64) -> Option<u64> {
+        let slot = slot_of(va);
+        self.slots.get(&slot).map(|b| b.frame + (va - slot))
+    }
+
     /// Frames in use (for `sysinfo` and tests).
     pub fn slot_count(&self) -> usize {
         self.slots.len()
