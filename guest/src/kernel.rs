@@ -15,7 +15,7 @@ use capsa_abi::{
 
 use crate::arch::{self, control_write, ExceptionFrame, FaultInfo, SyscallFrame};
 use crate::drivers::virtio::console::Console;
-use crate::drivers::virtio::fs::{FuseFs, VirtioFs};
+use crate::drivers::virtio::fs::{FsDevice, FuseFs};
 use crate::elf::{self, Elf};
 use crate::errno::{Errno, Result};
 use crate::fd::{Fd, FdTable, File, O_RDONLY, O_WRONLY};
@@ -31,7 +31,7 @@ use crate::vfs::{Mount, Vfs};
 
 /// Everything file objects need to do I/O.
 pub struct Devices {
-    pub vfs: Vfs<VirtioFs>,
+    pub vfs: Vfs<FsDevice>,
     pub consoles: Vec<Console>,
     /// Index in `consoles` of the Stdio and Stderr roles.
     pub stdio: Option<usize>,
@@ -378,12 +378,7 @@ pub fn boot(boot_info: u64) -> ! {
             }
             (VIRTIO_ID_FS, Some(role @ (DeviceRole::RootFs | DeviceRole::Mount))) => {
                 // SAFETY: the VMM lists this window as a virtio-fs device.
-                let mut transport = match unsafe { VirtioFs::new(d.mmio_base) } {
-                    Ok(t) => t,
-                    Err(e) => fatal(format_args!("virtio-fs device {index}: {e:?}")),
-                };
-                transport.uid = spec.uid;
-                transport.gid = spec.gid;
+                let transport = unsafe { FsDevice::pending(d.mmio_base, spec.uid, spec.gid) };
                 let readonly = match role {
                     DeviceRole::RootFs => info.flags & FLAG_ROOTFS_READONLY != 0,
                     _ => spec
@@ -392,11 +387,15 @@ pub fn boot(boot_info: u64) -> ! {
                         .any(|m| m.device as usize == index && m.readonly),
                 };
                 let mut fs = FuseFs::new(transport, readonly);
-                if let Err(e) = fs.init() {
-                    fatal(format_args!(
-                        "virtio-fs device {index}: FUSE_INIT failed: errno {}",
-                        e.0
-                    ));
+                // The root is always used: set it up now. Other mounts are
+                // set up by their first request.
+                if role == DeviceRole::RootFs {
+                    if let Err(e) = fs.init() {
+                        fatal(format_args!(
+                            "virtio-fs device {index}: setup or FUSE_INIT failed: errno {}",
+                            e.0
+                        ));
+                    }
                 }
                 dev.vfs.filesystems.push(fs);
                 let fs_index = dev.vfs.filesystems.len() - 1;
