@@ -894,6 +894,40 @@ fn shared_file_mappings_reach_the_file_and_other_processes() {
     );
 }
 
+/// execve from a process with threads ends them: the new image is the
+/// process's only thread (its /proc status says so).
+const EXEC_WITH_THREADS_C: &str = r#"#include <pthread.h>
+#include <unistd.h>
+static void *wait_forever(void *arg) {
+    int p[2];
+    char c;
+    if (pipe(p) == 0) read(p[0], &c, 1);
+    return arg;
+}
+int main(void) {
+    pthread_t t[3];
+    for (int i = 0; i < 3; i++) pthread_create(&t[i], NULL, wait_forever, NULL);
+    execl("/bin/sh", "sh", "-c", "grep Threads /proc/$$/status", (char *)0);
+    return 1;
+}
+"#;
+
+#[test]
+fn exec_ends_the_other_threads() {
+    let bundle = c_program_fixture(
+        "execthreads",
+        EXEC_WITH_THREADS_C,
+        &["-static", "-O1", "-pthread"],
+    );
+    let out = both("exec with threads", &bundle, None);
+    assert_eq!(
+        (out.status.code(), stdout(&out).as_str()),
+        (Some(0), "Threads:\t1\n"),
+        "{}",
+        show(&out)
+    );
+}
+
 /// `capsa kill` with SIGTERM reaches the process in both modes: a shell
 /// trapping it runs its trap (exit 3), while SIGUSR1, which it has no
 /// handler for, is ignored as by any container's pid 1 and the process

@@ -371,6 +371,13 @@ impl Kernel {
         let cur = self.cur;
         let tgid = self.procs.tgid(cur);
         self.exit_robust_lists(tgid, &[cur]);
+        // Linux's de_thread: the other threads die with the old image
+        // (their robust mutexes marked first).
+        let others = self.procs.threads(tgid);
+        if cur == tgid && !others.is_empty() {
+            self.exit_robust_lists(tgid, &others);
+            self.end_threads(tgid);
+        }
         let old_mm = core::mem::replace(
             &mut self.mm,
             Mm::new(self.frames.user_lo, self.frames.user_hi),

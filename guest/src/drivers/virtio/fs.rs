@@ -199,6 +199,13 @@ impl<T: FuseTransport> FuseFs<T> {
         }
     }
 
+    /// Marks FUSE_INIT done (tests that speak to a recorder).
+    #[cfg(test)]
+    fn ready(mut self) -> Self {
+        self.initialized = true;
+        self
+    }
+
     /// Sends one request, after FUSE_INIT if this is the first.
     fn call(
         &mut self,
@@ -550,6 +557,23 @@ mod tests {
     }
 
     #[test]
+    fn the_first_request_sends_fuse_init_first() {
+        let mut init = vec![0u8; fuse::INIT_OUT_SIZE];
+        init[0..4].copy_from_slice(&fuse::KERNEL_VERSION.to_le_bytes());
+        let mut fs = FuseFs::new(
+            Recorder {
+                requests: vec![],
+                answer: Ok(init),
+            },
+            false,
+        );
+        let _ = fs.getattr(1, None);
+        let _ = fs.getattr(1, None);
+        let ops: Vec<u32> = fs.transport.requests.iter().map(|r| r.0).collect();
+        assert_eq!(ops, vec![op::INIT, op::GETATTR, op::GETATTR]);
+    }
+
+    #[test]
     fn lookup_sends_a_terminated_name_and_decodes_the_entry() {
         let mut entry = vec![0u8; fuse::ENTRY_OUT_SIZE];
         entry[0..8].copy_from_slice(&9u64.to_le_bytes());
@@ -559,7 +583,8 @@ mod tests {
                 answer: Ok(entry),
             },
             false,
-        );
+        )
+        .ready();
         let (id, _) = fs.lookup(1, b"bin").expect("lookup");
         assert_eq!(id, 9);
         assert_eq!(fs.transport.requests[0], (op::LOOKUP, 1, b"bin\0".to_vec()));
@@ -573,7 +598,8 @@ mod tests {
                 answer: Err(Errno::ENOENT),
             },
             true,
-        );
+        )
+        .ready();
         assert_eq!(fs.lookup(1, b"x").map(|e| e.0), Err(Errno::ENOENT));
         assert_eq!(fs.unlink(1, b"x", false), Err(Errno::EROFS));
         assert_eq!(fs.mkdir(1, b"x", 0o755, 0).map(|e| e.0), Err(Errno::EROFS));
@@ -588,7 +614,8 @@ mod tests {
                 answer: Ok(vec![1; 10]),
             },
             false,
-        );
+        )
+        .ready();
         let mut buf = vec![0u8; 100];
         assert_eq!(fs.read(2, 3, 0, &mut buf), Ok(10));
         let body = &fs.transport.requests[0].2;
@@ -603,7 +630,8 @@ mod tests {
                 answer: Ok(init),
             },
             false,
-        );
+        )
+        .ready();
         fs.init().expect("init");
         assert_eq!(fs.max_write, 256 * 1024);
     }
