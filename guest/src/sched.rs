@@ -114,11 +114,7 @@ impl Kernel {
         let memory = if loaded {
             self.space.as_ref().map(|s| (s, &self.mm.vmas))
         } else {
-            self.procs
-                .group(tgid)
-                .into_iter()
-                .filter_map(|p| self.procs.get(p).and_then(|t| t.parked.as_ref()))
-                .find(|p| p.shared)
+            self.parked_shared(tgid)
                 .and_then(|p| p.space.as_ref().map(|s| (s, &p.mm.vmas)))
         };
         // Without a space (a vfork parent lending its memory) there is
@@ -360,6 +356,16 @@ impl Kernel {
                 leader.cpu_dead += spent;
             }
         }
+    }
+
+    /// Group `tgid`'s shared state (memory, files, signal actions) while
+    /// none of its threads runs: parked with whichever task holds it.
+    pub fn parked_shared(&self, tgid: Pid) -> Option<&ProcState> {
+        self.procs
+            .group(tgid)
+            .into_iter()
+            .filter_map(|p| self.procs.get(p).and_then(|t| t.parked.as_ref()))
+            .find(|p| p.shared)
     }
 
     /// Moves group `tgid`'s shared state into `into` from the sibling

@@ -338,12 +338,7 @@ impl Kernel {
             let signals = if loaded && tgid == self.procs.tgid(self.cur) {
                 Some(&self.signals)
             } else {
-                self.procs
-                    .group(tgid)
-                    .into_iter()
-                    .filter_map(|p| self.procs.get(p).and_then(|t| t.parked.as_ref()))
-                    .find(|p| p.shared)
-                    .map(|p| &p.signals)
+                self.parked_shared(tgid).map(|p| &p.signals)
             };
             let fatal = signals.is_some_and(|signals| {
                 let handler = signals.actions[sig as usize - 1].handler;
