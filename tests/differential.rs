@@ -685,7 +685,8 @@ fn fault_signals_run_their_handlers() {
 /// stays writable; the kernel refuses (EFAULT) to write into a read-only
 /// page or read from a PROT_NONE one; a forked child inherits the
 /// protections; making the page writable again works; bad arguments fail
-/// as on Linux; a read-only private file mapping faults on write.
+/// as on Linux; an unmapped page amid mapped ones faults with SEGV_MAPERR;
+/// a read-only private file mapping faults on write.
 const PROTECT_C: &str = r#"#include <errno.h>
 #include <fcntl.h>
 #include <setjmp.h>
@@ -756,6 +757,7 @@ int main(void) {
     r = mprotect(m + 1, pg, PROT_READ);
     printf("mprotect unaligned: %d errno %d\n", r, errno);
     munmap(m + pg, pg);
+    try_read("unmapped", m + pg);
     r = mprotect(m, 3 * pg, PROT_READ);
     printf("mprotect hole: %d errno %d\n", r, errno);
     int f = open("/data/a.txt", O_RDONLY);
@@ -790,6 +792,7 @@ fn mprotect_is_enforced_page_by_page() {
              value w\n\
              mprotect bad prot: -1 errno 22\n\
              mprotect unaligned: -1 errno 22\n\
+             read unmapped: signal 11 code 1 value -1\n\
              mprotect hole: -1 errno 12\n\
              file mapping reads p\n\
              write file read-only: signal 11 code 2 at +0\n"

@@ -3,6 +3,7 @@
 //! between the process table and the kernel's per-process state.
 
 use alloc::boxed::Box;
+use alloc::collections::BTreeSet;
 use core::mem::{replace, take};
 
 use alloc::vec::Vec;
@@ -222,23 +223,29 @@ impl Kernel {
         let Some(s) = self.space.as_mut() else {
             return Ok(());
         };
-        let mut changed = s.sync(&needed, &mut self.frames)?;
-        if let Some((start, end)) = self.mm.vmas.take_changed() {
-            for slot in space::slots_of(core::iter::once((start, end))) {
-                let access = self.mm.vmas.slot_access(slot);
-                match s.set_access(slot, access.as_ref()) {
-                    Ok(c) => changed |= c,
-                    Err(e) => {
-                        // Out of heap for a page table: try again next time.
+        let (mut flush, fresh) = s.sync(&needed, &mut self.frames)?;
+        let changed_span = self.mm.vmas.take_changed();
+        let mut slots: BTreeSet<u64> = fresh.iter().copied().collect();
+        if let Some((start, end)) = changed_span {
+            slots.extend(needed.range(space::slot_of(start)..end).copied());
+        }
+        for slot in slots {
+            let access = self.mm.vmas.slot_access(slot);
+            match s.set_access(slot, access.as_ref()) {
+                // A fresh slot had no translations to flush.
+                Ok(f) => flush |= f && !fresh.contains(&slot),
+                Err(e) => {
+                    // Out of heap for a page table: try again next time.
+                    if let Some((start, end)) = changed_span {
                         self.mm.vmas.note_changed(start, end);
-                        arch::load_cr3(s.cr3());
-                        self.loaded_cr3 = s.cr3();
-                        return Err(e);
                     }
+                    arch::load_cr3(s.cr3());
+                    self.loaded_cr3 = s.cr3();
+                    return Err(e);
                 }
             }
         }
-        if changed {
+        if flush {
             // Flush: under shadow paging the hypervisor may hold on to the
             // old entries (and on hardware, removed ones) until a CR3 load.
             arch::load_cr3(s.cr3());

@@ -165,23 +165,20 @@ impl Vmas {
 
     /// What each page of the 2 MiB slot at `slot` allows, or `None` when
     /// every page allows reading and writing, so one 2 MiB page can map it.
-    /// x86 pages cannot be write-only or execute-only: any access but none
-    /// implies reading. Pages no mapping covers stay accessible, as in
-    /// slots without protections (see docs/syscalls.md).
+    /// Pages no mapping covers allow nothing, as on Linux. x86 pages cannot
+    /// be write-only or execute-only: any access but none implies reading.
     pub fn slot_access(&self, slot: u64) -> Option<[space::Access; 512]> {
         let end = slot + space::SLOT;
-        let mut access = [space::Access::ReadWrite; 512];
-        let mut uniform = true;
+        let mut access = [space::Access::None; 512];
         let within = self
             .map
             .range(..end)
             .rev()
             .take_while(|(_, v)| v.end > slot);
         for (&s, v) in within {
-            if v.prot & PROT_WRITE != 0 {
-                continue;
-            }
-            let a = if v.prot & (PROT_READ | PROT_EXEC) != 0 {
+            let a = if v.prot & PROT_WRITE != 0 {
+                space::Access::ReadWrite
+            } else if v.prot & (PROT_READ | PROT_EXEC) != 0 {
                 space::Access::Read
             } else {
                 space::Access::None
@@ -191,25 +188,34 @@ impl Vmas {
             for page in &mut access[first as usize..last as usize] {
                 *page = a;
             }
-            uniform = false;
         }
+        let uniform = access.iter().all(|&a| a == space::Access::ReadWrite);
         (!uniform).then_some(access)
     }
 
-    /// Whether the application may read (`write`: and write) every mapped
-    /// page of `[start, end)`: the kernel must not touch for it what it
-    /// could not touch itself.
+    /// Whether `[start, end)` is mapped and the application may read
+    /// (`write`: and write) every page of it: the kernel must not touch for
+    /// it what it could not touch itself.
     pub fn allows(&self, start: u64, end: u64, write: bool) -> bool {
         let need = if write {
             PROT_WRITE
         } else {
             PROT_READ | PROT_WRITE | PROT_EXEC
         };
-        self.map
-            .range(..end)
-            .rev()
-            .take_while(|(_, v)| v.end > start)
-            .all(|(_, v)| v.prot & need != 0)
+        let Some((s, _)) = self.get(start) else {
+            return false;
+        };
+        let mut covered_to = s;
+        for (&s, v) in self.map.range(s..) {
+            if s != covered_to || v.prot & need == 0 {
+                return false;
+            }
+            covered_to = v.end;
+            if covered_to >= end {
+                return true;
+            }
+        }
+        false
     }
 
     /// Unmaps `[start, end)`, splitting mappings that straddle it; returns the
@@ -665,6 +671,15 @@ mod tests {
         );
         assert!(v.allows(0x40_3000, 0x40_5000, false));
         assert!(!v.allows(0x40_3000, 0x40_3001, true), "read-only");
+        // A page no mapping covers allows nothing.
+        v.remove(0x40_6000, 0x40_7000);
+        let access = v.slot_access(0x40_0000).expect("mixed");
+        assert_eq!(
+            &access[5..8],
+            &[Access::ReadWrite, Access::None, Access::ReadWrite]
+        );
+        assert!(!v.allows(0x40_5000, 0x40_8000, false), "reaches the hole");
+        assert!(v.allows(0x40_7000, 0x40_9000, true));
         // The span the page tables must follow covers every change.
         assert_eq!(v.take_changed(), Some((0x40_0000, 0x40_0000 + slot)));
         assert_eq!(v.take_changed(), None);

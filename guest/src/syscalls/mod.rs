@@ -50,9 +50,12 @@ impl Kernel {
                 slot += crate::mm::space::SLOT;
             }
         }
-        // The pages' protections: touching a page they forbid would fault
-        // in the kernel.
-        if !self.mm.vmas.allows(ptr, end, write) {
+        // The application's memory must be mapped with protections that
+        // allow the access: touching a page they forbid would fault in the
+        // kernel. (Kernel slots are always mapped.)
+        if self.frames.is_user(crate::mm::space::slot_of(ptr))
+            && !self.mm.vmas.allows(ptr, end, write)
+        {
             return Err(Errno::EFAULT);
         }
         Ok(())
