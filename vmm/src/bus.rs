@@ -17,6 +17,9 @@ pub enum Action {
     Idle(Option<Duration>),
     /// The guest kernel gave up; the message is its last debug message.
     Panic(String),
+    /// Perform these 32-bit register stores (address, value) in order, as
+    /// if the guest had made them (a batch, see `capsa_abi::control`).
+    MmioWrites(Vec<(u64, u32)>),
 }
 
 /// A device mapped on the bus. Offsets are relative to the device's base;
@@ -107,6 +110,19 @@ impl Bus {
         }
     }
 
+    /// Performs a batch of register stores for the guest; only addresses
+    /// in `allowed` are reached (the batch cannot stop the VM, idle, or
+    /// start another batch), and whatever the stores ask of the loop is
+    /// dropped.
+    pub fn write_batch(&mut self, writes: &[(u64, u32)], allowed: std::ops::Range<u64>) {
+        for &(addr, value) in writes {
+            let fits = addr.checked_add(4).is_some_and(|end| end <= allowed.end);
+            if addr >= allowed.start && fits {
+                let _ = self.write(addr, &value.to_le_bytes());
+            }
+        }
+    }
+
     /// Blocks until a device's input descriptor is readable or `timeout`
     /// passes, then lets the ready devices move their input to the guest.
     pub fn idle(&mut self, timeout: Option<Duration>) {
@@ -176,5 +192,15 @@ pub(crate) mod tests {
         assert_eq!(bus.write(0x1004, &[1, 2]), Action::Continue);
         assert_eq!(bus.write(0x9000, &[1, 2]), Action::Continue);
         assert_eq!(*writes.borrow(), vec![(4, vec![1, 2])]);
+
+        // A batch reaches only the allowed range.
+        bus.write_batch(
+            &[(0x1008, 7), (0x1100, 9), (0x10fe, 1), (u64::MAX - 1, 2)],
+            0x1000..0x1100,
+        );
+        assert_eq!(
+            *writes.borrow(),
+            vec![(4, vec![1, 2]), (8, 7u32.to_le_bytes().to_vec())]
+        );
     }
 }

@@ -69,6 +69,12 @@ pub fn run_loop(vcpu: &mut VcpuFd, bus: &mut Bus) -> Result<GuestExit, Error> {
         match outcome {
             Outcome::Action(Action::Continue) => {}
             Outcome::Action(Action::Idle(timeout)) => bus.idle(timeout),
+            Outcome::Action(Action::MmioWrites(writes)) => bus.write_batch(
+                &writes,
+                capsa_abi::VIRTIO_MMIO_BASE
+                    ..capsa_abi::VIRTIO_MMIO_BASE
+                        + capsa_abi::VIRTIO_MMIO_SIZE * capsa_abi::MAX_DEVICES as u64,
+            ),
             Outcome::Action(Action::Exit(exit)) => return Ok(exit),
             Outcome::Action(Action::Panic(message)) => return Err(Error::GuestPanic { message }),
             Outcome::Unexpected(exit) => {

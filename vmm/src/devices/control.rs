@@ -22,6 +22,7 @@ pub struct Control {
     mem: GuestMemory,
     stdin: Rc<Stdin>,
     debug_addr: u64,
+    batch_addr: u64,
     last_message: String,
     /// Where debug lines go (the VMM's stderr outside tests).
     log: Box<dyn FnMut(&str)>,
@@ -61,9 +62,31 @@ impl Control {
             mem,
             stdin,
             debug_addr: 0,
+            batch_addr: 0,
             last_message: String::new(),
             log,
         }
+    }
+
+    /// The batch of `count` register stores at `batch_addr`; nothing if it
+    /// is too long or not in guest RAM.
+    fn mmio_batch(&self, count: u64) -> Action {
+        if count == 0 || count > reg::MAX_MMIO_BATCH {
+            return Action::Continue;
+        }
+        let mut raw = vec![0u8; (count * reg::MMIO_WRITE_SIZE) as usize];
+        if self
+            .mem
+            .read_slice(&mut raw, GuestAddress(self.batch_addr))
+            .is_err()
+        {
+            return Action::Continue;
+        }
+        let writes = raw
+            .chunks_exact(reg::MMIO_WRITE_SIZE as usize)
+            .map(|r| (value_of(&r[..8]), value_of(&r[8..12]) as u32))
+            .collect();
+        Action::MmioWrites(writes)
     }
 
     fn debug_message(&mut self, len: u64) {
@@ -115,6 +138,11 @@ impl BusDevice for Control {
                 Action::Continue
             }
             reg::PANIC => Action::Panic(self.last_message.clone()),
+            reg::MMIO_BATCH_ADDR => {
+                self.batch_addr = value;
+                Action::Continue
+            }
+            reg::MMIO_BATCH_LEN => self.mmio_batch(value),
             _ => Action::Continue,
         }
     }
@@ -200,5 +228,37 @@ mod tests {
         c.write(reg::DEBUG_ADDR, &(u64::MAX - 3).to_le_bytes());
         c.write(reg::DEBUG_LEN, &16u64.to_le_bytes());
         assert!(lines.borrow().last().unwrap().contains("outside guest RAM"));
+    }
+
+    #[test]
+    fn mmio_batches_are_read_from_guest_memory_and_bounded() {
+        let (mut c, _) = control();
+        let mut raw = Vec::new();
+        for (addr, value) in [(0xC000_1070u64, 1u32), (0xC000_1030, 2)] {
+            raw.extend_from_slice(&addr.to_le_bytes());
+            raw.extend_from_slice(&value.to_le_bytes());
+            raw.extend_from_slice(&[0xff; 4]);
+        }
+        c.mem.write_slice(&raw, GuestAddress(0x6000)).unwrap();
+        c.write(reg::MMIO_BATCH_ADDR, &0x6000u64.to_le_bytes());
+        assert_eq!(
+            c.write(reg::MMIO_BATCH_LEN, &2u64.to_le_bytes()),
+            Action::MmioWrites(vec![(0xC000_1070, 1), (0xC000_1030, 2)])
+        );
+        // Too long, empty, or outside RAM: nothing happens.
+        let too_long = reg::MAX_MMIO_BATCH + 1;
+        assert_eq!(
+            c.write(reg::MMIO_BATCH_LEN, &too_long.to_le_bytes()),
+            Action::Continue
+        );
+        assert_eq!(
+            c.write(reg::MMIO_BATCH_LEN, &0u64.to_le_bytes()),
+            Action::Continue
+        );
+        c.write(reg::MMIO_BATCH_ADDR, &(u64::MAX - 8).to_le_bytes());
+        assert_eq!(
+            c.write(reg::MMIO_BATCH_LEN, &1u64.to_le_bytes()),
+            Action::Continue
+        );
     }
 }
