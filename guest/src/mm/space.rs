@@ -286,10 +286,39 @@ fn phys(pa: u64) -> *mut u8 {
     (PHYS_BASE + pa) as *mut u8
 }
 
-fn clear_frame(frame: u64) {
-    // SAFETY: the frame is a whole 2 MiB user frame no space maps any more,
-    // reached through the physical window every space has.
-    unsafe { core::ptr::write_bytes(phys(frame), 0, SLOT as usize) }
+/// Zeroes `[pa, pa + len)` of a user frame no space maps any more.
+fn clear(pa: u64, len: u64) {
+    // SAFETY: the range lies in a 2 MiB user frame being freed, reached
+    // through the physical window every space has.
+    unsafe { core::ptr::write_bytes(phys(pa), 0, len as usize) }
+}
+
+/// The parts of a written slot's frame that may hold data, as (offset,
+/// length) runs: the whole frame for one 2 MiB page; for a slot mapped page
+/// by page, the runs of pages whose dirty bit is set. The rest of the frame
+/// is still zero (frames come zero and every write sets a dirty bit: the
+/// CPU's, or `translate`'s for DMA and the kernel's physical-window writes),
+/// so fork copies and free clears only these: a process that touched a few
+/// pages of a slot costs a few pages, not 2 MiB of first touches.
+fn written_runs(backing: &Backing) -> Vec<(u64, u64)> {
+    let Some(pt) = backing
+        .pages
+        .as_ref()
+        .filter(|_| DIRTY_BITS_WORK.load(Ordering::Relaxed))
+    else {
+        return alloc::vec![(0, SLOT)];
+    };
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    for i in 0..512u64 {
+        if pt.get(i as usize) & DIRTY == 0 {
+            continue;
+        }
+        match runs.last_mut() {
+            Some(run) if run.0 + run.1 == i * PAGE_BYTES => run.1 += PAGE_BYTES,
+            _ => runs.push((i * PAGE_BYTES, PAGE_BYTES)),
+        }
+    }
+    runs
 }
 
 impl Space {
@@ -457,7 +486,9 @@ impl Space {
                 return;
             }
             if dirty {
-                clear_frame(backing.frame);
+                for (offset, len) in written_runs(&backing) {
+                    clear(backing.frame + offset, len);
+                }
             }
             frames.free(backing.frame);
         }
@@ -529,11 +560,18 @@ impl Space {
                 }
             };
             if dirty {
-                // SAFETY: two distinct whole frames, both reached through the
-                // physical window; `new` belongs to nobody yet.
-                unsafe {
-                    core::ptr::copy_nonoverlapping(phys(backing.frame), phys(new), SLOT as usize)
-                };
+                for (offset, len) in written_runs(backing) {
+                    // SAFETY: the same range of two distinct frames, both
+                    // reached through the physical window; `new` belongs to
+                    // nobody yet.
+                    unsafe {
+                        core::ptr::copy_nonoverlapping(
+                            phys(backing.frame + offset),
+                            phys(new + offset),
+                            len as usize,
+                        )
+                    };
+                }
             }
             child.install(va, &copy, dirty);
             child.slots.insert(va, copy);
@@ -598,21 +636,29 @@ impl Space {
     }
 }
 
-/// Checks once, on the loaded space, that writing a slot sets its dirty bit.
+/// Checks once, on the loaded space, that writing a page sets the dirty bit
+/// of its entry.
 pub fn self_test(space: &Space, va: u64) {
-    if let Some((pd, i)) = space.pde(va) {
-        if pd.get(i) & PRESENT == 0 {
-            return;
-        }
-        // SAFETY: `va` is a mapped user slot of the loaded space; the byte
-        // is written back unchanged.
-        unsafe {
-            let p = va as *mut u8;
-            core::ptr::write_volatile(p, core::ptr::read_volatile(p));
-        }
-        if pd.get(i) & DIRTY == 0 {
-            DIRTY_BITS_WORK.store(false, Ordering::Relaxed);
-        }
+    let Some((pd, i)) = space.pde(va) else {
+        return;
+    };
+    if pd.get(i) & PRESENT == 0 {
+        return;
+    }
+    // SAFETY: `va` is a mapped, writable user page of the loaded space (the
+    // caller's stack); the byte is written back unchanged.
+    unsafe {
+        let p = va as *mut u8;
+        core::ptr::write_volatile(p, core::ptr::read_volatile(p));
+    }
+    // The leaf entry: the 2 MiB page, or the page's entry in the slot's
+    // page table (`written_runs` trusts those).
+    let leaf = match space.slots.get(&slot_of(va)).and_then(|b| b.pages.as_ref()) {
+        Some(pt) => pt.get(((va >> 12) & 511) as usize),
+        None => pd.get(i),
+    };
+    if leaf & DIRTY == 0 {
+        DIRTY_BITS_WORK.store(false, Ordering::Relaxed);
     }
 }
 
