@@ -536,12 +536,15 @@ impl Space {
         let mut child = Space::new(frames)?;
         for (&va, backing) in &self.slots {
             if shared.contains(&va) {
+                // Both sides count the whole frame as written, so whichever
+                // lets go last clears all of it (it cannot know which pages
+                // the other wrote).
+                self.mark_written(va);
                 let Ok(copy) = Self::backing_like(backing, backing.frame, true) else {
                     child.release(frames);
                     return Err(Errno::ENOMEM);
                 };
                 frames.hold(backing.frame);
-                self.mark_written(va);
                 child.install(va, &copy, true);
                 child.slots.insert(va, copy);
                 continue;
@@ -828,6 +831,32 @@ mod tests {
             vec![0x40_0000, 0x60_0000]
         );
         assert!(slots_of([(0x80_0000, 0x80_0000)].into_iter()).is_empty());
+    }
+
+    #[test]
+    fn only_written_pages_of_a_page_mapped_slot_are_copied() {
+        let whole = Backing {
+            frame: 0x40_0000,
+            pages: None,
+        };
+        assert_eq!(written_runs(&whole), vec![(0, SLOT)]);
+        let pt = Table::new().expect("table");
+        for i in [0usize, 1, 5, 511] {
+            pt.set(i, DIRTY | ACCESSED);
+        }
+        pt.set(7, ACCESSED | TABLE);
+        let paged = Backing {
+            frame: 0x40_0000,
+            pages: Some(pt),
+        };
+        assert_eq!(
+            written_runs(&paged),
+            vec![
+                (0, 2 * PAGE_BYTES),
+                (5 * PAGE_BYTES, PAGE_BYTES),
+                (511 * PAGE_BYTES, PAGE_BYTES)
+            ]
+        );
     }
 
     #[test]
