@@ -38,9 +38,12 @@
 //!
 //! Measured forking busybox `sh` on this project's PVM machines (256 MiB
 //! guest; the shell has 6 slots, 2 of them dirty): the address-space copy
-//! takes 0.85-0.95 ms (boot with debug syscalls to see it logged per fork),
-//! and a whole `(true)` subshell — fork, child exit, wait4, freeing and
-//! clearing the child's frames — about 1.9 ms.
+//! takes 0.85-0.95 ms into recycled frames (boot with debug syscalls to see
+//! it logged per fork), and a whole `(true)` subshell — fork, child exit,
+//! wait4, freeing and clearing the child's frames — about 1.9 ms. Into
+//! fresh frames the first fork takes ~7 ms (python3's, 9 dirty slots,
+//! ~23 ms): each 4 KiB page the host has never backed costs a fault under
+//! shadow paging. Slots mapped page by page copy only their dirty pages.
 //!
 //! Slots wholly covered by `MAP_SHARED` mappings are not copied: the child
 //! maps the same frame, and [`Frames`] counts the holders so the last one
