@@ -4,9 +4,8 @@
 
 use alloc::boxed::Box;
 use alloc::collections::BTreeSet;
-use core::mem::{replace, take};
-
 use alloc::vec::Vec;
+use core::mem::{replace, take};
 
 use crate::arch::{self, FxArea, SyscallFrame};
 use crate::errno::{Errno, Result};

@@ -1,6 +1,6 @@
 //! Memory syscalls: brk, mmap (anonymous, and file-backed by reading the
-//! file), munmap, mprotect, mremap. See `crate::mm` for what the
-//! identity-mapped design means for protections.
+//! file), munmap, mprotect, mremap, msync, madvise. See `crate::mm` for
+//! how mappings become page tables and protections are enforced.
 
 use alloc::rc::Rc;
 use alloc::vec;
@@ -10,8 +10,10 @@ use crate::errno::{Errno, Result};
 use crate::kernel::Devices;
 use crate::kernel::Kernel;
 use crate::mm::space::Space;
-use crate::mm::{page_up, space, MAP_ANONYMOUS, MAP_FIXED, PAGE_SIZE, PROT_READ, PROT_WRITE};
-use crate::mm::{MappedFile, MAP_SHARED};
+use crate::mm::{
+    page_up, space, MappedFile, MAP_ANONYMOUS, MAP_FIXED, MAP_SHARED, PAGE_SIZE, PROT_READ,
+    PROT_WRITE,
+};
 
 const MREMAP_MAYMOVE: u32 = 1;
 

@@ -11,7 +11,7 @@ use super::mmio::{InitError, MmioDevice};
 use super::queue::{Buf, Virtqueue};
 use crate::arch::{control_read, control_write};
 use crate::errno::{Errno, Result};
-use capsa_abi::{control, VIRTIO_ID_CONSOLE};
+use capsa_abi::control;
 
 const RX: usize = 0;
 const TX: usize = 1;
@@ -32,7 +32,7 @@ impl Console {
     pub unsafe fn new(base: u64) -> core::result::Result<Self, InitError> {
         // SAFETY: per the caller's contract.
         let dev = unsafe { MmioDevice::new(base) };
-        let queues = dev.init(VIRTIO_ID_CONSOLE, 2, 8)?;
+        let queues = dev.init(2, 8)?;
         if queues.len() < 2 {
             return Err(InitError::NotVirtio);
         }

@@ -14,7 +14,6 @@ use super::mmio::{InitError, MmioDevice};
 use super::queue::{Buf, Virtqueue};
 use crate::errno::{Errno, Result};
 use crate::fuse::{self, op, Attr, Enc};
-use capsa_abi::VIRTIO_ID_FS;
 
 /// Largest READ/WRITE/READDIR payload per request.
 pub const MAX_IO: usize = 1 << 20;
@@ -53,7 +52,7 @@ impl VirtioFs {
         let dev = unsafe { MmioDevice::new(base) };
         // Config: tag[36], then num_request_queues.
         let request_queues = dev.config_read32(36).clamp(1, 8);
-        let queues = dev.init(VIRTIO_ID_FS, 1 + request_queues, 16)?;
+        let queues = dev.init(1 + request_queues, 16)?;
         if queues.len() < 2 {
             return Err(InitError::NotVirtio);
         }
