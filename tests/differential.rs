@@ -624,29 +624,37 @@ fn stdin_arriving_later_wakes_a_blocked_reader() {
     }
 }
 
-/// Faults raise signals whose handlers run: SIGSEGV on an unmapped address
-/// (three times, each handler leaving through siglongjmp) with the address
-/// and SEGV_MAPERR in its siginfo, SIGFPE on an integer division by zero,
-/// then, with the default action back, a null-pointer write kills the
-/// process (139).
-const FAULTS_C: &str = r#"#include <setjmp.h>
+/// What the fault tests' C programs share: a SIGINFO handler that records
+/// the signal, its code and address, and jumps back to the `sigsetjmp` of
+/// the access that faulted; `catch_faults(sig)` installs it.
+const FAULT_CATCHER_C: &str = r#"#include <setjmp.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
 static sigjmp_buf back;
-static volatile void *where;
+static volatile char *where;
 static volatile int code, sig;
 static void on_fault(int s, siginfo_t *info, void *uc) {
     (void)uc; sig = s; where = info->si_addr; code = info->si_code;
     siglongjmp(back, 1);
 }
-int main(void) {
+static void catch_faults(int signal) {
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_sigaction = on_fault;
     sa.sa_flags = SA_SIGINFO;
-    sigaction(SIGSEGV, &sa, NULL);
-    sigaction(SIGFPE, &sa, NULL);
+    sigaction(signal, &sa, NULL);
+}
+"#;
+
+/// Faults raise signals whose handlers run: SIGSEGV on an unmapped address
+/// (three times, each handler leaving through siglongjmp) with the address
+/// and SEGV_MAPERR in its siginfo, SIGFPE on an integer division by zero,
+/// then, with the default action back, a null-pointer write kills the
+/// process (139).
+const FAULTS_MAIN_C: &str = r#"int main(void) {
+    catch_faults(SIGSEGV);
+    catch_faults(SIGFPE);
     volatile int *bad = (int *)0x100000000000;
     for (int i = 0; i < 3; i++) {
         if (!sigsetjmp(back, 1)) *bad = 1;
@@ -664,7 +672,11 @@ int main(void) {
 
 #[test]
 fn fault_signals_run_their_handlers() {
-    let bundle = c_program_fixture("faults", FAULTS_C, &["-static", "-O1"]);
+    let bundle = c_program_fixture(
+        "faults",
+        &format!("{FAULT_CATCHER_C}{FAULTS_MAIN_C}"),
+        &["-static", "-O1"],
+    );
     let out = both("fault handlers", &bundle, None);
     assert_eq!(
         (out.status.code(), stdout(&out).as_str()),
@@ -687,22 +699,11 @@ fn fault_signals_run_their_handlers() {
 /// protections; making the page writable again works; bad arguments fail
 /// as on Linux; an unmapped page amid mapped ones faults with SEGV_MAPERR;
 /// a read-only private file mapping faults on write.
-const PROTECT_C: &str = r#"#include <errno.h>
+const PROTECT_MAIN_C: &str = r#"#include <errno.h>
 #include <fcntl.h>
-#include <setjmp.h>
-#include <signal.h>
-#include <stdio.h>
-#include <string.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
-static sigjmp_buf back;
-static volatile char *where;
-static volatile int code, sig;
-static void on_fault(int s, siginfo_t *info, void *uc) {
-    (void)uc; sig = s; where = info->si_addr; code = info->si_code;
-    siglongjmp(back, 1);
-}
 static void try_write(const char *what, volatile char *p) {
     sig = 0;
     if (!sigsetjmp(back, 1)) *p = 'w';
@@ -715,11 +716,7 @@ static void try_read(const char *what, volatile char *p) {
     printf("read %s: signal %d code %d value %d\n", what, sig, sig ? code : 0, sig ? -1 : v);
 }
 int main(void) {
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_sigaction = on_fault;
-    sa.sa_flags = SA_SIGINFO;
-    sigaction(SIGSEGV, &sa, NULL);
+    catch_faults(SIGSEGV);
     long pg = sysconf(_SC_PAGESIZE);
     char *m = mmap(NULL, 3 * pg, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     memset(m, 'a', 3 * pg);
@@ -771,7 +768,11 @@ int main(void) {
 
 #[test]
 fn mprotect_is_enforced_page_by_page() {
-    let bundle = c_program_fixture("protect", PROTECT_C, &["-static", "-O1"]);
+    let bundle = c_program_fixture(
+        "protect",
+        &format!("{FAULT_CATCHER_C}{PROTECT_MAIN_C}"),
+        &["-static", "-O1"],
+    );
     let out = both("mprotect", &bundle, None);
     assert_eq!(
         (out.status.code(), stdout(&out).as_str()),

@@ -202,12 +202,21 @@ impl Vmas {
         } else {
             PROT_READ | PROT_WRITE | PROT_EXEC
         };
-        let Some((s, _)) = self.get(start) else {
+        self.covered_by(start, end, |prot| prot & need != 0)
+    }
+
+    /// Whether mappings whose protections `accept` takes cover every byte
+    /// of `[start, end)` without a gap.
+    fn covered_by(&self, start: u64, end: u64, accept: impl Fn(u32) -> bool) -> bool {
+        if start >= end {
+            return true;
+        }
+        let Some((first, _)) = self.get(start) else {
             return false;
         };
-        let mut covered_to = s;
-        for (&s, v) in self.map.range(s..) {
-            if s != covered_to || v.prot & need == 0 {
+        let mut covered_to = first;
+        for (&s, v) in self.map.range(first..) {
+            if s != covered_to || !accept(v.prot) {
                 return false;
             }
             covered_to = v.end;
@@ -244,20 +253,7 @@ impl Vmas {
 
     /// Whether every byte of `[start, end)` is mapped.
     pub fn covers(&self, start: u64, end: u64) -> bool {
-        let mut at = start;
-        for (&s, v) in self.map.range(..end) {
-            if v.end <= at {
-                continue;
-            }
-            if s > at {
-                return false;
-            }
-            at = v.end;
-            if at >= end {
-                return true;
-            }
-        }
-        at >= end
+        self.covered_by(start, end, |_| true)
     }
 
     /// Changes the protection of `[start, end)`; ENOMEM if part is unmapped.
@@ -400,31 +396,27 @@ impl MappedFiles {
     /// that straddle it) and returns them.
     pub fn take(&mut self, start: u64, end: u64) -> Vec<MappedFile> {
         let taken = self.within(start, end);
-        let starts: Vec<u64> = self
-            .map
-            .range(..end)
-            .rev()
-            .take_while(|(_, m)| m.end > start)
-            .map(|(&s, _)| s)
-            .collect();
-        for s in starts {
+        for part in &taken {
+            let Some((&s, _)) = self.map.range(..=part.start).next_back() else {
+                continue;
+            };
             let Some(m) = self.map.remove(&s) else {
                 continue;
             };
-            if m.start < start {
+            if m.start < part.start {
                 let head = MappedFile {
-                    end: start,
+                    end: part.start,
                     ..m.clone()
                 };
                 self.map.insert(m.start, head);
             }
-            if m.end > end {
+            if m.end > part.end {
                 let tail = MappedFile {
-                    start: end,
-                    offset: m.offset + (end - m.start),
+                    start: part.end,
+                    offset: m.offset + (part.end - m.start),
                     ..m
                 };
-                self.map.insert(end, tail);
+                self.map.insert(part.end, tail);
             }
         }
         taken
@@ -683,6 +675,42 @@ mod tests {
         // The span the page tables must follow covers every change.
         assert_eq!(v.take_changed(), Some((0x40_0000, 0x40_0000 + slot)));
         assert_eq!(v.take_changed(), None);
+    }
+
+    #[test]
+    fn shared_file_mappings_split_when_partly_taken() {
+        let (reader, _) = crate::pipe::new_pipe(0);
+        let file: Rc<dyn File> = Rc::new(reader);
+        let mut files = MappedFiles::default();
+        files.insert(MappedFile {
+            start: 0x10_0000,
+            end: 0x10_4000,
+            file: file.clone(),
+            offset: 0x8000,
+        });
+        let parts = |v: Vec<MappedFile>| -> Vec<(u64, u64, u64)> {
+            v.iter().map(|m| (m.start, m.end, m.offset)).collect()
+        };
+        assert_eq!(
+            parts(files.within(0x10_1000, 0x20_0000)),
+            vec![(0x10_1000, 0x10_4000, 0x9000)]
+        );
+        assert_eq!(
+            parts(files.take(0x10_1000, 0x10_2000)),
+            vec![(0x10_1000, 0x10_2000, 0x9000)]
+        );
+        assert_eq!(
+            parts(files.within(0, u64::MAX))
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>(),
+            vec![
+                (0x10_0000, 0x10_1000, 0x8000),
+                (0x10_2000, 0x10_4000, 0xa000)
+            ]
+        );
+        assert_eq!(files.take(0, u64::MAX).len(), 2);
+        assert!(files.within(0, u64::MAX).is_empty());
     }
 
     #[test]
