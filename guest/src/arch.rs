@@ -147,6 +147,38 @@ mod machine {
         }
     }
 
+    /// The time the host has kept this vCPU from running since boot (KVM
+    /// steal time: runnable but not scheduled), in nanoseconds; 0 when the
+    /// hypervisor offers no steal-time area.
+    pub fn steal_ns() -> u64 {
+        extern "C" {
+            static CAPSA_STEAL_TIME_ON: u8;
+            static CAPSA_STEAL_TIME: u64;
+        }
+        // SAFETY: a byte written once by `_start`.
+        if unsafe { core::ptr::read_volatile(core::ptr::addr_of!(CAPSA_STEAL_TIME_ON)) } == 0 {
+            return 0;
+        }
+        let area = core::ptr::addr_of!(CAPSA_STEAL_TIME);
+        loop {
+            // SAFETY: `struct kvm_steal_time` in the image (64-byte aligned,
+            // 64 bytes): the steal counter at offset 0, the version at 8.
+            // The host updates it only while this vCPU is not running, and
+            // makes the version odd while it does.
+            let (before, steal, after) = unsafe {
+                let version = area.cast::<u32>().add(2);
+                (
+                    core::ptr::read_volatile(version),
+                    core::ptr::read_volatile(area),
+                    core::ptr::read_volatile(version),
+                )
+            };
+            if before == after && before & 1 == 0 {
+                return steal;
+            }
+        }
+    }
+
     /// Writes a model-specific register through the `int 0x81` gate.
     pub fn wrmsr(msr: u32, value: u64) {
         // SAFETY: the gate executes `wrmsr; iretq` with these registers; the
@@ -211,7 +243,7 @@ mod machine {
 }
 
 pub use machine::{
-    enter_user, exception_frame, install_idt, load_cr3, return_user, set_fs_base, wrmsr,
+    enter_user, exception_frame, install_idt, load_cr3, return_user, set_fs_base, steal_ns, wrmsr,
 };
 
 /// An `fxsave` image, aligned as `fxrstor` requires.
@@ -310,6 +342,9 @@ mod machine {
         unreachable!("host tests never enter user mode")
     }
     pub fn set_fs_base(_value: u64) {}
+    pub fn steal_ns() -> u64 {
+        0
+    }
     pub fn enter_user(_entry: u64, _sp: u64) -> ! {
         unreachable!("host tests never enter user mode")
     }

@@ -4,12 +4,14 @@
 //! The vCPU is always in one of three states: running a task in user mode,
 //! running the kernel for a task (its system call, its fault, switching it
 //! in or out), or idle (nothing runnable: the guest waits in the VMM). The
-//! [`Meter`] reads the TSC at each transition and charges the time since
-//! the previous one: user time at system-call and fault entry, system time
+//! [`Meter`] reads the vCPU's run clock at each transition (the TSC less
+//! the host's steal time, `Clock::cpu_ticks`: a busy host preempting the
+//! vCPU is not the task's time) and charges the time since the previous one: user time at system-call and fault entry, system time
 //! when the kernel returns to user mode or switches the task out, nobody's
 //! while idle. Charges go to the running task in the meter itself and reach
 //! the task (`crate::process::Task::cpu`) when it stops running, so a
-//! system call costs two `rdtsc` and two additions, no table lookup.
+//! system call costs two readings of the run clock (`rdtsc` and the steal
+//! counter, a memory read) and two additions, no table lookup.
 //!
 //! Measured on this project's PVM machines: `rdtsc` at CPL3 takes ~10 ns
 //! (it does not exit to the hypervisor), against ~3.8 µs for the cheapest

@@ -430,7 +430,7 @@ pub fn boot(boot_info: u64) -> ! {
     };
     // Finding and loading the program is the first process's system time
     // (setting up the devices before is nobody's).
-    let clock_start = arch::rdtsc();
+    let clock_start = clock.cpu_ticks();
     let mut k = Kernel {
         dev,
         fds: FdTable::default(),
@@ -541,7 +541,7 @@ pub fn boot(boot_info: u64) -> ! {
     if let Some(s) = &k.space {
         space::self_test(s, sp & !(PAGE_SIZE - 1));
     }
-    k.meter.leave_kernel(arch::rdtsc());
+    k.meter.leave_kernel(k.clock.cpu_ticks());
     // SAFETY: boot runs once, before any syscall or fault can reach `kernel()`.
     unsafe { *KERNEL.0.get() = Some(k) };
     arch::enter_user(entry, sp)
@@ -754,13 +754,13 @@ fn hwcap() -> u64 {
 /// Entry from `capsa_syscall_user`.
 pub fn syscall(frame: &mut SyscallFrame) {
     let k = kernel();
-    k.meter.enter_kernel(arch::rdtsc());
+    k.meter.enter_kernel(k.clock.cpu_ticks());
     // SAFETY: `frame` is the trampoline's frame, with its fxsave image below.
     let fx = unsafe { crate::sched::fx_of(frame) };
     let nr = frame.rax;
     let ret = k.dispatch(frame);
     k.finish_syscall(frame, fx, nr, ret);
-    k.meter.leave_kernel(arch::rdtsc());
+    k.meter.leave_kernel(k.clock.cpu_ticks());
 }
 
 /// Where the fault path builds the context it resumes (one vCPU, and the
@@ -816,7 +816,7 @@ pub fn fault(regs: &FaultInfo, fx: &arch::FxArea) -> ! {
     let Some(k) = (unsafe { (*KERNEL.0.get()).as_mut() }) else {
         exit_signal(signal)
     };
-    k.meter.enter_kernel(arch::rdtsc());
+    k.meter.enter_kernel(k.clock.cpu_ticks());
     if k.debug_enabled() {
         let mut m = MsgBuf::new();
         let _ = write!(
@@ -866,7 +866,7 @@ pub fn fault(regs: &FaultInfo, fx: &arch::FxArea) -> ! {
         frame.rip
     };
     if k.deliver_fault_signal(signal, code, addr, rf, rfx) {
-        k.meter.leave_kernel(arch::rdtsc());
+        k.meter.leave_kernel(k.clock.cpu_ticks());
         arch::return_user(rf, rfx)
     }
     // No handler: the process dies with the signal (no core: the spec's
@@ -880,7 +880,7 @@ pub fn fault(regs: &FaultInfo, fx: &arch::FxArea) -> ! {
         },
     );
     k.finish_fault(rf, rfx);
-    k.meter.leave_kernel(arch::rdtsc());
+    k.meter.leave_kernel(k.clock.cpu_ticks());
     arch::return_user(rf, rfx)
 }
 

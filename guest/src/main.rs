@@ -21,6 +21,9 @@
 //! - Exception stubs (CPL0): push the vector (and a zero error code where the
 //!   CPU pushes none), save CR2, and `iretq` to `capsa_fault_user` (CPL3) with
 //!   the CPU's frame left in place on the CPL0 stack for Rust to read.
+//! - `_start` also registers KVM's steal-time area (MSR_KVM_STEAL_TIME) when
+//!   the hypervisor offers it: the host writes there how long it kept the
+//!   vCPU from running, which the CPU-time meter leaves out (`arch::steal_ns`).
 //! - The FS base (`arch_prctl(ARCH_SET_FS)`) is set with `wrfsbase` at CPL3:
 //!   `_start` enables CR4.FSGSBASE when the CPU has it. Otherwise an `int 0x81`
 //!   gate (DPL3) does `wrmsr` with the caller's ecx/edx:eax (PVM raises #UD
@@ -69,6 +72,24 @@ _start:
     mov cr4, rax
     mov BYTE PTR [rip + CAPSA_FSGSBASE], 1
 3:
+    mov eax, 0x40000000
+    cpuid
+    cmp ebx, 0x4b4d564b
+    jne 4f
+    cmp eax, 0x40000001
+    jb 4f
+    mov eax, 0x40000001
+    cpuid
+    test eax, 0x20
+    jz 4f
+    mov ecx, 0x4b564d03
+    lea rax, [rip + CAPSA_STEAL_TIME]
+    mov rdx, rax
+    shr rdx, 32
+    or eax, 1
+    wrmsr
+    mov BYTE PTR [rip + CAPSA_STEAL_TIME_ON], 1
+4:
     mov ecx, 0xC0000081
     xor eax, eax
     mov edx, 0x00180008
@@ -275,6 +296,13 @@ CAPSA_FAULT_CR2:
 .global CAPSA_FSGSBASE
 CAPSA_FSGSBASE:
     .quad 0
+.global CAPSA_STEAL_TIME_ON
+CAPSA_STEAL_TIME_ON:
+    .quad 0
+.balign 64
+.global CAPSA_STEAL_TIME
+CAPSA_STEAL_TIME:
+    .fill 64, 1, 0
 
 .bss
 .balign 4096

@@ -173,7 +173,7 @@ impl Kernel {
             [b"uptime"] => {
                 // Up time, and the time the one vCPU spent idle.
                 let up = self.clock.since_boot_ns();
-                let idle = self.clock.ticks_ns(self.meter.idle(crate::arch::rdtsc()));
+                let idle = self.clock.ticks_ns(self.meter.idle(self.clock.cpu_ticks()));
                 let secs = |ns: u64| format!("{}.{:02}", ns / 1_000_000_000, ns / 10_000_000 % 100);
                 Ok(Entry::File(
                     format!("{} {}\n", secs(up), secs(idle.min(up))).into_bytes(),

@@ -349,7 +349,7 @@ impl Kernel {
     /// group's total of ended threads.
     fn retire_cpu(&mut self, tid: Pid) {
         let mut spent = if tid == self.cur {
-            self.meter.stop(arch::rdtsc())
+            self.meter.stop(self.clock.cpu_ticks())
         } else {
             crate::cputime::Times::default()
         };
@@ -492,7 +492,7 @@ impl Kernel {
         let cur = self.cur;
         // The task stops running: its time so far is its own, and until
         // the next one starts (idling included) the vCPU's is nobody's.
-        let spent = self.meter.stop(arch::rdtsc());
+        let spent = self.meter.stop(self.clock.cpu_ticks());
         if let Some(t) = self.procs.get_mut(cur) {
             t.cpu += spent;
         }
@@ -581,7 +581,17 @@ impl Kernel {
         if settid != 0 {
             let _ = self.put_user(settid, &next.to_le_bytes());
         }
-        self.meter.start(arch::rdtsc());
+        self.meter.start(self.clock.cpu_ticks());
+        self.slice_start = self.clock.monotonic_ns();
+    }
+
+    /// A task just created runs after its creator has had a slice from the
+    /// moment of creation, as Linux's CFS places a new task behind its parent
+    /// (START_DEBIT): a fork costs milliseconds of first-touch faults under
+    /// shadow paging, and without this it alone could use up the caller's
+    /// slice, so a shell forking twice in a row would see its first child's
+    /// whole subtree run (and take the pids limit) before its second fork.
+    pub fn start_behind_parent(&mut self) {
         self.slice_start = self.clock.monotonic_ns();
     }
 

@@ -196,6 +196,8 @@ impl Kernel {
             }
             self.vfork_child = Some(pid);
             self.switch_pending = true;
+        } else {
+            self.start_behind_parent();
         }
         Ok(pid as u64)
     }
@@ -265,6 +267,7 @@ impl Kernel {
         if flags & CLONE_PARENT_SETTID != 0 {
             let _ = self.put_user(parent_tid, &tid.to_le_bytes());
         }
+        self.start_behind_parent();
         Ok(tid as u64)
     }
 

@@ -92,6 +92,19 @@ impl Clock {
         self.monotonic0 + self.elapsed_ns()
     }
 
+    /// The clock the CPU-time meter reads: TSC ticks, less the time the
+    /// host kept the vCPU from running (steal time), which is no task's CPU
+    /// time, as a Linux guest's accounting leaves it out. Without this a
+    /// loaded host would turn its own preemption of the vCPU into the
+    /// interrupted task's time.
+    pub fn cpu_ticks(&self) -> u64 {
+        let tsc = arch::rdtsc();
+        match arch::steal_ns() {
+            0 => tsc,
+            steal => tsc.saturating_sub(self.ns_ticks(steal)),
+        }
+    }
+
     /// Time since boot.
     pub fn since_boot_ns(&self) -> u64 {
         self.monotonic_ns().saturating_sub(self.monotonic0)
@@ -168,7 +181,7 @@ impl Kernel {
     pub fn thread_cpu(&self, tid: Pid) -> Option<Times> {
         let mut t = self.procs.get(tid)?.cpu;
         if tid == self.cur {
-            t += self.meter.unflushed(arch::rdtsc());
+            t += self.meter.unflushed(self.clock.cpu_ticks());
         }
         Some(t)
     }
