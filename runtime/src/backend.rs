@@ -4,53 +4,26 @@
 //! hooks, the init's synchronisation with `capsa`); a backend only decides
 //! which namespaces the init lives in, what it prepares before `start`, and
 //! what it launches after.
+//!
+//! This module names neither backend: they implement [`Backend`] below it,
+//! the init (`init.rs`) drives one through the trait, and the lifecycle
+//! picks which one runs a container.
 
 use std::convert::Infallible;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
 
-use oci_spec::runtime::{LinuxNamespace, LinuxResources, Spec};
-use serde::{Deserialize, Serialize};
+use oci_spec::runtime::{LinuxNamespace, LinuxNamespaceType, LinuxResources, Process, Spec};
 
-use crate::container::{ContainerBackend, ContainerError};
-use crate::init::Init;
-use crate::microvm::{MicroVmBackend, MicroVmError};
 use crate::spec::Bundle;
+use crate::sync::Channel;
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Isolation {
-    /// Linux namespaces and cgroups; the process shares the host kernel.
-    #[default]
-    Container,
-    /// A KVM microVM with capsa's own guest kernel.
-    Microvm,
-}
-
-impl std::str::FromStr for Isolation {
-    type Err = ();
-    fn from_str(s: &str) -> Result<Self, ()> {
-        match s {
-            "container" => Ok(Isolation::Container),
-            "microvm" => Ok(Isolation::Microvm),
-            _ => Err(()),
-        }
-    }
-}
-
-impl std::fmt::Display for Isolation {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Isolation::Container => "container",
-            Isolation::Microvm => "microvm",
-        })
-    }
-}
-
+/// A backend's own error, boxed so that this interface needs neither
+/// backend's type; its message and sources pass through unchanged.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
     #[error(transparent)]
-    Container(#[from] ContainerError),
-    #[error(transparent)]
-    MicroVm(#[from] MicroVmError),
+    Failed(Box<dyn std::error::Error + Send + Sync>),
 }
 
 pub trait Backend {
@@ -68,9 +41,37 @@ pub trait Backend {
     fn launch(&self, init: Init) -> Result<Infallible, BackendError>;
 }
 
-pub fn for_isolation(isolation: Isolation) -> &'static dyn Backend {
-    match isolation {
-        Isolation::Container => &ContainerBackend,
-        Isolation::Microvm => &MicroVmBackend,
+/// What the init knows: everything is inherited from `capsa create` through
+/// the clone, so nothing is re-read from the bundle. Defined here because
+/// the trait hands it to the backend; what the init does with it (hooks,
+/// waiting for `start`) is in `init.rs`.
+pub struct Init {
+    pub id: String,
+    pub spec: Spec,
+    pub bundle: PathBuf,
+    pub rootfs: PathBuf,
+    pub channel: Channel,
+    /// The exec fifo, opened read-only and non-blocking by capsa before the clone.
+    pub fifo: Option<OwnedFd>,
+    /// Where to send the terminal's master side (console socket), if any.
+    pub console_socket: Option<OwnedFd>,
+    /// Extra fds (from 3) passed through to the process, like runc's --preserve-fds.
+    pub preserve_fds: i32,
+    /// Namespaces this init created rather than joined.
+    pub new_namespaces: Vec<LinuxNamespaceType>,
+}
+
+impl Init {
+    pub fn process(&self) -> &Process {
+        // Validation guarantees a process; the default only guards the type.
+        static DEFAULT: std::sync::OnceLock<Process> = std::sync::OnceLock::new();
+        self.spec
+            .process()
+            .as_ref()
+            .unwrap_or_else(|| DEFAULT.get_or_init(Process::default))
+    }
+
+    pub fn has_new(&self, kind: LinuxNamespaceType) -> bool {
+        self.new_namespaces.contains(&kind)
     }
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use crate::backend::Isolation;
+use crate::spec::Isolation;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {

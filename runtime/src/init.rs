@@ -9,13 +9,13 @@
 use std::ffi::CString;
 use std::fs::File;
 use std::io::Read;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 
 use nix::sched::{setns, unshare, CloneFlags};
-use oci_spec::runtime::{LinuxNamespaceType, Process, Spec};
+use oci_spec::runtime::LinuxNamespaceType;
 
-use crate::backend::Backend;
+use crate::backend::{Backend, Init};
 use crate::hooks::{self, HookError};
 use crate::state::{OciState, Status};
 use crate::sync::{Channel, Message, SyncError};
@@ -45,38 +45,9 @@ pub enum InitError {
     RuntimeHooks(String),
 }
 
-/// What the init knows: everything is inherited from `capsa create` through
-/// the clone, so nothing is re-read from the bundle.
-pub struct Init {
-    pub id: String,
-    pub spec: Spec,
-    pub bundle: PathBuf,
-    pub rootfs: PathBuf,
-    pub channel: Channel,
-    /// The exec fifo, opened read-only and non-blocking by capsa before the clone.
-    pub fifo: Option<OwnedFd>,
-    /// Where to send the terminal's master side (console socket), if any.
-    pub console_socket: Option<OwnedFd>,
-    /// Extra fds (from 3) passed through to the process, like runc's --preserve-fds.
-    pub preserve_fds: i32,
-    /// Namespaces this init created rather than joined.
-    pub new_namespaces: Vec<LinuxNamespaceType>,
-}
-
+/// What the init does besides running its backend: the hooks at the points
+/// the spec puts them, and waiting for `start`.
 impl Init {
-    pub fn process(&self) -> &Process {
-        // Validation guarantees a process; the default only guards the type.
-        static DEFAULT: std::sync::OnceLock<Process> = std::sync::OnceLock::new();
-        self.spec
-            .process()
-            .as_ref()
-            .unwrap_or_else(|| DEFAULT.get_or_init(Process::default))
-    }
-
-    pub fn has_new(&self, kind: LinuxNamespaceType) -> bool {
-        self.new_namespaces.contains(&kind)
-    }
-
     /// Asks capsa to run the prestart and createRuntime hooks (in the
     /// runtime's namespaces) and waits until they succeeded.
     pub fn run_runtime_hooks(&self) -> Result<(), InitError> {

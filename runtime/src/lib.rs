@@ -15,6 +15,7 @@ pub mod init;
 pub mod lifecycle;
 pub mod logging;
 pub mod microvm;
+pub mod paths;
 pub mod plot;
 pub mod seccomp;
 pub mod signal;

@@ -18,11 +18,14 @@ use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::Pid;
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
-use crate::backend::{self, Isolation};
+use crate::backend::{Backend, BackendError, Init};
 use crate::cgroups::{Cgroup, CgroupError};
+use crate::container::ContainerBackend;
 use crate::hooks::{self, HookError};
-use crate::init::{self, Init};
-use crate::spec::{Bundle, SpecError};
+use crate::init;
+use crate::microvm::MicroVmBackend;
+use crate::paths::nix_io;
+use crate::spec::{Bundle, Isolation, SpecError};
 use crate::state::{self, ContainerState, StateError, Status, Store};
 use crate::sync::{Channel, Message, SyncError};
 
@@ -33,7 +36,7 @@ pub enum LifecycleError {
     #[error(transparent)]
     State(#[from] StateError),
     #[error(transparent)]
-    Backend(#[from] backend::BackendError),
+    Backend(#[from] BackendError),
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
     #[error(transparent)]
@@ -161,6 +164,14 @@ fn now_rfc3339() -> String {
     humantime::format_rfc3339_nanos(SystemTime::now()).to_string()
 }
 
+/// The backend that runs a container of this isolation.
+fn backend_for(isolation: Isolation) -> &'static dyn Backend {
+    match isolation {
+        Isolation::Container => &ContainerBackend,
+        Isolation::Microvm => &MicroVmBackend,
+    }
+}
+
 /// Creates the container up to "created": the init waits for `start`.
 /// Returns the saved state (its pid is a child of this process).
 pub fn create(store: &Store, opts: &CreateOptions<'_>) -> Result<ContainerState> {
@@ -179,7 +190,7 @@ fn create_with_console(
     let bundle = Bundle::load(opts.bundle)?;
     let annotated = bundle.isolation_annotation()?;
     let isolation = opts.isolation.or(annotated).unwrap_or_default();
-    let backend = backend::for_isolation(isolation);
+    let backend = backend_for(isolation);
     backend.check(&bundle)?;
     let terminal = bundle
         .spec
@@ -397,7 +408,7 @@ fn spawn_init(
     parent_channel: &Channel,
     clone_flags: i32,
     pid_ns_path: Option<&Path>,
-    backend: &'static dyn backend::Backend,
+    backend: &'static dyn Backend,
 ) -> Result<Pid> {
     // Joining a pid namespace only affects children, so enter it around the
     // clone and return to our own right after.
@@ -826,10 +837,9 @@ pub fn exec(store: &Store, opts: ExecOptions<'_>) -> Result<i32> {
         (true, None) => return Err(LifecycleError::NoConsoleSocket),
     };
     let namespaces = namespaces_to_join(state.pid);
-    let own_pid_ns =
-        fs::File::open("/proc/self/ns/pid").map_err(|e| join_error(crate::container::nix_io(e)))?;
-    let their_pid_ns = fs::File::open(format!("/proc/{}/ns/pid", state.pid))
-        .map_err(|e| join_error(crate::container::nix_io(e)))?;
+    let own_pid_ns = fs::File::open("/proc/self/ns/pid").map_err(|e| join_error(nix_io(e)))?;
+    let their_pid_ns =
+        fs::File::open(format!("/proc/{}/ns/pid", state.pid)).map_err(|e| join_error(nix_io(e)))?;
 
     let mut forwarded = SigSet::empty();
     for signal in crate::signal::FORWARDED {

@@ -7,9 +7,9 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
-use capsa::backend::Isolation;
 use capsa::lifecycle::{self, CreateOptions};
 use capsa::logging::{LogFormat, Logger};
+use capsa::spec::Isolation;
 use capsa::state::{Status, Store, DEFAULT_ROOT};
 
 #[derive(Parser)]

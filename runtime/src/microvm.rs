@@ -64,12 +64,12 @@ use oci_spec::runtime::{
     LinuxNamespaceType, LinuxResources, Spec,
 };
 
-use crate::backend::{Backend, BackendError};
-use crate::container::process::{resolve_executable_with, rlimit_resource};
-use crate::container::rootfs::{ensure_dir, ensure_file, parse_options, secure_join};
-use crate::container::{nix_io, ContainerError};
-use crate::init::{Init, InitError};
-use crate::spec::Bundle;
+use crate::backend::{Backend, BackendError, Init};
+use crate::init::InitError;
+use crate::paths::{
+    ensure_dir, ensure_file, nix_io, resolve_executable_with, secure_join, PathError,
+};
+use crate::spec::{parse_options, rlimit_resource, Bundle};
 use crate::state::Status;
 
 /// The guest kernel, built by build.rs from `guest/`.
@@ -153,11 +153,18 @@ pub enum MicroVmError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Container(#[from] ContainerError),
+    Path(#[from] PathError),
     #[error(transparent)]
     Spec(#[from] crate::spec::SpecError),
     #[error(transparent)]
     Init(#[from] InitError),
+}
+
+// `?` in the trait methods: the error crosses the interface boxed.
+impl From<MicroVmError> for BackendError {
+    fn from(err: MicroVmError) -> Self {
+        BackendError::Failed(Box::new(err))
+    }
 }
 
 type Result<T, E = MicroVmError> = std::result::Result<T, E>;
@@ -711,18 +718,19 @@ impl Backend for MicroVmBackend {
         // private mount namespace, and reach the guest with the rootfs.
         for m in guest_mounts(&init.spec, &init.bundle) {
             let field = format!("mounts[{}].destination", m.index);
-            let target =
-                secure_join(&init.rootfs, &m.destination).map_err(|err| ContainerError::Path {
+            let target = secure_join(&init.rootfs, &m.destination)
+                .map_err(|err| PathError::Path {
                     field: field.clone(),
                     path: m.destination.clone(),
                     message: err.to_string(),
-                })?;
+                })
+                .map_err(MicroVmError::from)?;
             if !m.is_file {
                 ensure_dir(&field, &target).map_err(MicroVmError::from)?;
                 continue;
             }
             ensure_file(&field, &target).map_err(MicroVmError::from)?;
-            let bind_error = |source| ContainerError::Mount {
+            let bind_error = |source| PathError::Mount {
                 field: format!("mounts[{}]", m.index),
                 target: target.clone(),
                 source,

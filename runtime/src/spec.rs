@@ -1,5 +1,6 @@
-//! Loading and validating a bundle's config.json, and the default spec of
-//! `capsa spec`.
+//! Loading and validating a bundle's config.json, what its values mean to
+//! the kernel (mount options, rlimits) for both backends, the isolation it
+//! asks for, and the default spec of `capsa spec`.
 //!
 //! Validation happens before anything is created, so bad input never leaves
 //! a state directory, cgroup or process behind.
@@ -8,9 +9,9 @@ use std::collections::HashSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use oci_spec::runtime::{LinuxNamespaceType, Process, Spec};
-
-use crate::backend::Isolation;
+use nix::mount::MsFlags;
+use oci_spec::runtime::{LinuxNamespaceType, PosixRlimitType, Process, Spec};
+use serde::{Deserialize, Serialize};
 
 /// Annotation that selects the isolation backend from config.json.
 pub const ISOLATION_ANNOTATION: &str = "dev.capsa.isolation";
@@ -18,6 +19,37 @@ pub const ISOLATION_ANNOTATION: &str = "dev.capsa.isolation";
 /// time per newly touched page under software virtualization, at the cost
 /// of host memory in 2 MiB units (see docs/benchmarks.md).
 pub const HUGEPAGES_ANNOTATION: &str = "dev.capsa.hugepages";
+
+/// The backend a container runs under; capsa records it in the state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    /// Linux namespaces and cgroups; the process shares the host kernel.
+    #[default]
+    Container,
+    /// A KVM microVM with capsa's own guest kernel.
+    Microvm,
+}
+
+impl std::str::FromStr for Isolation {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s {
+            "container" => Ok(Isolation::Container),
+            "microvm" => Ok(Isolation::Microvm),
+            _ => Err(()),
+        }
+    }
+}
+
+impl std::fmt::Display for Isolation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Isolation::Container => "container",
+            Isolation::Microvm => "microvm",
+        })
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
@@ -104,6 +136,115 @@ pub fn hugepages(spec: &Spec) -> Result<bool, SpecError> {
             format!("annotations.{HUGEPAGES_ANNOTATION}"),
             format!("{other:?} is not true or false"),
         )),
+    }
+}
+
+/// Mount flags and what else a mount's `options` say.
+#[derive(Debug, PartialEq, Eq)]
+pub struct MountOptions {
+    pub flags: MsFlags,
+    /// Flags cleared by an explicit option ("rw", "suid", ...), kept so a
+    /// bind remount does not add them back.
+    pub cleared: MsFlags,
+    pub propagation: MsFlags,
+    pub bind: bool,
+    pub data: Vec<String>,
+}
+
+/// Parses mount options as runc does: known flags become MS_* bits, the
+/// rest is passed to the filesystem as data.
+pub fn parse_options(options: &[String]) -> MountOptions {
+    let mut parsed = MountOptions {
+        flags: MsFlags::empty(),
+        cleared: MsFlags::empty(),
+        propagation: MsFlags::empty(),
+        bind: false,
+        data: Vec::new(),
+    };
+    for option in options {
+        let (set, clear): (MsFlags, MsFlags) = match option.as_str() {
+            "ro" => (MsFlags::MS_RDONLY, MsFlags::empty()),
+            "rw" => (MsFlags::empty(), MsFlags::MS_RDONLY),
+            "nosuid" => (MsFlags::MS_NOSUID, MsFlags::empty()),
+            "suid" => (MsFlags::empty(), MsFlags::MS_NOSUID),
+            "nodev" => (MsFlags::MS_NODEV, MsFlags::empty()),
+            "dev" => (MsFlags::empty(), MsFlags::MS_NODEV),
+            "noexec" => (MsFlags::MS_NOEXEC, MsFlags::empty()),
+            "exec" => (MsFlags::empty(), MsFlags::MS_NOEXEC),
+            "sync" => (MsFlags::MS_SYNCHRONOUS, MsFlags::empty()),
+            "async" => (MsFlags::empty(), MsFlags::MS_SYNCHRONOUS),
+            "dirsync" => (MsFlags::MS_DIRSYNC, MsFlags::empty()),
+            "remount" => (MsFlags::MS_REMOUNT, MsFlags::empty()),
+            "mand" => (MsFlags::MS_MANDLOCK, MsFlags::empty()),
+            "nomand" => (MsFlags::empty(), MsFlags::MS_MANDLOCK),
+            "atime" => (MsFlags::empty(), MsFlags::MS_NOATIME),
+            "noatime" => (MsFlags::MS_NOATIME, MsFlags::empty()),
+            "diratime" => (MsFlags::empty(), MsFlags::MS_NODIRATIME),
+            "nodiratime" => (MsFlags::MS_NODIRATIME, MsFlags::empty()),
+            "relatime" => (MsFlags::MS_RELATIME, MsFlags::empty()),
+            "norelatime" => (MsFlags::empty(), MsFlags::MS_RELATIME),
+            "strictatime" => (MsFlags::MS_STRICTATIME, MsFlags::empty()),
+            "nostrictatime" => (MsFlags::empty(), MsFlags::MS_STRICTATIME),
+            "bind" => {
+                parsed.bind = true;
+                (MsFlags::MS_BIND, MsFlags::empty())
+            }
+            "rbind" => {
+                parsed.bind = true;
+                (MsFlags::MS_BIND | MsFlags::MS_REC, MsFlags::empty())
+            }
+            "private" | "rprivate" | "shared" | "rshared" | "slave" | "rslave" | "unbindable"
+            | "runbindable" => {
+                parsed.propagation |= propagation_flags(option).unwrap_or(MsFlags::empty());
+                continue;
+            }
+            // runc-specific options capsa does not need to act on.
+            "tmpcopyup" | "idmap" | "ridmap" => continue,
+            _ => {
+                parsed.data.push(option.clone());
+                continue;
+            }
+        };
+        parsed.flags = (parsed.flags | set) & !clear;
+        parsed.cleared = (parsed.cleared | clear) & !set;
+    }
+    parsed
+}
+
+pub fn propagation_flags(name: &str) -> Option<MsFlags> {
+    Some(match name {
+        "private" => MsFlags::MS_PRIVATE,
+        "rprivate" => MsFlags::MS_PRIVATE | MsFlags::MS_REC,
+        "shared" => MsFlags::MS_SHARED,
+        "rshared" => MsFlags::MS_SHARED | MsFlags::MS_REC,
+        "slave" => MsFlags::MS_SLAVE,
+        "rslave" => MsFlags::MS_SLAVE | MsFlags::MS_REC,
+        "unbindable" => MsFlags::MS_UNBINDABLE,
+        "runbindable" => MsFlags::MS_UNBINDABLE | MsFlags::MS_REC,
+        _ => return None,
+    })
+}
+
+/// The kernel's number for an rlimit type (`setrlimit`, and the guest's
+/// process spec).
+pub fn rlimit_resource(typ: PosixRlimitType) -> libc::__rlimit_resource_t {
+    match typ {
+        PosixRlimitType::RlimitCpu => libc::RLIMIT_CPU,
+        PosixRlimitType::RlimitFsize => libc::RLIMIT_FSIZE,
+        PosixRlimitType::RlimitData => libc::RLIMIT_DATA,
+        PosixRlimitType::RlimitStack => libc::RLIMIT_STACK,
+        PosixRlimitType::RlimitCore => libc::RLIMIT_CORE,
+        PosixRlimitType::RlimitRss => libc::RLIMIT_RSS,
+        PosixRlimitType::RlimitNproc => libc::RLIMIT_NPROC,
+        PosixRlimitType::RlimitNofile => libc::RLIMIT_NOFILE,
+        PosixRlimitType::RlimitMemlock => libc::RLIMIT_MEMLOCK,
+        PosixRlimitType::RlimitAs => libc::RLIMIT_AS,
+        PosixRlimitType::RlimitLocks => libc::RLIMIT_LOCKS,
+        PosixRlimitType::RlimitSigpending => libc::RLIMIT_SIGPENDING,
+        PosixRlimitType::RlimitMsgqueue => libc::RLIMIT_MSGQUEUE,
+        PosixRlimitType::RlimitNice => libc::RLIMIT_NICE,
+        PosixRlimitType::RlimitRtprio => libc::RLIMIT_RTPRIO,
+        PosixRlimitType::RlimitRttime => libc::RLIMIT_RTTIME,
     }
 }
 
@@ -427,6 +568,34 @@ mod tests {
         json["annotations"] = serde_json::json!({HUGEPAGES_ANNOTATION: "true"});
         let spec: Spec = serde_json::from_value(json.clone()).expect("spec");
         assert_eq!(hugepages(&spec).ok(), Some(true));
+    }
+
+    #[test]
+    fn options_become_flags_and_data() {
+        let opts: Vec<String> = [
+            "nosuid",
+            "noexec",
+            "ro",
+            "mode=755",
+            "size=65536k",
+            "rslave",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let parsed = parse_options(&opts);
+        assert_eq!(
+            parsed.flags,
+            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_RDONLY
+        );
+        assert_eq!(parsed.data, vec!["mode=755", "size=65536k"]);
+        assert_eq!(parsed.propagation, MsFlags::MS_SLAVE | MsFlags::MS_REC);
+        assert!(!parsed.bind);
+
+        let parsed = parse_options(&["rbind".to_string(), "ro".into(), "rw".into()]);
+        assert!(parsed.bind);
+        assert_eq!(parsed.flags, MsFlags::MS_BIND | MsFlags::MS_REC);
+        assert_eq!(parsed.cleared, MsFlags::MS_RDONLY);
     }
 
     #[test]

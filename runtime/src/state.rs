@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use oci_spec::runtime::Spec;
 use serde::{Deserialize, Serialize};
 
-use crate::backend::Isolation;
 use crate::cgroups::Cgroup;
+use crate::spec::Isolation;
 
 pub const DEFAULT_ROOT: &str = "/run/capsa";
 const STATE_FILE: &str = "state.json";

@@ -10,32 +10,13 @@ use std::path::PathBuf;
 
 use oci_spec::runtime::{LinuxNamespace, LinuxNamespaceType, Spec};
 
-use crate::backend::{Backend, BackendError};
-use crate::init::{Init, InitError};
+use crate::backend::{Backend, BackendError, Init};
+use crate::init::InitError;
+use crate::paths::PathError;
 use crate::spec::Bundle;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ContainerError {
-    #[error("{field}: cannot mount {target}")]
-    Mount {
-        field: String,
-        target: PathBuf,
-        #[source]
-        source: nix::Error,
-    },
-    #[error("{field}: {path}: {message}")]
-    Path {
-        field: String,
-        path: PathBuf,
-        message: String,
-    },
-    #[error("{field}: cannot create {path}")]
-    Create {
-        field: String,
-        path: PathBuf,
-        #[source]
-        source: nix::Error,
-    },
     #[error("root.path: cannot pivot_root into {0}")]
     PivotRoot(PathBuf, #[source] nix::Error),
     #[error("{field}: cannot apply")]
@@ -56,20 +37,23 @@ pub enum ContainerError {
         #[source]
         source: caps::errors::CapsError,
     },
-    #[error("process.args: {0:?}: executable file not found in $PATH")]
-    NotFound(String),
     #[error("process.args: cannot exec {0:?}")]
     Exec(String, #[source] nix::Error),
     #[error("process.terminal: cannot set up the console")]
     Console(#[source] nix::Error),
+    #[error(transparent)]
+    Path(#[from] PathError),
     #[error(transparent)]
     Seccomp(#[from] crate::seccomp::SeccompError),
     #[error(transparent)]
     Init(#[from] InitError),
 }
 
-pub(crate) fn nix_io(err: std::io::Error) -> nix::Error {
-    nix::Error::from_raw(err.raw_os_error().unwrap_or(libc::EIO))
+// `?` in the trait methods: the error crosses the interface boxed.
+impl From<ContainerError> for BackendError {
+    fn from(err: ContainerError) -> Self {
+        BackendError::Failed(Box::new(err))
+    }
 }
 
 pub struct ContainerBackend;
@@ -86,11 +70,11 @@ impl Backend for ContainerBackend {
             .iter()
             .any(|ns| ns.typ() == LinuxNamespaceType::Mount)
         {
-            return Err(ContainerError::Path {
+            return Err(ContainerError::from(PathError::Path {
                 field: "linux.namespaces".into(),
                 path: bundle.rootfs.clone(),
                 message: "capsa needs a mount namespace to pivot into the rootfs".into(),
-            }
+            })
             .into());
         }
         if let Some(seccomp) = bundle

@@ -12,96 +12,19 @@ use std::path::{Path, PathBuf};
 use caps::{CapSet, Capability as Cap};
 use nix::sys::signal::{SigHandler, SigSet, Signal};
 use nix::unistd::{Gid, Uid};
-use oci_spec::runtime::{Capabilities, LinuxCapabilities, PosixRlimitType, Process};
+use oci_spec::runtime::{Capabilities, LinuxCapabilities, Process};
 
 use super::{console, ContainerError};
-use crate::init::Init;
+use crate::backend::Init;
+use crate::paths::{self, PathError};
+use crate::spec::rlimit_resource;
 
 type Result<T> = std::result::Result<T, ContainerError>;
-
-fn env_path(process: &Process) -> String {
-    process
-        .env()
-        .iter()
-        .flatten()
-        .find_map(|v| v.strip_prefix("PATH="))
-        .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-        .to_string()
-}
 
 /// Finds `args[0]` like execvp, in the process's PATH, inside the current
 /// root (the container's, once pivoted).
 pub fn resolve_executable(process: &Process) -> Result<PathBuf> {
-    resolve_executable_in(Path::new("/"), process)
-}
-
-/// Finds `args[0]` like execvp inside `root`, resolving symlinks within it
-/// (the microVM backend checks the rootfs from the host this way). Returns
-/// the path as the process sees it.
-pub(crate) fn resolve_executable_in(root: &Path, process: &Process) -> Result<PathBuf> {
-    resolve_executable_with(process, |path| {
-        super::rootfs::secure_join(root, path)
-            .and_then(std::fs::metadata)
-            .ok()
-    })
-}
-
-/// Finds `args[0]` like execvp, asking `metadata` what a path (as the
-/// process sees it) is — so a caller can look through mounts that are not
-/// in place yet.
-pub(crate) fn resolve_executable_with(
-    process: &Process,
-    metadata: impl Fn(&Path) -> Option<std::fs::Metadata>,
-) -> Result<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    let arg0 = process
-        .args()
-        .as_ref()
-        .and_then(|a| a.first())
-        .cloned()
-        .unwrap_or_default();
-    if arg0.contains('/') {
-        let path = if Path::new(&arg0).is_absolute() {
-            PathBuf::from(&arg0)
-        } else {
-            process.cwd().join(&arg0)
-        };
-        return if metadata(&path).is_some() {
-            Ok(path)
-        } else {
-            Err(ContainerError::NotFound(arg0))
-        };
-    }
-    for dir in env_path(process).split(':').filter(|d| !d.is_empty()) {
-        let candidate = Path::new(dir).join(&arg0);
-        if let Some(meta) = metadata(&candidate) {
-            if meta.is_file() && meta.permissions().mode() & 0o111 != 0 {
-                return Ok(candidate);
-            }
-        }
-    }
-    Err(ContainerError::NotFound(arg0))
-}
-
-pub(crate) fn rlimit_resource(typ: PosixRlimitType) -> libc::__rlimit_resource_t {
-    match typ {
-        PosixRlimitType::RlimitCpu => libc::RLIMIT_CPU,
-        PosixRlimitType::RlimitFsize => libc::RLIMIT_FSIZE,
-        PosixRlimitType::RlimitData => libc::RLIMIT_DATA,
-        PosixRlimitType::RlimitStack => libc::RLIMIT_STACK,
-        PosixRlimitType::RlimitCore => libc::RLIMIT_CORE,
-        PosixRlimitType::RlimitRss => libc::RLIMIT_RSS,
-        PosixRlimitType::RlimitNproc => libc::RLIMIT_NPROC,
-        PosixRlimitType::RlimitNofile => libc::RLIMIT_NOFILE,
-        PosixRlimitType::RlimitMemlock => libc::RLIMIT_MEMLOCK,
-        PosixRlimitType::RlimitAs => libc::RLIMIT_AS,
-        PosixRlimitType::RlimitLocks => libc::RLIMIT_LOCKS,
-        PosixRlimitType::RlimitSigpending => libc::RLIMIT_SIGPENDING,
-        PosixRlimitType::RlimitMsgqueue => libc::RLIMIT_MSGQUEUE,
-        PosixRlimitType::RlimitNice => libc::RLIMIT_NICE,
-        PosixRlimitType::RlimitRtprio => libc::RLIMIT_RTPRIO,
-        PosixRlimitType::RlimitRttime => libc::RLIMIT_RTTIME,
-    }
+    paths::resolve_executable_in(Path::new("/"), process).map_err(ContainerError::from)
 }
 
 fn apply_rlimits(process: &Process) -> Result<()> {
@@ -295,7 +218,7 @@ pub fn exec_process(
     let args = cstrings(process.args().iter().flatten());
     let env = cstrings(process.env().iter().flatten());
     let path_c = CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| ContainerError::NotFound(path.display().to_string()))?;
+        .map_err(|_| PathError::NotFound(path.display().to_string()))?;
     let Err(err) = nix::unistd::execve(&path_c, &args, &env);
     Err(ContainerError::Exec(path.display().to_string(), err))
 }

@@ -4,180 +4,34 @@
 use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::fs::{symlink, FileTypeExt};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sys::stat::{makedev, mknod, Mode, SFlag};
 use oci_spec::runtime::{LinuxDeviceType, LinuxNamespaceType, Mount};
 
-use super::{nix_io, ContainerError};
-use crate::init::Init;
+use super::ContainerError;
+use crate::backend::Init;
+use crate::paths::{ensure_dir, ensure_file, nix_io, PathError};
+use crate::spec::{propagation_flags, MountOptions};
 use crate::state::Status;
+
+// Shared with the microVM backend now, but still public here: the
+// config.json fuzz target imports them from this module.
+pub use crate::paths::secure_join;
+pub use crate::spec::parse_options;
 
 type Result<T> = std::result::Result<T, ContainerError>;
 
-/// Mount flags and what else a mount's `options` say.
-#[derive(Debug, PartialEq, Eq)]
-pub struct MountOptions {
-    pub flags: MsFlags,
-    /// Flags cleared by an explicit option ("rw", "suid", ...), kept so a
-    /// bind remount does not add them back.
-    pub cleared: MsFlags,
-    pub propagation: MsFlags,
-    pub bind: bool,
-    pub data: Vec<String>,
-}
-
-/// Parses mount options as runc does: known flags become MS_* bits, the
-/// rest is passed to the filesystem as data.
-pub fn parse_options(options: &[String]) -> MountOptions {
-    let mut parsed = MountOptions {
-        flags: MsFlags::empty(),
-        cleared: MsFlags::empty(),
-        propagation: MsFlags::empty(),
-        bind: false,
-        data: Vec::new(),
-    };
-    for option in options {
-        let (set, clear): (MsFlags, MsFlags) = match option.as_str() {
-            "ro" => (MsFlags::MS_RDONLY, MsFlags::empty()),
-            "rw" => (MsFlags::empty(), MsFlags::MS_RDONLY),
-            "nosuid" => (MsFlags::MS_NOSUID, MsFlags::empty()),
-            "suid" => (MsFlags::empty(), MsFlags::MS_NOSUID),
-            "nodev" => (MsFlags::MS_NODEV, MsFlags::empty()),
-            "dev" => (MsFlags::empty(), MsFlags::MS_NODEV),
-            "noexec" => (MsFlags::MS_NOEXEC, MsFlags::empty()),
-            "exec" => (MsFlags::empty(), MsFlags::MS_NOEXEC),
-            "sync" => (MsFlags::MS_SYNCHRONOUS, MsFlags::empty()),
-            "async" => (MsFlags::empty(), MsFlags::MS_SYNCHRONOUS),
-            "dirsync" => (MsFlags::MS_DIRSYNC, MsFlags::empty()),
-            "remount" => (MsFlags::MS_REMOUNT, MsFlags::empty()),
-            "mand" => (MsFlags::MS_MANDLOCK, MsFlags::empty()),
-            "nomand" => (MsFlags::empty(), MsFlags::MS_MANDLOCK),
-            "atime" => (MsFlags::empty(), MsFlags::MS_NOATIME),
-            "noatime" => (MsFlags::MS_NOATIME, MsFlags::empty()),
-            "diratime" => (MsFlags::empty(), MsFlags::MS_NODIRATIME),
-            "nodiratime" => (MsFlags::MS_NODIRATIME, MsFlags::empty()),
-            "relatime" => (MsFlags::MS_RELATIME, MsFlags::empty()),
-            "norelatime" => (MsFlags::empty(), MsFlags::MS_RELATIME),
-            "strictatime" => (MsFlags::MS_STRICTATIME, MsFlags::empty()),
-            "nostrictatime" => (MsFlags::empty(), MsFlags::MS_STRICTATIME),
-            "bind" => {
-                parsed.bind = true;
-                (MsFlags::MS_BIND, MsFlags::empty())
-            }
-            "rbind" => {
-                parsed.bind = true;
-                (MsFlags::MS_BIND | MsFlags::MS_REC, MsFlags::empty())
-            }
-            "private" | "rprivate" | "shared" | "rshared" | "slave" | "rslave" | "unbindable"
-            | "runbindable" => {
-                parsed.propagation |= propagation_flags(option).unwrap_or(MsFlags::empty());
-                continue;
-            }
-            // runc-specific options capsa does not need to act on.
-            "tmpcopyup" | "idmap" | "ridmap" => continue,
-            _ => {
-                parsed.data.push(option.clone());
-                continue;
-            }
-        };
-        parsed.flags = (parsed.flags | set) & !clear;
-        parsed.cleared = (parsed.cleared | clear) & !set;
-    }
-    parsed
-}
-
-pub fn propagation_flags(name: &str) -> Option<MsFlags> {
-    Some(match name {
-        "private" => MsFlags::MS_PRIVATE,
-        "rprivate" => MsFlags::MS_PRIVATE | MsFlags::MS_REC,
-        "shared" => MsFlags::MS_SHARED,
-        "rshared" => MsFlags::MS_SHARED | MsFlags::MS_REC,
-        "slave" => MsFlags::MS_SLAVE,
-        "rslave" => MsFlags::MS_SLAVE | MsFlags::MS_REC,
-        "unbindable" => MsFlags::MS_UNBINDABLE,
-        "runbindable" => MsFlags::MS_UNBINDABLE | MsFlags::MS_REC,
-        _ => return None,
-    })
-}
-
-/// Resolves `unsafe_path` inside `root` as if `root` were `/`: `..` stops at
-/// the root and symlinks (absolute or relative) are followed within it, so a
-/// malicious rootfs cannot point a mount outside itself. Written by hand
-/// because no maintained crate does this lexically-with-symlinks walk.
-pub fn secure_join(root: &Path, unsafe_path: &Path) -> std::io::Result<PathBuf> {
-    let mut resolved = PathBuf::new();
-    let mut pending: Vec<std::ffi::OsString> = unsafe_path
-        .components()
-        .rev()
-        .filter_map(|c| match c {
-            Component::Normal(name) => Some(name.to_os_string()),
-            Component::ParentDir => Some("..".into()),
-            _ => None,
-        })
-        .collect();
-    let mut links = 0;
-    while let Some(name) = pending.pop() {
-        if name == ".." {
-            resolved.pop();
-            continue;
-        }
-        let candidate = root.join(&resolved).join(&name);
-        match fs::symlink_metadata(&candidate) {
-            Ok(meta) if meta.file_type().is_symlink() => {
-                links += 1;
-                if links > 255 {
-                    return Err(std::io::Error::from_raw_os_error(libc::ELOOP));
-                }
-                let target = fs::read_link(&candidate)?;
-                if target.is_absolute() {
-                    resolved.clear();
-                }
-                for c in target.components().rev() {
-                    match c {
-                        Component::Normal(n) => pending.push(n.to_os_string()),
-                        Component::ParentDir => pending.push("..".into()),
-                        _ => {}
-                    }
-                }
-            }
-            _ => resolved.push(&name),
-        }
-    }
-    Ok(root.join(resolved))
-}
-
 fn mount_error(field: String, target: &Path) -> impl FnOnce(nix::Error) -> ContainerError + '_ {
-    move |source| ContainerError::Mount {
-        field,
-        target: target.to_path_buf(),
-        source,
+    move |source| {
+        PathError::Mount {
+            field,
+            target: target.to_path_buf(),
+            source,
+        }
+        .into()
     }
-}
-
-pub(crate) fn ensure_dir(field: &str, path: &Path) -> Result<()> {
-    fs::create_dir_all(path).map_err(|err| ContainerError::Create {
-        field: field.to_string(),
-        path: path.to_path_buf(),
-        source: nix_io(err),
-    })
-}
-
-pub(crate) fn ensure_file(field: &str, path: &Path) -> Result<()> {
-    if let Some(parent) = path.parent() {
-        ensure_dir(field, parent)?;
-    }
-    if path.exists() {
-        return Ok(());
-    }
-    fs::File::create(path)
-        .map(drop)
-        .map_err(|err| ContainerError::Create {
-            field: field.to_string(),
-            path: path.to_path_buf(),
-            source: nix_io(err),
-        })
 }
 
 /// Everything up to and including pivot_root; runs the runtime hooks and
@@ -233,14 +87,14 @@ fn mount_one(rootfs: &Path, bundle: &Path, index: usize, m: &Mount) -> Result<()
     let field = format!("mounts[{index}]");
     let options = parse_options(m.options().as_deref().unwrap_or_default());
     let typ = m.typ().as_deref().unwrap_or("");
-    let target = secure_join(rootfs, m.destination()).map_err(|err| ContainerError::Path {
+    let target = secure_join(rootfs, m.destination()).map_err(|err| PathError::Path {
         field: format!("{field}.destination"),
         path: m.destination().clone(),
         message: err.to_string(),
     })?;
     let is_bind = options.bind || typ == "bind";
     if is_bind {
-        let source = m.source().as_ref().ok_or_else(|| ContainerError::Path {
+        let source = m.source().as_ref().ok_or_else(|| PathError::Path {
             field: format!("{field}.source"),
             path: m.destination().clone(),
             message: "a bind mount needs a source".into(),
@@ -250,7 +104,7 @@ fn mount_one(rootfs: &Path, bundle: &Path, index: usize, m: &Mount) -> Result<()
         } else {
             bundle.join(source)
         };
-        let meta = fs::metadata(&source).map_err(|err| ContainerError::Path {
+        let meta = fs::metadata(&source).map_err(|err| PathError::Path {
             field: format!("{field}.source"),
             path: source.clone(),
             message: err.to_string(),
@@ -451,11 +305,12 @@ fn create_devices(rootfs: &Path, linux: &oci_spec::runtime::Linux, in_userns: bo
             LinuxDeviceType::B => SFlag::S_IFBLK,
             LinuxDeviceType::P => SFlag::S_IFIFO,
             LinuxDeviceType::A => {
-                return Err(ContainerError::Path {
+                return Err(PathError::Path {
                     field: format!("linux.devices[{i}].type"),
                     path: device.path().clone(),
                     message: "type \"a\" is only valid in cgroup device rules".into(),
-                })
+                }
+                .into())
             }
         };
         nodes.push((
@@ -472,7 +327,7 @@ fn create_devices(rootfs: &Path, linux: &oci_spec::runtime::Linux, in_userns: bo
         ));
     }
     for (field, node) in nodes {
-        let dest = secure_join(rootfs, &node.path).map_err(|err| ContainerError::Path {
+        let dest = secure_join(rootfs, &node.path).map_err(|err| PathError::Path {
             field: field.clone(),
             path: node.path.clone(),
             message: err.to_string(),
@@ -499,7 +354,7 @@ fn create_devices(rootfs: &Path, linux: &oci_spec::runtime::Linux, in_userns: bo
                 let _ = fs::remove_file(&dest);
             }
         }
-        let create_error = |source| ContainerError::Create {
+        let create_error = |source| PathError::Create {
             field: field.clone(),
             path: node.path.clone(),
             source,
@@ -554,11 +409,12 @@ fn create_dev_links(rootfs: &Path) -> Result<()> {
             Ok(()) => {}
             Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(err) => {
-                return Err(ContainerError::Create {
+                return Err(PathError::Create {
                     field: "/dev links".into(),
                     path,
                     source: nix_io(err),
-                })
+                }
+                .into())
             }
         }
     }
@@ -670,66 +526,4 @@ fn mask_path(field: &str, path: &Path) -> Result<()> {
         ),
     };
     result.map_err(mount_error(field.to_string(), path))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn options_become_flags_and_data() {
-        let opts: Vec<String> = [
-            "nosuid",
-            "noexec",
-            "ro",
-            "mode=755",
-            "size=65536k",
-            "rslave",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let parsed = parse_options(&opts);
-        assert_eq!(
-            parsed.flags,
-            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_RDONLY
-        );
-        assert_eq!(parsed.data, vec!["mode=755", "size=65536k"]);
-        assert_eq!(parsed.propagation, MsFlags::MS_SLAVE | MsFlags::MS_REC);
-        assert!(!parsed.bind);
-
-        let parsed = parse_options(&["rbind".to_string(), "ro".into(), "rw".into()]);
-        assert!(parsed.bind);
-        assert_eq!(parsed.flags, MsFlags::MS_BIND | MsFlags::MS_REC);
-        assert_eq!(parsed.cleared, MsFlags::MS_RDONLY);
-    }
-
-    #[test]
-    fn secure_join_stays_inside_the_root() {
-        let root = tempfile::tempdir().expect("tempdir");
-        let r = root.path();
-        fs::create_dir_all(r.join("a/b")).expect("dirs");
-        symlink("/etc", r.join("abs")).expect("abs link");
-        symlink("../../../../etc", r.join("a/b/rel")).expect("rel link");
-        symlink("b", r.join("a/inner")).expect("inner link");
-        assert_eq!(
-            secure_join(r, Path::new("/../../etc")).expect("j"),
-            r.join("etc")
-        );
-        assert_eq!(
-            secure_join(r, Path::new("/abs/passwd")).expect("j"),
-            r.join("etc/passwd")
-        );
-        assert_eq!(
-            secure_join(r, Path::new("/a/b/rel")).expect("j"),
-            r.join("etc")
-        );
-        assert_eq!(
-            secure_join(r, Path::new("/a/inner/x")).expect("j"),
-            r.join("a/b/x")
-        );
-
-        symlink("loop", r.join("loop")).expect("loop");
-        assert!(secure_join(r, Path::new("/loop")).is_err());
-    }
 }
