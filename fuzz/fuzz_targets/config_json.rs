@@ -14,10 +14,10 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use capsa::backend::Backend;
-use capsa::container::rootfs::{parse_options, secure_join};
 use capsa::container::ContainerBackend;
 use capsa::microvm::{self, MicroVmBackend};
-use capsa::spec::{self, Bundle};
+use capsa::paths::secure_join;
+use capsa::spec::{self, parse_options, Bundle};
 use capsa_fuzz::sandbox::Sandbox;
 use libfuzzer_sys::fuzz_target;
 
@@ -103,7 +103,7 @@ fuzz_target!(|text: &[u8]| {
             mounts.len()
         );
     }
-    let (decoded, malformed) = capsa_guest::spec::ProcessSpec::decode(&encoded);
+    let (decoded, malformed) = capsa_guest::kernel::spec::ProcessSpec::decode(&encoded);
     assert!(!malformed, "the guest cannot decode the VMM's process spec");
     let p = &config.process;
     let bytes = |v: &[String]| v.iter().map(|s| s.as_bytes().to_vec()).collect::<Vec<_>>();

@@ -7,7 +7,7 @@
 
 #![no_main]
 
-use capsa_guest::elf;
+use capsa_guest::loader::elf;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|file: &[u8]| {

@@ -67,7 +67,7 @@ errnos! {
 impl Errno {
     /// Kernel-internal, never seen by the application: the call cannot
     /// complete now; the scheduler blocks the process and restarts the call
-    /// later (see `crate::process`). Linux's own ERESTARTSYS range.
+    /// later (see `crate::task::process`). Linux's own ERESTARTSYS range.
     pub const EBLOCK: Errno = Errno(512);
 
     /// The value a syscall returns for this error.

@@ -7,6 +7,12 @@
 //! Files are FUSE requests over virtio-fs, stdio is virtio-console, the
 //! process spec comes from the VMM in the boot info (`capsa_abi`).
 //!
+//! Subsystems, lowest first; each names only those before it:
+//! `errno`, `arch`, `mm`, `drivers`, `loader`, `fs`, `net`, `task`,
+//! `kernel` (the `Kernel` and what joins the subsystems: boot, exec,
+//! switching, signal delivery, clocks), `syscalls` (the Linux ABI: decode,
+//! call a subsystem, encode).
+//!
 //! Everything here except `arch` and the device register accesses is plain
 //! logic that also builds and is unit-tested on the host.
 #![cfg_attr(not(test), no_std)]
@@ -14,25 +20,12 @@
 extern crate alloc;
 
 pub mod arch;
-pub mod cputime;
 pub mod drivers;
-pub mod elf;
 pub mod errno;
-pub mod event;
-pub mod fd;
-pub mod files;
-pub mod fuse;
-pub mod futex;
+pub mod fs;
 pub mod kernel;
-pub mod locks;
-pub mod mem;
+pub mod loader;
 pub mod mm;
-pub mod pipe;
-pub mod process;
-pub mod procfs;
-pub mod sched;
-pub mod socket;
-pub mod spec;
-pub mod stack;
+pub mod net;
 pub mod syscalls;
-pub mod vfs;
+pub mod task;

@@ -2,4 +2,5 @@
 //! during the MMIO exit of the queue notification, so a driver notifies and
 //! then finds the used ring already updated.
 
+pub mod rng;
 pub mod virtio;

@@ -31,7 +31,6 @@ use alloc::rc::Rc;
 use alloc::vec::Vec;
 
 use crate::errno::{Errno, Result};
-use crate::fd::File;
 
 pub const PAGE_SIZE: u64 = 4096;
 
@@ -344,23 +343,47 @@ impl Vmas {
 }
 
 /// A `MAP_SHARED` mapping of a file: its pages are the file's, written
-/// back on `msync`, `munmap`, exit and exec (see `crate::syscalls::mm`).
-#[derive(Clone)]
-pub struct MappedFile {
+/// back on `msync`, `munmap`, exit and exec (`crate::kernel::mm`). `F` is
+/// the file object's type, which the layers above mm define.
+pub struct MappedFile<F: ?Sized> {
     pub start: u64,
     pub end: u64,
-    pub file: Rc<dyn File>,
+    pub file: Rc<F>,
     /// File offset of `start`.
     pub offset: u64,
 }
 
-/// The process's `MAP_SHARED` file mappings by start address.
-#[derive(Clone, Default)]
-pub struct MappedFiles {
-    map: BTreeMap<u64, MappedFile>,
+impl<F: ?Sized> Clone for MappedFile<F> {
+    fn clone(&self) -> Self {
+        Self {
+            file: self.file.clone(),
+            ..*self
+        }
+    }
 }
 
-impl core::fmt::Debug for MappedFiles {
+/// The process's `MAP_SHARED` file mappings by start address.
+pub struct MappedFiles<F: ?Sized> {
+    map: BTreeMap<u64, MappedFile<F>>,
+}
+
+impl<F: ?Sized> Default for MappedFiles<F> {
+    fn default() -> Self {
+        Self {
+            map: BTreeMap::new(),
+        }
+    }
+}
+
+impl<F: ?Sized> Clone for MappedFiles<F> {
+    fn clone(&self) -> Self {
+        Self {
+            map: self.map.clone(),
+        }
+    }
+}
+
+impl<F: ?Sized> core::fmt::Debug for MappedFiles<F> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_list()
             .entries(self.map.values().map(|m| (m.start, m.end, m.offset)))
@@ -368,14 +391,14 @@ impl core::fmt::Debug for MappedFiles {
     }
 }
 
-impl MappedFiles {
-    pub fn insert(&mut self, m: MappedFile) {
+impl<F: ?Sized> MappedFiles<F> {
+    pub fn insert(&mut self, m: MappedFile<F>) {
         self.take(m.start, m.end);
         self.map.insert(m.start, m);
     }
 
     /// The parts of mappings inside `[start, end)`, left in place.
-    pub fn within(&self, start: u64, end: u64) -> Vec<MappedFile> {
+    pub fn within(&self, start: u64, end: u64) -> Vec<MappedFile<F>> {
         self.map
             .range(..end)
             .rev()
@@ -394,7 +417,7 @@ impl MappedFiles {
 
     /// Removes the parts of mappings inside `[start, end)` (splitting those
     /// that straddle it) and returns them.
-    pub fn take(&mut self, start: u64, end: u64) -> Vec<MappedFile> {
+    pub fn take(&mut self, start: u64, end: u64) -> Vec<MappedFile<F>> {
         let taken = self.within(start, end);
         for part in &taken {
             let Some((&s, _)) = self.map.range(..=part.start).next_back() else {
@@ -433,9 +456,10 @@ pub const MAP_FIXED: u32 = 0x10;
 pub const MAP_ANONYMOUS: u32 = 0x20;
 pub const MAP_FIXED_NOREPLACE: u32 = 0x10_0000;
 
-/// Address-space state of the one process: free RAM, mappings, the break.
-#[derive(Clone, Debug, Default)]
-pub struct Mm {
+/// Address-space state of one process: free RAM, mappings, the break, and
+/// its shared file mappings (of file objects of type `F`).
+#[derive(Debug)]
+pub struct Mm<F: ?Sized> {
     pub regions: Regions,
     pub vmas: Vmas,
     pub brk_start: u64,
@@ -447,10 +471,37 @@ pub struct Mm {
     /// Where the argument strings and the initial stack lie (`/proc/self`).
     pub args: (u64, u64),
     pub stack: (u64, u64),
-    pub files: MappedFiles,
+    pub files: MappedFiles<F>,
 }
 
-impl Mm {
+impl<F: ?Sized> Default for Mm<F> {
+    fn default() -> Self {
+        Self {
+            regions: Regions::default(),
+            vmas: Vmas::default(),
+            brk_start: 0,
+            brk: 0,
+            brk_end: 0,
+            ram_end: 0,
+            args: (0, 0),
+            stack: (0, 0),
+            files: MappedFiles::default(),
+        }
+    }
+}
+
+impl<F: ?Sized> Clone for Mm<F> {
+    fn clone(&self) -> Self {
+        Self {
+            regions: self.regions.clone(),
+            vmas: self.vmas.clone(),
+            files: self.files.clone(),
+            ..*self
+        }
+    }
+}
+
+impl<F: ?Sized> Mm<F> {
     pub fn new(free_start: u64, ram_end: u64) -> Self {
         Self {
             regions: Regions::new(page_up(free_start).unwrap_or(ram_end), ram_end),
@@ -679,8 +730,7 @@ mod tests {
 
     #[test]
     fn shared_file_mappings_split_when_partly_taken() {
-        let (reader, _) = crate::pipe::new_pipe(0);
-        let file: Rc<dyn File> = Rc::new(reader);
+        let file = Rc::new("a file");
         let mut files = MappedFiles::default();
         files.insert(MappedFile {
             start: 0x10_0000,
@@ -688,7 +738,7 @@ mod tests {
             file: file.clone(),
             offset: 0x8000,
         });
-        let parts = |v: Vec<MappedFile>| -> Vec<(u64, u64, u64)> {
+        let parts = |v: Vec<MappedFile<&str>>| -> Vec<(u64, u64, u64)> {
             v.iter().map(|m| (m.start, m.end, m.offset)).collect()
         };
         assert_eq!(
@@ -751,7 +801,7 @@ mod tests {
 
     #[test]
     fn mmap_munmap_and_brk_keep_honest_books() {
-        let mut mm = Mm::new(0x300000, 0x1000000);
+        let mut mm = Mm::<()>::new(0x300000, 0x1000000);
         let zeroed = core::cell::RefCell::new(Vec::new());
         let mut zero = |s, e| zeroed.borrow_mut().push((s, e));
         let free = mm.regions.free_bytes();

@@ -5,15 +5,15 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::cell::Cell;
 
-use crate::drivers::virtio::fs::SetAttr;
 use crate::errno::{Errno, Result};
-use crate::fd::*;
-use crate::files::{CharDev, FuseDir, FuseFile};
-use crate::fuse::{fattr, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG};
+use crate::fs::fd::*;
+use crate::fs::files::{CharDev, FuseDir, FuseFile};
+use crate::fs::fuse::SetAttr;
+use crate::fs::fuse::{fattr, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG};
+use crate::fs::locks::{LockKey, Owner, RecordLock};
+use crate::fs::procfs;
+use crate::fs::vfs::{self, Walk};
 use crate::kernel::Kernel;
-use crate::locks::{LockKey, Owner, RecordLock};
-use crate::procfs;
-use crate::vfs::{self, Walk};
 
 pub const AT_FDCWD: i32 = -100;
 pub const AT_SYMLINK_NOFOLLOW: u32 = 0x100;
@@ -157,7 +157,7 @@ impl Kernel {
         if flags & O_CREAT != 0 {
             let (dir, name) = self.walk_parent_at(dirfd, path)?;
             let exists =
-                crate::vfs::FsOps::lookup(&mut self.dev.vfs, dir.node.fs, dir.node.id, &name);
+                crate::fs::vfs::FsOps::lookup(&mut self.dev.vfs, dir.node.fs, dir.node.id, &name);
             match exists {
                 Ok(_) if flags & O_EXCL != 0 => return Err(Errno::EEXIST),
                 Ok(_) => {}
@@ -173,7 +173,7 @@ impl Kernel {
                         umask,
                     )?;
                     self.dev.vfs.remember(dir.node, &name, id, &attr);
-                    let node = crate::vfs::Node {
+                    let node = crate::fs::vfs::Node {
                         fs: dir.node.fs,
                         id,
                     };
@@ -649,7 +649,7 @@ impl Kernel {
             return Err(Errno::EXDEV);
         }
         if flags & RENAME_NOREPLACE != 0
-            && crate::vfs::FsOps::lookup(
+            && crate::fs::vfs::FsOps::lookup(
                 &mut self.dev.vfs,
                 newdir.node.fs,
                 newdir.node.id,
@@ -873,7 +873,7 @@ impl Kernel {
         file.sync(&mut self.dev).map(|_| 0)
     }
 
-    fn statfs_of(&mut self, node: crate::vfs::Node) -> Result<[u8; 120]> {
+    fn statfs_of(&mut self, node: crate::fs::vfs::Node) -> Result<[u8; 120]> {
         let raw = self.dev.vfs.fs(node.fs)?.statfs(node.id)?;
         let r64 = |at: usize| u64::from_le_bytes(raw[at..at + 8].try_into().unwrap_or([0; 8]));
         let r32 = |at: usize| {
@@ -931,7 +931,7 @@ impl Kernel {
             return Err(Errno::EINVAL);
         }
         self.user_range_mut(fds, 8)?;
-        let (r, w) = crate::pipe::new_pipe(flags);
+        let (r, w) = crate::fs::pipe::new_pipe(flags);
         let cloexec = flags & O_CLOEXEC != 0;
         let rfd = self.install(Rc::new(r), cloexec)?;
         let wfd = match self.install(Rc::new(w), cloexec) {
@@ -1057,7 +1057,7 @@ impl Kernel {
         let alive = |pid: i32| {
             procs
                 .get(pid)
-                .is_some_and(|t| !matches!(t.state, crate::process::State::Zombie(_)))
+                .is_some_and(|t| !matches!(t.state, crate::task::process::State::Zombie(_)))
         };
         if matches!(cmd, F_GETLK | F_OFD_GETLK) {
             if typ != F_RDLCK && typ != F_WRLCK {

@@ -2,17 +2,11 @@
 //! file), munmap, mprotect, mremap, msync, madvise. See `crate::mm` for
 //! how mappings become page tables and protections are enforced.
 
-use alloc::rc::Rc;
-use alloc::vec;
-use alloc::vec::Vec;
-
 use crate::errno::{Errno, Result};
-use crate::kernel::Devices;
-use crate::kernel::Kernel;
-use crate::mm::space::Space;
+use crate::kernel::mm::write_back;
+use crate::kernel::{Kernel, MappedFile};
 use crate::mm::{
-    page_up, space, MappedFile, MAP_ANONYMOUS, MAP_FIXED, MAP_SHARED, PAGE_SIZE, PROT_READ,
-    PROT_WRITE,
+    page_up, space, MAP_ANONYMOUS, MAP_FIXED, MAP_SHARED, PAGE_SIZE, PROT_READ, PROT_WRITE,
 };
 
 const MREMAP_MAYMOVE: u32 = 1;
@@ -24,39 +18,6 @@ fn zero_range(start: u64, end: u64) {
         // SAFETY: a view of backed application memory (see `kernel_view`)
         // the application is giving up.
         unsafe { core::ptr::write_bytes(at as *mut u8, 0, n as usize) }
-    }
-}
-
-/// Writes `maps` (parts of `MAP_SHARED` file mappings of `space`) back to
-/// their files, up to each file's end as Linux does, and releases files no
-/// descriptor or mapping holds any more. Write errors are dropped, as a
-/// page cache's writeback errors are when nobody calls `msync`.
-pub fn write_back(space: Option<&Space>, dev: &mut Devices, maps: Vec<MappedFile>) {
-    let mut buf = vec![0u8; 64 << 10];
-    for m in &maps {
-        let Some(space) = space.filter(|_| crate::files::writable(m.file.flags())) else {
-            continue;
-        };
-        let Ok(stat) = m.file.stat(dev) else {
-            continue;
-        };
-        let size = u64::from_le_bytes(stat[48..56].try_into().unwrap_or([0; 8]));
-        let len = (m.end - m.start).min(size.saturating_sub(m.offset));
-        let mut done = 0;
-        while done < len {
-            let n = (len - done).min(buf.len() as u64) as usize;
-            if !space.read(m.start + done, &mut buf[..n])
-                || m.file.pwrite(dev, &buf[..n], m.offset + done).is_err()
-            {
-                break;
-            }
-            done += n as u64;
-        }
-    }
-    for m in maps {
-        if Rc::strong_count(&m.file) == 1 {
-            m.file.release(dev);
-        }
     }
 }
 
@@ -100,7 +61,7 @@ impl Kernel {
         crate::kernel::stderr_message(&mut self.dev, msg.as_bytes());
         self.terminate(
             pid,
-            crate::process::ExitStatus::Signaled {
+            crate::task::process::ExitStatus::Signaled {
                 signal: 9,
                 core: false,
             },
@@ -138,7 +99,7 @@ impl Kernel {
             None
         };
         if let Some(f) = file.as_ref().filter(|_| flags & MAP_SHARED != 0) {
-            if prot & PROT_WRITE != 0 && !crate::files::writable(f.flags()) {
+            if prot & PROT_WRITE != 0 && !crate::fs::files::writable(f.flags()) {
                 return Err(Errno::EACCES);
             }
         }

@@ -1,8 +1,10 @@
 //! The Linux x86-64 system call interface: dispatch and user-memory access.
 //! Each submodule implements one area on `Kernel`.
 
+pub mod event;
 pub mod fs;
 pub mod mm;
+pub mod net;
 pub mod process;
 pub mod signal;
 pub mod time;
@@ -88,7 +90,7 @@ impl Kernel {
         if ptr == 0 {
             return Err(Errno::EFAULT);
         }
-        let max = crate::vfs::PATH_MAX as u64;
+        let max = crate::fs::vfs::PATH_MAX as u64;
         let avail = self
             .ram_size
             .checked_sub(ptr)
@@ -173,8 +175,15 @@ impl Kernel {
             53 => self.sys_socketpair(a0 as u32, a1 as u32, a2 as u32, a3),
             55 => self.sys_getsockopt(a0 as i32, a1 as u32, a2 as u32, a3, a4),
             56 => self.sys_clone(f, a0, a1, a2, a3, a4),
-            57 => self.sys_clone(f, u64::from(crate::sched::SIGCHLD), 0, 0, 0, 0),
-            58 => self.sys_clone(f, 0x4100 | u64::from(crate::sched::SIGCHLD), 0, 0, 0, 0),
+            57 => self.sys_clone(f, u64::from(crate::kernel::sched::SIGCHLD), 0, 0, 0, 0),
+            58 => self.sys_clone(
+                f,
+                0x4100 | u64::from(crate::kernel::sched::SIGCHLD),
+                0,
+                0,
+                0,
+                0,
+            ),
             59 => self.sys_execve(f, a0, a1, a2),
             60 => self.sys_exit_thread(a0 as i32),
             231 => self.sys_exit(a0 as i32),
@@ -306,7 +315,7 @@ impl Kernel {
         if result == Err(Errno::EPIPE) && matches!(nr, 1 | 18 | 20 | 40 | 296) {
             // Writing to a pipe nobody reads also raises SIGPIPE.
             let cur = self.cur;
-            self.post_signal(cur, signal::SIGPIPE);
+            self.post_signal(cur, crate::task::signal::SIGPIPE);
         }
         match result {
             Ok(v) => v as i64,

@@ -14,15 +14,15 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use crate::arch::{self, FxArea, SyscallFrame};
-use crate::cputime::Times;
 use crate::errno::{Errno, Result};
-use crate::fd::File as _;
-use crate::futex;
+use crate::fs::fd::File as _;
+use crate::kernel::spec::RLIMIT_COUNT;
+use crate::kernel::Mm;
 use crate::kernel::{Kernel, ProcState};
 use crate::mm::space::Space;
-use crate::mm::Mm;
-use crate::process::{Block, Context, ExitStatus, Pid, State, WaitFor};
-use crate::spec::RLIMIT_COUNT;
+use crate::task::cputime::Times;
+use crate::task::futex;
+use crate::task::process::{Block, Context, ExitStatus, Pid, State, WaitFor};
 
 const CLONE_VM: u64 = 0x100;
 const CLONE_FS: u64 = 0x200;
@@ -141,7 +141,7 @@ impl Kernel {
         }
         // SAFETY: `frame` is the trampoline's (clone is only reached from
         // `dispatch`), with the caller's fxsave image below it.
-        let fx = unsafe { crate::sched::fx_of(frame) };
+        let fx = unsafe { crate::kernel::sched::fx_of(frame) };
         let mut signals = self.signals.clone();
         signals.pending = 0;
         let state = ProcState {
@@ -205,7 +205,7 @@ impl Kernel {
     /// clone with CLONE_THREAD (glibc's pthread_create, after clone3 answers
     /// ENOSYS): a new task in the caller's group sharing everything but its
     /// registers, TLS base and tid words. It first runs when the caller
-    /// blocks or yields (cooperative scheduling, see `crate::process`).
+    /// blocks or yields (cooperative scheduling, see `crate::task::process`).
     fn clone_thread(
         &mut self,
         frame: &SyscallFrame,
@@ -231,7 +231,7 @@ impl Kernel {
         }
         // SAFETY: `frame` is the trampoline's (clone is only reached from
         // `dispatch`), with the caller's fxsave image below it.
-        let fx = unsafe { crate::sched::fx_of(frame) };
+        let fx = unsafe { crate::kernel::sched::fx_of(frame) };
         let state = ProcState {
             fs_base: if flags & CLONE_SETTLS != 0 {
                 tls
@@ -245,7 +245,7 @@ impl Kernel {
             },
             // Files, memory and the rest come from a sibling when it runs;
             // the signal mask is the thread's own, inherited.
-            signals: crate::syscalls::signal::Signals {
+            signals: crate::task::signal::Signals {
                 mask: self.signals.mask,
                 ..Default::default()
             },
@@ -300,7 +300,7 @@ impl Kernel {
     ) -> Result<(Vec<u8>, Vec<Vec<u8>>)> {
         for _ in 0..=MAX_SCRIPT_DEPTH {
             let w = self.dev.vfs.walk(&self.cwd, &path, true)?;
-            if w.mode & crate::fuse::S_IFMT != crate::fuse::S_IFREG {
+            if w.mode & crate::fs::fuse::S_IFMT != crate::fs::fuse::S_IFREG {
                 return Err(Errno::EACCES);
             }
             if w.mode & 0o111 == 0 {
@@ -396,13 +396,13 @@ impl Kernel {
             None => {
                 let mut old_mm = old_mm;
                 let maps = old_mm.files.take(0, u64::MAX);
-                crate::syscalls::mm::write_back(old_space.as_ref(), &mut self.dev, maps);
+                crate::kernel::mm::write_back(old_space.as_ref(), &mut self.dev, maps);
                 if let Some(s) = old_space {
                     s.release(&mut self.frames);
                 }
             }
         }
-        crate::pipe::bump();
+        crate::fs::pipe::bump();
         let (entry, sp) = match self.load_program(&program, &args, &env) {
             Ok(v) => v,
             Err(_) => {
@@ -443,7 +443,7 @@ impl Kernel {
             ..SyscallFrame::default()
         };
         // SAFETY: `frame` is the trampoline's, its fxsave image below it.
-        *unsafe { crate::sched::fx_of(frame) } = FxArea::initial();
+        *unsafe { crate::kernel::sched::fx_of(frame) } = FxArea::initial();
         Ok(0)
     }
 
@@ -577,7 +577,7 @@ impl Kernel {
             .filter(|&p| {
                 self.procs
                     .get(p)
-                    .is_some_and(|t| !matches!(t.state, crate::process::State::Zombie(_)))
+                    .is_some_and(|t| !matches!(t.state, crate::task::process::State::Zombie(_)))
             })
             .collect();
         if alive.is_empty() {
@@ -919,7 +919,7 @@ impl Kernel {
     /// One thread: a wait on a value that still matches could never be
     /// woken, so it reports a timeout (or EAGAIN when the value changed).
     /// futex: WAIT, WAKE, REQUEUE, CMP_REQUEUE, WAIT_BITSET, WAKE_BITSET,
-    /// private or not (the same thing here, see `crate::futex`). A waiter
+    /// private or not (the same thing here, see `crate::task::futex`). A waiter
     /// blocks in a restartable call and learns on each retry whether a
     /// wake reached it.
     pub fn sys_futex(
@@ -997,7 +997,7 @@ impl Kernel {
                 }
                 let n = self.futexes.wake(group, key, val, bitset);
                 if n > 0 {
-                    crate::pipe::bump();
+                    crate::fs::pipe::bump();
                 }
                 Ok(u64::from(n))
             }
@@ -1017,7 +1017,7 @@ impl Kernel {
                     return Err(Errno::EINVAL);
                 }
                 let n = self.futexes.requeue(group, key, val, key2, moved);
-                crate::pipe::bump();
+                crate::fs::pipe::bump();
                 Ok(u64::from(n))
             }
             _ => Err(Errno::ENOSYS),
@@ -1045,7 +1045,8 @@ impl Kernel {
         // spinning on sched_yield would starve them forever. (Stdin is
         // not asked: that costs an exit, and idling looks at it.)
         let now = self.clock.monotonic_ns();
-        self.procs.wake(crate::pipe::events(), now, &mut || false);
+        self.procs
+            .wake(crate::fs::pipe::events(), now, &mut || false);
         self.switch_pending = true;
         0
     }

@@ -1,131 +1,13 @@
-//! Clocks, sleeping, CPU time (`crate::cputime`) and interval timers.
-//!
-//! With the host TSC frequency from the boot info, time is rdtsc at CPL3
-//! scaled from one reading of the control clock registers at boot: no exit
-//! per `clock_gettime`. Without it, every reading is an MMIO exit, and CPU
-//! times (always TSC ticks) are converted with a frequency measured
-//! against the control clock.
+//! Time system calls: clocks, sleeping, CPU time (`crate::task::cputime`),
+//! interval timers and resource usage. The clocks themselves are
+//! `crate::kernel::time`.
 
-use core::cell::Cell;
-
-use capsa_abi::control;
-
-use crate::arch::{self, control_read, control_write};
-use crate::cputime::{self, timeval, CpuClock, Times};
 use crate::errno::{Errno, Result};
 use crate::kernel::Kernel;
-use crate::process::{self, Pid};
+use crate::task::cputime::{self, timeval, CpuClock, Times};
+use crate::task::process::{self, Pid};
 
-pub struct Clock {
-    tsc_khz: u64,
-    tsc0: u64,
-    realtime0: u64,
-    monotonic0: u64,
-    /// Without `tsc_khz`: the TSC frequency measured since boot, kept once
-    /// measured over long enough that CPU clocks stay monotonic.
-    measured_khz: Cell<u64>,
-}
-
-const CLOCK_REALTIME: u32 = 0;
-const CLOCK_REALTIME_COARSE: u32 = 5;
-const CLOCK_REALTIME_ALARM: u32 = 8;
-const CLOCK_TAI: u32 = 11;
 const TIMER_ABSTIME: u32 = 1;
-
-impl Clock {
-    pub fn new(tsc_khz: u64) -> Self {
-        let realtime0 = control_read(control::REALTIME_NS);
-        let monotonic0 = control_read(control::MONOTONIC_NS);
-        Self {
-            tsc_khz,
-            tsc0: arch::rdtsc(),
-            realtime0,
-            monotonic0,
-            measured_khz: Cell::new(0),
-        }
-    }
-
-    /// TSC ticks per millisecond.
-    fn khz(&self) -> u64 {
-        if self.tsc_khz != 0 {
-            return self.tsc_khz;
-        }
-        if self.measured_khz.get() != 0 {
-            return self.measured_khz.get();
-        }
-        let ns = control_read(control::MONOTONIC_NS).saturating_sub(self.monotonic0);
-        let ticks = arch::rdtsc().wrapping_sub(self.tsc0);
-        let khz = (u128::from(ticks) * 1_000_000 / u128::from(ns.max(1))).max(1) as u64;
-        // The MMIO read's latency (tens of µs) is lost in 100 ms.
-        if ns >= 100_000_000 {
-            self.measured_khz.set(khz);
-        }
-        khz
-    }
-
-    /// TSC ticks as nanoseconds.
-    pub fn ticks_ns(&self, ticks: u64) -> u64 {
-        (u128::from(ticks) * 1_000_000 / u128::from(self.khz())).min(u128::from(u64::MAX)) as u64
-    }
-
-    /// Nanoseconds as TSC ticks (rounded down).
-    pub fn ns_ticks(&self, ns: u64) -> u64 {
-        (u128::from(ns) * u128::from(self.khz()) / 1_000_000).min(u128::from(u64::MAX)) as u64
-    }
-
-    fn elapsed_ns(&self) -> u64 {
-        let ticks = arch::rdtsc().wrapping_sub(self.tsc0);
-        (u128::from(ticks) * 1_000_000 / u128::from(self.tsc_khz)) as u64
-    }
-
-    pub fn realtime_ns(&self) -> u64 {
-        if self.tsc_khz == 0 {
-            return control_read(control::REALTIME_NS);
-        }
-        self.realtime0 + self.elapsed_ns()
-    }
-
-    pub fn monotonic_ns(&self) -> u64 {
-        if self.tsc_khz == 0 {
-            return control_read(control::MONOTONIC_NS);
-        }
-        self.monotonic0 + self.elapsed_ns()
-    }
-
-    /// The clock the CPU-time meter reads: TSC ticks, less the time the
-    /// host kept the vCPU from running (steal time), which is no task's CPU
-    /// time, as a Linux guest's accounting leaves it out. Without this a
-    /// loaded host would turn its own preemption of the vCPU into the
-    /// interrupted task's time.
-    pub fn cpu_ticks(&self) -> u64 {
-        let tsc = arch::rdtsc();
-        match arch::steal_ns() {
-            0 => tsc,
-            steal => tsc.saturating_sub(self.ns_ticks(steal)),
-        }
-    }
-
-    /// Time since boot.
-    pub fn since_boot_ns(&self) -> u64 {
-        self.monotonic_ns().saturating_sub(self.monotonic0)
-    }
-
-    pub fn now(&self, clock: u32) -> Result<u64> {
-        match clock {
-            CLOCK_REALTIME | CLOCK_REALTIME_COARSE | CLOCK_REALTIME_ALARM | CLOCK_TAI => {
-                Ok(self.realtime_ns())
-            }
-            1 | 4 | 6 | 7 | 9 => Ok(self.monotonic_ns()),
-            // The CPU-time clocks are the kernel's (`Kernel::cpu_clock_ns`).
-            _ => Err(Errno::EINVAL),
-        }
-    }
-
-    /// Blocks the vCPU up to `ns` (it may wake earlier on stdin input).
-    pub fn idle(&self, ns: u64) {
-        control_write(control::IDLE_NS, ns);
-    }
-}
 
 pub fn timespec(ns: u64) -> [u8; 16] {
     let mut t = [0u8; 16];

@@ -12,14 +12,9 @@ use oci_spec::runtime::{LinuxDeviceType, LinuxNamespaceType, Mount};
 
 use super::ContainerError;
 use crate::backend::Init;
-use crate::paths::{ensure_dir, ensure_file, nix_io, PathError};
-use crate::spec::{propagation_flags, MountOptions};
+use crate::paths::{ensure_dir, ensure_file, nix_io, secure_join, PathError};
+use crate::spec::{parse_options, propagation_flags, MountOptions};
 use crate::state::Status;
-
-// Shared with the microVM backend now, but still public here: the
-// config.json fuzz target imports them from this module.
-pub use crate::paths::secure_join;
-pub use crate::spec::parse_options;
 
 type Result<T> = std::result::Result<T, ContainerError>;
 

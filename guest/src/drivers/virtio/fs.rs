@@ -1,47 +1,26 @@
-//! virtio-fs (virtio 1.2 §5.11): FUSE requests on request queue 1 (queue 0 is
-//! the high-priority queue, set up but unused).
+//! virtio-fs (virtio 1.2 §5.11): requests on request queue 1 (queue 0 is
+//! the high-priority queue, set up but unused). The device carries FUSE
+//! requests; their format is the file system's business (`crate::fs::fuse`):
+//! here a request is a chain of buffers the device reads, then buffers it
+//! writes.
 //!
-//! Request bodies and reply buffers become descriptors as they are: a READ
-//! reply lands straight in the application's buffer and a WRITE is sent from
-//! it (guest virtual = guest physical), so file I/O costs one exit per 1 MiB
-//! and no copies.
+//! Buffers become descriptors as they are: a READ reply lands straight in
+//! the application's buffer and a WRITE is sent from it (guest virtual =
+//! guest physical), so file I/O costs one exit per 1 MiB and no copies.
 
-use alloc::boxed::Box;
-use alloc::vec;
 use alloc::vec::Vec;
 
 use super::mmio::{InitError, MmioDevice};
 use super::queue::{Buf, Virtqueue};
 use crate::errno::{Errno, Result};
-use crate::fuse::{self, op, Attr, Enc};
 
-/// Largest READ/WRITE/READDIR payload per request.
-pub const MAX_IO: usize = 1 << 20;
 const REQUEST_QUEUE: usize = 1;
-const MAX_CHAIN: usize = 8;
-
-/// Something that carries FUSE requests (the virtio-fs device, or a test double).
-pub trait FuseTransport {
-    /// Sends `opcode` for `nodeid` with request bodies `ins`; the reply
-    /// payload is scattered over `outs`. Returns the payload length.
-    fn call(
-        &mut self,
-        opcode: u32,
-        nodeid: u64,
-        ins: &[&[u8]],
-        outs: &mut [&mut [u8]],
-    ) -> Result<usize>;
-}
+/// Longest descriptor chain of one request.
+pub const MAX_CHAIN: usize = 8;
 
 pub struct VirtioFs {
     dev: MmioDevice,
     queues: Vec<Virtqueue>,
-    unique: u64,
-    /// Header buffers in the heap: their addresses go into descriptors.
-    header_in: Box<[u8; fuse::IN_HEADER_SIZE]>,
-    header_out: Box<[u8; fuse::OUT_HEADER_SIZE]>,
-    pub uid: u32,
-    pub gid: u32,
 }
 
 impl VirtioFs {
@@ -56,52 +35,23 @@ impl VirtioFs {
         if queues.len() < 2 {
             return Err(InitError::NotVirtio);
         }
-        Ok(Self {
-            dev,
-            queues,
-            unique: 0,
-            header_in: Box::new([0; fuse::IN_HEADER_SIZE]),
-            header_out: Box::new([0; fuse::OUT_HEADER_SIZE]),
-            uid: 0,
-            gid: 0,
-        })
+        Ok(Self { dev, queues })
     }
-}
 
-impl FuseTransport for VirtioFs {
-    fn call(
-        &mut self,
-        opcode: u32,
-        nodeid: u64,
-        ins: &[&[u8]],
-        outs: &mut [&mut [u8]],
-    ) -> Result<usize> {
-        self.unique = self.unique.wrapping_add(2);
-        let in_len = fuse::IN_HEADER_SIZE + ins.iter().map(|b| b.len()).sum::<usize>();
-        *self.header_in = fuse::in_header(
-            in_len as u32,
-            opcode,
-            self.unique,
-            nodeid,
-            self.uid,
-            self.gid,
-            1,
-        );
+    /// Sends one request made of `readable` then `writable` buffers (empty
+    /// ones left out) and returns how many bytes the device wrote.
+    pub fn request(&mut self, readable: &[&[u8]], writable: &mut [&mut [u8]]) -> Result<u32> {
         let mut bufs = [Buf {
             addr: 0,
             len: 0,
             writable: false,
         }; MAX_CHAIN];
         let mut n = 0;
-        bufs[n] = Buf::readable(&self.header_in[..]);
-        n += 1;
-        for b in ins.iter().filter(|b| !b.is_empty()) {
+        for b in readable.iter().filter(|b| !b.is_empty()) {
             *bufs.get_mut(n).ok_or(Errno::EINVAL)? = Buf::readable(b);
             n += 1;
         }
-        *bufs.get_mut(n).ok_or(Errno::EINVAL)? = Buf::writable(&mut self.header_out[..]);
-        n += 1;
-        for b in outs.iter_mut().filter(|b| !b.is_empty()) {
+        for b in writable.iter_mut().filter(|b| !b.is_empty()) {
             *bufs.get_mut(n).ok_or(Errno::EINVAL)? = Buf::writable(b);
             n += 1;
         }
@@ -111,10 +61,7 @@ impl FuseTransport for VirtioFs {
         }
         self.dev.notify(REQUEST_QUEUE as u32);
         let (_, written) = self.queues[REQUEST_QUEUE].pop_used().ok_or(Errno::EIO)?;
-        if opcode == op::FORGET {
-            return Ok(0);
-        }
-        fuse::check_out_header(&self.header_out[..], self.unique, written as usize)
+        Ok(written)
     }
 }
 
@@ -122,7 +69,7 @@ impl FuseTransport for VirtioFs {
 /// never touches costs no MMIO exits at boot (each 20-40 µs under PVM;
 /// setting up a device takes dozens).
 pub enum FsDevice {
-    Pending { base: u64, uid: u32, gid: u32 },
+    Pending { base: u64 },
     Ready(VirtioFs),
     Failed,
 }
@@ -130,508 +77,23 @@ pub enum FsDevice {
 impl FsDevice {
     /// # Safety
     /// `base` must be the MMIO window of a virtio-fs device.
-    pub unsafe fn pending(base: u64, uid: u32, gid: u32) -> Self {
-        FsDevice::Pending { base, uid, gid }
+    pub unsafe fn pending(base: u64) -> Self {
+        FsDevice::Pending { base }
     }
-}
 
-impl FuseTransport for FsDevice {
-    fn call(
-        &mut self,
-        opcode: u32,
-        nodeid: u64,
-        ins: &[&[u8]],
-        outs: &mut [&mut [u8]],
-    ) -> Result<usize> {
-        if let FsDevice::Pending { base, uid, gid } = *self {
+    /// [`VirtioFs::request`], setting the device up first if needed.
+    pub fn request(&mut self, readable: &[&[u8]], writable: &mut [&mut [u8]]) -> Result<u32> {
+        if let FsDevice::Pending { base } = *self {
             // SAFETY: `Pending` is only built by `pending`, whose caller
             // vouched for the window.
             *self = match unsafe { VirtioFs::new(base) } {
-                Ok(mut t) => {
-                    t.uid = uid;
-                    t.gid = gid;
-                    FsDevice::Ready(t)
-                }
+                Ok(t) => FsDevice::Ready(t),
                 Err(_) => FsDevice::Failed,
             };
         }
         match self {
-            FsDevice::Ready(t) => t.call(opcode, nodeid, ins, outs),
+            FsDevice::Ready(t) => t.request(readable, writable),
             _ => Err(Errno::EIO),
         }
-    }
-}
-
-/// The fields of a SETATTR request.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct SetAttr {
-    pub valid: u32,
-    pub size: u64,
-    pub mode: u32,
-    pub uid: u32,
-    pub gid: u32,
-    /// (seconds, nanoseconds)
-    pub atime: (u64, u32),
-    pub mtime: (u64, u32),
-}
-
-/// A FUSE file system: typed operations over a transport.
-pub struct FuseFs<T: FuseTransport> {
-    pub transport: T,
-    pub max_write: usize,
-    pub readonly: bool,
-    /// FUSE_INIT done: `init` at boot, or the first request's.
-    initialized: bool,
-}
-
-fn reply<const N: usize>() -> [u8; N] {
-    [0; N]
-}
-
-impl<T: FuseTransport> FuseFs<T> {
-    pub fn new(transport: T, readonly: bool) -> Self {
-        Self {
-            transport,
-            max_write: 128 * 1024,
-            readonly,
-            initialized: false,
-        }
-    }
-
-    /// Marks FUSE_INIT done (tests that speak to a recorder).
-    #[cfg(test)]
-    fn ready(mut self) -> Self {
-        self.initialized = true;
-        self
-    }
-
-    /// Sends one request, after FUSE_INIT if this is the first.
-    fn call(
-        &mut self,
-        opcode: u32,
-        nodeid: u64,
-        ins: &[&[u8]],
-        outs: &mut [&mut [u8]],
-    ) -> Result<usize> {
-        if !self.initialized {
-            self.init()?;
-        }
-        self.transport.call(opcode, nodeid, ins, outs)
-    }
-
-    fn check_writable(&self) -> Result<()> {
-        if self.readonly {
-            Err(Errno::EROFS)
-        } else {
-            Ok(())
-        }
-    }
-
-    pub fn init(&mut self) -> Result<()> {
-        let body = Enc::new()
-            .u32(fuse::KERNEL_VERSION)
-            .u32(fuse::KERNEL_MINOR_VERSION)
-            .u32(MAX_IO as u32)
-            .u32(fuse::INIT_BIG_WRITES | fuse::INIT_MAX_PAGES)
-            .bytes();
-        let mut out = reply::<{ fuse::INIT_OUT_SIZE }>();
-        let n = self
-            .transport
-            .call(op::INIT, 0, &[&body], &mut [&mut out])?;
-        let (major, _minor, max_write) = fuse::parse_init_out(&out[..n])?;
-        if major != fuse::KERNEL_VERSION {
-            return Err(Errno::EPROTO_LIKE);
-        }
-        if max_write >= 4096 {
-            self.max_write = (max_write as usize).min(MAX_IO);
-        }
-        self.initialized = true;
-        Ok(())
-    }
-
-    pub fn lookup(&mut self, parent: u64, name: &[u8]) -> Result<(u64, Attr)> {
-        let body = Enc::new().name(name).bytes();
-        let mut out = reply::<{ fuse::ENTRY_OUT_SIZE }>();
-        let n = self.call(op::LOOKUP, parent, &[&body], &mut [&mut out])?;
-        fuse::parse_entry(&out[..n])
-    }
-
-    pub fn getattr(&mut self, node: u64, fh: Option<u64>) -> Result<Attr> {
-        let body = Enc::new()
-            .u32(if fh.is_some() { 1 } else { 0 })
-            .u32(0)
-            .u64(fh.unwrap_or(0))
-            .bytes();
-        let mut out = reply::<{ fuse::ATTR_OUT_SIZE }>();
-        let n = self.call(op::GETATTR, node, &[&body], &mut [&mut out])?;
-        fuse::parse_attr_out(&out[..n])
-    }
-
-    /// SETATTR: changes the fields `set.valid` (`fuse::fattr` bits) names.
-    pub fn setattr(&mut self, node: u64, fh: Option<u64>, set: &SetAttr) -> Result<Attr> {
-        self.check_writable()?;
-        let valid = set.valid | if fh.is_some() { fuse::fattr::FH } else { 0 };
-        let body = Enc::new()
-            .u32(valid)
-            .u32(0)
-            .u64(fh.unwrap_or(0))
-            .u64(set.size)
-            .u64(0)
-            .u64(set.atime.0)
-            .u64(set.mtime.0)
-            .u64(0)
-            .u32(set.atime.1)
-            .u32(set.mtime.1)
-            .u32(0)
-            .u32(set.mode)
-            .u32(0)
-            .u32(set.uid)
-            .u32(set.gid)
-            .u32(0)
-            .bytes();
-        let mut out = reply::<{ fuse::ATTR_OUT_SIZE }>();
-        let n = self.call(op::SETATTR, node, &[&body], &mut [&mut out])?;
-        fuse::parse_attr_out(&out[..n])
-    }
-
-    pub fn readlink(&mut self, node: u64) -> Result<Vec<u8>> {
-        let mut out = vec![0u8; 4096];
-        let n = self.call(op::READLINK, node, &[], &mut [&mut out])?;
-        out.truncate(n);
-        Ok(out)
-    }
-
-    fn open_common(&mut self, opcode: u32, node: u64, flags: u32) -> Result<u64> {
-        let body = Enc::new().u32(flags).u32(0).bytes();
-        let mut out = reply::<{ fuse::OPEN_OUT_SIZE }>();
-        let n = self.call(opcode, node, &[&body], &mut [&mut out])?;
-        fuse::parse_open_out(&out[..n])
-    }
-
-    pub fn open(&mut self, node: u64, flags: u32) -> Result<u64> {
-        if flags & 3 != 0 {
-            self.check_writable()?;
-        }
-        self.open_common(op::OPEN, node, flags)
-    }
-
-    pub fn opendir(&mut self, node: u64) -> Result<u64> {
-        self.open_common(op::OPENDIR, node, 0)
-    }
-
-    pub fn create(
-        &mut self,
-        parent: u64,
-        name: &[u8],
-        flags: u32,
-        mode: u32,
-        umask: u32,
-    ) -> Result<(u64, Attr, u64)> {
-        self.check_writable()?;
-        let body = Enc::new()
-            .u32(flags)
-            .u32(mode)
-            .u32(umask)
-            .u32(0)
-            .name(name)
-            .bytes();
-        let mut entry = reply::<{ fuse::ENTRY_OUT_SIZE }>();
-        let mut open = reply::<{ fuse::OPEN_OUT_SIZE }>();
-        self.call(op::CREATE, parent, &[&body], &mut [&mut entry, &mut open])?;
-        let (id, attr) = fuse::parse_entry(&entry)?;
-        Ok((id, attr, fuse::parse_open_out(&open)?))
-    }
-
-    fn io_in(fh: u64, offset: u64, size: usize, flags: u32) -> Vec<u8> {
-        Enc::new()
-            .u64(fh)
-            .u64(offset)
-            .u32(size as u32)
-            .u32(0)
-            .u64(0)
-            .u32(flags)
-            .u32(0)
-            .bytes()
-    }
-
-    /// Reads into `buf` (one request per `MAX_IO`), stopping at a short read.
-    pub fn read(&mut self, node: u64, fh: u64, mut offset: u64, buf: &mut [u8]) -> Result<usize> {
-        let mut done = 0;
-        while done < buf.len() {
-            let want = (buf.len() - done).min(MAX_IO);
-            let body = Self::io_in(fh, offset, want, 0);
-            let n = self.call(op::READ, node, &[&body], &mut [&mut buf[done..done + want]])?;
-            let n = n.min(want);
-            done += n;
-            offset += n as u64;
-            if n < want {
-                break;
-            }
-        }
-        Ok(done)
-    }
-
-    pub fn write(&mut self, node: u64, fh: u64, mut offset: u64, data: &[u8]) -> Result<usize> {
-        self.check_writable()?;
-        let mut done = 0;
-        while done < data.len() {
-            let chunk = &data[done..done + (data.len() - done).min(self.max_write)];
-            let body = Self::io_in(fh, offset, chunk.len(), 0);
-            let mut out = [0u8; 8];
-            self.call(op::WRITE, node, &[&body, chunk], &mut [&mut out])?;
-            let n =
-                (u32::from_le_bytes([out[0], out[1], out[2], out[3]]) as usize).min(chunk.len());
-            done += n;
-            offset += n as u64;
-            if n < chunk.len() {
-                break;
-            }
-        }
-        Ok(done)
-    }
-
-    pub fn readdir(&mut self, node: u64, fh: u64, offset: u64, buf: &mut [u8]) -> Result<usize> {
-        let want = buf.len().min(MAX_IO);
-        let body = Self::io_in(fh, offset, want, 0);
-        self.call(op::READDIR, node, &[&body], &mut [&mut buf[..want]])
-    }
-
-    pub fn release(&mut self, node: u64, fh: u64, flags: u32, dir: bool) {
-        let body = Enc::new().u64(fh).u32(flags).u32(0).u64(0).bytes();
-        let opcode = if dir { op::RELEASEDIR } else { op::RELEASE };
-        // Nothing useful can be done about a failed release.
-        let _ = self.call(opcode, node, &[&body], &mut []);
-    }
-
-    pub fn flush(&mut self, node: u64, fh: u64) -> Result<()> {
-        let body = Enc::new().u64(fh).u32(0).u32(0).u64(0).bytes();
-        self.call(op::FLUSH, node, &[&body], &mut []).map(|_| ())
-    }
-
-    pub fn fallocate(
-        &mut self,
-        node: u64,
-        fh: u64,
-        offset: u64,
-        len: u64,
-        mode: u32,
-    ) -> Result<()> {
-        self.check_writable()?;
-        let body = Enc::new()
-            .u64(fh)
-            .u64(offset)
-            .u64(len)
-            .u32(mode)
-            .u32(0)
-            .bytes();
-        self.call(op::FALLOCATE, node, &[&body], &mut [])
-            .map(|_| ())
-    }
-
-    pub fn fsync(&mut self, node: u64, fh: u64, datasync: bool) -> Result<()> {
-        let body = Enc::new().u64(fh).u32(u32::from(datasync)).u32(0).bytes();
-        self.call(op::FSYNC, node, &[&body], &mut []).map(|_| ())
-    }
-
-    pub fn mkdir(
-        &mut self,
-        parent: u64,
-        name: &[u8],
-        mode: u32,
-        umask: u32,
-    ) -> Result<(u64, Attr)> {
-        self.check_writable()?;
-        let body = Enc::new().u32(mode).u32(umask).name(name).bytes();
-        let mut out = reply::<{ fuse::ENTRY_OUT_SIZE }>();
-        let n = self.call(op::MKDIR, parent, &[&body], &mut [&mut out])?;
-        fuse::parse_entry(&out[..n])
-    }
-
-    pub fn mknod(
-        &mut self,
-        parent: u64,
-        name: &[u8],
-        mode: u32,
-        rdev: u32,
-        umask: u32,
-    ) -> Result<(u64, Attr)> {
-        self.check_writable()?;
-        let body = Enc::new()
-            .u32(mode)
-            .u32(rdev)
-            .u32(umask)
-            .u32(0)
-            .name(name)
-            .bytes();
-        let mut out = reply::<{ fuse::ENTRY_OUT_SIZE }>();
-        let n = self.call(op::MKNOD, parent, &[&body], &mut [&mut out])?;
-        fuse::parse_entry(&out[..n])
-    }
-
-    pub fn unlink(&mut self, parent: u64, name: &[u8], dir: bool) -> Result<()> {
-        self.check_writable()?;
-        let body = Enc::new().name(name).bytes();
-        let opcode = if dir { op::RMDIR } else { op::UNLINK };
-        self.call(opcode, parent, &[&body], &mut []).map(|_| ())
-    }
-
-    pub fn rename(
-        &mut self,
-        olddir: u64,
-        oldname: &[u8],
-        newdir: u64,
-        newname: &[u8],
-    ) -> Result<()> {
-        self.check_writable()?;
-        let body = Enc::new().u64(newdir).name(oldname).name(newname).bytes();
-        self.call(op::RENAME, olddir, &[&body], &mut []).map(|_| ())
-    }
-
-    pub fn symlink(&mut self, parent: u64, name: &[u8], target: &[u8]) -> Result<(u64, Attr)> {
-        self.check_writable()?;
-        let body = Enc::new().name(name).name(target).bytes();
-        let mut out = reply::<{ fuse::ENTRY_OUT_SIZE }>();
-        let n = self.call(op::SYMLINK, parent, &[&body], &mut [&mut out])?;
-        fuse::parse_entry(&out[..n])
-    }
-
-    pub fn link(&mut self, node: u64, newparent: u64, newname: &[u8]) -> Result<(u64, Attr)> {
-        self.check_writable()?;
-        let body = Enc::new().u64(node).name(newname).bytes();
-        let mut out = reply::<{ fuse::ENTRY_OUT_SIZE }>();
-        let n = self.call(op::LINK, newparent, &[&body], &mut [&mut out])?;
-        fuse::parse_entry(&out[..n])
-    }
-
-    /// `struct kstatfs` as FUSE returns it (80 bytes).
-    pub fn statfs(&mut self, node: u64) -> Result<[u8; fuse::STATFS_OUT_SIZE]> {
-        let mut out = reply::<{ fuse::STATFS_OUT_SIZE }>();
-        self.call(op::STATFS, node, &[], &mut [&mut out])?;
-        Ok(out)
-    }
-
-    pub fn access(&mut self, node: u64, mask: u32) -> Result<()> {
-        let body = Enc::new().u32(mask).u32(0).bytes();
-        match self.call(op::ACCESS, node, &[&body], &mut []) {
-            // Servers without ACCESS leave permission checks to open().
-            Err(Errno::ENOSYS) => Ok(()),
-            other => other.map(|_| ()),
-        }
-    }
-}
-
-impl Errno {
-    /// FUSE major version mismatch (Linux answers EPROTO).
-    pub const EPROTO_LIKE: Errno = Errno(71);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Records requests and answers with canned payloads.
-    struct Recorder {
-        requests: Vec<(u32, u64, Vec<u8>)>,
-        answer: Result<Vec<u8>>,
-    }
-
-    impl FuseTransport for Recorder {
-        fn call(
-            &mut self,
-            opcode: u32,
-            nodeid: u64,
-            ins: &[&[u8]],
-            outs: &mut [&mut [u8]],
-        ) -> Result<usize> {
-            self.requests.push((opcode, nodeid, ins.concat()));
-            let answer = self.answer.clone()?;
-            let mut at = 0;
-            for out in outs.iter_mut() {
-                let n = out.len().min(answer.len() - at);
-                out[..n].copy_from_slice(&answer[at..at + n]);
-                at += n;
-            }
-            Ok(at)
-        }
-    }
-
-    #[test]
-    fn the_first_request_sends_fuse_init_first() {
-        let mut init = vec![0u8; fuse::INIT_OUT_SIZE];
-        init[0..4].copy_from_slice(&fuse::KERNEL_VERSION.to_le_bytes());
-        let mut fs = FuseFs::new(
-            Recorder {
-                requests: vec![],
-                answer: Ok(init),
-            },
-            false,
-        );
-        let _ = fs.getattr(1, None);
-        let _ = fs.getattr(1, None);
-        let ops: Vec<u32> = fs.transport.requests.iter().map(|r| r.0).collect();
-        assert_eq!(ops, vec![op::INIT, op::GETATTR, op::GETATTR]);
-    }
-
-    #[test]
-    fn lookup_sends_a_terminated_name_and_decodes_the_entry() {
-        let mut entry = vec![0u8; fuse::ENTRY_OUT_SIZE];
-        entry[0..8].copy_from_slice(&9u64.to_le_bytes());
-        let mut fs = FuseFs::new(
-            Recorder {
-                requests: vec![],
-                answer: Ok(entry),
-            },
-            false,
-        )
-        .ready();
-        let (id, _) = fs.lookup(1, b"bin").expect("lookup");
-        assert_eq!(id, 9);
-        assert_eq!(fs.transport.requests[0], (op::LOOKUP, 1, b"bin\0".to_vec()));
-    }
-
-    #[test]
-    fn errors_pass_through_and_readonly_refuses_writes() {
-        let mut fs = FuseFs::new(
-            Recorder {
-                requests: vec![],
-                answer: Err(Errno::ENOENT),
-            },
-            true,
-        )
-        .ready();
-        assert_eq!(fs.lookup(1, b"x").map(|e| e.0), Err(Errno::ENOENT));
-        assert_eq!(fs.unlink(1, b"x", false), Err(Errno::EROFS));
-        assert_eq!(fs.mkdir(1, b"x", 0o755, 0).map(|e| e.0), Err(Errno::EROFS));
-        assert_eq!(fs.transport.requests.len(), 1);
-    }
-
-    #[test]
-    fn short_reads_stop_and_init_reads_max_write() {
-        let mut fs = FuseFs::new(
-            Recorder {
-                requests: vec![],
-                answer: Ok(vec![1; 10]),
-            },
-            false,
-        )
-        .ready();
-        let mut buf = vec![0u8; 100];
-        assert_eq!(fs.read(2, 3, 0, &mut buf), Ok(10));
-        let body = &fs.transport.requests[0].2;
-        assert_eq!(&body[16..20], &100u32.to_le_bytes());
-
-        let mut init = vec![0u8; 24];
-        init[0..4].copy_from_slice(&7u32.to_le_bytes());
-        init[20..24].copy_from_slice(&(256u32 * 1024).to_le_bytes());
-        let mut fs = FuseFs::new(
-            Recorder {
-                requests: vec![],
-                answer: Ok(init),
-            },
-            false,
-        )
-        .ready();
-        fs.init().expect("init");
-        assert_eq!(fs.max_write, 256 * 1024);
     }
 }

@@ -9,7 +9,7 @@
 //! vCPU is not the task's time) and charges the time since the previous one: user time at system-call and fault entry, system time
 //! when the kernel returns to user mode or switches the task out, nobody's
 //! while idle. Charges go to the running task in the meter itself and reach
-//! the task (`crate::process::Task::cpu`) when it stops running, so a
+//! the task (`crate::task::process::Task::cpu`) when it stops running, so a
 //! system call costs two readings of the run clock (`rdtsc` and the steal
 //! counter, a memory read) and two additions, no table lookup.
 //!
@@ -20,13 +20,13 @@
 //! on hardware KVM) runs before the first reading and counts as user time.
 //!
 //! Times are kept in TSC ticks and converted to nanoseconds when read
-//! (`crate::syscalls::time::Clock::ticks_ns`).
+//! (`crate::kernel::time::Clock::ticks_ns`).
 //!
 //! Plain data, unit-tested on the host.
 
 use core::ops::{Add, AddAssign};
 
-use crate::process::Pid;
+use crate::task::process::Pid;
 
 /// CPU time, in TSC ticks.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

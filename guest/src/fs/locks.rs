@@ -16,7 +16,7 @@ use alloc::rc::{Rc, Weak};
 use alloc::vec::Vec;
 
 use crate::errno::{Errno, Result};
-use crate::fd::File;
+use crate::fs::fd::File;
 
 /// Which file a lock is on: (file system, node id), or an open file's
 /// address for files that are not on a file system (pipes).
@@ -128,7 +128,7 @@ impl Locks {
         if list.is_empty() {
             self.records.remove(&key);
         }
-        crate::pipe::bump();
+        crate::fs::pipe::bump();
         Ok(())
     }
 
@@ -138,7 +138,7 @@ impl Locks {
             let before = list.len();
             list.retain(|l| !matches!(l.owner, Owner::Process(p) if p == pid));
             if list.len() != before {
-                crate::pipe::bump();
+                crate::fs::pipe::bump();
             }
         }
     }
@@ -167,7 +167,7 @@ impl Locks {
         if !unlock {
             list.push((me, exclusive));
         }
-        crate::pipe::bump();
+        crate::fs::pipe::bump();
         Ok(())
     }
 }

@@ -2,6 +2,8 @@
 //! `main.rs` hand to Rust, MMIO accessors, the privileged gates, and the jump
 //! into the application. The host unit tests never call these.
 
+pub mod mem;
+
 use capsa_abi::{control, CONTROL_MMIO_BASE};
 
 /// Registers saved by `capsa_syscall_user`, lowest address first. The

@@ -1,7 +1,7 @@
 //! Futex wait queues for the cooperative scheduler.
 //!
 //! A waiting thread is blocked in a restartable `futex` call (see
-//! `crate::process`): each time it is retried, the kernel asks this table
+//! `crate::task::process`): each time it is retried, the kernel asks this table
 //! what became of it. The first attempt compares the word and queues the
 //! thread; later attempts either find it woken (the call returns 0), or
 //! still queued (it blocks again, as a queued Linux waiter does not look at
@@ -24,7 +24,7 @@
 use alloc::collections::BTreeSet;
 use alloc::vec::Vec;
 
-use crate::process::Pid;
+use crate::task::process::Pid;
 
 pub const FUTEX_WAIT: u32 = 0;
 pub const FUTEX_WAKE: u32 = 1;

@@ -17,16 +17,15 @@ use core::cell::Cell;
 use core::fmt::Write;
 
 use crate::errno::{Errno, Result};
-use crate::fd::{File, SEEK_CUR, SEEK_SET};
-use crate::files::synthetic_stat;
-use crate::fuse::{self, S_IFDIR, S_IFLNK, S_IFREG};
-use crate::kernel::{Devices, Kernel};
-use crate::mm::space::SLOT;
+use crate::fs::fd::{File, SEEK_CUR, SEEK_SET};
+use crate::fs::files::synthetic_stat;
+use crate::fs::fuse::{self, S_IFDIR, S_IFLNK, S_IFREG};
+use crate::fs::Devices;
 use crate::mm::{PROT_EXEC, PROT_READ, PROT_WRITE};
 
-const DT_DIR: u8 = 4;
-const DT_REG: u8 = 8;
-const DT_LNK: u8 = 10;
+pub const DT_DIR: u8 = 4;
+pub const DT_REG: u8 = 8;
+pub const DT_LNK: u8 = 10;
 
 /// One `/proc` entry, as the lookup finds it.
 pub enum Entry {
@@ -54,7 +53,7 @@ pub fn is_proc(path: &[u8]) -> bool {
     path == b"/proc" || path.starts_with(b"/proc/")
 }
 
-const PID_ENTRIES: [(&[u8], u8); 8] = [
+pub const PID_ENTRIES: [(&[u8], u8); 8] = [
     (b"cmdline", DT_REG),
     (b"comm", DT_REG),
     (b"exe", DT_LNK),
@@ -67,308 +66,45 @@ const PID_ENTRIES: [(&[u8], u8); 8] = [
 
 /// What `/proc/<pid>` shows of one process, gathered from the kernel (the
 /// running process) or from its parked state.
-struct ProcInfo {
-    tgid: i32,
-    pid: i32,
-    ppid: i32,
-    pgid: i32,
-    sid: i32,
-    sleeping: bool,
-    comm: [u8; 16],
-    exe: Vec<u8>,
-    cmdline: Vec<u8>,
-    uids: [u32; 4],
-    gids: [u32; 4],
-    groups: Vec<u32>,
-    umask: u32,
-    pending: u64,
-    blocked: u64,
-    ignored: u64,
-    caught: u64,
-    vmas: Vec<(u64, u64, u32)>,
-    stack: (u64, u64),
-    brk: (u64, u64),
-    fds: Vec<(i32, Rc<dyn File>)>,
-    threads: usize,
+pub struct ProcInfo {
+    pub tgid: i32,
+    pub pid: i32,
+    pub ppid: i32,
+    pub pgid: i32,
+    pub sid: i32,
+    pub sleeping: bool,
+    pub comm: [u8; 16],
+    pub exe: Vec<u8>,
+    pub cmdline: Vec<u8>,
+    pub uids: [u32; 4],
+    pub gids: [u32; 4],
+    pub groups: Vec<u32>,
+    pub umask: u32,
+    pub pending: u64,
+    pub blocked: u64,
+    pub ignored: u64,
+    pub caught: u64,
+    pub vmas: Vec<(u64, u64, u32)>,
+    pub stack: (u64, u64),
+    pub brk: (u64, u64),
+    pub fds: Vec<(i32, Rc<dyn File>)>,
+    pub threads: usize,
     /// utime, stime, cutime, cstime in clock ticks.
-    cpu: [u64; 4],
+    pub cpu: [u64; 4],
 }
 
 impl ProcInfo {
-    fn name(&self) -> String {
+    pub fn name(&self) -> String {
         let len = self.comm.iter().position(|&b| b == 0).unwrap_or(16);
         String::from_utf8_lossy(&self.comm[..len]).into()
     }
 
-    fn vm_size(&self) -> u64 {
+    pub fn vm_size(&self) -> u64 {
         self.vmas.iter().map(|(s, e, _)| e - s).sum()
     }
 }
 
-/// The process state parts of a `ProcInfo` (everything but the task fields).
-fn from_state(
-    info: &mut ProcInfo,
-    st: (
-        &crate::kernel::Creds,
-        &crate::syscalls::signal::Signals,
-        &crate::mm::Mm,
-    ),
-) {
-    let (c, sig, mm) = st;
-    info.uids = [c.uid, c.euid, c.suid, c.fsuid];
-    info.gids = [c.gid, c.egid, c.sgid, c.fsgid];
-    info.groups = c.groups.clone();
-    info.pending = sig.pending;
-    info.blocked = sig.mask;
-    for (i, action) in sig.actions.iter().enumerate() {
-        match action.handler {
-            0 => {}
-            1 => info.ignored |= 1 << i,
-            _ => info.caught |= 1 << i,
-        }
-    }
-    info.vmas = mm.vmas.iter().collect();
-    info.stack = mm.stack;
-    info.brk = (mm.brk_start, mm.brk_end);
-}
-
-impl Kernel {
-    /// The `/proc` entry at `path` (lexical, absolute, under `/proc`).
-    /// `/proc/self` is a link; below it, `self` names the caller's pid.
-    /// `opening`: the entry is being opened, so the caller's `fd/` lists
-    /// the descriptor the open is about to take, as Linux's listing does.
-    pub fn proc_entry(&mut self, path: &[u8], follow: bool, opening: bool) -> Result<Entry> {
-        let parts: Vec<&[u8]> = path
-            .split(|&b| b == b'/')
-            .filter(|c| !c.is_empty())
-            .skip(1)
-            .collect();
-        let me = self.procs.tgid(self.cur);
-        // `self`, or a pid (a thread's id names its process, as on Linux).
-        let pid_of = |name: &[u8]| -> Option<i32> {
-            if name == b"self" {
-                return Some(me);
-            }
-            let pid = core::str::from_utf8(name).ok()?.parse::<i32>().ok()?;
-            (pid > 0).then_some(pid)
-        };
-        match parts.as_slice() {
-            [] => {
-                let mut names: Vec<(Vec<u8>, u8)> =
-                    [b"cpuinfo".as_slice(), b"meminfo", b"mounts", b"uptime"]
-                        .iter()
-                        .map(|n| (n.to_vec(), DT_REG))
-                        .collect();
-                names.push((b"self".to_vec(), DT_LNK));
-                for pid in self.procs.pids() {
-                    if self.procs.tgid(pid) == pid && self.proc_info(pid).is_some() {
-                        names.push((format!("{pid}").into_bytes(), DT_DIR));
-                    }
-                }
-                Ok(Entry::Dir(b"/proc".to_vec(), names))
-            }
-            [b"self"] if !follow => Ok(Entry::Link(format!("{me}").into_bytes(), None)),
-            [b"cpuinfo"] => Ok(Entry::File(cpuinfo())),
-            [b"meminfo"] => Ok(Entry::File(self.meminfo())),
-            [b"uptime"] => {
-                // Up time, and the time the one vCPU spent idle.
-                let up = self.clock.since_boot_ns();
-                let idle = self.clock.ticks_ns(self.meter.idle(self.clock.cpu_ticks()));
-                let secs = |ns: u64| format!("{}.{:02}", ns / 1_000_000_000, ns / 10_000_000 % 100);
-                Ok(Entry::File(
-                    format!("{} {}\n", secs(up), secs(idle.min(up))).into_bytes(),
-                ))
-            }
-            [b"mounts"] => Ok(Entry::File(self.mounts())),
-            [name, rest @ ..] => {
-                let pid = pid_of(name).ok_or(Errno::ENOENT)?;
-                let info = self.proc_info(pid).ok_or(Errno::ENOENT)?;
-                if rest.is_empty() {
-                    let path = format!("/proc/{}", info.tgid).into_bytes();
-                    let names = PID_ENTRIES.iter().map(|(n, t)| (n.to_vec(), *t)).collect();
-                    return Ok(Entry::Dir(path, names));
-                }
-                let opening_own_fd = (opening && info.tgid == me).then(|| self.fds.lowest_free());
-                self.pid_entry(&info, rest, opening_own_fd)
-            }
-        }
-    }
-
-    /// What `/proc/<pid>` shows of process `pid` (or of the process whose
-    /// thread `pid` is); None if there is no such live process.
-    fn proc_info(&self, pid: i32) -> Option<ProcInfo> {
-        let tgid = self.procs.tgid(pid);
-        let task = self.procs.get(tgid)?;
-        if matches!(task.state, crate::process::State::Zombie(_)) {
-            return None;
-        }
-        let mut info = ProcInfo {
-            tgid,
-            pid: tgid,
-            ppid: task.ppid,
-            pgid: task.pgid,
-            sid: task.sid,
-            sleeping: matches!(task.state, crate::process::State::Blocked(_)),
-            comm: [0; 16],
-            exe: Vec::new(),
-            cmdline: Vec::new(),
-            uids: [0; 4],
-            gids: [0; 4],
-            groups: Vec::new(),
-            umask: 0,
-            pending: 0,
-            blocked: 0,
-            ignored: 0,
-            caught: 0,
-            vmas: Vec::new(),
-            stack: (0, 0),
-            brk: (0, 0),
-            fds: Vec::new(),
-            threads: self.procs.threads(tgid).len().max(1),
-            cpu: [0; 4],
-        };
-        let own = self.process_cpu(tgid).unwrap_or_default();
-        let children = task.cpu_children;
-        for (slot, ticks) in
-            info.cpu
-                .iter_mut()
-                .zip([own.user, own.sys, children.user, children.sys])
-        {
-            *slot = crate::cputime::clock_ticks(self.clock.ticks_ns(ticks));
-        }
-        let fds = |table: &crate::fd::FdTable| -> Vec<(i32, Rc<dyn File>)> {
-            let mut out = Vec::new();
-            let (mut fd, mut seen) = (0, 0);
-            while seen < table.open_count() && (fd as usize) < self.nofile_limit() {
-                if let Ok(file) = table.file(fd) {
-                    out.push((fd, file));
-                    seen += 1;
-                }
-                fd += 1;
-            }
-            out
-        };
-        if tgid == self.procs.tgid(self.cur) && self.cur_is_loaded() {
-            info.sleeping = false;
-            info.comm = self.comm;
-            info.exe = self.exe_path.clone();
-            let (start, end) = self.mm.args;
-            info.cmdline = self
-                .user_buf(start, end.saturating_sub(start) as usize)
-                .map(|b| b.to_vec())
-                .unwrap_or_default();
-            info.umask = self.umask;
-            info.fds = fds(&self.fds);
-            from_state(&mut info, (&self.creds, &self.signals, &self.mm));
-            return Some(info);
-        }
-        let parked = self
-            .procs
-            .group(tgid)
-            .into_iter()
-            .filter_map(|p| self.procs.get(p).and_then(|t| t.parked.as_ref()))
-            .find(|p| p.shared)?;
-        info.comm = parked.comm;
-        info.exe = parked.exe_path.clone();
-        let (start, end) = parked.mm.args;
-        let mut cmdline = alloc::vec![0u8; end.saturating_sub(start).min(1 << 20) as usize];
-        if parked
-            .space
-            .as_ref()
-            .is_some_and(|s| s.read(start, &mut cmdline))
-        {
-            info.cmdline = cmdline;
-        }
-        info.umask = parked.umask;
-        info.fds = fds(&parked.fds);
-        from_state(&mut info, (&parked.creds, &parked.signals, &parked.mm));
-        Some(info)
-    }
-
-    /// `opening_fd`: the descriptor the caller's open of its own `fd/` is
-    /// about to take, listed too.
-    fn pid_entry(
-        &mut self,
-        info: &ProcInfo,
-        rest: &[&[u8]],
-        opening_fd: Option<i32>,
-    ) -> Result<Entry> {
-        match rest {
-            [b"cmdline"] => Ok(Entry::File(info.cmdline.clone())),
-            [b"comm"] => Ok(Entry::File(format!("{}\n", info.name()).into_bytes())),
-            [b"exe"] => Ok(Entry::Link(info.exe.clone(), None)),
-            [b"maps"] => Ok(Entry::File(maps(info))),
-            [b"mounts"] => Ok(Entry::File(self.mounts())),
-            [b"stat"] => Ok(Entry::File(stat_line(info))),
-            [b"status"] => Ok(Entry::File(status(info))),
-            [b"fd"] => {
-                let mut fds: Vec<i32> = info.fds.iter().map(|(fd, _)| *fd).collect();
-                fds.extend(opening_fd);
-                fds.sort_unstable();
-                fds.dedup();
-                let names = fds
-                    .into_iter()
-                    .map(|fd| (format!("{fd}").into_bytes(), DT_LNK))
-                    .collect();
-                Ok(Entry::Dir(
-                    format!("/proc/{}/fd", info.tgid).into_bytes(),
-                    names,
-                ))
-            }
-            [b"fd", n] => {
-                let fd = core::str::from_utf8(n)
-                    .ok()
-                    .and_then(|n| n.parse::<i32>().ok())
-                    .ok_or(Errno::ENOENT)?;
-                let (_, file) = info
-                    .fds
-                    .iter()
-                    .find(|(f, _)| *f == fd)
-                    .ok_or(Errno::ENOENT)?;
-                Ok(Entry::Link(file.proc_name(), Some(file.clone())))
-            }
-            _ => Err(Errno::ENOENT),
-        }
-    }
-
-    fn meminfo(&self) -> Vec<u8> {
-        let total = self.ram_size / 1024;
-        let free = self.frames.available() * (SLOT / 1024);
-        format!(
-            "MemTotal:       {total:8} kB\nMemFree:        {free:8} kB\n\
-             MemAvailable:   {free:8} kB\nBuffers:               0 kB\n\
-             Cached:                0 kB\nSwapCached:            0 kB\n\
-             SwapTotal:             0 kB\nSwapFree:              0 kB\n"
-        )
-        .into_bytes()
-    }
-
-    fn mounts(&mut self) -> Vec<u8> {
-        let mut out = String::new();
-        for m in &self.dev.vfs.mounts {
-            let mut path = String::new();
-            for c in &m.components {
-                path.push('/');
-                path.push_str(&String::from_utf8_lossy(c));
-            }
-            if path.is_empty() {
-                path.push('/');
-            }
-            let ro = self
-                .dev
-                .vfs
-                .filesystems
-                .get(m.fs)
-                .is_some_and(|fs| fs.readonly);
-            let mode = if ro { "ro" } else { "rw" };
-            let _ = writeln!(out, "virtiofs{} {path} virtiofs {mode},relatime 0 0", m.fs);
-        }
-        out.push_str("proc /proc proc rw,nosuid,nodev,noexec,relatime 0 0\n");
-        out.into_bytes()
-    }
-}
-
-fn maps(info: &ProcInfo) -> Vec<u8> {
+pub fn maps(info: &ProcInfo) -> Vec<u8> {
     let mut out = String::new();
     for &(start, end, prot) in &info.vmas {
         let flag = |bit: u32, c: char| if prot & bit != 0 { c } else { '-' };
@@ -391,7 +127,7 @@ fn maps(info: &ProcInfo) -> Vec<u8> {
     out.into_bytes()
 }
 
-fn state_char(info: &ProcInfo) -> char {
+pub fn state_char(info: &ProcInfo) -> char {
     if info.sleeping {
         'S'
     } else {
@@ -399,7 +135,7 @@ fn state_char(info: &ProcInfo) -> char {
     }
 }
 
-fn stat_line(info: &ProcInfo) -> Vec<u8> {
+pub fn stat_line(info: &ProcInfo) -> Vec<u8> {
     let [utime, stime, cutime, cstime] = info.cpu;
     format!(
         "{} ({}) {} {} {} {} 0 -1 0 0 0 0 0 {utime} {stime} {cutime} {cstime} 20 0 {} 0 0 {} {} \
@@ -418,7 +154,7 @@ fn stat_line(info: &ProcInfo) -> Vec<u8> {
     .into_bytes()
 }
 
-fn status(info: &ProcInfo) -> Vec<u8> {
+pub fn status(info: &ProcInfo) -> Vec<u8> {
     let mut groups = String::new();
     for g in &info.groups {
         let _ = write!(groups, "{g} ");
@@ -455,7 +191,7 @@ fn status(info: &ProcInfo) -> Vec<u8> {
 }
 
 /// `/proc/cpuinfo` for the one vCPU, from CPUID.
-fn cpuinfo() -> Vec<u8> {
+pub fn cpuinfo() -> Vec<u8> {
     use core::arch::x86_64::__cpuid;
     let leaf0 = __cpuid(0);
     let mut vendor = Vec::new();
@@ -582,7 +318,7 @@ impl File for ProcFile {
         Ok(n)
     }
     fn seek(&self, _dev: &mut Devices, offset: i64, whence: u32) -> Result<u64> {
-        crate::fd::seek_in(&self.offset, offset, whence, || Ok(self.data.len() as u64))
+        crate::fs::fd::seek_in(&self.offset, offset, whence, || Ok(self.data.len() as u64))
     }
     fn stat(&self, _dev: &mut Devices) -> Result<[u8; 144]> {
         Ok(Entry::File(Vec::new()).stat())
@@ -644,7 +380,7 @@ impl File for ProcDir {
 
 /// Turns an entry into an open file, following links with `open`.
 pub fn open_entry(entry: Entry, flags: u32) -> Result<Rc<dyn File>> {
-    use crate::fd::{O_ACCMODE, O_DIRECTORY, O_RDONLY, SETFL_MASK};
+    use crate::fs::fd::{O_ACCMODE, O_DIRECTORY, O_RDONLY, SETFL_MASK};
     let keep = flags & (O_ACCMODE | SETFL_MASK);
     match entry {
         Entry::File(_) if flags & O_DIRECTORY != 0 => Err(Errno::ENOTDIR),

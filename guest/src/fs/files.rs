@@ -5,12 +5,14 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::cell::Cell;
 
-use crate::drivers::virtio::fs::SetAttr;
 use crate::errno::{Errno, Result};
-use crate::fd::{File, O_ACCMODE, O_APPEND, O_NONBLOCK, O_RDONLY, O_WRONLY, SEEK_CUR, SEEK_SET};
-use crate::fuse::{self, Attr, S_IFCHR, S_IFIFO};
-use crate::kernel::Devices;
-use crate::vfs::Node;
+use crate::fs::fd::{
+    File, O_ACCMODE, O_APPEND, O_NONBLOCK, O_RDONLY, O_WRONLY, SEEK_CUR, SEEK_SET,
+};
+use crate::fs::fuse::SetAttr;
+use crate::fs::fuse::{self, Attr, S_IFCHR, S_IFIFO};
+use crate::fs::vfs::Node;
+use crate::fs::Devices;
 
 pub(crate) fn synthetic_stat(mode: u32, rdev: u32, ino: u64) -> [u8; 144] {
     Attr {
@@ -44,7 +46,7 @@ impl File for ConsoleIn {
                 let nonblocking = self.flags.get() & O_NONBLOCK != 0;
                 if !nonblocking && !buf.is_empty() && !c.readable() {
                     // Let other processes run until the VMM has input.
-                    crate::sched::want_stdin();
+                    dev.want_stdin = true;
                     return Err(Errno::EBLOCK);
                 }
                 c.read(buf, nonblocking)
@@ -255,7 +257,7 @@ impl File for FuseFile {
             .write(self.node.id, self.fh, offset, buf)
     }
     fn seek(&self, dev: &mut Devices, offset: i64, whence: u32) -> Result<u64> {
-        crate::fd::seek_in(&self.offset, offset, whence, || self.size(dev))
+        crate::fs::fd::seek_in(&self.offset, offset, whence, || self.size(dev))
     }
     fn stat(&self, dev: &mut Devices) -> Result<[u8; 144]> {
         let attr = dev

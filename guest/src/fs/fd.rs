@@ -7,9 +7,9 @@ use alloc::rc::Rc;
 use alloc::vec::Vec;
 use core::cell::Cell;
 
-use crate::drivers::virtio::fs::SetAttr;
 use crate::errno::{Errno, Result};
-use crate::kernel::Devices;
+use crate::fs::fuse::SetAttr;
+use crate::fs::Devices;
 
 pub const O_ACCMODE: u32 = 3;
 pub const O_RDONLY: u32 = 0;
@@ -91,12 +91,13 @@ pub trait File {
     fn pollable(&self) -> bool {
         true
     }
-    /// The socket this file is, if it is one.
-    fn as_unix_stream(&self) -> Option<&crate::socket::UnixStream> {
+    /// The file as its concrete type, for the subsystems that own a kind
+    /// of file (sockets) and need it back from a descriptor.
+    fn as_any(&self) -> Option<&dyn core::any::Any> {
         None
     }
     /// The epoll instance this file is, if it is one.
-    fn as_epoll(&self) -> Option<&crate::event::Epoll> {
+    fn as_epoll(&self) -> Option<&crate::fs::event::Epoll> {
         None
     }
     /// What `/proc/self/fd/N` links to.

@@ -1,117 +1,17 @@
-//! `AF_UNIX` stream socket pairs (`socketpair`): what Python's asyncio uses
-//! for its self-pipe and a subprocess's stdin. Each direction is a pipe
-//! buffer (see `crate::pipe`), so blocking, end of file, `EPIPE` and wake-ups
-//! are the pipes' own. There are no named sockets: `socket`, `bind` and
-//! `connect` are not implemented, nor datagram pairs.
-
-use alloc::rc::Rc;
-use alloc::vec::Vec;
-use core::cell::{Cell, RefCell};
+//! Socket system calls (the socket kinds are `crate::net`).
 
 use crate::errno::{Errno, Result};
-use crate::fd::{File, O_CLOEXEC, O_NONBLOCK, O_RDWR};
-use crate::files::synthetic_stat;
-use crate::kernel::{Devices, Kernel};
-use crate::pipe::{new_pipe, PipeEnd};
-
-const AF_UNIX: u32 = 1;
-const SOCK_STREAM: u32 = 1;
-const SOCK_TYPE_MASK: u32 = 0xf;
-const SOL_SOCKET: u32 = 1;
-const SO_TYPE: u32 = 3;
-const SO_ERROR: u32 = 4;
-const SO_ACCEPTCONN: u32 = 30;
-const SO_DOMAIN: u32 = 39;
-const MSG_PEEK: u32 = 0x2;
-const MSG_DONTWAIT: u32 = 0x40;
-const MSG_NOSIGNAL: u32 = 0x4000;
-const S_IFSOCK: u32 = 0o140000;
-
-/// One end of a connected pair.
-pub struct UnixStream {
-    /// What the peer writes; None after `shutdown(SHUT_RD)`.
-    rx: RefCell<Option<PipeEnd>>,
-    /// What the peer reads; None after `shutdown(SHUT_WR)` (the peer sees
-    /// end of file).
-    tx: RefCell<Option<PipeEnd>>,
-    flags: Cell<u32>,
-    ino: u64,
-}
-
-impl UnixStream {
-    fn recv(&self, buf: &mut [u8], nonblocking: bool, peek: bool) -> Result<usize> {
-        let rx = self.rx.borrow();
-        let Some(end) = rx.as_ref() else {
-            return Ok(0);
-        };
-        let mut pipe = end.pipe.borrow_mut();
-        if peek {
-            let n = pipe.peek(buf);
-            if n > 0 || buf.is_empty() || !pipe.has_writers() {
-                return Ok(n);
-            }
-            return Err(if nonblocking {
-                Errno::EAGAIN
-            } else {
-                Errno::EBLOCK
-            });
-        }
-        pipe.read(buf, nonblocking)
-    }
-
-    fn send(&self, buf: &[u8], nonblocking: bool) -> Result<usize> {
-        let tx = self.tx.borrow();
-        let end = tx.as_ref().ok_or(Errno::EPIPE)?;
-        let result = end.pipe.borrow_mut().write(buf, nonblocking);
-        result
-    }
-
-    fn nonblocking(&self) -> bool {
-        self.flags.get() & O_NONBLOCK != 0
-    }
-}
-
-impl File for UnixStream {
-    fn read(&self, _dev: &mut Devices, buf: &mut [u8]) -> Result<usize> {
-        self.recv(buf, self.nonblocking(), false)
-    }
-    fn write(&self, _dev: &mut Devices, buf: &[u8]) -> Result<usize> {
-        self.send(buf, self.nonblocking())
-    }
-    fn stat(&self, _dev: &mut Devices) -> Result<[u8; 144]> {
-        Ok(synthetic_stat(S_IFSOCK | 0o777, 0, self.ino))
-    }
-    fn poll(&self, _dev: &mut Devices) -> (bool, bool) {
-        let readable = self
-            .rx
-            .borrow()
-            .as_ref()
-            .is_none_or(|e| e.pipe.borrow().poll().0);
-        let writable = self
-            .tx
-            .borrow()
-            .as_ref()
-            .is_none_or(|e| e.pipe.borrow().poll().1);
-        (readable, writable)
-    }
-    fn flags(&self) -> u32 {
-        self.flags.get()
-    }
-    fn set_flags(&self, flags: u32) {
-        self.flags.set(flags);
-    }
-    fn proc_name(&self) -> Vec<u8> {
-        alloc::format!("socket:[{}]", self.ino).into_bytes()
-    }
-    fn as_unix_stream(&self) -> Option<&UnixStream> {
-        Some(self)
-    }
-}
+use crate::fs::fd::{File, O_CLOEXEC, O_NONBLOCK, O_RDWR};
+use crate::fs::pipe::new_pipe;
+use crate::kernel::Kernel;
+use crate::net::unix::*;
+use alloc::rc::Rc;
+use core::cell::{Cell, RefCell};
 
 impl Kernel {
-    fn unix_stream(&self, fd: i32) -> Result<Rc<dyn File>> {
+    fn socket_file(&self, fd: i32) -> Result<Rc<dyn File>> {
         let file = self.fds.file(fd)?;
-        if file.as_unix_stream().is_none() {
+        if unix_stream(&*file).is_none() {
             return Err(Errno::ENOTSOCK);
         }
         Ok(file)
@@ -166,19 +66,19 @@ impl Kernel {
         flags: u32,
         addr: u64,
     ) -> Result<u64> {
-        let file = self.unix_stream(fd)?;
+        let file = self.socket_file(fd)?;
         if addr != 0 {
             return Err(Errno::EISCONN);
         }
         let data = self.user_buf(buf, len as usize)?;
-        let Some(sock) = file.as_unix_stream() else {
+        let Some(sock) = unix_stream(&*file) else {
             return Err(Errno::ENOTSOCK);
         };
         let nonblocking = sock.nonblocking() || flags & MSG_DONTWAIT != 0;
         match sock.send(data, nonblocking) {
             Err(Errno::EPIPE) if flags & MSG_NOSIGNAL == 0 => {
                 let cur = self.cur;
-                self.post_signal(cur, crate::syscalls::signal::SIGPIPE);
+                self.post_signal(cur, crate::task::signal::SIGPIPE);
                 Err(Errno::EPIPE)
             }
             other => other.map(|n| n as u64),
@@ -194,9 +94,9 @@ impl Kernel {
         flags: u32,
         addr_len: u64,
     ) -> Result<u64> {
-        let file = self.unix_stream(fd)?;
+        let file = self.socket_file(fd)?;
         let data = self.user_buf_mut(buf, len as usize)?;
-        let Some(sock) = file.as_unix_stream() else {
+        let Some(sock) = unix_stream(&*file) else {
             return Err(Errno::ENOTSOCK);
         };
         let nonblocking = sock.nonblocking() || flags & MSG_DONTWAIT != 0;
@@ -208,8 +108,8 @@ impl Kernel {
     }
 
     pub fn sys_shutdown(&mut self, fd: i32, how: u32) -> Result<u64> {
-        let file = self.unix_stream(fd)?;
-        let Some(sock) = file.as_unix_stream() else {
+        let file = self.socket_file(fd)?;
+        let Some(sock) = unix_stream(&*file) else {
             return Err(Errno::ENOTSOCK);
         };
         if how > 2 {
@@ -227,7 +127,7 @@ impl Kernel {
 
     /// getsockname and getpeername: an unnamed `AF_UNIX` address.
     pub fn sys_socket_name(&mut self, fd: i32, addr: u64, addr_len: u64) -> Result<u64> {
-        self.unix_stream(fd)?;
+        self.socket_file(fd)?;
         let room = u32::from_le_bytes(
             self.user_buf(addr_len, 4)?
                 .try_into()
@@ -248,7 +148,7 @@ impl Kernel {
         value: u64,
         len: u64,
     ) -> Result<u64> {
-        self.unix_stream(fd)?;
+        self.socket_file(fd)?;
         if level != SOL_SOCKET {
             return Err(Errno::ENOPROTOOPT);
         }

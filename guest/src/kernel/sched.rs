@@ -1,29 +1,21 @@
 //! Context switching and the cooperative scheduler (the policy and its
-//! bound are described in `crate::process`), process exit, and the glue
+//! bound are described in `crate::task::process`), process exit, and the glue
 //! between the process table and the kernel's per-process state.
 
 use alloc::boxed::Box;
-use alloc::collections::BTreeSet;
 use alloc::vec::Vec;
 use core::mem::{replace, take};
 
 use crate::arch::{self, FxArea, SyscallFrame};
-use crate::errno::{Errno, Result};
-use crate::futex::{self, RobustMemory};
+use crate::errno::Errno;
+use crate::fs::pipe;
 use crate::kernel::{self, Kernel, ProcState};
-use crate::mm::space::{self, Frames, Space};
+use crate::mm::space::{Frames, Space};
 use crate::mm::Vmas;
-use crate::pipe;
-use crate::process::{Block, Context, ExitStatus, Pid, State, INIT};
+use crate::task::futex::{self, RobustMemory};
+use crate::task::process::{Block, Context, ExitStatus, Pid, State, INIT};
 
 pub const SIGCHLD: u32 = 17;
-
-/// Set by a file that answers `EBLOCK` until stdin has input.
-static WANT_STDIN: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
-
-pub fn want_stdin() {
-    WANT_STDIN.store(true, core::sync::atomic::Ordering::Relaxed);
-}
 
 /// The FPU/SSE save area `capsa_syscall_user` put below `frame`.
 ///
@@ -214,45 +206,6 @@ impl Kernel {
         }
     }
 
-    /// Backs every slot the current mappings touch, releases the others,
-    /// and makes the pages of slots whose mappings changed allow what
-    /// their mappings' protections say.
-    pub fn back(&mut self) -> Result<()> {
-        let needed = space::slots_of(self.mm.vmas.ranges());
-        let Some(s) = self.space.as_mut() else {
-            return Ok(());
-        };
-        let (mut flush, fresh) = s.sync(&needed, &mut self.frames)?;
-        let changed_span = self.mm.vmas.take_changed();
-        let mut slots: BTreeSet<u64> = fresh.iter().copied().collect();
-        if let Some((start, end)) = changed_span {
-            slots.extend(needed.range(space::slot_of(start)..end).copied());
-        }
-        for slot in slots {
-            let access = self.mm.vmas.slot_access(slot);
-            match s.set_access(slot, access.as_ref()) {
-                // A fresh slot had no translations to flush.
-                Ok(f) => flush |= f && !fresh.contains(&slot),
-                Err(e) => {
-                    // Out of heap for a page table: try again next time.
-                    if let Some((start, end)) = changed_span {
-                        self.mm.vmas.note_changed(start, end);
-                    }
-                    arch::load_cr3(s.cr3());
-                    self.loaded_cr3 = s.cr3();
-                    return Err(e);
-                }
-            }
-        }
-        if flush {
-            // Flush: under shadow paging the hypervisor may hold on to the
-            // old entries (and on hardware, removed ones) until a CR3 load.
-            arch::load_cr3(s.cr3());
-            self.loaded_cr3 = s.cr3();
-        }
-        Ok(())
-    }
-
     /// Whether the current task's state is in the kernel's fields (false
     /// while the scheduler has parked it, e.g. when idle).
     pub fn cur_is_loaded(&self) -> bool {
@@ -261,7 +214,7 @@ impl Kernel {
 
     /// Sends `sig` to process `pid` (the current one or a parked one).
     pub fn post_signal(&mut self, pid: Pid, sig: u32) {
-        if sig == 0 || sig as usize > crate::syscalls::signal::NSIG {
+        if sig == 0 || sig as usize > crate::task::signal::NSIG {
             return;
         }
         let bit = 1u64 << (sig - 1);
@@ -303,7 +256,7 @@ impl Kernel {
             .is_some_and(|t| t.vfork_parent.is_some());
         if let Some(st) = st.as_mut().filter(|_| !lends_memory) {
             let maps = st.mm.files.take(0, u64::MAX);
-            crate::syscalls::mm::write_back(st.space.as_ref(), &mut self.dev, maps);
+            crate::kernel::mm::write_back(st.space.as_ref(), &mut self.dev, maps);
         }
         if pid == INIT {
             match status {
@@ -351,7 +304,7 @@ impl Kernel {
         let mut spent = if tid == self.cur {
             self.meter.stop(self.clock.cpu_ticks())
         } else {
-            crate::cputime::Times::default()
+            crate::task::cputime::Times::default()
         };
         let tgid = self.procs.tgid(tid);
         if let Some(t) = self.procs.get(tid) {
@@ -433,7 +386,7 @@ impl Kernel {
             let addr = self.clear_child_tid;
             if self.put_user(addr, &0u32.to_le_bytes()).is_ok() {
                 self.futexes
-                    .wake(tgid, addr, 1, crate::futex::BITSET_MATCH_ANY);
+                    .wake(tgid, addr, 1, crate::task::futex::BITSET_MATCH_ANY);
             }
         }
         self.futexes.forget(cur);
@@ -458,7 +411,12 @@ impl Kernel {
     }
 
     /// A vfork child execs or exits: its parent gets its memory back and runs again.
-    pub fn return_vfork_memory(&mut self, parent: Pid, mm: crate::mm::Mm, space: Option<Space>) {
+    pub fn return_vfork_memory(
+        &mut self,
+        parent: Pid,
+        mm: crate::kernel::Mm,
+        space: Option<Space>,
+    ) {
         if let Some(t) = self.procs.get_mut(parent) {
             if let Some(p) = t.parked.as_mut() {
                 p.mm = mm;
@@ -475,8 +433,7 @@ impl Kernel {
         let state = State::Blocked(Block::Retry {
             since: pipe::events(),
             deadline: self.block_deadline.take(),
-            stdin: take(&mut self.block_stdin)
-                | WANT_STDIN.swap(false, core::sync::atomic::Ordering::Relaxed),
+            stdin: take(&mut self.block_stdin) | take(&mut self.dev.want_stdin),
         });
         if let Some(t) = self.procs.get_mut(self.cur) {
             t.state = state;

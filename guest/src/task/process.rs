@@ -30,8 +30,8 @@ use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
 use crate::arch::{FxArea, SyscallFrame};
-use crate::cputime::Times;
 use crate::errno::{Errno, Result};
+use crate::task::cputime::Times;
 
 pub type Pid = i32;
 pub const INIT: Pid = 1;
@@ -122,7 +122,7 @@ pub struct Task<S> {
     /// Nice value (-20..=19): recorded and reported; the cooperative
     /// scheduler does not weigh it.
     pub nice: i32,
-    /// CPU time this task ran (see `crate::cputime`), up to when it last
+    /// CPU time this task ran (see `crate::task::cputime`), up to when it last
     /// stopped running (the running task's latest stretch is in the meter).
     pub cpu: Times,
     /// On a process's first thread: CPU time of its threads that ended.
@@ -358,7 +358,7 @@ impl<S> ProcTable<S> {
                 if let Some(t) = self.tasks.get_mut(&pid) {
                     t.pending |= 1 << (SIGALRM - 1);
                 }
-                crate::pipe::bump();
+                crate::fs::pipe::bump();
             }
         }
         for t in self.tasks.values_mut() {

@@ -11,9 +11,9 @@
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
-use crate::drivers::virtio::fs::{FuseFs, FuseTransport};
 use crate::errno::{Errno, Result};
-use crate::fuse::{Attr, ROOT_ID, S_IFDIR, S_IFLNK, S_IFMT};
+use crate::fs::fuse::{Attr, ROOT_ID, S_IFDIR, S_IFLNK, S_IFMT};
+use crate::fs::fuse::{FuseFs, FuseTransport};
 
 const MAX_SYMLINKS: u32 = 40;
 pub const PATH_MAX: usize = 4096;
@@ -342,7 +342,7 @@ pub fn may_access(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fuse::S_IFREG;
+    use crate::fs::fuse::S_IFREG;
 
     /// An in-memory tree: (fs, parent, name) -> (id, mode), symlink targets by id.
     #[derive(Default)]

@@ -14,9 +14,9 @@ use core::cell::{Cell, RefCell};
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::errno::{Errno, Result};
-use crate::fd::{File, O_NONBLOCK, O_RDONLY, O_WRONLY};
-use crate::fuse::{Attr, S_IFIFO};
-use crate::kernel::Devices;
+use crate::fs::fd::{File, O_NONBLOCK, O_RDONLY, O_WRONLY};
+use crate::fs::fuse::{Attr, S_IFIFO};
+use crate::fs::Devices;
 
 pub const PIPE_SIZE: usize = 64 * 1024;
 /// Writes up to this size are atomic (all or nothing).

@@ -1,6 +1,13 @@
 //! The kernel proper: boot, the global state, loading the program, and the
 //! entry points the trampolines call (syscall, fault, panic).
 
+pub mod mm;
+pub mod procfs;
+pub mod sched;
+pub mod signal;
+pub mod spec;
+pub mod time;
+
 use alloc::collections::BTreeMap;
 use alloc::rc::Rc;
 use alloc::vec;
@@ -14,79 +21,29 @@ use capsa_abi::{
 };
 
 use crate::arch::{self, control_write, ExceptionFrame, FaultInfo, SyscallFrame};
+use crate::drivers::rng::Rng;
 use crate::drivers::virtio::console::Console;
-use crate::drivers::virtio::fs::{FsDevice, FuseFs};
-use crate::elf::{self, Elf};
+use crate::drivers::virtio::fs::FsDevice;
 use crate::errno::{Errno, Result};
-use crate::fd::{Fd, FdTable, File, O_RDONLY, O_WRONLY};
-use crate::files::{ConsoleIn, ConsoleOut, FuseFile};
+use crate::fs::fd::{Fd, FdTable, File, O_RDONLY, O_WRONLY};
+use crate::fs::files::{ConsoleIn, ConsoleOut, FuseFile};
+use crate::fs::fuse::{FuseFs, VirtioFuse};
+use crate::fs::vfs::{Mount, Vfs};
+use crate::fs::Devices;
+use crate::loader::elf::{self, Elf};
+use crate::loader::stack;
 use crate::mm::space::{self, Frames, Space};
-use crate::mm::{page_up, Mm, PAGE_SIZE, PROT_EXEC, PROT_READ, PROT_WRITE};
-use crate::process::{Pid, ProcTable, INIT};
-use crate::spec::{ProcessSpec, RLIMIT_STACK};
-use crate::stack;
-use crate::syscalls::signal::Signals;
-use crate::syscalls::time::Clock;
-use crate::vfs::{Mount, Vfs};
+use crate::mm::{page_up, PAGE_SIZE, PROT_EXEC, PROT_READ, PROT_WRITE};
+use crate::task::process::{Pid, ProcTable, INIT};
+use crate::task::signal::Signals;
+use crate::task::Creds;
+use spec::{ProcessSpec, RLIMIT_STACK};
+use time::Clock;
 
-/// Everything file objects need to do I/O.
-pub struct Devices {
-    pub vfs: Vfs<FsDevice>,
-    pub consoles: Vec<Console>,
-    /// Index in `consoles` of the Stdio and Stderr roles.
-    pub stdio: Option<usize>,
-    pub stderr: Option<usize>,
-    pub rng: Rng,
-}
-
-/// xorshift64*, seeded from RDRAND when present, else from the clocks.
-pub struct Rng {
-    state: u64,
-    hardware: bool,
-}
-
-impl Rng {
-    pub fn new(seed: u64, hardware: bool) -> Self {
-        Self {
-            state: seed | 1,
-            hardware,
-        }
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        if self.hardware {
-            if let Some(v) = arch::rdrand() {
-                return v;
-            }
-        }
-        self.state ^= self.state >> 12;
-        self.state ^= self.state << 25;
-        self.state ^= self.state >> 27;
-        self.state.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    pub fn fill(&mut self, buf: &mut [u8]) {
-        for chunk in buf.chunks_mut(8) {
-            let v = self.next_u64().to_le_bytes();
-            chunk.copy_from_slice(&v[..chunk.len()]);
-        }
-    }
-}
-
-#[derive(Clone, Debug, Default)]
-pub struct Creds {
-    pub uid: u32,
-    pub euid: u32,
-    pub suid: u32,
-    pub gid: u32,
-    pub egid: u32,
-    pub sgid: u32,
-    /// The ids file permission checks use; they follow the effective ids
-    /// unless `setfsuid`/`setfsgid` set them apart.
-    pub fsuid: u32,
-    pub fsgid: u32,
-    pub groups: Vec<u32>,
-}
+/// A process's address space, its shared file mappings holding file objects.
+pub type Mm = crate::mm::Mm<dyn File>;
+/// One `MAP_SHARED` file mapping of a process.
+pub type MappedFile = crate::mm::MappedFile<dyn File>;
 
 pub struct Kernel {
     pub dev: Devices,
@@ -98,8 +55,8 @@ pub struct Kernel {
     pub creds: Creds,
     pub signals: Signals,
     pub clock: Clock,
-    /// CPU-time accounting of the running task (see `crate::cputime`).
-    pub meter: crate::cputime::Meter,
+    /// CPU-time accounting of the running task (see `crate::task::cputime`).
+    pub meter: crate::task::cputime::Meter,
     pub boot_flags: u32,
     /// Unknown syscall numbers and how often each was called.
     pub unknown_syscalls: BTreeMap<u64, u64>,
@@ -119,7 +76,7 @@ pub struct Kernel {
     /// The running process; its state is in the fields above, everyone
     /// else's is parked in `procs`.
     pub cur: Pid,
-    /// Deadline of a sleep or poll being restarted (see `crate::process`).
+    /// Deadline of a sleep or poll being restarted (see `crate::task::process`).
     pub restart_deadline: Option<u64>,
     /// The call the current thread is blocked in (to be restarted), if any:
     /// a handler interrupting it makes it fail with EINTR instead.
@@ -130,9 +87,9 @@ pub struct Kernel {
     /// thread exits or execs (`Kernel::exit_robust_lists`).
     pub robust_list: u64,
     /// Threads blocked in futex waits, all groups.
-    pub futexes: crate::futex::Futexes,
+    pub futexes: crate::task::futex::Futexes,
     /// Advisory file locks of every process.
-    pub locks: crate::locks::Locks,
+    pub locks: crate::fs::locks::Locks,
     /// What a call answering `EBLOCK` waits for besides the event counter.
     pub block_deadline: Option<u64>,
     pub block_stdin: bool,
@@ -352,6 +309,7 @@ pub fn boot(boot_info: u64) -> ! {
         stdio: None,
         stderr: None,
         rng: Rng::new(seed, hardware_rng),
+        want_stdin: false,
     };
     // Device index in BootInfo -> file system index.
     let mut fs_of_device = BTreeMap::new();
@@ -378,7 +336,8 @@ pub fn boot(boot_info: u64) -> ! {
             }
             (VIRTIO_ID_FS, Some(role @ (DeviceRole::RootFs | DeviceRole::Mount))) => {
                 // SAFETY: the VMM lists this window as a virtio-fs device.
-                let transport = unsafe { FsDevice::pending(d.mmio_base, spec.uid, spec.gid) };
+                let device = unsafe { FsDevice::pending(d.mmio_base) };
+                let transport = VirtioFuse::new(device, spec.uid, spec.gid);
                 let readonly = match role {
                     DeviceRole::RootFs => info.flags & FLAG_ROOTFS_READONLY != 0,
                     _ => spec
@@ -439,7 +398,7 @@ pub fn boot(boot_info: u64) -> ! {
         umask: spec.umask,
         creds,
         signals: Signals::default(),
-        meter: crate::cputime::Meter::new(clock_start),
+        meter: crate::task::cputime::Meter::new(clock_start),
         clock,
         boot_flags: info.flags,
         unknown_syscalls: BTreeMap::new(),
@@ -459,8 +418,8 @@ pub fn boot(boot_info: u64) -> ! {
         blocked_nr: None,
         clear_child_tid: 0,
         robust_list: 0,
-        futexes: crate::futex::Futexes::default(),
-        locks: crate::locks::Locks::default(),
+        futexes: crate::task::futex::Futexes::default(),
+        locks: crate::fs::locks::Locks::default(),
         block_deadline: None,
         block_stdin: false,
         switch_pending: false,
@@ -551,7 +510,9 @@ const DEFAULT_PATH: &[u8] = b"/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:
 
 impl Kernel {
     pub fn nofile_limit(&self) -> usize {
-        self.spec.rlimits[crate::spec::RLIMIT_NOFILE].0.min(1 << 20) as usize
+        self.spec.rlimits[crate::kernel::spec::RLIMIT_NOFILE]
+            .0
+            .min(1 << 20) as usize
     }
 
     pub fn debug_enabled(&self) -> bool {
@@ -562,7 +523,7 @@ impl Kernel {
         // The path as given, not its target: the process's name (comm) is
         // the last component of what was executed, as on Linux.
         let w = self.dev.vfs.walk(&self.cwd, path, true).ok()?;
-        (w.mode & crate::fuse::S_IFMT == crate::fuse::S_IFREG).then(|| path.to_vec())
+        (w.mode & crate::fs::fuse::S_IFMT == crate::fs::fuse::S_IFREG).then(|| path.to_vec())
     }
 
     /// `args[0]` as runc resolves it: as a path when it contains a slash,
@@ -577,7 +538,7 @@ impl Kernel {
         let path_var = self.spec.env_var(b"PATH").unwrap_or(DEFAULT_PATH).to_vec();
         for dir in path_var.split(|&b| b == b':') {
             let dir: &[u8] = if dir.is_empty() { b"." } else { dir };
-            let candidate = crate::vfs::join(dir, arg0);
+            let candidate = crate::fs::vfs::join(dir, arg0);
             if let Some(p) = self.is_regular_file(&candidate) {
                 return Some(p);
             }
@@ -587,7 +548,7 @@ impl Kernel {
 
     pub fn open_for_exec(&mut self, path: &[u8]) -> Result<FuseFile> {
         let w = self.dev.vfs.walk(&self.cwd, path, true)?;
-        if w.mode & crate::fuse::S_IFMT != crate::fuse::S_IFREG {
+        if w.mode & crate::fs::fuse::S_IFMT != crate::fs::fuse::S_IFREG {
             return Err(Errno::EACCES);
         }
         let fh = self.dev.vfs.fs(w.node.fs)?.open(w.node.id, O_RDONLY)?;
@@ -756,7 +717,7 @@ pub fn syscall(frame: &mut SyscallFrame) {
     let k = kernel();
     k.meter.enter_kernel(k.clock.cpu_ticks());
     // SAFETY: `frame` is the trampoline's frame, with its fxsave image below.
-    let fx = unsafe { crate::sched::fx_of(frame) };
+    let fx = unsafe { crate::kernel::sched::fx_of(frame) };
     let nr = frame.rax;
     let ret = k.dispatch(frame);
     k.finish_syscall(frame, fx, nr, ret);
@@ -874,7 +835,7 @@ pub fn fault(regs: &FaultInfo, fx: &arch::FxArea) -> ! {
     let cur = k.cur;
     k.terminate(
         cur,
-        crate::process::ExitStatus::Signaled {
+        crate::task::process::ExitStatus::Signaled {
             signal,
             core: false,
         },

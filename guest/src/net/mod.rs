@@ -1,0 +1,3 @@
+//! Sockets. Today: AF_UNIX socket pairs (`unix`).
+
+pub mod unix;
