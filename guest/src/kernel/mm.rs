@@ -51,25 +51,29 @@ impl Kernel {
     /// and makes the pages of slots whose mappings changed allow what
     /// their mappings' protections say.
     pub fn back(&mut self) -> Result<()> {
-        let needed = space::slots_of(self.mm.vmas.ranges());
-        let Some(s) = self.space.as_mut() else {
+        let tgid = self.procs.tgid(self.cur);
+        let Some(p) = self.processes.get_mut(&tgid) else {
+            return Ok(());
+        };
+        let needed = space::slots_of(p.mm.vmas.ranges());
+        let Some(s) = p.space.as_mut() else {
             return Ok(());
         };
         let (mut flush, fresh) = s.sync(&needed, &mut self.frames)?;
-        let changed_span = self.mm.vmas.take_changed();
+        let changed_span = p.mm.vmas.take_changed();
         let mut slots: BTreeSet<u64> = fresh.iter().copied().collect();
         if let Some((start, end)) = changed_span {
             slots.extend(needed.range(space::slot_of(start)..end).copied());
         }
         for slot in slots {
-            let access = self.mm.vmas.slot_access(slot);
+            let access = p.mm.vmas.slot_access(slot);
             match s.set_access(slot, access.as_ref()) {
                 // A fresh slot had no translations to flush.
                 Ok(f) => flush |= f && !fresh.contains(&slot),
                 Err(e) => {
                     // Out of heap for a page table: try again next time.
                     if let Some((start, end)) = changed_span {
-                        self.mm.vmas.note_changed(start, end);
+                        p.mm.vmas.note_changed(start, end);
                     }
                     arch::load_cr3(s.cr3());
                     self.loaded_cr3 = s.cr3();

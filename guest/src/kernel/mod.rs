@@ -36,7 +36,7 @@ use crate::mm::space::{self, Frames, Space};
 use crate::mm::{page_up, PAGE_SIZE, PROT_EXEC, PROT_READ, PROT_WRITE};
 use crate::task::process::{Pid, ProcTable, INIT};
 use crate::task::signal::Signals;
-use crate::task::Creds;
+use crate::task::{Creds, Process, Thread};
 use spec::{ProcessSpec, RLIMIT_STACK};
 use time::Clock;
 
@@ -45,47 +45,34 @@ pub type Mm = crate::mm::Mm<dyn File>;
 /// One `MAP_SHARED` file mapping of a process.
 pub type MappedFile = crate::mm::MappedFile<dyn File>;
 
+/// What all processes share: devices, memory frames, mounts, the process
+/// table, clocks, futex queues and locks. Each process's own state is in
+/// `processes`, each thread's in its task; `cur` names the running task,
+/// and switching is changing it (and CR3).
 pub struct Kernel {
     pub dev: Devices,
-    pub fds: FdTable,
-    pub mm: Mm,
     pub spec: ProcessSpec,
-    pub cwd: Vec<u8>,
-    pub umask: u32,
-    pub creds: Creds,
-    pub signals: Signals,
     pub clock: Clock,
     /// CPU-time accounting of the running task (see `crate::task::cputime`).
     pub meter: crate::task::cputime::Meter,
     pub boot_flags: u32,
     /// Unknown syscall numbers and how often each was called.
     pub unknown_syscalls: BTreeMap<u64, u64>,
-    pub exe_path: Vec<u8>,
     pub ram_size: u64,
-    pub fs_base: u64,
-    pub comm: [u8; 16],
-    /// personality(2) flags (the domain is always PER_LINUX).
-    pub personality: u32,
-    /// The current process's page tables (see `mm::space`).
-    pub space: Option<Space>,
     /// User memory frames, shared by all processes.
     pub frames: Frames,
     /// A space with no user slots, loaded while no process's space is.
     pub kernel_space: Option<Space>,
-    pub procs: ProcTable<ProcState>,
-    /// The running process; its state is in the fields above, everyone
-    /// else's is parked in `procs`.
+    /// Every task (thread), with its own state (`Thread`).
+    pub procs: ProcTable<Thread>,
+    /// Every live process by its thread group id.
+    pub processes: BTreeMap<Pid, Process>,
+    /// The running task.
     pub cur: Pid,
-    /// Deadline of a sleep or poll being restarted (see `crate::task::process`).
-    pub restart_deadline: Option<u64>,
-    /// The call the current thread is blocked in (to be restarted), if any:
-    /// a handler interrupting it makes it fail with EINTR instead.
-    pub blocked_nr: Option<u64>,
-    /// CLONE_CHILD_CLEARTID / set_tid_address: cleared when the process exits.
-    pub clear_child_tid: u64,
-    /// set_robust_list: the current thread's list head, walked when the
-    /// thread exits or execs (`Kernel::exit_robust_lists`).
-    pub robust_list: u64,
+    /// Stand-ins the accessors return while the running task or its process
+    /// is gone (between its exit and the switch away from it).
+    gone_process: Process,
+    gone_thread: Thread,
     /// Threads blocked in futex waits, all groups.
     pub futexes: crate::task::futex::Futexes,
     /// Advisory file locks of every process.
@@ -93,42 +80,66 @@ pub struct Kernel {
     /// What a call answering `EBLOCK` waits for besides the event counter.
     pub block_deadline: Option<u64>,
     pub block_stdin: bool,
-    /// Set when the current process stopped being runnable during a call.
+    /// Set when the current task stopped being runnable during a call.
     pub switch_pending: bool,
     /// When the current task was switched in (monotonic ns), for its time slice.
     pub slice_start: u64,
-    /// A vfork child to run next, borrowing the current process's memory.
+    /// A vfork child to run next, in its parent's memory.
     pub vfork_child: Option<Pid>,
     pub loaded_cr3: u64,
     /// Duration of the last fork's address-space copy (for measurements).
     pub last_fork_ns: u64,
 }
 
-/// The per-process part of the kernel state, parked in the process table
-/// while its process is not running (the running one's lives in `Kernel`).
-#[derive(Default)]
-pub struct ProcState {
-    pub fds: FdTable,
-    pub mm: Mm,
-    pub space: Option<Space>,
-    pub cwd: Vec<u8>,
-    pub umask: u32,
-    pub creds: Creds,
-    pub signals: Signals,
-    pub exe_path: Vec<u8>,
-    pub fs_base: u64,
-    pub comm: [u8; 16],
-    pub personality: u32,
-    pub restart_deadline: Option<u64>,
-    pub blocked_nr: Option<u64>,
-    pub clear_child_tid: u64,
-    pub robust_list: u64,
-    /// Whether this parked state holds its thread group's shared parts
-    /// (files, memory, cwd, credentials, signal state, exe): exactly one
-    /// task of a group does while none of them runs; the other threads'
-    /// states carry only their own registers' companions (TLS base, tid
-    /// words, restart deadline). See `Kernel::switch_to`.
-    pub shared: bool,
+impl Kernel {
+    /// The running task's process.
+    pub fn proc(&self) -> &Process {
+        let tgid = self.procs.tgid(self.cur);
+        self.processes.get(&tgid).unwrap_or(&self.gone_process)
+    }
+
+    pub fn proc_mut(&mut self) -> &mut Process {
+        let tgid = self.procs.tgid(self.cur);
+        match self.processes.get_mut(&tgid) {
+            Some(p) => p,
+            None => &mut self.gone_process,
+        }
+    }
+
+    /// Resolves `path` from the current process's working directory.
+    pub fn walk_from_cwd(&mut self, path: &[u8], follow: bool) -> Result<crate::fs::vfs::Walk> {
+        let (p, dev) = self.proc_and_dev();
+        dev.vfs.walk(&p.cwd, path, follow)
+    }
+
+    /// The running task's process and the devices, borrowed together.
+    pub fn proc_and_dev(&mut self) -> (&mut Process, &mut Devices) {
+        let tgid = self.procs.tgid(self.cur);
+        let p = match self.processes.get_mut(&tgid) {
+            Some(p) => p,
+            None => &mut self.gone_process,
+        };
+        (p, &mut self.dev)
+    }
+
+    /// The running task's own state.
+    pub fn thread(&self) -> &Thread {
+        self.procs
+            .get(self.cur)
+            .map_or(&self.gone_thread, |t| &t.thread)
+    }
+
+    pub fn thread_mut(&mut self) -> &mut Thread {
+        match self.procs.get_mut(self.cur) {
+            Some(t) => &mut t.thread,
+            None => &mut self.gone_thread,
+        }
+    }
+
+    /// Process `tgid`'s state, if it is alive.
+    pub fn process_of(&self, tgid: Pid) -> Option<&Process> {
+        self.processes.get(&tgid)
+    }
 }
 
 struct Global(UnsafeCell<Option<Kernel>>);
@@ -390,34 +401,35 @@ pub fn boot(boot_info: u64) -> ! {
     // Finding and loading the program is the first process's system time
     // (setting up the devices before is nobody's).
     let clock_start = clock.cpu_ticks();
-    let mut k = Kernel {
-        dev,
+    let init = Process {
         fds: FdTable::default(),
         mm,
+        space: Some(first_space),
         cwd: spec.cwd.clone(),
         umask: spec.umask,
         creds,
         signals: Signals::default(),
+        exe_path: Vec::new(),
+        comm: [0; 16],
+        personality: 0,
+    };
+    let loaded_cr3 = init.space.as_ref().map_or(0, Space::cr3);
+    let mut k = Kernel {
+        dev,
         meter: crate::task::cputime::Meter::new(clock_start),
         clock,
         boot_flags: info.flags,
         unknown_syscalls: BTreeMap::new(),
-        exe_path: Vec::new(),
         ram_size,
-        fs_base: 0,
-        comm: [0; 16],
-        personality: 0,
         procs: ProcTable::new(spec.pids_limit),
+        processes: BTreeMap::from([(INIT, init)]),
+        gone_process: Process::default(),
+        gone_thread: Thread::default(),
         spec,
-        loaded_cr3: first_space.cr3(),
-        space: Some(first_space),
+        loaded_cr3,
         frames,
         kernel_space: Some(kernel_space),
         cur: INIT,
-        restart_deadline: None,
-        blocked_nr: None,
-        clear_child_tid: 0,
-        robust_list: 0,
         futexes: crate::task::futex::Futexes::default(),
         locks: crate::fs::locks::Locks::default(),
         block_deadline: None,
@@ -442,7 +454,8 @@ pub fn boot(boot_info: u64) -> ! {
         }),
     ];
     for file in stdio {
-        if k.fds
+        if k.proc_mut()
+            .fds
             .insert(
                 Fd {
                     file,
@@ -489,15 +502,15 @@ pub fn boot(boot_info: u64) -> ! {
     };
     let name = program.rsplit(|&b| b == b'/').next().unwrap_or(&program);
     let n = name.len().min(15);
-    k.comm[..n].copy_from_slice(&name[..n]);
-    let cwd = k.cwd.clone();
-    k.exe_path = k
+    k.proc_mut().comm[..n].copy_from_slice(&name[..n]);
+    let cwd = k.proc_mut().cwd.clone();
+    k.proc_mut().exe_path = k
         .dev
         .vfs
         .walk(&cwd, &program, true)
         .map(|w| w.path)
         .unwrap_or(program);
-    if let Some(s) = &k.space {
+    if let Some(s) = &k.proc_mut().space {
         space::self_test(s, sp & !(PAGE_SIZE - 1));
     }
     k.meter.leave_kernel(k.clock.cpu_ticks());
@@ -522,7 +535,7 @@ impl Kernel {
     fn is_regular_file(&mut self, path: &[u8]) -> Option<Vec<u8>> {
         // The path as given, not its target: the process's name (comm) is
         // the last component of what was executed, as on Linux.
-        let w = self.dev.vfs.walk(&self.cwd, path, true).ok()?;
+        let w = self.walk_from_cwd(path, true).ok()?;
         (w.mode & crate::fs::fuse::S_IFMT == crate::fs::fuse::S_IFREG).then(|| path.to_vec())
     }
 
@@ -547,7 +560,7 @@ impl Kernel {
     }
 
     pub fn open_for_exec(&mut self, path: &[u8]) -> Result<FuseFile> {
-        let w = self.dev.vfs.walk(&self.cwd, path, true)?;
+        let w = self.walk_from_cwd(path, true)?;
         if w.mode & crate::fs::fuse::S_IFMT != crate::fs::fuse::S_IFREG {
             return Err(Errno::EACCES);
         }
@@ -594,13 +607,14 @@ impl Kernel {
         let bias = if image.relocatable {
             // Low in RAM above the kernel, leaving room for brk to grow.
             let base = self
+                .proc_mut()
                 .mm
                 .regions
                 .alloc_bottom(len, align.max(PAGE_SIZE))
                 .ok_or(Errno::ENOMEM)?;
             base - lo
         } else {
-            if hi > self.ram_size || !self.mm.regions.reserve(lo, hi) {
+            if hi > self.ram_size || !self.proc_mut().mm.regions.reserve(lo, hi) {
                 return Err(Errno::ENOMEM);
             }
             0
@@ -622,7 +636,8 @@ impl Kernel {
                 page_up(start + h.memsz).ok_or(Errno::ENOEXEC)?,
             );
             // Writable while the kernel fills it, then what the segment says.
-            self.mm
+            self.proc_mut()
+                .mm
                 .vmas
                 .insert(map_start, map_end, PROT_READ | PROT_WRITE);
             self.back()?;
@@ -634,7 +649,7 @@ impl Kernel {
             let (file_part, bss) = dst.split_at_mut(h.filesz as usize);
             self.read_exact(file, file_part, h.offset)?;
             bss.fill(0);
-            self.mm.vmas.protect(map_start, map_end, prot)?;
+            self.proc_mut().mm.vmas.protect(map_start, map_end, prot)?;
             self.back()?;
         }
         Ok((image, bias, hi + bias))
@@ -664,17 +679,23 @@ impl Kernel {
             entry = interp.entry + ibias;
             interp_base = interp.span().0 + ibias;
         }
-        self.mm.set_brk_start(page_up(end).ok_or(Errno::ENOMEM)?);
+        self.proc_mut()
+            .mm
+            .set_brk_start(page_up(end).ok_or(Errno::ENOMEM)?);
 
         let stack_size =
             self.spec.rlimits[RLIMIT_STACK].0.clamp(256 << 10, 8 << 20) & !(PAGE_SIZE - 1);
         let stack_base = self
+            .proc_mut()
             .mm
             .regions
             .alloc_top(stack_size, PAGE_SIZE)
             .ok_or(Errno::ENOMEM)?;
         let top = stack_base + stack_size;
-        self.mm.vmas.insert(stack_base, top, PROT_READ | PROT_WRITE);
+        self.proc_mut()
+            .mm
+            .vmas
+            .insert(stack_base, top, PROT_READ | PROT_WRITE);
         self.back()?;
         let phdr = image.phdr_vaddr().map(|v| v + bias).unwrap_or(0);
         let auxv = [
@@ -685,10 +706,10 @@ impl Kernel {
             (stack::AT_BASE, interp_base),
             (stack::AT_FLAGS, 0),
             (stack::AT_ENTRY, image.entry + bias),
-            (stack::AT_UID, u64::from(self.creds.uid)),
-            (stack::AT_EUID, u64::from(self.creds.euid)),
-            (stack::AT_GID, u64::from(self.creds.gid)),
-            (stack::AT_EGID, u64::from(self.creds.egid)),
+            (stack::AT_UID, u64::from(self.proc_mut().creds.uid)),
+            (stack::AT_EUID, u64::from(self.proc_mut().creds.euid)),
+            (stack::AT_GID, u64::from(self.proc_mut().creds.gid)),
+            (stack::AT_EGID, u64::from(self.proc_mut().creds.egid)),
             (stack::AT_SECURE, 0),
             (stack::AT_HWCAP, hwcap()),
             (stack::AT_CLKTCK, 100),
@@ -702,8 +723,8 @@ impl Kernel {
         let mem =
             unsafe { core::slice::from_raw_parts_mut((top - window) as *mut u8, window as usize) };
         let (sp, args_span) = stack::build(mem, top, args, env, path, &auxv, random)?;
-        self.mm.args = args_span;
-        self.mm.stack = (stack_base, top);
+        self.proc_mut().mm.args = args_span;
+        self.proc_mut().mm.stack = (stack_base, top);
         Ok((entry, sp))
     }
 }
@@ -813,7 +834,7 @@ pub fn fault(regs: &FaultInfo, fx: &arch::FxArea) -> ! {
     *rfx = *fx;
     // SEGV_ACCERR when a mapping covers the address (its protection said
     // no), SEGV_MAPERR when none does.
-    let mapped = frame.vector == 14 && k.mm.vmas.get(frame.cr2).is_some();
+    let mapped = frame.vector == 14 && k.proc_mut().mm.vmas.get(frame.cr2).is_some();
     let code = match (signal, mapped) {
         (11, false) => 1, // SEGV_MAPERR
         (11, true) => 2,  // SEGV_ACCERR

@@ -12,22 +12,17 @@ use crate::fs::fd::File;
 use crate::fs::procfs::*;
 use crate::kernel::Kernel;
 use crate::mm::space::SLOT;
+use crate::task::signal::SigMask;
+use crate::task::Process;
 
 /// The process state parts of a `ProcInfo` (everything but the task fields).
-fn from_state(
-    info: &mut ProcInfo,
-    st: (
-        &crate::task::Creds,
-        &crate::task::signal::Signals,
-        &crate::kernel::Mm,
-    ),
-) {
-    let (c, sig, mm) = st;
+fn from_state(info: &mut ProcInfo, process: &Process, sigmask: &SigMask) {
+    let (c, sig, mm) = (&process.creds, &process.signals, &process.mm);
     info.uids = [c.uid, c.euid, c.suid, c.fsuid];
     info.gids = [c.gid, c.egid, c.sgid, c.fsgid];
     info.groups = c.groups.clone();
     info.pending = sig.pending;
-    info.blocked = sig.mask;
+    info.blocked = sigmask.mask;
     for (i, action) in sig.actions.iter().enumerate() {
         match action.handler {
             0 => {}
@@ -96,7 +91,8 @@ impl Kernel {
                     let names = PID_ENTRIES.iter().map(|(n, t)| (n.to_vec(), *t)).collect();
                     return Ok(Entry::Dir(path, names));
                 }
-                let opening_own_fd = (opening && info.tgid == me).then(|| self.fds.lowest_free());
+                let opening_own_fd =
+                    (opening && info.tgid == me).then(|| self.proc_mut().fds.lowest_free());
                 self.pid_entry(&info, rest, opening_own_fd)
             }
         }
@@ -156,40 +152,21 @@ impl Kernel {
             }
             out
         };
-        if tgid == self.procs.tgid(self.cur) && self.cur_is_loaded() {
-            info.sleeping = false;
-            info.comm = self.comm;
-            info.exe = self.exe_path.clone();
-            let (start, end) = self.mm.args;
-            info.cmdline = self
-                .user_buf(start, end.saturating_sub(start) as usize)
-                .map(|b| b.to_vec())
-                .unwrap_or_default();
-            info.umask = self.umask;
-            info.fds = fds(&self.fds);
-            from_state(&mut info, (&self.creds, &self.signals, &self.mm));
-            return Some(info);
-        }
-        let parked = self
-            .procs
-            .group(tgid)
-            .into_iter()
-            .filter_map(|p| self.procs.get(p).and_then(|t| t.parked.as_ref()))
-            .find(|p| p.shared)?;
-        info.comm = parked.comm;
-        info.exe = parked.exe_path.clone();
-        let (start, end) = parked.mm.args;
+        let process = self.processes.get(&tgid)?;
+        info.comm = process.comm;
+        info.exe = process.exe_path.clone();
+        let (start, end) = process.mm.args;
         let mut cmdline = alloc::vec![0u8; end.saturating_sub(start).min(1 << 20) as usize];
-        if parked
+        if process
             .space
             .as_ref()
             .is_some_and(|s| s.read(start, &mut cmdline))
         {
             info.cmdline = cmdline;
         }
-        info.umask = parked.umask;
-        info.fds = fds(&parked.fds);
-        from_state(&mut info, (&parked.creds, &parked.signals, &parked.mm));
+        info.umask = process.umask;
+        info.fds = fds(&process.fds);
+        from_state(&mut info, process, &task.thread.sigmask);
         Some(info)
     }
 

@@ -1,15 +1,17 @@
 //! Context switching and the cooperative scheduler (the policy and its
-//! bound are described in `crate::task::process`), process exit, and the glue
-//! between the process table and the kernel's per-process state.
+//! bound are described in `crate::task::process`), and the ends of threads
+//! and processes. A switch saves the running task's registers in its task,
+//! points `Kernel::cur` at the next one and loads its process's page
+//! tables: every task's and process's state stays where it is.
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;
-use core::mem::{replace, take};
+use core::mem::take;
 
 use crate::arch::{self, FxArea, SyscallFrame};
 use crate::errno::Errno;
 use crate::fs::pipe;
-use crate::kernel::{self, Kernel, ProcState};
+use crate::kernel::{self, Kernel};
 use crate::mm::space::{Frames, Space};
 use crate::mm::Vmas;
 use crate::task::futex::{self, RobustMemory};
@@ -79,72 +81,62 @@ const TIME_SLICE_NS: u64 = 10_000_000;
 impl Kernel {
     /// Walks the robust futex lists (set_robust_list) of threads `tids` of
     /// group `tgid` as Linux does when a thread exits or execs, in the
-    /// group's memory: the running one's, or a parked group's, loaded for
-    /// the walk (two CR3 loads) and unloaded again. Each head is cleared,
-    /// as Linux's `futex_cleanup` does. Waiters are woken as by a shared
-    /// futex wake (see `Kernel::futex_key`).
+    /// group's memory (loaded for the walk when it is another process's:
+    /// two CR3 loads). Each head is cleared, as Linux's `futex_cleanup`
+    /// does. Waiters are woken as by a shared futex wake (see
+    /// `Kernel::futex_key`).
     pub fn exit_robust_lists(&mut self, tgid: Pid, tids: &[Pid]) {
-        let loaded = self.cur_is_loaded() && self.procs.tgid(self.cur) == tgid;
         let mut lists = Vec::new();
         for &tid in tids {
-            let head = if tid == self.cur && loaded {
-                take(&mut self.robust_list)
-            } else {
-                self.procs
-                    .get_mut(tid)
-                    .and_then(|t| t.parked.as_mut())
-                    .map_or(0, |p| take(&mut p.robust_list))
-            };
-            if head != 0 {
-                lists.push((tid, head));
-            }
-        }
-        if lists.is_empty() {
-            return;
-        }
-        let mut wakes = Vec::new();
-        let memory = if loaded {
-            self.space.as_ref().map(|s| (s, &self.mm.vmas))
-        } else {
-            self.parked_shared(tgid)
-                .and_then(|p| p.space.as_ref().map(|s| (s, &p.mm.vmas)))
-        };
-        // Without a space (a vfork parent lending its memory) there is
-        // nothing to walk.
-        if let Some((space, vmas)) = memory {
-            if !loaded {
-                arch::load_cr3(space.cr3());
-            }
-            let mut mem = LoadedSpace {
-                space,
-                frames: &self.frames,
-                vmas,
-            };
-            for (tid, head) in lists {
-                wakes.extend(
-                    futex::exit_robust_list(&mut mem, head, tid)
-                        .into_iter()
-                        .map(|addr| (tgid, addr)),
-                );
-            }
-            // Keyed as a shared-futex wake, as Linux's: by the memory in
-            // shared mappings (waiters of other processes), else the group's.
-            for wake in &mut wakes {
-                let addr = wake.1;
-                if let Some(pa) = vmas
-                    .get(addr)
-                    .filter(|(_, v)| v.shared)
-                    .and_then(|_| space.physical(addr))
-                {
-                    *wake = (0, pa);
+            if let Some(t) = self.procs.get_mut(tid) {
+                let head = take(&mut t.thread.robust_list);
+                if head != 0 {
+                    lists.push((tid, head));
                 }
             }
-            if !loaded {
-                self.loaded_cr3 = space.cr3();
+        }
+        // Without a space (a vfork parent lending its memory) there is
+        // nothing to walk.
+        let Some(process) = self.processes.get(&tgid).filter(|_| !lists.is_empty()) else {
+            return;
+        };
+        let Some(space) = process.space.as_ref() else {
+            return;
+        };
+        let vmas = &process.mm.vmas;
+        let loaded = space.cr3() == self.loaded_cr3;
+        if !loaded {
+            arch::load_cr3(space.cr3());
+        }
+        let mut mem = LoadedSpace {
+            space,
+            frames: &self.frames,
+            vmas,
+        };
+        let mut wakes = Vec::new();
+        for (tid, head) in lists {
+            wakes.extend(
+                futex::exit_robust_list(&mut mem, head, tid)
+                    .into_iter()
+                    .map(|addr| (tgid, addr)),
+            );
+        }
+        // Keyed as a shared-futex wake, as Linux's: by the memory in
+        // shared mappings (waiters of other processes), else the group's.
+        for wake in &mut wakes {
+            let addr = wake.1;
+            if let Some(pa) = vmas
+                .get(addr)
+                .filter(|(_, v)| v.shared)
+                .and_then(|_| space.physical(addr))
+            {
+                *wake = (0, pa);
             }
         }
-        // Back to the current process's tables (or the kernel's) if the
-        // walk loaded others.
+        if !loaded {
+            self.loaded_cr3 = space.cr3();
+        }
+        // Back to the current process's tables if the walk loaded others.
         self.load_space();
         for &(group, key) in &wakes {
             self.futexes.wake(group, key, 1, futex::BITSET_MATCH_ANY);
@@ -154,49 +146,15 @@ impl Kernel {
         }
     }
 
-    /// Moves the running process's state out of the kernel.
-    pub fn park(&mut self) -> ProcState {
-        ProcState {
-            fds: take(&mut self.fds),
-            mm: take(&mut self.mm),
-            space: self.space.take(),
-            cwd: take(&mut self.cwd),
-            umask: self.umask,
-            creds: take(&mut self.creds),
-            signals: take(&mut self.signals),
-            exe_path: take(&mut self.exe_path),
-            fs_base: self.fs_base,
-            comm: self.comm,
-            personality: self.personality,
-            restart_deadline: self.restart_deadline.take(),
-            blocked_nr: self.blocked_nr.take(),
-            clear_child_tid: replace(&mut self.clear_child_tid, 0),
-            robust_list: replace(&mut self.robust_list, 0),
-            shared: true,
-        }
-    }
-
-    fn unpark(&mut self, st: ProcState) {
-        self.fds = st.fds;
-        self.mm = st.mm;
-        self.space = st.space;
-        self.cwd = st.cwd;
-        self.umask = st.umask;
-        self.creds = st.creds;
-        self.signals = st.signals;
-        self.exe_path = st.exe_path;
-        self.fs_base = st.fs_base;
-        self.comm = st.comm;
-        self.personality = st.personality;
-        self.restart_deadline = st.restart_deadline;
-        self.blocked_nr = st.blocked_nr;
-        self.clear_child_tid = st.clear_child_tid;
-        self.robust_list = st.robust_list;
-    }
-
-    /// Loads the current process's page tables (or the kernel-only ones).
+    /// Loads the current process's page tables (or the kernel-only ones
+    /// when it has none, or is gone).
     pub fn load_space(&mut self) {
-        let space = self.space.as_ref().or(self.kernel_space.as_ref());
+        let tgid = self.procs.tgid(self.cur);
+        let space = self
+            .processes
+            .get(&tgid)
+            .and_then(|p| p.space.as_ref())
+            .or(self.kernel_space.as_ref());
         if let Some(s) = space {
             if s.cr3() != self.loaded_cr3 {
                 arch::load_cr3(s.cr3());
@@ -206,20 +164,21 @@ impl Kernel {
         }
     }
 
-    /// Whether the current task's state is in the kernel's fields (false
-    /// while the scheduler has parked it, e.g. when idle).
-    pub fn cur_is_loaded(&self) -> bool {
-        self.procs.get(self.cur).is_some_and(|t| t.parked.is_none())
+    /// Whether task `pid` is on the vCPU now (its registers are live, not
+    /// saved in its task: false while the scheduler idles).
+    pub fn is_running(&self, pid: Pid) -> bool {
+        pid == self.cur && self.procs.get(pid).is_some_and(|t| t.ctx.is_none())
     }
 
-    /// Sends `sig` to process `pid` (the current one or a parked one).
+    /// Sends `sig` to task `pid`: to the running task's process at once,
+    /// to another task when it next runs.
     pub fn post_signal(&mut self, pid: Pid, sig: u32) {
         if sig == 0 || sig as usize > crate::task::signal::NSIG {
             return;
         }
         let bit = 1u64 << (sig - 1);
-        if pid == self.cur && self.cur_is_loaded() {
-            self.signals.pending |= bit;
+        if self.is_running(pid) {
+            self.proc_mut().signals.pending |= bit;
         } else if let Some(t) = self.procs.get_mut(pid) {
             t.pending |= bit;
         }
@@ -238,25 +197,24 @@ impl Kernel {
         self.exit_robust_lists(pid, &threads);
         self.end_threads(pid);
         self.futexes.forget(pid);
-        let mut st = if pid == self.cur {
+        if pid == self.cur {
             // Wake a CLONE_CHILD_CLEARTID waiter's word before the memory goes.
-            if self.clear_child_tid != 0 {
-                let _ = self.put_user(self.clear_child_tid, &0u32.to_le_bytes());
+            let addr = self.thread().clear_child_tid;
+            if addr != 0 {
+                let _ = self.put_user(addr, &0u32.to_le_bytes());
             }
             self.switch_pending = true;
-            Some(self.park())
-        } else {
-            self.procs.get_mut(pid).and_then(|t| t.parked.take())
-        };
+        }
+        let mut process = self.processes.remove(&pid);
         // Shared file mappings reach their files before the memory goes
         // (a vfork child's memory is its parent's, which keeps them).
         let lends_memory = self
             .procs
             .get(pid)
             .is_some_and(|t| t.vfork_parent.is_some());
-        if let Some(st) = st.as_mut().filter(|_| !lends_memory) {
-            let maps = st.mm.files.take(0, u64::MAX);
-            crate::kernel::mm::write_back(st.space.as_ref(), &mut self.dev, maps);
+        if let Some(p) = process.as_mut().filter(|_| !lends_memory) {
+            let maps = p.mm.files.take(0, u64::MAX);
+            crate::kernel::mm::write_back(p.space.as_ref(), &mut self.dev, maps);
         }
         if pid == INIT {
             match status {
@@ -273,24 +231,21 @@ impl Kernel {
         task.cpu_timers = [None; 2];
         let ppid = task.ppid;
         let vfork_parent = task.vfork_parent.take();
-        if let Some(mut st) = st {
-            for fd in st.fds.take_all() {
+        // The process is out of the table: stop using its page tables
+        // before anything may release them.
+        self.load_space();
+        if let Some(mut p) = process {
+            for fd in p.fds.take_all() {
                 if alloc::rc::Rc::strong_count(&fd.file) == 1 {
                     fd.file.release(&mut self.dev);
                 }
             }
-            let space = st.space.take();
+            let space = p.space.take();
             if let Some(parent) = vfork_parent {
-                self.return_vfork_memory(parent, take(&mut st.mm), space);
+                self.return_vfork_memory(parent, take(&mut p.mm), space);
             } else if let Some(space) = space {
-                if pid == self.cur {
-                    self.load_space();
-                }
                 space.release(&mut self.frames);
             }
-        }
-        if pid == self.cur {
-            self.load_space();
         }
         self.procs.reparent(pid);
         self.post_signal(ppid, SIGCHLD);
@@ -317,52 +272,13 @@ impl Kernel {
         }
     }
 
-    /// Group `tgid`'s shared state (memory, files, signal actions) while
-    /// none of its threads runs: parked with whichever task holds it.
-    pub fn parked_shared(&self, tgid: Pid) -> Option<&ProcState> {
-        self.procs
-            .group(tgid)
-            .into_iter()
-            .filter_map(|p| self.procs.get(p).and_then(|t| t.parked.as_ref()))
-            .find(|p| p.shared)
-    }
-
-    /// Moves group `tgid`'s shared state into `into` from the sibling
-    /// holding it.
-    fn fetch_shared(&mut self, tgid: Pid, into: &mut ProcState) {
-        for pid in self.procs.group(tgid) {
-            let holder = self
-                .procs
-                .get_mut(pid)
-                .and_then(|t| t.parked.as_mut())
-                .filter(|p| p.shared);
-            if let Some(holder) = holder {
-                swap_shared(holder, into);
-                return;
-            }
-        }
-    }
-
     /// Ends the other threads of group `tgid` (exit_group, a fatal signal,
-    /// execve): their tasks go away and the shared state ends up parked
-    /// with the leader — or stays in the kernel when the leader runs.
+    /// execve): their tasks go away; the process stays with its leader.
     pub fn end_threads(&mut self, tgid: Pid) {
         for tid in self.procs.threads(tgid) {
             self.futexes.forget(tid);
-            let st = if tid == self.cur {
+            if tid == self.cur {
                 self.switch_pending = true;
-                let st = self.park();
-                // The space left the kernel: stop using it before anything
-                // may release it.
-                self.load_space();
-                Some(st)
-            } else {
-                self.procs.get_mut(tid).and_then(|t| t.parked.take())
-            };
-            if let Some(mut st) = st.filter(|s| s.shared) {
-                if let Some(leader) = self.procs.get_mut(tgid).and_then(|t| t.parked.as_mut()) {
-                    swap_shared(&mut st, leader);
-                }
             }
             self.retire_cpu(tid);
             self.procs.remove(tid);
@@ -370,10 +286,9 @@ impl Kernel {
     }
 
     /// exit (not exit_group) of one thread while its group has others: the
-    /// tid word is cleared and its futex woken (pthread_join), the task goes
-    /// away and the shared state passes to a sibling. Returns false when
-    /// the caller is the group's last thread or its leader (then the whole
-    /// process exits; see docs/syscalls.md for the leader's limit).
+    /// tid word is cleared and its futex woken (pthread_join) and the task
+    /// goes away. Returns false when the caller is the group's leader (then
+    /// the whole process exits; see docs/syscalls.md for the leader's limit).
     pub fn exit_thread(&mut self) -> bool {
         let cur = self.cur;
         let tgid = self.procs.tgid(cur);
@@ -382,27 +297,12 @@ impl Kernel {
         }
         // As Linux's exit_mm_release: robust mutexes first, then the tid word.
         self.exit_robust_lists(tgid, &[cur]);
-        if self.clear_child_tid != 0 {
-            let addr = self.clear_child_tid;
-            if self.put_user(addr, &0u32.to_le_bytes()).is_ok() {
-                self.futexes
-                    .wake(tgid, addr, 1, crate::task::futex::BITSET_MATCH_ANY);
-            }
+        let addr = self.thread().clear_child_tid;
+        if addr != 0 && self.put_user(addr, &0u32.to_le_bytes()).is_ok() {
+            self.futexes
+                .wake(tgid, addr, 1, crate::task::futex::BITSET_MATCH_ANY);
         }
         self.futexes.forget(cur);
-        let mut st = self.park();
-        self.load_space();
-        let heir = self
-            .procs
-            .group(tgid)
-            .into_iter()
-            .find(|&p| p != cur && self.procs.get(p).is_some_and(|t| t.parked.is_some()));
-        if let Some(p) = heir
-            .and_then(|h| self.procs.get_mut(h))
-            .and_then(|t| t.parked.as_mut())
-        {
-            swap_shared(&mut st, p);
-        }
         self.retire_cpu(cur);
         self.procs.remove(cur);
         self.switch_pending = true;
@@ -410,25 +310,35 @@ impl Kernel {
         true
     }
 
-    /// A vfork child execs or exits: its parent gets its memory back and runs again.
+    /// A vfork child execs or exits: its parent gets its memory back and
+    /// runs again (a parent that died meanwhile leaves it to be freed).
     pub fn return_vfork_memory(
         &mut self,
         parent: Pid,
         mm: crate::kernel::Mm,
         space: Option<Space>,
     ) {
-        if let Some(t) = self.procs.get_mut(parent) {
-            if let Some(p) = t.parked.as_mut() {
+        let tgid = self.procs.tgid(parent);
+        match self.processes.get_mut(&tgid) {
+            Some(p) => {
                 p.mm = mm;
                 p.space = space;
             }
+            None => {
+                if let Some(space) = space {
+                    self.load_space();
+                    space.release(&mut self.frames);
+                }
+            }
+        }
+        if let Some(t) = self.procs.get_mut(parent) {
             if matches!(t.state, State::Blocked(Block::Vfork(_))) {
                 t.state = State::Runnable;
             }
         }
     }
 
-    /// Blocks the current process in a restartable call.
+    /// Blocks the current task in a restartable call.
     pub fn block_current(&mut self) {
         let state = State::Blocked(Block::Retry {
             since: pipe::events(),
@@ -441,9 +351,20 @@ impl Kernel {
         self.switch_pending = true;
     }
 
-    /// After a system call (or fault) that left the current process unable
-    /// to continue: saves it (if alive), then resumes the next runnable
-    /// process in `frame`/`fx`, idling while none is.
+    /// The running task gives the others a turn (sched_yield, or its time
+    /// slice is over). The scheduler only looks at deadlines when nothing
+    /// is runnable; a yielding task is, so expired sleepers are woken here
+    /// or a task spinning on sched_yield would starve them forever. (Stdin
+    /// is not asked: that costs an exit, and idling looks at it.)
+    pub fn yield_now(&mut self) {
+        let now = self.clock.monotonic_ns();
+        self.procs.wake(pipe::events(), now, &mut || false);
+        self.switch_pending = true;
+    }
+
+    /// After a system call (or fault) that left the current task unable
+    /// to continue: saves its registers (if it lives on), then resumes the
+    /// next runnable task in `frame`/`fx`, idling while none is.
     pub fn schedule(&mut self, frame: &mut SyscallFrame, fx: &mut FxArea) {
         self.switch_pending = false;
         let cur = self.cur;
@@ -452,34 +373,24 @@ impl Kernel {
         let spent = self.meter.stop(self.clock.cpu_ticks());
         if let Some(t) = self.procs.get_mut(cur) {
             t.cpu += spent;
-        }
-        let alive = self
-            .procs
-            .get(cur)
-            .is_some_and(|t| !matches!(t.state, State::Zombie(_)));
-        if alive {
-            let st = self.park();
-            if let Some(t) = self.procs.get_mut(cur) {
+            if !matches!(t.state, State::Zombie(_)) {
                 t.ctx = Some(Box::new(Context {
                     frame: *frame,
                     fx: *fx,
                 }));
-                t.parked = Some(st);
             }
         }
         let next = match self.vfork_child.take() {
             Some(child) => {
                 // The child runs in the parent's memory until exec or exit.
+                let parent = self.procs.tgid(cur);
                 let lent = self
-                    .procs
-                    .get_mut(cur)
-                    .and_then(|t| t.parked.as_mut())
+                    .processes
+                    .get_mut(&parent)
                     .map(|p| (take(&mut p.mm), p.space.take()));
-                if let (Some((mm, space)), Some(c)) = (lent, self.procs.get_mut(child)) {
-                    if let Some(p) = c.parked.as_mut() {
-                        p.mm = mm;
-                        p.space = space;
-                    }
+                if let (Some((mm, space)), Some(c)) = (lent, self.processes.get_mut(&child)) {
+                    c.mm = mm;
+                    c.space = space;
                 }
                 child
             }
@@ -513,28 +424,21 @@ impl Kernel {
 
     fn switch_to(&mut self, next: Pid, frame: &mut SyscallFrame, fx: &mut FxArea) {
         let Some(t) = self.procs.get_mut(next) else {
-            kernel::fatal(format_args!("scheduled a missing process {next}"));
+            kernel::fatal(format_args!("scheduled a missing task {next}"));
         };
         t.state = State::Runnable;
-        let (Some(ctx), Some(st)) = (t.ctx.take(), t.parked.take()) else {
-            kernel::fatal(format_args!("process {next} has no saved state"));
+        let Some(ctx) = t.ctx.take() else {
+            kernel::fatal(format_args!("task {next} has no saved registers"));
         };
         let pending = take(&mut t.pending);
         let settid = take(&mut t.set_child_tid);
-        let tgid = t.tgid;
-        let mut st = st;
-        if !st.shared {
-            // A thread: fetch its group's shared state from whichever
-            // sibling parked it last.
-            self.fetch_shared(tgid, &mut st);
-        }
-        self.unpark(st);
-        self.signals.pending |= pending;
+        let fs_base = t.thread.fs_base;
         self.cur = next;
+        self.proc_mut().signals.pending |= pending;
         *frame = ctx.frame;
         *fx = ctx.fx;
         self.load_space();
-        arch::set_fs_base(self.fs_base);
+        arch::set_fs_base(fs_base);
         if settid != 0 {
             let _ = self.put_user(settid, &next.to_le_bytes());
         }
@@ -560,12 +464,12 @@ impl Kernel {
             // original number when the process runs again.
             frame.rip = frame.rip.wrapping_sub(2);
             frame.rax = nr;
-            self.blocked_nr = Some(nr);
+            self.thread_mut().blocked_nr = Some(nr);
             self.block_current();
         } else {
             frame.rax = ret as u64;
-            self.blocked_nr = None;
-            self.restart_deadline = None;
+            self.thread_mut().blocked_nr = None;
+            self.thread_mut().restart_deadline = None;
             self.block_deadline = None;
             self.block_stdin = false;
         }
@@ -577,7 +481,7 @@ impl Kernel {
         if !self.switch_pending
             && self.clock.monotonic_ns().saturating_sub(self.slice_start) >= TIME_SLICE_NS
         {
-            self.sys_sched_yield();
+            self.yield_now();
         }
         self.take_host_signals();
         // A process that keeps making calls never idles: its timers are
@@ -618,25 +522,4 @@ impl Kernel {
             }
         }
     }
-}
-
-/// Exchanges the thread-group-wide parts of two parked states.
-fn swap_shared(a: &mut ProcState, b: &mut ProcState) {
-    core::mem::swap(&mut a.fds, &mut b.fds);
-    core::mem::swap(&mut a.mm, &mut b.mm);
-    core::mem::swap(&mut a.space, &mut b.space);
-    core::mem::swap(&mut a.cwd, &mut b.cwd);
-    core::mem::swap(&mut a.umask, &mut b.umask);
-    core::mem::swap(&mut a.creds, &mut b.creds);
-    core::mem::swap(&mut a.signals, &mut b.signals);
-    // Handlers and pending signals are the group's; the mask and the
-    // alternate stack stay each thread's own (glibc blocks every signal in
-    // a thread about to exit: with a shared mask the process would go deaf).
-    core::mem::swap(&mut a.signals.mask, &mut b.signals.mask);
-    core::mem::swap(&mut a.signals.altstack, &mut b.signals.altstack);
-    core::mem::swap(&mut a.signals.saved_mask, &mut b.signals.saved_mask);
-    core::mem::swap(&mut a.exe_path, &mut b.exe_path);
-    core::mem::swap(&mut a.comm, &mut b.comm);
-    core::mem::swap(&mut a.personality, &mut b.personality);
-    core::mem::swap(&mut a.shared, &mut b.shared);
 }

@@ -10,50 +10,28 @@ use crate::task::process::ExitStatus;
 use crate::task::signal::*;
 
 impl Kernel {
-    /// Sends `sig` (0: just the existence check). A parked process whose
-    /// signal would take the default fatal action dies right away; anything
-    /// else is delivered when it next returns to user mode.
+    /// Sends `sig` (0: just the existence check). A task not running now
+    /// whose signal would take the default fatal action dies right away;
+    /// anything else is delivered when it next returns to user mode.
     pub(crate) fn send(&mut self, pid: i32, sig: u32) {
         if sig == 0 {
             return;
         }
+        let tgid = self.procs.tgid(pid);
+        let handler = self
+            .processes
+            .get(&tgid)
+            .map(|p| p.signals.actions[sig as usize - 1].handler);
         // The VM's init is a pid namespace's init: signals sent from inside
         // that it has no handler for (SIGKILL and SIGSTOP included) are
         // dropped, as Linux protects a container's pid 1.
-        let loaded = self.cur_is_loaded();
-        let tgid = self.procs.tgid(pid);
-        if tgid == 1 {
-            let own = loaded && tgid == self.procs.tgid(self.cur);
-            let handled = own
-                && sig != SIGKILL
-                && !is_stop(sig)
-                && self.signals.actions[sig as usize - 1].handler != SIG_DFL;
-            let parked_handled = !own
-                && sig != SIGKILL
-                && !is_stop(sig)
-                && self
-                    .procs
-                    .group(tgid)
-                    .into_iter()
-                    .filter_map(|p| self.procs.get(p).and_then(|t| t.parked.as_ref()))
-                    .find(|p| p.shared)
-                    .is_some_and(|p| p.signals.actions[sig as usize - 1].handler != SIG_DFL);
-            if !handled && !parked_handled {
-                return;
-            }
+        if tgid == 1 && (sig == SIGKILL || is_stop(sig) || handler.is_none_or(|h| h == SIG_DFL)) {
+            return;
         }
-        if pid != self.cur || !loaded {
-            // A thread's signal state is its group's: in the kernel when a
-            // sibling runs, else parked with whichever task holds it.
-            let tgid = self.procs.tgid(pid);
-            let signals = if loaded && tgid == self.procs.tgid(self.cur) {
-                Some(&self.signals)
-            } else {
-                self.parked_shared(tgid).map(|p| &p.signals)
-            };
-            let fatal = signals.is_some_and(|signals| {
-                let handler = signals.actions[sig as usize - 1].handler;
-                let blocked = signals.mask & (1 << (sig - 1)) & !UNBLOCKABLE != 0;
+        if !self.is_running(pid) {
+            let mask = self.procs.get(pid).map_or(0, |t| t.thread.sigmask.mask);
+            let blocked = mask & (1 << (sig - 1)) & !UNBLOCKABLE != 0;
+            let fatal = handler.is_some_and(|handler| {
                 sig == SIGKILL
                     || (!blocked && handler == SIG_DFL && !ignored_by_default(sig) && !is_stop(sig))
             });
@@ -76,14 +54,18 @@ impl Kernel {
     pub fn deliver_signals(&mut self, frame: &mut SyscallFrame, fx: &mut FxArea) {
         self.deliver_one(frame, fx);
         // A suspend mask outlives the call only as the handler's saved mask.
-        if let Some(mask) = self.signals.saved_mask.take() {
-            self.signals.mask = mask;
+        if let Some(mask) = self.thread_mut().sigmask.saved_mask.take() {
+            self.thread_mut().sigmask.mask = mask;
         }
     }
 
     fn deliver_one(&mut self, frame: &mut SyscallFrame, fx: &mut FxArea) {
-        while let Some(sig) = self.signals.take_next() {
-            let action = self.signals.actions[sig as usize - 1];
+        loop {
+            let mask = self.thread().sigmask.mask;
+            let Some(sig) = self.proc_mut().signals.take_next(mask) else {
+                break;
+            };
+            let action = self.proc_mut().signals.actions[sig as usize - 1];
             if sig == SIGKILL || action.handler == SIG_DFL {
                 if sig != SIGKILL && (ignored_by_default(sig) || is_stop(sig)) {
                     continue;
@@ -101,12 +83,12 @@ impl Kernel {
             if action.handler == SIG_IGN {
                 continue;
             }
-            if let Some(nr) = self.blocked_nr.take() {
+            if let Some(nr) = self.thread_mut().blocked_nr.take() {
                 if action.flags & SA_RESTART == 0 || !restartable(nr) {
                     // The handler returns to after the call, which failed.
                     frame.rip = frame.rip.wrapping_add(2);
                     frame.rax = Errno::EINTR.to_ret() as u64;
-                    self.restart_deadline = None;
+                    self.thread_mut().restart_deadline = None;
                     self.block_deadline = None;
                     self.block_stdin = false;
                     self.futexes.forget(self.cur);
@@ -138,7 +120,7 @@ impl Kernel {
             // No vDSO to return through: the handler could never return.
             return Err(Errno::EFAULT);
         }
-        let alt = &self.signals.altstack;
+        let alt = self.thread().sigmask.altstack;
         let alt_sp = u64::from_le_bytes(alt[0..8].try_into().unwrap_or([0; 8]));
         let alt_flags = u32::from_le_bytes(alt[8..12].try_into().unwrap_or([0; 4]));
         let alt_size = u64::from_le_bytes(alt[16..24].try_into().unwrap_or([0; 8]));
@@ -151,21 +133,30 @@ impl Kernel {
         let (at, fp) = frame_layout(sp);
         self.put_user(fp, &fx.0)?;
         let mut mc = mcontext(frame);
-        mc[MC_OLDMASK] = self.signals.saved_mask.unwrap_or(self.signals.mask);
+        mc[MC_OLDMASK] = self
+            .thread()
+            .sigmask
+            .saved_mask
+            .unwrap_or(self.thread().sigmask.mask);
         mc[MC_FPSTATE] = fp;
         let mut bytes = alloc::vec![0u8; FRAME_SIZE as usize];
         let mut put = |off: u64, v: &[u8]| {
             bytes[off as usize..off as usize + v.len()].copy_from_slice(v);
         };
         put(0, &action.restorer.to_le_bytes());
-        put(FRAME_UC + UC_STACK, alt);
+        put(FRAME_UC + UC_STACK, &alt);
         if on_alt {
             put(FRAME_UC + UC_STACK + 8, &SS_ONSTACK.to_le_bytes());
         }
         for (i, w) in mc.iter().enumerate() {
             put(FRAME_UC + UC_MCONTEXT + 8 * i as u64, &w.to_le_bytes());
         }
-        let restore = self.signals.saved_mask.take().unwrap_or(self.signals.mask);
+        let restore = self
+            .thread_mut()
+            .sigmask
+            .saved_mask
+            .take()
+            .unwrap_or(self.thread_mut().sigmask.mask);
         put(FRAME_UC + UC_SIGMASK, &restore.to_le_bytes());
         put(FRAME_INFO, &(sig as i32).to_le_bytes());
         match fault {
@@ -177,18 +168,18 @@ impl Kernel {
             // si_code SI_USER, si_pid and si_uid of the sender (unknown: ours).
             None => {
                 put(FRAME_INFO + 16, &self.cur.to_le_bytes());
-                put(FRAME_INFO + 20, &self.creds.uid.to_le_bytes());
+                put(FRAME_INFO + 20, &self.proc_mut().creds.uid.to_le_bytes());
             }
         }
         self.put_user(at, &bytes)?;
 
-        let mut mask = self.signals.mask | action.mask;
+        let mut mask = self.thread_mut().sigmask.mask | action.mask;
         if action.flags & SA_NODEFER == 0 {
             mask |= 1 << (sig - 1);
         }
-        self.signals.mask = mask & !UNBLOCKABLE;
+        self.thread_mut().sigmask.mask = mask & !UNBLOCKABLE;
         if action.flags & SA_RESETHAND != 0 {
-            self.signals.actions[sig as usize - 1] = SigAction::default();
+            self.proc_mut().signals.actions[sig as usize - 1] = SigAction::default();
         }
         frame.rip = action.handler;
         frame.rsp = at;
@@ -243,8 +234,8 @@ impl Kernel {
         frame: &mut SyscallFrame,
         fx: &mut FxArea,
     ) -> bool {
-        let action = self.signals.actions[sig as usize - 1];
-        let blocked = self.signals.mask & (1 << (sig - 1)) != 0;
+        let action = self.proc_mut().signals.actions[sig as usize - 1];
+        let blocked = self.thread_mut().sigmask.mask & (1 << (sig - 1)) != 0;
         if blocked || action.handler == SIG_DFL || action.handler == SIG_IGN {
             return false;
         }

@@ -33,8 +33,8 @@ impl Kernel {
     }
 
     pub fn sys_epoll_ctl(&mut self, epfd: i32, op: u32, fd: i32, event: u64) -> Result<u64> {
-        let ep_file = self.fds.file(epfd)?;
-        let target = self.fds.file(fd)?;
+        let ep_file = self.proc_mut().fds.file(epfd)?;
+        let target = self.proc_mut().fds.file(fd)?;
         let epoll = ep_file.as_epoll().ok_or(Errno::EINVAL)?;
         if Rc::ptr_eq(&ep_file, &target) {
             return Err(Errno::EINVAL);
@@ -91,7 +91,7 @@ impl Kernel {
             .ok()
             .filter(|&m| m > 0 && m <= i32::MAX as usize / EVENT_SIZE)
             .ok_or(Errno::EINVAL)?;
-        let ep_file = self.fds.file(epfd)?;
+        let ep_file = self.proc_mut().fds.file(epfd)?;
         let epoll = ep_file.as_epoll().ok_or(Errno::EINVAL)?;
         // Check the buffer before consuming one-shot entries.
         self.user_buf_mut(events, max * EVENT_SIZE)?;

@@ -62,9 +62,9 @@ impl Kernel {
     /// The directory relative paths start from for a `*at` call.
     fn at_base(&self, dirfd: i32, path: &[u8]) -> Result<Vec<u8>> {
         if path.first() == Some(&b'/') || dirfd == AT_FDCWD {
-            return Ok(self.cwd.clone());
+            return Ok(self.proc().cwd.clone());
         }
-        let fd = self.fds.get(dirfd)?;
+        let fd = self.proc().fds.get(dirfd)?;
         fd.file.dir_path().map(<[u8]>::to_vec).ok_or(Errno::ENOTDIR)
     }
 
@@ -116,7 +116,8 @@ impl Kernel {
 
     pub fn install(&mut self, file: Rc<dyn File>, cloexec: bool) -> Result<u64> {
         let limit = self.nofile_limit();
-        self.fds
+        self.proc_mut()
+            .fds
             .insert(Fd { file, cloexec }, limit)
             .map(|fd| fd as u64)
     }
@@ -162,7 +163,7 @@ impl Kernel {
                 Ok(_) if flags & O_EXCL != 0 => return Err(Errno::EEXIST),
                 Ok(_) => {}
                 Err(Errno::ENOENT) => {
-                    let umask = self.umask;
+                    let umask = self.proc_mut().umask;
                     let fs = self.dev.vfs.fs(dir.node.fs)?;
                     let open_flags = keep & !O_NONBLOCK;
                     let (id, attr, fh) = fs.create(
@@ -189,7 +190,7 @@ impl Kernel {
             }
         }
         let w = self.walk_at(dirfd, path, flags & O_NOFOLLOW == 0)?;
-        if self.creds.fsuid != 0 && w.mode & S_IFMT != S_IFLNK && flags & O_PATH == 0 {
+        if self.proc_mut().creds.fsuid != 0 && w.mode & S_IFMT != S_IFLNK && flags & O_PATH == 0 {
             let want = match access {
                 O_RDONLY => vfs::MAY_READ,
                 O_WRONLY => vfs::MAY_WRITE,
@@ -237,7 +238,7 @@ impl Kernel {
     }
 
     pub fn sys_close(&mut self, fd: i32) -> Result<u64> {
-        let entry = self.fds.remove(fd)?;
+        let entry = self.proc_mut().fds.remove(fd)?;
         self.release_if_last(entry);
         Ok(0)
     }
@@ -252,25 +253,25 @@ impl Kernel {
     }
 
     pub fn sys_read(&mut self, fd: i32, buf: u64, len: u64) -> Result<u64> {
-        let file = self.fds.file(fd)?;
+        let file = self.proc_mut().fds.file(fd)?;
         let buf = self.user_buf_mut(buf, len as usize)?;
         file.read(&mut self.dev, buf).map(|n| n as u64)
     }
 
     pub fn sys_write(&mut self, fd: i32, buf: u64, len: u64) -> Result<u64> {
-        let file = self.fds.file(fd)?;
+        let file = self.proc_mut().fds.file(fd)?;
         let buf = self.user_buf(buf, len as usize)?;
         file.write(&mut self.dev, buf).map(|n| n as u64)
     }
 
     pub fn sys_pread(&mut self, fd: i32, buf: u64, len: u64, offset: u64) -> Result<u64> {
-        let file = self.fds.file(fd)?;
+        let file = self.proc_mut().fds.file(fd)?;
         let buf = self.user_buf_mut(buf, len as usize)?;
         file.pread(&mut self.dev, buf, offset).map(|n| n as u64)
     }
 
     pub fn sys_pwrite(&mut self, fd: i32, buf: u64, len: u64, offset: u64) -> Result<u64> {
-        let file = self.fds.file(fd)?;
+        let file = self.proc_mut().fds.file(fd)?;
         let buf = self.user_buf(buf, len as usize)?;
         file.pwrite(&mut self.dev, buf, offset).map(|n| n as u64)
     }
@@ -295,7 +296,7 @@ impl Kernel {
     }
 
     pub fn sys_readv(&mut self, fd: i32, iov: u64, count: u64, offset: Option<u64>) -> Result<u64> {
-        let file = self.fds.file(fd)?;
+        let file = self.proc_mut().fds.file(fd)?;
         let mut total = 0u64;
         for buf in self.iovecs(iov, count, true)? {
             let want = buf.len();
@@ -324,7 +325,7 @@ impl Kernel {
         count: u64,
         offset: Option<u64>,
     ) -> Result<u64> {
-        let file = self.fds.file(fd)?;
+        let file = self.proc_mut().fds.file(fd)?;
         let bufs = self.iovecs(iov, count, false)?;
         // Gather small vectors into one write: one device request instead of many.
         let total_len: usize = bufs.iter().map(|b| b.len()).sum();
@@ -373,8 +374,8 @@ impl Kernel {
         offset_ptr: u64,
         count: u64,
     ) -> Result<u64> {
-        let input = self.fds.file(in_fd)?;
-        let output = self.fds.file(out_fd)?;
+        let input = self.proc_mut().fds.file(in_fd)?;
+        let output = self.proc_mut().fds.file(out_fd)?;
         let mut buf = vec![0u8; (count as usize).min(1 << 20)];
         let n = if offset_ptr != 0 {
             let offset = self.get_u64(offset_ptr)?;
@@ -388,12 +389,12 @@ impl Kernel {
     }
 
     pub fn sys_lseek(&mut self, fd: i32, offset: i64, whence: u32) -> Result<u64> {
-        let file = self.fds.file(fd)?;
+        let file = self.proc_mut().fds.file(fd)?;
         file.seek(&mut self.dev, offset, whence)
     }
 
     pub fn sys_fstat(&mut self, fd: i32, out: u64) -> Result<u64> {
-        let file = self.fds.file(fd)?;
+        let file = self.proc_mut().fds.file(fd)?;
         let st = file.stat(&mut self.dev)?;
         self.put_user(out, &st)?;
         Ok(0)
@@ -402,7 +403,7 @@ impl Kernel {
     fn stat_path(&mut self, dirfd: i32, path: &[u8], flags: u32) -> Result<[u8; 144]> {
         if path.is_empty() {
             if flags & AT_EMPTY_PATH != 0 {
-                let file = self.fds.file(dirfd)?;
+                let file = self.proc_mut().fds.file(dirfd)?;
                 return file.stat(&mut self.dev);
             }
             return Err(Errno::ENOENT);
@@ -474,7 +475,7 @@ impl Kernel {
     }
 
     pub fn sys_getdents64(&mut self, fd: i32, buf: u64, len: u64) -> Result<u64> {
-        let file = self.fds.file(fd)?;
+        let file = self.proc_mut().fds.file(fd)?;
         let buf = self.user_buf_mut(buf, len as usize)?;
         file.getdents64(&mut self.dev, buf).map(|n| n as u64)
     }
@@ -507,7 +508,7 @@ impl Kernel {
     /// grant it to this process: the virtio-fs server acts as root.
     fn check_access(&mut self, node: vfs::Node, want: u32) -> Result<()> {
         let attr = self.dev.vfs.fs(node.fs)?.getattr(node.id, None)?;
-        let c = &self.creds;
+        let c = &self.proc_mut().creds;
         if vfs::may_access(
             attr.mode, attr.uid, attr.gid, c.fsuid, c.fsgid, &c.groups, want,
         ) {
@@ -536,7 +537,7 @@ impl Kernel {
         if mode & 2 != 0 && fs.readonly {
             return Err(Errno::EROFS);
         }
-        if self.creds.euid != 0 && mode & 7 != 0 {
+        if self.proc_mut().creds.euid != 0 && mode & 7 != 0 {
             self.check_access(w.node, mode & 7)?;
             return Ok(0);
         }
@@ -551,11 +552,11 @@ impl Kernel {
     }
 
     pub fn sys_getcwd(&mut self, buf: u64, size: u64) -> Result<u64> {
-        let len = self.cwd.len() + 1;
+        let len = self.proc_mut().cwd.len() + 1;
         if (size as usize) < len {
             return Err(Errno::ERANGE);
         }
-        let mut out = self.cwd.clone();
+        let mut out = self.proc_mut().cwd.clone();
         out.push(0);
         self.put_user(buf, &out)?;
         Ok(len as u64)
@@ -567,26 +568,27 @@ impl Kernel {
         if !w.is_dir() {
             return Err(Errno::ENOTDIR);
         }
-        self.cwd = w.path;
+        self.proc_mut().cwd = w.path;
         Ok(0)
     }
 
     pub fn sys_fchdir(&mut self, fd: i32) -> Result<u64> {
         let path = self
+            .proc_mut()
             .fds
             .get(fd)?
             .file
             .dir_path()
             .map(<[u8]>::to_vec)
             .ok_or(Errno::ENOTDIR)?;
-        self.cwd = path;
+        self.proc_mut().cwd = path;
         Ok(0)
     }
 
     pub fn sys_mkdirat(&mut self, dirfd: i32, path: u64, mode: u32) -> Result<u64> {
         let path = self.user_cstr(path)?;
         let (dir, name) = self.walk_parent_at(dirfd, &path)?;
-        let umask = self.umask;
+        let umask = self.proc_mut().umask;
         let (id, attr) = self.dev.vfs.fs(dir.node.fs)?.mkdir(
             dir.node.id,
             &name,
@@ -600,7 +602,7 @@ impl Kernel {
     pub fn sys_mknodat(&mut self, dirfd: i32, path: u64, mode: u32, rdev: u32) -> Result<u64> {
         let path = self.user_cstr(path)?;
         let (dir, name) = self.walk_parent_at(dirfd, &path)?;
-        let umask = self.umask;
+        let umask = self.proc_mut().umask;
         let kind = if mode & S_IFMT == 0 {
             S_IFREG
         } else {
@@ -733,7 +735,7 @@ impl Kernel {
     }
 
     fn setattr_fd(&mut self, fd: i32, set: &SetAttr) -> Result<u64> {
-        let file = self.fds.file(fd)?;
+        let file = self.proc_mut().fds.file(fd)?;
         file.setattr(&mut self.dev, set).map(|_| 0)
     }
 
@@ -855,7 +857,7 @@ impl Kernel {
     }
 
     pub fn sys_ftruncate(&mut self, fd: i32, len: u64) -> Result<u64> {
-        let file = self.fds.file(fd)?;
+        let file = self.proc_mut().fds.file(fd)?;
         file.truncate(&mut self.dev, len).map(|_| 0)
     }
 
@@ -863,13 +865,13 @@ impl Kernel {
         if offset < 0 || len <= 0 || offset.checked_add(len).is_none() {
             return Err(Errno::EINVAL);
         }
-        let file = self.fds.file(fd)?;
+        let file = self.proc_mut().fds.file(fd)?;
         file.fallocate(&mut self.dev, mode, offset as u64, len as u64)
             .map(|()| 0)
     }
 
     pub fn sys_fsync(&mut self, fd: i32) -> Result<u64> {
-        let file = self.fds.file(fd)?;
+        let file = self.proc_mut().fds.file(fd)?;
         file.sync(&mut self.dev).map(|_| 0)
     }
 
@@ -914,7 +916,7 @@ impl Kernel {
     }
 
     pub fn sys_fstatfs(&mut self, fd: i32, out: u64) -> Result<u64> {
-        let file = self.fds.file(fd)?;
+        let file = self.proc_mut().fds.file(fd)?;
         let path = match file.dir_path() {
             Some(p) => p.to_vec(),
             None => b"/".to_vec(),
@@ -937,7 +939,7 @@ impl Kernel {
         let wfd = match self.install(Rc::new(w), cloexec) {
             Ok(fd) => fd,
             Err(e) => {
-                let _ = self.fds.remove(rfd as i32);
+                let _ = self.proc_mut().fds.remove(rfd as i32);
                 return Err(e);
             }
         };
@@ -949,13 +951,13 @@ impl Kernel {
     }
 
     pub fn sys_dup(&mut self, fd: i32) -> Result<u64> {
-        let file = self.fds.file(fd)?;
+        let file = self.proc_mut().fds.file(fd)?;
         self.install(file, false)
     }
 
     /// dup2 (`allow_same`: dup2 returns `new` when it equals `old`) and dup3.
     pub fn sys_dup3(&mut self, old: i32, new: i32, flags: u32, allow_same: bool) -> Result<u64> {
-        let file = self.fds.file(old)?;
+        let file = self.proc_mut().fds.file(old)?;
         if old == new {
             return if allow_same {
                 Ok(new as u64)
@@ -967,7 +969,7 @@ impl Kernel {
             return Err(Errno::EINVAL);
         }
         let limit = self.nofile_limit();
-        if let Some(previous) = self.fds.replace(
+        if let Some(previous) = self.proc_mut().fds.replace(
             new,
             Fd {
                 file,
@@ -981,7 +983,7 @@ impl Kernel {
     }
 
     pub fn sys_fcntl(&mut self, fd: i32, cmd: u32, arg: u64) -> Result<u64> {
-        let entry = self.fds.get(fd)?.clone();
+        let entry = self.proc_mut().fds.get(fd)?.clone();
         match cmd {
             F_DUPFD | F_DUPFD_CLOEXEC => {
                 let limit = self.nofile_limit();
@@ -989,12 +991,17 @@ impl Kernel {
                     file: entry.file,
                     cloexec: cmd == F_DUPFD_CLOEXEC,
                 };
-                self.fds
+                self.proc_mut()
+                    .fds
                     .insert_from(arg as usize, new, limit)
                     .map(|fd| fd as u64)
             }
             F_GETFD => Ok(if entry.cloexec { FD_CLOEXEC } else { 0 }),
-            F_SETFD => self.fds.set_cloexec(fd, arg & FD_CLOEXEC != 0).map(|_| 0),
+            F_SETFD => self
+                .proc_mut()
+                .fds
+                .set_cloexec(fd, arg & FD_CLOEXEC != 0)
+                .map(|_| 0),
             F_GETFL => Ok(u64::from(entry.file.flags())),
             F_SETFL => {
                 let flags = entry.file.flags();
@@ -1102,7 +1109,7 @@ impl Kernel {
     }
 
     pub fn sys_flock(&mut self, fd: i32, op: u32) -> Result<u64> {
-        let file = self.fds.file(fd)?;
+        let file = self.proc_mut().fds.file(fd)?;
         let (exclusive, unlock) = match op & !LOCK_NB {
             LOCK_SH => (false, false),
             LOCK_EX => (true, false),
@@ -1116,7 +1123,7 @@ impl Kernel {
     }
 
     pub fn sys_ioctl(&mut self, fd: i32, request: u32, arg: u64) -> Result<u64> {
-        let entry = self.fds.get(fd)?.clone();
+        let entry = self.proc_mut().fds.get(fd)?.clone();
         match request {
             FIONBIO => {
                 let on = self.user_buf(arg, 4)?.iter().any(|&b| b != 0);
@@ -1128,7 +1135,11 @@ impl Kernel {
                 });
                 Ok(0)
             }
-            FIOCLEX | FIONCLEX => self.fds.set_cloexec(fd, request == FIOCLEX).map(|_| 0),
+            FIOCLEX | FIONCLEX => self
+                .proc_mut()
+                .fds
+                .set_cloexec(fd, request == FIOCLEX)
+                .map(|_| 0),
             // stdio are pipes or files in both isolation modes, never a terminal.
             TCGETS | TIOCGWINSZ => Err(Errno::ENOTTY),
             _ => entry.file.ioctl(&mut self.dev, request, arg),
@@ -1145,7 +1156,7 @@ impl Kernel {
         let mut any = false;
         let mut out = Vec::with_capacity(fds.len());
         for &(fd, r, w) in fds {
-            match self.fds.file(fd) {
+            match self.proc_mut().fds.file(fd) {
                 Ok(file) => {
                     let (can_r, can_w) = file.poll(&mut self.dev);
                     let ready = (r && can_r, w && can_w, false);
@@ -1173,8 +1184,12 @@ impl Kernel {
             return Ok(());
         }
         let now = self.clock.monotonic_ns();
-        let deadline =
-            timeout_ns.map(|t| *self.restart_deadline.get_or_insert(now.saturating_add(t)));
+        let deadline = timeout_ns.map(|t| {
+            *self
+                .thread_mut()
+                .restart_deadline
+                .get_or_insert(now.saturating_add(t))
+        });
         if deadline.is_some_and(|d| now >= d) {
             return Ok(());
         }
@@ -1311,7 +1326,7 @@ impl Kernel {
 
     /// Reads a whole file through an open descriptor (file-backed mmap).
     pub fn read_file_into(&mut self, fd: i32, offset: u64, dst: &mut [u8]) -> Result<usize> {
-        let file = self.fds.file(fd)?;
+        let file = self.proc_mut().fds.file(fd)?;
         let mut done = 0;
         while done < dst.len() {
             let n = file.read_at(&mut self.dev, &mut dst[done..], offset + done as u64)?;
@@ -1343,7 +1358,7 @@ impl Kernel {
 
     /// The fd forms (fgetxattr, flistxattr, ...): the fd must be open.
     pub fn sys_xattr_fd(&mut self, fd: i32) -> Result<u64> {
-        self.fds.file(fd)?;
+        self.proc_mut().fds.file(fd)?;
         Err(Errno::EOPNOTSUPP)
     }
 }

@@ -24,9 +24,10 @@ fn zero_range(start: u64, end: u64) {
 impl Kernel {
     /// Writes back and forgets the `MAP_SHARED` file mappings in `[start, end)`.
     fn unmap_files(&mut self, start: u64, end: u64) {
-        let maps = self.mm.files.take(start, end);
+        let maps = self.proc_mut().mm.files.take(start, end);
         if !maps.is_empty() {
-            write_back(self.space.as_ref(), &mut self.dev, maps);
+            let (p, dev) = self.proc_and_dev();
+            write_back(p.space.as_ref(), dev, maps);
         }
     }
 
@@ -41,14 +42,10 @@ impl Kernel {
         }
         let me = self.procs.tgid(self.cur);
         let slots = |space: Option<&crate::mm::space::Space>| space.map_or(0, |s| s.slot_count());
-        let mut victim = (me, slots(self.space.as_ref()), self.comm);
-        for pid in self.procs.pids() {
-            let Some(task) = self.procs.get(pid) else {
-                continue;
-            };
-            let parked = task.parked.as_ref().filter(|p| p.shared && task.tgid != me);
-            if let Some(p) = parked.filter(|p| slots(p.space.as_ref()) > victim.1) {
-                victim = (task.tgid, slots(p.space.as_ref()), p.comm);
+        let mut victim = (me, slots(self.proc().space.as_ref()), self.proc().comm);
+        for (&tgid, p) in &self.processes {
+            if tgid != me && slots(p.space.as_ref()) > victim.1 {
+                victim = (tgid, slots(p.space.as_ref()), p.comm);
             }
         }
         let (pid, held, comm) = victim;
@@ -70,11 +67,11 @@ impl Kernel {
     }
 
     pub fn sys_brk(&mut self, addr: u64) -> u64 {
-        let old = self.mm.brk;
-        let new = self.mm.brk(addr, &mut zero_range);
+        let old = self.proc_mut().mm.brk;
+        let new = self.proc_mut().mm.brk(addr, &mut zero_range);
         if self.back().is_err() {
             // No frame for the growth: the break stays where it was.
-            self.mm.brk(old, &mut zero_range);
+            self.proc_mut().mm.brk(old, &mut zero_range);
             let _ = self.back();
             return old;
         }
@@ -94,7 +91,7 @@ impl Kernel {
             return Err(Errno::EINVAL);
         }
         let file = if flags & MAP_ANONYMOUS == 0 {
-            Some(self.fds.file(fd)?)
+            Some(self.proc_mut().fds.file(fd)?)
         } else {
             None
         };
@@ -118,7 +115,11 @@ impl Kernel {
             } else {
                 prot
             };
-            let start = match self.mm.map(addr, len, fill_prot, flags, &mut zero_range) {
+            let start = match self
+                .proc_mut()
+                .mm
+                .map(addr, len, fill_prot, flags, &mut zero_range)
+            {
                 Ok(start) => start,
                 Err(Errno::ENOMEM) if flags & MAP_FIXED == 0 && self.out_of_memory(len)? => {
                     continue
@@ -128,7 +129,7 @@ impl Kernel {
             match self.back() {
                 Ok(()) => break start,
                 Err(e) => {
-                    let _ = self.mm.unmap(start, len, &mut zero_range);
+                    let _ = self.proc_mut().mm.unmap(start, len, &mut zero_range);
                     let _ = self.back();
                     if e != Errno::ENOMEM || !self.out_of_memory(len)? {
                         return Err(e);
@@ -141,16 +142,16 @@ impl Kernel {
             let dst = self.user_buf_mut(start, len as usize);
             let read = dst.and_then(|dst| self.read_file_into(fd, offset, dst));
             let protected = read.and_then(|_| {
-                self.mm.protect(start, mapped, prot)?;
+                self.proc_mut().mm.protect(start, mapped, prot)?;
                 self.back()
             });
             if let Err(e) = protected {
-                let _ = self.mm.unmap(start, mapped, &mut zero_range);
+                let _ = self.proc_mut().mm.unmap(start, mapped, &mut zero_range);
                 let _ = self.back();
                 return Err(e);
             }
             if flags & MAP_SHARED != 0 {
-                self.mm.files.insert(MappedFile {
+                self.proc_mut().mm.files.insert(MappedFile {
                     start,
                     end: start + mapped,
                     file,
@@ -167,7 +168,7 @@ impl Kernel {
                 self.unmap_files(addr, end);
             }
         }
-        self.mm.unmap(addr, len, &mut zero_range)?;
+        self.proc_mut().mm.unmap(addr, len, &mut zero_range)?;
         self.back()?;
         Ok(0)
     }
@@ -188,11 +189,12 @@ impl Kernel {
         let end = page_up(len)
             .and_then(|l| addr.checked_add(l))
             .ok_or(Errno::ENOMEM)?;
-        if end > addr && !self.mm.vmas.covers(addr, end) {
+        if end > addr && !self.proc_mut().mm.vmas.covers(addr, end) {
             return Err(Errno::ENOMEM);
         }
-        let maps = self.mm.files.within(addr, end);
-        write_back(self.space.as_ref(), &mut self.dev, maps);
+        let maps = self.proc_mut().mm.files.within(addr, end);
+        let (p, dev) = self.proc_and_dev();
+        write_back(p.space.as_ref(), dev, maps);
         Ok(0)
     }
 
@@ -220,13 +222,13 @@ impl Kernel {
         if len == 0 {
             return Ok(0);
         }
-        if !self.mm.vmas.covers(addr, end) {
+        if !self.proc_mut().mm.vmas.covers(addr, end) {
             return Err(Errno::ENOMEM);
         }
         if advice == MADV_DONTNEED {
             // Shared memory keeps its contents (the pages stay in the
             // shared object), private memory reads back as zero.
-            for (s, e) in self.mm.vmas.private_ranges(addr, end) {
+            for (s, e) in self.proc_mut().mm.vmas.private_ranges(addr, end) {
                 zero_range(s, e);
             }
         }
@@ -242,7 +244,8 @@ impl Kernel {
         {
             return Err(Errno::EINVAL);
         }
-        self.mm
+        self.proc_mut()
+            .mm
             .protect(addr, len, prot & !(PROT_GROWSDOWN | PROT_GROWSUP))?;
         self.back()?;
         Ok(0)
@@ -261,11 +264,12 @@ impl Kernel {
         if !old.is_multiple_of(PAGE_SIZE) || new_len == 0 {
             return Err(Errno::EINVAL);
         }
-        let (_, vma) = self.mm.vmas.get(old).ok_or(Errno::EFAULT)?;
+        let (_, vma) = self.proc_mut().mm.vmas.get(old).ok_or(Errno::EFAULT)?;
         if new_len <= old_len {
             if new_len < old_len {
                 self.unmap_files(old + new_len, old + old_len);
-                self.mm
+                self.proc_mut()
+                    .mm
                     .unmap(old + new_len, old_len - new_len, &mut zero_range)?;
                 self.back()?;
             }
@@ -273,11 +277,14 @@ impl Kernel {
         }
         // Grow in place when the memory after the mapping is free.
         let tail = old + old_len;
-        if vma.end == tail && self.mm.regions.reserve(tail, old + new_len) {
-            self.mm.vmas.insert(tail, old + new_len, vma.prot);
+        if vma.end == tail && self.proc_mut().mm.regions.reserve(tail, old + new_len) {
+            self.proc_mut()
+                .mm
+                .vmas
+                .insert(tail, old + new_len, vma.prot);
             if let Err(e) = self.back() {
-                self.mm.vmas.remove(tail, old + new_len);
-                self.mm.regions.free(tail, old + new_len);
+                self.proc_mut().mm.vmas.remove(tail, old + new_len);
+                self.proc_mut().mm.regions.free(tail, old + new_len);
                 let _ = self.back();
                 return Err(e);
             }
@@ -287,10 +294,11 @@ impl Kernel {
             return Err(Errno::ENOMEM);
         }
         let new = self
+            .proc_mut()
             .mm
             .map(0, new_len, vma.prot, MAP_ANONYMOUS, &mut zero_range)?;
         if let Err(e) = self.back() {
-            let _ = self.mm.unmap(new, new_len, &mut zero_range);
+            let _ = self.proc_mut().mm.unmap(new, new_len, &mut zero_range);
             let _ = self.back();
             return Err(e);
         }
@@ -298,14 +306,14 @@ impl Kernel {
         space::copy_within_space(new, old, old_len);
         // A shared file mapping moves with its file (as a private copy of
         // its memory: see docs/syscalls.md).
-        for m in self.mm.files.take(old, old + old_len) {
-            self.mm.files.insert(MappedFile {
+        for m in self.proc_mut().mm.files.take(old, old + old_len) {
+            self.proc_mut().mm.files.insert(MappedFile {
                 start: m.start - old + new,
                 end: m.end - old + new,
                 ..m
             });
         }
-        self.mm.unmap(old, old_len, &mut zero_range)?;
+        self.proc_mut().mm.unmap(old, old_len, &mut zero_range)?;
         self.back()?;
         Ok(new)
     }

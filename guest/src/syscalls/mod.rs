@@ -43,7 +43,7 @@ impl Kernel {
         }
         // User slots must be backed in the current space (others are the
         // kernel's, identity mapped everywhere).
-        if let Some(space) = &self.space {
+        if let Some(space) = &self.proc().space {
             let mut slot = crate::mm::space::slot_of(ptr);
             while slot < end {
                 if self.frames.is_user(slot) && !space.is_mapped(slot) {
@@ -56,7 +56,7 @@ impl Kernel {
         // allow the access: touching a page they forbid would fault in the
         // kernel. (Kernel slots are always mapped.)
         if self.frames.is_user(crate::mm::space::slot_of(ptr))
-            && !self.mm.vmas.allows(ptr, end, write)
+            && !self.proc().mm.vmas.allows(ptr, end, write)
         {
             return Err(Errno::EFAULT);
         }
@@ -216,12 +216,12 @@ impl Kernel {
             98 => self.sys_getrusage(a0 as i32, a1),
             99 => self.sys_sysinfo(a0),
             100 => self.sys_times(a0),
-            102 => Ok(u64::from(self.creds.uid)),
-            104 => Ok(u64::from(self.creds.gid)),
+            102 => Ok(u64::from(self.proc_mut().creds.uid)),
+            104 => Ok(u64::from(self.proc_mut().creds.gid)),
             105 => self.sys_setresuid(a0 as u32, a0 as u32, a0 as u32),
             106 => self.sys_setresgid(a0 as u32, a0 as u32, a0 as u32),
-            107 => Ok(u64::from(self.creds.euid)),
-            108 => Ok(u64::from(self.creds.egid)),
+            107 => Ok(u64::from(self.proc_mut().creds.euid)),
+            108 => Ok(u64::from(self.proc_mut().creds.egid)),
             109 => self.sys_setpgid(a0 as i32, a1 as i32),
             110 => self.sys_getppid(),
             111 => self.sys_getpgid(0),

@@ -10,7 +10,7 @@ use core::cell::{Cell, RefCell};
 
 impl Kernel {
     fn socket_file(&self, fd: i32) -> Result<Rc<dyn File>> {
-        let file = self.fds.file(fd)?;
+        let file = self.proc().fds.file(fd)?;
         if unix_stream(&*file).is_none() {
             return Err(Errno::ENOTSOCK);
         }

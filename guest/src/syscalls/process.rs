@@ -17,12 +17,14 @@ use crate::arch::{self, FxArea, SyscallFrame};
 use crate::errno::{Errno, Result};
 use crate::fs::fd::File as _;
 use crate::kernel::spec::RLIMIT_COUNT;
+use crate::kernel::Kernel;
 use crate::kernel::Mm;
-use crate::kernel::{Kernel, ProcState};
 use crate::mm::space::Space;
 use crate::task::cputime::Times;
 use crate::task::futex;
 use crate::task::process::{Block, Context, ExitStatus, Pid, State, WaitFor};
+use crate::task::signal::SigMask;
+use crate::task::{Process, Thread};
 
 const CLONE_VM: u64 = 0x100;
 const CLONE_FS: u64 = 0x200;
@@ -100,10 +102,11 @@ impl Kernel {
             None
         } else {
             let started = self.clock.monotonic_ns();
-            let shared = self.mm.vmas.shared_slots();
-            let copy = self
-                .space
-                .as_ref()
+            let tgid = self.procs.tgid(self.cur);
+            let parent = self.processes.get(&tgid);
+            let shared = parent.map(|p| p.mm.vmas.shared_slots()).unwrap_or_default();
+            let copy = parent
+                .and_then(|p| p.space.as_ref())
                 .map(|s| s.fork(&mut self.frames, &shared))
                 .transpose()
                 .map_err(|_| Errno::ENOMEM)?;
@@ -142,44 +145,50 @@ impl Kernel {
         // SAFETY: `frame` is the trampoline's (clone is only reached from
         // `dispatch`), with the caller's fxsave image below it.
         let fx = unsafe { crate::kernel::sched::fx_of(frame) };
-        let mut signals = self.signals.clone();
+        let mut signals = self.proc().signals.clone();
         signals.pending = 0;
-        let state = ProcState {
-            fds: self.fds.clone(),
+        let parent = self.proc();
+        let process = Process {
+            fds: parent.fds.clone(),
             mm: if shares_vm {
                 Mm::default()
             } else {
-                self.mm.clone()
+                parent.mm.clone()
             },
             space,
-            cwd: self.cwd.clone(),
-            umask: self.umask,
-            creds: self.creds.clone(),
+            cwd: parent.cwd.clone(),
+            umask: parent.umask,
+            creds: parent.creds.clone(),
             signals,
-            exe_path: self.exe_path.clone(),
+            exe_path: parent.exe_path.clone(),
+            comm: parent.comm,
+            personality: parent.personality,
+        };
+        let thread = Thread {
             fs_base: if flags & CLONE_SETTLS != 0 {
                 tls
             } else {
-                self.fs_base
+                self.thread().fs_base
             },
-            comm: self.comm,
-            personality: self.personality,
-            restart_deadline: None,
-            blocked_nr: None,
+            sigmask: SigMask {
+                mask: self.thread().sigmask.mask,
+                altstack: self.thread().sigmask.altstack,
+                saved_mask: None,
+            },
             clear_child_tid: if flags & CLONE_CHILD_CLEARTID != 0 {
                 child_tid
             } else {
                 0
             },
-            robust_list: 0,
-            shared: true,
+            ..Thread::default()
         };
+        self.processes.insert(pid, process);
         if let Some(t) = self.procs.get_mut(pid) {
             t.ctx = Some(Box::new(Context {
                 frame: child_frame,
                 fx: *fx,
             }));
-            t.parked = Some(state);
+            t.thread = thread;
             if flags & CLONE_CHILD_SETTID != 0 {
                 t.set_child_tid = child_tid;
             }
@@ -232,25 +241,25 @@ impl Kernel {
         // SAFETY: `frame` is the trampoline's (clone is only reached from
         // `dispatch`), with the caller's fxsave image below it.
         let fx = unsafe { crate::kernel::sched::fx_of(frame) };
-        let state = ProcState {
+        // Memory, files and the rest are the process's; the signal mask is
+        // the thread's own, inherited, and it starts without an alternate
+        // stack, as on Linux.
+        let thread = Thread {
             fs_base: if flags & CLONE_SETTLS != 0 {
                 tls
             } else {
-                self.fs_base
+                self.thread().fs_base
             },
             clear_child_tid: if flags & CLONE_CHILD_CLEARTID != 0 {
                 child_tid
             } else {
                 0
             },
-            // Files, memory and the rest come from a sibling when it runs;
-            // the signal mask is the thread's own, inherited.
-            signals: crate::task::signal::Signals {
-                mask: self.signals.mask,
-                ..Default::default()
+            sigmask: SigMask {
+                mask: self.thread().sigmask.mask,
+                ..SigMask::default()
             },
-            shared: false,
-            ..ProcState::default()
+            ..Thread::default()
         };
         if let Some(t) = self.procs.get_mut(tid) {
             t.tgid = tgid;
@@ -259,7 +268,7 @@ impl Kernel {
                 frame: child_frame,
                 fx: *fx,
             }));
-            t.parked = Some(state);
+            t.thread = thread;
             if flags & CLONE_CHILD_SETTID != 0 {
                 t.set_child_tid = child_tid;
             }
@@ -299,7 +308,7 @@ impl Kernel {
         mut args: Vec<Vec<u8>>,
     ) -> Result<(Vec<u8>, Vec<Vec<u8>>)> {
         for _ in 0..=MAX_SCRIPT_DEPTH {
-            let w = self.dev.vfs.walk(&self.cwd, &path, true)?;
+            let w = self.walk_from_cwd(&path, true)?;
             if w.mode & crate::fs::fuse::S_IFMT != crate::fs::fuse::S_IFREG {
                 return Err(Errno::EACCES);
             }
@@ -381,11 +390,9 @@ impl Kernel {
             self.exit_robust_lists(tgid, &others);
             self.end_threads(tgid);
         }
-        let old_mm = core::mem::replace(
-            &mut self.mm,
-            Mm::new(self.frames.user_lo, self.frames.user_hi),
-        );
-        let old_space = self.space.replace(fresh);
+        let fresh_mm = Mm::new(self.frames.user_lo, self.frames.user_hi);
+        let old_mm = core::mem::replace(&mut self.proc_mut().mm, fresh_mm);
+        let old_space = self.proc_mut().space.replace(fresh);
         self.load_space();
         let vfork_parent = self
             .procs
@@ -417,23 +424,22 @@ impl Kernel {
                 return Ok(0);
             }
         };
-        for fd in self.fds.take_cloexec() {
+        for fd in self.proc_mut().fds.take_cloexec() {
             if alloc::rc::Rc::strong_count(&fd.file) == 1 {
                 fd.file.release(&mut self.dev);
             }
         }
-        self.signals.reset_for_exec();
-        self.fs_base = 0;
+        self.proc_mut().signals.reset_for_exec();
+        self.thread_mut().sigmask.reset_for_exec();
+        self.thread_mut().fs_base = 0;
         arch::set_fs_base(0);
-        self.clear_child_tid = 0;
+        self.thread_mut().clear_child_tid = 0;
         let name = program.rsplit(|&b| b == b'/').next().unwrap_or(&program);
         let n = name.len().min(15);
-        self.comm = [0; 16];
-        self.comm[..n].copy_from_slice(&name[..n]);
-        self.exe_path = self
-            .dev
-            .vfs
-            .walk(&self.cwd, &program, true)
+        self.proc_mut().comm = [0; 16];
+        self.proc_mut().comm[..n].copy_from_slice(&name[..n]);
+        self.proc_mut().exe_path = self
+            .walk_from_cwd(&program, true)
             .map(|w| w.path)
             .unwrap_or(program);
         *frame = SyscallFrame {
@@ -532,7 +538,7 @@ impl Kernel {
                 si[0..4].copy_from_slice(&17i32.to_le_bytes());
                 si[8..12].copy_from_slice(&code.to_le_bytes());
                 si[16..20].copy_from_slice(&pid.to_le_bytes());
-                si[20..24].copy_from_slice(&self.creds.uid.to_le_bytes());
+                si[20..24].copy_from_slice(&self.proc_mut().creds.uid.to_le_bytes());
                 si[24..28].copy_from_slice(&value.to_le_bytes());
             }
             self.put_user(info, &si)?;
@@ -566,9 +572,9 @@ impl Kernel {
                     .collect()
             }
             // One user owns every process of the VM unless ids changed;
-            // credentials of parked processes are theirs, so only the
+            // credentials of other processes are their own, so only the
             // caller's own uid is matched exactly.
-            PRIO_USER if who == 0 || who as u32 == self.creds.uid => self.procs.pids(),
+            PRIO_USER if who == 0 || who as u32 == self.proc().creds.uid => self.procs.pids(),
             PRIO_USER => Vec::new(),
             _ => return Err(Errno::EINVAL),
         };
@@ -646,7 +652,7 @@ impl Kernel {
     }
 
     pub fn sys_set_tid_address(&mut self, ptr: u64) -> Result<u64> {
-        self.clear_child_tid = ptr;
+        self.thread_mut().clear_child_tid = ptr;
         Ok(self.cur as u64)
     }
 
@@ -679,21 +685,21 @@ impl Kernel {
     }
 
     fn privileged(&self) -> bool {
-        self.creds.euid == 0
+        self.proc().creds.euid == 0
     }
 
     pub fn sys_setresuid(&mut self, r: u32, e: u32, s: u32) -> Result<u64> {
-        let c = &self.creds;
+        let c = &self.proc_mut().creds;
         let [uid, euid, suid] = set_res([c.uid, c.euid, c.suid], [r, e, s], self.privileged())?;
-        let c = &mut self.creds;
+        let c = &mut self.proc_mut().creds;
         (c.uid, c.euid, c.suid, c.fsuid) = (uid, euid, suid, euid);
         Ok(0)
     }
 
     pub fn sys_setresgid(&mut self, r: u32, e: u32, s: u32) -> Result<u64> {
-        let c = &self.creds;
+        let c = &self.proc_mut().creds;
         let [gid, egid, sgid] = set_res([c.gid, c.egid, c.sgid], [r, e, s], self.privileged())?;
-        let c = &mut self.creds;
+        let c = &mut self.proc_mut().creds;
         (c.gid, c.egid, c.sgid, c.fsgid) = (gid, egid, sgid, egid);
         Ok(0)
     }
@@ -703,7 +709,7 @@ impl Kernel {
     /// when refusing (as Linux, which reports no error).
     pub fn sys_setfsid(&mut self, id: u32, group: bool) -> Result<u64> {
         let privileged = self.privileged();
-        let c = &mut self.creds;
+        let c = &mut self.proc_mut().creds;
         let (ids, fs) = if group {
             ([c.gid, c.egid, c.sgid, c.fsgid], &mut c.fsgid)
         } else {
@@ -717,7 +723,7 @@ impl Kernel {
     }
 
     pub fn sys_getresuid(&mut self, r: u64, e: u64, s: u64, group: bool) -> Result<u64> {
-        let c = &self.creds;
+        let c = &self.proc_mut().creds;
         let ids = if group {
             [c.gid, c.egid, c.sgid]
         } else {
@@ -730,7 +736,7 @@ impl Kernel {
     }
 
     pub fn sys_getgroups(&mut self, size: i32, list: u64) -> Result<u64> {
-        let n = self.creds.groups.len();
+        let n = self.proc_mut().creds.groups.len();
         if size == 0 {
             return Ok(n as u64);
         }
@@ -738,6 +744,7 @@ impl Kernel {
             return Err(Errno::EINVAL);
         }
         let bytes: alloc::vec::Vec<u8> = self
+            .proc_mut()
             .creds
             .groups
             .iter()
@@ -755,7 +762,7 @@ impl Kernel {
             return Err(Errno::EINVAL);
         }
         let raw = self.user_buf(list, size as usize * 4)?;
-        self.creds.groups = raw
+        self.proc_mut().creds.groups = raw
             .chunks_exact(4)
             .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect();
@@ -763,8 +770,8 @@ impl Kernel {
     }
 
     pub fn sys_umask(&mut self, mask: u32) -> u64 {
-        let old = self.umask;
-        self.umask = mask & 0o777;
+        let old = self.proc_mut().umask;
+        self.proc_mut().umask = mask & 0o777;
         u64::from(old)
     }
 
@@ -828,12 +835,12 @@ impl Kernel {
     /// Linux's own (`PER_LINUX`, with any flags, e.g. ADDR_NO_RANDOMIZE,
     /// whose effect the guest's fixed layout already has) is accepted.
     pub fn sys_personality(&mut self, persona: u32) -> Result<u64> {
-        let old = self.personality;
+        let old = self.proc_mut().personality;
         if persona != u32::MAX {
             if persona & 0xff != 0 {
                 return Err(Errno::EINVAL);
             }
-            self.personality = persona;
+            self.proc_mut().personality = persona;
         }
         Ok(u64::from(old))
     }
@@ -849,7 +856,7 @@ impl Kernel {
 
     pub fn sys_sysinfo(&mut self, out: u64) -> Result<u64> {
         let mut s = [0u8; 112];
-        let free = self.mm.regions.free_bytes();
+        let free = self.proc_mut().mm.regions.free_bytes();
         let fields: [(usize, u64); 4] = [
             (0, self.clock.since_boot_ns() / 1_000_000_000),
             (32, self.ram_size),
@@ -872,12 +879,12 @@ impl Kernel {
                     .user_cstr(arg)
                     .or_else(|_| self.user_buf(arg, 16).map(|b| b.to_vec()))?;
                 let n = name.len().min(15);
-                self.comm = [0; 16];
-                self.comm[..n].copy_from_slice(&name[..n]);
+                self.proc_mut().comm = [0; 16];
+                self.proc_mut().comm[..n].copy_from_slice(&name[..n]);
                 Ok(0)
             }
             PR_GET_NAME => {
-                let comm = self.comm;
+                let comm = self.proc_mut().comm;
                 self.put_user(arg, &comm)?;
                 Ok(0)
             }
@@ -903,11 +910,11 @@ impl Kernel {
                     return Err(Errno::EPERM);
                 }
                 arch::set_fs_base(addr);
-                self.fs_base = addr;
+                self.thread_mut().fs_base = addr;
                 Ok(0)
             }
             ARCH_GET_FS => {
-                let base = self.fs_base;
+                let base = self.thread_mut().fs_base;
                 self.put_user(addr, &base.to_le_bytes())?;
                 Ok(0)
             }
@@ -972,12 +979,12 @@ impl Kernel {
                             } else {
                                 ns
                             };
-                            self.restart_deadline = Some(until);
+                            self.thread_mut().restart_deadline = Some(until);
                         }
                         self.futexes.enqueue(cur, group, key, bitset);
                     }
                 }
-                if let Some(until) = self.restart_deadline {
+                if let Some(until) = self.thread_mut().restart_deadline {
                     if self.clock.monotonic_ns() >= until {
                         self.futexes.forget(cur);
                         return Err(Errno::ETIMEDOUT);
@@ -1030,7 +1037,7 @@ impl Kernel {
     /// caller promises with `FUTEX_PRIVATE_FLAG` that only its threads use it.
     pub fn futex_key(&self, addr: u64, op: u32) -> (Pid, u64) {
         let shared = op & futex::FUTEX_PRIVATE_FLAG == 0
-            && self.mm.vmas.get(addr).is_some_and(|(_, v)| v.shared);
+            && self.proc().mm.vmas.get(addr).is_some_and(|(_, v)| v.shared);
         if let Some(pa) = crate::mm::space::physical(addr).filter(|_| shared) {
             return (0, pa);
         }
@@ -1040,14 +1047,7 @@ impl Kernel {
     /// sched_yield: the caller stays runnable and the next runnable task
     /// (thread or process, round robin) runs first.
     pub fn sys_sched_yield(&mut self) -> u64 {
-        // The scheduler only looks at deadlines when nothing is runnable;
-        // a yielding task is, so wake expired sleepers here or a thread
-        // spinning on sched_yield would starve them forever. (Stdin is
-        // not asked: that costs an exit, and idling looks at it.)
-        let now = self.clock.monotonic_ns();
-        self.procs
-            .wake(crate::fs::pipe::events(), now, &mut || false);
-        self.switch_pending = true;
+        self.yield_now();
         0
     }
 
@@ -1057,20 +1057,17 @@ impl Kernel {
         if len != futex::ROBUST_LIST_HEAD_SIZE {
             return Err(Errno::EINVAL);
         }
-        self.robust_list = head;
+        self.thread_mut().robust_list = head;
         Ok(0)
     }
 
     pub fn sys_get_robust_list(&mut self, tid: i32, head: u64, len: u64) -> Result<u64> {
-        let value = if tid == 0 || tid == self.cur {
-            self.robust_list
-        } else {
-            self.procs
-                .get(tid)
-                .and_then(|t| t.parked.as_ref())
-                .map(|p| p.robust_list)
-                .ok_or(Errno::ESRCH)?
-        };
+        let tid = if tid == 0 { self.cur } else { tid };
+        let value = self
+            .procs
+            .get(tid)
+            .map(|t| t.thread.robust_list)
+            .ok_or(Errno::ESRCH)?;
         self.put_user(head, &value.to_le_bytes())?;
         self.put_user(len, &24u64.to_le_bytes())?;
         Ok(0)

@@ -14,7 +14,7 @@ impl Kernel {
         }
         let slot = sig as usize - 1;
         if old != 0 {
-            let a = self.signals.actions[slot];
+            let a = self.proc_mut().signals.actions[slot];
             let mut b = [0u8; 32];
             for (i, v) in [a.handler, a.flags, a.restorer, a.mask].iter().enumerate() {
                 b[i * 8..i * 8 + 8].copy_from_slice(&v.to_le_bytes());
@@ -27,7 +27,7 @@ impl Kernel {
             }
             let b = self.user_buf(act, 32)?;
             let w = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
-            self.signals.actions[slot] = SigAction {
+            self.proc_mut().signals.actions[slot] = SigAction {
                 handler: w(0),
                 flags: w(1),
                 restorer: w(2),
@@ -41,11 +41,11 @@ impl Kernel {
         if size != 8 {
             return Err(Errno::EINVAL);
         }
-        let previous = self.signals.mask;
+        let previous = self.thread_mut().sigmask.mask;
         if set != 0 {
             let s = self.get_u64(set)?;
             let unblockable = UNBLOCKABLE;
-            self.signals.mask = match how {
+            self.thread_mut().sigmask.mask = match how {
                 0 => previous | s,
                 1 => previous & !s,
                 2 => s,
@@ -59,19 +59,19 @@ impl Kernel {
     }
 
     pub fn sys_rt_sigpending(&mut self, set: u64) -> Result<u64> {
-        let pending = self.signals.pending & self.signals.mask;
+        let pending = self.proc_mut().signals.pending & self.thread_mut().sigmask.mask;
         self.put_user(set, &pending.to_le_bytes())?;
         Ok(0)
     }
 
     pub fn sys_sigaltstack(&mut self, new: u64, old: u64) -> Result<u64> {
         if old != 0 {
-            let current = self.signals.altstack;
+            let current = self.thread_mut().sigmask.altstack;
             self.put_user(old, &current)?;
         }
         if new != 0 {
             let b = self.user_buf(new, 24)?;
-            self.signals.altstack.copy_from_slice(b);
+            self.thread_mut().sigmask.altstack.copy_from_slice(b);
         }
         Ok(0)
     }
@@ -112,10 +112,10 @@ impl Kernel {
             return Err(Errno::EINVAL);
         }
         let mask = self.get_u64(mask)? & !UNBLOCKABLE;
-        if self.signals.pending & !mask != 0 {
-            let old = self.signals.mask;
-            self.signals.saved_mask = Some(old);
-            self.signals.mask = mask;
+        if self.proc_mut().signals.pending & !mask != 0 {
+            let old = self.thread_mut().sigmask.mask;
+            self.thread_mut().sigmask.saved_mask = Some(old);
+            self.thread_mut().sigmask.mask = mask;
             return Err(Errno::EINTR);
         }
         Err(Errno::EBLOCK)
@@ -123,7 +123,7 @@ impl Kernel {
 
     /// `pause`: blocks until a signal is pending, then EINTR.
     pub fn sys_pause(&mut self) -> Result<u64> {
-        if self.signals.pending & (!self.signals.mask | UNBLOCKABLE) != 0 {
+        if self.proc_mut().signals.pending & (!self.thread_mut().sigmask.mask | UNBLOCKABLE) != 0 {
             return Err(Errno::EINTR);
         }
         Err(Errno::EBLOCK)
@@ -150,7 +150,7 @@ impl Kernel {
             let mxcsr = u32::from_le_bytes(fx.0[24..28].try_into().unwrap_or([0; 4])) & 0xffff;
             fx.0[24..28].copy_from_slice(&mxcsr.to_le_bytes());
         }
-        self.signals.mask = mask & !UNBLOCKABLE;
+        self.thread_mut().sigmask.mask = mask & !UNBLOCKABLE;
         restore_mcontext(frame, &mc);
         Ok(frame.rax)
     }

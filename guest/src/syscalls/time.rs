@@ -293,6 +293,7 @@ impl Kernel {
         let now = self.clock.now(clock)?;
         let mono = self.clock.monotonic_ns();
         let until = *self
+            .thread_mut()
             .restart_deadline
             .get_or_insert(mono.saturating_add(deadline.saturating_sub(now)));
         if mono >= until {

@@ -2,8 +2,14 @@
 //! sessions and run states), the scheduler's queue and its wake-ups,
 //! signal state, futex wait queues, CPU time and credentials.
 //!
-//! Plain data and policy, unit-tested on the host; the kernel (`crate::kernel`)
-//! owns a table of these and switches between them.
+//! A [`Process`] is what a thread group owns (address space, files, cwd,
+//! credentials, signal dispositions), a [`Thread`] what each thread owns
+//! (TLS base, tid words, signal mask, the call it is blocked in), as
+//! Linux's `mm_struct`/`files_struct`/`cred` and `task_struct` split them.
+//! The kernel (`crate::kernel`) keeps every process and task in its tables;
+//! running one is pointing at it.
+//!
+//! Plain data and policy, unit-tested on the host.
 
 pub mod cputime;
 pub mod futex;
@@ -11,6 +17,45 @@ pub mod process;
 pub mod signal;
 
 use alloc::vec::Vec;
+
+use crate::fs::fd::{FdTable, File};
+use crate::mm::space::Space;
+use crate::mm::Mm;
+use signal::{SigMask, Signals};
+
+/// What a process (a thread group) owns, shared by its threads.
+#[derive(Default)]
+pub struct Process {
+    pub fds: FdTable,
+    pub mm: Mm<dyn File>,
+    /// Its page tables: none while lent to a vfork child, or gone.
+    pub space: Option<Space>,
+    pub cwd: Vec<u8>,
+    pub umask: u32,
+    pub creds: Creds,
+    pub signals: Signals,
+    pub exe_path: Vec<u8>,
+    pub comm: [u8; 16],
+    /// personality(2) flags (the domain is always PER_LINUX).
+    pub personality: u32,
+}
+
+/// What each thread owns besides its registers (`process::Task::ctx`).
+#[derive(Default)]
+pub struct Thread {
+    /// The TLS base (`arch_prctl(ARCH_SET_FS)`, CLONE_SETTLS).
+    pub fs_base: u64,
+    pub sigmask: SigMask,
+    /// Deadline of a sleep or poll being restarted (see `process`).
+    pub restart_deadline: Option<u64>,
+    /// The call the thread is blocked in (to be restarted), if any: a
+    /// handler interrupting it makes it fail with EINTR instead.
+    pub blocked_nr: Option<u64>,
+    /// CLONE_CHILD_CLEARTID / set_tid_address: cleared when the thread exits.
+    pub clear_child_tid: u64,
+    /// set_robust_list: the list head, walked when the thread exits or execs.
+    pub robust_list: u64,
+}
 
 /// A process's user and group ids, as Linux's `struct cred` holds them.
 #[derive(Clone, Debug, Default)]

@@ -15,15 +15,13 @@
 //! When nothing is runnable, the kernel idles through the VMM's `IDLE_NS`
 //! register until the earliest deadline or stdin input.
 //!
-//! The bound: a process that computes without making system calls is never
-//! preempted and starves the others until its next call (there are no timer
-//! interrupts in this design). Shells, pipelines and servers block or make
-//! calls constantly, so in practice each process runs for at most one
-//! system call's worth of computation before the others get a chance when
-//! it blocks.
+//! The bound: a task whose calls do not block is switched out once it has
+//! run a time slice (`crate::kernel::sched`), but a task that computes
+//! without making system calls is never preempted and starves the others
+//! until its next call (there are no timer interrupts in this design).
 //!
-//! Everything here is plain data, generic over the parked per-process
-//! kernel state `S`, so it is unit-tested on the host.
+//! Everything here is plain data, generic over each task's own state `S`
+//! (`crate::task::Thread` in the kernel), so it is unit-tested on the host.
 
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
@@ -108,13 +106,14 @@ pub struct Task<S> {
     pub state: State,
     /// Saved context while not running.
     pub ctx: Option<Box<Context>>,
-    /// The kernel's per-process state while not running.
-    pub parked: Option<S>,
+    /// What the thread owns besides its registers.
+    pub thread: S,
     /// A vfork child runs in this parent's memory until it execs or exits.
     pub vfork_parent: Option<Pid>,
     /// CLONE_CHILD_SETTID: where to store the child's tid when it first runs.
     pub set_child_tid: u64,
-    /// Signals sent while parked (merged into the signal state on switch-in).
+    /// Signals sent to this thread while another ran (merged into its
+    /// process's pending set when it is switched in).
     pub pending: u64,
     /// The process's ITIMER_REAL (kept on its first thread): next expiry
     /// and reload interval, in monotonic ns (interval 0: one-shot).
@@ -175,7 +174,7 @@ pub struct ProcTable<S> {
 
 const PID_MAX: Pid = 32768;
 
-impl<S> ProcTable<S> {
+impl<S: Default> ProcTable<S> {
     /// A table holding the init process, pid 1, in its own group and session.
     pub fn new(limit: Option<u64>) -> Self {
         let mut tasks = BTreeMap::new();
@@ -196,7 +195,7 @@ impl<S> ProcTable<S> {
             sid,
             state: State::Runnable,
             ctx: None,
-            parked: None,
+            thread: S::default(),
             vfork_parent: None,
             set_child_tid: 0,
             pending: 0,

@@ -131,27 +131,51 @@ pub struct SigAction {
     pub mask: u64,
 }
 
+/// A process's signal dispositions and the signals pending for it (its
+/// threads share both, as Linux's `sighand_struct` and shared pending set).
 #[derive(Clone, Debug)]
 pub struct Signals {
     pub actions: [SigAction; NSIG],
-    pub mask: u64,
-    pub altstack: [u8; 24],
     pub pending: u64,
-    /// The mask to restore after a handler run from `rt_sigsuspend`.
-    pub saved_mask: Option<u64>,
 }
 
 impl Default for Signals {
     fn default() -> Self {
-        let mut altstack = [0u8; 24];
-        altstack[8..12].copy_from_slice(&2u32.to_le_bytes()); // SS_DISABLE
         Self {
             actions: [SigAction::default(); NSIG],
+            pending: 0,
+        }
+    }
+}
+
+/// A thread's own signal state: its mask and alternate stack.
+#[derive(Clone, Debug)]
+pub struct SigMask {
+    pub mask: u64,
+    pub altstack: [u8; 24],
+    /// The mask to restore after a handler run from `rt_sigsuspend`.
+    pub saved_mask: Option<u64>,
+}
+
+impl Default for SigMask {
+    fn default() -> Self {
+        let mut altstack = [0u8; 24];
+        altstack[8..12].copy_from_slice(&SS_DISABLE.to_le_bytes());
+        Self {
             mask: 0,
             altstack,
-            pending: 0,
             saved_mask: None,
         }
+    }
+}
+
+impl SigMask {
+    /// After execve: the mask stays, the alternate stack goes.
+    pub fn reset_for_exec(&mut self) {
+        *self = Self {
+            mask: self.mask,
+            ..Self::default()
+        };
     }
 }
 
@@ -168,17 +192,12 @@ impl Signals {
                 *a = SigAction::default();
             }
         }
-        *self = Self {
-            actions: self.actions,
-            mask: self.mask,
-            pending: self.pending,
-            ..Self::default()
-        };
     }
 
-    /// The next deliverable signal, taken off the pending set.
-    pub fn take_next(&mut self) -> Option<u32> {
-        let ready = self.pending & (!self.mask | UNBLOCKABLE);
+    /// The next signal deliverable to a thread with `mask`, taken off the
+    /// pending set.
+    pub fn take_next(&mut self, mask: u64) -> Option<u32> {
+        let ready = self.pending & (!mask | UNBLOCKABLE);
         if ready == 0 {
             return None;
         }
@@ -267,20 +286,24 @@ mod tests {
     fn pending_signals_come_lowest_first_unless_masked() {
         let mut s = Signals {
             pending: (1 << 16) | (1 << 9) | (1 << 8),
-            mask: 1 << 9,
             ..Signals::default()
         };
-        assert_eq!(s.take_next(), Some(9));
-        assert_eq!(s.take_next(), Some(17));
-        assert_eq!(s.take_next(), None);
-        s.mask = u64::MAX;
+        let mut m = SigMask {
+            mask: 1 << 9,
+            ..SigMask::default()
+        };
+        assert_eq!(s.take_next(m.mask), Some(9));
+        assert_eq!(s.take_next(m.mask), Some(17));
+        assert_eq!(s.take_next(m.mask), None);
+        m.mask = u64::MAX;
         s.pending = 1 << 8;
-        assert_eq!(s.take_next(), Some(9), "SIGKILL cannot be blocked");
+        assert_eq!(s.take_next(m.mask), Some(9), "SIGKILL cannot be blocked");
         s.actions[1].handler = 0x401000;
         s.actions[2].handler = SIG_IGN;
         s.reset_for_exec();
+        m.reset_for_exec();
         assert_eq!(s.actions[1].handler, SIG_DFL);
         assert_eq!(s.actions[2].handler, SIG_IGN);
-        assert_eq!(s.mask, u64::MAX);
+        assert_eq!(m.mask, u64::MAX);
     }
 }
