@@ -369,7 +369,7 @@ extern "C" fn capsa_main(boot_info: u64) -> ! {
 
 #[no_mangle]
 extern "C" fn capsa_syscall(frame: &mut SyscallFrame) {
-    capsa_guest::kernel::syscall(frame);
+    capsa_guest::syscalls::entry(frame);
 }
 
 #[no_mangle]

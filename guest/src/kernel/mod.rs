@@ -7,6 +7,7 @@ pub mod sched;
 pub mod signal;
 pub mod spec;
 pub mod time;
+pub mod uaccess;
 
 use alloc::collections::BTreeMap;
 use alloc::rc::Rc;
@@ -150,7 +151,9 @@ unsafe impl Sync for Global {}
 
 static KERNEL: Global = Global(UnsafeCell::new(None));
 
-fn kernel() -> &'static mut Kernel {
+/// The kernel, for the entry points (one vCPU: the syscall and fault
+/// paths never nest, so one reference exists at a time).
+pub fn kernel() -> &'static mut Kernel {
     // SAFETY: see `Global`; boot stores the kernel before enabling any path
     // that reaches here, and callers never hold two references at once.
     match unsafe { (*KERNEL.0.get()).as_mut() } {
@@ -731,18 +734,6 @@ impl Kernel {
 
 fn hwcap() -> u64 {
     u64::from(core::arch::x86_64::__cpuid(1).edx)
-}
-
-/// Entry from `capsa_syscall_user`.
-pub fn syscall(frame: &mut SyscallFrame) {
-    let k = kernel();
-    k.meter.enter_kernel(k.clock.cpu_ticks());
-    // SAFETY: `frame` is the trampoline's frame, with its fxsave image below.
-    let fx = unsafe { crate::kernel::sched::fx_of(frame) };
-    let nr = frame.rax;
-    let ret = k.dispatch(frame);
-    k.finish_syscall(frame, fx, nr, ret);
-    k.meter.leave_kernel(k.clock.cpu_ticks());
 }
 
 /// Where the fault path builds the context it resumes (one vCPU, and the

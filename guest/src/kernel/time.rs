@@ -13,6 +13,12 @@ use capsa_abi::control;
 
 use crate::arch::{self, control_read, control_write};
 use crate::errno::{Errno, Result};
+use crate::kernel::Kernel;
+use crate::task::cputime::Times;
+use crate::task::process::{self, Pid};
+
+pub const SIGVTALRM: u32 = 26;
+pub const SIGPROF: u32 = 27;
 
 pub struct Clock {
     tsc_khz: u64,
@@ -124,5 +130,63 @@ impl Clock {
     /// Blocks the vCPU up to `ns` (it may wake earlier on stdin input).
     pub fn idle(&self, ns: u64) {
         control_write(control::IDLE_NS, ns);
+    }
+}
+
+impl Kernel {
+    /// CPU time of task `tid` so far, its running stretch included; None
+    /// if there is no such task.
+    pub fn thread_cpu(&self, tid: Pid) -> Option<Times> {
+        let mut t = self.procs.get(tid)?.cpu;
+        if tid == self.cur {
+            t += self.meter.unflushed(self.clock.cpu_ticks());
+        }
+        Some(t)
+    }
+
+    /// CPU time of process `tgid`: its threads, those that ended included.
+    pub fn process_cpu(&self, tgid: Pid) -> Option<Times> {
+        let mut t = self.procs.get(tgid)?.cpu_dead;
+        for tid in self.procs.group(tgid) {
+            t += self.thread_cpu(tid).unwrap_or_default();
+        }
+        Some(t)
+    }
+
+    /// The calling process's CPU time as the ITIMER_VIRTUAL (`index` 0:
+    /// user time) or ITIMER_PROF (1: user and system time) counts it, in ticks.
+    pub fn itimer_clock(&self, index: usize) -> u64 {
+        let times = self
+            .process_cpu(self.procs.tgid(self.cur))
+            .unwrap_or_default();
+        if index == 0 {
+            times.user
+        } else {
+            times.total()
+        }
+    }
+
+    /// Sends SIGVTALRM or SIGPROF for the calling process's CPU timers that
+    /// expired (checked after each system call, like ITIMER_REAL).
+    pub fn fire_cpu_timers(&mut self) {
+        let tgid = self.procs.tgid(self.cur);
+        for (index, sig) in [(0, SIGVTALRM), (1, SIGPROF)] {
+            if self
+                .procs
+                .get(tgid)
+                .is_none_or(|t| t.cpu_timers[index].is_none())
+            {
+                continue;
+            }
+            let now = self.itimer_clock(index);
+            let fired = self
+                .procs
+                .get_mut(tgid)
+                .is_some_and(|t| process::expire(&mut t.cpu_timers[index], now));
+            if fired {
+                let cur = self.cur;
+                self.post_signal(cur, sig);
+            }
+        }
     }
 }

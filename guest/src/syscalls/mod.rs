@@ -1,5 +1,6 @@
-//! The Linux x86-64 system call interface: dispatch and user-memory access.
-//! Each submodule implements one area on `Kernel`.
+//! The Linux x86-64 system call interface: the entry from the trampoline
+//! and the dispatch by number. Each submodule implements one area on
+//! `Kernel`: decode the arguments, call the subsystem, encode the result.
 
 pub mod event;
 pub mod fs;
@@ -9,123 +10,25 @@ pub mod process;
 pub mod signal;
 pub mod time;
 
-use alloc::vec::Vec;
 use core::fmt::Write as _;
 
 use crate::arch::{self, SyscallFrame};
 use crate::errno::{Errno, Result};
 use crate::kernel::{Kernel, MsgBuf};
 
-/// Lowest address the application may hand the kernel: below it are the
-/// VMM's boot data and the kernel image.
-const USER_MIN: u64 = capsa_abi::KERNEL_BASE;
+/// Entry from `capsa_syscall_user`.
+pub fn entry(frame: &mut SyscallFrame) {
+    let k = crate::kernel::kernel();
+    k.meter.enter_kernel(k.clock.cpu_ticks());
+    // SAFETY: `frame` is the trampoline's frame, with its fxsave image below.
+    let fx = unsafe { crate::kernel::sched::fx_of(frame) };
+    let nr = frame.rax;
+    let ret = k.dispatch(frame);
+    k.finish_syscall(frame, fx, nr, ret);
+    k.meter.leave_kernel(k.clock.cpu_ticks());
+}
 
 impl Kernel {
-    /// Checks that `[ptr, ptr + len)` is RAM the application may read.
-    pub fn user_range(&self, ptr: u64, len: usize) -> Result<()> {
-        self.check_user(ptr, len, false)
-    }
-
-    /// Checks that `[ptr, ptr + len)` is RAM the application may write.
-    pub fn user_range_mut(&self, ptr: u64, len: usize) -> Result<()> {
-        self.check_user(ptr, len, true)
-    }
-
-    /// Checks that `[ptr, ptr + len)` is RAM the application may name and
-    /// its pages allow what the kernel is about to do for it.
-    fn check_user(&self, ptr: u64, len: usize, write: bool) -> Result<()> {
-        if len == 0 {
-            return Ok(());
-        }
-        let end = ptr.checked_add(len as u64).ok_or(Errno::EFAULT)?;
-        if ptr < USER_MIN || end > self.ram_size {
-            return Err(Errno::EFAULT);
-        }
-        // User slots must be backed in the current space (others are the
-        // kernel's, identity mapped everywhere).
-        if let Some(space) = &self.proc().space {
-            let mut slot = crate::mm::space::slot_of(ptr);
-            while slot < end {
-                if self.frames.is_user(slot) && !space.is_mapped(slot) {
-                    return Err(Errno::EFAULT);
-                }
-                slot += crate::mm::space::SLOT;
-            }
-        }
-        // The application's memory must be mapped with protections that
-        // allow the access: touching a page they forbid would fault in the
-        // kernel. (Kernel slots are always mapped.)
-        if self.frames.is_user(crate::mm::space::slot_of(ptr))
-            && !self.proc().mm.vmas.allows(ptr, end, write)
-        {
-            return Err(Errno::EFAULT);
-        }
-        Ok(())
-    }
-
-    /// The application's buffer `[ptr, ptr + len)`, for the kernel to read.
-    pub fn user_buf(&self, ptr: u64, len: usize) -> Result<&'static mut [u8]> {
-        self.user_slice(ptr, len, false)
-    }
-
-    /// The application's buffer `[ptr, ptr + len)`, for the kernel to
-    /// write (and read): `EFAULT` unless its pages are writable.
-    pub fn user_buf_mut(&self, ptr: u64, len: usize) -> Result<&'static mut [u8]> {
-        self.user_slice(ptr, len, true)
-    }
-
-    fn user_slice(&self, ptr: u64, len: usize, write: bool) -> Result<&'static mut [u8]> {
-        if len == 0 {
-            return Ok(&mut []);
-        }
-        self.check_user(ptr, len, write)?;
-        // SAFETY: the range is mapped RAM whose pages allow the access
-        // (checked above); the application and kernel share the address
-        // space and nothing else runs while the kernel handles this call.
-        Ok(unsafe { core::slice::from_raw_parts_mut(ptr as *mut u8, len) })
-    }
-
-    /// A NUL-terminated string from the application (at most `PATH_MAX`).
-    pub fn user_cstr(&self, ptr: u64) -> Result<Vec<u8>> {
-        if ptr == 0 {
-            return Err(Errno::EFAULT);
-        }
-        let max = crate::fs::vfs::PATH_MAX as u64;
-        let avail = self
-            .ram_size
-            .checked_sub(ptr)
-            .ok_or(Errno::EFAULT)?
-            .min(max);
-        // Stop at the last readable page rather than fault on a string
-        // that ends just before an unmapped or forbidden one.
-        let mut avail = avail;
-        while avail > 0 && self.user_range(ptr, avail as usize).is_err() {
-            let last_page = crate::mm::page_down(ptr + avail - 1);
-            avail = last_page.saturating_sub(ptr);
-        }
-        if avail == 0 {
-            return Err(Errno::EFAULT);
-        }
-        let buf = self.user_buf(ptr, avail as usize)?;
-        let len = buf
-            .iter()
-            .position(|&b| b == 0)
-            .ok_or(Errno::ENAMETOOLONG)?;
-        Ok(buf[..len].to_vec())
-    }
-
-    pub fn put_user(&self, ptr: u64, bytes: &[u8]) -> Result<()> {
-        self.user_buf_mut(ptr, bytes.len())?.copy_from_slice(bytes);
-        Ok(())
-    }
-
-    pub fn get_u64(&self, ptr: u64) -> Result<u64> {
-        let b = self.user_buf(ptr, 8)?;
-        let mut v = [0u8; 8];
-        v.copy_from_slice(b);
-        Ok(u64::from_le_bytes(v))
-    }
-
     pub fn dispatch(&mut self, f: &mut SyscallFrame) -> i64 {
         let (a0, a1, a2, a3, a4, a5) = (f.rdi, f.rsi, f.rdx, f.r10, f.r8, f.r9);
         let nr = f.rax;

@@ -5,7 +5,7 @@
 use crate::errno::{Errno, Result};
 use crate::kernel::Kernel;
 use crate::task::cputime::{self, timeval, CpuClock, Times};
-use crate::task::process::{self, Pid};
+use crate::task::process::Pid;
 
 const TIMER_ABSTIME: u32 = 1;
 
@@ -31,8 +31,7 @@ fn timeval_ns(t: &[u8]) -> Result<u64> {
 const ITIMER_REAL: u32 = 0;
 const ITIMER_VIRTUAL: u32 = 1;
 const ITIMER_PROF: u32 = 2;
-const SIGVTALRM: u32 = 26;
-const SIGPROF: u32 = 27;
+
 const RUSAGE_SELF: i32 = 0;
 const RUSAGE_CHILDREN: i32 = -1;
 const RUSAGE_THREAD: i32 = 1;
@@ -56,25 +55,6 @@ impl Kernel {
         if let Some(t) = self.procs.get_mut(tgid) {
             t.alarm = (value > 0).then(|| (now.saturating_add(value), interval));
         }
-    }
-
-    /// CPU time of task `tid` so far, its running stretch included; None
-    /// if there is no such task.
-    pub fn thread_cpu(&self, tid: Pid) -> Option<Times> {
-        let mut t = self.procs.get(tid)?.cpu;
-        if tid == self.cur {
-            t += self.meter.unflushed(self.clock.cpu_ticks());
-        }
-        Some(t)
-    }
-
-    /// CPU time of process `tgid`: its threads, those that ended included.
-    pub fn process_cpu(&self, tgid: Pid) -> Option<Times> {
-        let mut t = self.procs.get(tgid)?.cpu_dead;
-        for tid in self.procs.group(tgid) {
-            t += self.thread_cpu(tid).unwrap_or_default();
-        }
-        Some(t)
     }
 
     /// The task whose CPU time `clock` reads, as Linux's `lookup_task`
@@ -113,43 +93,6 @@ impl Kernel {
             self.process_cpu(pid)
         };
         Ok(self.clock.ticks_ns(clock.read(times.unwrap_or_default())))
-    }
-
-    /// The calling process's CPU time as the ITIMER_VIRTUAL (`index` 0:
-    /// user time) or ITIMER_PROF (1: user and system time) counts it, in ticks.
-    fn itimer_clock(&self, index: usize) -> u64 {
-        let times = self
-            .process_cpu(self.procs.tgid(self.cur))
-            .unwrap_or_default();
-        if index == 0 {
-            times.user
-        } else {
-            times.total()
-        }
-    }
-
-    /// Sends SIGVTALRM or SIGPROF for the calling process's CPU timers that
-    /// expired (checked after each system call, like ITIMER_REAL).
-    pub fn fire_cpu_timers(&mut self) {
-        let tgid = self.procs.tgid(self.cur);
-        for (index, sig) in [(0, SIGVTALRM), (1, SIGPROF)] {
-            if self
-                .procs
-                .get(tgid)
-                .is_none_or(|t| t.cpu_timers[index].is_none())
-            {
-                continue;
-            }
-            let now = self.itimer_clock(index);
-            let fired = self
-                .procs
-                .get_mut(tgid)
-                .is_some_and(|t| process::expire(&mut t.cpu_timers[index], now));
-            if fired {
-                let cur = self.cur;
-                self.post_signal(cur, sig);
-            }
-        }
     }
 
     /// An interval timer of the calling process as (remaining, interval) ns.
