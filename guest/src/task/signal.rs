@@ -1,4 +1,7 @@
-//! Signals: dispositions, masks, pending sets, and delivery.
+//! Signals: the state (a process's dispositions and pending set, a
+//! thread's mask and alternate stack), the rules, and the `rt_sigframe`
+//! layout. Delivery is `crate::kernel::signal`, the calls
+//! `crate::syscalls::signal`.
 //!
 //! Signals come from `kill`/`tkill`/`tgkill`, from the kernel (SIGCHLD,
 //! SIGPIPE) and from faults. They are delivered when the process returns to
