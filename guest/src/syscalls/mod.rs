@@ -155,6 +155,7 @@ impl Kernel {
             158 => self.sys_arch_prctl(a0 as u32, a1),
             160 => self.sys_prlimit(0, a0 as u32, a1, 0),
             162 => Ok(0), // sync: every write already reached the server
+            164 => self.sys_settimeofday(a0, a1),
             // setxattr, getxattr, listxattr, removexattr: follow the link.
             188 | 191 | 194 | 197 => self.sys_xattr_path(a0, true),
             // lsetxattr, lgetxattr, llistxattr, lremovexattr.
@@ -170,6 +171,7 @@ impl Kernel {
             204 => self.sys_sched_getaffinity(a1, a2),
             217 => self.sys_getdents64(a0 as i32, a1, a2),
             218 => self.sys_set_tid_address(a0),
+            227 => self.sys_clock_settime(a0 as u32, a1),
             228 => self.sys_clock_gettime(a0 as u32, a1),
             229 => self.sys_clock_getres(a0 as u32, a1),
             230 => self.sys_clock_nanosleep(a0 as u32, a1 as u32, a2, a3),

@@ -3,6 +3,7 @@
 //! `crate::kernel::time`.
 
 use crate::errno::{Errno, Result};
+use crate::kernel::time::CLOCK_REALTIME;
 use crate::kernel::Kernel;
 use crate::task::cputime::{self, timeval, CpuClock, Times};
 use crate::task::process::Pid;
@@ -193,6 +194,29 @@ impl Kernel {
         };
         self.put_user(out, &timespec(ns))?;
         Ok(0)
+    }
+
+    /// clock_settime and settimeofday: the VM's realtime clock follows the
+    /// host's, which no process in it may set, so the answer is EPERM, as
+    /// for a container without CAP_SYS_TIME, after Linux's own checks:
+    /// only CLOCK_REALTIME is settable (EINVAL), the time must be readable
+    /// (EFAULT) and valid (EINVAL).
+    pub fn sys_clock_settime(&mut self, clock: u32, tp: u64) -> Result<u64> {
+        if clock != CLOCK_REALTIME {
+            return Err(Errno::EINVAL);
+        }
+        self.timespec_ns(tp)?;
+        Err(Errno::EPERM)
+    }
+
+    pub fn sys_settimeofday(&mut self, tv: u64, tz: u64) -> Result<u64> {
+        if tv != 0 {
+            timeval_ns(self.user_buf(tv, 16)?)?;
+        }
+        if tz != 0 {
+            self.user_buf(tz, 8)?;
+        }
+        Err(Errno::EPERM)
     }
 
     /// clock_getres: 1 ns for every clock (CPU times are TSC readings too).
