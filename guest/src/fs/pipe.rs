@@ -1,4 +1,5 @@
-//! Pipes: a shared 64 KiB buffer and two kinds of open file (the ends).
+//! Pipes: a shared buffer (64 KiB unless F_SETPIPE_SZ changes it) and two
+//! kinds of open file (the ends).
 //!
 //! Each end is one open file description; dup and fork share it through
 //! the descriptor tables' `Rc`, so the reader and writer counts are counts
@@ -18,7 +19,13 @@ use crate::fs::fd::{File, O_NONBLOCK, O_RDONLY, O_WRONLY};
 use crate::fs::fuse::{Attr, S_IFIFO};
 use crate::fs::Devices;
 
+/// A new pipe's capacity, as on Linux.
 pub const PIPE_SIZE: usize = 64 * 1024;
+/// The most an F_SETPIPE_SZ may ask without CAP_SYS_RESOURCE (Linux's
+/// default /proc/sys/fs/pipe-max-size); capsa's guest grants no process
+/// that capability, as this project's hosts grant it to no container.
+pub const PIPE_MAX_SIZE: usize = 1 << 20;
+const PAGE: usize = 4096;
 /// Writes up to this size are atomic (all or nothing).
 pub const PIPE_BUF: usize = 4096;
 
@@ -37,6 +44,7 @@ pub fn events() -> u64 {
 
 pub struct PipeBuf {
     data: VecDeque<u8>,
+    capacity: usize,
     readers: usize,
     writers: usize,
     ino: u64,
@@ -73,7 +81,7 @@ impl PipeBuf {
         if data.is_empty() {
             return Ok(0);
         }
-        let space = PIPE_SIZE - self.data.len();
+        let space = self.capacity.saturating_sub(self.data.len());
         let fits = if data.len() <= PIPE_BUF {
             space >= data.len()
         } else {
@@ -101,6 +109,35 @@ impl PipeBuf {
         n
     }
 
+    /// F_GETPIPE_SZ.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// F_SETPIPE_SZ as Linux's `pipe_set_size`: `requested` rounds up to a
+    /// power of two of pages (at least one); more than 2 GiB is EINVAL,
+    /// more than `PIPE_MAX_SIZE` EPERM, less than what the pipe holds
+    /// EBUSY. Returns the new capacity.
+    pub fn set_capacity(&mut self, requested: u64) -> Result<usize> {
+        if requested > 1 << 31 {
+            return Err(Errno::EINVAL);
+        }
+        let pages = (requested as usize)
+            .div_ceil(PAGE)
+            .max(1)
+            .next_power_of_two();
+        let size = pages * PAGE;
+        if size > PIPE_MAX_SIZE && size > self.capacity {
+            return Err(Errno::EPERM);
+        }
+        if self.data.len().div_ceil(PAGE) > pages {
+            return Err(Errno::EBUSY);
+        }
+        self.capacity = size;
+        bump();
+        Ok(size)
+    }
+
     pub fn ino(&self) -> u64 {
         self.ino
     }
@@ -113,7 +150,7 @@ impl PipeBuf {
     pub fn poll(&self) -> (bool, bool) {
         (
             !self.data.is_empty() || self.writers == 0,
-            self.data.len() < PIPE_SIZE || self.readers == 0,
+            self.data.len() < self.capacity || self.readers == 0,
         )
     }
 }
@@ -128,6 +165,7 @@ pub struct PipeEnd {
 pub fn new_pipe(flags: u32) -> (PipeEnd, PipeEnd) {
     let pipe = Rc::new(RefCell::new(PipeBuf {
         data: VecDeque::new(),
+        capacity: PIPE_SIZE,
         readers: 1,
         writers: 1,
         ino: NEXT_INO.fetch_add(1, Ordering::Relaxed),
@@ -208,6 +246,14 @@ impl File for PipeEnd {
     fn set_flags(&self, flags: u32) {
         self.flags.set(flags);
     }
+    fn as_any(&self) -> Option<&dyn core::any::Any> {
+        Some(self)
+    }
+}
+
+/// The pipe behind a descriptor, if it is one.
+pub fn pipe_end(file: &dyn File) -> Option<&PipeEnd> {
+    file.as_any()?.downcast_ref::<PipeEnd>()
 }
 
 #[cfg(test)]
@@ -256,5 +302,22 @@ mod tests {
         drop(r);
         assert_eq!(w.pipe.borrow_mut().write(b"x", false), Err(Errno::EPIPE));
         assert!(w.pipe.borrow().poll().1);
+    }
+
+    #[test]
+    fn capacity_rounds_to_pages_and_bounds_what_fits() {
+        let (r, w) = new_pipe(0);
+        let mut p = w.pipe.borrow_mut();
+        assert_eq!(p.capacity(), PIPE_SIZE);
+        assert_eq!(p.set_capacity(0), Ok(4096));
+        assert_eq!(p.set_capacity(5000), Ok(8192));
+        assert_eq!(p.set_capacity(12 * 1024), Ok(16 * 1024));
+        assert_eq!(p.set_capacity(PIPE_MAX_SIZE as u64 + 1), Err(Errno::EPERM));
+        assert_eq!(p.set_capacity((1 << 31) + 1), Err(Errno::EINVAL));
+        assert_eq!(p.write(&[1; 20000], true), Ok(16 * 1024));
+        assert_eq!(p.write(b"x", true), Err(Errno::EAGAIN));
+        assert_eq!(p.set_capacity(4096), Err(Errno::EBUSY));
+        drop(p);
+        drop(r);
     }
 }

@@ -48,6 +48,8 @@ fn lock_key(file: &Rc<dyn File>) -> LockKey {
         .unwrap_or((usize::MAX, Rc::as_ptr(file) as *const u8 as u64))
 }
 const F_DUPFD_CLOEXEC: u32 = 1030;
+const F_SETPIPE_SZ: u32 = 1031;
+const F_GETPIPE_SZ: u32 = 1032;
 const FD_CLOEXEC: u64 = 1;
 const TCGETS: u32 = 0x5401;
 const TIOCGWINSZ: u32 = 0x5413;
@@ -66,6 +68,16 @@ impl Kernel {
         }
         let fd = self.proc().fds.get(dirfd)?;
         fd.file.dir_path().map(<[u8]>::to_vec).ok_or(Errno::ENOTDIR)
+    }
+
+    /// `path` from `dirfd` as an absolute path (lexically: `..` after a
+    /// symlink is resolved by the walk that follows).
+    pub fn absolute_at(&self, dirfd: i32, path: &[u8]) -> Result<Vec<u8>> {
+        if path.first() == Some(&b'/') {
+            return Ok(path.to_vec());
+        }
+        let base = self.at_base(dirfd, path)?;
+        Ok(vfs::join(&base, path))
     }
 
     fn walk_at(&mut self, dirfd: i32, path: &[u8], follow: bool) -> Result<Walk> {
@@ -781,6 +793,12 @@ impl Kernel {
         let path = self.user_cstr(path)?;
         let set = Self::chown_set(uid, gid);
         if set.valid == 0 {
+            // Nothing to change, but the file must exist, as on Linux.
+            if !(path.is_empty() && flags & AT_EMPTY_PATH != 0) {
+                self.walk_at(dirfd, &path, flags & AT_SYMLINK_NOFOLLOW == 0)?;
+            } else {
+                self.proc().fds.get(dirfd)?;
+            }
             return Ok(0);
         }
         if path.is_empty() && flags & AT_EMPTY_PATH != 0 {
@@ -789,9 +807,25 @@ impl Kernel {
         self.setattr_path(dirfd, &path, flags & AT_SYMLINK_NOFOLLOW == 0, &set)
     }
 
+    /// posix_fadvise: checked as Linux checks it (a descriptor, not a
+    /// pipe, a known advice, no negative length); the guest keeps no page
+    /// cache the advice could steer, so a valid call has nothing to do.
+    pub fn sys_fadvise64(&mut self, fd: i32, _offset: i64, len: i64, advice: u32) -> Result<u64> {
+        let file = self.proc().fds.file(fd)?;
+        if crate::fs::pipe::pipe_end(&*file).is_some() {
+            return Err(Errno::ESPIPE);
+        }
+        const POSIX_FADV_NOREUSE: u32 = 5;
+        if advice > POSIX_FADV_NOREUSE || len < 0 {
+            return Err(Errno::EINVAL);
+        }
+        Ok(0)
+    }
+
     pub fn sys_fchown(&mut self, fd: i32, uid: u32, gid: u32) -> Result<u64> {
         let set = Self::chown_set(uid, gid);
         if set.valid == 0 {
+            self.proc().fds.get(fd)?;
             return Ok(0);
         }
         self.setattr_fd(fd, &set)
@@ -1021,6 +1055,16 @@ impl Kernel {
             }
             F_SETLK | F_SETLKW | F_OFD_SETLK | F_OFD_SETLKW | F_GETLK | F_OFD_GETLK => {
                 self.record_lock(&entry.file, cmd, arg)
+            }
+            F_GETPIPE_SZ | F_SETPIPE_SZ => {
+                let end = crate::fs::pipe::pipe_end(&*entry.file).ok_or(Errno::EBADF)?;
+                let mut pipe = end.pipe.borrow_mut();
+                let size = if cmd == F_SETPIPE_SZ {
+                    pipe.set_capacity(arg)?
+                } else {
+                    pipe.capacity()
+                };
+                Ok(size as u64)
             }
             _ => Err(Errno::EINVAL),
         }

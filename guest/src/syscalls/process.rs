@@ -373,6 +373,55 @@ impl Kernel {
         envp: u64,
     ) -> Result<u64> {
         let path = self.user_cstr(path)?;
+        self.exec(frame, path, argv, envp)
+    }
+
+    /// execveat: `path` from `dirfd`, or with `AT_EMPTY_PATH` and an empty
+    /// path the file `dirfd` is open on (fexecve), which must be a file of
+    /// the file system (not a pipe or socket: EACCES).
+    pub fn sys_execveat(
+        &mut self,
+        frame: &mut SyscallFrame,
+        dirfd: i32,
+        path: u64,
+        argv: u64,
+        envp: u64,
+        flags: u32,
+    ) -> Result<u64> {
+        use crate::syscalls::fs::{AT_EMPTY_PATH, AT_SYMLINK_NOFOLLOW};
+        if flags & !(AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) != 0 {
+            return Err(Errno::EINVAL);
+        }
+        let path = self.user_cstr(path)?;
+        let program = if path.is_empty() {
+            if flags & AT_EMPTY_PATH == 0 {
+                return Err(Errno::ENOENT);
+            }
+            let file = self.proc().fds.file(dirfd)?;
+            if file.node_key().is_none() || file.dir_path().is_some() {
+                return Err(Errno::EACCES);
+            }
+            file.proc_name()
+        } else {
+            let absolute = self.absolute_at(dirfd, &path)?;
+            if flags & AT_SYMLINK_NOFOLLOW != 0 {
+                let w = self.walk_from_cwd(&absolute, false)?;
+                if w.mode & crate::fs::fuse::S_IFMT == crate::fs::fuse::S_IFLNK {
+                    return Err(Errno::ELOOP);
+                }
+            }
+            absolute
+        };
+        self.exec(frame, program, argv, envp)
+    }
+
+    fn exec(
+        &mut self,
+        frame: &mut SyscallFrame,
+        path: Vec<u8>,
+        argv: u64,
+        envp: u64,
+    ) -> Result<u64> {
         let args = self.user_strv(argv)?;
         let env = self.user_strv(envp)?;
         let (program, args) = self.resolve_exec(path, args)?;
@@ -805,7 +854,10 @@ impl Kernel {
         Ok(0)
     }
 
-    pub fn sys_sched_getaffinity(&mut self, len: u64, mask: u64) -> Result<u64> {
+    pub fn sys_sched_getaffinity(&mut self, pid: i32, len: u64, mask: u64) -> Result<u64> {
+        if pid < 0 || (pid != 0 && self.procs.get(pid).is_none()) {
+            return Err(Errno::ESRCH);
+        }
         if len < 8 || !len.is_multiple_of(8) {
             return Err(Errno::EINVAL);
         }
