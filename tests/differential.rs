@@ -1628,3 +1628,113 @@ fn cpu_time_counts_computing_not_sleeping() {
         show(&out)
     );
 }
+
+const LINUX_CHECKS_C: &str = r#"
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <sched.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+static void say(const char *what, int ok) { printf("%s: %s\n", what, ok ? "yes" : "no"); fflush(stdout); }
+
+int main(int argc, char **argv) {
+    if (argc > 1) { printf("exec'd through a descriptor as %s\n", argv[1]); return 7; }
+    mkdir("/work", 0755);
+    int p[2];
+    pipe(p);
+    say("a pipe holds 64 KiB", fcntl(p[1], F_GETPIPE_SZ) == 65536);
+    say("F_SETPIPE_SZ rounds up to a power of two of pages", fcntl(p[1], F_SETPIPE_SZ, 5000) == 8192);
+    say("and F_GETPIPE_SZ reads it back", fcntl(p[0], F_GETPIPE_SZ) == 8192);
+    char buf[9000] = {0};
+    fcntl(p[1], F_SETFL, O_NONBLOCK);
+    say("a full pipe takes what fits", write(p[1], buf, sizeof buf) == 8192);
+    say("a pipe cannot shrink below what it holds", fcntl(p[1], F_SETPIPE_SZ, 4096) == -1 && errno == EBUSY);
+    say("more than 1 MiB needs CAP_SYS_RESOURCE", fcntl(p[1], F_SETPIPE_SZ, 2 << 20) == -1 && errno == EPERM);
+    int file = open("/work/f", O_CREAT | O_WRONLY, 0644);
+    say("a file has no pipe size", fcntl(file, F_GETPIPE_SZ) == -1 && errno == EBADF);
+    say("fadvise of a file", posix_fadvise(file, 0, 0, POSIX_FADV_WILLNEED) == 0);
+    say("fadvise of a pipe", posix_fadvise(p[0], 0, 0, POSIX_FADV_WILLNEED) == ESPIPE);
+    say("fadvise of an unknown advice", posix_fadvise(file, 0, 0, 99) == EINVAL);
+    say("O_CREAT of a path ending in /", open("/work/new/", O_CREAT | O_WRONLY, 0644) == -1 && errno == EISDIR);
+    say("and of a file with a /", open("/work/f/", O_CREAT | O_WRONLY, 0644) == -1 && errno == EISDIR);
+    say("and of a path whose directory is missing", open("/work/no/x/", O_CREAT | O_WRONLY, 0644) == -1 && errno == ENOENT);
+    say("nothing was made", access("/work/new", F_OK) == -1);
+    say("chown to -1 -1 of no file", chown("/work/none", -1, -1) == -1 && errno == ENOENT);
+    symlink("/work/none", "/work/dangling");
+    say("lchown of a dangling symlink", lchown("/work/dangling", 0, 0) == 0);
+    say("chown through it", chown("/work/dangling", 0, 0) == -1 && errno == ENOENT);
+    cpu_set_t set;
+    say("sched_getaffinity of no task", sched_getaffinity(-1, sizeof set, &set) == -1 && errno == ESRCH);
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    say("clock_settime of the realtime clock", clock_settime(CLOCK_REALTIME, &now) == -1 && errno == EPERM);
+    say("clock_settime of the monotonic clock", clock_settime(CLOCK_MONOTONIC, &now) == -1 && errno == EINVAL);
+    int self = open("/proc/self/exe", O_RDONLY);
+    if (self < 0) self = open(argv[0], O_RDONLY);
+    pid_t child = fork();
+    if (child == 0) {
+        chdir("/work");
+        char *args[] = {argv[0], "fexecve", NULL};
+        char *env[] = {NULL};
+        fexecve(self, args, env);
+        _exit(100 + errno);
+    }
+    int status;
+    waitpid(child, &status, 0);
+    say("fexecve ran the program", WIFEXITED(status) && WEXITSTATUS(status) == 7);
+    say("execveat without AT_EMPTY_PATH needs a path", syscall(SYS_execveat, self, "", NULL, NULL, 0) == -1 && errno == ENOENT);
+    say("execveat of a pipe", syscall(SYS_execveat, p[0], "", NULL, NULL, AT_EMPTY_PATH) == -1 && errno == EACCES);
+    return 0;
+}
+"#;
+
+#[test]
+fn linux_checks_of_pipes_exec_ownership_and_clocks() {
+    let mut bundle = c_program_fixture("checks", LINUX_CHECKS_C, &["-static"]);
+    bundle.edit(|c| c["root"]["readonly"] = serde_json::json!(false));
+    let out = both("linux checks", &bundle, None);
+    let expected: String = [
+        "a pipe holds 64 KiB",
+        "F_SETPIPE_SZ rounds up to a power of two of pages",
+        "and F_GETPIPE_SZ reads it back",
+        "a full pipe takes what fits",
+        "a pipe cannot shrink below what it holds",
+        "more than 1 MiB needs CAP_SYS_RESOURCE",
+        "a file has no pipe size",
+        "fadvise of a file",
+        "fadvise of a pipe",
+        "fadvise of an unknown advice",
+        "O_CREAT of a path ending in /",
+        "and of a file with a /",
+        "and of a path whose directory is missing",
+        "nothing was made",
+        "chown to -1 -1 of no file",
+        "lchown of a dangling symlink",
+        "chown through it",
+        "sched_getaffinity of no task",
+        "clock_settime of the realtime clock",
+        "clock_settime of the monotonic clock",
+    ]
+    .iter()
+    .map(|c| format!("{c}: yes\n"))
+    .chain([
+        "exec'd through a descriptor as fexecve\n".to_string(),
+        "fexecve ran the program: yes\n".to_string(),
+        "execveat without AT_EMPTY_PATH needs a path: yes\n".to_string(),
+        "execveat of a pipe: yes\n".to_string(),
+    ])
+    .collect();
+    assert_eq!(
+        (out.status.code(), stdout(&out)),
+        (Some(0), expected),
+        "{}",
+        show(&out)
+    );
+}

@@ -169,10 +169,9 @@ impl Kernel {
         let keep = flags & (O_ACCMODE | O_APPEND | O_NONBLOCK);
         if flags & O_CREAT != 0 && path.ends_with(b"/") {
             // As Linux: a trailing slash names a directory, which O_CREAT
-            // never makes (EISDIR), and no file (ENOTDIR).
-            return Err(match self.walk_at(dirfd, path, true) {
-                Ok(w) if w.mode & S_IFMT != S_IFDIR => Errno::ENOTDIR,
-                Ok(_) | Err(Errno::ENOENT) => Errno::EISDIR,
+            // never opens or makes, once the directories before it exist.
+            return Err(match self.walk_parent_at(dirfd, path) {
+                Ok(_) | Err(Errno::EEXIST) => Errno::EISDIR,
                 Err(e) => e,
             });
         }
