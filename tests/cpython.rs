@@ -255,6 +255,7 @@ fn files_paths_time_and_polling_modules_agree() {
             "test_posixpath",
             "test_genericpath",
             "test_shutil",
+            "test_tempfile",
             "test_time",
             "test_select",
             "test_selectors",

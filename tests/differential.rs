@@ -1676,6 +1676,14 @@ int main(int argc, char **argv) {
     clock_gettime(CLOCK_REALTIME, &now);
     say("clock_settime of the realtime clock", clock_settime(CLOCK_REALTIME, &now) == -1 && errno == EPERM);
     say("clock_settime of the monotonic clock", clock_settime(CLOCK_MONOTONIC, &now) == -1 && errno == EINVAL);
+    int link = open("/work/dangling", O_PATH | O_NOFOLLOW);
+    struct stat st;
+    say("O_PATH|O_NOFOLLOW opens a symlink itself", link >= 0 && fstat(link, &st) == 0 && S_ISLNK(st.st_mode));
+    say("and reads nothing through it", read(link, buf, 1) == -1 && errno == EBADF);
+    say("fchmodat without following a symlink is unsupported", fchmodat(AT_FDCWD, "/work/dangling", 0600, AT_SYMLINK_NOFOLLOW) == -1 && errno == EOPNOTSUPP);
+    say("but of a file it works", fchmodat(AT_FDCWD, "/work/f", 0600, AT_SYMLINK_NOFOLLOW) == 0 && stat("/work/f", &st) == 0 && (st.st_mode & 0777) == 0600);
+    int dir = open("/work", O_PATH | O_DIRECTORY | O_CREAT | O_TRUNC);
+    say("an O_PATH directory serves *at calls", dir >= 0 && fstatat(dir, "f", &st, 0) == 0 && S_ISREG(st.st_mode));
     int self = open("/proc/self/exe", O_RDONLY);
     if (self < 0) self = open(argv[0], O_RDONLY);
     pid_t child = fork();
@@ -1721,6 +1729,11 @@ fn linux_checks_of_pipes_exec_ownership_and_clocks() {
         "sched_getaffinity of no task",
         "clock_settime of the realtime clock",
         "clock_settime of the monotonic clock",
+        "O_PATH|O_NOFOLLOW opens a symlink itself",
+        "and reads nothing through it",
+        "fchmodat without following a symlink is unsupported",
+        "but of a file it works",
+        "an O_PATH directory serves *at calls",
     ]
     .iter()
     .map(|c| format!("{c}: yes\n"))

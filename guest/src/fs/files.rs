@@ -199,6 +199,69 @@ impl File for CharDev {
     }
 }
 
+/// An `O_PATH` descriptor: a place in the file tree (a symlink itself with
+/// `O_NOFOLLOW`), not an open file. It serves fstat, fchdir and `*at`
+/// calls from a directory, `/proc/self/fd` and execveat; any I/O or change
+/// through it is EBADF, as on Linux. No file is opened on the server.
+pub struct PathFile {
+    pub node: Node,
+    pub path: Vec<u8>,
+    pub dir: bool,
+    pub flags: u32,
+}
+
+impl File for PathFile {
+    fn read(&self, _dev: &mut Devices, _buf: &mut [u8]) -> Result<usize> {
+        Err(Errno::EBADF)
+    }
+    fn pread(&self, _dev: &mut Devices, _buf: &mut [u8], _offset: u64) -> Result<usize> {
+        Err(Errno::EBADF)
+    }
+    fn pwrite(&self, _dev: &mut Devices, _buf: &[u8], _offset: u64) -> Result<usize> {
+        Err(Errno::EBADF)
+    }
+    fn seek(&self, _dev: &mut Devices, _offset: i64, _whence: u32) -> Result<u64> {
+        Err(Errno::EBADF)
+    }
+    fn stat(&self, dev: &mut Devices) -> Result<[u8; 144]> {
+        let attr = dev.vfs.fs(self.node.fs)?.getattr(self.node.id, None)?;
+        Ok(attr.to_stat(self.node.fs as u64 + 1))
+    }
+    fn getdents64(&self, _dev: &mut Devices, _buf: &mut [u8]) -> Result<usize> {
+        Err(Errno::EBADF)
+    }
+    fn ioctl(&self, _dev: &mut Devices, _request: u32, _arg: u64) -> Result<u64> {
+        Err(Errno::EBADF)
+    }
+    fn truncate(&self, _dev: &mut Devices, _len: u64) -> Result<()> {
+        Err(Errno::EBADF)
+    }
+    fn fallocate(&self, _dev: &mut Devices, _mode: u32, _offset: u64, _len: u64) -> Result<()> {
+        Err(Errno::EBADF)
+    }
+    fn sync(&self, _dev: &mut Devices) -> Result<()> {
+        Err(Errno::EBADF)
+    }
+    fn setattr(&self, _dev: &mut Devices, _set: &SetAttr) -> Result<()> {
+        Err(Errno::EBADF)
+    }
+    fn flags(&self) -> u32 {
+        self.flags
+    }
+    fn dir_path(&self) -> Option<&[u8]> {
+        self.dir.then_some(self.path.as_slice())
+    }
+    fn node_key(&self) -> Option<(usize, u64)> {
+        Some((self.node.fs, self.node.id))
+    }
+    fn proc_name(&self) -> Vec<u8> {
+        self.path.clone()
+    }
+    fn pollable(&self) -> bool {
+        false
+    }
+}
+
 pub struct FuseFile {
     pub node: Node,
     pub fh: u64,

@@ -7,7 +7,7 @@ use core::cell::Cell;
 
 use crate::errno::{Errno, Result};
 use crate::fs::fd::*;
-use crate::fs::files::{CharDev, FuseDir, FuseFile};
+use crate::fs::files::{CharDev, FuseDir, FuseFile, PathFile};
 use crate::fs::fuse::SetAttr;
 use crate::fs::fuse::{fattr, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG};
 use crate::fs::locks::{LockKey, Owner, RecordLock};
@@ -148,6 +148,12 @@ impl Kernel {
         flags: u32,
         mode: u32,
     ) -> Result<Rc<dyn File>> {
+        // O_PATH ignores every flag but these (Linux's open(2)).
+        let flags = if flags & O_PATH != 0 {
+            flags & (O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+        } else {
+            flags
+        };
         let base = self.at_base(dirfd, path)?;
         let lexical = self.lexical(&base, path);
         if let Some(kind) = CharDev::by_path(&lexical) {
@@ -217,6 +223,18 @@ impl Kernel {
                 _ => vfs::MAY_READ | vfs::MAY_WRITE,
             };
             self.check_access(w.node, want)?;
+        }
+        if flags & O_PATH != 0 {
+            let dir = w.mode & S_IFMT == S_IFDIR;
+            if flags & O_DIRECTORY != 0 && !dir {
+                return Err(Errno::ENOTDIR);
+            }
+            return Ok(Rc::new(PathFile {
+                node: w.node,
+                path: w.path,
+                dir,
+                flags: flags & !O_CLOEXEC,
+            }));
         }
         match w.mode & S_IFMT {
             S_IFLNK => Err(Errno::ELOOP),
@@ -736,7 +754,22 @@ impl Kernel {
         follow: bool,
         set: &SetAttr,
     ) -> Result<u64> {
-        let w = self.walk_at(dirfd, path, follow)?;
+        // `/proc/self/fd/N` links to the file itself (glibc's fchmodat
+        // without following goes through it): follow it to that file.
+        let base = self.at_base(dirfd, path)?;
+        let lexical = self.lexical(&base, path);
+        let target = if procfs::is_proc(&lexical) && follow {
+            match self.proc_entry(&lexical, false, false)? {
+                procfs::Entry::Link(target, Some(_)) => Some(target),
+                _ => None,
+            }
+        } else {
+            None
+        };
+        let w = match target {
+            Some(target) => self.walk_at(AT_FDCWD, &target, true)?,
+            None => self.walk_at(dirfd, path, follow)?,
+        };
         self.dev
             .vfs
             .fs(w.node.fs)?
