@@ -705,3 +705,56 @@ fn exec_joins_a_running_container() {
     assert_one_line_error(&capsa.output(&["exec", &id, "true"]), "does not exist");
     capsa.assert_nothing_left(&id);
 }
+
+/// Creates and starts `bundle` as `id` and waits until its init has exited.
+fn start_until_stopped(capsa: &Capsa, bundle: &TestBundle, id: &str) {
+    let out = capsa.create(bundle, &[], id);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let pid = capsa.state(id)["pid"].as_i64().expect("pid") as i32;
+    assert!(capsa.output(&["start", id]).status.success());
+    wait_exit(pid);
+    assert_eq!(capsa.state(id)["status"], "stopped");
+}
+
+#[test]
+fn kill_of_a_stopped_container_answers_as_runc() {
+    let capsa = Capsa::new();
+    let id = unique_id("kill-stopped");
+    start_until_stopped(&capsa, &sh("true"), &id);
+    // containerd's shim sends `kill --all ID KILL` after the init exits and
+    // needs it to succeed; runc 1.1 exits 0 without a word.
+    let out = capsa.output(&["kill", "--all", &id, "KILL"]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert_eq!(stderr(&out), "");
+    // A plain kill fails as runc's does, with the words the shim takes as
+    // "already gone".
+    for signal in ["KILL", "TERM"] {
+        let out = capsa.output(&["kill", &id, signal]);
+        assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+        assert_one_line_error(&out, "container not running");
+    }
+    assert!(capsa.output(&["delete", &id]).status.success());
+    capsa.assert_nothing_left(&id);
+}
+
+#[test]
+fn kill_all_of_a_stopped_container_reaches_what_is_left_in_its_cgroup() {
+    let capsa = Capsa::new();
+    let id = unique_id("kill-left");
+    // Without a pid namespace the init's exit does not end its children.
+    let mut bundle = sh("sleep 1000 &");
+    bundle.edit(|c| {
+        let namespaces = c["linux"]["namespaces"].as_array_mut().expect("namespaces");
+        namespaces.retain(|ns| ns["type"] != "pid");
+    });
+    start_until_stopped(&capsa, &bundle, &id);
+    let left: Vec<i32> =
+        serde_json::from_slice(&capsa.output(&["ps", "--format", "json", &id]).stdout)
+            .expect("ps json");
+    assert_eq!(left.len(), 1, "the background sleep is left: {left:?}");
+    let out = capsa.output(&["kill", "--all", &id, "KILL"]);
+    assert!(out.status.success(), "{}", show(&out));
+    wait_exit(left[0]);
+    assert!(capsa.output(&["delete", &id]).status.success());
+    capsa.assert_nothing_left(&id);
+}
