@@ -758,3 +758,48 @@ fn kill_all_of_a_stopped_container_reaches_what_is_left_in_its_cgroup() {
     assert!(capsa.output(&["delete", &id]).status.success());
     capsa.assert_nothing_left(&id);
 }
+
+/// A busybox bundle whose config.json is `runc spec`'s default, running
+/// `args` without a terminal.
+fn runc_default_bundle(args: &[&str]) -> TestBundle {
+    let mut bundle = TestBundle::busybox(&["true"]);
+    std::fs::remove_file(bundle.path().join("config.json")).expect("remove config.json");
+    let out = std::process::Command::new("runc")
+        .arg("spec")
+        .arg("--bundle")
+        .arg(bundle.path())
+        .output()
+        .expect("run runc spec (the test machines have runc)");
+    assert!(out.status.success(), "runc spec: {}", show(&out));
+    let text = std::fs::read(bundle.path().join("config.json")).expect("runc's config.json");
+    bundle.config = serde_json::from_slice(&text).expect("json");
+    bundle.edit(|c| {
+        c["process"]["terminal"] = json!(false);
+        c["process"]["args"] = json!(args);
+    });
+    bundle
+}
+
+#[test]
+fn runc_default_spec_runs_skipping_ambient_capabilities_it_cannot_raise() {
+    let capsa = Capsa::new();
+    let bundle = runc_default_bundle(&["sh", "-c", "grep -E '^Cap(Prm|Amb)' /proc/self/status"]);
+    // runc's default lists ambient capabilities but no inheritable ones.
+    assert!(bundle.config["process"]["capabilities"]["inheritable"].is_null());
+    let id = unique_id("runc-spec");
+    let out = capsa.run(&bundle, "container", &id);
+    assert!(out.status.success(), "{}", show(&out));
+    // CAP_AUDIT_WRITE, CAP_KILL, CAP_NET_BIND_SERVICE are permitted; none
+    // could be ambient.
+    assert_eq!(
+        stdout(&out),
+        "CapPrm:\t0000000020000420\nCapAmb:\t0000000000000000\n"
+    );
+    assert_eq!(
+        stderr(&out),
+        "capsa: warning: process.capabilities.ambient: CAP_AUDIT_WRITE, CAP_KILL, \
+         CAP_NET_BIND_SERVICE not raised: an ambient capability must also be permitted \
+         and inheritable\n"
+    );
+    capsa.assert_nothing_left(&id);
+}
