@@ -803,3 +803,27 @@ fn runc_default_spec_runs_skipping_ambient_capabilities_it_cannot_raise() {
     );
     capsa.assert_nothing_left(&id);
 }
+
+#[test]
+fn every_rootfs_propagation_runs_and_applies_to_the_root() {
+    let capsa = Capsa::new();
+    // The optional fields of the root's line in mountinfo: "shared:N" when
+    // the root is shared, nothing for private (and for slave here, where the
+    // master may be private).
+    let mut bundle = sh("awk '$5 == \"/\" { print ($7 ~ /^shared:/) ? \"shared\" : \"not shared\" }' /proc/self/mountinfo; echo ok");
+    for (propagation, root) in [
+        ("shared", "shared"),
+        ("rshared", "shared"),
+        ("slave", "not shared"),
+        ("rslave", "not shared"),
+        ("private", "not shared"),
+        ("rprivate", "not shared"),
+    ] {
+        bundle.edit(|c| c["linux"]["rootfsPropagation"] = json!(propagation));
+        let id = unique_id("propagation");
+        let out = capsa.run(&bundle, "container", &id);
+        assert!(out.status.success(), "{propagation}: {}", show(&out));
+        assert_eq!(stdout(&out), format!("{root}\nok\n"), "{propagation}");
+        capsa.assert_nothing_left(&id);
+    }
+}

@@ -33,17 +33,26 @@ fn mount_error(field: String, target: &Path) -> impl FnOnce(nix::Error) -> Conta
 /// createContainer hooks at the points the spec puts them.
 pub fn prepare(init: &mut Init) -> Result<()> {
     let linux = init.spec.linux().clone().unwrap_or_default();
-    let propagation = linux
+    let requested = linux
         .rootfs_propagation()
         .as_deref()
-        .and_then(propagation_flags)
-        .unwrap_or(MsFlags::MS_SLAVE | MsFlags::MS_REC);
+        .and_then(propagation_flags);
+    let propagation_error = || mount_error("linux.rootfsPropagation".into(), Path::new("/"));
     // Our mounts must not leak back to the host (nor, by default, theirs to us).
-    mount(None::<&str>, "/", None::<&str>, propagation, None::<&str>).map_err(mount_error(
-        "linux.rootfsPropagation".into(),
-        Path::new("/"),
-    ))?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        requested.unwrap_or(MsFlags::MS_SLAVE | MsFlags::MS_REC),
+        None::<&str>,
+    )
+    .map_err(propagation_error())?;
     let rootfs = init.rootfs.clone();
+    // pivot_root refuses a new root whose parent mount is shared, and a bind
+    // of a shared mount would be shared too: as runc does, the parent mount
+    // becomes private here and the requested propagation applies after the
+    // pivot.
+    make_parent_mount_private(&rootfs)?;
     // pivot_root needs the new root to be a mount point.
     mount(
         Some(&rootfs),
@@ -71,11 +80,77 @@ pub fn prepare(init: &mut Init) -> Result<()> {
     init.run_hooks("createContainer", Status::Creating)?;
 
     pivot_root(&rootfs)?;
-    // Shared propagation on the new root would re-expose our later mounts.
-    if propagation.contains(MsFlags::MS_SHARED) {
-        let _ = mount(None::<&str>, "/", None::<&str>, propagation, None::<&str>);
+    if let Some(propagation) = requested {
+        mount(None::<&str>, "/", None::<&str>, propagation, None::<&str>)
+            .map_err(propagation_error())?;
     }
     finish(init)
+}
+
+/// Makes the mount holding `path` private if it is shared (in this mount
+/// namespace only: the init has a new one).
+fn make_parent_mount_private(path: &Path) -> Result<()> {
+    let path = fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    // The last of the longest matches is the mount on top.
+    let mut parent: Option<(PathBuf, bool)> = None;
+    for line in mountinfo.lines() {
+        let Some((left, _)) = line.split_once(" - ") else {
+            continue;
+        };
+        let fields: Vec<&str> = left.split(' ').collect();
+        let Some(point) = fields.get(4).map(|p| unescape_mountinfo(p)) else {
+            continue;
+        };
+        if !path.starts_with(&point) {
+            continue;
+        }
+        let longer = parent
+            .as_ref()
+            .is_none_or(|(best, _)| point.as_os_str().len() >= best.as_os_str().len());
+        if longer {
+            let shared = fields.iter().skip(6).any(|f| f.starts_with("shared:"));
+            parent = Some((point, shared));
+        }
+    }
+    match parent {
+        Some((point, true)) => mount(
+            None::<&str>,
+            &point,
+            None::<&str>,
+            MsFlags::MS_PRIVATE,
+            None::<&str>,
+        )
+        .map_err(mount_error("linux.rootfsPropagation".into(), &point)),
+        _ => Ok(()),
+    }
+}
+
+/// A mount point as /proc/self/mountinfo writes it: space, tab, newline
+/// and backslash are octal escapes.
+fn unescape_mountinfo(field: &str) -> PathBuf {
+    use std::os::unix::ffi::OsStringExt;
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes.get(i + 1..i + 4).and_then(|d| {
+            std::str::from_utf8(d)
+                .ok()
+                .and_then(|d| u8::from_str_radix(d, 8).ok())
+        });
+        match (bytes[i], octal) {
+            (b'\\', Some(byte)) => {
+                out.push(byte);
+                i += 4;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    PathBuf::from(std::ffi::OsString::from_vec(out))
 }
 
 fn mount_one(rootfs: &Path, bundle: &Path, index: usize, m: &Mount) -> Result<()> {
