@@ -827,3 +827,93 @@ fn every_rootfs_propagation_runs_and_applies_to_the_root() {
         capsa.assert_nothing_left(&id);
     }
 }
+
+/// The host's mount table lines that mention `path`.
+fn host_mounts_under(path: &std::path::Path) -> Vec<String> {
+    let needle = path.display().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .expect("mountinfo")
+        .lines()
+        .filter(|l| l.contains(&needle))
+        .map(String::from)
+        .collect()
+}
+
+/// The host's root mount's line, which holds its propagation.
+fn host_root_mount() -> String {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .expect("mountinfo")
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some("/"))
+        .map(String::from)
+        .expect("the host's root mount")
+}
+
+fn without_mount_namespace(bundle: &mut TestBundle) {
+    std::fs::write(bundle.rootfs().join("marker"), "inside the rootfs\n").expect("marker");
+    bundle.edit(|c| {
+        let namespaces = c["linux"]["namespaces"].as_array_mut().expect("namespaces");
+        namespaces.retain(|ns| ns["type"] != "mount");
+    });
+}
+
+#[test]
+fn a_container_without_a_mount_namespace_runs_chrooted_and_leaves_no_mount() {
+    let capsa = Capsa::new();
+    let root_before = host_root_mount();
+    let mut bundle = sh(
+        "readlink /proc/self/ns/mnt; cat /marker; test -e /proc/self/status && echo proc; \
+         touch /new 2>/dev/null || echo read-only",
+    );
+    without_mount_namespace(&mut bundle);
+    let id = unique_id("no-mntns");
+    let out = capsa.run(&bundle, "container", &id);
+    assert!(out.status.success(), "{}", show(&out));
+    let host_ns = std::fs::read_link("/proc/self/ns/mnt").expect("ns");
+    assert_eq!(
+        stdout(&out),
+        format!(
+            "{}\ninside the rootfs\nproc\nread-only\n",
+            host_ns.display()
+        )
+    );
+    assert_eq!(host_mounts_under(bundle.path()), Vec::<String>::new());
+    assert_eq!(host_mounts_under(capsa.root.path()), Vec::<String>::new());
+    assert_eq!(host_root_mount(), root_before, "the host's propagation");
+    capsa.assert_nothing_left(&id);
+}
+
+#[test]
+fn exec_into_a_container_without_a_mount_namespace_joins_its_root() {
+    let capsa = Capsa::new();
+    let mut bundle = TestBundle::busybox(&["sleep", "1000"]);
+    without_mount_namespace(&mut bundle);
+    let id = unique_id("no-mntns-exec");
+    let out = capsa.create(&bundle, &[], &id);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(capsa.output(&["start", &id]).status.success());
+    let out = capsa.output(&["exec", &id, "cat", "/marker"]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert_eq!(stdout(&out), "inside the rootfs\n");
+    assert!(capsa.output(&["delete", "--force", &id]).status.success());
+    assert_eq!(host_mounts_under(bundle.path()), Vec::<String>::new());
+    assert_eq!(host_mounts_under(capsa.root.path()), Vec::<String>::new());
+    capsa.assert_nothing_left(&id);
+}
+
+#[test]
+fn a_failed_create_without_a_mount_namespace_leaves_no_mount() {
+    let capsa = Capsa::new();
+    let mut bundle = TestBundle::busybox(&["/no/such/program"]);
+    without_mount_namespace(&mut bundle);
+    let id = unique_id("no-mntns-bad");
+    let out = capsa.run(&bundle, "container", &id);
+    assert_one_line_error(&out, "process.args");
+    assert_eq!(host_mounts_under(bundle.path()), Vec::<String>::new());
+    assert_eq!(host_mounts_under(capsa.root.path()), Vec::<String>::new());
+    capsa.assert_nothing_left(&id);
+    assert!(
+        bundle.rootfs().join("bin/busybox").exists(),
+        "the rootfs is intact"
+    );
+}

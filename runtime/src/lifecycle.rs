@@ -270,6 +270,7 @@ fn create_with_console(
         spec: bundle.spec.clone(),
         bundle: bundle.dir.clone(),
         rootfs: bundle.rootfs.clone(),
+        state_dir: store.dir(opts.id),
         channel: child_channel,
         fifo: Some(fifo),
         console_socket,
@@ -883,6 +884,17 @@ pub fn exec(store: &Store, opts: ExecOptions<'_>) -> Result<i32> {
                 for (file, flag) in &namespaces {
                     nix::sched::setns(file, *flag)
                         .map_err(|e| format!("cannot join namespace: {e}"))?;
+                }
+                // A container sharing the host's mount namespace has its
+                // init chrooted: join its root the same way.
+                if !namespaces
+                    .iter()
+                    .any(|(_, flag)| *flag == nix::sched::CloneFlags::CLONE_NEWNS)
+                {
+                    let root = format!("/proc/{}/root", state.pid);
+                    nix::unistd::chroot(root.as_str())
+                        .and_then(|()| nix::unistd::chdir("/"))
+                        .map_err(|e| format!("cannot join the container's root {root}: {e}"))?;
                 }
                 let _ = nix::unistd::setsid();
                 let seccomp = state

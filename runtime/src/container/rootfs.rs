@@ -29,8 +29,9 @@ fn mount_error(field: String, target: &Path) -> impl FnOnce(nix::Error) -> Conta
     }
 }
 
-/// Everything up to and including pivot_root; runs the runtime hooks and
-/// createContainer hooks at the points the spec puts them.
+/// Everything up to and including pivot_root (or chroot, without a mount
+/// namespace); runs the runtime hooks and createContainer hooks at the
+/// points the spec puts them.
 pub fn prepare(init: &mut Init) -> Result<()> {
     let linux = init.spec.linux().clone().unwrap_or_default();
     let requested = linux
@@ -38,30 +39,40 @@ pub fn prepare(init: &mut Init) -> Result<()> {
         .as_deref()
         .and_then(propagation_flags);
     let propagation_error = || mount_error("linux.rootfsPropagation".into(), Path::new("/"));
-    // Our mounts must not leak back to the host (nor, by default, theirs to us).
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        requested.unwrap_or(MsFlags::MS_SLAVE | MsFlags::MS_REC),
-        None::<&str>,
-    )
-    .map_err(propagation_error())?;
-    let rootfs = init.rootfs.clone();
-    // pivot_root refuses a new root whose parent mount is shared, and a bind
-    // of a shared mount would be shared too: as runc does, the parent mount
-    // becomes private here and the requested propagation applies after the
-    // pivot.
-    make_parent_mount_private(&rootfs)?;
-    // pivot_root needs the new root to be a mount point.
-    mount(
-        Some(&rootfs),
-        &rootfs,
-        None::<&str>,
-        MsFlags::MS_BIND | MsFlags::MS_REC,
-        None::<&str>,
-    )
-    .map_err(mount_error("root.path".into(), &rootfs))?;
+    let own_namespace = linux
+        .namespaces()
+        .iter()
+        .flatten()
+        .any(|ns| ns.typ() == LinuxNamespaceType::Mount);
+    let rootfs = if own_namespace {
+        // Our mounts must not leak back to the host (nor, by default, theirs to us).
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            requested.unwrap_or(MsFlags::MS_SLAVE | MsFlags::MS_REC),
+            None::<&str>,
+        )
+        .map_err(propagation_error())?;
+        let rootfs = init.rootfs.clone();
+        // pivot_root refuses a new root whose parent mount is shared, and a
+        // bind of a shared mount would be shared too: as runc does, the
+        // parent mount becomes private here and the requested propagation
+        // applies after the pivot.
+        make_parent_mount_private(&rootfs)?;
+        // pivot_root needs the new root to be a mount point.
+        mount(
+            Some(&rootfs),
+            &rootfs,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .map_err(mount_error("root.path".into(), &rootfs))?;
+        rootfs
+    } else {
+        bind_root_in_host_namespace(init)?
+    };
 
     let in_userns = init.has_new(LinuxNamespaceType::User)
         || linux
@@ -79,12 +90,52 @@ pub fn prepare(init: &mut Init) -> Result<()> {
     init.run_runtime_hooks()?;
     init.run_hooks("createContainer", Status::Creating)?;
 
-    pivot_root(&rootfs)?;
-    if let Some(propagation) = requested {
-        mount(None::<&str>, "/", None::<&str>, propagation, None::<&str>)
-            .map_err(propagation_error())?;
+    if own_namespace {
+        pivot_root(&rootfs)?;
+        if let Some(propagation) = requested {
+            mount(None::<&str>, "/", None::<&str>, propagation, None::<&str>)
+                .map_err(propagation_error())?;
+        }
+    } else {
+        chroot(&rootfs)?;
     }
     finish(init)
+}
+
+/// Without a mount namespace of its own, the container's mounts are made in
+/// the host's, where runc leaves them behind. capsa makes them on a private
+/// bind of the rootfs in the container's state directory instead: nothing
+/// propagates between it and the host's mounts, the host's propagation is
+/// untouched, and removing the state detaches it with everything below it
+/// (`Store::remove`). Returns the new root.
+fn bind_root_in_host_namespace(init: &Init) -> Result<PathBuf> {
+    let root = init.state_dir.join(crate::state::BOUND_ROOTFS);
+    ensure_dir("root.path", &root)?;
+    mount(
+        Some(&init.rootfs),
+        &root,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(mount_error("root.path".into(), &root))?;
+    mount(
+        None::<&str>,
+        &root,
+        None::<&str>,
+        MsFlags::MS_PRIVATE | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(mount_error("root.path".into(), &root))?;
+    Ok(root)
+}
+
+/// What runc does without a mount namespace, where pivot_root would move
+/// the host's root.
+fn chroot(rootfs: &Path) -> Result<()> {
+    let error = |source| ContainerError::Chroot(rootfs.to_path_buf(), source);
+    nix::unistd::chroot(rootfs).map_err(error)?;
+    nix::unistd::chdir("/").map_err(error)
 }
 
 /// Makes the mount holding `path` private if it is shared (in this mount
