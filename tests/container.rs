@@ -917,3 +917,16 @@ fn a_failed_create_without_a_mount_namespace_leaves_no_mount() {
         "the rootfs is intact"
     );
 }
+
+#[test]
+fn block_io_weights_of_zero_are_not_set_as_docker_sends_them() {
+    let capsa = Capsa::new();
+    let mut bundle = sh("echo ok");
+    // What `docker run` puts in every config.json when no weight is asked for.
+    bundle.edit(|c| c["linux"]["resources"]["blockIO"] = json!({"weight": 0, "leafWeight": 0}));
+    let id = unique_id("blkio-zero");
+    let out = capsa.run(&bundle, "container", &id);
+    assert!(out.status.success(), "{}", show(&out));
+    assert_eq!(stdout(&out), "ok\n");
+    capsa.assert_nothing_left(&id);
+}
