@@ -705,3 +705,228 @@ fn exec_joins_a_running_container() {
     assert_one_line_error(&capsa.output(&["exec", &id, "true"]), "does not exist");
     capsa.assert_nothing_left(&id);
 }
+
+/// Creates and starts `bundle` as `id` and waits until its init has exited.
+fn start_until_stopped(capsa: &Capsa, bundle: &TestBundle, id: &str) {
+    let out = capsa.create(bundle, &[], id);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let pid = capsa.state(id)["pid"].as_i64().expect("pid") as i32;
+    assert!(capsa.output(&["start", id]).status.success());
+    wait_exit(pid);
+    assert_eq!(capsa.state(id)["status"], "stopped");
+}
+
+#[test]
+fn kill_of_a_stopped_container_answers_as_runc() {
+    let capsa = Capsa::new();
+    let id = unique_id("kill-stopped");
+    start_until_stopped(&capsa, &sh("true"), &id);
+    // containerd's shim sends `kill --all ID KILL` after the init exits and
+    // needs it to succeed; runc 1.1 exits 0 without a word.
+    let out = capsa.output(&["kill", "--all", &id, "KILL"]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert_eq!(stderr(&out), "");
+    // A plain kill fails as runc's does, with the words the shim takes as
+    // "already gone".
+    for signal in ["KILL", "TERM"] {
+        let out = capsa.output(&["kill", &id, signal]);
+        assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+        assert_one_line_error(&out, "container not running");
+    }
+    assert!(capsa.output(&["delete", &id]).status.success());
+    capsa.assert_nothing_left(&id);
+}
+
+#[test]
+fn kill_all_of_a_stopped_container_reaches_what_is_left_in_its_cgroup() {
+    let capsa = Capsa::new();
+    let id = unique_id("kill-left");
+    // Without a pid namespace the init's exit does not end its children.
+    let mut bundle = sh("sleep 1000 &");
+    bundle.edit(|c| {
+        let namespaces = c["linux"]["namespaces"].as_array_mut().expect("namespaces");
+        namespaces.retain(|ns| ns["type"] != "pid");
+    });
+    start_until_stopped(&capsa, &bundle, &id);
+    let left: Vec<i32> =
+        serde_json::from_slice(&capsa.output(&["ps", "--format", "json", &id]).stdout)
+            .expect("ps json");
+    assert_eq!(left.len(), 1, "the background sleep is left: {left:?}");
+    let out = capsa.output(&["kill", "--all", &id, "KILL"]);
+    assert!(out.status.success(), "{}", show(&out));
+    wait_exit(left[0]);
+    assert!(capsa.output(&["delete", &id]).status.success());
+    capsa.assert_nothing_left(&id);
+}
+
+/// A busybox bundle whose config.json is `runc spec`'s default, running
+/// `args` without a terminal.
+fn runc_default_bundle(args: &[&str]) -> TestBundle {
+    let mut bundle = TestBundle::busybox(&["true"]);
+    std::fs::remove_file(bundle.path().join("config.json")).expect("remove config.json");
+    let out = std::process::Command::new("runc")
+        .arg("spec")
+        .arg("--bundle")
+        .arg(bundle.path())
+        .output()
+        .expect("run runc spec (the test machines have runc)");
+    assert!(out.status.success(), "runc spec: {}", show(&out));
+    let text = std::fs::read(bundle.path().join("config.json")).expect("runc's config.json");
+    bundle.config = serde_json::from_slice(&text).expect("json");
+    bundle.edit(|c| {
+        c["process"]["terminal"] = json!(false);
+        c["process"]["args"] = json!(args);
+    });
+    bundle
+}
+
+#[test]
+fn runc_default_spec_runs_skipping_ambient_capabilities_it_cannot_raise() {
+    let capsa = Capsa::new();
+    let bundle = runc_default_bundle(&["sh", "-c", "grep -E '^Cap(Prm|Amb)' /proc/self/status"]);
+    // runc's default lists ambient capabilities but no inheritable ones.
+    assert!(bundle.config["process"]["capabilities"]["inheritable"].is_null());
+    let id = unique_id("runc-spec");
+    let out = capsa.run(&bundle, "container", &id);
+    assert!(out.status.success(), "{}", show(&out));
+    // CAP_AUDIT_WRITE, CAP_KILL, CAP_NET_BIND_SERVICE are permitted; none
+    // could be ambient.
+    assert_eq!(
+        stdout(&out),
+        "CapPrm:\t0000000020000420\nCapAmb:\t0000000000000000\n"
+    );
+    assert_eq!(
+        stderr(&out),
+        "capsa: warning: process.capabilities.ambient: CAP_AUDIT_WRITE, CAP_KILL, \
+         CAP_NET_BIND_SERVICE not raised: an ambient capability must also be permitted \
+         and inheritable\n"
+    );
+    capsa.assert_nothing_left(&id);
+}
+
+#[test]
+fn every_rootfs_propagation_runs_and_applies_to_the_root() {
+    let capsa = Capsa::new();
+    // The optional fields of the root's line in mountinfo: "shared:N" when
+    // the root is shared, nothing for private (and for slave here, where the
+    // master may be private).
+    let mut bundle = sh("awk '$5 == \"/\" { print ($7 ~ /^shared:/) ? \"shared\" : \"not shared\" }' /proc/self/mountinfo; echo ok");
+    for (propagation, root) in [
+        ("shared", "shared"),
+        ("rshared", "shared"),
+        ("slave", "not shared"),
+        ("rslave", "not shared"),
+        ("private", "not shared"),
+        ("rprivate", "not shared"),
+    ] {
+        bundle.edit(|c| c["linux"]["rootfsPropagation"] = json!(propagation));
+        let id = unique_id("propagation");
+        let out = capsa.run(&bundle, "container", &id);
+        assert!(out.status.success(), "{propagation}: {}", show(&out));
+        assert_eq!(stdout(&out), format!("{root}\nok\n"), "{propagation}");
+        capsa.assert_nothing_left(&id);
+    }
+}
+
+/// The host's mount table lines that mention `path`.
+fn host_mounts_under(path: &std::path::Path) -> Vec<String> {
+    let needle = path.display().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .expect("mountinfo")
+        .lines()
+        .filter(|l| l.contains(&needle))
+        .map(String::from)
+        .collect()
+}
+
+/// The host's root mount's line, which holds its propagation.
+fn host_root_mount() -> String {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .expect("mountinfo")
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some("/"))
+        .map(String::from)
+        .expect("the host's root mount")
+}
+
+fn without_mount_namespace(bundle: &mut TestBundle) {
+    std::fs::write(bundle.rootfs().join("marker"), "inside the rootfs\n").expect("marker");
+    bundle.edit(|c| {
+        let namespaces = c["linux"]["namespaces"].as_array_mut().expect("namespaces");
+        namespaces.retain(|ns| ns["type"] != "mount");
+    });
+}
+
+#[test]
+fn a_container_without_a_mount_namespace_runs_chrooted_and_leaves_no_mount() {
+    let capsa = Capsa::new();
+    let root_before = host_root_mount();
+    let mut bundle = sh(
+        "readlink /proc/self/ns/mnt; cat /marker; test -e /proc/self/status && echo proc; \
+         touch /new 2>/dev/null || echo read-only",
+    );
+    without_mount_namespace(&mut bundle);
+    let id = unique_id("no-mntns");
+    let out = capsa.run(&bundle, "container", &id);
+    assert!(out.status.success(), "{}", show(&out));
+    let host_ns = std::fs::read_link("/proc/self/ns/mnt").expect("ns");
+    assert_eq!(
+        stdout(&out),
+        format!(
+            "{}\ninside the rootfs\nproc\nread-only\n",
+            host_ns.display()
+        )
+    );
+    assert_eq!(host_mounts_under(bundle.path()), Vec::<String>::new());
+    assert_eq!(host_mounts_under(capsa.root.path()), Vec::<String>::new());
+    assert_eq!(host_root_mount(), root_before, "the host's propagation");
+    capsa.assert_nothing_left(&id);
+}
+
+#[test]
+fn exec_into_a_container_without_a_mount_namespace_joins_its_root() {
+    let capsa = Capsa::new();
+    let mut bundle = TestBundle::busybox(&["sleep", "1000"]);
+    without_mount_namespace(&mut bundle);
+    let id = unique_id("no-mntns-exec");
+    let out = capsa.create(&bundle, &[], &id);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(capsa.output(&["start", &id]).status.success());
+    let out = capsa.output(&["exec", &id, "cat", "/marker"]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert_eq!(stdout(&out), "inside the rootfs\n");
+    assert!(capsa.output(&["delete", "--force", &id]).status.success());
+    assert_eq!(host_mounts_under(bundle.path()), Vec::<String>::new());
+    assert_eq!(host_mounts_under(capsa.root.path()), Vec::<String>::new());
+    capsa.assert_nothing_left(&id);
+}
+
+#[test]
+fn a_failed_create_without_a_mount_namespace_leaves_no_mount() {
+    let capsa = Capsa::new();
+    let mut bundle = TestBundle::busybox(&["/no/such/program"]);
+    without_mount_namespace(&mut bundle);
+    let id = unique_id("no-mntns-bad");
+    let out = capsa.run(&bundle, "container", &id);
+    assert_one_line_error(&out, "process.args");
+    assert_eq!(host_mounts_under(bundle.path()), Vec::<String>::new());
+    assert_eq!(host_mounts_under(capsa.root.path()), Vec::<String>::new());
+    capsa.assert_nothing_left(&id);
+    assert!(
+        bundle.rootfs().join("bin/busybox").exists(),
+        "the rootfs is intact"
+    );
+}
+
+#[test]
+fn block_io_weights_of_zero_are_not_set_as_docker_sends_them() {
+    let capsa = Capsa::new();
+    let mut bundle = sh("echo ok");
+    // What `docker run` puts in every config.json when no weight is asked for.
+    bundle.edit(|c| c["linux"]["resources"]["blockIO"] = json!({"weight": 0, "leafWeight": 0}));
+    let id = unique_id("blkio-zero");
+    let out = capsa.run(&bundle, "container", &id);
+    assert!(out.status.success(), "{}", show(&out));
+    assert_eq!(stdout(&out), "ok\n");
+    capsa.assert_nothing_left(&id);
+}

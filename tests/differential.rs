@@ -1751,3 +1751,60 @@ fn linux_checks_of_pipes_exec_ownership_and_clocks() {
         show(&out)
     );
 }
+
+/// Adds a read-only bind of the host's `/usr` and the merged-/usr links
+/// to the host's loader and libraries (`/lib`, `/lib64`), as Debian has.
+fn bind_host_usr(bundle: &mut TestBundle) {
+    let rootfs = bundle.rootfs();
+    for link in ["lib", "lib64"] {
+        if !rootfs.join(link).exists() {
+            std::os::unix::fs::symlink(format!("usr/{link}"), rootfs.join(link)).expect("link");
+        }
+    }
+    bundle.edit(|c| {
+        c["mounts"].as_array_mut().expect("mounts").push(json!({
+            "destination": "/usr", "type": "bind", "source": "/usr",
+            "options": ["rbind", "ro"]
+        }));
+    });
+}
+
+#[test]
+fn args0_through_a_bin_symlink_into_a_bound_usr_runs_in_both_modes() {
+    let mut bundle = TestBundle::busybox(&["sh", "-c", "echo ok"]);
+    // /bin -> usr/bin, with /usr the host's: /bin/sh is the host's dash.
+    let bin = bundle.rootfs().join("bin");
+    std::fs::remove_dir_all(&bin).expect("remove /bin");
+    std::os::unix::fs::symlink("usr/bin", &bin).expect("/bin link");
+    bind_host_usr(&mut bundle);
+    bundle.edit(|c| c["process"]["env"] = json!(["PATH=/bin"]));
+    assert_both_modes(&bundle, "/bin/sh through /bin -> usr/bin", 0, "ok\n", "");
+}
+
+#[test]
+fn args0_through_a_symlink_chain_across_two_bind_mounts_runs_in_both_modes() {
+    let mut bundle = TestBundle::busybox(&["tool", "-c", "echo ok"]);
+    // As Debian's alternatives: /bin/tool (rootfs) -> /etc/alternatives/tool
+    // (a second bind mount) -> /usr/bin/dash (the host's /usr).
+    let alternatives = tempfile::tempdir().expect("tempdir");
+    std::os::unix::fs::symlink("/usr/bin/dash", alternatives.path().join("tool"))
+        .expect("alternative");
+    std::os::unix::fs::symlink("/etc/alternatives/tool", bundle.rootfs().join("bin/tool"))
+        .expect("tool link");
+    bind_host_usr(&mut bundle);
+    let source = alternatives.path().display().to_string();
+    bundle.edit(|c| {
+        c["mounts"].as_array_mut().expect("mounts").push(json!({
+            "destination": "/etc/alternatives", "type": "bind", "source": source,
+            "options": ["rbind", "ro"]
+        }));
+        c["process"]["env"] = json!(["PATH=/bin"]);
+    });
+    assert_both_modes(
+        &bundle,
+        "tool -> alternatives -> /usr/bin/dash",
+        0,
+        "ok\n",
+        "",
+    );
+}

@@ -50,6 +50,9 @@ pub struct Init {
     pub spec: Spec,
     pub bundle: PathBuf,
     pub rootfs: PathBuf,
+    /// The container's state directory, removed with the container: a
+    /// backend may put there what must go with it.
+    pub state_dir: PathBuf,
     pub channel: Channel,
     /// The exec fifo, opened read-only and non-blocking by capsa before the clone.
     pub fifo: Option<OwnedFd>,

@@ -87,6 +87,9 @@ pub enum LifecycleError {
         status: Status,
         wanted: &'static str,
     },
+    /// Worded as runc's, which containerd's shim matches.
+    #[error("container not running: {0:?} has stopped")]
+    NotRunning(String),
     #[error("container {0:?} is still running (use --force to delete it)")]
     StillRunning(String),
     #[error("cannot signal container {id:?}")]
@@ -267,6 +270,7 @@ fn create_with_console(
         spec: bundle.spec.clone(),
         bundle: bundle.dir.clone(),
         rootfs: bundle.rootfs.clone(),
+        state_dir: store.dir(opts.id),
         channel: child_channel,
         fifo: Some(fifo),
         console_socket,
@@ -492,29 +496,39 @@ pub fn start(store: &Store, id: &str) -> Result<ContainerState> {
     Ok(state)
 }
 
+/// Signals the init, or with `all` every process in the cgroup. Answers as
+/// runc 1.1 does, since containerd's shim parses the answer: `--all` on a
+/// stopped container signals whatever is left in its cgroup and succeeds;
+/// a plain kill of a stopped container fails with "container not running",
+/// which the shim takes as "already gone".
 pub fn kill_container(store: &Store, id: &str, signal: Signal, all: bool) -> Result<()> {
     let state = store.load(id)?;
     let status = state.status(store);
-    if status == Status::Stopped {
-        return Err(LifecycleError::WrongStatus {
-            id: id.to_string(),
-            status,
-            wanted: "running",
-        });
-    }
-    let signal_error = |source| LifecycleError::Signal {
-        id: id.to_string(),
-        source,
-    };
     if all {
         if let Some(cgroup) = &state.cgroup {
-            for pid in cgroup.pids()? {
+            let pids = match cgroup.pids() {
+                Ok(pids) => pids,
+                // A stopped container's cgroup may already be gone; then
+                // there is nothing left to signal.
+                Err(_) if status == Status::Stopped => Vec::new(),
+                Err(err) => return Err(err.into()),
+            };
+            for pid in pids {
                 let _ = kill(Pid::from_raw(pid), signal);
             }
             return Ok(());
         }
     }
-    kill(Pid::from_raw(state.pid), signal).map_err(signal_error)
+    if status == Status::Stopped {
+        if all {
+            return Ok(());
+        }
+        return Err(LifecycleError::NotRunning(id.to_string()));
+    }
+    kill(Pid::from_raw(state.pid), signal).map_err(|source| LifecycleError::Signal {
+        id: id.to_string(),
+        source,
+    })
 }
 
 /// Removes a stopped container (or any, with `force`): its processes, its
@@ -870,6 +884,17 @@ pub fn exec(store: &Store, opts: ExecOptions<'_>) -> Result<i32> {
                 for (file, flag) in &namespaces {
                     nix::sched::setns(file, *flag)
                         .map_err(|e| format!("cannot join namespace: {e}"))?;
+                }
+                // A container sharing the host's mount namespace has its
+                // init chrooted: join its root the same way.
+                if !namespaces
+                    .iter()
+                    .any(|(_, flag)| *flag == nix::sched::CloneFlags::CLONE_NEWNS)
+                {
+                    let root = format!("/proc/{}/root", state.pid);
+                    nix::unistd::chroot(root.as_str())
+                        .and_then(|()| nix::unistd::chdir("/"))
+                        .map_err(|e| format!("cannot join the container's root {root}: {e}"))?;
                 }
                 let _ = nix::unistd::setsid();
                 let seccomp = state

@@ -67,7 +67,8 @@ use oci_spec::runtime::{
 use crate::backend::{Backend, BackendError, Init};
 use crate::init::InitError;
 use crate::paths::{
-    ensure_dir, ensure_file, nix_io, resolve_executable_with, secure_join, PathError,
+    ensure_dir, ensure_file, nix_io, resolve_executable_with, secure_join, secure_join_mounted,
+    Overlay, PathError,
 };
 use crate::spec::{parse_options, rlimit_resource, Bundle};
 use crate::state::Status;
@@ -751,21 +752,23 @@ impl Backend for MicroVmBackend {
                     .map_err(MicroVmError::from)?;
             }
         }
-        // Directory binds reach the guest as their own devices, not through
-        // the rootfs: an executable inside one (the host's /usr, say) is
-        // looked up at its source.
-        let shared: Vec<_> = guest_mounts(&init.spec, &init.bundle)
+        // Directory binds and tmpfs mounts reach the guest as their own
+        // devices, not through the rootfs: args[0] is looked up through them
+        // as the guest will see them (the host's /usr bound, /bin a symlink
+        // into it, or a symlink chain across several mounts).
+        let overlays: Vec<Overlay> = guest_mounts(&init.spec, &init.bundle)
             .into_iter()
             .filter(|m| !m.is_file)
+            .map(|m| Overlay {
+                source: m.host_source().map(Path::to_path_buf),
+                destination: m.destination,
+            })
             .collect();
         let rootfs = init.rootfs.clone();
         resolve_executable_with(init.process(), |path| {
-            let (base, rest) = shared
-                .iter()
-                .rev()
-                .find_map(|m| Some((m.host_source()?, path.strip_prefix(&m.destination).ok()?)))
-                .unwrap_or((&rootfs, path));
-            secure_join(base, rest).and_then(std::fs::metadata).ok()
+            secure_join_mounted(&rootfs, &overlays, path)
+                .and_then(std::fs::metadata)
+                .ok()
         })
         .map_err(MicroVmError::from)?;
         Ok(())

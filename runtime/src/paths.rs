@@ -47,6 +47,45 @@ pub fn nix_io(err: std::io::Error) -> nix::Error {
 /// malicious rootfs cannot point a mount outside itself. Written by hand
 /// because no maintained crate does this lexically-with-symlinks walk.
 pub fn secure_join(root: &Path, unsafe_path: &Path) -> std::io::Result<PathBuf> {
+    secure_join_mounted(root, &[], unsafe_path)
+}
+
+/// A directory mounted over part of a rootfs, for [`secure_join_mounted`]:
+/// where the process sees it, and the host directory holding its files
+/// (`None` for one that starts empty, a tmpfs).
+pub struct Overlay {
+    pub destination: PathBuf,
+    pub source: Option<PathBuf>,
+}
+
+/// [`secure_join`] through mounts that are not in place on the host: each
+/// step of the walk, and each symlink met, is looked up where the process
+/// will find it, in the topmost of `mounts` (later ones are on top) holding
+/// it, else in `root`. So `/bin/sh` with `/bin -> usr/bin` in the rootfs and
+/// `/usr` bound from the host resolves to the host's `/usr/bin/sh`, and a
+/// symlink inside a mount that points back into the rootfs (or into another
+/// mount) is followed there. Returns the host path, or `None` inside a mount
+/// that starts empty.
+pub fn secure_join_mounted(
+    root: &Path,
+    mounts: &[Overlay],
+    unsafe_path: &Path,
+) -> std::io::Result<PathBuf> {
+    let host = |guest: &Path| -> Option<PathBuf> {
+        for m in mounts.iter().rev() {
+            let destination: PathBuf = m
+                .destination
+                .components()
+                .filter(|c| matches!(c, Component::Normal(_)))
+                .collect();
+            if let Ok(rest) = guest.strip_prefix(&destination) {
+                return m.source.as_ref().map(|source| source.join(rest));
+            }
+        }
+        Some(root.join(guest))
+    };
+    let missing = || std::io::Error::from_raw_os_error(libc::ENOENT);
+    // `resolved` is the path as the process sees it, relative to its root.
     let mut resolved = PathBuf::new();
     let mut pending: Vec<std::ffi::OsString> = unsafe_path
         .components()
@@ -63,7 +102,7 @@ pub fn secure_join(root: &Path, unsafe_path: &Path) -> std::io::Result<PathBuf> 
             resolved.pop();
             continue;
         }
-        let candidate = root.join(&resolved).join(&name);
+        let candidate = host(&resolved.join(&name)).ok_or_else(missing)?;
         match fs::symlink_metadata(&candidate) {
             Ok(meta) if meta.file_type().is_symlink() => {
                 links += 1;
@@ -85,7 +124,7 @@ pub fn secure_join(root: &Path, unsafe_path: &Path) -> std::io::Result<PathBuf> 
             _ => resolved.push(&name),
         }
     }
-    Ok(root.join(resolved))
+    host(&resolved).ok_or_else(missing)
 }
 
 /// Makes `path` (a mount target) a directory, with its parents.
@@ -203,5 +242,53 @@ mod tests {
 
         symlink("loop", r.join("loop")).expect("loop");
         assert!(secure_join(r, Path::new("/loop")).is_err());
+    }
+
+    #[test]
+    fn secure_join_mounted_follows_links_through_mounts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (root, usr, etc) = (
+            dir.path().join("root"),
+            dir.path().join("usr"),
+            dir.path().join("etc"),
+        );
+        fs::create_dir_all(root.join("usr")).expect("dirs");
+        fs::create_dir_all(usr.join("bin")).expect("dirs");
+        fs::create_dir_all(usr.join("lib/jvm/bin")).expect("dirs");
+        fs::create_dir_all(etc.join("alternatives")).expect("dirs");
+        symlink("usr/bin", root.join("bin")).expect("bin link");
+        fs::write(usr.join("bin/sh"), "").expect("sh");
+        // /usr/bin/java -> /etc/alternatives/java -> /usr/lib/jvm/bin/java,
+        // with /usr and /etc each a mount of its own.
+        symlink("/etc/alternatives/java", usr.join("bin/java")).expect("java link");
+        symlink("../../usr/lib/jvm/bin/java", etc.join("alternatives/java")).expect("alt link");
+        fs::write(usr.join("lib/jvm/bin/java"), "").expect("java");
+        let mounts = [
+            Overlay {
+                destination: "/usr".into(),
+                source: Some(usr.clone()),
+            },
+            Overlay {
+                destination: "/etc/".into(),
+                source: Some(etc.clone()),
+            },
+            Overlay {
+                destination: "/tmp".into(),
+                source: None,
+            },
+        ];
+        let join = |p: &str| secure_join_mounted(&root, &mounts, Path::new(p));
+        assert_eq!(join("/bin/sh").expect("sh"), usr.join("bin/sh"));
+        assert_eq!(
+            join("/usr/bin/java").expect("java"),
+            usr.join("lib/jvm/bin/java")
+        );
+        assert_eq!(join("/usr/../../bin/sh").expect("sh"), usr.join("bin/sh"));
+        assert!(join("/tmp/x").is_err(), "a tmpfs starts empty");
+        // Without the mounts the rootfs's own (empty) /usr is what is found.
+        assert_eq!(
+            secure_join(&root, Path::new("/bin/sh")).expect("j"),
+            root.join("usr/bin/sh")
+        );
     }
 }

@@ -19,6 +19,9 @@ use crate::spec::Isolation;
 pub const DEFAULT_ROOT: &str = "/run/capsa";
 const STATE_FILE: &str = "state.json";
 const FIFO: &str = "exec.fifo";
+/// Where a container without a mount namespace of its own has its root
+/// bound, inside its state directory (see the container backend's rootfs).
+pub const BOUND_ROOTFS: &str = "rootfs";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -262,6 +265,19 @@ impl Store {
 
     pub fn remove(&self, id: &str) -> Result<(), StateError> {
         let dir = self.dir(id);
+        let root = dir.join(BOUND_ROOTFS);
+        // Detached with every mount below it; EINVAL: not a mount point.
+        match nix::mount::umount2(&root, nix::mount::MntFlags::MNT_DETACH) {
+            Ok(()) | Err(nix::Error::EINVAL | nix::Error::ENOENT) => {}
+            Err(err) => return Err(io_error(&root)(err.into())),
+        }
+        // remove_dir rather than remove_dir_all: were the rootfs still bound
+        // there, this fails instead of deleting the container's files.
+        match fs::remove_dir(&root) {
+            Ok(()) => {}
+            Err(err) if err.kind() == ErrorKind::NotFound => {}
+            Err(source) => return Err(StateError::Io { path: root, source }),
+        }
         match fs::remove_dir_all(&dir) {
             Ok(()) => Ok(()),
             Err(err) if err.kind() == ErrorKind::NotFound => Ok(()),

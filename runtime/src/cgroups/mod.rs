@@ -786,6 +786,34 @@ mod tests {
         assert!(!root.join("capsa").exists());
     }
 
+    /// Docker's "not set": every block I/O weight 0.
+    const ZERO_WEIGHTS: &str = r#"{"blockIO": {"weight": 0, "leafWeight": 0,
+        "weightDevice": [{"major": 8, "minor": 0, "weight": 0, "leafWeight": 0}]}}"#;
+
+    #[test]
+    fn v2_zero_block_io_weights_are_not_set() {
+        // Neither the io controller nor a weight file: a weight written or
+        // asked for would fail.
+        let t = v2_fixture("cpu memory");
+        let root = t.path();
+        let cg = Cgroup::create_at(root, Some("/z"), "id", Some(&res(ZERO_WEIGHTS))).unwrap();
+        assert_eq!(fs::read_dir(root.join("z")).unwrap().count(), 0);
+        assert_eq!(read(root.join("cgroup.subtree_control")), "cpu");
+        cg.delete().unwrap();
+        assert!(!root.join("z").exists());
+    }
+
+    #[test]
+    fn v1_zero_block_io_weights_are_not_set() {
+        let t = v1_fixture();
+        let root = t.path();
+        let cg = Cgroup::create_at(root, None, "c1", Some(&res(ZERO_WEIGHTS))).unwrap();
+        let blkio = root.join("blkio/capsa/c1");
+        assert_eq!(fs::read_dir(&blkio).unwrap().count(), 0, "nothing written");
+        cg.delete().unwrap();
+        assert!(!blkio.exists());
+    }
+
     fn v1_fixture() -> tempfile::TempDir {
         let t = tempfile::tempdir().unwrap();
         let root = t.path();

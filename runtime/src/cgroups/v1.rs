@@ -378,24 +378,26 @@ pub(super) fn first_existing<'a>(
 fn blkio(hs: &[Hierarchy], r: &LinuxResources) -> Result<(), CgroupError> {
     let Some(b) = r.block_io() else { return Ok(()) };
     let d = || dir(hs, "blkio", "linux.resources.blockIO");
-    if let Some(w) = b.weight() {
+    // 0 is no weight (the kernel's range starts at 10): Docker sends it for
+    // "not set", and runc skips it, as every weight below does.
+    if let Some(w) = b.weight().filter(|w| *w != 0) {
         let f = "linux.resources.blockIO.weight";
         let d = d()?;
         let file = first_existing(d, &["blkio.weight", "blkio.bfq.weight"], f)?;
         set(d, file, &w.to_string(), f)?;
     }
-    if let Some(w) = b.leaf_weight() {
+    if let Some(w) = b.leaf_weight().filter(|w| *w != 0) {
         let f = "linux.resources.blockIO.leafWeight";
         set(d()?, "blkio.leaf_weight", &w.to_string(), f)?;
     }
     for (i, wd) in b.weight_device().iter().flatten().enumerate() {
-        if let Some(w) = wd.weight() {
+        if let Some(w) = wd.weight().filter(|w| *w != 0) {
             let f = format!("linux.resources.blockIO.weightDevice[{i}].weight");
             let d = d()?;
             let file = first_existing(d, &["blkio.weight_device", "blkio.bfq.weight_device"], &f)?;
             set(d, file, &format!("{}:{} {w}", wd.major(), wd.minor()), &f)?;
         }
-        if let Some(w) = wd.leaf_weight() {
+        if let Some(w) = wd.leaf_weight().filter(|w| *w != 0) {
             let f = format!("linux.resources.blockIO.weightDevice[{i}].leafWeight");
             let v = format!("{}:{} {w}", wd.major(), wd.minor());
             set(d()?, "blkio.leaf_weight_device", &v, &f)?;

@@ -77,8 +77,10 @@ pub fn needed_controllers(r: &LinuxResources) -> Vec<(String, String)> {
         ]
         .iter()
         .any(|l| l.as_ref().is_some_and(|l| !l.is_empty()));
-        if b.weight().is_some()
-            || b.weight_device().as_ref().is_some_and(|l| !l.is_empty())
+        if b.weight().is_some_and(|w| w != 0)
+            || b.weight_device().iter().flatten().any(|wd| {
+                wd.weight().is_some_and(|w| w != 0) || wd.leaf_weight().is_some_and(|w| w != 0)
+            })
             || any_list
         {
             need("io", "linux.resources.blockIO");
@@ -354,25 +356,27 @@ fn io(d: &Path, r: &LinuxResources) -> Result<(), CgroupError> {
             u64::from(w)
         }
     };
-    if let Some(w) = b.weight() {
+    // 0 is no weight: Docker sends it for "not set", and runc skips it, as
+    // every weight below does.
+    if let Some(w) = b.weight().filter(|w| *w != 0) {
         let f = "linux.resources.blockIO.weight";
         let file = weight_file(f)?;
         set(d, file, &scaled(file, w).to_string(), f)?;
     }
-    if b.leaf_weight().is_some() {
+    if b.leaf_weight().is_some_and(|w| w != 0) {
         return Err(CgroupError::Unsupported {
             field: "linux.resources.blockIO.leafWeight".into(),
             detail: "cgroup v2 has no leaf weight".into(),
         });
     }
     for (i, wd) in b.weight_device().iter().flatten().enumerate() {
-        if let Some(w) = wd.weight() {
+        if let Some(w) = wd.weight().filter(|w| *w != 0) {
             let f = format!("linux.resources.blockIO.weightDevice[{i}].weight");
             let file = weight_file(&f)?;
             let v = format!("{}:{} {}", wd.major(), wd.minor(), scaled(file, w));
             set(d, file, &v, &f)?;
         }
-        if wd.leaf_weight().is_some() {
+        if wd.leaf_weight().is_some_and(|w| w != 0) {
             return Err(CgroupError::Unsupported {
                 field: format!("linux.resources.blockIO.weightDevice[{i}].leafWeight"),
                 detail: "cgroup v2 has no leaf weight".into(),

@@ -8,7 +8,7 @@ pub mod rootfs;
 use std::convert::Infallible;
 use std::path::PathBuf;
 
-use oci_spec::runtime::{LinuxNamespace, LinuxNamespaceType, Spec};
+use oci_spec::runtime::{LinuxNamespace, Spec};
 
 use crate::backend::{Backend, BackendError, Init};
 use crate::init::InitError;
@@ -19,6 +19,8 @@ use crate::spec::Bundle;
 pub enum ContainerError {
     #[error("root.path: cannot pivot_root into {0}")]
     PivotRoot(PathBuf, #[source] nix::Error),
+    #[error("root.path: cannot chroot into {0}")]
+    Chroot(PathBuf, #[source] nix::Error),
     #[error("{field}: cannot apply")]
     Apply {
         field: String,
@@ -60,23 +62,6 @@ pub struct ContainerBackend;
 
 impl Backend for ContainerBackend {
     fn check(&self, bundle: &Bundle) -> Result<(), BackendError> {
-        let namespaces = bundle
-            .spec
-            .linux()
-            .as_ref()
-            .and_then(|l| l.namespaces().clone())
-            .unwrap_or_default();
-        if !namespaces
-            .iter()
-            .any(|ns| ns.typ() == LinuxNamespaceType::Mount)
-        {
-            return Err(ContainerError::from(PathError::Path {
-                field: "linux.namespaces".into(),
-                path: bundle.rootfs.clone(),
-                message: "capsa needs a mount namespace to pivot into the rootfs".into(),
-            })
-            .into());
-        }
         if let Some(seccomp) = bundle
             .spec
             .linux()

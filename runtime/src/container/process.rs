@@ -96,17 +96,28 @@ fn apply_caps(capabilities: Option<&LinuxCapabilities>) -> Result<()> {
         .intersection(&permitted)
         .copied()
         .collect();
-    caps::set(
-        None,
-        CapSet::Inheritable,
-        &get(LinuxCapabilities::inheritable),
-    )
-    .map_err(caps_error("inheritable"))?;
+    let inheritable = get(LinuxCapabilities::inheritable);
+    caps::set(None, CapSet::Inheritable, &inheritable).map_err(caps_error("inheritable"))?;
     caps::set(None, CapSet::Effective, &effective).map_err(caps_error("effective"))?;
     caps::set(None, CapSet::Permitted, &permitted).map_err(caps_error("permitted"))?;
     caps::clear(None, CapSet::Ambient).map_err(caps_error("ambient"))?;
-    for cap in get(LinuxCapabilities::ambient) {
+    // The kernel raises an ambient capability only if it is both permitted
+    // and inheritable. runc skips the others and goes on (its own default
+    // spec lists ambient capabilities without inheritable ones), so capsa
+    // does too, saying which it skipped.
+    let (raise, skip): (Vec<Cap>, Vec<Cap>) = get(LinuxCapabilities::ambient)
+        .into_iter()
+        .partition(|cap| permitted.contains(cap) && inheritable.contains(cap));
+    for cap in raise {
         caps::raise(None, CapSet::Ambient, cap).map_err(caps_error("ambient"))?;
+    }
+    if !skip.is_empty() {
+        let mut names: Vec<String> = skip.iter().map(ToString::to_string).collect();
+        names.sort();
+        eprintln!(
+            "capsa: warning: process.capabilities.ambient: {} not raised: an ambient capability must also be permitted and inheritable",
+            names.join(", ")
+        );
     }
     Ok(())
 }

@@ -29,30 +29,50 @@ fn mount_error(field: String, target: &Path) -> impl FnOnce(nix::Error) -> Conta
     }
 }
 
-/// Everything up to and including pivot_root; runs the runtime hooks and
-/// createContainer hooks at the points the spec puts them.
+/// Everything up to and including pivot_root (or chroot, without a mount
+/// namespace); runs the runtime hooks and createContainer hooks at the
+/// points the spec puts them.
 pub fn prepare(init: &mut Init) -> Result<()> {
     let linux = init.spec.linux().clone().unwrap_or_default();
-    let propagation = linux
+    let requested = linux
         .rootfs_propagation()
         .as_deref()
-        .and_then(propagation_flags)
-        .unwrap_or(MsFlags::MS_SLAVE | MsFlags::MS_REC);
-    // Our mounts must not leak back to the host (nor, by default, theirs to us).
-    mount(None::<&str>, "/", None::<&str>, propagation, None::<&str>).map_err(mount_error(
-        "linux.rootfsPropagation".into(),
-        Path::new("/"),
-    ))?;
-    let rootfs = init.rootfs.clone();
-    // pivot_root needs the new root to be a mount point.
-    mount(
-        Some(&rootfs),
-        &rootfs,
-        None::<&str>,
-        MsFlags::MS_BIND | MsFlags::MS_REC,
-        None::<&str>,
-    )
-    .map_err(mount_error("root.path".into(), &rootfs))?;
+        .and_then(propagation_flags);
+    let propagation_error = || mount_error("linux.rootfsPropagation".into(), Path::new("/"));
+    let own_namespace = linux
+        .namespaces()
+        .iter()
+        .flatten()
+        .any(|ns| ns.typ() == LinuxNamespaceType::Mount);
+    let rootfs = if own_namespace {
+        // Our mounts must not leak back to the host (nor, by default, theirs to us).
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            requested.unwrap_or(MsFlags::MS_SLAVE | MsFlags::MS_REC),
+            None::<&str>,
+        )
+        .map_err(propagation_error())?;
+        let rootfs = init.rootfs.clone();
+        // pivot_root refuses a new root whose parent mount is shared, and a
+        // bind of a shared mount would be shared too: as runc does, the
+        // parent mount becomes private here and the requested propagation
+        // applies after the pivot.
+        make_parent_mount_private(&rootfs)?;
+        // pivot_root needs the new root to be a mount point.
+        mount(
+            Some(&rootfs),
+            &rootfs,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .map_err(mount_error("root.path".into(), &rootfs))?;
+        rootfs
+    } else {
+        bind_root_in_host_namespace(init)?
+    };
 
     let in_userns = init.has_new(LinuxNamespaceType::User)
         || linux
@@ -70,12 +90,118 @@ pub fn prepare(init: &mut Init) -> Result<()> {
     init.run_runtime_hooks()?;
     init.run_hooks("createContainer", Status::Creating)?;
 
-    pivot_root(&rootfs)?;
-    // Shared propagation on the new root would re-expose our later mounts.
-    if propagation.contains(MsFlags::MS_SHARED) {
-        let _ = mount(None::<&str>, "/", None::<&str>, propagation, None::<&str>);
+    if own_namespace {
+        pivot_root(&rootfs)?;
+        if let Some(propagation) = requested {
+            mount(None::<&str>, "/", None::<&str>, propagation, None::<&str>)
+                .map_err(propagation_error())?;
+        }
+    } else {
+        chroot(&rootfs)?;
     }
     finish(init)
+}
+
+/// Without a mount namespace of its own, the container's mounts are made in
+/// the host's, where runc leaves them behind. capsa makes them on a private
+/// bind of the rootfs in the container's state directory instead: nothing
+/// propagates between it and the host's mounts, the host's propagation is
+/// untouched, and removing the state detaches it with everything below it
+/// (`Store::remove`). Returns the new root.
+fn bind_root_in_host_namespace(init: &Init) -> Result<PathBuf> {
+    let root = init.state_dir.join(crate::state::BOUND_ROOTFS);
+    ensure_dir("root.path", &root)?;
+    mount(
+        Some(&init.rootfs),
+        &root,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(mount_error("root.path".into(), &root))?;
+    mount(
+        None::<&str>,
+        &root,
+        None::<&str>,
+        MsFlags::MS_PRIVATE | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(mount_error("root.path".into(), &root))?;
+    Ok(root)
+}
+
+/// What runc does without a mount namespace, where pivot_root would move
+/// the host's root.
+fn chroot(rootfs: &Path) -> Result<()> {
+    let error = |source| ContainerError::Chroot(rootfs.to_path_buf(), source);
+    nix::unistd::chroot(rootfs).map_err(error)?;
+    nix::unistd::chdir("/").map_err(error)
+}
+
+/// Makes the mount holding `path` private if it is shared (in this mount
+/// namespace only: the init has a new one).
+fn make_parent_mount_private(path: &Path) -> Result<()> {
+    let path = fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    // The last of the longest matches is the mount on top.
+    let mut parent: Option<(PathBuf, bool)> = None;
+    for line in mountinfo.lines() {
+        let Some((left, _)) = line.split_once(" - ") else {
+            continue;
+        };
+        let fields: Vec<&str> = left.split(' ').collect();
+        let Some(point) = fields.get(4).map(|p| unescape_mountinfo(p)) else {
+            continue;
+        };
+        if !path.starts_with(&point) {
+            continue;
+        }
+        let longer = parent
+            .as_ref()
+            .is_none_or(|(best, _)| point.as_os_str().len() >= best.as_os_str().len());
+        if longer {
+            let shared = fields.iter().skip(6).any(|f| f.starts_with("shared:"));
+            parent = Some((point, shared));
+        }
+    }
+    match parent {
+        Some((point, true)) => mount(
+            None::<&str>,
+            &point,
+            None::<&str>,
+            MsFlags::MS_PRIVATE,
+            None::<&str>,
+        )
+        .map_err(mount_error("linux.rootfsPropagation".into(), &point)),
+        _ => Ok(()),
+    }
+}
+
+/// A mount point as /proc/self/mountinfo writes it: space, tab, newline
+/// and backslash are octal escapes.
+fn unescape_mountinfo(field: &str) -> PathBuf {
+    use std::os::unix::ffi::OsStringExt;
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes.get(i + 1..i + 4).and_then(|d| {
+            std::str::from_utf8(d)
+                .ok()
+                .and_then(|d| u8::from_str_radix(d, 8).ok())
+        });
+        match (bytes[i], octal) {
+            (b'\\', Some(byte)) => {
+                out.push(byte);
+                i += 4;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    PathBuf::from(std::ffi::OsString::from_vec(out))
 }
 
 fn mount_one(rootfs: &Path, bundle: &Path, index: usize, m: &Mount) -> Result<()> {
