@@ -85,18 +85,12 @@ fn fixture() -> TestBundle {
         "{PYTHON} and libpython3.11-testsuite are needed (scripts/install-deps.sh installs them)"
     );
     let mut bundle = TestBundle::busybox(&["true"]);
-    let rootfs = bundle.rootfs();
-    std::fs::create_dir_all(rootfs.join("usr")).expect("mkdir /usr");
-    for (link, target) in [("lib64", "usr/lib64"), ("lib", "usr/lib")] {
-        std::os::unix::fs::symlink(target, rootfs.join(link)).expect("symlink");
-    }
+    bundle.bind_host_usr();
     bundle.edit(|c| {
         let mounts = c["mounts"].as_array_mut().expect("mounts");
-        for dir in ["/usr", "/etc"] {
-            mounts.push(serde_json::json!({
-                "destination": dir, "type": "bind", "source": dir, "options": ["rbind", "ro"]
-            }));
-        }
+        mounts.push(serde_json::json!({
+            "destination": "/etc", "type": "bind", "source": "/etc", "options": ["rbind", "ro"]
+        }));
         mounts.push(serde_json::json!({
             "destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
             "options": ["nosuid", "nodev", "mode=1777", "size=256m"]

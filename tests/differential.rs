@@ -1752,23 +1752,6 @@ fn linux_checks_of_pipes_exec_ownership_and_clocks() {
     );
 }
 
-/// Adds a read-only bind of the host's `/usr` and the merged-/usr links
-/// to the host's loader and libraries (`/lib`, `/lib64`), as Debian has.
-fn bind_host_usr(bundle: &mut TestBundle) {
-    let rootfs = bundle.rootfs();
-    for link in ["lib", "lib64"] {
-        if !rootfs.join(link).exists() {
-            std::os::unix::fs::symlink(format!("usr/{link}"), rootfs.join(link)).expect("link");
-        }
-    }
-    bundle.edit(|c| {
-        c["mounts"].as_array_mut().expect("mounts").push(json!({
-            "destination": "/usr", "type": "bind", "source": "/usr",
-            "options": ["rbind", "ro"]
-        }));
-    });
-}
-
 #[test]
 fn args0_through_a_bin_symlink_into_a_bound_usr_runs_in_both_modes() {
     let mut bundle = TestBundle::busybox(&["sh", "-c", "echo ok"]);
@@ -1776,7 +1759,7 @@ fn args0_through_a_bin_symlink_into_a_bound_usr_runs_in_both_modes() {
     let bin = bundle.rootfs().join("bin");
     std::fs::remove_dir_all(&bin).expect("remove /bin");
     std::os::unix::fs::symlink("usr/bin", &bin).expect("/bin link");
-    bind_host_usr(&mut bundle);
+    bundle.bind_host_usr();
     bundle.edit(|c| c["process"]["env"] = json!(["PATH=/bin"]));
     assert_both_modes(&bundle, "/bin/sh through /bin -> usr/bin", 0, "ok\n", "");
 }
@@ -1791,7 +1774,7 @@ fn args0_through_a_symlink_chain_across_two_bind_mounts_runs_in_both_modes() {
         .expect("alternative");
     std::os::unix::fs::symlink("/etc/alternatives/tool", bundle.rootfs().join("bin/tool"))
         .expect("tool link");
-    bind_host_usr(&mut bundle);
+    bundle.bind_host_usr();
     let source = alternatives.path().display().to_string();
     bundle.edit(|c| {
         c["mounts"].as_array_mut().expect("mounts").push(json!({

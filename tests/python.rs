@@ -21,16 +21,9 @@ fn fixture() -> Option<TestBundle> {
         return None;
     }
     let mut bundle = TestBundle::busybox(&["true"]);
-    let rootfs = bundle.rootfs();
-    std::fs::create_dir_all(rootfs.join("usr")).expect("mkdir /usr");
-    for (link, target) in [("lib64", "usr/lib64"), ("lib", "usr/lib")] {
-        std::os::unix::fs::symlink(target, rootfs.join(link)).expect("symlink");
-    }
+    bundle.bind_host_usr();
     bundle.edit(|c| {
         let mounts = c["mounts"].as_array_mut().expect("mounts");
-        mounts.push(serde_json::json!({
-            "destination": "/usr", "type": "bind", "source": "/usr", "options": ["rbind", "ro"]
-        }));
         mounts.push(serde_json::json!({
             "destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
             "options": ["nosuid", "nodev", "mode=1777", "size=64m"]

@@ -61,6 +61,28 @@ impl TestBundle {
         self.dir.path().join("rootfs")
     }
 
+    /// Binds the host's `/usr` read-only with the merged-/usr links to the
+    /// host's loader and libraries (`/lib`, `/lib64`), as Debian has, so
+    /// the host's programs run unchanged.
+    pub fn bind_host_usr(&mut self) {
+        let rootfs = self.rootfs();
+        std::fs::create_dir_all(rootfs.join("usr")).expect("mkdir /usr");
+        for link in ["lib", "lib64"] {
+            if !rootfs.join(link).exists() {
+                std::os::unix::fs::symlink(format!("usr/{link}"), rootfs.join(link)).expect("link");
+            }
+        }
+        self.edit(|c| {
+            c["mounts"]
+                .as_array_mut()
+                .expect("mounts")
+                .push(serde_json::json!({
+                    "destination": "/usr", "type": "bind", "source": "/usr",
+                    "options": ["rbind", "ro"]
+                }));
+        });
+    }
+
     /// Changes config.json.
     pub fn edit(&mut self, change: impl FnOnce(&mut Value)) {
         change(&mut self.config);
