@@ -1638,6 +1638,7 @@ const LINUX_CHECKS_C: &str = r#"
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -1682,6 +1683,27 @@ int main(int argc, char **argv) {
     say("and reads nothing through it", read(link, buf, 1) == -1 && errno == EBADF);
     say("fchmodat without following a symlink is unsupported", fchmodat(AT_FDCWD, "/work/dangling", 0600, AT_SYMLINK_NOFOLLOW) == -1 && errno == EOPNOTSUPP);
     say("but of a file it works", fchmodat(AT_FDCWD, "/work/f", 0600, AT_SYMLINK_NOFOLLOW) == 0 && stat("/work/f", &st) == 0 && (st.st_mode & 0777) == 0600);
+    struct sched_param sp = {0};
+    say("a task runs under SCHED_OTHER", sched_getscheduler(0) == SCHED_OTHER && sched_getparam(0, &sp) == 0 && sp.sched_priority == 0);
+    say("SCHED_BATCH may be chosen", sched_setscheduler(0, SCHED_BATCH, &sp) == 0 && sched_getscheduler(0) == SCHED_BATCH && sched_setscheduler(0, SCHED_OTHER, &sp) == 0);
+    sp.sched_priority = 1;
+    say("real-time scheduling needs CAP_SYS_NICE", sched_setscheduler(0, SCHED_FIFO, &sp) == -1 && errno == EPERM);
+    say("RR priorities are 1 to 99", sched_get_priority_min(SCHED_RR) == 1 && sched_get_priority_max(SCHED_RR) == 99);
+    say("no policy -23", sched_get_priority_max(-23) == -1 && errno == EINVAL);
+    say("sched_getparam of a negative pid", sched_getparam(-1, &sp) == -1 && errno == EINVAL);
+    int data = open("/work/data", O_CREAT | O_RDWR, 0644);
+    write(data, "hello", 5);
+    say("SEEK_DATA inside a file", lseek(data, 2, SEEK_DATA) == 2);
+    say("SEEK_HOLE finds its end", lseek(data, 2, SEEK_HOLE) == 5);
+    say("both past the end are ENXIO", lseek(data, 5, SEEK_DATA) == -1 && errno == ENXIO && lseek(data, 5, SEEK_HOLE) == -1 && errno == ENXIO);
+    char two[2];
+    struct iovec v = {two, 2};
+    say("preadv2 with RWF_HIPRI", preadv2(data, &v, 1, 1, RWF_HIPRI) == 2 && memcmp(two, "el", 2) == 0);
+    say("preadv2 with RWF_NOWAIT of a file", preadv2(data, &v, 1, 0, RWF_NOWAIT) == 2 && memcmp(two, "he", 2) == 0);
+    int empty[2];
+    pipe(empty);
+    say("and of an empty pipe", preadv2(empty[0], &v, 1, -1, RWF_NOWAIT) == -1 && errno == EAGAIN);
+    say("which still blocks without it", (fcntl(empty[0], F_GETFL) & O_NONBLOCK) == 0);
     int dir = open("/work", O_PATH | O_DIRECTORY | O_CREAT | O_TRUNC);
     say("an O_PATH directory serves *at calls", dir >= 0 && fstatat(dir, "f", &st, 0) == 0 && S_ISREG(st.st_mode));
     int self = open("/proc/self/exe", O_RDONLY);
@@ -1733,6 +1755,19 @@ fn linux_checks_of_pipes_exec_ownership_and_clocks() {
         "and reads nothing through it",
         "fchmodat without following a symlink is unsupported",
         "but of a file it works",
+        "a task runs under SCHED_OTHER",
+        "SCHED_BATCH may be chosen",
+        "real-time scheduling needs CAP_SYS_NICE",
+        "RR priorities are 1 to 99",
+        "no policy -23",
+        "sched_getparam of a negative pid",
+        "SEEK_DATA inside a file",
+        "SEEK_HOLE finds its end",
+        "both past the end are ENXIO",
+        "preadv2 with RWF_HIPRI",
+        "preadv2 with RWF_NOWAIT of a file",
+        "and of an empty pipe",
+        "which still blocks without it",
         "an O_PATH directory serves *at calls",
     ]
     .iter()

@@ -31,6 +31,8 @@ pub const SETFL_MASK: u32 = O_APPEND | O_NONBLOCK;
 pub const SEEK_SET: u32 = 0;
 pub const SEEK_CUR: u32 = 1;
 pub const SEEK_END: u32 = 2;
+pub const SEEK_DATA: u32 = 3;
+pub const SEEK_HOLE: u32 = 4;
 
 pub trait File {
     fn read(&self, _dev: &mut Devices, _buf: &mut [u8]) -> Result<usize> {
@@ -124,6 +126,18 @@ pub fn seek_in(
         SEEK_SET => 0,
         SEEK_CUR => offset.get() as i64,
         SEEK_END => end()? as i64,
+        // As Linux's generic llseek for a file system that reports no
+        // holes: all of the file is data, its end the only hole.
+        SEEK_DATA | SEEK_HOLE => {
+            let eof = end()?;
+            let at = u64::try_from(delta)
+                .ok()
+                .filter(|&at| at < eof)
+                .ok_or(Errno::ENXIO)?;
+            let at = if whence == SEEK_DATA { at } else { eof };
+            offset.set(at);
+            return Ok(at);
+        }
         _ => return Err(Errno::EINVAL),
     };
     let at = base
@@ -245,6 +259,19 @@ impl FdTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn seek_data_and_hole_see_one_extent_of_data() {
+        let at = Cell::new(0);
+        let eof = || Ok(5);
+        assert_eq!(seek_in(&at, 3, SEEK_DATA, eof), Ok(3));
+        assert_eq!(seek_in(&at, 3, SEEK_HOLE, eof), Ok(5));
+        assert_eq!(at.get(), 5);
+        assert_eq!(seek_in(&at, 5, SEEK_DATA, eof), Err(Errno::ENXIO));
+        assert_eq!(seek_in(&at, 5, SEEK_HOLE, eof), Err(Errno::ENXIO));
+        assert_eq!(seek_in(&at, -1, SEEK_DATA, eof), Err(Errno::ENXIO));
+        assert_eq!(at.get(), 5);
+    }
 
     struct Dummy;
     impl File for Dummy {

@@ -76,7 +76,7 @@ impl RobustMemory for LoadedSpace<'_> {
 /// How long a task whose system calls do not block runs before the others
 /// get a turn (Linux's default minimum granularity is a few ms; 10 ms keeps
 /// switches, each a CR3 load under PVM, rare).
-const TIME_SLICE_NS: u64 = 10_000_000;
+pub const TIME_SLICE_NS: u64 = 10_000_000;
 
 impl Kernel {
     /// Walks the robust futex lists (set_robust_list) of threads `tids` of

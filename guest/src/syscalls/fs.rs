@@ -23,6 +23,10 @@ pub const AT_EMPTY_PATH: u32 = 0x1000;
 const UTIME_NOW: u64 = (1 << 30) - 1;
 const UTIME_OMIT: u64 = (1 << 30) - 2;
 const RENAME_NOREPLACE: u32 = 1;
+const RWF_HIPRI: u32 = 1;
+const RWF_DSYNC: u32 = 2;
+const RWF_SYNC: u32 = 4;
+const RWF_NOWAIT: u32 = 8;
 const F_DUPFD: u32 = 0;
 const F_GETFD: u32 = 1;
 const F_SETFD: u32 = 2;
@@ -403,6 +407,66 @@ impl Kernel {
 
     pub fn sys_pwritev(&mut self, fd: i32, iov: u64, count: u64, offset: u64) -> Result<u64> {
         self.sys_writev(fd, iov, count, Some(offset))
+    }
+
+    /// preadv2 and pwritev2: offset -1 is the file position, as readv and
+    /// writev use. RWF_HIPRI asks for polled I/O, which a request to the
+    /// file server already is; RWF_NOWAIT makes a pipe's end answer EAGAIN
+    /// instead of blocking (a file's I/O never waits for other tasks);
+    /// RWF_DSYNC and RWF_SYNC make a write durable (fsync after it).
+    /// RWF_APPEND is EOPNOTSUPP, as for a file system without it, and so is
+    /// any unknown flag.
+    pub fn sys_preadv2(
+        &mut self,
+        fd: i32,
+        iov: u64,
+        count: u64,
+        offset: i64,
+        flags: u32,
+    ) -> Result<u64> {
+        if flags & !(RWF_HIPRI | RWF_NOWAIT) != 0 {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        let offset = u64::try_from(offset).ok();
+        self.without_waiting(fd, flags, |k| k.sys_readv(fd, iov, count, offset))
+    }
+
+    pub fn sys_pwritev2(
+        &mut self,
+        fd: i32,
+        iov: u64,
+        count: u64,
+        offset: i64,
+        flags: u32,
+    ) -> Result<u64> {
+        if flags & !(RWF_HIPRI | RWF_NOWAIT | RWF_DSYNC | RWF_SYNC) != 0 {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        let offset = u64::try_from(offset).ok();
+        let n = self.without_waiting(fd, flags, |k| k.sys_writev(fd, iov, count, offset))?;
+        if flags & (RWF_DSYNC | RWF_SYNC) != 0 {
+            let file = self.proc().fds.file(fd)?;
+            file.sync(&mut self.dev)?;
+        }
+        Ok(n)
+    }
+
+    /// Runs `io` on `fd` as if it were O_NONBLOCK when `flags` has RWF_NOWAIT.
+    fn without_waiting(
+        &mut self,
+        fd: i32,
+        flags: u32,
+        io: impl FnOnce(&mut Self) -> Result<u64>,
+    ) -> Result<u64> {
+        if flags & RWF_NOWAIT == 0 {
+            return io(self);
+        }
+        let file = self.proc().fds.file(fd)?;
+        let status = file.flags();
+        file.set_flags(status | O_NONBLOCK);
+        let result = io(self);
+        file.set_flags(status);
+        result
     }
 
     pub fn sys_sendfile(

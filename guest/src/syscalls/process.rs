@@ -61,6 +61,23 @@ const PR_GET_NAME: u32 = 16;
 const PR_SET_NO_NEW_PRIVS: u32 = 38;
 const PR_GET_NO_NEW_PRIVS: u32 = 39;
 
+const SCHED_OTHER: u32 = 0;
+const SCHED_FIFO: u32 = 1;
+const SCHED_RR: u32 = 2;
+const SCHED_BATCH: u32 = 3;
+const SCHED_IDLE: u32 = 5;
+const SCHED_RESET_ON_FORK: u32 = 0x4000_0000;
+
+/// The priorities a policy takes, as Linux's sched_get_priority_min/max;
+/// EINVAL for no policy.
+pub fn sched_priority_range(policy: u32) -> Result<(u64, u64)> {
+    match policy {
+        SCHED_FIFO | SCHED_RR => Ok((1, 99)),
+        SCHED_OTHER | SCHED_BATCH | SCHED_IDLE => Ok((0, 0)),
+        _ => Err(Errno::EINVAL),
+    }
+}
+
 impl Kernel {
     /// exit: ends the calling thread only, unless it is the last one.
     pub fn sys_exit_thread(&mut self, code: i32) -> Result<u64> {
@@ -180,6 +197,7 @@ impl Kernel {
             } else {
                 0
             },
+            policy: self.thread().policy,
             ..Thread::default()
         };
         self.processes.insert(pid, process);
@@ -259,6 +277,7 @@ impl Kernel {
                 mask: self.thread().sigmask.mask,
                 ..SigMask::default()
             },
+            policy: self.thread().policy,
             ..Thread::default()
         };
         if let Some(t) = self.procs.get_mut(tid) {
@@ -865,6 +884,85 @@ impl Kernel {
         m[0] = 1;
         self.put_user(mask, &m)?;
         Ok(m.len() as u64)
+    }
+
+    /// The task a sched_* call names: 0 is the caller; a negative pid is
+    /// EINVAL and a pid of no live task ESRCH, as on Linux.
+    fn sched_target(&self, pid: i32) -> Result<Pid> {
+        if pid < 0 {
+            return Err(Errno::EINVAL);
+        }
+        let pid = if pid == 0 { self.cur } else { pid };
+        match self.procs.get(pid) {
+            Some(t) if !matches!(t.state, State::Zombie(_)) => Ok(pid),
+            _ => Err(Errno::ESRCH),
+        }
+    }
+
+    /// A `struct sched_param`'s priority.
+    fn sched_param(&self, param: u64) -> Result<u32> {
+        if param == 0 {
+            return Err(Errno::EINVAL);
+        }
+        let raw = self.user_buf(param, 4)?;
+        Ok(u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]))
+    }
+
+    /// sched_setscheduler: the normal policies (OTHER, BATCH, IDLE) with
+    /// priority 0 are recorded; the real-time ones (FIFO, RR) need
+    /// CAP_SYS_NICE or an RLIMIT_RTPRIO, which no process here has (EPERM,
+    /// as in a container with Docker's capabilities). Checked as Linux
+    /// checks: the pid, the policy and the priority's range first.
+    pub fn sys_sched_setscheduler(&mut self, pid: i32, policy: u32, param: u64) -> Result<u64> {
+        let target = self.sched_target(pid)?;
+        let priority = self.sched_param(param)?;
+        let policy = policy & !SCHED_RESET_ON_FORK;
+        let (min, max) = sched_priority_range(policy)?;
+        if !(min..=max).contains(&u64::from(priority)) {
+            return Err(Errno::EINVAL);
+        }
+        if policy == SCHED_FIFO || policy == SCHED_RR {
+            return Err(Errno::EPERM);
+        }
+        if let Some(t) = self.procs.get_mut(target) {
+            t.thread.policy = policy;
+        }
+        Ok(0)
+    }
+
+    pub fn sys_sched_getscheduler(&mut self, pid: i32) -> Result<u64> {
+        let target = self.sched_target(pid)?;
+        Ok(self
+            .procs
+            .get(target)
+            .map_or(0, |t| u64::from(t.thread.policy)))
+    }
+
+    /// sched_setparam: a normal policy's only priority is 0.
+    pub fn sys_sched_setparam(&mut self, pid: i32, param: u64) -> Result<u64> {
+        self.sched_target(pid)?;
+        match self.sched_param(param)? {
+            0 => Ok(0),
+            _ => Err(Errno::EINVAL),
+        }
+    }
+
+    pub fn sys_sched_getparam(&mut self, pid: i32, param: u64) -> Result<u64> {
+        if param == 0 {
+            return Err(Errno::EINVAL);
+        }
+        self.sched_target(pid)?;
+        self.put_user(param, &0u32.to_le_bytes())?;
+        Ok(0)
+    }
+
+    /// sched_rr_get_interval: the time slice a task that does not block
+    /// gets (`kernel::sched`).
+    pub fn sys_sched_rr_get_interval(&mut self, pid: i32, tp: u64) -> Result<u64> {
+        self.sched_target(pid)?;
+        let slice = crate::kernel::sched::TIME_SLICE_NS;
+        self.put_user(tp, &crate::syscalls::time::timespec(slice))?;
+        Ok(0)
     }
 
     /// sched_setaffinity: the one vCPU is CPU 0, so a mask must include it

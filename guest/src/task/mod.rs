@@ -55,6 +55,9 @@ pub struct Thread {
     pub clear_child_tid: u64,
     /// set_robust_list: the list head, walked when the thread exits or execs.
     pub robust_list: u64,
+    /// The scheduling policy sched_setscheduler chose (SCHED_OTHER, BATCH
+    /// or IDLE: the cooperative scheduler treats them alike).
+    pub policy: u32,
 }
 
 /// A process's user and group ids, as Linux's `struct cred` holds them.
