@@ -100,11 +100,7 @@ impl Kernel {
     }
 
     pub fn proc_mut(&mut self) -> &mut Process {
-        let tgid = self.procs.tgid(self.cur);
-        match self.processes.get_mut(&tgid) {
-            Some(p) => p,
-            None => &mut self.gone_process,
-        }
+        self.proc_and_dev().0
     }
 
     /// Resolves `path` from the current process's working directory.
@@ -135,11 +131,6 @@ impl Kernel {
             Some(t) => &mut t.thread,
             None => &mut self.gone_thread,
         }
-    }
-
-    /// Process `tgid`'s state, if it is alive.
-    pub fn process_of(&self, tgid: Pid) -> Option<&Process> {
-        self.processes.get(&tgid)
     }
 }
 

@@ -874,9 +874,7 @@ impl Kernel {
     }
 
     pub fn sys_sched_getaffinity(&mut self, pid: i32, len: u64, mask: u64) -> Result<u64> {
-        if pid < 0 || (pid != 0 && self.procs.get(pid).is_none()) {
-            return Err(Errno::ESRCH);
-        }
+        self.sched_target(pid, Errno::ESRCH)?;
         if len < 8 || !len.is_multiple_of(8) {
             return Err(Errno::EINVAL);
         }
@@ -886,17 +884,16 @@ impl Kernel {
         Ok(m.len() as u64)
     }
 
-    /// The task a sched_* call names: 0 is the caller; a negative pid is
-    /// EINVAL and a pid of no live task ESRCH, as on Linux.
-    fn sched_target(&self, pid: i32) -> Result<Pid> {
+    /// The task a sched_* call names: 0 is the caller, and a pid of no
+    /// task (a zombie still is one) is ESRCH, as Linux's
+    /// `find_process_by_pid`. A negative pid is EINVAL for the policy and
+    /// parameter calls, ESRCH for the affinity ones.
+    fn sched_target(&self, pid: i32, negative: Errno) -> Result<Pid> {
         if pid < 0 {
-            return Err(Errno::EINVAL);
+            return Err(negative);
         }
         let pid = if pid == 0 { self.cur } else { pid };
-        match self.procs.get(pid) {
-            Some(t) if !matches!(t.state, State::Zombie(_)) => Ok(pid),
-            _ => Err(Errno::ESRCH),
-        }
+        self.procs.get(pid).map(|_| pid).ok_or(Errno::ESRCH)
     }
 
     /// A `struct sched_param`'s priority.
@@ -914,7 +911,7 @@ impl Kernel {
     /// as in a container with Docker's capabilities). Checked as Linux
     /// checks: the pid, the policy and the priority's range first.
     pub fn sys_sched_setscheduler(&mut self, pid: i32, policy: u32, param: u64) -> Result<u64> {
-        let target = self.sched_target(pid)?;
+        let target = self.sched_target(pid, Errno::EINVAL)?;
         let priority = self.sched_param(param)?;
         let policy = policy & !SCHED_RESET_ON_FORK;
         let (min, max) = sched_priority_range(policy)?;
@@ -931,7 +928,7 @@ impl Kernel {
     }
 
     pub fn sys_sched_getscheduler(&mut self, pid: i32) -> Result<u64> {
-        let target = self.sched_target(pid)?;
+        let target = self.sched_target(pid, Errno::EINVAL)?;
         Ok(self
             .procs
             .get(target)
@@ -940,7 +937,7 @@ impl Kernel {
 
     /// sched_setparam: a normal policy's only priority is 0.
     pub fn sys_sched_setparam(&mut self, pid: i32, param: u64) -> Result<u64> {
-        self.sched_target(pid)?;
+        self.sched_target(pid, Errno::EINVAL)?;
         match self.sched_param(param)? {
             0 => Ok(0),
             _ => Err(Errno::EINVAL),
@@ -951,7 +948,7 @@ impl Kernel {
         if param == 0 {
             return Err(Errno::EINVAL);
         }
-        self.sched_target(pid)?;
+        self.sched_target(pid, Errno::EINVAL)?;
         self.put_user(param, &0u32.to_le_bytes())?;
         Ok(0)
     }
@@ -959,7 +956,7 @@ impl Kernel {
     /// sched_rr_get_interval: the time slice a task that does not block
     /// gets (`kernel::sched`).
     pub fn sys_sched_rr_get_interval(&mut self, pid: i32, tp: u64) -> Result<u64> {
-        self.sched_target(pid)?;
+        self.sched_target(pid, Errno::EINVAL)?;
         let slice = crate::kernel::sched::TIME_SLICE_NS;
         self.put_user(tp, &crate::syscalls::time::timespec(slice))?;
         Ok(0)
@@ -968,9 +965,7 @@ impl Kernel {
     /// sched_setaffinity: the one vCPU is CPU 0, so a mask must include it
     /// (EINVAL otherwise, as Linux answers for a mask of no usable CPU).
     pub fn sys_sched_setaffinity(&mut self, pid: i32, len: u64, mask: u64) -> Result<u64> {
-        if pid != 0 && self.procs.get(pid).is_none() {
-            return Err(Errno::ESRCH);
-        }
+        self.sched_target(pid, Errno::ESRCH)?;
         if len == 0 {
             return Err(Errno::EINVAL);
         }
