@@ -18,6 +18,10 @@
 //!   rcx carries the return address, `popfq` restores the flags while still on
 //!   the kernel stack, then `mov rsp` + `jmp rcx` neither touch flags nor the
 //!   application's red zone. This halves the emulated work per syscall.
+//! - `capsa_return_full` (CPL3, then 4 CPL0 instructions): resumes a context
+//!   whose rcx and r11 matter (an interrupted instruction after a page
+//!   fault, a signal handler's return) by loading every register and
+//!   `iretq`ing from the #UD stub through a prepared frame.
 //! - Exception stubs (CPL0): push the vector (and a zero error code where the
 //!   CPU pushes none), save CR2, and `iretq` to `capsa_fault_user` (CPL3) with
 //!   the CPU's frame left in place on the CPL0 stack for Rust to read.
@@ -151,6 +155,11 @@ capsa_ud_stub:
     add QWORD PTR [rsp], 2
     iretq
 1:
+    cmp QWORD PTR [rsp], OFFSET capsa_iret_gate_ud
+    jne 2f
+    lea rsp, [rip + CAPSA_IRET_FRAME]
+    iretq
+2:
     push 0
     push 6
     jmp capsa_exception_common
@@ -174,6 +183,8 @@ capsa_user_entry:
     ud2
 
 capsa_syscall_user:
+    push r11
+    push rcx
     push QWORD PTR [rip + CAPSA_SYSCALL_USER_RSP]
     push r11
     push rcx
@@ -220,12 +231,47 @@ capsa_pop_user:
     jmp rcx
 
 /* capsa_return_user(frame: rdi, fxsave image: rsi) -> !: resumes a saved
-   user context from anywhere at CPL3 (the fault path switching processes). */
+   user context from anywhere at CPL3 whose rcx and r11 are its rip and
+   rflags (as after a syscall). */
 .global capsa_return_user
 capsa_return_user:
     fxrstor [rsi]
     mov rsp, rdi
     jmp capsa_pop_user
+
+/* capsa_return_full(frame: rdi, fxsave image: rsi) -> !: resumes any saved
+   user context, every register as it was (after a fault, a signal
+   handler's return). rip, rflags and rsp go into CAPSA_IRET_FRAME, the
+   general registers are loaded, and the ud2 below is recognised by the #UD
+   stub, which iretqs through that frame: 4 emulated instructions. */
+.global capsa_return_full
+capsa_return_full:
+    fxrstor [rsi]
+    mov rax, [rdi + 104]
+    mov [rip + CAPSA_IRET_FRAME], rax
+    mov rax, [rdi + 112]
+    mov [rip + CAPSA_IRET_FRAME + 16], rax
+    mov rax, [rdi + 120]
+    mov [rip + CAPSA_IRET_FRAME + 24], rax
+    mov rcx, [rdi + 128]
+    mov r11, [rdi + 136]
+    mov rsp, rdi
+    pop rax
+    pop rdi
+    pop rsi
+    pop rdx
+    pop r10
+    pop r8
+    pop r9
+    pop rbx
+    pop rbp
+    pop r12
+    pop r13
+    pop r14
+    pop r15
+.global capsa_iret_gate_ud
+capsa_iret_gate_ud:
+    ud2
 
 /* capsa_cr3_gate(rdi = new CR3): the #UD stub recognises this ud2 by its
    address, loads CR3 (flushing the TLB) and resumes after it. */
@@ -293,6 +339,9 @@ CAPSA_SYSCALL_USER_RSP:
 .global CAPSA_FAULT_CR2
 CAPSA_FAULT_CR2:
     .quad 0
+/* rip, cs, rflags, rsp, ss for capsa_return_full. */
+CAPSA_IRET_FRAME:
+    .quad 0, 0x2B, 0x2, 0, 0x23
 .global CAPSA_FSGSBASE
 CAPSA_FSGSBASE:
     .quad 0

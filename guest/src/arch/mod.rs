@@ -32,6 +32,12 @@ pub struct SyscallFrame {
     /// The application's rflags (the CPU put them in r11).
     pub rflags: u64,
     pub rsp: u64,
+    /// rcx and r11 of the context: after a `syscall` the CPU's copies of
+    /// rip and rflags, which the fast return path relies on; anything else
+    /// after a fault or a signal handler's return (`return_user` then
+    /// takes the path that restores them).
+    pub rcx: u64,
+    pub r11: u64,
 }
 
 /// General registers at the time of an exception, as pushed by `capsa_fault_user`.
@@ -79,6 +85,7 @@ mod machine {
         static capsa_ud_stub: u8;
         fn capsa_cr3_gate(cr3: u64);
         fn capsa_return_user(frame: *const super::SyscallFrame, fx: *const u8) -> !;
+        fn capsa_return_full(frame: *const super::SyscallFrame, fx: *const u8) -> !;
     }
 
     const KERNEL_CS: u64 = 0x08;
@@ -205,8 +212,16 @@ mod machine {
         };
     }
 
-    /// Resumes the user context `frame` with FPU/SSE state `fx` (64-byte aligned).
+    /// Resumes the user context `frame` with FPU/SSE state `fx` (64-byte
+    /// aligned): the fast path when rcx and r11 hold rip and rflags (as
+    /// after a syscall), else the one through CPL0 that restores them.
     pub fn return_user(frame: &super::SyscallFrame, fx: &super::FxArea) -> ! {
+        if frame.needs_full_return() {
+            // SAFETY: both point to complete saved states; the routine
+            // restores every register and irets to the user's rip (the
+            // frame's rflags were sanitised by whoever set them).
+            unsafe { capsa_return_full(frame, fx.0.as_ptr()) }
+        }
         // SAFETY: both point to complete saved states; the routine restores
         // them and jumps to the user's rip, never returning.
         unsafe { capsa_return_user(frame, fx.0.as_ptr()) }
@@ -247,6 +262,21 @@ mod machine {
 pub use machine::{
     enter_user, exception_frame, install_idt, load_cr3, return_user, set_fs_base, steal_ns, wrmsr,
 };
+
+impl SyscallFrame {
+    /// Resumes at `rip` as after a system call, which leaves rcx and r11
+    /// holding rip and rflags: the fast return path serves it.
+    pub fn resume_after_syscall_at(&mut self, rip: u64) {
+        self.rip = rip;
+        self.rcx = rip;
+        self.r11 = self.rflags;
+    }
+
+    /// Whether resuming this context must restore rcx and r11 too.
+    pub fn needs_full_return(&self) -> bool {
+        self.rcx != self.rip || self.r11 != self.rflags
+    }
+}
 
 /// An `fxsave` image, aligned as `fxrstor` requires.
 #[repr(C, align(64))]

@@ -91,6 +91,8 @@ pub struct ProcInfo {
     pub threads: usize,
     /// utime, stime, cutime, cstime in clock ticks.
     pub cpu: [u64; 4],
+    /// Bytes of memory with a frame behind them (the resident set).
+    pub resident: u64,
 }
 
 impl ProcInfo {
@@ -148,7 +150,7 @@ pub fn stat_line(info: &ProcInfo) -> Vec<u8> {
         info.sid,
         info.threads,
         info.vm_size(),
-        info.vm_size() / 4096,
+        info.resident / 4096,
         info.stack.1,
     )
     .into_bytes()
@@ -162,6 +164,7 @@ pub fn status(info: &ProcInfo) -> Vec<u8> {
     let [u, eu, su, fu] = info.uids;
     let [g, eg, sg, fg] = info.gids;
     let vm_kb = info.vm_size() / 1024;
+    let rss_kb = info.resident / 1024;
     let state = if info.sleeping {
         "S (sleeping)"
     } else {
@@ -171,7 +174,8 @@ pub fn status(info: &ProcInfo) -> Vec<u8> {
         "Name:\t{name}\nUmask:\t{umask:04o}\nState:\t{state}\nTgid:\t{tgid}\n\
          Ngid:\t0\nPid:\t{pid}\nPPid:\t{ppid}\nTracerPid:\t0\n\
          Uid:\t{u}\t{eu}\t{su}\t{fu}\nGid:\t{g}\t{eg}\t{sg}\t{fg}\nFDSize:\t{fdsize}\n\
-         Groups:\t{groups}\nVmSize:\t{vm_kb:8} kB\nVmRSS:\t{vm_kb:8} kB\n\
+         Groups:\t{groups}\nVmSize:\t{vm_kb:8} kB\nVmRSS:\t{rss_kb:8} kB\n\
+         RssAnon:\t{rss_kb:8} kB\nRssFile:\t       0 kB\nRssShmem:\t       0 kB\n\
          Threads:\t{threads}\nSigPnd:\t{pending:016x}\nShdPnd:\t{pending:016x}\n\
          SigBlk:\t{blocked:016x}\nSigIgn:\t{ignored:016x}\nSigCgt:\t{caught:016x}\n\
          Cpus_allowed:\t1\nCpus_allowed_list:\t0\n",

@@ -1,17 +1,18 @@
 //! Where memory meets the rest of the kernel: making the current process's
-//! page tables follow its mappings, and writing `MAP_SHARED` file pages
-//! back to their files.
+//! page tables follow its mappings, backing pages on faults and for the
+//! kernel's own accesses, the OOM killer, and writing `MAP_SHARED` file
+//! pages back to their files.
 
-use alloc::collections::BTreeSet;
 use alloc::rc::Rc;
 use alloc::vec;
 use alloc::vec::Vec;
 
 use crate::arch;
-use crate::errno::Result;
+use crate::errno::{Errno, Result};
 use crate::fs::Devices;
 use crate::kernel::{Kernel, MappedFile};
-use crate::mm::space::{self, Space};
+use crate::mm::space::Space;
+use crate::mm::PAGE_SIZE;
 
 /// Writes `maps` (parts of `MAP_SHARED` file mappings of `space`) back to
 /// their files, up to each file's end as Linux does, and releases files no
@@ -47,46 +48,108 @@ pub fn write_back(space: Option<&Space>, dev: &mut Devices, maps: Vec<MappedFile
 }
 
 impl Kernel {
-    /// Backs every slot the current mappings touch, releases the others,
-    /// and makes the pages of slots whose mappings changed allow what
-    /// their mappings' protections say.
+    /// Makes the current process's page tables follow the mappings that
+    /// changed since the last call: frames of unmapped pages go back to
+    /// the pool, the others get the rights their mappings now give.
     pub fn back(&mut self) -> Result<()> {
         let tgid = self.procs.tgid(self.cur);
         let Some(p) = self.processes.get_mut(&tgid) else {
             return Ok(());
         };
-        let needed = space::slots_of(p.mm.vmas.ranges());
-        let Some(s) = p.space.as_mut() else {
+        let Some((start, end)) = p.mm.vmas.take_changed() else {
             return Ok(());
         };
-        let (mut flush, fresh) = s.sync(&needed, &mut self.frames)?;
-        let changed_span = p.mm.vmas.take_changed();
-        let mut slots: BTreeSet<u64> = fresh.iter().copied().collect();
-        if let Some((start, end)) = changed_span {
-            slots.extend(needed.range(space::slot_of(start)..end).copied());
-        }
-        for slot in slots {
-            let access = p.mm.vmas.slot_access(slot);
-            match s.set_access(slot, access.as_ref()) {
-                // A fresh slot had no translations to flush.
-                Ok(f) => flush |= f && !fresh.contains(&slot),
-                Err(e) => {
-                    // Out of heap for a page table: try again next time.
-                    if let Some((start, end)) = changed_span {
-                        p.mm.vmas.note_changed(start, end);
-                    }
-                    arch::load_cr3(s.cr3());
-                    self.loaded_cr3 = s.cr3();
-                    return Err(e);
-                }
-            }
-        }
-        if flush {
-            // Flush: under shadow paging the hypervisor may hold on to the
-            // old entries (and on hardware, removed ones) until a CR3 load.
+        let Some(s) = p.space.as_ref() else {
+            return Ok(());
+        };
+        let vmas = &p.mm.vmas;
+        if s.reconcile(&self.frames, start, end, |va| vmas.page_kind(va)) {
+            // Under shadow paging the hypervisor may hold on to the old
+            // entries (and on hardware, removed ones) until a CR3 load.
             arch::load_cr3(s.cr3());
             self.loaded_cr3 = s.cr3();
         }
         Ok(())
+    }
+
+    /// Gives every page of `[start, end)` of the current process a frame,
+    /// writable in place where `write` (copied if shared copy-on-write),
+    /// so the kernel can touch it for the application: EFAULT where no
+    /// mapping covers a page, ENOMEM when frames run out.
+    pub fn populate(&self, start: u64, end: u64, write: bool) -> Result<()> {
+        let p = self.proc();
+        let Some(space) = p.space.as_ref() else {
+            return Ok(());
+        };
+        if space.accessible(start, end, write) {
+            return Ok(());
+        }
+        let mut va = start & !(PAGE_SIZE - 1);
+        while va < end {
+            let (_, vma) = p.mm.vmas.get(va).ok_or(Errno::EFAULT)?;
+            let piece_end = vma.end.min(end);
+            let kind = p.mm.vmas.page_kind(va).ok_or(Errno::EFAULT)?;
+            if let Err(e) = space.populate(&self.frames, va, piece_end, kind, write) {
+                if e == Errno::ENOMEM {
+                    // The OOM killer needs the whole kernel: it runs as
+                    // the system call ends (`syscalls::entry`).
+                    self.oom_pending.set(true);
+                }
+                return Err(e);
+            }
+            va = piece_end;
+        }
+        Ok(())
+    }
+
+    /// A page fault at `va` the current process's mappings allow: backs
+    /// the page. Err(ENOMEM) when no frame is left even after the OOM
+    /// killer ran (the caller then is the victim).
+    pub fn page_fault(&mut self, va: u64, write: bool) -> Result<()> {
+        loop {
+            let p = self.proc();
+            let (start, vma) = p.mm.vmas.get(va).ok_or(Errno::EFAULT)?;
+            let kind = p.mm.vmas.page_kind(va).ok_or(Errno::EFAULT)?;
+            let space = p.space.as_ref().ok_or(Errno::EFAULT)?;
+            match space.fault(&self.frames, va, write, kind, (start, vma.end)) {
+                Err(Errno::ENOMEM) => {
+                    if !self.out_of_memory() {
+                        return Err(Errno::ENOMEM);
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Guest RAM ran out: as Linux's OOM killer, the process holding the
+    /// most memory is killed with SIGKILL and the kill reported on the
+    /// console's stderr. Returns whether the current process survived.
+    pub fn out_of_memory(&mut self) -> bool {
+        self.oom_pending.set(false);
+        let me = self.procs.tgid(self.cur);
+        let resident = |p: &crate::task::Process| p.space.as_ref().map_or(0, Space::resident_pages);
+        let mut victim = (me, resident(self.proc()), self.proc().comm);
+        for (&tgid, p) in &self.processes {
+            if tgid != me && resident(p) > victim.1 {
+                victim = (tgid, resident(p), p.comm);
+            }
+        }
+        let (pid, pages, comm) = victim;
+        let len = comm.iter().position(|&b| b == 0).unwrap_or(16);
+        let msg = alloc::format!(
+            "capsa: out of memory: killed process {pid} ({}, {} MiB)\n",
+            alloc::string::String::from_utf8_lossy(&comm[..len]),
+            (pages * PAGE_SIZE) >> 20
+        );
+        crate::kernel::stderr_message(&mut self.dev, msg.as_bytes());
+        self.terminate(
+            pid,
+            crate::task::process::ExitStatus::Signaled {
+                signal: 9,
+                core: false,
+            },
+        );
+        pid != me
     }
 }

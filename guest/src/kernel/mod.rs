@@ -88,6 +88,9 @@ pub struct Kernel {
     /// A vfork child to run next, in its parent's memory.
     pub vfork_child: Option<Pid>,
     pub loaded_cr3: u64,
+    /// The kernel ran out of frames touching memory for the application:
+    /// the OOM killer runs when the system call ends.
+    pub oom_pending: core::cell::Cell<bool>,
     /// Duration of the last fork's address-space copy (for measurements).
     pub last_fork_ns: u64,
 }
@@ -267,8 +270,9 @@ pub fn boot(boot_info: u64) -> ! {
             "not enough RAM for the kernel ({ram_size} bytes)"
         ));
     };
-    // User memory: whole 2 MiB slots above the kernel image and below the
-    // heap (the slots around them stay identity mapped; see `mm::space`).
+    // User frames: the RAM above the kernel image and below the heap, in
+    // whole 2 MiB slots (the identity map around them uses 2 MiB pages;
+    // see `mm::space`).
     let mut frames = Frames::new(
         info.free_start.max(capsa_abi::KERNEL_BASE + space::SLOT),
         heap,
@@ -421,6 +425,7 @@ pub fn boot(boot_info: u64) -> ! {
         gone_thread: Thread::default(),
         spec,
         loaded_cr3,
+        oom_pending: core::cell::Cell::new(false),
         frames,
         kernel_space: Some(kernel_space),
         cur: INIT,
@@ -504,9 +509,6 @@ pub fn boot(boot_info: u64) -> ! {
         .walk(&cwd, &program, true)
         .map(|w| w.path)
         .unwrap_or(program);
-    if let Some(s) = &k.proc_mut().space {
-        space::self_test(s, sp & !(PAGE_SIZE - 1));
-    }
     k.meter.leave_kernel(k.clock.cpu_ticks());
     // SAFETY: boot runs once, before any syscall or fault can reach `kernel()`.
     unsafe { *KERNEL.0.get() = Some(k) };
@@ -582,14 +584,14 @@ impl Kernel {
     }
 
     /// Loads one ELF image; returns it with its load bias and end address.
-    fn load_elf(&mut self, path: &[u8]) -> Result<(Elf, u64, u64)> {
+    fn load_elf(&mut self, path: &[u8], interp: bool) -> Result<(Elf, u64, u64)> {
         let file = self.open_for_exec(path)?;
-        let result = self.load_elf_from(&file);
+        let result = self.load_elf_from(&file, interp);
         file.release(&mut self.dev);
         result
     }
 
-    fn load_elf_from(&mut self, file: &FuseFile) -> Result<(Elf, u64, u64)> {
+    fn load_elf_from(&mut self, file: &FuseFile, interp: bool) -> Result<(Elf, u64, u64)> {
         let mut ehdr = [0u8; elf::EHDR_SIZE];
         self.read_exact(file, &mut ehdr, 0)?;
         let (phoff, phlen) = elf::parse_header(&ehdr)?;
@@ -599,16 +601,18 @@ impl Kernel {
         let (lo, hi, align) = image.span();
         let len = hi - lo;
         let bias = if image.relocatable {
-            // Low in RAM above the kernel, leaving room for brk to grow.
-            let base = self
-                .proc_mut()
-                .mm
-                .regions
-                .alloc_bottom(len, align.max(PAGE_SIZE))
-                .ok_or(Errno::ENOMEM)?;
-            base - lo
+            // A program at Linux's PIE base with room for its break after
+            // it; its interpreter where mmap puts things, below the stack.
+            let align = align.max(PAGE_SIZE);
+            let regions = &mut self.proc_mut().mm.regions;
+            let base = if interp {
+                regions.alloc_top(len, align)
+            } else {
+                regions.alloc_above(crate::mm::PIE_BASE, len, align)
+            };
+            base.ok_or(Errno::ENOMEM)? - lo
         } else {
-            if hi > self.ram_size || !self.proc_mut().mm.regions.reserve(lo, hi) {
+            if !self.proc_mut().mm.regions.reserve(lo, hi) {
                 return Err(Errno::ENOMEM);
             }
             0
@@ -635,9 +639,9 @@ impl Kernel {
                 .vmas
                 .insert(map_start, map_end, PROT_READ | PROT_WRITE);
             self.back()?;
+            self.populate(map_start, map_end, true)?;
             // SAFETY: [start, start + memsz) lies in the range reserved above
-            // for this image (identity-mapped RAM nobody else uses), mapped
-            // writable just above.
+            // for this image, mapped writable and backed just above.
             let dst =
                 unsafe { core::slice::from_raw_parts_mut(start as *mut u8, h.memsz as usize) };
             let (file_part, bss) = dst.split_at_mut(h.filesz as usize);
@@ -657,7 +661,20 @@ impl Kernel {
         args: &[Vec<u8>],
         env: &[Vec<u8>],
     ) -> Result<(u64, u64)> {
-        let (image, bias, end) = self.load_elf(path)?;
+        // The stack at the top of the address space, as on Linux, claimed
+        // before the interpreter takes the highest free addresses.
+        let stack_size =
+            self.spec.rlimits[RLIMIT_STACK].0.clamp(256 << 10, 8 << 20) & !(PAGE_SIZE - 1);
+        let stack_base = space::USER_TOP - stack_size;
+        if !self
+            .proc_mut()
+            .mm
+            .regions
+            .reserve(stack_base, space::USER_TOP)
+        {
+            return Err(Errno::ENOMEM);
+        }
+        let (image, bias, end) = self.load_elf(path, false)?;
         let mut entry = image.entry + bias;
         let mut interp_base = 0;
         if let Some((offset, len)) = image.interp() {
@@ -669,7 +686,7 @@ impl Kernel {
             while name.last() == Some(&0) {
                 name.pop();
             }
-            let (interp, ibias, _) = self.load_elf(&name)?;
+            let (interp, ibias, _) = self.load_elf(&name, true)?;
             entry = interp.entry + ibias;
             interp_base = interp.span().0 + ibias;
         }
@@ -677,14 +694,6 @@ impl Kernel {
             .mm
             .set_brk_start(page_up(end).ok_or(Errno::ENOMEM)?);
 
-        let stack_size =
-            self.spec.rlimits[RLIMIT_STACK].0.clamp(256 << 10, 8 << 20) & !(PAGE_SIZE - 1);
-        let stack_base = self
-            .proc_mut()
-            .mm
-            .regions
-            .alloc_top(stack_size, PAGE_SIZE)
-            .ok_or(Errno::ENOMEM)?;
         let top = stack_base + stack_size;
         self.proc_mut()
             .mm
@@ -713,6 +722,7 @@ impl Kernel {
         self.dev.rng.fill(&mut random);
         // The top 128 KiB are plenty for arguments and environment.
         let window = stack_size.min(128 << 10);
+        self.populate(top - window, top, true)?;
         // SAFETY: the window lies inside the stack region reserved above.
         let mem =
             unsafe { core::slice::from_raw_parts_mut((top - window) as *mut u8, window as usize) };
@@ -750,6 +760,8 @@ static FAULT_RESUME: FaultResume = FaultResume(UnsafeCell::new((
         rip: 0,
         rflags: 0,
         rsp: 0,
+        rcx: 0,
+        r11: 0,
     },
     arch::FxArea([0; 512]),
 )));
@@ -781,20 +793,8 @@ pub fn fault(regs: &FaultInfo, fx: &arch::FxArea) -> ! {
         exit_signal(signal)
     };
     k.meter.enter_kernel(k.clock.cpu_ticks());
-    if k.debug_enabled() {
-        let mut m = MsgBuf::new();
-        let _ = write!(
-            m,
-            "capsa guest: pid {}: exception {} (error {:#x}) at rip {:#x}, cr2 {:#x}, rsp {:#x}, rax {:#x}: signal {}",
-            k.cur, frame.vector, frame.error, frame.rip, frame.cr2, frame.rsp, regs.rax, signal
-        );
-        arch::debug(m.as_bytes());
-    }
     // SAFETY: see `FaultResume`.
     let (rf, rfx) = unsafe { &mut *FAULT_RESUME.0.get() };
-    // A handler for the signal, not blocked: it runs on the faulting
-    // context, with the fault's address in its siginfo. rcx and r11 are not
-    // kept across the handler (the return path uses them, see main.rs).
     *rf = SyscallFrame {
         rax: regs.rax,
         rdi: regs.rdi,
@@ -812,8 +812,43 @@ pub fn fault(regs: &FaultInfo, fx: &arch::FxArea) -> ! {
         rip: frame.rip,
         rflags: frame.rflags,
         rsp: frame.rsp,
+        rcx: regs.rcx,
+        r11: regs.r11,
     };
     *rfx = *fx;
+    // A page the mappings allow but that has no frame yet (or is shared
+    // copy-on-write): back it and run the instruction again.
+    const PF_WRITE: u64 = 2;
+    let write = frame.error & PF_WRITE != 0;
+    if frame.vector == 14
+        && k.frames.is_user(frame.cr2)
+        && k.proc().mm.vmas.allows(frame.cr2, frame.cr2 + 1, write)
+    {
+        match k.page_fault(frame.cr2, write) {
+            Ok(()) => {
+                k.meter.leave_kernel(k.clock.cpu_ticks());
+                arch::return_user(rf, rfx)
+            }
+            Err(Errno::ENOMEM) => {
+                // The OOM killer chose this process: the next task runs.
+                k.finish_fault(rf, rfx);
+                k.meter.leave_kernel(k.clock.cpu_ticks());
+                arch::return_user(rf, rfx)
+            }
+            Err(_) => {}
+        }
+    }
+    if k.debug_enabled() {
+        let mut m = MsgBuf::new();
+        let _ = write!(
+            m,
+            "capsa guest: pid {}: exception {} (error {:#x}) at rip {:#x}, cr2 {:#x}, rsp {:#x}, rax {:#x}: signal {}",
+            k.cur, frame.vector, frame.error, frame.rip, frame.cr2, frame.rsp, regs.rax, signal
+        );
+        arch::debug(m.as_bytes());
+    }
+    // A handler for the signal, not blocked: it runs on the faulting
+    // context, with the fault's address in its siginfo.
     // SEGV_ACCERR when a mapping covers the address (its protection said
     // no), SEGV_MAPERR when none does.
     let mapped = frame.vector == 14 && k.proc_mut().mm.vmas.get(frame.cr2).is_some();

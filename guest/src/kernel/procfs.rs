@@ -11,7 +11,6 @@ use crate::errno::{Errno, Result};
 use crate::fs::fd::File;
 use crate::fs::procfs::*;
 use crate::kernel::Kernel;
-use crate::mm::space::SLOT;
 use crate::task::signal::SigMask;
 use crate::task::Process;
 
@@ -31,6 +30,10 @@ fn from_state(info: &mut ProcInfo, process: &Process, sigmask: &SigMask) {
         }
     }
     info.vmas = mm.vmas.iter().collect();
+    info.resident = process
+        .space
+        .as_ref()
+        .map_or(0, |s| s.resident_pages() * crate::mm::PAGE_SIZE);
     info.stack = mm.stack;
     info.brk = (mm.brk_start, mm.brk_end);
 }
@@ -130,6 +133,7 @@ impl Kernel {
             fds: Vec::new(),
             threads: self.procs.threads(tgid).len().max(1),
             cpu: [0; 4],
+            resident: 0,
         };
         let own = self.process_cpu(tgid).unwrap_or_default();
         let children = task.cpu_children;
@@ -218,7 +222,7 @@ impl Kernel {
 
     fn meminfo(&self) -> Vec<u8> {
         let total = self.ram_size / 1024;
-        let free = self.frames.available() * (SLOT / 1024);
+        let free = self.frames.available() * (crate::mm::PAGE_SIZE / 1024);
         format!(
             "MemTotal:       {total:8} kB\nMemFree:        {free:8} kB\n\
              MemAvailable:   {free:8} kB\nBuffers:               0 kB\n\

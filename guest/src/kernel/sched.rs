@@ -31,9 +31,9 @@ pub unsafe fn fx_of(frame: *const SyscallFrame) -> &'static mut FxArea {
 }
 
 /// The user memory of an address space loaded in CR3, for the robust-list
-/// walk: only slots the space backs in the user range, and only pages its
-/// mappings let the application read (or write), are touched, so a bad
-/// pointer is a failed access, never a kernel fault.
+/// walk: only pages present in the space with the rights the access
+/// needs, and that its mappings let the application read (or write), are
+/// touched, so a bad pointer is a failed access, never a kernel fault.
 struct LoadedSpace<'a> {
     space: &'a Space,
     frames: &'a Frames,
@@ -43,8 +43,11 @@ struct LoadedSpace<'a> {
 impl LoadedSpace<'_> {
     fn check(&self, addr: u64, len: u64, write: bool) -> Option<*mut u8> {
         let end = addr.checked_add(len)?;
-        let ok = |va: u64| self.frames.is_user(va) && self.space.is_mapped(va);
-        (ok(addr) && ok(end - 1) && self.vmas.allows(addr, end, write)).then_some(addr as *mut u8)
+        let ok = self.frames.is_user(addr)
+            && self.frames.is_user(end - 1)
+            && self.vmas.allows(addr, end, write)
+            && self.space.accessible(addr, end, write);
+        ok.then_some(addr as *mut u8)
     }
 }
 
@@ -244,7 +247,7 @@ impl Kernel {
             if let Some(parent) = vfork_parent {
                 self.return_vfork_memory(parent, take(&mut p.mm), space);
             } else if let Some(space) = space {
-                space.release(&mut self.frames);
+                space.release(&self.frames);
             }
         }
         self.procs.reparent(pid);
@@ -327,7 +330,7 @@ impl Kernel {
             None => {
                 if let Some(space) = space {
                     self.load_space();
-                    space.release(&mut self.frames);
+                    space.release(&self.frames);
                 }
             }
         }
@@ -462,7 +465,7 @@ impl Kernel {
         if ret == Errno::EBLOCK.to_ret() {
             // Re-execute the `syscall` instruction (2 bytes) with the
             // original number when the process runs again.
-            frame.rip = frame.rip.wrapping_sub(2);
+            frame.resume_after_syscall_at(frame.rip.wrapping_sub(2));
             frame.rax = nr;
             self.thread_mut().blocked_nr = Some(nr);
             self.block_current();

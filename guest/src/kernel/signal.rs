@@ -86,7 +86,7 @@ impl Kernel {
             if let Some(nr) = self.thread_mut().blocked_nr.take() {
                 if action.flags & SA_RESTART == 0 || !restartable(nr) {
                     // The handler returns to after the call, which failed.
-                    frame.rip = frame.rip.wrapping_add(2);
+                    frame.resume_after_syscall_at(frame.rip.wrapping_add(2));
                     frame.rax = Errno::EINTR.to_ret() as u64;
                     self.thread_mut().restart_deadline = None;
                     self.block_deadline = None;
@@ -192,6 +192,7 @@ impl Kernel {
         frame.rdx = at + FRAME_UC;
         frame.rax = 0;
         frame.rflags &= !0x500; // TF, DF
+        frame.resume_after_syscall_at(action.handler);
         *fx = FxArea::initial();
         Ok(())
     }

@@ -23,36 +23,22 @@ impl Kernel {
         self.check_user(ptr, len, true)
     }
 
-    /// Checks that `[ptr, ptr + len)` is RAM the application may name and
-    /// its pages allow what the kernel is about to do for it.
+    /// Checks that `[ptr, ptr + len)` is memory the application may name
+    /// and its pages allow what the kernel is about to do for it, and
+    /// gives every page a frame (copying shared copy-on-write pages about
+    /// to be written), so the kernel's access cannot fault.
     fn check_user(&self, ptr: u64, len: usize, write: bool) -> Result<()> {
         if len == 0 {
             return Ok(());
         }
         let end = ptr.checked_add(len as u64).ok_or(Errno::EFAULT)?;
-        if ptr < USER_MIN || end > self.ram_size {
+        if ptr < USER_MIN || !self.frames.is_user(ptr) || !self.frames.is_user(end - 1) {
             return Err(Errno::EFAULT);
         }
-        // User slots must be backed in the current space (others are the
-        // kernel's, identity mapped everywhere).
-        if let Some(space) = &self.proc().space {
-            let mut slot = crate::mm::space::slot_of(ptr);
-            while slot < end {
-                if self.frames.is_user(slot) && !space.is_mapped(slot) {
-                    return Err(Errno::EFAULT);
-                }
-                slot += crate::mm::space::SLOT;
-            }
-        }
-        // The application's memory must be mapped with protections that
-        // allow the access: touching a page they forbid would fault in the
-        // kernel. (Kernel slots are always mapped.)
-        if self.frames.is_user(crate::mm::space::slot_of(ptr))
-            && !self.proc().mm.vmas.allows(ptr, end, write)
-        {
+        if !self.proc().mm.vmas.allows(ptr, end, write) {
             return Err(Errno::EFAULT);
         }
-        Ok(())
+        self.populate(ptr, end, write)
     }
 
     /// The application's buffer `[ptr, ptr + len)`, for the kernel to read.
@@ -83,16 +69,11 @@ impl Kernel {
             return Err(Errno::EFAULT);
         }
         let max = crate::fs::vfs::PATH_MAX as u64;
-        let avail = self
-            .ram_size
-            .checked_sub(ptr)
-            .ok_or(Errno::EFAULT)?
-            .min(max);
         // Stop at the last readable page rather than fault on a string
         // that ends just before an unmapped or forbidden one.
-        let mut avail = avail;
+        let mut avail = max;
         while avail > 0 && self.user_range(ptr, avail as usize).is_err() {
-            let last_page = crate::mm::page_down(ptr + avail - 1);
+            let last_page = crate::mm::page_down(ptr.saturating_add(avail - 1));
             avail = last_page.saturating_sub(ptr);
         }
         if avail == 0 {

@@ -2,24 +2,14 @@
 //! file), munmap, mprotect, mremap, msync, madvise. See `crate::mm` for
 //! how mappings become page tables and protections are enforced.
 
+use crate::arch;
 use crate::errno::{Errno, Result};
 use crate::kernel::mm::write_back;
 use crate::kernel::{Kernel, MappedFile};
-use crate::mm::{
-    page_up, space, MAP_ANONYMOUS, MAP_FIXED, MAP_SHARED, PAGE_SIZE, PROT_READ, PROT_WRITE,
-};
+use crate::mm::{page_up, MAP_ANONYMOUS, MAP_FIXED, MAP_SHARED, PAGE_SIZE, PROT_READ, PROT_WRITE};
 
 const MREMAP_MAYMOVE: u32 = 1;
-
-/// Clears application memory being released or replaced, whatever its
-/// pages allow the application.
-fn zero_range(start: u64, end: u64) {
-    for (at, n) in space::kernel_view(start, end - start, false) {
-        // SAFETY: a view of backed application memory (see `kernel_view`)
-        // the application is giving up.
-        unsafe { core::ptr::write_bytes(at as *mut u8, 0, n as usize) }
-    }
-}
+const MAP_NORESERVE: u32 = 0x4000;
 
 impl Kernel {
     /// Writes back and forgets the `MAP_SHARED` file mappings in `[start, end)`.
@@ -31,50 +21,21 @@ impl Kernel {
         }
     }
 
-    /// Guest RAM ran out for a mapping of `len` bytes. As Linux's
-    /// heuristic overcommit, a request larger than all of RAM is refused
-    /// (`ENOMEM`); otherwise, as its OOM killer, the process holding the
-    /// most memory is killed with SIGKILL and the kill reported on the
-    /// console's stderr. Returns whether the caller survived to retry.
-    fn out_of_memory(&mut self, len: u64) -> Result<bool> {
-        if len > self.ram_size {
-            return Err(Errno::ENOMEM);
+    /// Drops the frames behind `[start, end)` of the current process, so
+    /// the pages read as zero when next touched.
+    fn discard(&mut self, start: u64, end: u64) {
+        let Some(space) = self.proc().space.as_ref() else {
+            return;
+        };
+        if space.discard(&self.frames, start, end) {
+            arch::load_cr3(space.cr3());
+            self.loaded_cr3 = space.cr3();
         }
-        let me = self.procs.tgid(self.cur);
-        let slots = |space: Option<&crate::mm::space::Space>| space.map_or(0, |s| s.slot_count());
-        let mut victim = (me, slots(self.proc().space.as_ref()), self.proc().comm);
-        for (&tgid, p) in &self.processes {
-            if tgid != me && slots(p.space.as_ref()) > victim.1 {
-                victim = (tgid, slots(p.space.as_ref()), p.comm);
-            }
-        }
-        let (pid, held, comm) = victim;
-        let len = comm.iter().position(|&b| b == 0).unwrap_or(16);
-        let msg = alloc::format!(
-            "capsa: out of memory: killed process {pid} ({}, {} MiB)\n",
-            alloc::string::String::from_utf8_lossy(&comm[..len]),
-            held as u64 * (crate::mm::space::SLOT >> 20)
-        );
-        crate::kernel::stderr_message(&mut self.dev, msg.as_bytes());
-        self.terminate(
-            pid,
-            crate::task::process::ExitStatus::Signaled {
-                signal: 9,
-                core: false,
-            },
-        );
-        Ok(pid != me)
     }
 
     pub fn sys_brk(&mut self, addr: u64) -> u64 {
-        let old = self.proc_mut().mm.brk;
-        let new = self.proc_mut().mm.brk(addr, &mut zero_range);
-        if self.back().is_err() {
-            // No frame for the growth: the break stays where it was.
-            self.proc_mut().mm.brk(old, &mut zero_range);
-            let _ = self.back();
-            return old;
-        }
+        let new = self.proc_mut().mm.brk(addr);
+        let _ = self.back();
         new
     }
 
@@ -100,45 +61,31 @@ impl Kernel {
                 return Err(Errno::EACCES);
             }
         }
+        // Linux's heuristic overcommit (vm.overcommit_memory=0): only a
+        // private writable mapping larger than all of RAM is refused;
+        // reservations (PROT_NONE, MAP_NORESERVE) cost nothing until used.
+        let committed = flags & MAP_SHARED == 0 && prot & PROT_WRITE != 0;
+        if committed && flags & MAP_NORESERVE == 0 && len > self.ram_size {
+            return Err(Errno::ENOMEM);
+        }
         if flags & MAP_FIXED != 0 {
             if let Some(end) = page_up(len).and_then(|l| addr.checked_add(l)) {
                 self.unmap_files(addr, end);
             }
         }
-        let start = loop {
-            // Addresses are guest-physical ones (see `crate::mm`): running
-            // out of them is running out of memory too.
-            // A file mapping is filled by the kernel, so it starts writable
-            // and gets its protection once filled.
-            let fill_prot = if file.is_some() {
-                prot | PROT_READ | PROT_WRITE
-            } else {
-                prot
-            };
-            let start = match self
-                .proc_mut()
-                .mm
-                .map(addr, len, fill_prot, flags, &mut zero_range)
-            {
-                Ok(start) => start,
-                Err(Errno::ENOMEM) if flags & MAP_FIXED == 0 && self.out_of_memory(len)? => {
-                    continue
-                }
-                Err(e) => return Err(e),
-            };
-            match self.back() {
-                Ok(()) => break start,
-                Err(e) => {
-                    let _ = self.proc_mut().mm.unmap(start, len, &mut zero_range);
-                    let _ = self.back();
-                    if e != Errno::ENOMEM || !self.out_of_memory(len)? {
-                        return Err(e);
-                    }
-                }
-            }
+        // A file mapping is filled by the kernel, so it starts writable
+        // and gets its protection once filled.
+        let fill_prot = if file.is_some() {
+            prot | PROT_READ | PROT_WRITE
+        } else {
+            prot
         };
+        let start = self.proc_mut().mm.map(addr, len, fill_prot, flags)?;
+        let mapped = page_up(len).ok_or(Errno::ENOMEM)?;
+        // What a fixed mapping replaced is gone: fresh pages read as zero.
+        self.discard(start, start + mapped);
+        self.back()?;
         if let Some(file) = file {
-            let mapped = page_up(len).ok_or(Errno::ENOMEM)?;
             let dst = self.user_buf_mut(start, len as usize);
             let read = dst.and_then(|dst| self.read_file_into(fd, offset, dst));
             let protected = read.and_then(|_| {
@@ -146,7 +93,7 @@ impl Kernel {
                 self.back()
             });
             if let Err(e) = protected {
-                let _ = self.proc_mut().mm.unmap(start, mapped, &mut zero_range);
+                let _ = self.proc_mut().mm.unmap(start, mapped);
                 let _ = self.back();
                 return Err(e);
             }
@@ -168,7 +115,7 @@ impl Kernel {
                 self.unmap_files(addr, end);
             }
         }
-        self.proc_mut().mm.unmap(addr, len, &mut zero_range)?;
+        self.proc_mut().mm.unmap(addr, len)?;
         self.back()?;
         Ok(0)
     }
@@ -198,25 +145,22 @@ impl Kernel {
         Ok(0)
     }
 
-    /// madvise: the access-pattern and huge-page hints change nothing here
-    /// (memory is already resident in 2 MiB frames), so accepting them is
-    /// their whole effect; `MADV_DONTNEED` zero-fills the private parts of
-    /// the range, which is what the next read of private anonymous memory
-    /// sees on Linux (private file mappings, which Linux would re-read from
-    /// the file, read back as zero too).
-    /// `MADV_FREE` may keep the contents, as Linux may.
+    /// madvise: the access-pattern and huge-page hints change nothing
+    /// here, so accepting them is their whole effect. `MADV_DONTNEED`
+    /// and `MADV_FREE` give the frames of private memory back, which then
+    /// reads as zero, as on Linux (private file mappings, which Linux
+    /// would read again from the file, read back as zero too); shared
+    /// memory keeps its contents.
     pub fn sys_madvise(&mut self, addr: u64, len: u64, advice: u32) -> Result<u64> {
         const MADV_DONTNEED: u32 = 4;
-        const MADV_REMOVE: u32 = 9;
-        const MADV_HWPOISON: u32 = 100;
+        const MADV_FREE: u32 = 8;
         if !addr.is_multiple_of(PAGE_SIZE) {
             return Err(Errno::EINVAL);
         }
         let len = page_up(len).ok_or(Errno::EINVAL)?;
         let end = addr.checked_add(len).ok_or(Errno::EINVAL)?;
         match advice {
-            0..=3 | 8 | 10..=21 | MADV_DONTNEED => {}
-            MADV_REMOVE | MADV_HWPOISON => return Err(Errno::EINVAL),
+            0..=3 | MADV_DONTNEED | MADV_FREE | 10..=21 => {}
             _ => return Err(Errno::EINVAL),
         }
         if len == 0 {
@@ -225,11 +169,9 @@ impl Kernel {
         if !self.proc_mut().mm.vmas.covers(addr, end) {
             return Err(Errno::ENOMEM);
         }
-        if advice == MADV_DONTNEED {
-            // Shared memory keeps its contents (the pages stay in the
-            // shared object), private memory reads back as zero.
+        if advice == MADV_DONTNEED || advice == MADV_FREE {
             for (s, e) in self.proc_mut().mm.vmas.private_ranges(addr, end) {
-                zero_range(s, e);
+                self.discard(s, e);
             }
         }
         Ok(0)
@@ -251,6 +193,8 @@ impl Kernel {
         Ok(0)
     }
 
+    /// mremap: shrinks, grows in place, or moves the pages themselves
+    /// (their frames, not copies) to a new range.
     pub fn sys_mremap(
         &mut self,
         old: u64,
@@ -268,44 +212,42 @@ impl Kernel {
         if new_len <= old_len {
             if new_len < old_len {
                 self.unmap_files(old + new_len, old + old_len);
-                self.proc_mut()
-                    .mm
-                    .unmap(old + new_len, old_len - new_len, &mut zero_range)?;
+                self.proc_mut().mm.unmap(old + new_len, old_len - new_len)?;
                 self.back()?;
             }
             return Ok(old);
         }
-        // Grow in place when the memory after the mapping is free.
+        // Grow in place when the addresses after the mapping are free.
         let tail = old + old_len;
         if vma.end == tail && self.proc_mut().mm.regions.reserve(tail, old + new_len) {
             self.proc_mut()
                 .mm
                 .vmas
-                .insert(tail, old + new_len, vma.prot);
-            if let Err(e) = self.back() {
-                self.proc_mut().mm.vmas.remove(tail, old + new_len);
-                self.proc_mut().mm.regions.free(tail, old + new_len);
-                let _ = self.back();
-                return Err(e);
-            }
+                .insert_vma(tail, old + new_len, vma.prot, vma.shared);
+            self.back()?;
             return Ok(old);
         }
         if flags & MREMAP_MAYMOVE == 0 {
             return Err(Errno::ENOMEM);
         }
+        let shared = if vma.shared { MAP_SHARED } else { 0 };
         let new = self
             .proc_mut()
             .mm
-            .map(0, new_len, vma.prot, MAP_ANONYMOUS, &mut zero_range)?;
-        if let Err(e) = self.back() {
-            let _ = self.proc_mut().mm.unmap(new, new_len, &mut zero_range);
-            let _ = self.back();
-            return Err(e);
-        }
-        // The new range was free until now: no overlap.
-        space::copy_within_space(new, old, old_len);
-        // A shared file mapping moves with its file (as a private copy of
-        // its memory: see docs/syscalls.md).
+            .map(0, new_len, vma.prot, MAP_ANONYMOUS | shared)?;
+        let moved = match self.proc().space.as_ref() {
+            Some(space) => space.move_pages(old, new, old_len),
+            None => Ok(false),
+        };
+        let moved = match moved {
+            Ok(moved) => moved,
+            Err(e) => {
+                let _ = self.proc_mut().mm.unmap(new, new_len);
+                let _ = self.back();
+                return Err(e);
+            }
+        };
+        // A shared file mapping moves with its file.
         for m in self.proc_mut().mm.files.take(old, old + old_len) {
             self.proc_mut().mm.files.insert(MappedFile {
                 start: m.start - old + new,
@@ -313,7 +255,14 @@ impl Kernel {
                 ..m
             });
         }
-        self.proc_mut().mm.unmap(old, old_len, &mut zero_range)?;
+        self.proc_mut().mm.unmap(old, old_len)?;
+        if moved {
+            // The old range's entries went away.
+            if let Some(space) = self.proc().space.as_ref() {
+                arch::load_cr3(space.cr3());
+                self.loaded_cr3 = space.cr3();
+            }
+        }
         self.back()?;
         Ok(new)
     }

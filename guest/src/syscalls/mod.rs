@@ -24,8 +24,16 @@ pub fn entry(frame: &mut SyscallFrame) {
     let fx = unsafe { crate::kernel::sched::fx_of(frame) };
     let nr = frame.rax;
     let ret = k.dispatch(frame);
+    if k.oom_pending.get() {
+        k.out_of_memory();
+    }
     k.finish_syscall(frame, fx, nr, ret);
     k.meter.leave_kernel(k.clock.cpu_ticks());
+    if frame.needs_full_return() {
+        // A signal handler's return, or a switch to a task that was
+        // interrupted by a fault: the trampoline's return would lose rcx/r11.
+        crate::arch::return_user(frame, fx)
+    }
 }
 
 impl Kernel {

@@ -119,24 +119,43 @@ impl Kernel {
             None
         } else {
             let started = self.clock.monotonic_ns();
+            // Shared memory must have its frames before they are shared:
+            // a page first touched after the fork would be each side's own.
+            let shared: Vec<(u64, u64)> = self
+                .proc()
+                .mm
+                .vmas
+                .shared()
+                .map(|(s, e, _)| (s, e))
+                .collect();
+            for &(s, e) in &shared {
+                self.populate(s, e, false).map_err(|_| Errno::ENOMEM)?;
+            }
             let tgid = self.procs.tgid(self.cur);
             let parent = self.processes.get(&tgid);
-            let shared = parent.map(|p| p.mm.vmas.shared_slots()).unwrap_or_default();
+            let vmas = parent.map(|p| &p.mm.vmas);
+            let is_shared = |va: u64| vmas.and_then(|v| v.get(va)).is_some_and(|(_, v)| v.shared);
             let copy = parent
                 .and_then(|p| p.space.as_ref())
-                .map(|s| s.fork(&mut self.frames, &shared))
+                .map(|s| s.fork(&self.frames, is_shared))
                 .transpose()
                 .map_err(|_| Errno::ENOMEM)?;
+            let copy = copy.map(|(child, flush)| {
+                if flush {
+                    // The parent's pages just became read-only.
+                    arch::load_cr3(self.loaded_cr3);
+                }
+                child
+            });
             self.last_fork_ns = self.clock.monotonic_ns().saturating_sub(started);
             if self.debug_enabled() {
                 let mut m = crate::kernel::MsgBuf::new();
                 let _ = core::fmt::Write::write_fmt(
                     &mut m,
                     format_args!(
-                        "capsa guest: fork of pid {}: {} slots ({} dirty) in {} us",
+                        "capsa guest: fork of pid {}: {} pages in {} us",
                         self.cur,
-                        copy.as_ref().map_or(0, Space::slot_count),
-                        copy.as_ref().map_or(0, Space::dirty_count),
+                        copy.as_ref().map_or(0, Space::resident_pages),
                         self.last_fork_ns / 1000
                     ),
                 );
@@ -149,7 +168,7 @@ impl Kernel {
             Ok(pid) => pid,
             Err(e) => {
                 if let Some(s) = space {
-                    s.release(&mut self.frames);
+                    s.release(&self.frames);
                 }
                 return Err(e);
             }
@@ -473,7 +492,7 @@ impl Kernel {
                 let maps = old_mm.files.take(0, u64::MAX);
                 crate::kernel::mm::write_back(old_space.as_ref(), &mut self.dev, maps);
                 if let Some(s) = old_space {
-                    s.release(&mut self.frames);
+                    s.release(&self.frames);
                 }
             }
         }
@@ -1001,7 +1020,7 @@ impl Kernel {
 
     pub fn sys_sysinfo(&mut self, out: u64) -> Result<u64> {
         let mut s = [0u8; 112];
-        let free = self.proc_mut().mm.regions.free_bytes();
+        let free = self.frames.available() * crate::mm::PAGE_SIZE;
         let fields: [(usize, u64); 4] = [
             (0, self.clock.since_boot_ns() / 1_000_000_000),
             (32, self.ram_size),

@@ -74,7 +74,7 @@ pub const USER_FLAGS: u64 = 0x0004_0dd5;
 /// The `sigcontext` words for `f` (fpstate pointer and mask filled in later).
 pub fn mcontext(f: &SyscallFrame) -> [u64; 32] {
     let mut m = [0u64; 32];
-    let gprs = [f.r8, f.r9, f.r10, 0, f.r12, f.r13, f.r14, f.r15];
+    let gprs = [f.r8, f.r9, f.r10, f.r11, f.r12, f.r13, f.r14, f.r15];
     m[MC_R8..MC_R8 + 8].copy_from_slice(&gprs);
     m[MC_RDI] = f.rdi;
     m[MC_RSI] = f.rsi;
@@ -82,7 +82,7 @@ pub fn mcontext(f: &SyscallFrame) -> [u64; 32] {
     m[MC_RBX] = f.rbx;
     m[MC_RDX] = f.rdx;
     m[MC_RAX] = f.rax;
-    m[MC_RCX] = f.rip;
+    m[MC_RCX] = f.rcx;
     m[MC_RSP] = f.rsp;
     m[MC_RIP] = f.rip;
     m[MC_EFLAGS] = f.rflags;
@@ -91,12 +91,12 @@ pub fn mcontext(f: &SyscallFrame) -> [u64; 32] {
     m
 }
 
-/// The registers a `sigcontext` restores into `f` (rcx and r11 are the
-/// return address and flags in this kernel's return path).
+/// The registers a `sigcontext` restores into `f`.
 pub fn restore_mcontext(f: &mut SyscallFrame, m: &[u64; 32]) {
     f.r8 = m[MC_R8];
     f.r9 = m[MC_R8 + 1];
     f.r10 = m[MC_R8 + 2];
+    f.r11 = m[MC_R8 + 3];
     f.r12 = m[MC_R8 + 4];
     f.r13 = m[MC_R8 + 5];
     f.r14 = m[MC_R8 + 6];
@@ -107,6 +107,7 @@ pub fn restore_mcontext(f: &mut SyscallFrame, m: &[u64; 32]) {
     f.rbx = m[MC_RBX];
     f.rdx = m[MC_RDX];
     f.rax = m[MC_RAX];
+    f.rcx = m[MC_RCX];
     f.rsp = m[MC_RSP];
     f.rip = m[MC_RIP];
     f.rflags = (f.rflags & !USER_FLAGS) | (m[MC_EFLAGS] & USER_FLAGS);
@@ -269,8 +270,11 @@ mod tests {
             rip: 0x401000,
             rflags: 0x246,
             rsp: 0x7000,
+            rcx: 14,
+            r11: 15,
         };
         let mut m = mcontext(&f);
+        assert_eq!((m[MC_RCX], m[MC_R8 + 3]), (14, 15), "a fault's rcx and r11");
         assert_eq!(m[MC_RIP], 0x401000);
         assert_eq!(m[MC_R8 + 1], 7);
         m[MC_EFLAGS] |= 0x3000; // IOPL: not the handler's to change

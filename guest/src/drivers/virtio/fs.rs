@@ -31,7 +31,9 @@ impl VirtioFs {
         let dev = unsafe { MmioDevice::new(base) };
         // Config: tag[36], then num_request_queues.
         let request_queues = dev.config_read32(36).clamp(1, 8);
-        let queues = dev.init(1 + request_queues, 16)?;
+        // A user buffer's pages need not be physically adjacent: one
+        // descriptor per page of a `MAX_IO` request must fit.
+        let queues = dev.init(1 + request_queues, 256)?;
         if queues.len() < 2 {
             return Err(InitError::NotVirtio);
         }

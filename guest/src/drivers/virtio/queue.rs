@@ -91,13 +91,13 @@ impl Virtqueue {
     /// Makes a chain of `bufs` available to the device. Fails if the chain is
     /// longer than the queue or empty.
     pub fn push(&mut self, bufs: &[Buf]) -> bool {
-        // Buffers hold virtual addresses; a user buffer may span 2 MiB
-        // slots backed by unrelated frames, so each becomes one descriptor
-        // per slot (see `mm::space`).
+        // Buffers hold virtual addresses; a user buffer may span pages
+        // backed by unrelated frames, so each becomes one descriptor per
+        // physically contiguous run (see `mm::space`).
         let mut pieces = alloc::vec::Vec::with_capacity(bufs.len());
         for b in bufs {
             let mut split = alloc::vec::Vec::new();
-            crate::mm::space::dma_pieces(b.addr, b.len, b.writable, &mut split);
+            crate::mm::space::dma_pieces(b.addr, b.len, &mut split);
             pieces.extend(split.into_iter().map(|(addr, len)| Buf {
                 addr,
                 len,

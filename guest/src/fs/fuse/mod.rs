@@ -15,7 +15,7 @@ use crate::drivers::virtio::fs::{FsDevice, MAX_CHAIN};
 use crate::errno::{Errno, Result};
 
 /// Largest READ/WRITE/READDIR payload per request.
-pub const MAX_IO: usize = 1 << 20;
+pub const MAX_IO: usize = 512 << 10;
 
 /// Something that carries FUSE requests (the virtio-fs device, or a test double).
 pub trait FuseTransport {
