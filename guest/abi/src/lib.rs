@@ -202,4 +202,18 @@ pub mod control {
     /// One 32-bit register store of a batch: `addr` (guest-physical, in a
     /// virtio-mmio window), `value`, then 4 bytes of padding.
     pub const MMIO_WRITE_SIZE: u64 = 16;
+    /// Write: guest-physical address of an array of free-page records of
+    /// [`FREE_RANGE_SIZE`] bytes each.
+    pub const FREE_PAGES_ADDR: u64 = 0x60;
+    /// Write: the number of records at `FREE_PAGES_ADDR` (at most
+    /// [`MAX_FREE_RANGES`]). Each names guest RAM the guest no longer uses
+    /// (start and length, both 4 KiB aligned); the VMM gives the host
+    /// memory behind it back, so the guest reads it as zero from then on.
+    /// This is free page reporting: a guest that burst and went idle
+    /// shrinks back on the host.
+    pub const FREE_PAGES_LEN: u64 = 0x68;
+    /// Most records one report may hold.
+    pub const MAX_FREE_RANGES: u64 = 256;
+    /// One free range: guest-physical start, then length, 8 bytes each.
+    pub const FREE_RANGE_SIZE: u64 = 16;
 }

@@ -89,6 +89,21 @@ const IDENTITY_GIB: usize = 4;
 /// not touch a table for all of RAM.
 const CHUNK: usize = 1024;
 
+/// Free frames that make the guest report them to the VMM (4 MiB).
+const REPORT_BATCH: usize = 1024;
+
+/// Sorted frames as `[start, length]` runs of adjacent pages.
+fn runs_of(frames: &[u64]) -> Vec<[u64; 2]> {
+    let mut runs: Vec<[u64; 2]> = Vec::new();
+    for &f in frames {
+        match runs.last_mut() {
+            Some(run) if run[0] + run[1] == f => run[1] += PAGE,
+            _ => runs.push([f, PAGE]),
+        }
+    }
+    runs
+}
+
 /// PML4 of the loaded address space (0: the VMM's identity map, as in host tests).
 static ACTIVE_PML4: AtomicU64 = AtomicU64::new(0);
 
@@ -173,8 +188,12 @@ fn phys(pa: u64) -> *mut u8 {
 struct FrameBooks {
     /// Holders per frame, in chunks of `CHUNK` frames made on first use.
     refs: Vec<Option<Box<[u32; CHUNK]>>>,
-    /// Frames given back, to be cleared when handed out again.
+    /// Frames given back, to be cleared when handed out again (the host
+    /// still backs them: reusing one costs no host fault).
     free: Vec<u64>,
+    /// Frames given back and reported to the VMM, which dropped the host
+    /// memory behind them: they read as zero.
+    reported: Vec<u64>,
     /// Frames from here to `user_hi` were never handed out (still zero,
     /// and never touched, so the host has not backed them yet).
     fresh: u64,
@@ -208,6 +227,7 @@ impl Frames {
             books: RefCell::new(FrameBooks {
                 refs,
                 free: Vec::new(),
+                reported: Vec::new(),
                 fresh: user_lo,
                 used: 0,
             }),
@@ -272,28 +292,31 @@ impl Frames {
         chunk[i]
     }
 
-    /// A zero frame with one holder.
+    /// A zero frame with one holder: a recycled one still backed by the
+    /// host first (cleared here), then one the host dropped, then one
+    /// never used.
     pub fn alloc(&self) -> Option<u64> {
-        let recycled = {
+        let (frame, clear) = {
             let mut books = self.books.borrow_mut();
-            match books.free.pop() {
-                Some(f) => Some(f),
-                None if books.fresh + PAGE <= self.user_hi => {
-                    books.fresh += PAGE;
-                    books.used += 1;
-                    let f = books.fresh - PAGE;
-                    drop(books);
-                    self.add_holders(f, 1);
-                    return Some(f);
-                }
-                None => None,
-            }
-        }?;
-        self.books.borrow_mut().used += 1;
-        // SAFETY: a whole free frame nobody maps, through the physical window.
-        unsafe { core::ptr::write_bytes(phys(recycled), 0, PAGE as usize) };
-        self.add_holders(recycled, 1);
-        Some(recycled)
+            let taken = if let Some(f) = books.free.pop() {
+                (f, true)
+            } else if let Some(f) = books.reported.pop() {
+                (f, false)
+            } else if books.fresh + PAGE <= self.user_hi {
+                books.fresh += PAGE;
+                (books.fresh - PAGE, false)
+            } else {
+                return None;
+            };
+            books.used += 1;
+            taken
+        };
+        if clear {
+            // SAFETY: a whole free frame nobody maps, through the physical window.
+            unsafe { core::ptr::write_bytes(phys(frame), 0, PAGE as usize) };
+        }
+        self.add_holders(frame, 1);
+        Some(frame)
     }
 
     /// One more entry points to `pa`.
@@ -307,7 +330,31 @@ impl Frames {
             let mut books = self.books.borrow_mut();
             books.free.push(pa);
             books.used = books.used.saturating_sub(1);
+            if books.free.len() >= REPORT_BATCH {
+                drop(books);
+                self.report_free();
+            }
         }
+    }
+
+    /// Free page reporting: tells the VMM which free frames the host may
+    /// drop (`control::FREE_PAGES_*`), as runs of adjacent frames, and
+    /// keeps them as known-zero frames. Batched, since each report is an
+    /// exit: a process giving back memory and taking it again soon after
+    /// keeps reusing frames the host still backs.
+    fn report_free(&self) {
+        use capsa_abi::control;
+        let mut frames = core::mem::take(&mut self.books.borrow_mut().free);
+        frames.sort_unstable();
+        let runs = runs_of(&frames);
+        for chunk in runs.chunks(control::MAX_FREE_RANGES as usize) {
+            let records: Vec<[u64; 2]> = chunk.to_vec();
+            // The records live in the identity-mapped kernel heap: their
+            // address is guest-physical.
+            crate::arch::control_write(control::FREE_PAGES_ADDR, records.as_ptr() as u64);
+            crate::arch::control_write(control::FREE_PAGES_LEN, records.len() as u64);
+        }
+        self.books.borrow_mut().reported.extend(frames);
     }
 
     /// Frames not in use.
@@ -770,6 +817,29 @@ mod tests {
         assert_eq!(f.holders(a), 0);
         assert!(f.is_user(0x40_0000) && !f.is_user(0x60_0000) && !f.is_user(0x20_0000));
         assert!(f.is_user(HIGH_USER_START) && !f.is_user(USER_TOP) && !f.is_user(PHYS_BASE));
+    }
+
+    #[test]
+    fn freed_frames_are_reported_in_batches_of_runs_and_come_back_zero() {
+        assert_eq!(
+            runs_of(&[0x1000, 0x2000, 0x3000, 0x8000, 0xa000, 0xb000]),
+            vec![[0x1000, 0x3000], [0x8000, 0x1000], [0xa000, 0x2000]]
+        );
+        let f = Frames::new(0x40_0000, 0x40_0000 + 2 * REPORT_BATCH as u64 * PAGE);
+        let taken: Vec<u64> = (0..REPORT_BATCH).filter_map(|_| f.alloc()).collect();
+        for &frame in &taken[..REPORT_BATCH - 1] {
+            f.let_go(frame);
+        }
+        assert_eq!(f.books.borrow().free.len(), REPORT_BATCH - 1, "not yet");
+        f.let_go(taken[REPORT_BATCH - 1]);
+        let books = f.books.borrow();
+        assert!(books.free.is_empty());
+        assert_eq!(books.reported.len(), REPORT_BATCH);
+        drop(books);
+        assert_eq!(f.available(), f.total());
+        // Reported frames are handed out again before fresh ones.
+        let again = f.alloc().expect("frame");
+        assert!(taken.contains(&again));
     }
 
     #[test]

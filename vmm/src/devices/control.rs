@@ -1,5 +1,5 @@
 //! The capsa control registers (`capsa_abi::control`): exit status, clocks,
-//! idling, debug log and panic.
+//! idling, debug log, panic, batched MMIO and free page reporting.
 
 use std::rc::Rc;
 use std::time::Duration;
@@ -23,6 +23,7 @@ pub struct Control {
     stdin: Rc<Stdin>,
     debug_addr: u64,
     batch_addr: u64,
+    free_pages_addr: u64,
     last_message: String,
     /// Where debug lines go (the VMM's stderr outside tests).
     log: Box<dyn FnMut(&str)>,
@@ -63,6 +64,7 @@ impl Control {
             stdin,
             debug_addr: 0,
             batch_addr: 0,
+            free_pages_addr: 0,
             last_message: String::new(),
             log,
         }
@@ -87,6 +89,42 @@ impl Control {
             .map(|r| (value_of(&r[..8]), value_of(&r[8..12]) as u32))
             .collect();
         Action::MmioWrites(writes)
+    }
+
+    /// Gives the host memory behind the guest's `count` free ranges at
+    /// `free_pages_addr` back (`MADV_DONTNEED`: it reads as zero when the
+    /// guest next touches it). Records that are unaligned or reach outside
+    /// guest RAM are skipped: the guest can only drop its own memory.
+    fn release_free_pages(&self, count: u64) {
+        use vm_memory::GuestMemory as _;
+        if count == 0 || count > reg::MAX_FREE_RANGES {
+            return;
+        }
+        let mut raw = vec![0u8; (count * reg::FREE_RANGE_SIZE) as usize];
+        if self
+            .mem
+            .read_slice(&mut raw, GuestAddress(self.free_pages_addr))
+            .is_err()
+        {
+            return;
+        }
+        for record in raw.chunks_exact(reg::FREE_RANGE_SIZE as usize) {
+            let (start, len) = (value_of(&record[..8]), value_of(&record[8..]));
+            let aligned = start % 4096 == 0 && len % 4096 == 0 && len > 0;
+            let Ok(len) = usize::try_from(len) else {
+                continue;
+            };
+            if !aligned || !self.mem.check_range(GuestAddress(start), len) {
+                continue;
+            }
+            let Ok(host) = self.mem.get_host_address(GuestAddress(start)) else {
+                continue;
+            };
+            // SAFETY: `[host, host + len)` lies inside the guest RAM mapping
+            // (checked above), which stays mapped for the VM's life; the
+            // advice only drops its contents, which the guest gave up.
+            unsafe { libc::madvise(host.cast(), len, libc::MADV_DONTNEED) };
+        }
     }
 
     fn debug_message(&mut self, len: u64) {
@@ -143,6 +181,14 @@ impl BusDevice for Control {
                 Action::Continue
             }
             reg::MMIO_BATCH_LEN => self.mmio_batch(value),
+            reg::FREE_PAGES_ADDR => {
+                self.free_pages_addr = value;
+                Action::Continue
+            }
+            reg::FREE_PAGES_LEN => {
+                self.release_free_pages(value);
+                Action::Continue
+            }
             _ => Action::Continue,
         }
     }
@@ -260,5 +306,36 @@ mod tests {
             c.write(reg::MMIO_BATCH_LEN, &1u64.to_le_bytes()),
             Action::Continue
         );
+    }
+
+    #[test]
+    fn reported_free_pages_read_as_zero_and_bad_records_are_skipped() {
+        let (mut c, _) = control();
+        c.mem
+            .write_slice(&[7u8; 0x3000], GuestAddress(0x10000))
+            .unwrap();
+        let mut raw = Vec::new();
+        for (start, len) in [
+            (0x10000u64, 0x1000u64), // released
+            (0x12001, 0x1000),       // unaligned: skipped
+            (0x12000, 0),            // empty: skipped
+            (0x7f_f000, 0x10_0000),  // reaches past RAM: skipped
+        ] {
+            raw.extend_from_slice(&start.to_le_bytes());
+            raw.extend_from_slice(&len.to_le_bytes());
+        }
+        c.mem.write_slice(&raw, GuestAddress(0x6000)).unwrap();
+        c.write(reg::FREE_PAGES_ADDR, &0x6000u64.to_le_bytes());
+        assert_eq!(
+            c.write(reg::FREE_PAGES_LEN, &4u64.to_le_bytes()),
+            Action::Continue
+        );
+        let mut back = [0u8; 0x3000];
+        c.mem.read_slice(&mut back, GuestAddress(0x10000)).unwrap();
+        assert!(back[..0x1000].iter().all(|&b| b == 0), "released");
+        assert!(back[0x1000..].iter().all(|&b| b == 7), "kept");
+        // Too many records: nothing is read.
+        let too_many = reg::MAX_FREE_RANGES + 1;
+        c.write(reg::FREE_PAGES_LEN, &too_many.to_le_bytes());
     }
 }
