@@ -819,7 +819,7 @@ mod tests {
     fn guest_ram_follows_the_memory_limit() {
         assert_eq!(ram_size(None).ok(), Some(capsa_vmm::DEFAULT_RAM_SIZE));
         assert_eq!(ram_size(Some(-1)).ok(), Some(capsa_vmm::DEFAULT_RAM_SIZE));
-        assert_eq!(ram_size(Some(128 << 20)).ok(), Some(96 << 20));
+        assert_eq!(ram_size(Some(128 << 20)).ok(), Some(120 << 20));
         assert_eq!(ram_size(Some(64 << 30)).ok(), Some(capsa_abi::MAX_RAM_SIZE));
         let err = ram_size(Some(39 << 20)).expect_err("too small").to_string();
         assert!(err.starts_with("linux.resources.memory.limit: "), "{err}");
