@@ -821,9 +821,9 @@ mod tests {
         assert_eq!(ram_size(Some(-1)).ok(), Some(capsa_vmm::DEFAULT_RAM_SIZE));
         assert_eq!(ram_size(Some(128 << 20)).ok(), Some(120 << 20));
         assert_eq!(ram_size(Some(64 << 30)).ok(), Some(capsa_abi::MAX_RAM_SIZE));
-        let err = ram_size(Some(39 << 20)).expect_err("too small").to_string();
+        let err = ram_size(Some(15 << 20)).expect_err("too small").to_string();
         assert!(err.starts_with("linux.resources.memory.limit: "), "{err}");
-        assert!(ram_size(Some(40 << 20)).is_ok());
+        assert!(ram_size(Some(16 << 20)).is_ok());
     }
 
     #[test]
