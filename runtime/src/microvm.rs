@@ -85,8 +85,10 @@ pub const VMM_FAILURE_STATUS: i32 = 125;
 /// Environment variable that makes the guest log every unknown syscall.
 pub const DEBUG_SYSCALLS_ENV: &str = "CAPSA_DEBUG_SYSCALLS";
 
-/// Smallest guest RAM the VMM accepts.
-const MIN_GUEST_RAM: u64 = capsa_vmm::memory::MIN_RAM_SIZE;
+/// Smallest guest RAM a program runs in: the guest kernel's image (below
+/// 4 MiB), its heap (at least 4 MiB) and 8 MiB for the program, which is
+/// what the guest's boot checks (`kernel::heap_region`).
+const MIN_GUEST_RAM: u64 = 16 << 20;
 
 /// Tasks of the VMM process: its own thread and the worker KVM starts per
 /// VM on the first KVM_RUN (`kvm-nx-lpage-recovery`), which counts against
@@ -821,9 +823,9 @@ mod tests {
         assert_eq!(ram_size(Some(-1)).ok(), Some(capsa_vmm::DEFAULT_RAM_SIZE));
         assert_eq!(ram_size(Some(128 << 20)).ok(), Some(120 << 20));
         assert_eq!(ram_size(Some(64 << 30)).ok(), Some(capsa_abi::MAX_RAM_SIZE));
-        let err = ram_size(Some(15 << 20)).expect_err("too small").to_string();
+        let err = ram_size(Some(23 << 20)).expect_err("too small").to_string();
         assert!(err.starts_with("linux.resources.memory.limit: "), "{err}");
-        assert!(ram_size(Some(16 << 20)).is_ok());
+        assert!(ram_size(Some(24 << 20)).is_ok());
     }
 
     #[test]
