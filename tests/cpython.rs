@@ -257,3 +257,8 @@ fn files_paths_time_and_polling_modules_agree() {
         &[],
     );
 }
+
+#[test]
+fn thread_modules_agree() {
+    check_modules(&["test_queue"], &[]);
+}

@@ -1020,3 +1020,114 @@ fn the_oom_killer_kills_the_process_over_the_limit() {
         only_oom_notices(mode, out);
     }
 }
+
+/// Resident memory of process `pid` in bytes (`VmRSS`).
+fn rss_bytes(pid: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("VMM status");
+    let kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("VmRSS line");
+    kb * 1024
+}
+
+/// Reclaim: a microVM whose python3 writes 500 MB and frees it shrinks
+/// back on the host (free page reporting), to within 20% of its resident
+/// memory before the burst. The guest says where it is on stdout and
+/// waits on stdin, so each figure is read while it holds still.
+#[test]
+fn a_microvm_that_burst_to_500_mb_shrinks_back_on_the_host() {
+    use std::io::{BufRead, BufReader, Write};
+    let script = "import sys\n\
+        def stage(name):\n    print(name, flush=True)\n    sys.stdin.readline()\n\
+        stage('started')\n\
+        burst = bytearray(500 << 20)\n\
+        for i in range(0, len(burst), 4096):\n    burst[i] = 1\n\
+        stage('allocated')\n\
+        del burst\n\
+        stage('freed')\n";
+    let bundle = host_usr_fixture(&[PYTHON, "-c", script]);
+    let capsa = Capsa::new();
+    let id = unique_id("reclaim");
+    let mut child = Command::new("timeout")
+        .args(["-k", "10", &RUN_LIMIT_SECS.to_string()])
+        .arg(capsa_bin())
+        .arg("--root")
+        .arg(capsa.root.path())
+        .args(["run", "--isolation", "microvm", "--bundle"])
+        .arg(bundle.path())
+        .arg(&id)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("run capsa run");
+    // A hung guest would keep the VMM, and so the pipe, alive past the
+    // bound on `capsa run`: the watchdog deletes it, which ends the read.
+    let (done, finished) = std::sync::mpsc::channel::<()>();
+    let watchdog = {
+        let (root, id) = (capsa.root.path().to_path_buf(), id.clone());
+        std::thread::spawn(move || {
+            let bound = std::time::Duration::from_secs(u64::from(RUN_LIMIT_SECS) + 15);
+            if finished.recv_timeout(bound).is_err() {
+                let _ = Command::new(capsa_bin())
+                    .arg("--root")
+                    .arg(&root)
+                    .args(["delete", "--force", &id])
+                    .status();
+            }
+        })
+    };
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut figures = Vec::new();
+    for stage in ["started", "allocated", "freed"] {
+        let line = lines.next().and_then(|l| l.ok()).unwrap_or_default();
+        assert_eq!(line, stage, "the guest did not reach {stage}");
+        // The VMM is the process in the microVM's memory cgroup named capsa.
+        let tasks = cgroup_dirs(&id)
+            .into_iter()
+            .find(|d| d.starts_with("/sys/fs/cgroup/memory"))
+            .map(|d| std::fs::read_to_string(d.join("tasks")).expect("tasks"))
+            .expect("the microVM's memory cgroup");
+        let vmm = tasks
+            .lines()
+            .find(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|c| c.trim() == "capsa")
+            })
+            .expect("the VMM among the cgroup's tasks")
+            .to_string();
+        figures.push(rss_bytes(&vmm));
+        writeln!(stdin, "go on").expect("write to the guest");
+    }
+    drop(stdin);
+    let status = child.wait().expect("wait for capsa run");
+    let _ = done.send(());
+    let _ = watchdog.join();
+    if capsa.root.path().join(&id).exists() {
+        let _ = capsa.output(&["delete", "--force", &id]);
+    }
+    let [before, burst, after] = [figures[0], figures[1], figures[2]];
+    let mib = |b: u64| b as f64 / f64::from(1 << 20);
+    eprintln!(
+        "VMM RSS: {:.1} MiB before, {:.1} MiB at the burst, {:.1} MiB after",
+        mib(before),
+        mib(burst),
+        mib(after)
+    );
+    assert!(status.success(), "capsa run: {status}");
+    assert!(
+        burst >= before + (450 << 20),
+        "the burst was not resident: {:.1} -> {:.1} MiB",
+        mib(before),
+        mib(burst)
+    );
+    assert!(
+        after * 5 <= before * 6,
+        "the VMM kept {:.1} MiB after the guest freed the burst (started at {:.1} MiB)",
+        mib(after),
+        mib(before)
+    );
+}

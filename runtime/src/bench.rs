@@ -614,6 +614,8 @@ pub struct IoOptions {
     pub syscall_bytes: u64,
     /// 4 KiB positioned reads and writes at random offsets of the big file.
     pub random_ops: u64,
+    /// Memory a process writes before the forks of the fork phase, MiB.
+    pub fork_mib: u64,
     /// Repetitions of each phase; the median counts.
     pub runs: usize,
     pub bundle: Option<PathBuf>,
@@ -632,7 +634,13 @@ pub struct IoSummary {
     pub unlinks_per_s: f64,
     /// One read(2) or write(2) of a byte, /dev/zero to /dev/null.
     pub syscall_ns: f64,
+    /// One fork (and the child's exit and reaping) of a process that wrote
+    /// `fork_mib` MiB, in milliseconds.
+    pub fork_ms: f64,
 }
+
+/// Forks the fork phase times (a median of these per run).
+const FORKS: u64 = 10;
 
 /// The phases, each a busybox sh script over `$D` (the work directory),
 /// `$Z` (/dev/zero) and `$N` (/dev/null), so the host runs the very same
@@ -672,11 +680,15 @@ fn io_phases(opts: &IoOptions) -> Vec<(&'static str, String)> {
             "randwrite",
             format!("$D/../iobench randwrite $D/data 4096 {}", opts.random_ops),
         ),
+        (
+            "fork",
+            format!("$D/../iobench fork {} {FORKS}", opts.fork_mib),
+        ),
     ]
 }
 
 /// Phases whose time the worker measures itself.
-const TIMED_INSIDE: [&str; 2] = ["randread", "randwrite"];
+const TIMED_INSIDE: [&str; 3] = ["randread", "randwrite", "fork"];
 
 /// The static random-I/O worker built from runtime/iobench.
 static IOBENCH: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/capsa-iobench"));
@@ -851,6 +863,7 @@ fn io_runs(
             syscall_ns: net(7, 0) * 1e9 / (2.0 * opts.syscall_bytes as f64),
             rand_read_iops: opts.random_ops as f64 / m[8],
             rand_write_iops: opts.random_ops as f64 / m[9],
+            fork_ms: m[10] * 1e3 / FORKS as f64,
         });
     }
     if summaries.is_empty() {
@@ -861,7 +874,7 @@ fn io_runs(
 
 pub fn format_io_table(summaries: &[IoSummary]) -> String {
     let mut out = format!(
-        "{:<16} {:>12} {:>12} {:>13} {:>14} {:>11} {:>11} {:>11} {:>12}\n",
+        "{:<16} {:>12} {:>12} {:>13} {:>14} {:>11} {:>11} {:>11} {:>12} {:>9}\n",
         "runner",
         "write MiB/s",
         "read MiB/s",
@@ -870,7 +883,8 @@ pub fn format_io_table(summaries: &[IoSummary]) -> String {
         "creates/s",
         "stats/s",
         "unlinks/s",
-        "syscall ns"
+        "syscall ns",
+        "fork ms"
     );
     let cell = |value: f64, width: usize| {
         if value.is_finite() {
@@ -889,6 +903,7 @@ pub fn format_io_table(summaries: &[IoSummary]) -> String {
         out.push_str(&cell(s.stats_per_s, 11));
         out.push_str(&cell(s.unlinks_per_s, 11));
         out.push_str(&cell(s.syscall_ns, 12));
+        out.push_str(&format!(" {:>9.2}", s.fork_ms));
         out.push('\n');
     }
     out.push_str("(-: lost in start-up noise; raise --files / --syscall-bytes / --size-mib)\n");

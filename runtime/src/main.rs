@@ -237,6 +237,9 @@ enum BenchCommand {
         /// 4 KiB reads and writes at random offsets of the big file.
         #[arg(long, default_value_t = 20000)]
         random_ops: u64,
+        /// Memory a process writes before it forks (the fork phase), MiB.
+        #[arg(long, default_value_t = 256)]
+        fork_mib: u64,
         /// Repetitions of each phase (the median counts).
         #[arg(long, default_value_t = 3)]
         runs: usize,
@@ -436,6 +439,7 @@ fn dispatch(cli: Cli) -> Result<u8> {
             files,
             syscall_bytes,
             random_ops,
+            fork_mib,
             runs,
             bundle,
             output,
@@ -446,6 +450,7 @@ fn dispatch(cli: Cli) -> Result<u8> {
                 files,
                 syscall_bytes,
                 random_ops,
+                fork_mib,
                 runs,
                 bundle,
             };

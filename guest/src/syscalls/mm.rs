@@ -95,6 +95,9 @@ impl Kernel {
             if let Err(e) = protected {
                 let _ = self.proc_mut().mm.unmap(start, mapped);
                 let _ = self.back();
+                // Running out of frames filling the mapping is this call's
+                // ENOMEM, with its frames given back: no reason to kill.
+                self.oom_pending.set(false);
                 return Err(e);
             }
             if flags & MAP_SHARED != 0 {
