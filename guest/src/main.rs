@@ -160,6 +160,12 @@ capsa_ud_stub:
     lea rsp, [rip + CAPSA_IRET_FRAME]
     iretq
 2:
+    cmp QWORD PTR [rsp], OFFSET capsa_invlpg_gate_ud
+    jne 3f
+    invlpg [rax]
+    add QWORD PTR [rsp], 2
+    iretq
+3:
     push 0
     push 6
     jmp capsa_exception_common
@@ -272,6 +278,15 @@ capsa_return_full:
 .global capsa_iret_gate_ud
 capsa_iret_gate_ud:
     ud2
+
+/* capsa_invlpg_gate(rdi = address): as the CR3 gate, for invlpg of one page. */
+.global capsa_invlpg_gate
+capsa_invlpg_gate:
+    mov rax, rdi
+.global capsa_invlpg_gate_ud
+capsa_invlpg_gate_ud:
+    ud2
+    ret
 
 /* capsa_cr3_gate(rdi = new CR3): the #UD stub recognises this ud2 by its
    address, loads CR3 (flushing the TLB) and resumes after it. */

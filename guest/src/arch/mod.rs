@@ -84,6 +84,7 @@ mod machine {
         static capsa_msr_gate: u8;
         static capsa_ud_stub: u8;
         fn capsa_cr3_gate(cr3: u64);
+        fn capsa_invlpg_gate(va: u64);
         fn capsa_return_user(frame: *const super::SyscallFrame, fx: *const u8) -> !;
         fn capsa_return_full(frame: *const super::SyscallFrame, fx: *const u8) -> !;
     }
@@ -212,6 +213,15 @@ mod machine {
         };
     }
 
+    /// Drops the TLB's translation of the page at `va` through the #UD gate.
+    pub fn invlpg(va: u64) {
+        // SAFETY: the gate only executes `invlpg [rax]` for this call site,
+        // which changes no memory and no register but rax.
+        unsafe {
+            core::arch::asm!("call {g}", g = sym capsa_invlpg_gate, out("rax") _, in("rdi") va)
+        };
+    }
+
     /// Resumes the user context `frame` with FPU/SSE state `fx` (64-byte
     /// aligned): the fast path when rcx and r11 hold rip and rflags (as
     /// after a syscall), else the one through CPL0 that restores them.
@@ -260,7 +270,8 @@ mod machine {
 }
 
 pub use machine::{
-    enter_user, exception_frame, install_idt, load_cr3, return_user, set_fs_base, steal_ns, wrmsr,
+    enter_user, exception_frame, install_idt, invlpg, load_cr3, return_user, set_fs_base, steal_ns,
+    wrmsr,
 };
 
 impl SyscallFrame {
@@ -370,6 +381,7 @@ mod machine {
     }
     pub fn wrmsr(_msr: u32, _value: u64) {}
     pub fn load_cr3(_value: u64) {}
+    pub fn invlpg(_va: u64) {}
     pub fn return_user(_frame: &super::SyscallFrame, _fx: &super::FxArea) -> ! {
         unreachable!("host tests never enter user mode")
     }

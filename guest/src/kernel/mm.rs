@@ -11,7 +11,7 @@ use crate::arch;
 use crate::errno::{Errno, Result};
 use crate::fs::Devices;
 use crate::kernel::{Kernel, MappedFile};
-use crate::mm::space::Space;
+use crate::mm::space::{Space, Stale};
 use crate::mm::PAGE_SIZE;
 
 /// Writes `maps` (parts of `MAP_SHARED` file mappings of `space`) back to
@@ -63,13 +63,28 @@ impl Kernel {
             return Ok(());
         };
         let vmas = &p.mm.vmas;
-        if s.reconcile(&self.frames, start, end, |va| vmas.page_kind(va)) {
-            // Under shadow paging the hypervisor may hold on to the old
-            // entries (and on hardware, removed ones) until a CR3 load.
-            arch::load_cr3(s.cr3());
-            self.loaded_cr3 = s.cr3();
-        }
+        let stale = s.reconcile(&self.frames, start, end, |va| vmas.page_kind(va));
+        self.flush(stale);
         Ok(())
+    }
+
+    /// Drops the translations `stale` names from the TLB of the current
+    /// process's space (loaded: the kernel changes only the running
+    /// process's tables outside fork).
+    pub fn flush(&self, stale: Stale) {
+        if stale.is_empty() {
+            return;
+        }
+        let Some(cr3) = self.proc().space.as_ref().map(Space::cr3) else {
+            return;
+        };
+        if stale.all() {
+            arch::load_cr3(cr3);
+        } else {
+            for &va in stale.pages() {
+                arch::invlpg(va);
+            }
+        }
     }
 
     /// Gives every page of `[start, end)` of the current process a frame,
@@ -89,7 +104,10 @@ impl Kernel {
             let (_, vma) = p.mm.vmas.get(va).ok_or(Errno::EFAULT)?;
             let piece_end = vma.end.min(end);
             let kind = p.mm.vmas.page_kind(va).ok_or(Errno::EFAULT)?;
-            if let Err(e) = space.populate(&self.frames, va, piece_end, kind, write) {
+            let r = space
+                .populate(&self.frames, va, piece_end, kind, write)
+                .map(|stale| self.flush(stale));
+            if let Err(e) = r {
                 if e == Errno::ENOMEM {
                     // The OOM killer needs the whole kernel: it runs as
                     // the system call ends (`syscalls::entry`).

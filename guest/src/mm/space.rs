@@ -35,14 +35,22 @@
 //! through emulated CPL0) and the first touch of a fresh frame ~20 µs of
 //! shadow paging. A fault therefore backs the pages around it too
 //! ([`FAULT_AROUND`]), Linux's fault-around applied to anonymous memory as
-//! well: start-up pays one fault per 64 KiB instead of one per page.
+//! well: start-up pays one fault per 256 KiB instead of one per page.
+//! Entries are made with their accessed (and, if writable, dirty) bits
+//! already set: the hypervisor's shadow paging only prefetches neighbours
+//! of entries marked accessed, and write-protects a page until its dirty
+//! bit is set, so each clear bit would cost a host fault on first use
+//! (measured: python3's start-up spent ~10 ms more in user time without
+//! them). The accessed bit is read back only to skip invalidating pages the
+//! CPU cannot have cached.
 //!
 //! # Flushing
 //! Entries that only become present or gain rights need no flush: the CPU
 //! caches no translation for a non-present page, and a fault on a stale
 //! read-only one makes it walk the tables again (so does the hypervisor's
 //! shadow paging). Entries that lose rights or go away require a CR3 load
-//! (`Kernel::back`); the operations here say when.
+//! or an `invlpg` of each page ([`Stale`], `Kernel::flush`); the
+//! operations here say which.
 
 use alloc::alloc::{alloc_zeroed, dealloc};
 use alloc::boxed::Box;
@@ -64,8 +72,8 @@ pub const HIGH_USER_START: u64 = 4 << 30;
 /// End of user addresses: where the physical window starts, 127.5 TiB
 /// (Linux's `TASK_SIZE` is 128 TiB less a page).
 pub const USER_TOP: u64 = PHYS_BASE;
-/// Pages a fault backs at once around the faulting one (64 KiB, aligned).
-pub const FAULT_AROUND: u64 = 16;
+/// Pages a fault backs at once around the faulting one (256 KiB, aligned).
+pub const FAULT_AROUND: u64 = 64;
 
 const PRESENT: u64 = 1;
 const WRITABLE: u64 = 2;
@@ -109,6 +117,54 @@ static ACTIVE_PML4: AtomicU64 = AtomicU64::new(0);
 
 pub fn slot_of(va: u64) -> u64 {
     va & !(SLOT - 1)
+}
+
+/// Translations the CPU may still hold after page-table entries lost
+/// rights or went away: a few pages to invalidate one by one (`invlpg`,
+/// one trip through CPL0 each), or so many that reloading CR3 is cheaper.
+/// Under shadow paging a CR3 load makes the hypervisor rebuild every
+/// translation touched afterwards, so the single pages are worth it.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Stale {
+    pages: Vec<u64>,
+    all: bool,
+}
+
+impl Stale {
+    /// Pages invalidated one by one at most.
+    const MAX_PAGES: usize = 8;
+
+    pub fn everything() -> Self {
+        Self {
+            pages: Vec::new(),
+            all: true,
+        }
+    }
+
+    fn add(&mut self, va: u64) {
+        if self.all {
+            return;
+        }
+        if self.pages.len() == Self::MAX_PAGES {
+            *self = Self::everything();
+        } else {
+            self.pages.push(va);
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        !self.all && self.pages.is_empty()
+    }
+
+    /// Whether the whole TLB must go (reload CR3).
+    pub fn all(&self) -> bool {
+        self.all
+    }
+
+    /// The single pages to invalidate, when not `all`.
+    pub fn pages(&self) -> &[u64] {
+        &self.pages
+    }
 }
 
 /// What an application page's protections let it do, as page-table bits.
@@ -514,15 +570,18 @@ impl Space {
     fn bits(kind: PageKind, writable: bool) -> u64 {
         match kind.access {
             Access::None => HELD,
-            Access::Read => PRESENT | USER,
-            Access::ReadWrite if writable => PRESENT | USER | WRITABLE,
-            Access::ReadWrite => PRESENT | USER,
+            Access::Read => PRESENT | USER | ACCESSED,
+            Access::ReadWrite if writable => PRESENT | USER | WRITABLE | ACCESSED | DIRTY,
+            Access::ReadWrite => PRESENT | USER | ACCESSED,
         }
     }
 
     /// Backs the pages of `[start, end)` that have no frame yet with zero
     /// frames; with `write` the pages are about to be written, and a frame
     /// others hold too is copied first. ENOMEM when frames run out.
+    /// Returns the present pages that became writable or changed frames,
+    /// whose old translation the CPU may still hold (a fault on the page
+    /// dropped it already; the kernel touching it for a call did not).
     pub fn populate(
         &self,
         frames: &Frames,
@@ -530,33 +589,43 @@ impl Space {
         end: u64,
         kind: PageKind,
         write: bool,
-    ) -> Result<()> {
+    ) -> Result<Stale> {
+        let mut stale = Stale::default();
         let mut va = start & !(PAGE - 1);
         while va < end {
-            let (table, i) = self.entry(va, true)?.ok_or(Errno::EFAULT)?;
-            let e = get(table, i);
-            if e & (PRESENT | HELD) == 0 {
-                let frame = frames.alloc().ok_or(Errno::ENOMEM)?;
-                set(table, i, frame | Self::bits(kind, true));
-                self.resident.set(self.resident.get() + 1);
-            } else if write && e & WRITABLE == 0 && kind.access == Access::ReadWrite {
-                let frame = e & FRAME_MASK;
-                if kind.shared || frames.holders(frame) <= 1 {
-                    set(table, i, (e & !HELD) | Self::bits(kind, true));
-                } else {
-                    let copy = frames.alloc().ok_or(Errno::ENOMEM)?;
-                    // SAFETY: two distinct whole frames through the
-                    // physical window; `copy` belongs to nobody yet.
-                    unsafe {
-                        core::ptr::copy_nonoverlapping(phys(frame), phys(copy), PAGE as usize)
-                    };
-                    frames.let_go(frame);
-                    set(table, i, copy | Self::bits(kind, true));
+            // One walk per page table, then its entries in turn.
+            let (table, first) = self.entry(va, true)?.ok_or(Errno::EFAULT)?;
+            for i in first..512 {
+                if va >= end {
+                    break;
                 }
+                let e = get(table, i);
+                if e & (PRESENT | HELD) == 0 {
+                    let frame = frames.alloc().ok_or(Errno::ENOMEM)?;
+                    set(table, i, frame | Self::bits(kind, true));
+                    self.resident.set(self.resident.get() + 1);
+                } else if write && e & WRITABLE == 0 && kind.access == Access::ReadWrite {
+                    let frame = e & FRAME_MASK;
+                    if kind.shared || frames.holders(frame) <= 1 {
+                        set(table, i, (e & !HELD) | Self::bits(kind, true));
+                    } else {
+                        let copy = frames.alloc().ok_or(Errno::ENOMEM)?;
+                        // SAFETY: two distinct whole frames through the
+                        // physical window; `copy` belongs to nobody yet.
+                        unsafe {
+                            core::ptr::copy_nonoverlapping(phys(frame), phys(copy), PAGE as usize)
+                        };
+                        frames.let_go(frame);
+                        set(table, i, copy | Self::bits(kind, true));
+                    }
+                    if e & (PRESENT | ACCESSED) == PRESENT | ACCESSED {
+                        stale.add(va);
+                    }
+                }
+                va += PAGE;
             }
-            va += PAGE;
         }
-        Ok(())
+        Ok(stale)
     }
 
     /// Handles a fault at `va` in a mapping of `kind` spanning
@@ -576,6 +645,7 @@ impl Space {
         let hi = ((page & !(window - 1)) + window).min(map_end);
         // The faulting page first: fault-around is a bonus that must not
         // take the last frame from it.
+        // The fault itself dropped the page's old translation.
         self.populate(frames, page, page + PAGE, kind, write)?;
         let _ = self.populate(frames, lo, page, kind, false);
         let _ = self.populate(frames, page + PAGE, hi, kind, false);
@@ -584,15 +654,15 @@ impl Space {
 
     /// Makes the entries holding frames in `[start, end)` follow what
     /// `kind_of` says of each page (`None`: no mapping, the frame goes);
-    /// returns whether an entry lost rights or went away (flush).
+    /// returns the translations that lost rights or went away.
     pub fn reconcile(
         &self,
         frames: &Frames,
         start: u64,
         end: u64,
         kind_of: impl Fn(u64) -> Option<PageKind>,
-    ) -> bool {
-        let mut flush = false;
+    ) -> Stale {
+        let mut stale = Stale::default();
         let mut gone = 0;
         self.for_each_page(start, end, |va, table, i| {
             let e = get(table, i);
@@ -610,33 +680,41 @@ impl Space {
             };
             if new != e {
                 set(table, i, new);
-                let lost = e & PRESENT != 0 && (new & PRESENT == 0 || (e & !new) & WRITABLE != 0);
-                flush |= lost;
+                // Only a page the CPU used (accessed) can be in the TLB.
+                let cached = e & (PRESENT | ACCESSED) == PRESENT | ACCESSED;
+                let lost = cached && (new & PRESENT == 0 || (e & !new) & WRITABLE != 0);
+                if lost {
+                    stale.add(va);
+                }
             }
         });
         self.resident.set(self.resident.get() - gone);
-        flush
+        stale
     }
 
     /// Drops the frames of `[start, end)` (MADV_DONTNEED of private
-    /// memory: it reads back as zero); returns whether to flush.
-    pub fn discard(&self, frames: &Frames, start: u64, end: u64) -> bool {
+    /// memory: it reads back as zero).
+    pub fn discard(&self, frames: &Frames, start: u64, end: u64) -> Stale {
         self.reconcile(frames, start, end, |_| None)
     }
 
     /// Moves the pages of `[from, from + len)` to `to` (mremap), leaving
-    /// the old range without frames; returns whether to flush.
-    pub fn move_pages(&self, from: u64, to: u64, len: u64) -> Result<bool> {
+    /// the old range without frames.
+    pub fn move_pages(&self, from: u64, to: u64, len: u64) -> Result<Stale> {
         let mut moved = Vec::new();
         self.for_each_page(from, from + len, |va, table, i| {
             moved.push((va, get(table, i)));
             set(table, i, 0);
         });
+        let mut stale = Stale::default();
         for &(va, e) in &moved {
             let (table, i) = self.entry(va - from + to, true)?.ok_or(Errno::EFAULT)?;
             set(table, i, e);
+            if e & (PRESENT | ACCESSED) == PRESENT | ACCESSED {
+                stale.add(va);
+            }
         }
-        Ok(!moved.is_empty())
+        Ok(stale)
     }
 
     /// A copy for a forked child: pages `shared(va)` says are `MAP_SHARED`
@@ -660,7 +738,7 @@ impl Space {
                 return Err(Errno::ENOMEM);
             };
             frames.hold(e & FRAME_MASK);
-            set(ct, ci, e & !(ACCESSED | DIRTY));
+            set(ct, ci, e);
             child.resident.set(child.resident.get() + 1);
         }
         Ok((child, flush))
@@ -840,6 +918,18 @@ mod tests {
         // Reported frames are handed out again before fresh ones.
         let again = f.alloc().expect("frame");
         assert!(taken.contains(&again));
+    }
+
+    #[test]
+    fn a_few_stale_pages_are_invalidated_alone_many_by_a_flush() {
+        let mut stale = Stale::default();
+        assert!(stale.is_empty());
+        for i in 0..Stale::MAX_PAGES as u64 {
+            stale.add(i * PAGE);
+        }
+        assert!(!stale.all() && stale.pages().len() == Stale::MAX_PAGES);
+        stale.add(0x10_0000);
+        assert!(stale.all() && stale.pages().is_empty() && !stale.is_empty());
     }
 
     #[test]

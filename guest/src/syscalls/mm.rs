@@ -2,10 +2,10 @@
 //! file), munmap, mprotect, mremap, msync, madvise. See `crate::mm` for
 //! how mappings become page tables and protections are enforced.
 
-use crate::arch;
 use crate::errno::{Errno, Result};
 use crate::kernel::mm::write_back;
 use crate::kernel::{Kernel, MappedFile};
+use crate::mm::space::Stale;
 use crate::mm::{page_up, MAP_ANONYMOUS, MAP_FIXED, MAP_SHARED, PAGE_SIZE, PROT_READ, PROT_WRITE};
 
 const MREMAP_MAYMOVE: u32 = 1;
@@ -27,10 +27,8 @@ impl Kernel {
         let Some(space) = self.proc().space.as_ref() else {
             return;
         };
-        if space.discard(&self.frames, start, end) {
-            arch::load_cr3(space.cr3());
-            self.loaded_cr3 = space.cr3();
-        }
+        let stale = space.discard(&self.frames, start, end);
+        self.flush(stale);
     }
 
     pub fn sys_brk(&mut self, addr: u64) -> u64 {
@@ -240,9 +238,9 @@ impl Kernel {
             .map(0, new_len, vma.prot, MAP_ANONYMOUS | shared)?;
         let moved = match self.proc().space.as_ref() {
             Some(space) => space.move_pages(old, new, old_len),
-            None => Ok(false),
+            None => Ok(Stale::default()),
         };
-        let moved = match moved {
+        let stale = match moved {
             Ok(moved) => moved,
             Err(e) => {
                 let _ = self.proc_mut().mm.unmap(new, new_len);
@@ -259,13 +257,8 @@ impl Kernel {
             });
         }
         self.proc_mut().mm.unmap(old, old_len)?;
-        if moved {
-            // The old range's entries went away.
-            if let Some(space) = self.proc().space.as_ref() {
-                arch::load_cr3(space.cr3());
-                self.loaded_cr3 = space.cr3();
-            }
-        }
+        // The old range's entries went away.
+        self.flush(stale);
         self.back()?;
         Ok(new)
     }
