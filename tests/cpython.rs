@@ -259,6 +259,6 @@ fn files_paths_time_and_polling_modules_agree() {
 }
 
 #[test]
-fn thread_modules_agree() {
-    check_modules(&["test_queue"], &[]);
+fn posix_and_thread_modules_agree() {
+    check_modules(&["test_posix", "test_queue"], &[]);
 }

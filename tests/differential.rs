@@ -1826,3 +1826,80 @@ fn args0_through_a_symlink_chain_across_two_bind_mounts_runs_in_both_modes() {
         "",
     );
 }
+
+/// pidfds as Linux has them: `pidfd_open` of a running child is not
+/// readable until the child exits, then poll reports it; `waitid(P_PIDFD)`
+/// reaps through it; `pidfd_send_signal` kills; bad arguments get Linux's
+/// errnos, and a signal to a reaped process is ESRCH.
+const PIDFD_C: &str = r#"#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static int pidfd_open(pid_t pid, unsigned flags) { return syscall(SYS_pidfd_open, pid, flags); }
+static int send(int fd, int sig) { return syscall(SYS_pidfd_send_signal, fd, sig, NULL, 0); }
+
+int main(void) {
+    int gate[2];
+    if (pipe(gate)) return 1;
+    pid_t child = fork();
+    if (child == 0) {
+        char c;
+        close(gate[1]);
+        _exit(read(gate[0], &c, 1) == 0 ? 7 : 1);
+    }
+    close(gate[0]);
+    int fd = pidfd_open(child, 0);
+    struct pollfd p = {fd, POLLIN, 0};
+    printf("open %d cloexec %d\n", fd >= 0, (fcntl(fd, F_GETFD) & FD_CLOEXEC) != 0);
+    printf("running: ready %d\n", poll(&p, 1, 0));
+    close(gate[1]);
+    int ready = poll(&p, 1, 5000);
+    printf("exited: ready %d revents %d\n", ready, p.revents & POLLIN);
+    siginfo_t info = {0};
+    int waited = waitid(P_PIDFD, fd, &info, WEXITED);
+    printf("waitid %d pid ok %d status %d\n", waited, info.si_pid == child, info.si_status);
+    errno = 0;
+    int sent = send(fd, 0);
+    printf("signal after reaping: %d %s\n", sent, errno == ESRCH ? "ESRCH" : "?");
+    close(fd);
+
+    pid_t victim = fork();
+    if (victim == 0) { for (;;) pause(); }
+    int vfd = pidfd_open(victim, 0);
+    printf("kill %d\n", send(vfd, SIGKILL));
+    int status = 0;
+    waitpid(victim, &status, 0);
+    printf("killed by %d\n", WIFSIGNALED(status) ? WTERMSIG(status) : -1);
+
+    int r = pidfd_open(-1, 0);
+    printf("pid -1: %d %d\n", r, errno == EINVAL);
+    r = pidfd_open(getpid(), 1);
+    printf("bad flags: %d %d\n", r, errno == EINVAL);
+    r = pidfd_open(99999, 0);
+    printf("no such pid: %d %d\n", r, errno == ESRCH);
+    return 0;
+}
+"#;
+
+#[test]
+fn pidfds_wait_signal_and_poll_as_on_linux() {
+    let bundle = c_program_fixture("pidfd", PIDFD_C, &["-static", "-O1"]);
+    let out = both("pidfd", &bundle, None);
+    assert_eq!(
+        (out.status.code(), stdout(&out).as_str()),
+        (
+            Some(0),
+            "open 1 cloexec 1\nrunning: ready 0\nexited: ready 1 revents 1\n\
+             waitid 0 pid ok 1 status 7\nsignal after reaping: -1 ESRCH\nkill 0\n\
+             killed by 9\npid -1: -1 1\nbad flags: -1 1\nno such pid: -1 1\n"
+        ),
+        "{}",
+        show(&out)
+    );
+}

@@ -1,4 +1,4 @@
-//! eventfd and epoll.
+//! eventfd, epoll and pidfds.
 //!
 //! Both block like pipes (see `crate::fs::pipe`): a call that must wait answers
 //! `EBLOCK` and is retried when the event counter moves, which every
@@ -36,6 +36,38 @@ pub const EPOLL_CTL_MOD: u32 = 3;
 pub const EVENT_SIZE: usize = 12;
 /// The largest value an eventfd counter may hold.
 pub const EVENTFD_MAX: u64 = u64::MAX - 1;
+
+/// A process's descriptor (`pidfd_open`): readable once the process has
+/// exited, which the kernel records in `exited`.
+pub struct PidFd {
+    pub pid: i32,
+    pub exited: Rc<Cell<bool>>,
+    pub flags: Cell<u32>,
+}
+
+impl File for PidFd {
+    fn read(&self, _dev: &mut Devices, _buf: &mut [u8]) -> Result<usize> {
+        Err(Errno::EINVAL)
+    }
+    fn stat(&self, _dev: &mut Devices) -> Result<[u8; 144]> {
+        Ok(synthetic_stat(0o600, 0, 0x82))
+    }
+    fn poll(&self, _dev: &mut Devices) -> (bool, bool) {
+        (self.exited.get(), false)
+    }
+    fn flags(&self) -> u32 {
+        self.flags.get()
+    }
+    fn set_flags(&self, flags: u32) {
+        self.flags.set(flags);
+    }
+    fn as_any(&self) -> Option<&dyn core::any::Any> {
+        Some(self)
+    }
+    fn proc_name(&self) -> Vec<u8> {
+        b"anon_inode:[pidfd]".to_vec()
+    }
+}
 
 /// A 64-bit counter: writes add, reads take (all, or one with `EFD_SEMAPHORE`).
 pub struct EventFd {

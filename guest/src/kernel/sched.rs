@@ -209,6 +209,9 @@ impl Kernel {
             self.switch_pending = true;
         }
         let mut process = self.processes.remove(&pid);
+        if let Some(exited) = process.as_ref().and_then(|p| p.exited.as_ref()) {
+            exited.set(true);
+        }
         // Shared file mappings reach their files before the memory goes
         // (a vfork child's memory is its parent's, which keeps them).
         let lends_memory = self

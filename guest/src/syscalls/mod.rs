@@ -230,6 +230,8 @@ impl Kernel {
             441 => self.sys_epoll_pwait2(a0 as i32, a1, a2 as i32, a3),
             285 => self.sys_fallocate(a0 as i32, a1 as u32, a2 as i64, a3 as i64),
             247 => self.sys_waitid(a0 as u32, a1, a2, a3 as u32, a4),
+            424 => self.sys_pidfd_send_signal(a0 as i32, a1 as u32, a2, a3 as u32),
+            434 => self.sys_pidfd_open(a0 as i32, a1 as u32),
             293 => self.sys_pipe2(a0, a1 as u32),
             292 => self.sys_dup3(a0 as i32, a1 as i32, a2 as u32, false),
             295 => self.sys_preadv(a0 as i32, a1, a2, a3),

@@ -10,12 +10,15 @@
 //! borrows the parent's memory and page tables until it execs or exits.
 
 use alloc::boxed::Box;
+use alloc::rc::Rc;
 use alloc::vec;
 use alloc::vec::Vec;
+use core::cell::Cell;
 
 use crate::arch::{self, FxArea, SyscallFrame};
 use crate::errno::{Errno, Result};
-use crate::fs::fd::File as _;
+use crate::fs::event::PidFd;
+use crate::fs::fd::{File as _, O_NONBLOCK, O_RDWR};
 use crate::kernel::spec::RLIMIT_COUNT;
 use crate::kernel::Kernel;
 use crate::kernel::Mm;
@@ -43,6 +46,7 @@ const WNOWAIT: u32 = 0x0100_0000;
 const P_ALL: u32 = 0;
 const P_PID: u32 = 1;
 const P_PGID: u32 = 2;
+const P_PIDFD: u32 = 3;
 /// How many `#!` interpreters may chain.
 const MAX_SCRIPT_DEPTH: usize = 4;
 /// Longest argument or environment vector accepted (ARG_MAX-like).
@@ -199,6 +203,7 @@ impl Kernel {
             exe_path: parent.exe_path.clone(),
             comm: parent.comm,
             personality: parent.personality,
+            exited: None,
         };
         let thread = Thread {
             fs_base: if flags & CLONE_SETTLS != 0 {
@@ -599,6 +604,67 @@ impl Kernel {
         Ok(child as u64)
     }
 
+    /// pidfd_open: a descriptor for process `pid` (close-on-exec, as on
+    /// Linux), readable once the process has exited.
+    pub fn sys_pidfd_open(&mut self, pid: i32, flags: u32) -> Result<u64> {
+        if flags & !O_NONBLOCK != 0 || pid <= 0 {
+            return Err(Errno::EINVAL);
+        }
+        let task = self.procs.get(pid).ok_or(Errno::ESRCH)?;
+        if task.tgid != pid {
+            // A thread, not a process (Linux without PIDFD_THREAD).
+            return Err(Errno::ENOENT);
+        }
+        let exited = match self.processes.get_mut(&pid) {
+            Some(p) => p
+                .exited
+                .get_or_insert_with(|| Rc::new(Cell::new(false)))
+                .clone(),
+            // A zombie: it has exited already.
+            None => Rc::new(Cell::new(true)),
+        };
+        let file = PidFd {
+            pid,
+            exited,
+            flags: Cell::new(O_RDWR | flags),
+        };
+        self.install(Rc::new(file), true)
+    }
+
+    /// The process a pidfd refers to, and whether it has exited.
+    fn pidfd_target(&self, fd: i32) -> Result<(i32, bool)> {
+        let file = self.proc().fds.file(fd)?;
+        let pidfd = file
+            .as_any()
+            .and_then(|a| a.downcast_ref::<PidFd>())
+            .ok_or(Errno::EINVAL)?;
+        Ok((pidfd.pid, pidfd.exited.get()))
+    }
+
+    fn pidfd_pid(&self, fd: i32) -> Result<i32> {
+        self.pidfd_target(fd).map(|(pid, _)| pid)
+    }
+
+    /// pidfd_send_signal: kill(2) through a pidfd (no siginfo, no flags).
+    /// A process that exited is never confused with a new one that got
+    /// its pid: ESRCH.
+    pub fn sys_pidfd_send_signal(
+        &mut self,
+        fd: i32,
+        sig: u32,
+        info: u64,
+        flags: u32,
+    ) -> Result<u64> {
+        if flags != 0 || info != 0 {
+            return Err(Errno::EINVAL);
+        }
+        let (pid, exited) = self.pidfd_target(fd)?;
+        if exited && self.processes.contains_key(&pid) {
+            return Err(Errno::ESRCH);
+        }
+        self.sys_kill(pid, sig)
+    }
+
     pub fn sys_waitid(
         &mut self,
         idtype: u32,
@@ -612,6 +678,7 @@ impl Kernel {
             P_PID => WaitFor::Pid(id as i32),
             P_PGID if id == 0 => self.wait_for(0),
             P_PGID => WaitFor::Group(id as i32),
+            P_PIDFD => WaitFor::Pid(self.pidfd_pid(id as i32)?),
             _ => return Err(Errno::EINVAL),
         };
         if options & WEXITED == 0 {

@@ -38,6 +38,8 @@ pub struct Process {
     pub comm: [u8; 16],
     /// personality(2) flags (the domain is always PER_LINUX).
     pub personality: u32,
+    /// Set when the process exits: what its pidfds (`pidfd_open`) poll.
+    pub exited: Option<alloc::rc::Rc<core::cell::Cell<bool>>>,
 }
 
 /// What each thread owns besides its registers (`process::Task::ctx`).
