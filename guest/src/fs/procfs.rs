@@ -53,14 +53,16 @@ pub fn is_proc(path: &[u8]) -> bool {
     path == b"/proc" || path.starts_with(b"/proc/")
 }
 
-pub const PID_ENTRIES: [(&[u8], u8); 8] = [
+pub const PID_ENTRIES: [(&[u8], u8); 10] = [
     (b"cmdline", DT_REG),
     (b"comm", DT_REG),
     (b"exe", DT_LNK),
     (b"fd", DT_DIR),
     (b"maps", DT_REG),
     (b"mounts", DT_REG),
+    (b"smaps_rollup", DT_REG),
     (b"stat", DT_REG),
+    (b"statm", DT_REG),
     (b"status", DT_REG),
 ];
 
@@ -93,6 +95,10 @@ pub struct ProcInfo {
     pub cpu: [u64; 4],
     /// Bytes of memory with a frame behind them (the resident set).
     pub resident: u64,
+    /// The resident set with each frame divided among its holders (PSS).
+    pub proportional: u64,
+    /// Resident bytes no other process holds.
+    pub private: u64,
 }
 
 impl ProcInfo {
@@ -152,6 +158,38 @@ pub fn stat_line(info: &ProcInfo) -> Vec<u8> {
         info.vm_size(),
         info.resident / 4096,
         info.stack.1,
+    )
+    .into_bytes()
+}
+
+/// `statm`: sizes in pages (size, resident, shared, text, lib, data, dt).
+pub fn statm(info: &ProcInfo) -> Vec<u8> {
+    let (size, resident) = (info.vm_size() / 4096, info.resident / 4096);
+    format!("{size} {resident} 0 0 0 {resident} 0\n").into_bytes()
+}
+
+/// `smaps_rollup`: the process's memory summed over its mappings. All of
+/// it counts as anonymous: file mappings hold copies (no page cache).
+pub fn smaps_rollup(info: &ProcInfo) -> Vec<u8> {
+    let (start, end) = (
+        info.vmas.first().map_or(0, |v| v.0),
+        info.vmas.last().map_or(0, |v| v.1),
+    );
+    let (rss, pss) = (info.resident / 1024, info.proportional / 1024);
+    format!(
+        "{start:08x}-{end:08x} ---p 00000000 00:00 0                          [rollup]\n\
+         Rss:            {rss:8} kB\nPss:            {pss:8} kB\n\
+         Pss_Anon:       {pss:8} kB\nPss_File:              0 kB\n\
+         Pss_Shmem:             0 kB\nShared_Clean:          0 kB\n\
+         Shared_Dirty:   {shared:8} kB\nPrivate_Clean:         0 kB\n\
+         Private_Dirty:  {private:8} kB\nReferenced:     {rss:8} kB\n\
+         Anonymous:      {rss:8} kB\nLazyFree:              0 kB\n\
+         AnonHugePages:         0 kB\nShmemPmdMapped:        0 kB\n\
+         FilePmdMapped:         0 kB\nShared_Hugetlb:        0 kB\n\
+         Private_Hugetlb:       0 kB\nSwap:                  0 kB\n\
+         SwapPss:               0 kB\nLocked:                0 kB\n",
+        shared = (info.resident - info.private) / 1024,
+        private = info.private / 1024,
     )
     .into_bytes()
 }

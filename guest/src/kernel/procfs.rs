@@ -134,6 +134,8 @@ impl Kernel {
             threads: self.procs.threads(tgid).len().max(1),
             cpu: [0; 4],
             resident: 0,
+            proportional: 0,
+            private: 0,
         };
         let own = self.process_cpu(tgid).unwrap_or_default();
         let children = task.cpu_children;
@@ -171,6 +173,10 @@ impl Kernel {
         info.umask = process.umask;
         info.fds = fds(&process.fds);
         from_state(&mut info, process, &task.thread.sigmask);
+        (info.proportional, info.private) = process
+            .space
+            .as_ref()
+            .map_or((0, 0), |s| s.shares(&self.frames));
         Some(info)
     }
 
@@ -188,7 +194,9 @@ impl Kernel {
             [b"exe"] => Ok(Entry::Link(info.exe.clone(), None)),
             [b"maps"] => Ok(Entry::File(maps(info))),
             [b"mounts"] => Ok(Entry::File(self.mounts())),
+            [b"smaps_rollup"] => Ok(Entry::File(smaps_rollup(info))),
             [b"stat"] => Ok(Entry::File(stat_line(info))),
+            [b"statm"] => Ok(Entry::File(statm(info))),
             [b"status"] => Ok(Entry::File(status(info))),
             [b"fd"] => {
                 let mut fds: Vec<i32> = info.fds.iter().map(|(fd, _)| *fd).collect();

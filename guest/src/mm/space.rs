@@ -776,6 +776,20 @@ impl Space {
         true
     }
 
+    /// This space's share of its frames, in bytes: each frame divided
+    /// among the entries holding it (PSS), and the frames it holds alone.
+    pub fn shares(&self, frames: &Frames) -> (u64, u64) {
+        let (mut proportional, mut private) = (0, 0);
+        self.for_each_page(0, USER_TOP, |_, table, i| {
+            let holders = u64::from(frames.holders(get(table, i) & FRAME_MASK).max(1));
+            proportional += PAGE / holders;
+            if holders == 1 {
+                private += PAGE;
+            }
+        });
+        (proportional, private)
+    }
+
     /// Pages with a frame (resident set).
     pub fn resident_pages(&self) -> u64 {
         self.resident.get()
