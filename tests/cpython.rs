@@ -259,6 +259,6 @@ fn files_paths_time_and_polling_modules_agree() {
 }
 
 #[test]
-fn posix_and_thread_modules_agree() {
-    check_modules(&["test_posix", "test_queue"], &[]);
+fn posix_thread_and_mmap_modules_agree() {
+    check_modules(&["test_posix", "test_queue", "test_mmap"], &[]);
 }

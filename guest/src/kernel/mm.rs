@@ -11,7 +11,7 @@ use crate::arch;
 use crate::errno::{Errno, Result};
 use crate::fs::Devices;
 use crate::kernel::{Kernel, MappedFile};
-use crate::mm::space::{Space, Stale};
+use crate::mm::space::{self, Space, Stale};
 use crate::mm::PAGE_SIZE;
 
 /// Writes `maps` (parts of `MAP_SHARED` file mappings of `space`) back to
@@ -19,7 +19,7 @@ use crate::mm::PAGE_SIZE;
 /// descriptor or mapping holds any more. Write errors are dropped, as a
 /// page cache's writeback errors are when nobody calls `msync`.
 pub fn write_back(space: Option<&Space>, dev: &mut Devices, maps: Vec<MappedFile>) {
-    let mut buf = vec![0u8; 64 << 10];
+    let mut page = vec![0u8; PAGE_SIZE as usize];
     for m in &maps {
         let Some(space) = space.filter(|_| crate::fs::files::writable(m.file.flags())) else {
             continue;
@@ -29,20 +29,27 @@ pub fn write_back(space: Option<&Space>, dev: &mut Devices, maps: Vec<MappedFile
         };
         let size = u64::from_le_bytes(stat[48..56].try_into().unwrap_or([0; 8]));
         let len = (m.end - m.start).min(size.saturating_sub(m.offset));
+        // Only pages with a frame can differ from the file: the others
+        // were never touched.
         let mut done = 0;
         while done < len {
-            let n = (len - done).min(buf.len() as u64) as usize;
-            if !space.read(m.start + done, &mut buf[..n])
-                || m.file.pwrite(dev, &buf[..n], m.offset + done).is_err()
+            let n = (len - done).min(PAGE_SIZE) as usize;
+            if space.read(m.start + done, &mut page[..n])
+                && m.file.pwrite(dev, &page[..n], m.offset + done).is_err()
             {
                 break;
             }
             done += n as u64;
         }
     }
-    for m in maps {
-        if Rc::strong_count(&m.file) == 1 {
-            m.file.release(dev);
+    release_files(dev, maps.into_iter().map(|m| m.file).collect());
+}
+
+/// Lets go of files mappings held, releasing those nobody else holds.
+pub fn release_files(dev: &mut Devices, files: Vec<Rc<dyn crate::fs::fd::File>>) {
+    for file in files {
+        if Rc::strong_count(&file) == 1 {
+            file.release(dev);
         }
     }
 }
@@ -65,6 +72,8 @@ impl Kernel {
         let vmas = &p.mm.vmas;
         let stale = s.reconcile(&self.frames, start, end, |va| vmas.page_kind(va));
         self.flush(stale);
+        let unused = self.proc_mut().mm.unused_backing();
+        release_files(&mut self.dev, unused);
         Ok(())
     }
 
@@ -90,10 +99,10 @@ impl Kernel {
     /// Gives every page of `[start, end)` of the current process a frame,
     /// writable in place where `write` (copied if shared copy-on-write),
     /// so the kernel can touch it for the application: EFAULT where no
-    /// mapping covers a page, ENOMEM when frames run out.
-    pub fn populate(&self, start: u64, end: u64, write: bool) -> Result<()> {
-        let p = self.proc();
-        let Some(space) = p.space.as_ref() else {
+    /// mapping covers a page, ENOMEM when frames run out. Pages of file
+    /// mappings are read from their file first.
+    pub fn populate(&mut self, start: u64, end: u64, write: bool) -> Result<()> {
+        let Some(space) = self.proc().space.as_ref() else {
             return Ok(());
         };
         if space.accessible(start, end, write) {
@@ -101,13 +110,17 @@ impl Kernel {
         }
         let mut va = start & !(PAGE_SIZE - 1);
         while va < end {
-            let (_, vma) = p.mm.vmas.get(va).ok_or(Errno::EFAULT)?;
+            let (_, vma) = self.proc().mm.vmas.get(va).ok_or(Errno::EFAULT)?;
             let piece_end = vma.end.min(end);
-            let kind = p.mm.vmas.page_kind(va).ok_or(Errno::EFAULT)?;
-            let r = space
-                .populate(&self.frames, va, piece_end, kind, write)
-                .map(|stale| self.flush(stale));
-            if let Err(e) = r {
+            let result = self.fill_from_file(va, piece_end).and_then(|()| {
+                let p = self.proc();
+                let kind = p.mm.vmas.page_kind(va).ok_or(Errno::EFAULT)?;
+                let space = p.space.as_ref().ok_or(Errno::EFAULT)?;
+                let stale = space.populate(&self.frames, va, piece_end, kind, write)?;
+                self.flush(stale);
+                Ok(())
+            });
+            if let Err(e) = result {
                 if e == Errno::ENOMEM {
                     // The OOM killer needs the whole kernel: it runs as
                     // the system call ends (`syscalls::entry`).
@@ -120,16 +133,76 @@ impl Kernel {
         Ok(())
     }
 
+    /// Reads the pages of `[start, end)` (inside one mapping) that have no
+    /// frame yet from the mapping's file, if it has one, into fresh
+    /// frames, one request per run of up to `FAULT_AROUND` pages. Bytes
+    /// past the file's end read as zero.
+    fn fill_from_file(&mut self, start: u64, end: u64) -> Result<()> {
+        let p = self.proc();
+        let (map_start, vma) = p.mm.vmas.get(start).ok_or(Errno::EFAULT)?;
+        let Some(file_ref) = vma.file else {
+            return Ok(());
+        };
+        let file =
+            p.mm.backing
+                .get(&file_ref.id)
+                .cloned()
+                .ok_or(Errno::EFAULT)?;
+        let kind = p.mm.vmas.page_kind(start).ok_or(Errno::EFAULT)?;
+        let has_frame = |k: &Kernel, va: u64| {
+            k.proc()
+                .space
+                .as_ref()
+                .is_none_or(|s| s.physical(va).is_some())
+        };
+        let max_run = space::FAULT_AROUND * PAGE_SIZE;
+        let mut va = start & !(PAGE_SIZE - 1);
+        while va < end {
+            if has_frame(self, va) {
+                va += PAGE_SIZE;
+                continue;
+            }
+            let mut run_end = va + PAGE_SIZE;
+            while run_end < end.min(vma.end) && run_end - va < max_run && !has_frame(self, run_end)
+            {
+                run_end += PAGE_SIZE;
+            }
+            let mut data = vec![0u8; (run_end - va) as usize];
+            let offset = file_ref.offset + (va - map_start);
+            let mut done = 0;
+            while done < data.len() {
+                let n = file.read_at(&mut self.dev, &mut data[done..], offset + done as u64)?;
+                if n == 0 {
+                    break;
+                }
+                done += n;
+            }
+            let space = self.proc().space.as_ref().ok_or(Errno::EFAULT)?;
+            for (i, page) in data.chunks(PAGE_SIZE as usize).enumerate() {
+                space.install_copy(&self.frames, va + i as u64 * PAGE_SIZE, page, kind)?;
+            }
+            va = run_end;
+        }
+        Ok(())
+    }
+
     /// A page fault at `va` the current process's mappings allow: backs
-    /// the page. Err(ENOMEM) when no frame is left even after the OOM
-    /// killer ran (the caller then is the victim).
+    /// the page (reading it and its neighbours from the mapping's file, if
+    /// any). Err(ENOMEM) when no frame is left even after the OOM killer
+    /// ran (the caller then is the victim).
     pub fn page_fault(&mut self, va: u64, write: bool) -> Result<()> {
         loop {
-            let p = self.proc();
-            let (start, vma) = p.mm.vmas.get(va).ok_or(Errno::EFAULT)?;
-            let kind = p.mm.vmas.page_kind(va).ok_or(Errno::EFAULT)?;
-            let space = p.space.as_ref().ok_or(Errno::EFAULT)?;
-            match space.fault(&self.frames, va, write, kind, (start, vma.end)) {
+            let (start, vma) = self.proc().mm.vmas.get(va).ok_or(Errno::EFAULT)?;
+            let window = space::FAULT_AROUND * PAGE_SIZE;
+            let lo = (va & !(window - 1)).max(start);
+            let hi = ((va & !(window - 1)) + window).min(vma.end);
+            let result = self.fill_from_file(lo, hi).and_then(|()| {
+                let p = self.proc();
+                let kind = p.mm.vmas.page_kind(va).ok_or(Errno::EFAULT)?;
+                let space = p.space.as_ref().ok_or(Errno::EFAULT)?;
+                space.fault(&self.frames, va, write, kind, (start, vma.end))
+            });
+            match result {
                 Err(Errno::ENOMEM) => {
                     if !self.out_of_memory() {
                         return Err(Errno::ENOMEM);

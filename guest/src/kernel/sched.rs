@@ -221,6 +221,8 @@ impl Kernel {
         if let Some(p) = process.as_mut().filter(|_| !lends_memory) {
             let maps = p.mm.files.take(0, u64::MAX);
             crate::kernel::mm::write_back(p.space.as_ref(), &mut self.dev, maps);
+            let backing = core::mem::take(&mut p.mm.backing).into_values().collect();
+            crate::kernel::mm::release_files(&mut self.dev, backing);
         }
         if pid == INIT {
             match status {

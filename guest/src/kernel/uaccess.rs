@@ -14,12 +14,12 @@ const USER_MIN: u64 = capsa_abi::KERNEL_BASE;
 
 impl Kernel {
     /// Checks that `[ptr, ptr + len)` is RAM the application may read.
-    pub fn user_range(&self, ptr: u64, len: usize) -> Result<()> {
+    pub fn user_range(&mut self, ptr: u64, len: usize) -> Result<()> {
         self.check_user(ptr, len, false)
     }
 
     /// Checks that `[ptr, ptr + len)` is RAM the application may write.
-    pub fn user_range_mut(&self, ptr: u64, len: usize) -> Result<()> {
+    pub fn user_range_mut(&mut self, ptr: u64, len: usize) -> Result<()> {
         self.check_user(ptr, len, true)
     }
 
@@ -27,7 +27,7 @@ impl Kernel {
     /// and its pages allow what the kernel is about to do for it, and
     /// gives every page a frame (copying shared copy-on-write pages about
     /// to be written), so the kernel's access cannot fault.
-    fn check_user(&self, ptr: u64, len: usize, write: bool) -> Result<()> {
+    fn check_user(&mut self, ptr: u64, len: usize, write: bool) -> Result<()> {
         if len == 0 {
             return Ok(());
         }
@@ -42,17 +42,17 @@ impl Kernel {
     }
 
     /// The application's buffer `[ptr, ptr + len)`, for the kernel to read.
-    pub fn user_buf(&self, ptr: u64, len: usize) -> Result<&'static mut [u8]> {
+    pub fn user_buf(&mut self, ptr: u64, len: usize) -> Result<&'static mut [u8]> {
         self.user_slice(ptr, len, false)
     }
 
     /// The application's buffer `[ptr, ptr + len)`, for the kernel to
     /// write (and read): `EFAULT` unless its pages are writable.
-    pub fn user_buf_mut(&self, ptr: u64, len: usize) -> Result<&'static mut [u8]> {
+    pub fn user_buf_mut(&mut self, ptr: u64, len: usize) -> Result<&'static mut [u8]> {
         self.user_slice(ptr, len, true)
     }
 
-    fn user_slice(&self, ptr: u64, len: usize, write: bool) -> Result<&'static mut [u8]> {
+    fn user_slice(&mut self, ptr: u64, len: usize, write: bool) -> Result<&'static mut [u8]> {
         if len == 0 {
             return Ok(&mut []);
         }
@@ -64,7 +64,7 @@ impl Kernel {
     }
 
     /// A NUL-terminated string from the application (at most `PATH_MAX`).
-    pub fn user_cstr(&self, ptr: u64) -> Result<Vec<u8>> {
+    pub fn user_cstr(&mut self, ptr: u64) -> Result<Vec<u8>> {
         if ptr == 0 {
             return Err(Errno::EFAULT);
         }
@@ -87,12 +87,12 @@ impl Kernel {
         Ok(buf[..len].to_vec())
     }
 
-    pub fn put_user(&self, ptr: u64, bytes: &[u8]) -> Result<()> {
+    pub fn put_user(&mut self, ptr: u64, bytes: &[u8]) -> Result<()> {
         self.user_buf_mut(ptr, bytes.len())?.copy_from_slice(bytes);
         Ok(())
     }
 
-    pub fn get_u64(&self, ptr: u64) -> Result<u64> {
+    pub fn get_u64(&mut self, ptr: u64) -> Result<u64> {
         let b = self.user_buf(ptr, 8)?;
         let mut v = [0u8; 8];
         v.copy_from_slice(b);

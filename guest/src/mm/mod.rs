@@ -118,6 +118,35 @@ pub struct Vma {
     pub prot: u32,
     /// `MAP_SHARED`: fork shares its frames instead of copying on write.
     pub shared: bool,
+    /// The file whose contents the pages start with (read when first
+    /// touched), or none: anonymous memory, zero when first touched.
+    pub file: Option<FileRef>,
+}
+
+/// A mapping's file: its id in `Mm::backing`, and the file offset of the
+/// mapping's first byte.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileRef {
+    pub id: u32,
+    pub offset: u64,
+}
+
+impl Vma {
+    /// The part of this mapping (which starts at `start`) from `at` on.
+    fn from(self, start: u64, at: u64) -> Vma {
+        Vma {
+            file: self.file.map(|f| FileRef {
+                offset: f.offset + (at - start),
+                ..f
+            }),
+            ..self
+        }
+    }
+
+    /// The file and the offset behind `va` (in this mapping starting at `start`).
+    pub fn file_at(&self, start: u64, va: u64) -> Option<FileRef> {
+        self.from(start, va).file
+    }
 }
 
 /// The application's mappings (start -> end, prot).
@@ -135,8 +164,26 @@ impl Vmas {
     }
 
     pub fn insert_vma(&mut self, start: u64, end: u64, prot: u32, shared: bool) {
-        self.remove(start, end);
-        self.map.insert(start, Vma { end, prot, shared });
+        self.insert_with(
+            start,
+            Vma {
+                end,
+                prot,
+                shared,
+                file: None,
+            },
+        );
+    }
+
+    /// Maps `[start, vma.end)` as `vma` says, replacing what was there.
+    pub fn insert_with(&mut self, start: u64, vma: Vma) {
+        self.remove(start, vma.end);
+        self.map.insert(start, vma);
+    }
+
+    /// The ids of the files mappings read from.
+    pub fn file_ids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.map.values().filter_map(|v| v.file.map(|f| f.id))
     }
 
     /// Records that `[start, end)` changed.
@@ -211,7 +258,7 @@ impl Vmas {
                 self.map.insert(s, Vma { end: start, ..v });
             }
             if v.end > end {
-                self.map.insert(end, v);
+                self.map.insert(end, v.from(s, end));
             }
             removed.push((s.max(start), v.end.min(end)));
         }
@@ -236,22 +283,23 @@ impl Vmas {
         if !self.covers(start, end) {
             return Err(Errno::ENOMEM);
         }
-        let pieces: Vec<(u64, u64, bool)> = self
+        let pieces: Vec<(u64, Vma)> = self
             .map
             .range(..end)
             .filter(|(&s, v)| s < end && v.end > start)
-            .map(|(&s, v)| (s.max(start), v.end.min(end), v.shared))
+            .map(|(&s, v)| {
+                let at = s.max(start);
+                let piece = Vma {
+                    end: v.end.min(end),
+                    prot,
+                    ..v.from(s, at)
+                };
+                (at, piece)
+            })
             .collect();
         self.remove(start, end);
-        for (s, e, shared) in pieces {
-            self.map.insert(
-                s,
-                Vma {
-                    end: e,
-                    prot,
-                    shared,
-                },
-            );
+        for (s, piece) in pieces {
+            self.map.insert(s, piece);
         }
         Ok(())
     }
@@ -428,6 +476,9 @@ pub struct Mm<F: ?Sized> {
     pub args: (u64, u64),
     pub stack: (u64, u64),
     pub files: MappedFiles<F>,
+    /// The files mappings read their pages from, by `FileRef::id`.
+    pub backing: BTreeMap<u32, Rc<F>>,
+    next_backing: u32,
 }
 
 impl<F: ?Sized> Default for Mm<F> {
@@ -441,6 +492,8 @@ impl<F: ?Sized> Default for Mm<F> {
             args: (0, 0),
             stack: (0, 0),
             files: MappedFiles::default(),
+            backing: BTreeMap::new(),
+            next_backing: 0,
         }
     }
 }
@@ -451,6 +504,7 @@ impl<F: ?Sized> Clone for Mm<F> {
             regions: self.regions.clone(),
             vmas: self.vmas.clone(),
             files: self.files.clone(),
+            backing: self.backing.clone(),
             ..*self
         }
     }
@@ -466,6 +520,43 @@ impl<F: ?Sized> Mm<F> {
             regions,
             ..Self::default()
         }
+    }
+
+    /// Makes the mapping just made at `[start, end)` read its pages from
+    /// `file`, starting at `offset`.
+    pub fn attach_file(&mut self, start: u64, end: u64, file: Rc<F>, offset: u64) {
+        let id = self.next_backing;
+        self.next_backing = self.next_backing.wrapping_add(1);
+        self.backing.insert(id, file);
+        if let Some((s, vma)) = self.vmas.get(start) {
+            if s == start && vma.end == end {
+                self.vmas.insert_with(
+                    start,
+                    Vma {
+                        file: Some(FileRef { id, offset }),
+                        ..vma
+                    },
+                );
+            }
+        }
+    }
+
+    /// Forgets the files no mapping reads from any more; returns them.
+    pub fn unused_backing(&mut self) -> Vec<Rc<F>> {
+        if self.backing.is_empty() {
+            return Vec::new();
+        }
+        let used: alloc::collections::BTreeSet<u32> = self.vmas.file_ids().collect();
+        let unused: Vec<u32> = self
+            .backing
+            .keys()
+            .copied()
+            .filter(|id| !used.contains(id))
+            .collect();
+        unused
+            .into_iter()
+            .filter_map(|id| self.backing.remove(&id))
+            .collect()
     }
 
     pub fn set_brk_start(&mut self, at: u64) {

@@ -628,6 +628,29 @@ impl Space {
         Ok(stale)
     }
 
+    /// Gives the page at `va`, which has no frame, a fresh one holding
+    /// `data` (at most a page; the rest zero).
+    pub fn install_copy(
+        &self,
+        frames: &Frames,
+        va: u64,
+        data: &[u8],
+        kind: PageKind,
+    ) -> Result<()> {
+        let (table, i) = self.entry(va, true)?.ok_or(Errno::EFAULT)?;
+        if get(table, i) & (PRESENT | HELD) != 0 {
+            return Ok(());
+        }
+        let frame = frames.alloc().ok_or(Errno::ENOMEM)?;
+        let n = data.len().min(PAGE as usize);
+        // SAFETY: a fresh whole frame nobody maps yet, through the physical
+        // window; `n` is at most a page.
+        unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), phys(frame), n) };
+        set(table, i, frame | Self::bits(kind, true));
+        self.resident.set(self.resident.get() + 1);
+        Ok(())
+    }
+
     /// Handles a fault at `va` in a mapping of `kind` spanning
     /// `[map_start, map_end)`: backs the page (copying it if it is written
     /// and shared copy-on-write) and the pages around it.

@@ -42,7 +42,7 @@ impl Kernel {
         if target.as_epoll().is_none() && !target.pollable() {
             return Err(Errno::EPERM);
         }
-        let read_event = |k: &Self| -> Result<(u32, u64)> {
+        let read_event = |k: &mut Self| -> Result<(u32, u64)> {
             let raw = k.user_buf(event, EVENT_SIZE)?;
             let events = u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]);
             let mut data = [0u8; 8];

@@ -319,7 +319,7 @@ impl Kernel {
     }
 
     /// The buffers of an iovec array; `write`: the kernel fills them.
-    fn iovecs(&self, iov: u64, count: u64, write: bool) -> Result<Vec<&'static mut [u8]>> {
+    fn iovecs(&mut self, iov: u64, count: u64, write: bool) -> Result<Vec<&'static mut [u8]>> {
         if count > IOV_MAX {
             return Err(Errno::EINVAL);
         }
@@ -1407,7 +1407,7 @@ impl Kernel {
             return Err(Errno::EINVAL);
         }
         let bytes = (nfds as usize).div_ceil(64) * 8;
-        let set = |k: &Self, p: u64| -> Result<Vec<u8>> {
+        let set = |k: &mut Self, p: u64| -> Result<Vec<u8>> {
             if p == 0 {
                 Ok(vec![0; bytes])
             } else {

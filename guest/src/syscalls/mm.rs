@@ -1,5 +1,5 @@
-//! Memory syscalls: brk, mmap (anonymous, and file-backed by reading the
-//! file), munmap, mprotect, mremap, msync, madvise. See `crate::mm` for
+//! Memory syscalls: brk, mmap (anonymous, and of files, whose pages are
+//! read when first touched), munmap, mprotect, mremap, msync, madvise. See `crate::mm` for
 //! how mappings become page tables and protections are enforced.
 
 use crate::errno::{Errno, Result};
@@ -71,33 +71,16 @@ impl Kernel {
                 self.unmap_files(addr, end);
             }
         }
-        // A file mapping is filled by the kernel, so it starts writable
-        // and gets its protection once filled.
-        let fill_prot = if file.is_some() {
-            prot | PROT_READ | PROT_WRITE
-        } else {
-            prot
-        };
-        let start = self.proc_mut().mm.map(addr, len, fill_prot, flags)?;
+        let start = self.proc_mut().mm.map(addr, len, prot, flags)?;
         let mapped = page_up(len).ok_or(Errno::ENOMEM)?;
-        // What a fixed mapping replaced is gone: fresh pages read as zero.
+        // What a fixed mapping replaced is gone: fresh pages read as zero,
+        // or as the file.
         self.discard(start, start + mapped);
-        self.back()?;
         if let Some(file) = file {
-            let dst = self.user_buf_mut(start, len as usize);
-            let read = dst.and_then(|dst| self.read_file_into(fd, offset, dst));
-            let protected = read.and_then(|_| {
-                self.proc_mut().mm.protect(start, mapped, prot)?;
-                self.back()
-            });
-            if let Err(e) = protected {
-                let _ = self.proc_mut().mm.unmap(start, mapped);
-                let _ = self.back();
-                // Running out of frames filling the mapping is this call's
-                // ENOMEM, with its frames given back: no reason to kill.
-                self.oom_pending.set(false);
-                return Err(e);
-            }
+            // The pages are read from the file when first touched.
+            self.proc_mut()
+                .mm
+                .attach_file(start, start + mapped, file.clone(), offset);
             if flags & MAP_SHARED != 0 {
                 self.proc_mut().mm.files.insert(MappedFile {
                     start,
@@ -107,6 +90,7 @@ impl Kernel {
                 });
             }
         }
+        self.back()?;
         Ok(start)
     }
 
@@ -149,9 +133,8 @@ impl Kernel {
     /// madvise: the access-pattern and huge-page hints change nothing
     /// here, so accepting them is their whole effect. `MADV_DONTNEED`
     /// and `MADV_FREE` give the frames of private memory back, which then
-    /// reads as zero, as on Linux (private file mappings, which Linux
-    /// would read again from the file, read back as zero too); shared
-    /// memory keeps its contents.
+    /// reads as zero (a private file mapping reads its file again), as on
+    /// Linux; shared memory keeps its contents.
     pub fn sys_madvise(&mut self, addr: u64, len: u64, advice: u32) -> Result<u64> {
         const MADV_DONTNEED: u32 = 4;
         const MADV_FREE: u32 = 8;
@@ -209,7 +192,7 @@ impl Kernel {
         if !old.is_multiple_of(PAGE_SIZE) || new_len == 0 {
             return Err(Errno::EINVAL);
         }
-        let (_, vma) = self.proc_mut().mm.vmas.get(old).ok_or(Errno::EFAULT)?;
+        let (vma_start, vma) = self.proc_mut().mm.vmas.get(old).ok_or(Errno::EFAULT)?;
         if new_len <= old_len {
             if new_len < old_len {
                 self.unmap_files(old + new_len, old + old_len);
@@ -221,10 +204,12 @@ impl Kernel {
         // Grow in place when the addresses after the mapping are free.
         let tail = old + old_len;
         if vma.end == tail && self.proc_mut().mm.regions.reserve(tail, old + new_len) {
-            self.proc_mut()
-                .mm
-                .vmas
-                .insert_vma(tail, old + new_len, vma.prot, vma.shared);
+            let grown = crate::mm::Vma {
+                end: old + new_len,
+                file: vma.file_at(vma_start, tail),
+                ..vma
+            };
+            self.proc_mut().mm.vmas.insert_with(tail, grown);
             self.back()?;
             return Ok(old);
         }
@@ -236,6 +221,13 @@ impl Kernel {
             .proc_mut()
             .mm
             .map(0, new_len, vma.prot, MAP_ANONYMOUS | shared)?;
+        // Pages not read yet still come from the file, at the same offsets.
+        let moved_vma = crate::mm::Vma {
+            end: new + new_len,
+            file: vma.file_at(vma_start, old),
+            ..vma
+        };
+        self.proc_mut().mm.vmas.insert_with(new, moved_vma);
         let moved = match self.proc().space.as_ref() {
             Some(space) => space.move_pages(old, new, old_len),
             None => Ok(Stale::default()),

@@ -125,11 +125,22 @@ impl Kernel {
             let started = self.clock.monotonic_ns();
             // Shared memory must have its frames before they are shared:
             // a page first touched after the fork would be each side's own.
+            // (A read-only shared mapping of a file may stay unread: both
+            // sides read the same file.)
             let shared: Vec<(u64, u64)> = self
                 .proc()
                 .mm
                 .vmas
                 .shared()
+                .filter(|&(s, _, prot)| {
+                    prot & crate::mm::PROT_WRITE != 0
+                        || self
+                            .proc()
+                            .mm
+                            .vmas
+                            .get(s)
+                            .is_some_and(|(_, v)| v.file.is_none())
+                })
                 .map(|(s, e, _)| (s, e))
                 .collect();
             for &(s, e) in &shared {
@@ -323,7 +334,7 @@ impl Kernel {
         Ok(tid as u64)
     }
 
-    fn user_strv(&self, ptr: u64) -> Result<Vec<Vec<u8>>> {
+    fn user_strv(&mut self, ptr: u64) -> Result<Vec<Vec<u8>>> {
         let mut out = Vec::new();
         if ptr == 0 {
             return Ok(out);
@@ -496,6 +507,8 @@ impl Kernel {
                 let mut old_mm = old_mm;
                 let maps = old_mm.files.take(0, u64::MAX);
                 crate::kernel::mm::write_back(old_space.as_ref(), &mut self.dev, maps);
+                let backing = core::mem::take(&mut old_mm.backing).into_values().collect();
+                crate::kernel::mm::release_files(&mut self.dev, backing);
                 if let Some(s) = old_space {
                     s.release(&self.frames);
                 }
@@ -983,7 +996,7 @@ impl Kernel {
     }
 
     /// A `struct sched_param`'s priority.
-    fn sched_param(&self, param: u64) -> Result<u32> {
+    fn sched_param(&mut self, param: u64) -> Result<u32> {
         if param == 0 {
             return Err(Errno::EINVAL);
         }
@@ -1174,7 +1187,7 @@ impl Kernel {
             return Err(Errno::EINVAL);
         }
         let (group, key) = self.futex_key(addr, op);
-        let word = |k: &Self, a: u64| -> Result<u32> {
+        let word = |k: &mut Self, a: u64| -> Result<u32> {
             let b = k.user_buf(a, 4)?;
             Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
         };

@@ -175,7 +175,7 @@ impl Kernel {
         })
     }
 
-    pub fn timespec_ns(&self, ptr: u64) -> Result<u64> {
+    pub fn timespec_ns(&mut self, ptr: u64) -> Result<u64> {
         let t = self.user_buf(ptr, 16)?;
         let sec = i64::from_le_bytes(t[..8].try_into().map_err(|_| Errno::EFAULT)?);
         let nsec = i64::from_le_bytes(t[8..].try_into().map_err(|_| Errno::EFAULT)?);
