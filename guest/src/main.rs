@@ -184,6 +184,25 @@ capsa_exception_common:
 
 .text
 /* ---- everything below runs at CPL3 ---- */
+
+/* The general registers of a SyscallFrame at rsp but rip, rflags, rsp,
+   rcx and r11, which each return path restores its own way. */
+.macro pop_frame_gprs
+    pop rax
+    pop rdi
+    pop rsi
+    pop rdx
+    pop r10
+    pop r8
+    pop r9
+    pop rbx
+    pop rbp
+    pop r12
+    pop r13
+    pop r14
+    pop r15
+.endm
+
 capsa_user_entry:
     call capsa_main
     ud2
@@ -216,19 +235,7 @@ capsa_syscall_user:
     fxrstor [rsp]
     mov rsp, rbx
 capsa_pop_user:
-    pop rax
-    pop rdi
-    pop rsi
-    pop rdx
-    pop r10
-    pop r8
-    pop r9
-    pop rbx
-    pop rbp
-    pop r12
-    pop r13
-    pop r14
-    pop r15
+    pop_frame_gprs
     pop rcx
     pop r11
     push r11
@@ -262,19 +269,7 @@ capsa_return_full:
     mov rcx, [rdi + 128]
     mov r11, [rdi + 136]
     mov rsp, rdi
-    pop rax
-    pop rdi
-    pop rsi
-    pop rdx
-    pop r10
-    pop r8
-    pop r9
-    pop rbx
-    pop rbp
-    pop r12
-    pop r13
-    pop r14
-    pop r15
+    pop_frame_gprs
 .global capsa_iret_gate_ud
 capsa_iret_gate_ud:
     ud2

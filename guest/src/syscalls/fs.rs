@@ -1472,20 +1472,6 @@ impl Kernel {
         };
         self.select_common(nfds, r, w, e, timeout)
     }
-
-    /// Reads a whole file through an open descriptor (file-backed mmap).
-    pub fn read_file_into(&mut self, fd: i32, offset: u64, dst: &mut [u8]) -> Result<usize> {
-        let file = self.proc_mut().fds.file(fd)?;
-        let mut done = 0;
-        while done < dst.len() {
-            let n = file.read_at(&mut self.dev, &mut dst[done..], offset + done as u64)?;
-            if n == 0 {
-                break;
-            }
-            done += n;
-        }
-        Ok(done)
-    }
 }
 
 impl Kernel {
