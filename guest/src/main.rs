@@ -145,8 +145,10 @@ capsa_exception_stubs:
     jmp capsa_exception_common
 .endr
 
-/* #UD: the CR3 gate when it comes from capsa_cr3_gate_ud, else an
-   ordinary exception. 4 emulated instructions on the gate path. */
+/* #UD: the CR3 gate, the full-return gate or the invlpg gate when it
+   comes from their ud2 (capsa_cr3_gate_ud, capsa_iret_gate_ud,
+   capsa_invlpg_gate_ud), else an ordinary exception. 4-8 emulated
+   instructions on a gate path. */
 .global capsa_ud_stub
 capsa_ud_stub:
     cmp QWORD PTR [rsp], OFFSET capsa_cr3_gate_ud
