@@ -19,7 +19,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 use capsa_tests::*;
 
@@ -117,16 +116,10 @@ fn outcomes(
     mode: &str,
 ) -> Result<BTreeMap<String, String>, String> {
     let id = unique_id("cpython");
-    let mut cmd = Command::new("timeout");
-    cmd.args(["-k", "10", &RUN_LIMIT_SECS.to_string()])
-        .arg(capsa_bin())
-        .arg("--root")
-        .arg(capsa.root.path())
-        .args(["run", "--isolation", mode, "--bundle"])
-        .arg(bundle.path())
-        .arg(&id)
-        .stdin(Stdio::null());
-    let out = cmd.output().expect("run capsa");
+    let out = capsa
+        .bounded_run_command(bundle, mode, &id, RUN_LIMIT_SECS)
+        .output()
+        .expect("run capsa");
     // A run killed by the bound leaves a microVM's VMM behind.
     let _ = capsa.output(&["delete", "--force", &id]);
     let text = stdout(&out);

@@ -38,15 +38,8 @@ fn run(capsa: &Capsa, bundle: &TestBundle, mode: &str) -> Output {
     let out_file = tempfile::NamedTempFile::new().expect("stdout file");
     let err_file = tempfile::NamedTempFile::new().expect("stderr file");
     let started = std::time::Instant::now();
-    let status = Command::new("timeout")
-        .args(["-k", "10", &RUN_LIMIT_SECS.to_string()])
-        .arg(capsa_bin())
-        .arg("--root")
-        .arg(capsa.root.path())
-        .args(["run", "--isolation", mode, "--bundle"])
-        .arg(bundle.path())
-        .arg(&id)
-        .stdin(Stdio::null())
+    let status = capsa
+        .bounded_run_command(bundle, mode, &id, RUN_LIMIT_SECS)
         .stdout(out_file.reopen().expect("reopen stdout file"))
         .stderr(err_file.reopen().expect("reopen stderr file"))
         .status()
@@ -1050,14 +1043,8 @@ fn a_microvm_that_burst_to_500_mb_shrinks_back_on_the_host() {
     let bundle = host_usr_fixture(&[PYTHON, "-c", script]);
     let capsa = Capsa::new();
     let id = unique_id("reclaim");
-    let mut child = Command::new("timeout")
-        .args(["-k", "10", &RUN_LIMIT_SECS.to_string()])
-        .arg(capsa_bin())
-        .arg("--root")
-        .arg(capsa.root.path())
-        .args(["run", "--isolation", "microvm", "--bundle"])
-        .arg(bundle.path())
-        .arg(&id)
+    let mut child = capsa
+        .bounded_run_command(&bundle, "microvm", &id, RUN_LIMIT_SECS)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

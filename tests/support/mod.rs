@@ -133,6 +133,28 @@ impl Capsa {
         cmd
     }
 
+    /// [`Capsa::run_command`] under `timeout -k 10 LIMIT`: SIGTERM after
+    /// `limit_secs`, SIGKILL 10 s later (a killed microVM run leaves its
+    /// VMM behind for `capsa delete --force`). stdin is /dev/null.
+    pub fn bounded_run_command(
+        &self,
+        bundle: &TestBundle,
+        isolation: &str,
+        id: &str,
+        limit_secs: u32,
+    ) -> Command {
+        let mut cmd = Command::new("timeout");
+        cmd.args(["-k", "10", &limit_secs.to_string()])
+            .arg(capsa_bin())
+            .arg("--root")
+            .arg(self.root.path())
+            .args(["run", "--isolation", isolation, "--bundle"])
+            .arg(bundle.path())
+            .arg(id)
+            .stdin(Stdio::null());
+        cmd
+    }
+
     /// `capsa run` in the foreground.
     pub fn run(&self, bundle: &TestBundle, isolation: &str, id: &str) -> Output {
         self.run_command(bundle, isolation, id)
