@@ -335,11 +335,6 @@ impl Vmas {
             .collect()
     }
 
-    /// Every mapping as `(start, end)`.
-    pub fn ranges(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
-        self.map.iter().map(|(&s, v)| (s, v.end))
-    }
-
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }

@@ -115,10 +115,6 @@ fn runs_of(frames: &[u64]) -> Vec<[u64; 2]> {
 /// PML4 of the loaded address space (0: the VMM's identity map, as in host tests).
 static ACTIVE_PML4: AtomicU64 = AtomicU64::new(0);
 
-pub fn slot_of(va: u64) -> u64 {
-    va & !(SLOT - 1)
-}
-
 /// Translations the CPU may still hold after page-table entries lost
 /// rights or went away: a few pages to invalidate one by one (`invlpg`,
 /// one trip through CPL0 each), or so many that reloading CR3 is cheaper.
@@ -416,10 +412,6 @@ impl Frames {
     /// Frames not in use.
     pub fn available(&self) -> u64 {
         (self.user_hi - self.user_lo) / PAGE - self.books.borrow().used
-    }
-
-    pub fn total(&self) -> u64 {
-        (self.user_hi - self.user_lo) / PAGE
     }
 
     /// Whether `va` is an address the application owns (see the layout).
@@ -846,19 +838,6 @@ pub fn dma_pieces(va: u64, len: u32, out: &mut Vec<(u64, u32)>) {
     }
 }
 
-/// Where the kernel can reach `[va, va + len)` of the loaded space whatever
-/// its pages allow the application: pieces of the physical window (the
-/// range itself without a loaded space). Parts without a frame are left out.
-pub fn kernel_view(va: u64, len: u64) -> Vec<(u64, u64)> {
-    if ACTIVE_PML4.load(Ordering::Relaxed) == 0 {
-        return alloc::vec![(va, len)];
-    }
-    physical_pieces(va, len)
-        .into_iter()
-        .map(|(pa, n)| (PHYS_BASE + pa, n))
-        .collect()
-}
-
 /// The guest-physical address behind `va` in the loaded space (`va`
 /// itself without one), if it is backed.
 pub fn physical(va: u64) -> Option<u64> {
@@ -951,7 +930,7 @@ mod tests {
         assert!(books.free.is_empty());
         assert_eq!(books.reported.len(), REPORT_BATCH);
         drop(books);
-        assert_eq!(f.available(), f.total());
+        assert_eq!(f.available(), (f.user_hi - f.user_lo) / PAGE);
         // Reported frames are handed out again before fresh ones.
         let again = f.alloc().expect("frame");
         assert!(taken.contains(&again));
