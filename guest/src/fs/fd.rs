@@ -9,7 +9,10 @@ use core::cell::Cell;
 
 use crate::errno::{Errno, Result};
 use crate::fs::fuse::SetAttr;
+use crate::fs::fuse::VirtioFuse;
+use crate::fs::vfs::Vfs;
 use crate::fs::Devices;
+use crate::mm::cache::FileKey;
 
 pub const O_ACCMODE: u32 = 3;
 pub const O_RDONLY: u32 = 0;
@@ -111,6 +114,16 @@ pub trait File {
     /// Whole-file access for the ELF loader and file-backed `mmap`.
     fn read_at(&self, dev: &mut Devices, buf: &mut [u8], offset: u64) -> Result<usize> {
         self.pread(dev, buf, offset)
+    }
+    /// The page-cache key of a file whose pages the cache holds (regular
+    /// files of the FUSE file systems).
+    fn cache_key(&self) -> Option<FileKey> {
+        None
+    }
+    /// Reads from the file itself, past the page cache (what the cache
+    /// fills itself with).
+    fn fetch(&self, _vfs: &mut Vfs<VirtioFuse>, _buf: &mut [u8], _offset: u64) -> Result<usize> {
+        Err(Errno::ENODEV)
     }
 }
 

@@ -10,9 +10,11 @@ use crate::fs::fd::{
     File, O_ACCMODE, O_APPEND, O_NONBLOCK, O_RDONLY, O_WRONLY, SEEK_CUR, SEEK_SET,
 };
 use crate::fs::fuse::SetAttr;
+use crate::fs::fuse::VirtioFuse;
 use crate::fs::fuse::{self, Attr, S_IFCHR, S_IFIFO};
-use crate::fs::vfs::Node;
+use crate::fs::vfs::{Node, Vfs};
 use crate::fs::Devices;
+use crate::mm::cache::{FileKey, Version};
 
 pub(crate) fn synthetic_stat(mode: u32, rdev: u32, ino: u64) -> [u8; 144] {
     Attr {
@@ -279,6 +281,44 @@ impl FuseFile {
             .getattr(self.node.id, Some(self.fh))?
             .size)
     }
+
+    fn key(&self) -> FileKey {
+        (self.node.fs, self.node.id)
+    }
+
+    /// Close-to-open: an open checks the file against what its cached
+    /// pages were read from (see `mm::cache`).
+    /// Without the file's attributes nothing cached of it is trusted.
+    pub fn revalidate(&self, dev: &mut Devices) {
+        let attr = dev
+            .vfs
+            .fs(self.node.fs)
+            .and_then(|fs| fs.getattr(self.node.id, Some(self.fh)));
+        match attr {
+            Ok(attr) => {
+                let version = Version {
+                    size: attr.size,
+                    mtime: (attr.mtime, attr.mtimensec),
+                };
+                dev.cache.revalidate(self.key(), version);
+            }
+            Err(_) => dev.cache.invalidate(self.key()),
+        }
+    }
+}
+
+/// SETATTR of a FUSE node, keeping the page cache in step with a new size.
+pub fn set_node_attr(
+    dev: &mut Devices,
+    node: Node,
+    fh: Option<u64>,
+    set: &SetAttr,
+) -> Result<Attr> {
+    let attr = dev.vfs.fs(node.fs)?.setattr(node.id, fh, set)?;
+    if set.valid & fuse::fattr::SIZE != 0 {
+        dev.cache.truncated((node.fs, node.id), set.size);
+    }
+    Ok(attr)
 }
 
 impl File for FuseFile {
@@ -304,10 +344,24 @@ impl File for FuseFile {
         self.read_at(dev, buf, offset)
     }
     fn read_at(&self, dev: &mut Devices, buf: &mut [u8], offset: u64) -> Result<usize> {
-        dev.vfs
-            .fs(self.node.fs)?
+        let Devices { cache, vfs, .. } = dev;
+        cache.read(self.key(), offset, buf, &mut |at, out| {
+            self.fetch(vfs, out, at)
+        })
+    }
+    fn cache_key(&self) -> Option<FileKey> {
+        Some(self.key())
+    }
+    fn fetch(&self, vfs: &mut Vfs<VirtioFuse>, buf: &mut [u8], offset: u64) -> Result<usize> {
+        vfs.fs(self.node.fs)?
             .read(self.node.id, self.fh, offset, buf)
     }
+    /// Writes go through to the host at once, and into the cached pages
+    /// they cover: the host's copy is the one the container's other users
+    /// (the host, other containers, a crash) see, and the guest's RAM is
+    /// kept small, so nothing waits dirty in the guest but what processes
+    /// store through shared mappings (written back on msync, munmap, exit
+    /// and exec).
     fn pwrite(&self, dev: &mut Devices, buf: &[u8], offset: u64) -> Result<usize> {
         if !writable(self.flags.get()) {
             return Err(Errno::EBADF);
@@ -315,9 +369,13 @@ impl File for FuseFile {
         if buf.is_empty() {
             return Ok(0);
         }
-        dev.vfs
+        let n = dev
+            .vfs
             .fs(self.node.fs)?
-            .write(self.node.id, self.fh, offset, buf)
+            .write(self.node.id, self.fh, offset, buf)?;
+        dev.cache
+            .wrote(self.key(), offset, &buf[..n.min(buf.len())]);
+        Ok(n)
     }
     fn seek(&self, dev: &mut Devices, offset: i64, whence: u32) -> Result<u64> {
         crate::fs::fd::seek_in(&self.offset, offset, whence, || self.size(dev))
@@ -338,10 +396,7 @@ impl File for FuseFile {
             size: len,
             ..SetAttr::default()
         };
-        dev.vfs
-            .fs(self.node.fs)?
-            .setattr(self.node.id, Some(self.fh), &set)
-            .map(|_| ())
+        set_node_attr(dev, self.node, Some(self.fh), &set).map(|_| ())
     }
     fn sync(&self, dev: &mut Devices) -> Result<()> {
         dev.vfs
@@ -349,18 +404,24 @@ impl File for FuseFile {
             .fsync(self.node.id, self.fh, false)
     }
     fn fallocate(&self, dev: &mut Devices, mode: u32, offset: u64, len: u64) -> Result<()> {
+        const FALLOC_FL_KEEP_SIZE: u32 = 1;
         if !writable(self.flags.get()) {
             return Err(Errno::EBADF);
         }
         dev.vfs
             .fs(self.node.fs)?
-            .fallocate(self.node.id, self.fh, offset, len, mode)
+            .fallocate(self.node.id, self.fh, offset, len, mode)?;
+        match mode {
+            // Allocation only: the file may grow, no byte changes.
+            0 => dev.cache.wrote(self.key(), offset.saturating_add(len), &[]),
+            FALLOC_FL_KEEP_SIZE => {}
+            // Holes punched, ranges zeroed or collapsed: read again.
+            _ => dev.cache.invalidate(self.key()),
+        }
+        Ok(())
     }
     fn setattr(&self, dev: &mut Devices, set: &SetAttr) -> Result<()> {
-        dev.vfs
-            .fs(self.node.fs)?
-            .setattr(self.node.id, Some(self.fh), set)
-            .map(|_| ())
+        set_node_attr(dev, self.node, Some(self.fh), set).map(|_| ())
     }
     fn flags(&self) -> u32 {
         self.flags.get()

@@ -16,12 +16,15 @@ use alloc::vec::Vec;
 
 use crate::drivers::rng::Rng;
 use crate::drivers::virtio::console::Console;
+use crate::mm::cache::PageCache;
 use fuse::VirtioFuse;
 use vfs::Vfs;
 
 /// Everything file objects need to do I/O.
 pub struct Devices {
     pub vfs: Vfs<VirtioFuse>,
+    /// The pages of regular files (`FuseFile` reads and writes through it).
+    pub cache: PageCache,
     pub consoles: Vec<Console>,
     /// Index in `consoles` of the Stdio and Stderr roles.
     pub stdio: Option<usize>,

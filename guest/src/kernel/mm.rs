@@ -14,6 +14,9 @@ use crate::kernel::{Kernel, MappedFile};
 use crate::mm::space::{self, Space, Stale};
 use crate::mm::PAGE_SIZE;
 
+/// Cached pages reclaimed at a time when frames run out (1 MiB).
+const RECLAIM_BATCH: u64 = 256;
+
 /// Writes `maps` (parts of `MAP_SHARED` file mappings of `space`) back to
 /// their files, up to each file's end as Linux does, and releases files no
 /// descriptor or mapping holds any more. Write errors are dropped, as a
@@ -99,8 +102,9 @@ impl Kernel {
     /// Gives every page of `[start, end)` of the current process a frame,
     /// writable in place where `write` (copied if shared copy-on-write),
     /// so the kernel can touch it for the application: EFAULT where no
-    /// mapping covers a page, ENOMEM when frames run out. Pages of file
-    /// mappings are read from their file first.
+    /// mapping covers a page or a file mapping's page lies past the end of
+    /// its file, ENOMEM when frames run out even after reclaim. Pages of
+    /// file mappings come from the page cache.
     pub fn populate(&mut self, start: u64, end: u64, write: bool) -> Result<()> {
         let Some(space) = self.proc().space.as_ref() else {
             return Ok(());
@@ -112,12 +116,16 @@ impl Kernel {
         while va < end {
             let (_, vma) = self.proc().mm.vmas.get(va).ok_or(Errno::EFAULT)?;
             let piece_end = vma.end.min(end);
-            let result = self.fill_from_file(va, piece_end).and_then(|()| {
-                let p = self.proc();
+            let result = self.reclaiming(|k| {
+                k.fill_from_file(va, piece_end)?;
+                let p = k.proc();
                 let kind = p.mm.vmas.page_kind(va).ok_or(Errno::EFAULT)?;
                 let space = p.space.as_ref().ok_or(Errno::EFAULT)?;
-                let stale = space.populate(&self.frames, va, piece_end, kind, write)?;
-                self.flush(stale);
+                if vma.file.is_some() && !space.backed(va, piece_end) {
+                    return Err(Errno::EFAULT);
+                }
+                let stale = space.populate(&k.frames, va, piece_end, kind, write)?;
+                k.flush(stale);
                 Ok(())
             });
             if let Err(e) = result {
@@ -133,10 +141,21 @@ impl Kernel {
         Ok(())
     }
 
-    /// Reads the pages of `[start, end)` (inside one mapping) that have no
-    /// frame yet from the mapping's file, if it has one, into fresh
-    /// frames, one request per run of up to `FAULT_AROUND` pages. Bytes
-    /// past the file's end read as zero.
+    /// Runs `op` again while it fails for want of frames and the page
+    /// cache can give some back (clean pages go before the OOM killer).
+    fn reclaiming(&mut self, mut op: impl FnMut(&mut Kernel) -> Result<()>) -> Result<()> {
+        loop {
+            match op(self) {
+                Err(Errno::ENOMEM) if self.dev.cache.reclaim(RECLAIM_BATCH) > 0 => continue,
+                other => return other,
+            }
+        }
+    }
+
+    /// Maps the pages of `[start, end)` (inside one mapping) that have no
+    /// frame yet to their file's pages in the page cache, reading those
+    /// not cached in one request per run. Pages wholly past the end of
+    /// the file stay without a frame.
     fn fill_from_file(&mut self, start: u64, end: u64) -> Result<()> {
         let p = self.proc();
         let (map_start, vma) = p.mm.vmas.get(start).ok_or(Errno::EFAULT)?;
@@ -149,29 +168,60 @@ impl Kernel {
                 .cloned()
                 .ok_or(Errno::EFAULT)?;
         let kind = p.mm.vmas.page_kind(start).ok_or(Errno::EFAULT)?;
-        let has_frame = |k: &Kernel, va: u64| {
-            k.proc()
-                .space
-                .as_ref()
-                .is_none_or(|s| s.physical(va).is_some())
+        let space = p.space.as_ref().ok_or(Errno::EFAULT)?;
+        let end = end.min(vma.end);
+        // Only the pages from the first to the last without a frame.
+        let mut lo = start & !(PAGE_SIZE - 1);
+        while lo < end && space.physical(lo).is_some() {
+            lo += PAGE_SIZE;
+        }
+        let mut hi = (end + PAGE_SIZE - 1) & !(PAGE_SIZE - 1);
+        while hi > lo && space.physical(hi - PAGE_SIZE).is_some() {
+            hi -= PAGE_SIZE;
+        }
+        if lo >= hi {
+            return Ok(());
+        }
+        let offset = file_ref.offset + (lo - map_start);
+        let Some(key) = file.cache_key() else {
+            return self.copy_from_file(&*file, lo, hi, offset, kind);
         };
+        let crate::fs::Devices { cache, vfs, .. } = &mut self.dev;
+        let pages = cache.map_pages(
+            key,
+            offset / PAGE_SIZE,
+            (hi - lo) / PAGE_SIZE,
+            &mut |at, buf| file.fetch(vfs, buf, at),
+        )?;
+        let space = self.proc().space.as_ref().ok_or(Errno::EFAULT)?;
+        for (i, frame) in pages.into_iter().enumerate() {
+            if let Some(frame) = frame {
+                space.map_frame(&self.frames, lo + i as u64 * PAGE_SIZE, frame, kind)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// For a mapped file the page cache does not hold (an emulated
+    /// device): copies `[lo, hi)` from the file at `offset` into fresh
+    /// frames, one request per run of up to `FAULT_AROUND` pages.
+    fn copy_from_file(
+        &mut self,
+        file: &dyn crate::fs::fd::File,
+        lo: u64,
+        hi: u64,
+        offset: u64,
+        kind: space::PageKind,
+    ) -> Result<()> {
         let max_run = space::FAULT_AROUND * PAGE_SIZE;
-        let mut va = start & !(PAGE_SIZE - 1);
-        while va < end {
-            if has_frame(self, va) {
-                va += PAGE_SIZE;
-                continue;
-            }
-            let mut run_end = va + PAGE_SIZE;
-            while run_end < end.min(vma.end) && run_end - va < max_run && !has_frame(self, run_end)
-            {
-                run_end += PAGE_SIZE;
-            }
+        let mut va = lo;
+        while va < hi {
+            let run_end = (va + max_run).min(hi);
             let mut data = vec![0u8; (run_end - va) as usize];
-            let offset = file_ref.offset + (va - map_start);
+            let at = offset + (va - lo);
             let mut done = 0;
             while done < data.len() {
-                let n = file.read_at(&mut self.dev, &mut data[done..], offset + done as u64)?;
+                let n = file.read_at(&mut self.dev, &mut data[done..], at + done as u64)?;
                 if n == 0 {
                     break;
                 }
@@ -187,20 +237,31 @@ impl Kernel {
     }
 
     /// A page fault at `va` the current process's mappings allow: backs
-    /// the page (reading it and its neighbours from the mapping's file, if
-    /// any). Err(ENOMEM) when no frame is left even after the OOM killer
-    /// ran (the caller then is the victim).
+    /// the page and the pages around it (a file mapping's from the page
+    /// cache). Err(EIO) for a file mapping's page past the end of its file
+    /// (SIGBUS); Err(ENOMEM) when no frame is left even after reclaim and
+    /// the OOM killer (the caller then is the victim).
     pub fn page_fault(&mut self, va: u64, write: bool) -> Result<()> {
         loop {
             let (start, vma) = self.proc().mm.vmas.get(va).ok_or(Errno::EFAULT)?;
             let window = space::FAULT_AROUND * PAGE_SIZE;
             let lo = (va & !(window - 1)).max(start);
             let hi = ((va & !(window - 1)) + window).min(vma.end);
-            let result = self.fill_from_file(lo, hi).and_then(|()| {
-                let p = self.proc();
+            let result = self.reclaiming(|k| {
+                k.fill_from_file(lo, hi)?;
+                let p = k.proc();
                 let kind = p.mm.vmas.page_kind(va).ok_or(Errno::EFAULT)?;
                 let space = p.space.as_ref().ok_or(Errno::EFAULT)?;
-                space.fault(&self.frames, va, write, kind, (start, vma.end))
+                if vma.file.is_none() {
+                    return space.fault(&k.frames, va, write, kind, (start, vma.end));
+                }
+                let page = va & !(PAGE_SIZE - 1);
+                if space.physical(page).is_none() {
+                    return Err(Errno::EIO);
+                }
+                // The fault dropped the page's old translation.
+                space.populate(&k.frames, page, page + PAGE_SIZE, kind, write)?;
+                Ok(())
             });
             match result {
                 Err(Errno::ENOMEM) => {

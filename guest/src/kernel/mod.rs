@@ -33,6 +33,7 @@ use crate::fs::vfs::{Mount, Vfs};
 use crate::fs::Devices;
 use crate::loader::elf::{self, Elf};
 use crate::loader::stack;
+use crate::mm::cache::PageCache;
 use crate::mm::space::{self, Frames, Space};
 use crate::mm::{page_up, PAGE_SIZE, PROT_EXEC, PROT_READ, PROT_WRITE};
 use crate::task::process::{Pid, ProcTable, INIT};
@@ -61,7 +62,7 @@ pub struct Kernel {
     pub unknown_syscalls: BTreeMap<u64, u64>,
     pub ram_size: u64,
     /// User memory frames, shared by all processes.
-    pub frames: Frames,
+    pub frames: Rc<Frames>,
     /// A space with no user slots, loaded while no process's space is.
     pub kernel_space: Option<Space>,
     /// Every task (thread), with its own state (`Thread`).
@@ -280,6 +281,7 @@ pub fn boot(boot_info: u64) -> ! {
     if let Err(e) = frames.build_identity() {
         fatal(format_args!("cannot build page tables: errno {}", e.0));
     }
+    let frames = Rc::new(frames);
     let mm = Mm::new(frames.user_lo, frames.user_hi);
     let (kernel_space, first_space) = match (Space::new(&frames), Space::new(&frames)) {
         (Ok(a), Ok(b)) => (a, b),
@@ -314,6 +316,7 @@ pub fn boot(boot_info: u64) -> ! {
     let seed = clock.realtime_ns() ^ arch::rdtsc().rotate_left(32);
     let mut dev = Devices {
         vfs: Vfs::new(),
+        cache: PageCache::new(frames.clone()),
         consoles: Vec::new(),
         stdio: None,
         stderr: None,
@@ -572,7 +575,7 @@ impl Kernel {
     }
 
     /// Reads exactly `buf.len()` bytes at `offset`.
-    fn read_exact(&mut self, file: &FuseFile, buf: &mut [u8], offset: u64) -> Result<()> {
+    fn read_exact(&mut self, file: &dyn File, buf: &mut [u8], offset: u64) -> Result<()> {
         let mut done = 0;
         while done < buf.len() {
             let n = file.read_at(&mut self.dev, &mut buf[done..], offset + done as u64)?;
@@ -586,18 +589,25 @@ impl Kernel {
 
     /// Loads one ELF image; returns it with its load bias and end address.
     fn load_elf(&mut self, path: &[u8], interp: bool) -> Result<(Elf, u64, u64)> {
-        let file = self.open_for_exec(path)?;
+        let file: Rc<dyn File> = Rc::new(self.open_for_exec(path)?);
         let result = self.load_elf_from(&file, interp);
-        file.release(&mut self.dev);
+        // The mappings hold the file open; without them it closes here.
+        if Rc::strong_count(&file) == 1 {
+            file.release(&mut self.dev);
+        }
         result
     }
 
-    fn load_elf_from(&mut self, file: &FuseFile, interp: bool) -> Result<(Elf, u64, u64)> {
+    /// Maps the image's segments as `execve` does on Linux: privately from
+    /// the file (so its pages come from the page cache, shared with every
+    /// other process running it until written), the rest of the last file
+    /// page cleared and the bss beyond it anonymous.
+    fn load_elf_from(&mut self, file: &Rc<dyn File>, interp: bool) -> Result<(Elf, u64, u64)> {
         let mut ehdr = [0u8; elf::EHDR_SIZE];
-        self.read_exact(file, &mut ehdr, 0)?;
+        self.read_exact(&**file, &mut ehdr, 0)?;
         let (phoff, phlen) = elf::parse_header(&ehdr)?;
         let mut phdrs = vec![0u8; phlen];
-        self.read_exact(file, &mut phdrs, phoff)?;
+        self.read_exact(&**file, &mut phdrs, phoff)?;
         let image = elf::parse(&ehdr, &phdrs)?;
         let (lo, hi, align) = image.span();
         let len = hi - lo;
@@ -630,26 +640,46 @@ impl Kernel {
             if h.flags & elf::PF_X != 0 {
                 prot |= PROT_EXEC;
             }
-            let (map_start, map_end) = (
-                start & !(PAGE_SIZE - 1),
-                page_up(start + h.memsz).ok_or(Errno::ENOEXEC)?,
-            );
-            // Writable while the kernel fills it, then what the segment says.
-            self.proc_mut()
-                .mm
-                .vmas
-                .insert(map_start, map_end, PROT_READ | PROT_WRITE);
+            let map_start = start & !(PAGE_SIZE - 1);
+            let file_end = start + h.filesz;
+            let file_map_end = page_up(file_end).ok_or(Errno::ENOEXEC)?;
+            let map_end = page_up(start + h.memsz).ok_or(Errno::ENOEXEC)?;
+            // The segment's offset and address agree modulo the page size
+            // (`elf::parse` checks), so whole file pages map.
+            let offset = h.offset - (start - map_start);
+            let mm = &mut self.proc_mut().mm;
+            if h.filesz > 0 {
+                mm.vmas.insert(map_start, file_map_end, prot);
+                mm.attach_file(map_start, file_map_end, file.clone(), offset);
+            }
+            if map_end > file_map_end {
+                mm.vmas.insert(file_map_end, map_end, prot);
+            }
             self.back()?;
-            self.populate(map_start, map_end, true)?;
-            // SAFETY: [start, start + memsz) lies in the range reserved above
-            // for this image, mapped writable and backed just above.
-            let dst =
-                unsafe { core::slice::from_raw_parts_mut(start as *mut u8, h.memsz as usize) };
-            let (file_part, bss) = dst.split_at_mut(h.filesz as usize);
-            self.read_exact(file, file_part, h.offset)?;
-            bss.fill(0);
-            self.proc_mut().mm.vmas.protect(map_start, map_end, prot)?;
-            self.back()?;
+            let tail = file_end & (PAGE_SIZE - 1);
+            if h.memsz > h.filesz && h.filesz > 0 && tail != 0 {
+                // The bss starts inside the last file page: the rest of
+                // that page (the file's next bytes) reads as zero. A
+                // private copy of the page, written while writable.
+                let page = file_end - tail;
+                self.proc_mut()
+                    .mm
+                    .vmas
+                    .protect(page, file_map_end, prot | PROT_WRITE)?;
+                self.back()?;
+                self.populate(page, file_map_end, true)?;
+                // SAFETY: [file_end, file_map_end) is the rest of a page of
+                // this image's mapping, made writable and backed just above.
+                unsafe {
+                    core::ptr::write_bytes(
+                        file_end as *mut u8,
+                        0,
+                        (file_map_end - file_end) as usize,
+                    )
+                };
+                self.proc_mut().mm.vmas.protect(page, file_map_end, prot)?;
+                self.back()?;
+            }
         }
         Ok((image, bias, hi + bias))
     }
@@ -788,7 +818,7 @@ pub fn fault(regs: &FaultInfo, fx: &arch::FxArea) -> ! {
             frame.vector, frame.error, frame.rip, frame.cr2, frame.rsp
         ));
     }
-    let signal = signal_for(&frame);
+    let mut signal = signal_for(&frame);
     // SAFETY: the kernel state exists once the application runs.
     let Some(k) = (unsafe { (*KERNEL.0.get()).as_mut() }) else {
         exit_signal(signal)
@@ -836,6 +866,8 @@ pub fn fault(regs: &FaultInfo, fx: &arch::FxArea) -> ! {
                 k.meter.leave_kernel(k.clock.cpu_ticks());
                 arch::return_user(rf, rfx)
             }
+            // A file mapping's page past the end of its file.
+            Err(Errno::EIO) => signal = 7,
             Err(_) => {}
         }
     }
@@ -856,6 +888,7 @@ pub fn fault(regs: &FaultInfo, fx: &arch::FxArea) -> ! {
     let code = match (signal, mapped) {
         (11, false) => 1, // SEGV_MAPERR
         (11, true) => 2,  // SEGV_ACCERR
+        (7, true) => 2,   // BUS_ADRERR
         (8, _) => 1,      // FPE_INTDIV
         (4, _) => 1,      // ILL_ILLOPC
         _ => 1,

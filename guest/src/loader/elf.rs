@@ -100,6 +100,8 @@ pub fn parse(ehdr: &[u8], phdrs: &[u8]) -> Result<Elf> {
                 .checked_add(h.memsz)
                 .is_none_or(|end| end > USER_END)
             || h.offset.checked_add(h.filesz).is_none()
+            // Segments are mapped from the file a page at a time.
+            || h.offset % 4096 != h.vaddr % 4096
         {
             return Err(Errno::ENOEXEC);
         }
@@ -214,6 +216,9 @@ pub(crate) mod tests {
         // Ending at the top of the address space: span() would overflow.
         let top = image(2, 0, &[(0, u64::MAX - 0x10, 0, 0x10)]);
         assert_eq!(parse(&top, &top[64..]), Err(Errno::ENOEXEC));
+        // Offset and address must agree within the page, to map it.
+        let skew = image(2, 0, &[(0x10, 0x400000, 0x20, 0x20)]);
+        assert_eq!(parse(&skew, &skew[64..]), Err(Errno::ENOEXEC));
         img[18] = 3; // EM_386
         assert_eq!(parse_header(&img), Err(Errno::ENOEXEC));
     }

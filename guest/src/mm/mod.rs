@@ -13,6 +13,7 @@
 //! 0x555555554000 with its break after it; the stack below `USER_TOP` and
 //! `mmap` regions from below the stack down.
 
+pub mod cache;
 pub mod heap;
 pub mod space;
 

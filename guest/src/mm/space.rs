@@ -643,6 +643,21 @@ impl Space {
         Ok(())
     }
 
+    /// Maps `frame` (a page-cache frame) at `va`, which has no frame yet,
+    /// holding it once more: writable in place only in a `MAP_SHARED`
+    /// mapping, since others hold it. Returns whether it was mapped.
+    pub fn map_frame(&self, frames: &Frames, va: u64, frame: u64, kind: PageKind) -> Result<bool> {
+        let (table, i) = self.entry(va, true)?.ok_or(Errno::EFAULT)?;
+        if get(table, i) & (PRESENT | HELD) != 0 {
+            return Ok(false);
+        }
+        frames.hold(frame);
+        let writable = kind.shared || frames.holders(frame) <= 1;
+        set(table, i, frame | Self::bits(kind, writable));
+        self.resident.set(self.resident.get() + 1);
+        Ok(true)
+    }
+
     /// Handles a fault at `va` in a mapping of `kind` spanning
     /// `[map_start, map_end)`: backs the page (copying it if it is written
     /// and shared copy-on-write) and the pages around it.
@@ -808,6 +823,18 @@ impl Space {
     /// Pages with a frame (resident set).
     pub fn resident_pages(&self) -> u64 {
         self.resident.get()
+    }
+
+    /// Whether every page of `[start, end)` has a frame.
+    pub fn backed(&self, start: u64, end: u64) -> bool {
+        let mut va = start & !(PAGE - 1);
+        while va < end {
+            if self.physical(va).is_none() {
+                return false;
+            }
+            va += PAGE;
+        }
+        true
     }
 
     /// Whether every page of `[start, end)` has a present entry allowing

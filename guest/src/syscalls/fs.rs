@@ -208,13 +208,15 @@ impl Kernel {
                         fs: dir.node.fs,
                         id,
                     };
-                    return Ok(Rc::new(FuseFile {
+                    let file = FuseFile {
                         node,
                         fh,
                         flags: Cell::new(keep),
                         offset: Cell::new(0),
                         path: vfs::join(&dir.path, &name),
-                    }));
+                    };
+                    file.revalidate(&mut self.dev);
+                    return Ok(Rc::new(file));
                 }
                 Err(e) => return Err(e),
             }
@@ -272,8 +274,9 @@ impl Kernel {
                         valid: fattr::SIZE,
                         ..SetAttr::default()
                     };
-                    fs.setattr(w.node.id, Some(fh), &set)?;
+                    crate::fs::files::set_node_attr(&mut self.dev, w.node, Some(fh), &set)?;
                 }
+                file.revalidate(&mut self.dev);
                 Ok(Rc::new(file))
             }
         }
@@ -834,11 +837,7 @@ impl Kernel {
             Some(target) => self.walk_at(AT_FDCWD, &target, true)?,
             None => self.walk_at(dirfd, path, follow)?,
         };
-        self.dev
-            .vfs
-            .fs(w.node.fs)?
-            .setattr(w.node.id, None, set)
-            .map(|_| 0)
+        crate::fs::files::set_node_attr(&mut self.dev, w.node, None, set).map(|_| 0)
     }
 
     pub fn sys_fchmodat(&mut self, dirfd: i32, path: u64, mode: u32) -> Result<u64> {
