@@ -629,8 +629,13 @@ pub struct IoSummary {
     /// 4 KiB pread/pwrite at random offsets, operations per second.
     pub rand_read_iops: f64,
     pub rand_write_iops: f64,
+    /// The same reads of the file just read whole (in the page cache).
+    pub cached_read_iops: f64,
     pub creates_per_s: f64,
+    /// Stats of files no process of the run looked at yet.
     pub stats_per_s: f64,
+    /// Stats of the same files again in the same run.
+    pub cached_stats_per_s: f64,
     pub unlinks_per_s: f64,
     /// One read(2) or write(2) of a byte, /dev/zero to /dev/null.
     pub syscall_ns: f64,
@@ -666,6 +671,13 @@ fn io_phases(opts: &IoOptions) -> Vec<(&'static str, String)> {
             "stat",
             format!("i=0; while [ $i -lt {count} ]; do [ -e $D/m/f$i ]; i=$((i+1)); done"),
         ),
+        // The same twice in one run: the second pass finds what the first
+        // looked up (names and attributes cached, as a program's repeated
+        // stats of its own files do).
+        (
+            "restat",
+            format!("for pass in 1 2; do i=0; while [ $i -lt {count} ]; do [ -e $D/m/f$i ]; i=$((i+1)); done; done"),
+        ),
         ("unlink", "rm -r $D/m".to_string()),
         (
             "syscalls",
@@ -681,6 +693,10 @@ fn io_phases(opts: &IoOptions) -> Vec<(&'static str, String)> {
             format!("$D/../iobench randwrite $D/data 4096 {}", opts.random_ops),
         ),
         (
+            "cachedread",
+            format!("$D/../iobench cachedread $D/data 4096 {}", opts.random_ops),
+        ),
+        (
             "fork",
             format!("$D/../iobench fork {} {FORKS}", opts.fork_mib),
         ),
@@ -688,7 +704,7 @@ fn io_phases(opts: &IoOptions) -> Vec<(&'static str, String)> {
 }
 
 /// Phases whose time the worker measures itself.
-const TIMED_INSIDE: [&str; 3] = ["randread", "randwrite", "fork"];
+const TIMED_INSIDE: [&str; 4] = ["randread", "randwrite", "cachedread", "fork"];
 
 /// The static random-I/O worker built from runtime/iobench.
 static IOBENCH: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/capsa-iobench"));
@@ -859,11 +875,13 @@ fn io_runs(
             seq_read_mib_s: opts.size_mib as f64 / net(2, 0),
             creates_per_s: files / net(4, 3),
             stats_per_s: files / net(5, 3),
-            unlinks_per_s: files / net(6, 0),
-            syscall_ns: net(7, 0) * 1e9 / (2.0 * opts.syscall_bytes as f64),
-            rand_read_iops: opts.random_ops as f64 / m[8],
-            rand_write_iops: opts.random_ops as f64 / m[9],
-            fork_ms: m[10] * 1e3 / FORKS as f64,
+            cached_stats_per_s: files / net(6, 5),
+            unlinks_per_s: files / net(7, 0),
+            syscall_ns: net(8, 0) * 1e9 / (2.0 * opts.syscall_bytes as f64),
+            rand_read_iops: opts.random_ops as f64 / m[9],
+            rand_write_iops: opts.random_ops as f64 / m[10],
+            cached_read_iops: opts.random_ops as f64 / m[11],
+            fork_ms: m[12] * 1e3 / FORKS as f64,
         });
     }
     if summaries.is_empty() {
@@ -874,14 +892,16 @@ fn io_runs(
 
 pub fn format_io_table(summaries: &[IoSummary]) -> String {
     let mut out = format!(
-        "{:<16} {:>12} {:>12} {:>13} {:>14} {:>11} {:>11} {:>11} {:>12} {:>9}\n",
+        "{:<16} {:>12} {:>12} {:>13} {:>14} {:>15} {:>11} {:>11} {:>14} {:>11} {:>12} {:>9}\n",
         "runner",
         "write MiB/s",
         "read MiB/s",
         "rand read/s",
         "rand write/s",
+        "cached read/s",
         "creates/s",
         "stats/s",
+        "cached stat/s",
         "unlinks/s",
         "syscall ns",
         "fork ms"
@@ -899,8 +919,10 @@ pub fn format_io_table(summaries: &[IoSummary]) -> String {
         out.push_str(&cell(s.seq_read_mib_s, 12));
         out.push_str(&cell(s.rand_read_iops, 13));
         out.push_str(&cell(s.rand_write_iops, 14));
+        out.push_str(&cell(s.cached_read_iops, 15));
         out.push_str(&cell(s.creates_per_s, 11));
         out.push_str(&cell(s.stats_per_s, 11));
+        out.push_str(&cell(s.cached_stats_per_s, 14));
         out.push_str(&cell(s.unlinks_per_s, 11));
         out.push_str(&cell(s.syscall_ns, 12));
         out.push_str(&format!(" {:>9.2}", s.fork_ms));

@@ -235,14 +235,20 @@ pub fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
 
 /// The mounted FUSE file systems with a lookup cache.
 ///
-/// The cache maps (directory, name) to (node, type). The guest is the only
-/// writer of the container's files in practice, and it invalidates entries
-/// it changes itself; sizes and times are never cached (GETATTR is asked).
+/// The cache maps (directory, name) to (node, type) for as long as the
+/// server says entries stay valid (virtio-fs's `cache=auto`: 1 s; forever
+/// without a TSC rate to time it). The guest drops the entries it changes
+/// itself; attributes are `FuseFs::attrs`'.
 pub struct Vfs<T: FuseTransport> {
     pub filesystems: Vec<FuseFs<T>>,
     pub mounts: Vec<Mount>,
-    cache: BTreeMap<(usize, u64, Vec<u8>), (u64, u32)>,
+    cache: BTreeMap<EntryKey, CachedEntry>,
 }
+
+/// (file system, directory node, name).
+type EntryKey = (usize, u64, Vec<u8>);
+/// (node, `st_mode` type bits, TSC reading when it goes stale).
+type CachedEntry = (u64, u32, u64);
 
 impl<T: FuseTransport> Vfs<T> {
     pub fn new() -> Self {
@@ -279,8 +285,19 @@ impl<T: FuseTransport> Vfs<T> {
     }
 
     pub fn remember(&mut self, parent: Node, name: &[u8], id: u64, attr: &Attr) {
-        self.cache
-            .insert((parent.fs, parent.id, name.to_vec()), (id, attr.mode));
+        let until = self.entry_deadline(parent.fs);
+        self.cache.insert(
+            (parent.fs, parent.id, name.to_vec()),
+            (id, attr.mode, until),
+        );
+    }
+
+    /// When an entry of file system `fs` looked up now goes stale.
+    fn entry_deadline(&mut self, fs: usize) -> u64 {
+        match self.fs(fs) {
+            Ok(fs) if fs.attrs.tsc_khz != 0 => fs.attrs.deadline(fs.entry_valid_ns).unwrap_or(0),
+            _ => u64::MAX,
+        }
     }
 }
 
@@ -293,11 +310,14 @@ impl<T: FuseTransport> Default for Vfs<T> {
 impl<T: FuseTransport> FsOps for Vfs<T> {
     fn lookup(&mut self, fs: usize, parent: u64, name: &[u8]) -> Result<(u64, u32)> {
         let key = (fs, parent, name.to_vec());
-        if let Some(&hit) = self.cache.get(&key) {
-            return Ok(hit);
+        if let Some(&(id, mode, until)) = self.cache.get(&key) {
+            if until == u64::MAX || crate::arch::rdtsc() < until {
+                return Ok((id, mode));
+            }
         }
         let (id, attr) = self.fs(fs)?.lookup(parent, name)?;
-        self.cache.insert(key, (id, attr.mode));
+        let until = self.entry_deadline(fs);
+        self.cache.insert(key, (id, attr.mode, until));
         Ok((id, attr.mode))
     }
 

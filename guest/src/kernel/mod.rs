@@ -358,6 +358,7 @@ pub fn boot(boot_info: u64) -> ! {
                         .any(|m| m.device as usize == index && m.readonly),
                 };
                 let mut fs = FuseFs::new(transport, readonly);
+                fs.attrs.tsc_khz = info.tsc_khz;
                 // The root is always used: set it up now. Other mounts are
                 // set up by their first request.
                 if role == DeviceRole::RootFs {

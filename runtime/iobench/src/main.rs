@@ -1,7 +1,9 @@
-//! `capsa-iobench randread|randwrite FILE BLOCK COUNT`: COUNT positioned
-//! reads or writes of BLOCK bytes at pseudo-random block-aligned offsets of
-//! FILE, timed with the monotonic clock from inside the mode under test, so
-//! start-up costs are not counted. Prints `OPS SECONDS`.
+//! `capsa-iobench randread|randwrite|cachedread FILE BLOCK COUNT`: COUNT
+//! positioned reads or writes of BLOCK bytes at pseudo-random block-aligned
+//! offsets of FILE, timed with the monotonic clock from inside the mode
+//! under test, so start-up costs are not counted. `cachedread` first reads
+//! the whole file (untimed), so the reads find it in the page cache.
+//! Prints `OPS SECONDS`.
 //!
 //! `capsa-iobench fork MIB COUNT`: writes MIB MiB of fresh memory, then
 //! forks COUNT times (each child exits at once and is reaped before the
@@ -55,14 +57,16 @@ fn run(args: &[String]) -> Result<(u64, f64), String> {
     }
     let [mode, path, block, count] = args else {
         return Err(
-            "usage: capsa-iobench randread|randwrite FILE BLOCK COUNT | fork MIB COUNT".into(),
+            "usage: capsa-iobench randread|randwrite|cachedread FILE BLOCK COUNT | fork MIB COUNT"
+                .into(),
         );
     };
     let block: usize = block.parse().map_err(|_| format!("bad BLOCK {block:?}"))?;
     let count: u64 = count.parse().map_err(|_| format!("bad COUNT {count:?}"))?;
-    let write = match mode.as_str() {
-        "randread" => false,
-        "randwrite" => true,
+    let (write, warm) = match mode.as_str() {
+        "randread" => (false, false),
+        "cachedread" => (false, true),
+        "randwrite" => (true, false),
         other => return Err(format!("unknown mode {other:?}")),
     };
     let file = OpenOptions::new()
@@ -72,6 +76,17 @@ fn run(args: &[String]) -> Result<(u64, f64), String> {
         .map_err(|e| format!("{path}: {e}"))?;
     let len = file.metadata().map_err(|e| format!("{path}: {e}"))?.len();
     let blocks = (len / block.max(1) as u64).max(1);
+    if warm {
+        let mut whole = vec![0u8; 1 << 20];
+        let mut at = 0;
+        while at < len {
+            match file.read_at(&mut whole, at) {
+                Ok(0) => break,
+                Ok(n) => at += n as u64,
+                Err(e) => return Err(format!("{path}: {e}")),
+            }
+        }
+    }
     let mut buf = vec![0x5au8; block];
     // xorshift64: deterministic, cheap, no dependency.
     let mut state = 0x9e37_79b9_7f4a_7c15u64;

@@ -8,6 +8,7 @@ pub mod wire;
 pub use wire::*;
 
 use alloc::boxed::Box;
+use alloc::collections::BTreeMap;
 use alloc::vec;
 use alloc::vec::Vec;
 
@@ -119,6 +120,59 @@ pub struct FuseFs<T: FuseTransport> {
     pub readonly: bool,
     /// FUSE_INIT done: `init` at boot, or the first request's.
     initialized: bool,
+    pub attrs: AttrCache,
+    /// How long the server said directory entries stay valid, in ns (from
+    /// its last entry reply).
+    pub entry_valid_ns: u64,
+}
+
+/// Attributes kept for as long as the server says they stay valid (its
+/// `attr_valid`: virtio-fs's `cache=auto` gives 1 s), so that stat needs no
+/// round trip to the VMM. The guest's own changes update or drop what they
+/// touch; someone else's show once the time is up, as on a Linux
+/// virtio-fs mount.
+#[derive(Default)]
+pub struct AttrCache {
+    /// TSC ticks per millisecond; 0 keeps nothing (no TSC rate known).
+    pub tsc_khz: u64,
+    entries: BTreeMap<u64, (Attr, u64)>,
+}
+
+impl AttrCache {
+    /// The TSC reading `valid_ns` from now; None when nothing may be kept.
+    pub fn deadline(&self, valid_ns: u64) -> Option<u64> {
+        if self.tsc_khz == 0 || valid_ns == 0 {
+            return None;
+        }
+        let ticks = (u128::from(valid_ns) * u128::from(self.tsc_khz) / 1_000_000) as u64;
+        Some(crate::arch::rdtsc().saturating_add(ticks))
+    }
+
+    fn get(&self, node: u64) -> Option<Attr> {
+        let &(attr, until) = self.entries.get(&node)?;
+        (crate::arch::rdtsc() < until).then_some(attr)
+    }
+
+    fn put(&mut self, node: u64, attr: Attr, valid_ns: u64) {
+        match self.deadline(valid_ns) {
+            Some(until) => {
+                self.entries.insert(node, (attr, until));
+            }
+            None => {
+                self.entries.remove(&node);
+            }
+        }
+    }
+
+    fn forget(&mut self, node: u64) {
+        self.entries.remove(&node);
+    }
+
+    /// After unlink and rename, whose reply names no node whose link count
+    /// and ctime changed.
+    fn clear(&mut self) {
+        self.entries.clear();
+    }
 }
 
 fn reply<const N: usize>() -> [u8; N] {
@@ -132,6 +186,8 @@ impl<T: FuseTransport> FuseFs<T> {
             max_write: 128 * 1024,
             readonly,
             initialized: false,
+            attrs: AttrCache::default(),
+            entry_valid_ns: 0,
         }
     }
 
@@ -190,10 +246,31 @@ impl<T: FuseTransport> FuseFs<T> {
         let body = Enc::new().name(name).bytes();
         let mut out = reply::<{ ENTRY_OUT_SIZE }>();
         let n = self.call(op::LOOKUP, parent, &[&body], &mut [&mut out])?;
-        parse_entry(&out[..n])
+        self.entry(None, &out[..n])
+    }
+
+    /// Decodes an entry reply, keeping the node's attributes; `parent`: a
+    /// directory the request changed.
+    fn entry(&mut self, parent: Option<u64>, out: &[u8]) -> Result<(u64, Attr)> {
+        let (id, attr) = parse_entry(out)?;
+        self.attrs.put(id, attr, entry_attr_valid_ns(out));
+        self.entry_valid_ns = entry_valid_ns(out);
+        if let Some(parent) = parent {
+            self.attrs.forget(parent);
+        }
+        Ok((id, attr))
+    }
+
+    fn attr_reply(&mut self, node: u64, out: &[u8]) -> Result<Attr> {
+        let attr = parse_attr_out(out)?;
+        self.attrs.put(node, attr, attr_out_valid_ns(out));
+        Ok(attr)
     }
 
     pub fn getattr(&mut self, node: u64, fh: Option<u64>) -> Result<Attr> {
+        if let Some(attr) = self.attrs.get(node) {
+            return Ok(attr);
+        }
         let body = Enc::new()
             .u32(if fh.is_some() { 1 } else { 0 })
             .u32(0)
@@ -201,7 +278,7 @@ impl<T: FuseTransport> FuseFs<T> {
             .bytes();
         let mut out = reply::<{ ATTR_OUT_SIZE }>();
         let n = self.call(op::GETATTR, node, &[&body], &mut [&mut out])?;
-        parse_attr_out(&out[..n])
+        self.attr_reply(node, &out[..n])
     }
 
     /// SETATTR: changes the fields `set.valid` (`fattr` bits) names.
@@ -227,8 +304,9 @@ impl<T: FuseTransport> FuseFs<T> {
             .u32(0)
             .bytes();
         let mut out = reply::<{ ATTR_OUT_SIZE }>();
+        self.attrs.forget(node);
         let n = self.call(op::SETATTR, node, &[&body], &mut [&mut out])?;
-        parse_attr_out(&out[..n])
+        self.attr_reply(node, &out[..n])
     }
 
     pub fn readlink(&mut self, node: u64) -> Result<Vec<u8>> {
@@ -275,7 +353,7 @@ impl<T: FuseTransport> FuseFs<T> {
         let mut entry = reply::<{ ENTRY_OUT_SIZE }>();
         let mut open = reply::<{ OPEN_OUT_SIZE }>();
         self.call(op::CREATE, parent, &[&body], &mut [&mut entry, &mut open])?;
-        let (id, attr) = parse_entry(&entry)?;
+        let (id, attr) = self.entry(Some(parent), &entry)?;
         Ok((id, attr, parse_open_out(&open)?))
     }
 
@@ -310,6 +388,7 @@ impl<T: FuseTransport> FuseFs<T> {
 
     pub fn write(&mut self, node: u64, fh: u64, mut offset: u64, data: &[u8]) -> Result<usize> {
         self.check_writable()?;
+        self.attrs.forget(node);
         let mut done = 0;
         while done < data.len() {
             let chunk = &data[done..done + (data.len() - done).min(self.max_write)];
@@ -354,6 +433,7 @@ impl<T: FuseTransport> FuseFs<T> {
         mode: u32,
     ) -> Result<()> {
         self.check_writable()?;
+        self.attrs.forget(node);
         let body = Enc::new()
             .u64(fh)
             .u64(offset)
@@ -381,7 +461,7 @@ impl<T: FuseTransport> FuseFs<T> {
         let body = Enc::new().u32(mode).u32(umask).name(name).bytes();
         let mut out = reply::<{ ENTRY_OUT_SIZE }>();
         let n = self.call(op::MKDIR, parent, &[&body], &mut [&mut out])?;
-        parse_entry(&out[..n])
+        self.entry(Some(parent), &out[..n])
     }
 
     pub fn mknod(
@@ -402,13 +482,14 @@ impl<T: FuseTransport> FuseFs<T> {
             .bytes();
         let mut out = reply::<{ ENTRY_OUT_SIZE }>();
         let n = self.call(op::MKNOD, parent, &[&body], &mut [&mut out])?;
-        parse_entry(&out[..n])
+        self.entry(Some(parent), &out[..n])
     }
 
     pub fn unlink(&mut self, parent: u64, name: &[u8], dir: bool) -> Result<()> {
         self.check_writable()?;
         let body = Enc::new().name(name).bytes();
         let opcode = if dir { op::RMDIR } else { op::UNLINK };
+        self.attrs.clear();
         self.call(opcode, parent, &[&body], &mut []).map(|_| ())
     }
 
@@ -421,6 +502,7 @@ impl<T: FuseTransport> FuseFs<T> {
     ) -> Result<()> {
         self.check_writable()?;
         let body = Enc::new().u64(newdir).name(oldname).name(newname).bytes();
+        self.attrs.clear();
         self.call(op::RENAME, olddir, &[&body], &mut []).map(|_| ())
     }
 
@@ -429,7 +511,7 @@ impl<T: FuseTransport> FuseFs<T> {
         let body = Enc::new().name(name).name(target).bytes();
         let mut out = reply::<{ ENTRY_OUT_SIZE }>();
         let n = self.call(op::SYMLINK, parent, &[&body], &mut [&mut out])?;
-        parse_entry(&out[..n])
+        self.entry(Some(parent), &out[..n])
     }
 
     pub fn link(&mut self, node: u64, newparent: u64, newname: &[u8]) -> Result<(u64, Attr)> {
@@ -437,7 +519,7 @@ impl<T: FuseTransport> FuseFs<T> {
         let body = Enc::new().u64(node).name(newname).bytes();
         let mut out = reply::<{ ENTRY_OUT_SIZE }>();
         let n = self.call(op::LINK, newparent, &[&body], &mut [&mut out])?;
-        parse_entry(&out[..n])
+        self.entry(Some(newparent), &out[..n])
     }
 
     /// `struct kstatfs` as FUSE returns it (80 bytes).
@@ -524,6 +606,43 @@ mod tests {
         let (id, _) = fs.lookup(1, b"bin").expect("lookup");
         assert_eq!(id, 9);
         assert_eq!(fs.transport.requests[0], (op::LOOKUP, 1, b"bin\0".to_vec()));
+    }
+
+    #[test]
+    fn attributes_are_kept_while_valid_and_dropped_by_the_guests_changes() {
+        // An attr_out valid for 1000 s, then a write's reply.
+        let mut attr = vec![0u8; ATTR_OUT_SIZE];
+        attr[0..8].copy_from_slice(&1000u64.to_le_bytes());
+        let mut fs = FuseFs::new(
+            Recorder {
+                requests: vec![],
+                answer: Ok(attr),
+            },
+            false,
+        )
+        .ready();
+        let ops = |fs: &FuseFs<Recorder>| -> Vec<u32> {
+            fs.transport.requests.iter().map(|r| r.0).collect()
+        };
+        // Without a TSC rate nothing is kept.
+        let _ = fs.getattr(5, None);
+        let _ = fs.getattr(5, None);
+        assert_eq!(ops(&fs), vec![op::GETATTR, op::GETATTR]);
+        fs.transport.requests.clear();
+        fs.attrs.tsc_khz = 1_000_000;
+        let _ = fs.getattr(5, None);
+        let _ = fs.getattr(5, Some(3));
+        assert_eq!(ops(&fs), vec![op::GETATTR], "the second from the cache");
+        let _ = fs.write(5, 3, 0, b"x");
+        let _ = fs.getattr(5, None);
+        assert_eq!(ops(&fs), vec![op::GETATTR, op::WRITE, op::GETATTR]);
+        let _ = fs.unlink(1, b"other", false);
+        let _ = fs.getattr(5, None);
+        assert_eq!(
+            ops(&fs)[3..],
+            [op::UNLINK, op::GETATTR],
+            "an unlink may change any node's link count"
+        );
     }
 
     #[test]

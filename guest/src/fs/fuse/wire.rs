@@ -236,6 +236,35 @@ pub fn parse_entry(b: &[u8]) -> Result<(u64, Attr)> {
     Ok((nodeid, parse_attr(&b[40..])?))
 }
 
+/// How long the name of a `fuse_entry_out` stays valid, in ns.
+pub fn entry_valid_ns(b: &[u8]) -> u64 {
+    if b.len() < ENTRY_OUT_SIZE {
+        return 0;
+    }
+    valid_ns(u64_at(b, 16), u32_at(b, 32))
+}
+
+/// How long the attributes of a `fuse_entry_out` stay valid, in ns.
+pub fn entry_attr_valid_ns(b: &[u8]) -> u64 {
+    if b.len() < ENTRY_OUT_SIZE {
+        return 0;
+    }
+    valid_ns(u64_at(b, 24), u32_at(b, 36))
+}
+
+/// How long the attributes of a `fuse_attr_out` stay valid, in ns.
+pub fn attr_out_valid_ns(b: &[u8]) -> u64 {
+    if b.len() < ATTR_OUT_SIZE {
+        return 0;
+    }
+    valid_ns(u64_at(b, 0), u32_at(b, 8))
+}
+
+fn valid_ns(secs: u64, nsecs: u32) -> u64 {
+    secs.saturating_mul(1_000_000_000)
+        .saturating_add(u64::from(nsecs))
+}
+
 pub fn parse_attr_out(b: &[u8]) -> Result<Attr> {
     if b.len() < ATTR_OUT_SIZE {
         return Err(Errno::EIO);

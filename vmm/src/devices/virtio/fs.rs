@@ -258,7 +258,11 @@ impl Fs {
             do_import: true,
             xattr: false,
             writeback: false,
-            cache_policy: CachePolicy::Always,
+            // virtio-fs's cache=auto: the guest keeps names and attributes
+            // for a second and revalidates a file's cached pages on open.
+            cache_policy: CachePolicy::Auto,
+            attr_timeout: std::time::Duration::from_secs(1),
+            entry_timeout: std::time::Duration::from_secs(1),
             ..Default::default()
         };
         let fs = Passthrough::new(cfg).map_err(Error::Open)?;
