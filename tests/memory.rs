@@ -1240,3 +1240,162 @@ fn file_mappings_read_pages_when_touched() {
         "",
     );
 }
+
+// ---------------------------------------------------------------------
+// The page cache.
+
+/// Two instances of perl (a program the python parent does not map) side
+/// by side: the second adds less than three quarters of what the first
+/// cost alone (PSS), since perl's and its libraries' text are one set of
+/// frames. Without sharing the second adds as much as the first.
+const SHARED_TEXT_PY: &str = r#"
+import subprocess
+def pss(pid):
+    for line in open(f"/proc/{pid}/smaps_rollup"):
+        if line.startswith("Pss:"):
+            return int(line.split()[1])
+child = ["/usr/bin/perl", "-e", "$| = 1; print qq(ready\n); <STDIN>"]
+first = subprocess.Popen(child, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+first.stdout.readline()
+alone = pss(first.pid)
+second = subprocess.Popen(child, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+second.stdout.readline()
+added = pss(first.pid) + pss(second.pid) - alone
+print("the second instance adds less:", added < alone * 0.75)
+if added >= alone * 0.75:
+    print(f"alone {alone} kB, added {added} kB")
+for p in (first, second):
+    p.stdin.close()
+    p.wait()
+"#;
+
+#[test]
+fn a_second_instance_shares_the_programs_text() {
+    require(PYTHON);
+    let bundle = host_usr_fixture(&[PYTHON, "-c", SHARED_TEXT_PY]);
+    check(
+        &bundle,
+        "shared text",
+        0,
+        "the second instance adds less: True\n",
+        "",
+    );
+}
+
+/// One file, mapped `MAP_SHARED` by a process and written by others that
+/// did not inherit the mapping: write(2) shows in the mapping at once, a
+/// store through another process's mapping shows in this one and in
+/// pread while that process still runs, and this mapping's store shows in
+/// pread. A mapping's page wholly past the end of its file is SIGBUS; the
+/// rest of the last page reads as zero.
+const COHERENCE_PY: &str = r#"
+import mmap, os, subprocess, sys
+path = "/tmp/coherent"
+with open(path, "wb") as f:
+    f.write(b"a" * 8192)
+fd = os.open(path, os.O_RDWR)
+m = mmap.mmap(fd, 8192)
+print("mapped", m[:5])
+subprocess.run([sys.executable, "-c",
+    f"import os; os.pwrite(os.open({path!r}, os.O_RDWR), b'hello', 0)"], check=True)
+print("after another process's pwrite", m[:5])
+child = subprocess.Popen([sys.executable, "-c", f"""
+import mmap, os, sys
+fd = os.open({path!r}, os.O_RDWR)
+m = mmap.mmap(fd, 8192)
+m[4096:4101] = b"world"
+print("the writer's pread", os.pread(fd, 5, 4096), flush=True)
+sys.stdin.read()
+"""], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+print(child.stdout.readline().decode().strip())
+print("while the writer maps it", m[4096:4101], os.pread(fd, 5, 4096))
+child.stdin.close()
+child.wait()
+m[100:103] = b"xyz"
+print("pread of this mapping's store", os.pread(fd, 3, 100))
+with open("/tmp/short", "wb") as f:
+    f.write(b"s" * 100)
+probe = """
+import ctypes, os
+libc = ctypes.CDLL(None)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                      ctypes.c_int, ctypes.c_long]
+p = libc.mmap(None, 8192, 1, 1, os.open("/tmp/short", os.O_RDONLY), 0)
+print("the last page", ctypes.string_at(p + 99, 2), flush=True)
+print("past the end", ctypes.string_at(p + 4096, 1), flush=True)
+"""
+r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+print(r.stdout.strip(), "->", r.returncode)
+"#;
+
+#[test]
+fn the_page_cache_is_one_per_file_and_past_its_end_is_sigbus() {
+    require(PYTHON);
+    let bundle = host_usr_fixture(&[PYTHON, "-c", COHERENCE_PY]);
+    check(
+        &bundle,
+        "page-cache coherence",
+        0,
+        "mapped b'aaaaa'\n\
+         after another process's pwrite b'hello'\n\
+         the writer's pread b'world'\n\
+         while the writer maps it b'world' b'world'\n\
+         pread of this mapping's store b'xyz'\n\
+         the last page b's\\x00' -> -7\n",
+        "",
+    );
+}
+
+/// Under a 64 MiB limit, a 192 MiB file is read whole and then 32 MiB
+/// are allocated and touched: the cached pages of the file make room (in
+/// a microVM, clean page-cache pages go before the OOM killer acts).
+const READ_THEN_ALLOCATE_PY: &str = r#"
+import hashlib
+h = hashlib.md5()
+with open("/data/big", "rb") as f:
+    while chunk := f.read(1 << 20):
+        h.update(chunk)
+print(h.hexdigest())
+block = bytearray(32 << 20)
+for i in range(0, len(block), 4096):
+    block[i] = 1
+print("allocated", sum(block[::4096]))
+"#;
+
+#[test]
+fn reading_a_file_larger_than_memory_leaves_room_to_allocate() {
+    require(PYTHON);
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut big = Vec::with_capacity(192 << 20);
+    for i in 0u32..(48 << 20) {
+        big.extend_from_slice(&i.to_le_bytes());
+    }
+    std::fs::write(data.path().join("big"), &big).expect("write the big file");
+    let digest = {
+        let out = Command::new("md5sum")
+            .arg(data.path().join("big"))
+            .output()
+            .expect("md5sum");
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()
+            .expect("a digest")
+            .to_string()
+    };
+    let mut bundle = host_usr_fixture(&[PYTHON, "-c", READ_THEN_ALLOCATE_PY]);
+    bundle.edit(|c| {
+        c["mounts"].as_array_mut().expect("mounts").push(json!({
+            "destination": "/data", "type": "bind",
+            "source": data.path(), "options": ["rbind", "ro"]
+        }))
+    });
+    limit_memory(&mut bundle, LIMIT);
+    check(
+        &bundle,
+        "a big read, then an allocation, under 64 MiB",
+        0,
+        &format!("{digest}\nallocated {}\n", 8192),
+        "",
+    );
+}

@@ -231,10 +231,13 @@ impl Kernel {
     fn meminfo(&self) -> Vec<u8> {
         let total = self.ram_size / 1024;
         let free = self.frames.available() * (crate::mm::PAGE_SIZE / 1024);
+        // The page cache gives its clean pages back when frames run short.
+        let cached = self.dev.cache.pages() * (crate::mm::PAGE_SIZE / 1024);
+        let available = free + cached;
         format!(
             "MemTotal:       {total:8} kB\nMemFree:        {free:8} kB\n\
-             MemAvailable:   {free:8} kB\nBuffers:               0 kB\n\
-             Cached:                0 kB\nSwapCached:            0 kB\n\
+             MemAvailable:   {available:8} kB\nBuffers:               0 kB\n\
+             Cached:         {cached:8} kB\nSwapCached:            0 kB\n\
              SwapTotal:             0 kB\nSwapFree:              0 kB\n"
         )
         .into_bytes()

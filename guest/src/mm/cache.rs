@@ -196,6 +196,7 @@ impl PageCache {
             let Some(frame) = self.alloc(key, keep.clone()) else {
                 return;
             };
+            self.frames.mark_cached(frame);
             // SAFETY: a fresh frame only the cache holds, through the
             // physical window; the chunk is at most a page.
             unsafe {
@@ -307,7 +308,7 @@ impl PageCache {
             .collect();
         for index in gone {
             if let Some(frame) = f.pages.remove(&index) {
-                self.frames.let_go(frame);
+                self.frames.uncache(frame);
                 self.pages -= 1;
             }
         }
@@ -327,7 +328,7 @@ impl PageCache {
     pub fn invalidate(&mut self, key: FileKey) {
         if let Some(f) = self.files.remove(&key) {
             for frame in f.pages.into_values() {
-                self.frames.let_go(frame);
+                self.frames.uncache(frame);
                 self.pages -= 1;
             }
         }
@@ -378,7 +379,7 @@ impl PageCache {
                 .collect();
             for index in spare {
                 if let Some(frame) = f.pages.remove(&index) {
-                    self.frames.let_go(frame);
+                    self.frames.uncache(frame);
                     self.pages -= 1;
                     freed += 1;
                 }

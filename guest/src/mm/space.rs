@@ -97,6 +97,9 @@ const IDENTITY_GIB: usize = 4;
 /// not touch a table for all of RAM.
 const CHUNK: usize = 1024;
 
+/// Bit of a frame's holder count: one of its holders is the page cache.
+const CACHED: u32 = 1 << 31;
+
 /// Free frames that make the guest report them to the VMM (4 MiB).
 const REPORT_BATCH: usize = 1024;
 
@@ -318,8 +321,7 @@ impl Frames {
         Some((i / CHUNK, i % CHUNK))
     }
 
-    /// How many page-table entries point to `pa`.
-    pub fn holders(&self, pa: u64) -> u32 {
+    fn refs(&self, pa: u64) -> u32 {
         let Some((c, i)) = self.index(pa) else {
             return 0;
         };
@@ -331,6 +333,39 @@ impl Frames {
             .unwrap_or(0)
     }
 
+    /// How many page-table entries (and the page cache) hold `pa`.
+    pub fn holders(&self, pa: u64) -> u32 {
+        self.refs(pa) & !CACHED
+    }
+
+    /// How many page-table entries point to `pa` (its holders but the
+    /// page cache): what a process's proportional share divides by.
+    pub fn mappers(&self, pa: u64) -> u32 {
+        let refs = self.refs(pa);
+        (refs & !CACHED) - u32::from(refs & CACHED != 0)
+    }
+
+    /// Marks `pa`, which the caller holds, as the page cache's hold.
+    pub fn mark_cached(&self, pa: u64) {
+        self.update_refs(pa, |r| r | CACHED);
+    }
+
+    /// The page cache lets go of `pa`.
+    pub fn uncache(&self, pa: u64) {
+        self.update_refs(pa, |r| r & !CACHED);
+        self.let_go(pa);
+    }
+
+    fn update_refs(&self, pa: u64, f: impl FnOnce(u32) -> u32) {
+        let Some((c, i)) = self.index(pa) else {
+            return;
+        };
+        let mut books = self.books.borrow_mut();
+        if let Some(Some(chunk)) = books.refs.get_mut(c) {
+            chunk[i] = f(chunk[i]);
+        }
+    }
+
     fn add_holders(&self, pa: u64, delta: i32) -> u32 {
         let Some((c, i)) = self.index(pa) else {
             return 0;
@@ -340,8 +375,12 @@ impl Frames {
             return 0;
         };
         let chunk = slot.get_or_insert_with(|| Box::new([0; CHUNK]));
-        chunk[i] = chunk[i].saturating_add_signed(delta);
-        chunk[i]
+        let flag = chunk[i] & CACHED;
+        let count = (chunk[i] & !CACHED)
+            .saturating_add_signed(delta)
+            .min(!CACHED);
+        chunk[i] = if count == 0 { 0 } else { count | flag };
+        count
     }
 
     /// A zero frame with one holder: a recycled one still backed by the
@@ -811,7 +850,7 @@ impl Space {
     pub fn shares(&self, frames: &Frames) -> (u64, u64) {
         let (mut proportional, mut private) = (0, 0);
         self.for_each_page(0, USER_TOP, |_, table, i| {
-            let holders = u64::from(frames.holders(get(table, i) & FRAME_MASK).max(1));
+            let holders = u64::from(frames.mappers(get(table, i) & FRAME_MASK).max(1));
             proportional += PAGE / holders;
             if holders == 1 {
                 private += PAGE;
@@ -938,6 +977,22 @@ mod tests {
         assert_eq!(f.holders(a), 0);
         assert!(f.is_user(0x40_0000) && !f.is_user(0x60_0000) && !f.is_user(0x20_0000));
         assert!(f.is_user(HIGH_USER_START) && !f.is_user(USER_TOP) && !f.is_user(PHYS_BASE));
+    }
+
+    #[test]
+    fn the_page_caches_hold_counts_as_a_holder_not_a_mapper() {
+        let f = Frames::new(0x40_0000, 0x60_0000);
+        let a = f.alloc().expect("frame");
+        f.mark_cached(a);
+        f.hold(a);
+        assert_eq!((f.holders(a), f.mappers(a)), (2, 1));
+        f.let_go(a);
+        assert_eq!((f.holders(a), f.mappers(a)), (1, 0), "the cache's alone");
+        f.hold(a);
+        f.uncache(a);
+        assert_eq!((f.holders(a), f.mappers(a)), (1, 1), "the mapping's alone");
+        f.let_go(a);
+        assert_eq!((f.holders(a), f.available()), (0, 512));
     }
 
     #[test]
