@@ -194,9 +194,19 @@ impl Kernel {
             &mut |at, buf| file.fetch(vfs, buf, at),
         )?;
         let space = self.proc().space.as_ref().ok_or(Errno::EFAULT)?;
+        // A private writable mapping (a program's or library's data, which
+        // its loader relocates at once) gets copies now: sharing the cached
+        // frames would cost a copy-on-write fault per page written, and a
+        // fault here costs as much as the copy many times over.
+        let copy = !kind.shared && kind.access == space::Access::ReadWrite;
         for (i, frame) in pages.into_iter().enumerate() {
-            if let Some(frame) = frame {
-                space.map_frame(&self.frames, lo + i as u64 * PAGE_SIZE, frame, kind)?;
+            let va = lo + i as u64 * PAGE_SIZE;
+            match frame {
+                Some(frame) if copy => space.install_copy_of(&self.frames, va, frame, kind)?,
+                Some(frame) => {
+                    space.map_frame(&self.frames, va, frame, kind)?;
+                }
+                None => {}
             }
         }
         Ok(())

@@ -85,7 +85,7 @@ const HUGE: u64 = 0x80;
 /// (a `PROT_NONE` page keeps its contents for a later `mprotect`).
 const HELD: u64 = 1 << 9;
 /// Present, writable, user, 2 MiB.
-const LARGE: u64 = PRESENT | WRITABLE | USER | HUGE;
+const LARGE: u64 = PRESENT | WRITABLE | USER | HUGE | ACCESSED | DIRTY;
 /// Present, writable, user: a pointer to a lower table.
 const TABLE: u64 = PRESENT | WRITABLE | USER;
 const FRAME_MASK: u64 = 0x000f_ffff_ffff_f000;
@@ -680,6 +680,19 @@ impl Space {
         set(table, i, frame | Self::bits(kind, true));
         self.resident.set(self.resident.get() + 1);
         Ok(())
+    }
+
+    /// Gives the page at `va`, which has no frame, a fresh copy of `frame`.
+    pub fn install_copy_of(
+        &self,
+        frames: &Frames,
+        va: u64,
+        frame: u64,
+        kind: PageKind,
+    ) -> Result<()> {
+        // SAFETY: a whole frame through the physical window, read only.
+        let page = unsafe { core::slice::from_raw_parts(phys(frame), PAGE as usize) };
+        self.install_copy(frames, va, page, kind)
     }
 
     /// Maps `frame` (a page-cache frame) at `va`, which has no frame yet,
