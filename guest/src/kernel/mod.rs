@@ -657,19 +657,6 @@ impl Kernel {
                 mm.vmas.insert(file_map_end, map_end, prot);
             }
             self.back()?;
-            // Mapped whole now rather than fault by fault: start-up touches
-            // most of an image, and each fault costs ~10-15 µs here
-            // (measured: python3 started ~5% slower faulting its image in).
-            if h.filesz > 0 {
-                // EFAULT: the file ends before the segment does.
-                self.populate(map_start, file_map_end, false).map_err(|e| {
-                    if e == Errno::EFAULT {
-                        Errno::EIO
-                    } else {
-                        e
-                    }
-                })?;
-            }
             let tail = file_end & (PAGE_SIZE - 1);
             if h.memsz > h.filesz && h.filesz > 0 && tail != 0 {
                 // The bss starts inside the last file page: the rest of
