@@ -216,4 +216,11 @@ pub mod control {
     pub const MAX_FREE_RANGES: u64 = 256;
     /// One free range: guest-physical start, then length, 8 bytes each.
     pub const FREE_RANGE_SIZE: u64 = 16;
+    /// Write: the guest-physical start (aligned to it) of [`POPULATE_SIZE`]
+    /// bytes of RAM the guest is about to use for the first time. The VMM
+    /// backs them on the host at once (`MADV_POPULATE_WRITE`): one exit in
+    /// place of a host page fault on each page's first touch.
+    pub const POPULATE_ADDR: u64 = 0x70;
+    /// The size of one populate request (256 KiB).
+    pub const POPULATE_SIZE: u64 = 256 << 10;
 }

@@ -96,11 +96,11 @@ impl PageCache {
     /// A fresh frame for the cache, reclaiming clean pages of other files
     /// (or of this one outside `keep`) when none is free.
     fn alloc(&mut self, key: FileKey, keep: core::ops::Range<u64>) -> Option<u64> {
-        if let Some(f) = self.frames.alloc() {
+        if let Some(f) = self.frames.alloc_to_fill() {
             return Some(f);
         }
         self.reclaim_except(FAULT_AROUND, Some((key, keep)));
-        self.frames.alloc()
+        self.frames.alloc_to_fill()
     }
 
     /// Reads `[offset, offset + out.len())` of the file through the cache;
