@@ -295,6 +295,7 @@ capsa_cr3_gate_ud:
     ud2
     ret
 
+.global capsa_fault_user
 capsa_fault_user:
     push r15
     push r14

@@ -20,6 +20,8 @@ pub enum Action {
     /// Perform these 32-bit register stores (address, value) in order, as
     /// if the guest had made them (a batch, see `capsa_abi::control`).
     MmioWrites(Vec<(u64, u32)>),
+    /// The guest registered its tick entry (`capsa_abi::control`).
+    EnableTicks(crate::tick::TickEntry),
 }
 
 /// A device mapped on the bus. Offsets are relative to the device's base;

@@ -19,6 +19,7 @@ mod hostio;
 pub mod memory;
 pub mod seccomp;
 mod signals;
+pub mod tick;
 pub mod vcpu;
 pub mod vm;
 

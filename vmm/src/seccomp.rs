@@ -23,6 +23,8 @@ pub enum Error {
 /// `KVM_RUN` and `KVM_GET_REGS` (read after an unexpected exit, for the report).
 const KVM_RUN: u64 = 0xAE80;
 const KVM_GET_REGS: u64 = 0x8090_AE81;
+const KVM_SET_REGS: u64 = 0x4090_AE82;
+const KVM_GET_SREGS: u64 = 0x8138_AE83;
 
 /// System calls allowed without conditions.
 const ALLOWED: &[i64] = &[
@@ -38,6 +40,9 @@ const ALLOWED: &[i64] = &[
     libc::SYS_exit,
     libc::SYS_exit_group,
     libc::SYS_rt_sigreturn,
+    // The tick timer, disarmed while the guest idles, deleted at the end.
+    libc::SYS_timer_settime,
+    libc::SYS_timer_delete,
     libc::SYS_rt_sigprocmask,
     libc::SYS_sigaltstack,
     libc::SYS_futex,
@@ -126,6 +131,9 @@ pub fn filter() -> Result<BpfProgram, Error> {
         vec![
             ioctl(KVM_RUN).map_err(Error::Compile)?,
             ioctl(KVM_GET_REGS).map_err(Error::Compile)?,
+            // A timer tick moves the vCPU to the guest's tick entry.
+            ioctl(KVM_SET_REGS).map_err(Error::Compile)?,
+            ioctl(KVM_GET_SREGS).map_err(Error::Compile)?,
         ],
     );
     let filter = SeccompFilter::new(
@@ -163,6 +171,20 @@ mod tests {
                 | ((std::mem::size_of::<kvm_bindings::kvm_regs>() as u64) << 16)
                 | (0xAE << 8)
                 | 0x81
+        );
+        assert_eq!(
+            KVM_SET_REGS,
+            (1 << 30)
+                | ((std::mem::size_of::<kvm_bindings::kvm_regs>() as u64) << 16)
+                | (0xAE << 8)
+                | 0x82
+        );
+        assert_eq!(
+            KVM_GET_SREGS,
+            (2 << 30)
+                | ((std::mem::size_of::<kvm_bindings::kvm_sregs>() as u64) << 16)
+                | (0xAE << 8)
+                | 0x83
         );
     }
 }

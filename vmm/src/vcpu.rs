@@ -6,6 +6,8 @@
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
 use crate::bus::{Action, Bus};
+use crate::memory::GuestMemory;
+use crate::tick::Ticker;
 use crate::GuestExit;
 
 /// Why the guest stopped abnormally.
@@ -20,6 +22,8 @@ pub enum Error {
     /// `KVM_RUN` failed.
     #[error("cannot run the vCPU")]
     Run(#[source] kvm_ioctls::Error),
+    #[error("cannot deliver a timer tick")]
+    Tick(#[from] crate::tick::Error),
 }
 
 /// What one exit means for the loop.
@@ -59,8 +63,14 @@ pub fn handle_exit(exit: VcpuExit<'_>, bus: &mut Bus) -> Outcome {
 }
 
 /// Runs the vCPU until the guest's process ends or the guest fails.
-pub fn run_loop(vcpu: &mut VcpuFd, bus: &mut Bus) -> Result<GuestExit, Error> {
+pub fn run_loop(
+    vcpu: &mut VcpuFd,
+    bus: &mut Bus,
+    mem: &GuestMemory,
+    ticker: &mut Ticker,
+) -> Result<GuestExit, Error> {
     loop {
+        ticker.deliver(vcpu, mem)?;
         let outcome = match vcpu.run() {
             Ok(exit) => handle_exit(exit, bus),
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
@@ -68,7 +78,12 @@ pub fn run_loop(vcpu: &mut VcpuFd, bus: &mut Bus) -> Result<GuestExit, Error> {
         };
         match outcome {
             Outcome::Action(Action::Continue) => {}
-            Outcome::Action(Action::Idle(timeout)) => bus.idle(timeout),
+            Outcome::Action(Action::Idle(timeout)) => {
+                ticker.pause();
+                bus.idle(timeout);
+                ticker.resume();
+            }
+            Outcome::Action(Action::EnableTicks(entry)) => ticker.enable(entry),
             Outcome::Action(Action::MmioWrites(writes)) => bus.write_batch(
                 &writes,
                 capsa_abi::VIRTIO_MMIO_BASE

@@ -66,6 +66,8 @@ const PTE_LARGE: u64 = 0x87;
 /// Why the VM could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    #[error("cannot set up the guest's timer tick")]
+    Tick(#[from] crate::tick::Error),
     /// Only one vCPU is supported.
     #[error("{0} vCPUs requested; only 1 is supported")]
     VcpuCount(u8),
@@ -315,6 +317,7 @@ pub struct Vm {
     _vm: VmFd,
     vcpu: VcpuFd,
     bus: Bus,
+    ticker: crate::tick::Ticker,
     _mem: GuestMemory,
 }
 
@@ -474,11 +477,13 @@ impl Vm {
         };
         vcpu.set_regs(&regs).map_err(kvm_err("KVM_SET_REGS"))?;
 
+        let ticker = crate::tick::Ticker::new()?;
         Ok(Self {
             _kvm: kvm,
             _vm: vm,
             vcpu,
             bus,
+            ticker,
             _mem: mem,
         })
     }
@@ -493,7 +498,7 @@ impl Vm {
 
     /// Runs the guest until its process ends.
     pub fn run(&mut self) -> Result<GuestExit, vcpu::Error> {
-        vcpu::run_loop(&mut self.vcpu, &mut self.bus)
+        vcpu::run_loop(&mut self.vcpu, &mut self.bus, &self._mem, &mut self.ticker)
     }
 }
 

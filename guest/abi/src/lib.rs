@@ -223,4 +223,19 @@ pub mod control {
     pub const POPULATE_ADDR: u64 = 0x70;
     /// The size of one populate request (256 KiB).
     pub const POPULATE_SIZE: u64 = 256 << 10;
+    /// Write: guest-physical address of the guest's tick entry, five
+    /// little-endian u64s: the `rip` and `rsp` the interrupted context's
+    /// handler starts with, where the VMM writes the interrupted context's
+    /// frame (seven u64s: [`TICK_VECTOR`], 0, rip, cs, rflags, rsp, ss, as
+    /// the CPU's exception frame), and the `[start, end)` of the kernel's
+    /// code, which is never interrupted. From then on, every
+    /// [`TICK_PERIOD_NS`] of the vCPU running guest code, the VMM
+    /// interrupts it if it is in the application at CPL3: it writes the
+    /// frame and resumes the vCPU at the entry (the guest has no interrupt
+    /// controller, and its code runs with interrupts off).
+    pub const TICK_ENTRY_ADDR: u64 = 0x78;
+    /// The vector a tick's frame names (the first one after the exceptions).
+    pub const TICK_VECTOR: u64 = 32;
+    /// The tick period while the guest runs (none while it idles).
+    pub const TICK_PERIOD_NS: u64 = 10_000_000;
 }

@@ -157,6 +157,33 @@ mod machine {
         }
     }
 
+    /// Asks the VMM for timer ticks (`control::TICK_ENTRY_ADDR`): a tick
+    /// that catches the application resumes the vCPU at `capsa_fault_user`
+    /// on the fault stack with the CPU-style frame the exception stubs
+    /// leave, so it takes the fault path with no CPL0 step at all.
+    pub fn enable_ticks() {
+        extern "C" {
+            static CAPSA_FAULT_STACK_TOP: u8;
+            static capsa_fault_user: u8;
+            static __kernel_end: u8;
+        }
+        struct Entry(core::cell::UnsafeCell<[u64; 5]>);
+        // SAFETY: one vCPU; written once, before the VMM is told of it.
+        unsafe impl Sync for Entry {}
+        static ENTRY: Entry = Entry(core::cell::UnsafeCell::new([0; 5]));
+        let entry = [
+            core::ptr::addr_of!(capsa_fault_user) as u64,
+            core::ptr::addr_of!(CAPSA_FAULT_STACK_TOP) as u64,
+            core::ptr::addr_of!(CAPSA_CPL0_STACK_TOP) as u64 - 56,
+            capsa_abi::KERNEL_BASE,
+            core::ptr::addr_of!(__kernel_end) as u64,
+        ];
+        // SAFETY: see `Entry`; the image is identity mapped, so the
+        // address is also guest-physical.
+        unsafe { *ENTRY.0.get() = entry };
+        super::control_write(capsa_abi::control::TICK_ENTRY_ADDR, ENTRY.0.get() as u64);
+    }
+
     /// The time the host has kept this vCPU from running since boot (KVM
     /// steal time: runnable but not scheduled), in nanoseconds; 0 when the
     /// hypervisor offers no steal-time area.
@@ -270,8 +297,8 @@ mod machine {
 }
 
 pub use machine::{
-    enter_user, exception_frame, install_idt, invlpg, load_cr3, return_user, set_fs_base, steal_ns,
-    wrmsr,
+    enable_ticks, enter_user, exception_frame, install_idt, invlpg, load_cr3, return_user,
+    set_fs_base, steal_ns, wrmsr,
 };
 
 impl SyscallFrame {
@@ -389,6 +416,7 @@ mod machine {
     pub fn steal_ns() -> u64 {
         0
     }
+    pub fn enable_ticks() {}
     pub fn enter_user(_entry: u64, _sp: u64) -> ! {
         unreachable!("host tests never enter user mode")
     }

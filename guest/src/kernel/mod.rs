@@ -517,6 +517,7 @@ pub fn boot(boot_info: u64) -> ! {
     k.meter.leave_kernel(k.clock.cpu_ticks());
     // SAFETY: boot runs once, before any syscall or fault can reach `kernel()`.
     unsafe { *KERNEL.0.get() = Some(k) };
+    arch::enable_ticks();
     arch::enter_user(entry, sp)
 }
 
@@ -848,6 +849,13 @@ pub fn fault(regs: &FaultInfo, fx: &arch::FxArea) -> ! {
         r11: regs.r11,
     };
     *rfx = *fx;
+    if frame.vector == capsa_abi::control::TICK_VECTOR {
+        // The VMM's timer caught the application computing: the end of a
+        // kernel entry (time slice, timers, signals) runs as after a call.
+        k.finish_tick(rf, rfx);
+        k.meter.leave_kernel(k.clock.cpu_ticks());
+        arch::return_user(rf, rfx)
+    }
     // A page the mappings allow but that has no frame yet (or is shared
     // copy-on-write): back it and run the instruction again.
     const PF_WRITE: u64 = 2;

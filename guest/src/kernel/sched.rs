@@ -481,19 +481,30 @@ impl Kernel {
             self.block_deadline = None;
             self.block_stdin = false;
         }
-        // The cooperative scheduler's bound: a task whose calls do not
-        // block is switched out once it has run a time slice, so the other
+        self.end_entry(frame, fx);
+    }
+
+    /// A timer tick interrupted the application (see `kernel::fault`).
+    pub fn finish_tick(&mut self, frame: &mut SyscallFrame, fx: &mut FxArea) {
+        self.end_entry(frame, fx);
+    }
+
+    /// What every return to the application passes through after a call
+    /// or a tick: the time slice, host signals, timers, then signal
+    /// delivery and the switch to whichever task runs next.
+    fn end_entry(&mut self, frame: &mut SyscallFrame, fx: &mut FxArea) {
+        // A task that has run a time slice is switched out, so the other
         // runnable threads and processes (and sleepers whose time has
-        // come) get the vCPU. A task making no calls at all is not
-        // preempted (no timer interrupt, see docs/syscalls.md).
+        // come) get the vCPU: at its next call, or at the next tick if it
+        // computes without calls.
         if !self.switch_pending
             && self.clock.monotonic_ns().saturating_sub(self.slice_start) >= TIME_SLICE_NS
         {
             self.yield_now();
         }
         self.take_host_signals();
-        // A process that keeps making calls never idles: its timers are
-        // checked here (no timer interrupt, see docs/syscalls.md).
+        // A process that keeps running never idles: its timers are checked
+        // here, after every call and tick.
         let tgid = self.procs.tgid(self.cur);
         if self.procs.get(tgid).is_some_and(|t| t.alarm.is_some())
             && self

@@ -213,6 +213,14 @@ impl BusDevice for Control {
                 self.populate(value);
                 Action::Continue
             }
+            reg::TICK_ENTRY_ADDR => {
+                let mut raw = [0u8; 40];
+                match self.mem.read_slice(&mut raw, GuestAddress(value)) {
+                    Ok(()) => crate::tick::TickEntry::parse(&raw)
+                        .map_or(Action::Continue, Action::EnableTicks),
+                    Err(_) => Action::Continue,
+                }
+            }
             _ => Action::Continue,
         }
     }
