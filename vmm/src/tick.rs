@@ -163,8 +163,8 @@ impl Ticker {
         };
         let mut regs = vcpu.get_regs().map_err(Error::Registers)?;
         let sregs = vcpu.get_sregs().map_err(Error::Registers)?;
-        let in_application = sregs.cs.selector & 3 == 3
-            && !(entry.kernel.0..entry.kernel.1).contains(&regs.rip);
+        let in_application =
+            sregs.cs.selector & 3 == 3 && !(entry.kernel.0..entry.kernel.1).contains(&regs.rip);
         if !in_application {
             return Ok(false);
         }
@@ -212,12 +212,18 @@ mod tests {
 
     #[test]
     fn a_tick_entry_is_read_from_five_words_and_nonsense_refused() {
-        let e = TickEntry::parse(&raw([0x20_1000, 0x30_0000, 0x2f_ffc8, 0x20_0000, 0x40_0000]))
-            .expect("valid");
+        let e = TickEntry::parse(&raw([
+            0x20_1000, 0x30_0000, 0x2f_ffc8, 0x20_0000, 0x40_0000,
+        ]))
+        .expect("valid");
         assert_eq!((e.rip, e.rsp, e.frame), (0x20_1000, 0x30_0000, 0x2f_ffc8));
         assert_eq!(e.kernel, (0x20_0000, 0x40_0000));
         assert_eq!(TickEntry::parse(&raw([0, 1, 2, 3, 4])), None, "no entry");
-        assert_eq!(TickEntry::parse(&raw([1, 1, 2, 9, 4])), None, "empty kernel range");
+        assert_eq!(
+            TickEntry::parse(&raw([1, 1, 2, 9, 4])),
+            None,
+            "empty kernel range"
+        );
         assert_eq!(
             TickEntry::parse(&raw([1, 1, u64::MAX - 8, 3, 4])),
             None,

@@ -415,6 +415,7 @@ pub fn boot(boot_info: u64) -> ! {
         comm: [0; 16],
         personality: 0,
         exited: None,
+        timers: Default::default(),
     };
     let loaded_cr3 = init.space.as_ref().map_or(0, Space::cr3);
     let mut k = Kernel {

@@ -365,6 +365,7 @@ impl Kernel {
     /// or a task spinning on sched_yield would starve them forever. (Stdin
     /// is not asked: that costs an exit, and idling looks at it.)
     pub fn yield_now(&mut self) {
+        self.fire_posix_timers();
         let now = self.clock.monotonic_ns();
         self.procs.wake(pipe::events(), now, &mut || false);
         self.switch_pending = true;
@@ -413,6 +414,7 @@ impl Kernel {
                 return next;
             }
             self.take_host_signals();
+            self.fire_posix_timers();
             let now = self.clock.monotonic_ns();
             let dev = &mut self.dev;
             let mut stdin_ready = || match dev.stdio.and_then(|i| dev.consoles.get_mut(i)) {
@@ -422,10 +424,11 @@ impl Kernel {
             if self.procs.wake(pipe::events(), now, &mut stdin_ready) {
                 continue;
             }
-            let wait = self
-                .procs
-                .next_deadline()
-                .map_or(u64::MAX, |d| d.saturating_sub(now).max(1));
+            let deadline = match (self.procs.next_deadline(), self.next_posix_deadline()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let wait = deadline.map_or(u64::MAX, |d| d.saturating_sub(now).max(1));
             self.clock.idle(wait);
         }
     }
@@ -520,6 +523,7 @@ impl Kernel {
         {
             self.fire_cpu_timers();
         }
+        self.fire_posix_timers();
         self.resume_loop(frame, fx);
     }
 

@@ -9,6 +9,14 @@ use crate::kernel::Kernel;
 use crate::task::process::ExitStatus;
 use crate::task::signal::*;
 
+/// What a handler's siginfo describes.
+enum Origin {
+    /// A fault: its si_code and address.
+    Fault(i32, u64),
+    /// A signal sent, with where it came from (all zero: unknown).
+    Sent(SigInfo),
+}
+
 impl Kernel {
     /// Sends `sig` (0: just the existence check). A task not running now
     /// whose signal would take the default fatal action dies right away;
@@ -25,7 +33,20 @@ impl Kernel {
         // The VM's init is a pid namespace's init: signals sent from inside
         // that it has no handler for (SIGKILL and SIGSTOP included) are
         // dropped, as Linux protects a container's pid 1.
-        if tgid == 1 && (sig == SIGKILL || is_stop(sig) || handler.is_none_or(|h| h == SIG_DFL)) {
+        // A signal the target blocks is queued all the same (its handler
+        // may change before it is unblocked), as Linux's sig_ignored says.
+        let mask = self.procs.get(pid).map_or(0, |t| {
+            if self.is_running(pid) {
+                self.thread().sigmask.mask
+            } else {
+                t.thread.sigmask.mask
+            }
+        });
+        let blocked_by_target = mask & (1 << (sig - 1)) & !UNBLOCKABLE != 0;
+        if tgid == 1
+            && !blocked_by_target
+            && (sig == SIGKILL || is_stop(sig) || handler.is_none_or(|h| h == SIG_DFL))
+        {
             return;
         }
         if !self.is_running(pid) {
@@ -66,6 +87,7 @@ impl Kernel {
                 break;
             };
             let action = self.proc_mut().signals.actions[sig as usize - 1];
+            let record = self.take_signal_info(sig);
             if sig == SIGKILL || action.handler == SIG_DFL {
                 if sig != SIGKILL && (ignored_by_default(sig) || is_stop(sig)) {
                     continue;
@@ -94,7 +116,10 @@ impl Kernel {
                     self.futexes.forget(self.cur);
                 }
             }
-            if self.push_frame(sig, &action, frame, fx, None).is_err() {
+            if self
+                .push_frame(sig, &action, frame, fx, Origin::Sent(record))
+                .is_err()
+            {
                 let cur = self.cur;
                 self.terminate(
                     cur,
@@ -114,7 +139,7 @@ impl Kernel {
         action: &SigAction,
         frame: &mut SyscallFrame,
         fx: &mut FxArea,
-        fault: Option<(i32, u64)>,
+        origin: Origin,
     ) -> Result<()> {
         if action.flags & SA_RESTORER == 0 {
             // No vDSO to return through: the handler could never return.
@@ -159,16 +184,25 @@ impl Kernel {
             .unwrap_or(self.thread_mut().sigmask.mask);
         put(FRAME_UC + UC_SIGMASK, &restore.to_le_bytes());
         put(FRAME_INFO, &(sig as i32).to_le_bytes());
-        match fault {
+        match origin {
             // A fault: its si_code and the faulting address.
-            Some((code, addr)) => {
+            Origin::Fault(code, addr) => {
                 put(FRAME_INFO + 8, &code.to_le_bytes());
                 put(FRAME_INFO + 16, &addr.to_le_bytes());
             }
-            // si_code SI_USER, si_pid and si_uid of the sender (unknown: ours).
-            None => {
-                put(FRAME_INFO + 16, &self.cur.to_le_bytes());
-                put(FRAME_INFO + 20, &self.proc_mut().creds.uid.to_le_bytes());
+            // Who sent it, as recorded; else SI_USER from ourselves.
+            Origin::Sent(record) => {
+                let record = if record == SigInfo::default() {
+                    SigInfo {
+                        code: SI_USER,
+                        first: self.cur as u32,
+                        second: self.proc_mut().creds.uid,
+                        value: 0,
+                    }
+                } else {
+                    record
+                };
+                put(FRAME_INFO, &record.encode(sig));
             }
         }
         self.put_user(at, &bytes)?;
@@ -240,7 +274,7 @@ impl Kernel {
         if blocked || action.handler == SIG_DFL || action.handler == SIG_IGN {
             return false;
         }
-        self.push_frame(sig, &action, frame, fx, Some((code, addr)))
+        self.push_frame(sig, &action, frame, fx, Origin::Fault(code, addr))
             .is_ok()
     }
 }

@@ -16,6 +16,8 @@ use crate::errno::{Errno, Result};
 use crate::kernel::Kernel;
 use crate::task::cputime::Times;
 use crate::task::process::{self, Pid};
+use crate::task::signal::{SigInfo, SI_TIMER};
+use crate::task::timers::Notify;
 
 pub const SIGVTALRM: u32 = 26;
 pub const SIGPROF: u32 = 27;
@@ -188,5 +190,59 @@ impl Kernel {
                 self.post_signal(cur, sig);
             }
         }
+    }
+
+    /// Fires every process's POSIX timers that expired (after each call
+    /// and tick, and while idle): each expiry sends its signal with an
+    /// SI_TIMER siginfo, or adds to the overrun of one still pending.
+    pub fn fire_posix_timers(&mut self) {
+        let now = self.clock.monotonic_ns();
+        let due: alloc::vec::Vec<Pid> = self
+            .processes
+            .iter()
+            .filter(|(_, p)| p.timers.next_deadline().is_some_and(|d| d <= now))
+            .map(|(&tgid, _)| tgid)
+            .collect();
+        for tgid in due {
+            let staged = self.procs.group_pending(tgid);
+            let Some(p) = self.processes.get_mut(&tgid) else {
+                continue;
+            };
+            let pending = p.signals.pending | staged;
+            let fired = p.timers.expire(now, |n| match n {
+                Notify::Signal { signal, .. } => pending & (1 << (signal - 1)) != 0,
+                Notify::None => false,
+            });
+            for e in fired {
+                if let Some(p) = self.processes.get_mut(&tgid) {
+                    p.signals.info[e.signal as usize - 1] = SigInfo {
+                        code: SI_TIMER,
+                        first: e.timer as u32,
+                        second: 0,
+                        value: e.value,
+                    };
+                }
+                self.post_signal(e.tid.unwrap_or(tgid), e.signal);
+            }
+        }
+    }
+
+    /// Takes where the current process's pending `sig` came from; a POSIX
+    /// timer's records how many expiries it folded in.
+    pub fn take_signal_info(&mut self, sig: u32) -> SigInfo {
+        let p = self.proc_mut();
+        let mut record = p.signals.take_info(sig);
+        if record.code == SI_TIMER {
+            record.second = p.timers.delivered(record.first as i32);
+        }
+        record
+    }
+
+    /// The earliest POSIX timer deadline of any process.
+    pub fn next_posix_deadline(&self) -> Option<u64> {
+        self.processes
+            .values()
+            .filter_map(|p| p.timers.next_deadline())
+            .min()
     }
 }

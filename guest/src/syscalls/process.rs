@@ -198,6 +198,7 @@ impl Kernel {
         let fx = unsafe { crate::kernel::sched::fx_of(frame) };
         let mut signals = self.proc().signals.clone();
         signals.pending = 0;
+        signals.info = [Default::default(); crate::task::signal::NSIG];
         let parent = self.proc();
         let process = Process {
             fds: parent.fds.clone(),
@@ -215,6 +216,7 @@ impl Kernel {
             comm: parent.comm,
             personality: parent.personality,
             exited: None,
+            timers: Default::default(),
         };
         let thread = Thread {
             fs_base: if flags & CLONE_SETTLS != 0 {
@@ -535,6 +537,7 @@ impl Kernel {
             }
         }
         self.proc_mut().signals.reset_for_exec();
+        self.proc_mut().timers = Default::default();
         self.thread_mut().sigmask.reset_for_exec();
         self.thread_mut().fs_base = 0;
         arch::set_fs_base(0);

@@ -85,9 +85,28 @@ impl Kernel {
             return Err(Errno::ESRCH);
         }
         for t in targets {
+            self.note_sender(t, sig, SI_USER);
             self.send(t, sig);
         }
         Ok(0)
+    }
+
+    /// Records the caller as the sender of `sig` to `target`'s process,
+    /// for the siginfo its handler or sigwaitinfo gets.
+    fn note_sender(&mut self, target: i32, sig: u32, code: i32) {
+        if sig == 0 || sig as usize > NSIG {
+            return;
+        }
+        let record = SigInfo {
+            code,
+            first: self.procs.tgid(self.cur) as u32,
+            second: self.proc().creds.uid,
+            value: 0,
+        };
+        let tgid = self.procs.tgid(target);
+        if let Some(p) = self.processes.get_mut(&tgid) {
+            p.signals.info[sig as usize - 1] = record;
+        }
     }
 
     pub fn sys_tkill(&mut self, tid: i32, sig: u32) -> Result<u64> {
@@ -101,6 +120,7 @@ impl Kernel {
         if !alive {
             return Err(Errno::ESRCH);
         }
+        self.note_sender(tid, sig, SI_TKILL);
         self.send(tid, sig);
         Ok(0)
     }
@@ -117,6 +137,46 @@ impl Kernel {
             self.thread_mut().sigmask.saved_mask = Some(old);
             self.thread_mut().sigmask.mask = mask;
             return Err(Errno::EINTR);
+        }
+        Err(Errno::EBLOCK)
+    }
+
+    /// `rt_sigtimedwait` (and so sigwait and sigwaitinfo): takes a pending
+    /// signal of `set`, with its siginfo, or waits for one, up to
+    /// `timeout` if given (then EAGAIN). A handled signal outside the set
+    /// interrupts the wait (EINTR).
+    pub fn sys_rt_sigtimedwait(
+        &mut self,
+        set: u64,
+        info: u64,
+        timeout: u64,
+        size: u64,
+    ) -> Result<u64> {
+        if size != 8 {
+            return Err(Errno::EINVAL);
+        }
+        let want = self.get_u64(set)? & !UNBLOCKABLE;
+        let ready = self.proc().signals.pending & want;
+        if ready != 0 {
+            let sig = ready.trailing_zeros() + 1;
+            self.proc_mut().signals.pending &= !(1 << (sig - 1));
+            let record = self.take_signal_info(sig);
+            if info != 0 {
+                self.put_user(info, &record.encode(sig))?;
+            }
+            return Ok(u64::from(sig));
+        }
+        if timeout != 0 {
+            let ns = self.timespec_ns(timeout)?;
+            let now = self.clock.monotonic_ns();
+            let until = *self
+                .thread_mut()
+                .restart_deadline
+                .get_or_insert(now.saturating_add(ns));
+            if now >= until {
+                return Err(Errno::EAGAIN);
+            }
+            self.block_deadline = Some(until);
         }
         Err(Errno::EBLOCK)
     }

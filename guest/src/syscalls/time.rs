@@ -9,6 +9,7 @@ use crate::task::cputime::{self, timeval, CpuClock, Times};
 use crate::task::process::Pid;
 
 const TIMER_ABSTIME: u32 = 1;
+const CLOCK_MONOTONIC: u32 = 1;
 
 pub fn timespec(ns: u64) -> [u8; 16] {
     let mut t = [0u8; 16];
@@ -177,14 +178,7 @@ impl Kernel {
 
     pub fn timespec_ns(&mut self, ptr: u64) -> Result<u64> {
         let t = self.user_buf(ptr, 16)?;
-        let sec = i64::from_le_bytes(t[..8].try_into().map_err(|_| Errno::EFAULT)?);
-        let nsec = i64::from_le_bytes(t[8..].try_into().map_err(|_| Errno::EFAULT)?);
-        if sec < 0 || !(0..1_000_000_000).contains(&nsec) {
-            return Err(Errno::EINVAL);
-        }
-        Ok((sec as u64)
-            .saturating_mul(1_000_000_000)
-            .saturating_add(nsec as u64))
+        timespec_of(t)
     }
 
     pub fn sys_clock_gettime(&mut self, clock: u32, out: u64) -> Result<u64> {
@@ -364,6 +358,125 @@ impl Kernel {
             self.clock.ticks_ns(times.sys),
         )
     }
+}
+
+/// POSIX timers: `timer_create`, `timer_settime`, `timer_gettime`,
+/// `timer_getoverrun`, `timer_delete` on the real clocks (the state is
+/// `crate::task::timers`; expiries fire in `Kernel::fire_posix_timers`).
+impl Kernel {
+    pub fn sys_timer_create(&mut self, clock: u32, sevp: u64, out: u64) -> Result<u64> {
+        use crate::task::timers::{Notify, SIGEV_NONE, SIGEV_SIGNAL, SIGEV_THREAD_ID};
+        const CLOCK_BOOTTIME: u32 = 7;
+        if !matches!(clock, CLOCK_REALTIME | CLOCK_MONOTONIC | CLOCK_BOOTTIME) {
+            // CPU-time clocks and the alarm clocks are not offered.
+            return Err(Errno::EINVAL);
+        }
+        let notify = if sevp == 0 {
+            Notify::Signal {
+                signal: 14, // SIGALRM
+                tid: None,
+                value: u64::MAX,
+            }
+        } else {
+            let raw = self.user_buf(sevp, 24)?.to_vec();
+            let value = u64::from_le_bytes(raw[0..8].try_into().map_err(|_| Errno::EFAULT)?);
+            let signal = u32::from_le_bytes(raw[8..12].try_into().map_err(|_| Errno::EFAULT)?);
+            let how = i32::from_le_bytes(raw[12..16].try_into().map_err(|_| Errno::EFAULT)?);
+            let tid = i32::from_le_bytes(raw[16..20].try_into().map_err(|_| Errno::EFAULT)?);
+            let valid_signal = (1..=crate::task::signal::NSIG as u32).contains(&signal);
+            match how {
+                SIGEV_NONE => Notify::None,
+                SIGEV_SIGNAL if valid_signal => Notify::Signal {
+                    signal,
+                    tid: None,
+                    value,
+                },
+                SIGEV_THREAD_ID if valid_signal => {
+                    // The thread must be one of the caller's.
+                    let own = self.procs.get(tid).is_some_and(|t| {
+                        t.tgid == self.procs.tgid(self.cur)
+                            && !matches!(t.state, crate::task::process::State::Zombie(_))
+                    });
+                    if !own {
+                        return Err(Errno::EINVAL);
+                    }
+                    Notify::Signal {
+                        signal,
+                        tid: Some(tid),
+                        value,
+                    }
+                }
+                _ => return Err(Errno::EINVAL),
+            }
+        };
+        let id = self.proc_mut().timers.create(clock, notify)?;
+        if let Err(e) = self.put_user(out, &id.to_le_bytes()) {
+            let _ = self.proc_mut().timers.delete(id);
+            return Err(e);
+        }
+        Ok(0)
+    }
+
+    /// The remaining time and interval of a timer, as an `itimerspec`.
+    fn timer_spec(&self, id: i32) -> Result<[u8; 32]> {
+        let t = self.proc().timers.get(id)?;
+        let now = self.clock.monotonic_ns();
+        let left = t.deadline.map_or(0, |d| d.saturating_sub(now).max(1));
+        let mut out = [0u8; 32];
+        out[..16].copy_from_slice(&timespec(t.interval));
+        out[16..].copy_from_slice(&timespec(left));
+        Ok(out)
+    }
+
+    pub fn sys_timer_settime(&mut self, id: i32, flags: u32, new: u64, old: u64) -> Result<u64> {
+        let previous = self.timer_spec(id)?;
+        let raw = self.user_buf(new, 32)?.to_vec();
+        let (interval, value) = (timespec_of(&raw[..16])?, timespec_of(&raw[16..])?);
+        let clock = self.proc().timers.get(id)?.clock;
+        let now = self.clock.now(clock)?;
+        let mono = self.clock.monotonic_ns();
+        let deadline = match value {
+            0 => None,
+            // An absolute time on the timer's clock, as a monotonic deadline.
+            v if flags & TIMER_ABSTIME != 0 => Some(mono.saturating_add(v.saturating_sub(now))),
+            v => Some(mono.saturating_add(v)),
+        };
+        if old != 0 {
+            self.put_user(old, &previous)?;
+        }
+        let t = self.proc_mut().timers.get_mut(id)?;
+        t.deadline = deadline;
+        t.interval = if deadline.is_some() { interval } else { 0 };
+        t.missed = 0;
+        Ok(0)
+    }
+
+    pub fn sys_timer_gettime(&mut self, id: i32, out: u64) -> Result<u64> {
+        let spec = self.timer_spec(id)?;
+        self.put_user(out, &spec)?;
+        Ok(0)
+    }
+
+    pub fn sys_timer_getoverrun(&mut self, id: i32) -> Result<u64> {
+        Ok(u64::from(self.proc().timers.get(id)?.overrun))
+    }
+
+    pub fn sys_timer_delete(&mut self, id: i32) -> Result<u64> {
+        self.proc_mut().timers.delete(id)?;
+        Ok(0)
+    }
+}
+
+/// A `struct timespec` as ns, rejecting out-of-range fields.
+fn timespec_of(t: &[u8]) -> Result<u64> {
+    let sec = i64::from_le_bytes(t[..8].try_into().map_err(|_| Errno::EFAULT)?);
+    let nsec = i64::from_le_bytes(t[8..16].try_into().map_err(|_| Errno::EFAULT)?);
+    if sec < 0 || !(0..1_000_000_000).contains(&nsec) {
+        return Err(Errno::EINVAL);
+    }
+    Ok((sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(nsec as u64))
 }
 
 #[cfg(test)]

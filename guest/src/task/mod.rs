@@ -15,6 +15,7 @@ pub mod cputime;
 pub mod futex;
 pub mod process;
 pub mod signal;
+pub mod timers;
 
 use alloc::vec::Vec;
 
@@ -40,6 +41,8 @@ pub struct Process {
     pub personality: u32,
     /// Set when the process exits: what its pidfds (`pidfd_open`) poll.
     pub exited: Option<alloc::rc::Rc<core::cell::Cell<bool>>>,
+    /// Its POSIX timers (not inherited by fork, gone at exec).
+    pub timers: timers::Timers,
 }
 
 /// What each thread owns besides its registers (`process::Task::ctx`).

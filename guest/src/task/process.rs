@@ -216,6 +216,15 @@ impl<S: Default> ProcTable<S> {
             .is_some_and(|t| expire(&mut t.alarm, now))
     }
 
+    /// Signals sent to `tgid`'s threads while they were not running, not
+    /// yet merged into the process's pending set.
+    pub fn group_pending(&self, tgid: Pid) -> u64 {
+        self.tasks
+            .values()
+            .filter(|t| t.tgid == tgid)
+            .fold(0, |acc, t| acc | t.pending)
+    }
+
     pub fn get(&self, pid: Pid) -> Option<&Task<S>> {
         self.tasks.get(&pid)
     }

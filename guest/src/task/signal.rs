@@ -135,12 +135,44 @@ pub struct SigAction {
     pub mask: u64,
 }
 
+/// `si_code` values.
+pub const SI_USER: i32 = 0;
+pub const SI_KERNEL: i32 = 0x80;
+pub const SI_TIMER: i32 = -2;
+pub const SI_TKILL: i32 = -6;
+
+/// Where a pending signal came from, as its `siginfo_t` tells: the code,
+/// then the two 32-bit words and the value of the union (the sender's pid
+/// and uid, or a POSIX timer's id and overrun and its `sigev_value`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SigInfo {
+    pub code: i32,
+    pub first: u32,
+    pub second: u32,
+    pub value: u64,
+}
+
+impl SigInfo {
+    /// The 128-byte `siginfo_t` of `sig`.
+    pub fn encode(&self, sig: u32) -> [u8; 128] {
+        let mut b = [0u8; 128];
+        b[0..4].copy_from_slice(&sig.to_le_bytes());
+        b[8..12].copy_from_slice(&self.code.to_le_bytes());
+        b[16..20].copy_from_slice(&self.first.to_le_bytes());
+        b[20..24].copy_from_slice(&self.second.to_le_bytes());
+        b[24..32].copy_from_slice(&self.value.to_le_bytes());
+        b
+    }
+}
+
 /// A process's signal dispositions and the signals pending for it (its
-/// threads share both, as Linux's `sighand_struct` and shared pending set).
+/// threads share both, as Linux's `sighand_struct` and shared pending set),
+/// with where each pending one came from.
 #[derive(Clone, Debug)]
 pub struct Signals {
     pub actions: [SigAction; NSIG],
     pub pending: u64,
+    pub info: [SigInfo; NSIG],
 }
 
 impl Default for Signals {
@@ -148,6 +180,7 @@ impl Default for Signals {
         Self {
             actions: [SigAction::default(); NSIG],
             pending: 0,
+            info: [SigInfo::default(); NSIG],
         }
     }
 }
@@ -208,6 +241,14 @@ impl Signals {
         let sig = ready.trailing_zeros() + 1;
         self.pending &= !(1 << (sig - 1));
         Some(sig)
+    }
+
+    /// Takes where pending `sig` came from (the record goes with it).
+    pub fn take_info(&mut self, sig: u32) -> SigInfo {
+        self.info
+            .get_mut(sig as usize - 1)
+            .map(core::mem::take)
+            .unwrap_or_default()
     }
 
     /// What happens when the process sends itself `sig`: `Some(sig)` if it dies.
