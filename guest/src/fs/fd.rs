@@ -186,6 +186,18 @@ impl FdTable {
         Ok(self.get(fd)?.file.clone())
     }
 
+    /// The open descriptors in `[first, last]`.
+    pub fn open_in(&self, first: u32, last: u32) -> Vec<i32> {
+        self.slots
+            .iter()
+            .enumerate()
+            .skip(first as usize)
+            .take_while(|(i, _)| *i as u64 <= u64::from(last))
+            .filter(|(_, slot)| slot.is_some())
+            .filter_map(|(i, _)| i32::try_from(i).ok())
+            .collect()
+    }
+
     /// The descriptor the next `insert` would use.
     pub fn lowest_free(&self) -> i32 {
         let i = self

@@ -386,6 +386,9 @@ impl File for ProcDir {
     fn read(&self, _dev: &mut Devices, _buf: &mut [u8]) -> Result<usize> {
         Err(Errno::EISDIR)
     }
+    fn as_any(&self) -> Option<&dyn core::any::Any> {
+        Some(self)
+    }
     fn seek(&self, _dev: &mut Devices, offset: i64, whence: u32) -> Result<u64> {
         match whence {
             SEEK_SET if offset >= 0 => {

@@ -52,7 +52,8 @@ impl Mount {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Walk {
     pub node: Node,
-    /// `st_mode` type bits of the node (and permissions when known).
+    /// `st_mode` type bits of the node (its permission bits may be stale:
+    /// they come from the name cache; ask GETATTR for them).
     pub mode: u32,
     /// Canonical absolute path (symlinks resolved).
     pub path: Vec<u8>,

@@ -288,6 +288,27 @@ impl Kernel {
         Ok(0)
     }
 
+    /// close_range: closes (or with CLOSE_RANGE_CLOEXEC marks close-on-exec)
+    /// every open descriptor in `[first, last]`. CLOSE_RANGE_UNSHARE needs
+    /// nothing: threads share the table, and a process's copy is its own
+    /// already once it forked.
+    pub fn sys_close_range(&mut self, first: u32, last: u32, flags: u32) -> Result<u64> {
+        const CLOSE_RANGE_UNSHARE: u32 = 2;
+        const CLOSE_RANGE_CLOEXEC: u32 = 4;
+        if flags & !(CLOSE_RANGE_UNSHARE | CLOSE_RANGE_CLOEXEC) != 0 || first > last {
+            return Err(Errno::EINVAL);
+        }
+        for fd in self.proc().fds.open_in(first, last) {
+            if flags & CLOSE_RANGE_CLOEXEC != 0 {
+                self.proc_mut().fds.set_cloexec(fd, true)?;
+            } else {
+                let entry = self.proc_mut().fds.remove(fd)?;
+                self.release_if_last(entry);
+            }
+        }
+        Ok(0)
+    }
+
     fn release_if_last(&mut self, entry: Fd) {
         // Closing any descriptor of a file drops the process's POSIX locks on it.
         let tgid = self.procs.tgid(self.cur);

@@ -159,6 +159,7 @@ impl Kernel {
             127 => self.sys_rt_sigpending(a0),
             130 => self.sys_rt_sigsuspend(a0, a1),
             128 => self.sys_rt_sigtimedwait(a0, a1, a2, a3),
+            436 => self.sys_close_range(a0 as u32, a1 as u32, a2 as u32),
             222 => self.sys_timer_create(a0 as u32, a1, a2),
             223 => self.sys_timer_settime(a0 as i32, a1 as u32, a2, a3),
             224 => self.sys_timer_gettime(a0 as i32, a1),

@@ -368,7 +368,10 @@ impl Kernel {
             if w.mode & crate::fs::fuse::S_IFMT != crate::fs::fuse::S_IFREG {
                 return Err(Errno::EACCES);
             }
-            if w.mode & 0o111 == 0 {
+            // The permission bits as they are now (a walk's mode may come
+            // from the name cache, from before a chmod).
+            let attr = self.dev.vfs.fs(w.node.fs)?.getattr(w.node.id, None)?;
+            if attr.mode & 0o111 == 0 {
                 return Err(Errno::EACCES);
             }
             let file = self.open_for_exec(&path)?;
@@ -653,8 +656,23 @@ impl Kernel {
         let pidfd = file
             .as_any()
             .and_then(|a| a.downcast_ref::<PidFd>())
-            .ok_or(Errno::EINVAL)?;
+            .ok_or(Errno::EBADF)?;
         Ok((pidfd.pid, pidfd.exited.get()))
+    }
+
+    /// The process a `/proc/<pid>` directory descriptor names, which
+    /// pidfd_send_signal takes as a pidfd too (EBADF for anything else).
+    fn proc_dir_pid(&self, fd: i32) -> Result<i32> {
+        let file = self.proc().fds.file(fd)?;
+        let dir = file
+            .as_any()
+            .and_then(|a| a.downcast_ref::<crate::fs::procfs::ProcDir>())
+            .ok_or(Errno::EBADF)?;
+        let pid = dir.path.strip_prefix(b"/proc/").ok_or(Errno::EBADF)?;
+        core::str::from_utf8(pid)
+            .ok()
+            .and_then(|p| p.parse().ok())
+            .ok_or(Errno::EBADF)
     }
 
     fn pidfd_pid(&self, fd: i32) -> Result<i32> {
@@ -674,7 +692,10 @@ impl Kernel {
         if flags != 0 || info != 0 {
             return Err(Errno::EINVAL);
         }
-        let (pid, exited) = self.pidfd_target(fd)?;
+        let (pid, exited) = match self.pidfd_target(fd) {
+            Err(Errno::EBADF) => (self.proc_dir_pid(fd)?, false),
+            other => other?,
+        };
         if exited && self.processes.contains_key(&pid) {
             return Err(Errno::ESRCH);
         }
