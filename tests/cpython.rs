@@ -255,3 +255,10 @@ fn files_paths_time_and_polling_modules_agree() {
 fn posix_thread_and_mmap_modules_agree() {
     check_modules(&["test_posix", "test_queue", "test_mmap"], &[]);
 }
+
+/// Children that compute, timeouts, interrupted tight loops: these need the
+/// microVM's timer tick.
+#[test]
+fn process_and_thread_modules_agree() {
+    check_modules(&["test_subprocess", "test_threading"], &[]);
+}

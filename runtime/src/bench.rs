@@ -5,7 +5,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::spec::Isolation;
 
@@ -416,7 +416,21 @@ pub struct MemoryOptions {
     pub isolations: Vec<Isolation>,
     pub peers: Vec<String>,
     pub count: usize,
+    /// How long the idle instances' CPU time is measured for.
+    pub idle: Duration,
     pub bundle: Option<PathBuf>,
+}
+
+/// CPU time (user + system) process `pid` used so far, in clock ticks.
+fn cpu_ticks(pid: i32) -> Option<u64> {
+    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command name, which may hold spaces: utime and
+    // stime are the 14th and 15th of the whole line.
+    let rest = &text[text.rfind(')')? + 2..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -429,6 +443,9 @@ pub struct MemorySummary {
     pub concurrent: usize,
     pub launches_per_second: f64,
     pub mean_pss_kib: f64,
+    /// CPU time all the idle instances used over the idle window, as a
+    /// share of one host CPU (ms of CPU per s).
+    pub idle_cpu_ms_per_s: f64,
     /// Why the density run stopped before `count`, if it did.
     pub stopped_early: Option<String>,
 }
@@ -570,12 +587,21 @@ fn memory_in(work: &Path, bundle: &Path, opts: &MemoryOptions) -> Vec<MemorySumm
             continue;
         };
         let total_pss: u64 = pids.iter().filter_map(|p| pss_kib(*p)).sum();
+        // SAFETY: sysconf has no memory effects.
+        let ticks_per_s = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        let before: u64 = pids.iter().filter_map(|p| cpu_ticks(*p)).sum();
+        std::thread::sleep(opts.idle);
+        let after: u64 = pids.iter().filter_map(|p| cpu_ticks(*p)).sum();
+        let idle_cpu_ms_per_s = after.saturating_sub(before) as f64 * 1000.0
+            / ticks_per_s
+            / opts.idle.as_secs_f64().max(f64::EPSILON);
         summaries.push(MemorySummary {
             name,
             idle_pss_kib: pss_kib(first).unwrap_or(0),
             concurrent: pids.len(),
             launches_per_second: pids.len() as f64 / launch_seconds.max(f64::EPSILON),
             mean_pss_kib: total_pss as f64 / pids.len() as f64,
+            idle_cpu_ms_per_s,
             stopped_early,
         });
         // Dropping `instances` deletes every instance before the next runner.
@@ -585,17 +611,23 @@ fn memory_in(work: &Path, bundle: &Path, opts: &MemoryOptions) -> Vec<MemorySumm
 
 pub fn format_memory_table(summaries: &[MemorySummary]) -> String {
     let mut out = format!(
-        "{:<18} {:>14} {:>11} {:>12} {:>18}\n",
-        "runner", "idle PSS MiB", "concurrent", "launches/s", "PSS/instance MiB"
+        "{:<18} {:>14} {:>11} {:>12} {:>18} {:>19}\n",
+        "runner",
+        "idle PSS MiB",
+        "concurrent",
+        "launches/s",
+        "PSS/instance MiB",
+        "idle CPU (all) ms/s"
     );
     for s in summaries {
         out.push_str(&format!(
-            "{:<18} {:>14.2} {:>11} {:>12.1} {:>18.2}\n",
+            "{:<18} {:>14.2} {:>11} {:>12.1} {:>18.2} {:>19.2}\n",
             s.name,
             s.idle_pss_kib as f64 / 1024.0,
             s.concurrent,
             s.launches_per_second,
-            s.mean_pss_kib / 1024.0
+            s.mean_pss_kib / 1024.0,
+            s.idle_cpu_ms_per_s
         ));
         if let Some(reason) = &s.stopped_early {
             out.push_str(&format!("  {} stopped early: {reason}\n", s.name));

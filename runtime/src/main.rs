@@ -254,6 +254,9 @@ enum BenchCommand {
         /// Idle instances to run at once.
         #[arg(long, default_value_t = 20)]
         count: usize,
+        /// Seconds over which the idle instances' CPU time is measured.
+        #[arg(long, default_value_t = 10)]
+        idle_secs: u64,
         #[arg(long, value_delimiter = ',', default_value = "container,microvm")]
         isolation: Vec<Isolation>,
         #[arg(long, value_delimiter = ',', default_value = "runc")]
@@ -464,6 +467,7 @@ fn dispatch(cli: Cli) -> Result<u8> {
         }
         Command::Bench(BenchCommand::Memory {
             count,
+            idle_secs,
             isolation,
             peers,
             bundle,
@@ -473,6 +477,7 @@ fn dispatch(cli: Cli) -> Result<u8> {
                 isolations: isolation,
                 peers,
                 count,
+                idle: std::time::Duration::from_secs(idle_secs),
                 bundle,
             };
             let summaries = capsa::bench::memory(&opts).map_err(chain)?;
