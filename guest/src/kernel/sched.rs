@@ -1,4 +1,4 @@
-//! Context switching and the cooperative scheduler (the policy and its
+//! Context switching and the scheduler (the policy and its
 //! bound are described in `crate::task::process`), and the ends of threads
 //! and processes. A switch saves the running task's registers in its task,
 //! points `Kernel::cur` at the next one and loads its process's page

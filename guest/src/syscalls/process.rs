@@ -269,7 +269,7 @@ impl Kernel {
     /// clone with CLONE_THREAD (glibc's pthread_create, after clone3 answers
     /// ENOSYS): a new task in the caller's group sharing everything but its
     /// registers, TLS base and tid words. It first runs when the caller
-    /// blocks or yields (cooperative scheduling, see `crate::task::process`).
+    /// blocks, yields or is preempted (see `crate::task::process`).
     fn clone_thread(
         &mut self,
         frame: &SyscallFrame,

@@ -1,4 +1,4 @@
-//! Futex wait queues for the cooperative scheduler.
+//! Futex wait queues for the scheduler.
 //!
 //! A waiting thread is blocked in a restartable `futex` call (see
 //! `crate::task::process`): each time it is retried, the kernel asks this table

@@ -61,7 +61,7 @@ pub struct Thread {
     /// set_robust_list: the list head, walked when the thread exits or execs.
     pub robust_list: u64,
     /// The scheduling policy sched_setscheduler chose (SCHED_OTHER, BATCH
-    /// or IDLE: the cooperative scheduler treats them alike).
+    /// or IDLE: the round-robin scheduler treats them alike).
     pub policy: u32,
 }
 

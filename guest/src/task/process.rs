@@ -1,8 +1,8 @@
 //! The process table: pids, parentage, process groups and sessions, run
 //! states, zombies and the wait status encoding.
 //!
-//! # Scheduling (cooperative)
-//! One vCPU, no timer interrupts: a process runs until it makes a system
+//! # Scheduling
+//! One vCPU, round robin: a process runs until it makes a system
 //! call that cannot complete (wait4 on live children, read of an empty pipe,
 //! write to a full one, nanosleep, poll, read of stdin with nothing pending,
 //! vfork until the child execs or exits) or exits; then the kernel switches
@@ -15,10 +15,10 @@
 //! When nothing is runnable, the kernel idles through the VMM's `IDLE_NS`
 //! register until the earliest deadline or stdin input.
 //!
-//! The bound: a task whose calls do not block is switched out once it has
-//! run a time slice (`crate::kernel::sched`), but a task that computes
-//! without making system calls is never preempted and starves the others
-//! until its next call (there are no timer interrupts in this design).
+//! The bound: a task is switched out once it has run a time slice
+//! (`crate::kernel::sched`), at the end of a call or at the VMM's timer
+//! tick if it computes without calls; the kernel itself is never
+//! preempted (a tick that finds it running is dropped).
 //!
 //! Everything here is plain data, generic over each task's own state `S`
 //! (`crate::task::Thread` in the kernel), so it is unit-tested on the host.
@@ -118,7 +118,7 @@ pub struct Task<S> {
     /// The process's ITIMER_REAL (kept on its first thread): next expiry
     /// and reload interval, in monotonic ns (interval 0: one-shot).
     pub alarm: Option<(u64, u64)>,
-    /// Nice value (-20..=19): recorded and reported; the cooperative
+    /// Nice value (-20..=19): recorded and reported; the round-robin
     /// scheduler does not weigh it.
     pub nice: i32,
     /// CPU time this task ran (see `crate::task::cputime`), up to when it last
