@@ -140,15 +140,7 @@ impl PageCache {
             // A miss: the missing pages from here, with readahead.
             let last_wanted = (offset + want - 1) / PAGE;
             let run = self.missing_run(key, index, (last_wanted + 1 - index).max(READAHEAD));
-            let mut data = vec![0u8; (run * PAGE) as usize];
-            let got = fetch_all(fetch, index * PAGE, &mut data)?;
-            self.keep(
-                key,
-                index,
-                &data[..got],
-                got < data.len(),
-                index..index + run,
-            );
+            let (data, got) = self.fill(key, index, run, index..index + run, fetch)?;
             let avail = (got as u64).saturating_sub(in_page);
             let n = avail.min(want - done);
             out[done as usize..(done + n) as usize]
@@ -159,6 +151,22 @@ impl PageCache {
             }
         }
         Ok(done as usize)
+    }
+
+    /// Reads `run` pages from page `index` in one request and keeps them
+    /// (see `keep`); returns the bytes read and how many there were.
+    fn fill(
+        &mut self,
+        key: FileKey,
+        index: u64,
+        run: u64,
+        keep: core::ops::Range<u64>,
+        fetch: &mut Fetch<'_>,
+    ) -> Result<(Vec<u8>, usize)> {
+        let mut data = vec![0u8; (run * PAGE) as usize];
+        let got = fetch_all(fetch, index * PAGE, &mut data)?;
+        self.keep(key, index, &data[..got], got < data.len(), keep);
+        Ok((data, got))
     }
 
     /// How many pages from `index` (at most `limit`, `MAX_RUN`, and what
@@ -240,15 +248,7 @@ impl PageCache {
                 continue;
             }
             let run = self.missing_run(key, index, first + count - index);
-            let mut data = vec![0u8; (run * PAGE) as usize];
-            let got = fetch_all(fetch, index * PAGE, &mut data)?;
-            self.keep(
-                key,
-                index,
-                &data[..got],
-                got < data.len(),
-                first..first + count,
-            );
+            let (_, got) = self.fill(key, index, run, first..first + count, fetch)?;
             let f = self.file(key);
             let read_pages = (got as u64).div_ceil(PAGE);
             for page in index..index + run {

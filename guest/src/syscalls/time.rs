@@ -20,14 +20,24 @@ pub fn timespec(ns: u64) -> [u8; 16] {
 
 /// A `struct timeval` (sec, usec) as ns, rejecting out-of-range fields.
 fn timeval_ns(t: &[u8]) -> Result<u64> {
+    seconds_and_part_ns(t, 1_000_000)
+}
+
+/// A `struct timespec` as ns, rejecting out-of-range fields.
+fn timespec_of(t: &[u8]) -> Result<u64> {
+    seconds_and_part_ns(t, 1_000_000_000)
+}
+
+/// Two i64s, seconds and `parts` of a second, as ns.
+fn seconds_and_part_ns(t: &[u8], parts: i64) -> Result<u64> {
     let sec = i64::from_le_bytes(t[..8].try_into().map_err(|_| Errno::EFAULT)?);
-    let usec = i64::from_le_bytes(t[8..16].try_into().map_err(|_| Errno::EFAULT)?);
-    if sec < 0 || !(0..1_000_000).contains(&usec) {
+    let part = i64::from_le_bytes(t[8..16].try_into().map_err(|_| Errno::EFAULT)?);
+    if sec < 0 || !(0..parts).contains(&part) {
         return Err(Errno::EINVAL);
     }
     Ok((sec as u64)
         .saturating_mul(1_000_000_000)
-        .saturating_add(usec as u64 * 1000))
+        .saturating_add(part as u64 * (1_000_000_000 / parts as u64)))
 }
 
 const ITIMER_REAL: u32 = 0;
@@ -465,18 +475,6 @@ impl Kernel {
         self.proc_mut().timers.delete(id)?;
         Ok(0)
     }
-}
-
-/// A `struct timespec` as ns, rejecting out-of-range fields.
-fn timespec_of(t: &[u8]) -> Result<u64> {
-    let sec = i64::from_le_bytes(t[..8].try_into().map_err(|_| Errno::EFAULT)?);
-    let nsec = i64::from_le_bytes(t[8..16].try_into().map_err(|_| Errno::EFAULT)?);
-    if sec < 0 || !(0..1_000_000_000).contains(&nsec) {
-        return Err(Errno::EINVAL);
-    }
-    Ok((sec as u64)
-        .saturating_mul(1_000_000_000)
-        .saturating_add(nsec as u64))
 }
 
 #[cfg(test)]
