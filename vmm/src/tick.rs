@@ -28,7 +28,7 @@ use capsa_abi::control::{TICK_PERIOD_NS, TICK_VECTOR};
 pub enum Error {
     #[error("cannot create the tick timer")]
     Create(#[source] std::io::Error),
-    #[error("cannot read the vCPU's registers for a tick")]
+    #[error("cannot get or set the vCPU's registers for a tick")]
     Registers(#[source] kvm_ioctls::Error),
 }
 

@@ -203,9 +203,7 @@ impl Kernel {
             let va = lo + i as u64 * PAGE_SIZE;
             match frame {
                 Some(frame) if copy => space.install_copy_of(&self.frames, va, frame, kind)?,
-                Some(frame) => {
-                    space.map_frame(&self.frames, va, frame, kind)?;
-                }
+                Some(frame) => space.map_frame(&self.frames, va, frame, kind)?,
                 None => {}
             }
         }

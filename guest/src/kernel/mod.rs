@@ -595,9 +595,7 @@ impl Kernel {
         let file: Rc<dyn File> = Rc::new(self.open_for_exec(path)?);
         let result = self.load_elf_from(&file, interp);
         // The mappings hold the file open; without them it closes here.
-        if Rc::strong_count(&file) == 1 {
-            file.release(&mut self.dev);
-        }
+        mm::release_files(&mut self.dev, vec![file]);
         result
     }
 
@@ -853,7 +851,7 @@ pub fn fault(regs: &FaultInfo, fx: &arch::FxArea) -> ! {
     if frame.vector == capsa_abi::control::TICK_VECTOR {
         // The VMM's timer caught the application computing: the end of a
         // kernel entry (time slice, timers, signals) runs as after a call.
-        k.finish_tick(rf, rfx);
+        k.end_entry(rf, rfx);
         k.meter.leave_kernel(k.clock.cpu_ticks());
         arch::return_user(rf, rfx)
     }

@@ -487,15 +487,11 @@ impl Kernel {
         self.end_entry(frame, fx);
     }
 
-    /// A timer tick interrupted the application (see `kernel::fault`).
-    pub fn finish_tick(&mut self, frame: &mut SyscallFrame, fx: &mut FxArea) {
-        self.end_entry(frame, fx);
-    }
-
     /// What every return to the application passes through after a call
-    /// or a tick: the time slice, host signals, timers, then signal
-    /// delivery and the switch to whichever task runs next.
-    fn end_entry(&mut self, frame: &mut SyscallFrame, fx: &mut FxArea) {
+    /// or a timer tick (`kernel::fault`): the time slice, host signals,
+    /// timers, then signal delivery and the switch to whichever task runs
+    /// next.
+    pub fn end_entry(&mut self, frame: &mut SyscallFrame, fx: &mut FxArea) {
         // A task that has run a time slice is switched out, so the other
         // runnable threads and processes (and sleepers whose time has
         // come) get the vCPU: at its next call, or at the next tick if it

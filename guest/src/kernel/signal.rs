@@ -35,23 +35,15 @@ impl Kernel {
         // dropped, as Linux protects a container's pid 1.
         // A signal the target blocks is queued all the same (its handler
         // may change before it is unblocked), as Linux's sig_ignored says.
-        let mask = self.procs.get(pid).map_or(0, |t| {
-            if self.is_running(pid) {
-                self.thread().sigmask.mask
-            } else {
-                t.thread.sigmask.mask
-            }
-        });
-        let blocked_by_target = mask & (1 << (sig - 1)) & !UNBLOCKABLE != 0;
+        let mask = self.procs.get(pid).map_or(0, |t| t.thread.sigmask.mask);
+        let blocked = mask & (1 << (sig - 1)) & !UNBLOCKABLE != 0;
         if tgid == 1
-            && !blocked_by_target
+            && !blocked
             && (sig == SIGKILL || is_stop(sig) || handler.is_none_or(|h| h == SIG_DFL))
         {
             return;
         }
         if !self.is_running(pid) {
-            let mask = self.procs.get(pid).map_or(0, |t| t.thread.sigmask.mask);
-            let blocked = mask & (1 << (sig - 1)) & !UNBLOCKABLE != 0;
             let fatal = handler.is_some_and(|handler| {
                 sig == SIGKILL
                     || (!blocked && handler == SIG_DFL && !ignored_by_default(sig) && !is_stop(sig))

@@ -23,7 +23,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use crate::errno::{Errno, Result};
-use crate::mm::space::{Frames, FAULT_AROUND, PAGE, PHYS_BASE};
+use crate::mm::space::{phys, Frames, FAULT_AROUND, PAGE};
 
 /// A cached file: (file system index, FUSE node id).
 pub type FileKey = (usize, u64);
@@ -64,10 +64,6 @@ pub struct PageCache {
     files: BTreeMap<FileKey, CachedFile>,
     clock: u64,
     pages: u64,
-}
-
-fn frame_bytes(frame: u64) -> *mut u8 {
-    (PHYS_BASE + frame) as *mut u8
 }
 
 impl PageCache {
@@ -129,7 +125,7 @@ impl PageCache {
                 // destination to be a mapping of the same frame.
                 unsafe {
                     core::ptr::copy(
-                        frame_bytes(frame).add(in_page as usize),
+                        phys(frame).add(in_page as usize),
                         out[done as usize..].as_mut_ptr(),
                         n as usize,
                     )
@@ -164,7 +160,7 @@ impl PageCache {
         fetch: &mut Fetch<'_>,
     ) -> Result<(Vec<u8>, usize)> {
         let mut data = vec![0u8; (run * PAGE) as usize];
-        let got = fetch_all(fetch, index * PAGE, &mut data)?;
+        let got = fetch(index * PAGE, &mut data)?.min(data.len());
         self.keep(key, index, &data[..got], got < data.len(), keep);
         Ok((data, got))
     }
@@ -208,10 +204,10 @@ impl PageCache {
             // SAFETY: a fresh frame only the cache holds, through the
             // physical window; the chunk is at most a page.
             unsafe {
-                core::ptr::copy_nonoverlapping(chunk.as_ptr(), frame_bytes(frame), chunk.len());
+                core::ptr::copy_nonoverlapping(chunk.as_ptr(), phys(frame), chunk.len());
                 if chunk.len() < PAGE as usize {
                     core::ptr::write_bytes(
-                        frame_bytes(frame).add(chunk.len()),
+                        phys(frame).add(chunk.len()),
                         0,
                         PAGE as usize - chunk.len(),
                     );
@@ -286,7 +282,7 @@ impl PageCache {
             unsafe {
                 core::ptr::copy(
                     data[(from - offset) as usize..].as_ptr(),
-                    frame_bytes(frame).add((from - page_start) as usize),
+                    phys(frame).add((from - page_start) as usize),
                     (to - from) as usize,
                 )
             };
@@ -301,24 +297,15 @@ impl PageCache {
         };
         f.ours = true;
         f.size = Some(size);
-        let gone: Vec<u64> = f
-            .pages
-            .range(size.div_ceil(PAGE)..)
-            .map(|(&i, _)| i)
-            .collect();
-        for index in gone {
-            if let Some(frame) = f.pages.remove(&index) {
-                self.frames.uncache(frame);
-                self.pages -= 1;
-            }
+        for frame in f.pages.split_off(&size.div_ceil(PAGE)).into_values() {
+            self.frames.uncache(frame);
+            self.pages -= 1;
         }
         if !size.is_multiple_of(PAGE) {
             if let Some(&frame) = f.pages.get(&(size / PAGE)) {
                 let tail = (size % PAGE) as usize;
                 // SAFETY: a cached frame through the physical window.
-                unsafe {
-                    core::ptr::write_bytes(frame_bytes(frame).add(tail), 0, PAGE as usize - tail)
-                };
+                unsafe { core::ptr::write_bytes(phys(frame).add(tail), 0, PAGE as usize - tail) };
             }
         }
     }
@@ -393,19 +380,6 @@ impl PageCache {
         }
         freed
     }
-}
-
-/// Reads until `buf` is full or the file ends.
-fn fetch_all(fetch: &mut Fetch<'_>, offset: u64, buf: &mut [u8]) -> Result<usize> {
-    let mut done = 0;
-    while done < buf.len() {
-        let n = fetch(offset + done as u64, &mut buf[done..])?;
-        if n == 0 {
-            break;
-        }
-        done += n;
-    }
-    Ok(done)
 }
 
 #[cfg(test)]

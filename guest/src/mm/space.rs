@@ -240,7 +240,8 @@ fn set(table: u64, i: u64, v: u64) {
     unsafe { core::ptr::write_volatile((table as *mut u64).add((i & 511) as usize), v) }
 }
 
-fn phys(pa: u64) -> *mut u8 {
+/// Where guest-physical `pa` is in the physical window.
+pub fn phys(pa: u64) -> *mut u8 {
     (PHYS_BASE + pa) as *mut u8
 }
 
@@ -727,17 +728,17 @@ impl Space {
 
     /// Maps `frame` (a page-cache frame) at `va`, which has no frame yet,
     /// holding it once more: writable in place only in a `MAP_SHARED`
-    /// mapping, since others hold it. Returns whether it was mapped.
-    pub fn map_frame(&self, frames: &Frames, va: u64, frame: u64, kind: PageKind) -> Result<bool> {
+    /// mapping, since others hold it.
+    pub fn map_frame(&self, frames: &Frames, va: u64, frame: u64, kind: PageKind) -> Result<()> {
         let (table, i) = self.entry(va, true)?.ok_or(Errno::EFAULT)?;
         if get(table, i) & (PRESENT | HELD) != 0 {
-            return Ok(false);
+            return Ok(());
         }
         frames.hold(frame);
         let writable = kind.shared || frames.holders(frame) <= 1;
         set(table, i, frame | Self::bits(kind, writable));
         self.resident.set(self.resident.get() + 1);
-        Ok(true)
+        Ok(())
     }
 
     /// Handles a fault at `va` in a mapping of `kind` spanning

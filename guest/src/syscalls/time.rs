@@ -382,11 +382,7 @@ impl Kernel {
             return Err(Errno::EINVAL);
         }
         let notify = if sevp == 0 {
-            Notify::Signal {
-                signal: 14, // SIGALRM
-                tid: None,
-                value: u64::MAX,
-            }
+            None
         } else {
             let raw = self.user_buf(sevp, 24)?.to_vec();
             let value = u64::from_le_bytes(raw[0..8].try_into().map_err(|_| Errno::EFAULT)?);
@@ -394,7 +390,7 @@ impl Kernel {
             let how = i32::from_le_bytes(raw[12..16].try_into().map_err(|_| Errno::EFAULT)?);
             let tid = i32::from_le_bytes(raw[16..20].try_into().map_err(|_| Errno::EFAULT)?);
             let valid_signal = (1..=crate::task::signal::NSIG as u32).contains(&signal);
-            match how {
+            Some(match how {
                 SIGEV_NONE => Notify::None,
                 SIGEV_SIGNAL if valid_signal => Notify::Signal {
                     signal,
@@ -417,7 +413,7 @@ impl Kernel {
                     }
                 }
                 _ => return Err(Errno::EINVAL),
-            }
+            })
         };
         let id = self.proc_mut().timers.create(clock, notify)?;
         if let Err(e) = self.put_user(out, &id.to_le_bytes()) {

@@ -137,7 +137,6 @@ pub struct SigAction {
 
 /// `si_code` values.
 pub const SI_USER: i32 = 0;
-pub const SI_KERNEL: i32 = 0x80;
 pub const SI_TIMER: i32 = -2;
 pub const SI_TKILL: i32 = -6;
 

@@ -13,6 +13,8 @@ pub const SIGEV_SIGNAL: i32 = 0;
 pub const SIGEV_NONE: i32 = 1;
 pub const SIGEV_THREAD_ID: i32 = 4;
 
+const SIGALRM: u32 = 14;
+
 /// Most timers one process may hold (Linux bounds them by RLIMIT_SIGPENDING).
 pub const MAX_TIMERS: usize = 1024;
 
@@ -60,22 +62,20 @@ pub struct Timers {
 
 impl Timers {
     /// A new, disarmed timer; returns its id (the lowest free, from 0).
-    pub fn create(&mut self, clock: u32, notify: Notify) -> Result<i32> {
+    /// Without a `notify` (no sigevent) it sends SIGALRM to the process
+    /// with the timer's id as the value, as Linux's default.
+    pub fn create(&mut self, clock: u32, notify: Option<Notify>) -> Result<i32> {
         if self.list.len() >= MAX_TIMERS {
             return Err(Errno::EAGAIN);
         }
         let id = (0..)
             .find(|id| self.list.iter().all(|t| t.id != *id))
             .unwrap_or(0);
-        let notify = match notify {
-            // Without a sigevent the value is the timer's id.
-            Notify::Signal { signal, tid, value } if value == u64::MAX => Notify::Signal {
-                signal,
-                tid,
-                value: id as u64,
-            },
-            other => other,
-        };
+        let notify = notify.unwrap_or(Notify::Signal {
+            signal: SIGALRM,
+            tid: None,
+            value: id as u64,
+        });
         self.list.push(PosixTimer {
             id,
             clock,
@@ -172,30 +172,38 @@ impl Timers {
 mod tests {
     use super::*;
 
-    fn signal(sig: u32) -> Notify {
-        Notify::Signal {
+    fn signal(sig: u32) -> Option<Notify> {
+        Some(Notify::Signal {
             signal: sig,
             tid: None,
-            value: u64::MAX,
-        }
+            value: 7,
+        })
     }
 
     #[test]
     fn ids_are_the_lowest_free_and_the_default_value_is_the_id() {
         let mut t = Timers::default();
-        assert_eq!(t.create(1, signal(14)), Ok(0));
-        assert_eq!(t.create(1, Notify::None), Ok(1));
+        assert_eq!(t.create(1, None), Ok(0));
+        assert_eq!(t.create(1, Some(Notify::None)), Ok(1));
         t.delete(0).expect("delete");
         assert_eq!(t.delete(0), Err(Errno::EINVAL));
-        assert_eq!(t.create(0, signal(10)), Ok(0));
+        assert_eq!(t.create(0, None), Ok(0));
         assert_eq!(
             t.get(0).expect("timer").notify,
             Notify::Signal {
-                signal: 10,
+                signal: SIGALRM,
                 tid: None,
                 value: 0
             }
         );
+        // A value the caller gives is kept, whatever it is.
+        let given = Notify::Signal {
+            signal: 10,
+            tid: None,
+            value: u64::MAX,
+        };
+        let id = t.create(0, Some(given)).expect("create");
+        assert_eq!(t.get(id).expect("timer").notify, given);
     }
 
     #[test]
@@ -225,7 +233,7 @@ mod tests {
     fn one_shots_disarm_and_none_sends_nothing() {
         let mut t = Timers::default();
         let a = t.create(1, signal(14)).expect("create");
-        let b = t.create(1, Notify::None).expect("create");
+        let b = t.create(1, Some(Notify::None)).expect("create");
         t.get_mut(a).expect("timer").deadline = Some(5);
         t.get_mut(b).expect("timer").deadline = Some(5);
         assert_eq!(t.expire(5, |_| false).len(), 1);
