@@ -115,13 +115,7 @@ fn outcomes(
     bundle: &TestBundle,
     mode: &str,
 ) -> Result<BTreeMap<String, String>, String> {
-    let id = unique_id("cpython");
-    let out = capsa
-        .bounded_run_command(bundle, mode, &id, RUN_LIMIT_SECS)
-        .output()
-        .expect("run capsa");
-    // A run killed by the bound leaves a microVM's VMM behind.
-    let _ = capsa.output(&["delete", "--force", &id]);
+    let out = capsa.bounded_run(bundle, mode, RUN_LIMIT_SECS);
     let text = stdout(&out);
     let Some(line) = text
         .lines()

@@ -7,7 +7,7 @@
 //! hangs in each of these, and fails the test instead of stalling it.
 
 use std::io::{BufRead, BufReader, Read};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use capsa_tests::*;
 
@@ -274,12 +274,7 @@ fn capsa_kill_term_reaches_a_computing_process() {
         let mut first = String::new();
         out.read_line(&mut first).expect("read stdout");
         assert_eq!(first, "computing\n", "{mode}: never started computing");
-        let kill = Command::new(capsa_bin())
-            .arg("--root")
-            .arg(capsa.root.path())
-            .args(["kill", &id, "TERM"])
-            .output()
-            .expect("capsa kill");
+        let kill = capsa.output(&["kill", &id, "TERM"]);
         assert!(kill.status.success(), "{mode}: kill: {}", stderr(&kill));
         let mut rest = String::new();
         out.read_to_string(&mut rest).expect("read stdout");
