@@ -248,12 +248,15 @@ fn go_goroutines_spinning_through_a_gc() {
 }
 
 /// `capsa kill ID TERM` reaches a python3 that computes without calls and
-/// handles TERM: its handler runs and sets the exit status.
+/// handles TERM: its handler runs and sets the exit status. The handler
+/// writes with os.write: the TERM may arrive while print('computing') still
+/// holds stdout's buffer (CPython runs handlers inside a buffered flush),
+/// where a print of its own would fail as a reentrant call.
 #[test]
 fn capsa_kill_term_reaches_a_computing_process() {
     let bundle = python_fixture(
-        "import signal, sys\n\
-         def handler(sig, frame):\n    print('TERM handled', flush=True)\n    sys.exit(3)\n\
+        "import os, signal, sys\n\
+         def handler(sig, frame):\n    os.write(1, b'TERM handled\\n')\n    sys.exit(3)\n\
          signal.signal(signal.SIGTERM, handler)\n\
          print('computing', flush=True)\n\
          n = 0\n\
