@@ -17,7 +17,7 @@ use alloc::vec::Vec;
 use core::cell::{Cell, RefCell};
 
 use crate::errno::{Errno, Result};
-use crate::fs::fd::{File, O_NONBLOCK};
+use crate::fs::fd::{File, O_NONBLOCK, POLL_ERR, POLL_HUP};
 use crate::fs::files::synthetic_stat;
 use crate::fs::pipe::bump;
 use crate::fs::Devices;
@@ -29,6 +29,7 @@ pub const EPOLLOUT: u32 = 0x004;
 pub const EPOLLRDNORM: u32 = 0x040;
 pub const EPOLLWRNORM: u32 = 0x100;
 pub const EPOLLONESHOT: u32 = 1 << 30;
+pub const EPOLLET: u32 = 1 << 31;
 pub const EPOLL_CTL_ADD: u32 = 1;
 pub const EPOLL_CTL_DEL: u32 = 2;
 pub const EPOLL_CTL_MOD: u32 = 3;
@@ -161,15 +162,8 @@ impl Epoll {
             if out.len() == max {
                 break;
             }
-            let (readable, writable) = file.poll(dev);
-            let mut revents = 0;
-            if readable {
-                revents |= events & (EPOLLIN | EPOLLRDNORM);
-            }
-            if writable {
-                revents |= events & (EPOLLOUT | EPOLLWRNORM);
-            }
-            if revents == 0 {
+            let revents = file.poll_mask(dev) & (events | POLL_ERR | POLL_HUP);
+            if revents == 0 || events & !(EPOLLONESHOT | EPOLLET) == 0 {
                 continue;
             }
             out.push((revents, data));
@@ -190,10 +184,9 @@ impl File for Epoll {
     fn poll(&self, dev: &mut Devices) -> (bool, bool) {
         let any = self.interest.borrow().values().any(|i| {
             i.events & !EPOLLONESHOT != 0
-                && i.file.upgrade().is_some_and(|f| {
-                    let (r, w) = f.poll(dev);
-                    (r && i.events & (EPOLLIN | EPOLLPRI) != 0) || (w && i.events & EPOLLOUT != 0)
-                })
+                && i.file
+                    .upgrade()
+                    .is_some_and(|f| f.poll_mask(dev) & (i.events | POLL_ERR | POLL_HUP) != 0)
         });
         (any, false)
     }

@@ -31,6 +31,16 @@ pub const O_PATH: u32 = 0o10000000;
 /// Status flags `F_SETFL` may change.
 pub const SETFL_MASK: u32 = O_APPEND | O_NONBLOCK;
 
+/// poll(2)'s readiness bits, which epoll's `EPOLL*` share.
+pub const POLL_IN: u32 = 0x1;
+pub const POLL_OUT: u32 = 0x4;
+pub const POLL_ERR: u32 = 0x8;
+pub const POLL_HUP: u32 = 0x10;
+pub const POLL_NVAL: u32 = 0x20;
+pub const POLL_RDNORM: u32 = 0x40;
+pub const POLL_WRNORM: u32 = 0x100;
+pub const POLL_RDHUP: u32 = 0x2000;
+
 pub const SEEK_SET: u32 = 0;
 pub const SEEK_CUR: u32 = 1;
 pub const SEEK_END: u32 = 2;
@@ -78,6 +88,13 @@ pub trait File {
     /// (readable, writable) without blocking.
     fn poll(&self, _dev: &mut Devices) -> (bool, bool) {
         (true, true)
+    }
+    /// The readiness as Linux's poll bits (`POLLIN`, `POLLOUT`, and the
+    /// `POLLERR`, `POLLHUP` and `POLLRDHUP` sockets add).
+    fn poll_mask(&self, dev: &mut Devices) -> u32 {
+        let (readable, writable) = self.poll(dev);
+        (u32::from(readable) * (POLL_IN | POLL_RDNORM))
+            | (u32::from(writable) * (POLL_OUT | POLL_WRNORM))
     }
     /// `O_*` access mode and status flags.
     fn flags(&self) -> u32;

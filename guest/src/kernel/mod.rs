@@ -321,6 +321,7 @@ pub fn boot(boot_info: u64) -> ! {
         stdio: None,
         stderr: None,
         rng: Rng::new(seed, hardware_rng),
+        net: crate::net::Net::default(),
         want_stdin: false,
     };
     // Device index in BootInfo -> file system index.

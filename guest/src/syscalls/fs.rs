@@ -343,7 +343,12 @@ impl Kernel {
     }
 
     /// The buffers of an iovec array; `write`: the kernel fills them.
-    fn iovecs(&mut self, iov: u64, count: u64, write: bool) -> Result<Vec<&'static mut [u8]>> {
+    pub(crate) fn iovecs(
+        &mut self,
+        iov: u64,
+        count: u64,
+        write: bool,
+    ) -> Result<Vec<&'static mut [u8]>> {
         if count > IOV_MAX {
             return Err(Errno::EINVAL);
         }
@@ -1311,32 +1316,34 @@ impl Kernel {
                 .map(|_| 0),
             // stdio are pipes or files in both isolation modes, never a terminal.
             TCGETS | TIOCGWINSZ => Err(Errno::ENOTTY),
+            crate::net::FIONREAD | crate::net::SIOCOUTQ
+                if crate::net::socket::socket_of(&*entry.file).is_some() =>
+            {
+                self.socket_ioctl(&entry.file, request, arg)
+            }
             _ => entry.file.ioctl(&mut self.dev, request, arg),
         }
     }
 
-    /// Waits until one of `fds` (fd, wants read, wants write) is ready or
-    /// `timeout_ns` passes (`None`: forever). Returns readiness per entry.
-    fn wait_ready(
-        &mut self,
-        fds: &[(i32, bool, bool)],
-        timeout_ns: Option<u64>,
-    ) -> Result<Vec<(bool, bool, bool)>> {
+    /// Waits until one of `fds` (fd, poll events wanted) is ready or
+    /// `timeout_ns` passes (`None`: forever). Returns each entry's revents:
+    /// what it wants and is ready, `POLLERR` and `POLLHUP` always, and
+    /// `POLLNVAL` for a descriptor not open; negative descriptors are
+    /// skipped, as poll(2) does.
+    fn wait_ready(&mut self, fds: &[(i32, u32)], timeout_ns: Option<u64>) -> Result<Vec<u32>> {
         let mut any = false;
         let mut out = Vec::with_capacity(fds.len());
-        for &(fd, r, w) in fds {
-            match self.proc_mut().fds.file(fd) {
-                Ok(file) => {
-                    let (can_r, can_w) = file.poll(&mut self.dev);
-                    let ready = (r && can_r, w && can_w, false);
-                    any |= ready.0 || ready.1;
-                    out.push(ready);
-                }
-                Err(_) => {
-                    any = true;
-                    out.push((false, false, true));
-                }
+        for &(fd, events) in fds {
+            if fd < 0 {
+                out.push(0);
+                continue;
             }
+            let revents = match self.proc_mut().fds.file(fd) {
+                Ok(file) => file.poll_mask(&mut self.dev) & (events | POLL_ERR | POLL_HUP),
+                Err(_) => POLL_NVAL,
+            };
+            any |= revents != 0;
+            out.push(revents);
         }
         if !any {
             self.block_until(timeout_ns)?;
@@ -1372,31 +1379,20 @@ impl Kernel {
             return Err(Errno::EINVAL);
         }
         let raw = self.user_buf_mut(fds_ptr, nfds as usize * 8)?;
-        let mut want = Vec::new();
-        for p in raw.chunks_exact(8) {
-            let fd = i32::from_le_bytes([p[0], p[1], p[2], p[3]]);
-            let events = u16::from_le_bytes([p[4], p[5]]);
-            want.push((fd, events & 1 != 0, events & 4 != 0));
-        }
+        let want: Vec<(i32, u32)> = raw
+            .chunks_exact(8)
+            .map(|p| {
+                let fd = i32::from_le_bytes([p[0], p[1], p[2], p[3]]);
+                (fd, u32::from(u16::from_le_bytes([p[4], p[5]])))
+            })
+            .collect();
         let ready = self.wait_ready(&want, timeout_ns)?;
         let mut count = 0;
-        for (p, ((fd, _, _), (r, w, bad))) in raw.chunks_exact_mut(8).zip(want.iter().zip(ready)) {
-            let mut revents = 0u16;
-            if *fd >= 0 {
-                if r {
-                    revents |= 1;
-                }
-                if w {
-                    revents |= 4;
-                }
-                if bad {
-                    revents |= 0x20; // POLLNVAL
-                }
-            }
+        for (p, revents) in raw.chunks_exact_mut(8).zip(ready) {
             if revents != 0 {
                 count += 1;
             }
-            p[6..8].copy_from_slice(&revents.to_le_bytes());
+            p[6..8].copy_from_slice(&(revents as u16).to_le_bytes());
         }
         Ok(count)
     }
@@ -1436,23 +1432,30 @@ impl Kernel {
         };
         let (rs, ws) = (set(self, r)?, set(self, w)?);
         let bit = |s: &[u8], i: usize| s[i / 8] & (1 << (i % 8)) != 0;
-        let want: Vec<(i32, bool, bool)> = (0..nfds as usize)
+        // Linux's POLLIN_SET and POLLOUT_SET: what makes a descriptor
+        // readable or writable for select.
+        const IN_SET: u32 = POLL_IN | POLL_RDNORM | POLL_HUP | POLL_ERR;
+        const OUT_SET: u32 = POLL_OUT | POLL_WRNORM | POLL_ERR;
+        let want: Vec<(i32, u32)> = (0..nfds as usize)
             .filter(|&i| bit(&rs, i) || bit(&ws, i))
-            .map(|i| (i as i32, bit(&rs, i), bit(&ws, i)))
+            .map(|i| {
+                let events = (u32::from(bit(&rs, i)) * IN_SET) | (u32::from(bit(&ws, i)) * OUT_SET);
+                (i as i32, events)
+            })
             .collect();
         let ready = self.wait_ready(&want, timeout)?;
-        if ready.iter().any(|x| x.2) {
+        if ready.iter().any(|r| r & POLL_NVAL != 0) {
             return Err(Errno::EBADF);
         }
         let (mut ro, mut wo) = (vec![0u8; bytes], vec![0u8; bytes]);
         let mut count = 0;
-        for ((fd, _, _), (rr, wr, _)) in want.iter().zip(ready) {
+        for ((fd, events), revents) in want.iter().zip(ready) {
             let i = *fd as usize;
-            if rr {
+            if events & IN_SET == IN_SET && revents & IN_SET != 0 {
                 ro[i / 8] |= 1 << (i % 8);
                 count += 1;
             }
-            if wr {
+            if events & OUT_SET == OUT_SET && revents & OUT_SET != 0 {
                 wo[i / 8] |= 1 << (i % 8);
                 count += 1;
             }

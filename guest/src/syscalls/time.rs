@@ -19,7 +19,7 @@ pub fn timespec(ns: u64) -> [u8; 16] {
 }
 
 /// A `struct timeval` (sec, usec) as ns, rejecting out-of-range fields.
-fn timeval_ns(t: &[u8]) -> Result<u64> {
+pub(crate) fn timeval_ns(t: &[u8]) -> Result<u64> {
     seconds_and_part_ns(t, 1_000_000)
 }
 

@@ -1,0 +1,725 @@
+//! The socket itself: one kind of open file for every family and type.
+//!
+//! A `Socket` is the open file description (its `O_NONBLOCK` flag); the
+//! `Core` behind it is the socket, which a listener's accept queue and
+//! descriptors in flight also hold. A connected pair of stream (or
+//! seqpacket) sockets is two queues, each socket sending into the other's;
+//! a datagram socket receives into its own queue from anyone who finds it
+//! by address. Loopback TCP and UDP connect inside the guest this way, with
+//! no frames and no exits: the semantics programs see (accept queues,
+//! half-close, resets, refused connections, readiness) are the socket
+//! layer's, not a wire protocol's.
+
+use alloc::collections::{BTreeMap, VecDeque};
+use alloc::rc::{Rc, Weak};
+use alloc::vec::Vec;
+use core::cell::{Cell, RefCell};
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use crate::errno::{Errno, Result};
+use crate::fs::fd::*;
+use crate::fs::files::synthetic_stat;
+use crate::fs::pipe::bump;
+use crate::fs::Devices;
+use crate::net::addr::{Ip, SockAddr, UnixName, AF_INET, AF_INET6, AF_UNIX};
+use crate::net::queue::{Queue, Received, Segment, Ucred};
+use crate::net::*;
+
+static NEXT_INO: AtomicU64 = AtomicU64::new(0x10_0000);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Stream,
+    Dgram,
+    SeqPacket,
+}
+
+impl Kind {
+    pub fn from_type(typ: u32) -> Option<Kind> {
+        match typ {
+            SOCK_STREAM => Some(Kind::Stream),
+            SOCK_DGRAM => Some(Kind::Dgram),
+            SOCK_SEQPACKET => Some(Kind::SeqPacket),
+            _ => None,
+        }
+    }
+
+    pub fn sock_type(self) -> u32 {
+        match self {
+            Kind::Stream => SOCK_STREAM,
+            Kind::Dgram => SOCK_DGRAM,
+            Kind::SeqPacket => SOCK_SEQPACKET,
+        }
+    }
+
+    /// Whether each send is a message the receiver reads whole.
+    pub fn records(self) -> bool {
+        self != Kind::Stream
+    }
+
+    pub fn connection(self) -> bool {
+        self != Kind::Dgram
+    }
+}
+
+pub enum State {
+    Unconnected,
+    Listening {
+        pending: VecDeque<Rc<Core>>,
+        backlog: usize,
+    },
+    /// A stream or seqpacket connection: `tx` is the peer's receive queue.
+    Connected {
+        peer: Weak<Core>,
+        tx: Rc<RefCell<Queue>>,
+    },
+    /// A datagram socket's default destination (`connect`).
+    Associated {
+        peer: Weak<Core>,
+    },
+}
+
+/// Integer options, by (level, name), as set or defaulted.
+type IntOptions = BTreeMap<(u32, u32), i32>;
+
+pub struct Core {
+    pub family: u16,
+    pub kind: Kind,
+    pub protocol: u32,
+    pub ino: u64,
+    pub rx: Rc<RefCell<Queue>>,
+    pub state: RefCell<State>,
+    pub local: RefCell<Option<SockAddr>>,
+    pub remote: RefCell<Option<SockAddr>>,
+    /// SO_ERROR: an asynchronous error not yet reported.
+    pub error: Cell<Option<Errno>>,
+    pub options: RefCell<IntOptions>,
+    /// SO_LINGER (on, seconds) and the SO_RCVTIMEO/SO_SNDTIMEO timeouts
+    /// in nanoseconds (0: none).
+    pub linger: Cell<(i32, i32)>,
+    pub timeouts: Cell<(u64, u64)>,
+    /// The creator's credentials (updated at connect and listen), which
+    /// the peer's SO_PEERCRED reports.
+    pub cred: Cell<Ucred>,
+    pub peer_cred: Cell<Option<Ucred>>,
+    /// A connection not yet accepted: closing it resets the client.
+    pub embryo: Cell<bool>,
+    /// shutdown(SHUT_RD) and shutdown(SHUT_WR) by this side.
+    pub shut_read: Cell<bool>,
+    pub shut_write: Cell<bool>,
+    /// A non-blocking connect answered EINPROGRESS; the next connect
+    /// reports the outcome.
+    pub connect_started: Cell<bool>,
+}
+
+impl Core {
+    pub fn new(family: u16, kind: Kind, protocol: u32, cred: Ucred) -> Core {
+        let capacity = default_buffer(family, kind);
+        Core {
+            family,
+            kind,
+            protocol,
+            ino: NEXT_INO.fetch_add(1, Ordering::Relaxed),
+            rx: Rc::new(RefCell::new(Queue::new(capacity))),
+            state: RefCell::new(State::Unconnected),
+            local: RefCell::new(None),
+            remote: RefCell::new(None),
+            error: Cell::new(None),
+            options: RefCell::new(default_options(family, kind)),
+            linger: Cell::new((0, 0)),
+            timeouts: Cell::new((0, 0)),
+            cred: Cell::new(cred),
+            peer_cred: Cell::new(None),
+            embryo: Cell::new(false),
+            shut_read: Cell::new(false),
+            shut_write: Cell::new(false),
+            connect_started: Cell::new(false),
+        }
+    }
+
+    /// A socket like this one (an accepted connection inherits the
+    /// listener's options).
+    fn sibling(&self) -> Core {
+        let c = Core::new(self.family, self.kind, self.protocol, self.cred.get());
+        *c.options.borrow_mut() = self.options.borrow().clone();
+        c.linger.set(self.linger.get());
+        c.timeouts.set(self.timeouts.get());
+        c.rx.borrow_mut().capacity = self.rx.borrow().capacity;
+        c
+    }
+
+    pub fn option(&self, level: u32, name: u32) -> Option<i32> {
+        self.options.borrow().get(&(level, name)).copied()
+    }
+
+    pub fn is_tcp(&self) -> bool {
+        self.family != AF_UNIX && self.kind == Kind::Stream
+    }
+
+    pub fn listening(&self) -> bool {
+        matches!(*self.state.borrow(), State::Listening { .. })
+    }
+
+    pub fn connected(&self) -> bool {
+        matches!(*self.state.borrow(), State::Connected { .. })
+    }
+
+    /// The connected peer, for a stream or an associated datagram socket.
+    pub fn peer(&self) -> Option<Rc<Core>> {
+        match &*self.state.borrow() {
+            State::Connected { peer, .. } | State::Associated { peer } => peer.upgrade(),
+            _ => None,
+        }
+    }
+
+    /// Takes the pending SO_ERROR.
+    pub fn take_error(&self) -> Option<Errno> {
+        self.error.take()
+    }
+
+    fn would_block(nonblocking: bool) -> Errno {
+        if nonblocking {
+            Errno::EAGAIN
+        } else {
+            Errno::EBLOCK
+        }
+    }
+
+    /// listen(2): the socket must be bound (the caller autobinds inet
+    /// sockets) and not connected.
+    pub fn listen(&self, backlog: i32, cred: Ucred) -> Result<()> {
+        if !self.kind.connection() {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        let backlog = backlog.clamp(0, SOMAXCONN) as usize;
+        let mut state = self.state.borrow_mut();
+        match &mut *state {
+            State::Listening { backlog: b, .. } => *b = backlog,
+            State::Unconnected => {
+                *state = State::Listening {
+                    pending: VecDeque::new(),
+                    backlog,
+                }
+            }
+            _ => return Err(Errno::EINVAL),
+        }
+        self.cred.set(cred);
+        bump();
+        Ok(())
+    }
+
+    /// Connects this stream socket to `listener`: the server side is
+    /// created now and waits in the listener's accept queue, as Linux's
+    /// own connections do once their handshake is done. `local` is this
+    /// socket's address (already bound or chosen by the caller), `to` the
+    /// address the server side reports as its own.
+    pub fn connect_to(
+        self: &Rc<Self>,
+        listener: &Rc<Core>,
+        local: SockAddr,
+        to: SockAddr,
+        cred: Ucred,
+        nonblocking: bool,
+    ) -> Result<()> {
+        if listener.kind != self.kind {
+            return Err(Errno::EPROTOTYPE);
+        }
+        let mut lstate = listener.state.borrow_mut();
+        let State::Listening { pending, backlog } = &mut *lstate else {
+            return Err(Errno::ECONNREFUSED);
+        };
+        // Linux's accept queue is full when it holds more than the backlog.
+        // A non-blocking TCP connect still goes in: its handshake would
+        // complete once the queue drains.
+        if pending.len() > *backlog && !(self.is_tcp() && nonblocking) {
+            return Err(Self::would_block(nonblocking));
+        }
+        let server = Rc::new(listener.sibling());
+        server.embryo.set(true);
+        *server.local.borrow_mut() = Some(to.clone());
+        *server.remote.borrow_mut() = Some(local.clone());
+        server.peer_cred.set(Some(cred));
+        *server.state.borrow_mut() = State::Connected {
+            peer: Rc::downgrade(self),
+            tx: self.rx.clone(),
+        };
+        self.cred.set(cred);
+        self.peer_cred.set(Some(listener.cred.get()));
+        *self.local.borrow_mut() = Some(local);
+        *self.remote.borrow_mut() = Some(to);
+        *self.state.borrow_mut() = State::Connected {
+            peer: Rc::downgrade(&server),
+            tx: server.rx.clone(),
+        };
+        pending.push_back(server);
+        bump();
+        Ok(())
+    }
+
+    /// Takes the next connection of a listening socket.
+    pub fn accept(&self, nonblocking: bool) -> Result<Rc<Core>> {
+        let mut state = self.state.borrow_mut();
+        let State::Listening { pending, .. } = &mut *state else {
+            return Err(Errno::EINVAL);
+        };
+        let conn = pending.pop_front().ok_or(Self::would_block(nonblocking))?;
+        conn.embryo.set(false);
+        bump();
+        Ok(conn)
+    }
+
+    /// Sends on a connection, or a datagram to `to` (or the associated
+    /// peer) that says it came `from` (default: the bound address).
+    pub fn send(
+        &self,
+        data: &[u8],
+        rights: Vec<Rc<dyn File>>,
+        cred: Ucred,
+        from: Option<SockAddr>,
+        to: Option<&Rc<Core>>,
+        nonblocking: bool,
+    ) -> Result<usize> {
+        if self.shut_write.get() {
+            return Err(Errno::EPIPE);
+        }
+        if self.kind.connection() {
+            let state = self.state.borrow();
+            let State::Connected { tx, .. } = &*state else {
+                return Err(if self.is_tcp() {
+                    Errno::EPIPE
+                } else {
+                    Errno::ENOTCONN
+                });
+            };
+            if self.rx.borrow().reset {
+                self.rx.borrow_mut().reset = false;
+                return Err(Errno::ECONNRESET);
+            }
+            let mut q = tx.borrow_mut();
+            if q.read_closed {
+                return Err(Errno::EPIPE);
+            }
+            if self.kind == Kind::SeqPacket && data.len() > q.capacity.max(SOCK_MAX_MESSAGE) {
+                return Err(Errno::EMSGSIZE);
+            }
+            let n = q.room(data.len(), self.kind.records());
+            if n == 0 && !data.is_empty() {
+                return Err(Self::would_block(nonblocking));
+            }
+            q.push(Segment {
+                data: data[..n].to_vec(),
+                taken: 0,
+                rights,
+                cred,
+                from: None,
+            });
+            return Ok(n);
+        }
+        let peer = self.peer();
+        let Some(target) = to.or(peer.as_ref()) else {
+            return Err(
+                if matches!(*self.state.borrow(), State::Associated { .. }) {
+                    Errno::ECONNREFUSED
+                } else {
+                    Errno::EDESTADDRREQ
+                },
+            );
+        };
+        let limit = if self.family == AF_UNIX {
+            self.option(SOL_SOCKET, SO_SNDBUF).unwrap_or(0) as usize
+        } else {
+            UDP_MAX_PAYLOAD
+        };
+        if data.len() > limit {
+            return Err(Errno::EMSGSIZE);
+        }
+        if target.kind != self.kind {
+            return Err(Errno::EPROTOTYPE);
+        }
+        let from = from.or_else(|| self.local.borrow().clone());
+        // A socket associated with another peer takes nothing from us:
+        // unix refuses (EPERM), UDP drops.
+        if let Some(their) = target.peer() {
+            if !core::ptr::eq(&*their, self) {
+                if self.family == AF_UNIX {
+                    return Err(Errno::EPERM);
+                }
+                return Ok(data.len());
+            }
+        }
+        let mut q = target.rx.borrow_mut();
+        if q.read_closed {
+            return Err(Errno::ECONNREFUSED);
+        }
+        if q.room(data.len(), true) == 0 {
+            // UDP drops what finds no room; unix datagrams wait for it.
+            if self.family != AF_UNIX {
+                return Ok(data.len());
+            }
+            return Err(Self::would_block(nonblocking));
+        }
+        q.push(Segment {
+            data: data.to_vec(),
+            taken: 0,
+            rights,
+            cred,
+            from,
+        });
+        Ok(data.len())
+    }
+
+    /// Receives into `out`. `wait_all`: a stream read waits until it can
+    /// fill `out` (or the stream ends).
+    pub fn recv(
+        &self,
+        out: &mut [u8],
+        nonblocking: bool,
+        peek: bool,
+        wait_all: bool,
+    ) -> Result<Received> {
+        if self.kind.connection() {
+            match &*self.state.borrow() {
+                State::Connected { .. } => {}
+                State::Listening { .. } | State::Unconnected if self.is_tcp() => {
+                    return Err(Errno::ENOTCONN)
+                }
+                _ => return Err(Errno::EINVAL),
+            }
+        }
+        if self.shut_read.get() && self.rx.borrow().is_empty() {
+            return Ok(Received::default());
+        }
+        let mut q = self.rx.borrow_mut();
+        if out.is_empty() && !self.kind.records() {
+            return Ok(Received::default());
+        }
+        if q.is_empty() {
+            if let Some(e) = self.take_error() {
+                return Err(e);
+            }
+            return q.empty_read(nonblocking).map(|_| Received::default());
+        }
+        if wait_all
+            && !self.kind.records()
+            && q.len() < out.len()
+            && !q.write_closed
+            && !nonblocking
+        {
+            return Err(Errno::EBLOCK);
+        }
+        Ok(q.take(out, self.kind.records(), peek))
+    }
+
+    /// shutdown(2).
+    pub fn shutdown(&self, how: u32) -> Result<()> {
+        if how > SHUT_RDWR {
+            return Err(Errno::EINVAL);
+        }
+        let state = self.state.borrow();
+        let tx = match &*state {
+            State::Connected { tx, .. } => Some(tx),
+            State::Associated { .. } => None,
+            _ if self.kind.connection() => return Err(Errno::ENOTCONN),
+            _ => None,
+        };
+        if how != SHUT_WR {
+            self.shut_read.set(true);
+            if self.family == AF_UNIX {
+                // A unix peer's writes fail at once, as Linux's do.
+                self.rx.borrow_mut().read_closed = true;
+            }
+        }
+        if how != SHUT_RD {
+            self.shut_write.set(true);
+            if let Some(tx) = tx {
+                tx.borrow_mut().close_write();
+            }
+        }
+        bump();
+        Ok(())
+    }
+
+    /// The poll mask (`POLLIN`, `POLLOUT`, `POLLRDHUP`, `POLLHUP`, `POLLERR`).
+    pub fn poll_mask(&self) -> u32 {
+        let mut mask = 0;
+        if self.error.get().is_some() {
+            mask |= POLL_ERR;
+        }
+        let rx = self.rx.borrow();
+        match &*self.state.borrow() {
+            State::Listening { pending, .. } => {
+                if !pending.is_empty() {
+                    mask |= POLL_IN | POLL_RDNORM;
+                }
+                return mask;
+            }
+            State::Connected { tx, .. } => {
+                let read_down = rx.write_closed || self.shut_read.get() || rx.reset;
+                let tx = tx.borrow();
+                let write_down = self.shut_write.get() || tx.read_closed;
+                if !rx.is_empty() || read_down {
+                    mask |= POLL_IN | POLL_RDNORM;
+                }
+                if read_down {
+                    mask |= POLL_RDHUP;
+                }
+                if rx.reset {
+                    mask |= POLL_ERR;
+                }
+                if read_down && write_down {
+                    mask |= POLL_HUP;
+                }
+                if write_down || tx.room(1, false) > 0 {
+                    mask |= POLL_OUT | POLL_WRNORM;
+                }
+            }
+            State::Associated { peer } => {
+                if !rx.is_empty() {
+                    mask |= POLL_IN | POLL_RDNORM;
+                }
+                let room = peer
+                    .upgrade()
+                    .is_none_or(|p| p.rx.borrow().room(1, true) > 0);
+                if room {
+                    mask |= POLL_OUT | POLL_WRNORM;
+                }
+            }
+            State::Unconnected => {
+                if !rx.is_empty() {
+                    mask |= POLL_IN | POLL_RDNORM;
+                }
+                mask |= POLL_OUT | POLL_WRNORM;
+                // An unconnected stream socket is hung up (Linux's
+                // TCP_CLOSE state), also after a refused connect.
+                if self.kind.connection() {
+                    mask |= POLL_HUP;
+                }
+            }
+        }
+        mask
+    }
+}
+
+impl Drop for Core {
+    fn drop(&mut self) {
+        match &*self.state.borrow() {
+            State::Connected { tx, .. } => {
+                let mut tx = tx.borrow_mut();
+                tx.close_write();
+                // Closing with data unread (or before accept) resets the
+                // peer, as Linux's TCP and unix sockets both do.
+                if !self.rx.borrow().is_empty() || self.embryo.get() {
+                    tx.reset = true;
+                }
+            }
+            State::Listening { .. } | State::Unconnected | State::Associated { .. } => {}
+        }
+        // Unaccepted connections (if listening) drop with the state.
+        self.rx.borrow_mut().close_read();
+    }
+}
+
+/// The open file of a socket.
+pub struct Socket {
+    pub core: Rc<Core>,
+    pub flags: Cell<u32>,
+}
+
+impl Socket {
+    pub fn new(core: Rc<Core>, flags: u32) -> Socket {
+        Socket {
+            core,
+            flags: Cell::new(flags),
+        }
+    }
+
+    pub fn nonblocking(&self) -> bool {
+        self.flags.get() & O_NONBLOCK != 0
+    }
+}
+
+impl File for Socket {
+    fn read(&self, _dev: &mut Devices, buf: &mut [u8]) -> Result<usize> {
+        self.core
+            .recv(buf, self.nonblocking(), false, false)
+            .map(|r| r.len)
+    }
+    fn write(&self, dev: &mut Devices, buf: &[u8]) -> Result<usize> {
+        let core = &self.core;
+        let cred = core.cred.get();
+        let nonblocking = self.nonblocking();
+        // A UDP socket's peer is found by address at every send.
+        if core.kind == Kind::Dgram && core.family != AF_UNIX {
+            let remote = core.remote.borrow().clone();
+            let Some(SockAddr::Inet { ip, port, .. }) = remote else {
+                return Err(Errno::EDESTADDRREQ);
+            };
+            let from = match core.local.borrow().clone() {
+                Some(SockAddr::Inet {
+                    ip: bound, port: p, ..
+                }) if bound.is_unspecified() => {
+                    Some(SockAddr::inet(loopback_source(core.family, &ip), p))
+                }
+                other => other,
+            };
+            let Some(target) = dev.net.find_port(IPPROTO_UDP, ip, port) else {
+                core.error.set(Some(Errno::ECONNREFUSED));
+                return Ok(buf.len());
+            };
+            return core.send(buf, Vec::new(), cred, from, Some(&target), nonblocking);
+        }
+        core.send(buf, Vec::new(), cred, None, None, nonblocking)
+            .map_err(|e| {
+                if e == Errno::EDESTADDRREQ {
+                    Errno::ENOTCONN
+                } else {
+                    e
+                }
+            })
+    }
+    fn stat(&self, _dev: &mut Devices) -> Result<[u8; 144]> {
+        Ok(synthetic_stat(S_IFSOCK | 0o777, 0, self.core.ino))
+    }
+    fn ioctl(&self, _dev: &mut Devices, request: u32, _arg: u64) -> Result<u64> {
+        match request {
+            FIONREAD => Ok(if self.core.kind.records() {
+                self.core
+                    .rx
+                    .borrow()
+                    .front()
+                    .map_or(0, |s| s.data.len() - s.taken)
+            } else {
+                self.core.rx.borrow().len()
+            } as u64),
+            SIOCOUTQ => Ok(match &*self.core.state.borrow() {
+                State::Connected { tx, .. } => tx.borrow().len() as u64,
+                _ => 0,
+            }),
+            _ => Err(Errno::ENOTTY),
+        }
+    }
+    fn poll(&self, _dev: &mut Devices) -> (bool, bool) {
+        let mask = self.core.poll_mask();
+        (
+            mask & (POLL_IN | POLL_HUP | POLL_ERR) != 0,
+            mask & (POLL_OUT | POLL_ERR) != 0,
+        )
+    }
+    fn poll_mask(&self, _dev: &mut Devices) -> u32 {
+        self.core.poll_mask()
+    }
+    fn flags(&self) -> u32 {
+        self.flags.get()
+    }
+    fn set_flags(&self, flags: u32) {
+        self.flags.set(flags);
+    }
+    fn proc_name(&self) -> Vec<u8> {
+        alloc::format!("socket:[{}]", self.core.ino).into_bytes()
+    }
+    fn as_any(&self) -> Option<&dyn core::any::Any> {
+        Some(self)
+    }
+}
+
+/// The socket behind a descriptor, if it is one.
+pub fn socket_of(file: &dyn File) -> Option<&Socket> {
+    file.as_any()?.downcast_ref::<Socket>()
+}
+
+/// Linux's default buffer sizes (net.core.*mem_default, net.ipv4.tcp_rmem).
+fn default_buffer(family: u16, kind: Kind) -> usize {
+    if family != AF_UNIX && kind == Kind::Stream {
+        131_072
+    } else {
+        212_992
+    }
+}
+
+fn default_options(family: u16, kind: Kind) -> IntOptions {
+    let tcp = family != AF_UNIX && kind == Kind::Stream;
+    let mut o = BTreeMap::new();
+    for name in [
+        SO_REUSEADDR,
+        SO_KEEPALIVE,
+        SO_BROADCAST,
+        SO_OOBINLINE,
+        SO_REUSEPORT,
+        SO_PASSCRED,
+        SO_DONTROUTE,
+        SO_PRIORITY,
+        SO_TIMESTAMP,
+        SO_MARK,
+    ] {
+        o.insert((SOL_SOCKET, name), 0);
+    }
+    o.insert((SOL_SOCKET, SO_RCVLOWAT), 1);
+    o.insert((SOL_SOCKET, SO_SNDLOWAT), 1);
+    o.insert((SOL_SOCKET, SO_SNDBUF), if tcp { 16_384 } else { 212_992 });
+    o.insert((SOL_SOCKET, SO_RCVBUF), default_buffer(family, kind) as i32);
+    if tcp {
+        for (name, v) in [
+            (TCP_NODELAY, 0),
+            (TCP_MAXSEG, 536),
+            (TCP_CORK, 0),
+            (TCP_KEEPIDLE, 7200),
+            (TCP_KEEPINTVL, 75),
+            (TCP_KEEPCNT, 9),
+            (TCP_SYNCNT, 6),
+            (TCP_LINGER2, 60),
+            (TCP_DEFER_ACCEPT, 0),
+            (TCP_WINDOW_CLAMP, 0),
+            (TCP_QUICKACK, 1),
+            (TCP_USER_TIMEOUT, 0),
+            (TCP_FASTOPEN, 0),
+            (TCP_NOTSENT_LOWAT, 0),
+        ] {
+            o.insert((SOL_TCP, name), v);
+        }
+    }
+    if family == AF_INET || family == AF_INET6 {
+        for (name, v) in [
+            (IP_TOS, 0),
+            (IP_TTL, 64),
+            (IP_RECVERR, 0),
+            (IP_PKTINFO, 0),
+            (IP_MULTICAST_TTL, 1),
+            (IP_MULTICAST_LOOP, 1),
+            (IP_MTU_DISCOVER, if tcp { 1 } else { 0 }),
+        ] {
+            o.insert((SOL_IP, name), v);
+        }
+    }
+    if family == AF_INET6 {
+        for (name, v) in [
+            (IPV6_V6ONLY, 0),
+            (IPV6_UNICAST_HOPS, 64),
+            (IPV6_MULTICAST_HOPS, 1),
+            (IPV6_MULTICAST_LOOP, 1),
+            (IPV6_RECVPKTINFO, 0),
+            (IPV6_TCLASS, 0),
+        ] {
+            o.insert((SOL_IPV6, name), v);
+        }
+    }
+    o
+}
+
+/// The name a unix socket reports when it has none.
+pub fn unnamed() -> SockAddr {
+    SockAddr::Unix(UnixName::Unnamed)
+}
+
+/// The loopback address a socket of `family` sends from to reach `to`.
+pub fn loopback_source(family: u16, to: &Ip) -> Ip {
+    match (family, to.as_v4()) {
+        (AF_INET6, None) => Ip::V6(crate::net::addr::LOOPBACK_V6),
+        (AF_INET6, Some(_)) => Ip::V4([127, 0, 0, 1]).to_v6(),
+        _ => Ip::V4([127, 0, 0, 1]),
+    }
+}
+
+/// Whether `family` sockets may use an address of this form.
+pub fn family_accepts(family: u16, ip: &Ip) -> bool {
+    matches!((family, ip), (AF_INET, Ip::V4(_)) | (AF_INET6, Ip::V6(_)))
+}
