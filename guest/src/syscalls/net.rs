@@ -382,9 +382,12 @@ impl Kernel {
         }
         if core.connect_started.get() {
             // The second connect after EINPROGRESS reports the outcome.
+            core.connect_started.set(false);
             if let Some(e) = core.take_error() {
-                core.connect_started.set(false);
                 return Err(e);
+            }
+            if core.connected() {
+                return Ok(0);
             }
         }
         if core.connected() {
