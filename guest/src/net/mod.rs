@@ -25,6 +25,7 @@ pub const SOCK_SEQPACKET: u32 = 5;
 pub const SOCK_TYPE_MASK: u32 = 0xf;
 pub const IPPROTO_TCP: u32 = 6;
 pub const IPPROTO_UDP: u32 = 17;
+pub const IPPROTO_UDPLITE: u32 = 136;
 
 pub const SOL_SOCKET: u32 = 1;
 pub const SOL_IP: u32 = 0;
@@ -87,6 +88,9 @@ pub const IPV6_MULTICAST_HOPS: u32 = 18;
 pub const IPV6_MULTICAST_LOOP: u32 = 19;
 pub const IPV6_V6ONLY: u32 = 26;
 pub const IPV6_RECVPKTINFO: u32 = 49;
+pub const IPV6_RECVHOPLIMIT: u32 = 51;
+pub const IPV6_HOPLIMIT: u32 = 52;
+pub const IPV6_RECVTCLASS: u32 = 66;
 pub const IPV6_TCLASS: u32 = 67;
 
 pub const SCM_RIGHTS: u32 = 1;
@@ -139,13 +143,10 @@ pub struct Net {
     next_autobind: u32,
 }
 
-/// Which of TCP and UDP an inet socket speaks.
+/// Which of TCP, UDP and UDP-Lite an inet socket speaks (each has ports
+/// of its own).
 pub fn transport(core: &Core) -> u32 {
-    if core.kind == socket::Kind::Stream {
-        IPPROTO_TCP
-    } else {
-        IPPROTO_UDP
-    }
+    core.protocol
 }
 
 impl Net {

@@ -32,6 +32,24 @@ pub struct Segment {
     pub cred: Ucred,
     /// The sender's address, for datagrams.
     pub from: Option<SockAddr>,
+    /// The IPv6 hop limit and traffic class it was sent with (what
+    /// IPV6_RECVHOPLIMIT and IPV6_RECVTCLASS report; loopback keeps them).
+    pub hop_limit: u8,
+    pub tclass: u8,
+}
+
+impl Segment {
+    pub fn new(data: Vec<u8>, cred: Ucred) -> Segment {
+        Segment {
+            data,
+            taken: 0,
+            rights: Vec::new(),
+            cred,
+            from: None,
+            hop_limit: 64,
+            tclass: 0,
+        }
+    }
 }
 
 /// What one receive took.
@@ -43,6 +61,8 @@ pub struct Received {
     pub rights: Vec<Rc<dyn File>>,
     pub cred: Option<Ucred>,
     pub from: Option<SockAddr>,
+    pub hop_limit: u8,
+    pub tclass: u8,
 }
 
 pub struct Queue {
@@ -79,12 +99,12 @@ impl Queue {
         self.segments.is_empty()
     }
 
-    /// Room for `len` more bytes: a stream takes what fits (all of a small
-    /// send), a datagram all or nothing. Never refuses an empty queue, so
-    /// a message larger than the capacity still passes.
+    /// Room for `len` more bytes: a stream takes what fits (a small send
+    /// whole or not at all), a datagram all or nothing; an empty queue
+    /// takes any datagram, so one larger than the capacity still passes.
     pub fn room(&self, len: usize, datagram: bool) -> usize {
         let space = self.capacity.saturating_sub(self.bytes);
-        if self.bytes == 0 || space >= len {
+        if space >= len || (datagram && self.bytes == 0) {
             return len;
         }
         if datagram || len <= crate::fs::pipe::PIPE_BUF {
@@ -119,6 +139,8 @@ impl Queue {
             got.full_len = seg.data.len();
             got.cred = Some(seg.cred);
             got.from = seg.from.clone();
+            got.hop_limit = seg.hop_limit;
+            got.tclass = seg.tclass;
             if peek {
                 got.rights = seg.rights.clone();
                 return got;
@@ -212,16 +234,13 @@ mod tests {
     use super::*;
 
     fn seg(data: &[u8], pid: i32) -> Segment {
-        Segment {
-            data: data.to_vec(),
-            taken: 0,
-            rights: Vec::new(),
-            cred: Ucred {
+        Segment::new(
+            data.to_vec(),
+            Ucred {
                 pid,
                 ..Ucred::default()
             },
-            from: None,
-        }
+        )
     }
 
     #[test]

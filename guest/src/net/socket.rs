@@ -110,6 +110,8 @@ pub struct Core {
     /// A non-blocking connect answered EINPROGRESS; the next connect
     /// reports the outcome.
     pub connect_started: Cell<bool>,
+    /// A TCP send after the peer closed went into its reset (see `send`).
+    pub sent_after_close: Cell<bool>,
 }
 
 impl Core {
@@ -125,7 +127,7 @@ impl Core {
             local: RefCell::new(None),
             remote: RefCell::new(None),
             error: Cell::new(None),
-            options: RefCell::new(default_options(family, kind)),
+            options: RefCell::new(default_options(family, kind, protocol)),
             linger: Cell::new((0, 0)),
             timeouts: Cell::new((0, 0)),
             cred: Cell::new(cred),
@@ -134,6 +136,7 @@ impl Core {
             shut_read: Cell::new(false),
             shut_write: Cell::new(false),
             connect_started: Cell::new(false),
+            sent_after_close: Cell::new(false),
         }
     }
 
@@ -268,14 +271,12 @@ impl Core {
         Ok(conn)
     }
 
-    /// Sends on a connection, or a datagram to `to` (or the associated
-    /// peer) that says it came `from` (default: the bound address).
+    /// Sends `seg` on a connection, or as a datagram to `to` (or the
+    /// associated peer); a datagram without a sender address gets the
+    /// bound one.
     pub fn send(
         &self,
-        data: &[u8],
-        rights: Vec<Rc<dyn File>>,
-        cred: Ucred,
-        from: Option<SockAddr>,
+        mut seg: Segment,
         to: Option<&Rc<Core>>,
         nonblocking: bool,
     ) -> Result<usize> {
@@ -293,26 +294,28 @@ impl Core {
             };
             if self.rx.borrow().reset {
                 self.rx.borrow_mut().reset = false;
+                self.sent_after_close.set(true);
                 return Err(Errno::ECONNRESET);
             }
             let mut q = tx.borrow_mut();
             if q.read_closed {
+                // A TCP peer that closed answers the first data after its
+                // close with a reset: that send succeeds, the next fails.
+                if self.is_tcp() && !self.sent_after_close.replace(true) {
+                    return Ok(seg.data.len());
+                }
                 return Err(Errno::EPIPE);
             }
-            if self.kind == Kind::SeqPacket && data.len() > q.capacity.max(SOCK_MAX_MESSAGE) {
+            let len = seg.data.len();
+            if self.kind == Kind::SeqPacket && len > q.capacity.max(SOCK_MAX_MESSAGE) {
                 return Err(Errno::EMSGSIZE);
             }
-            let n = q.room(data.len(), self.kind.records());
-            if n == 0 && !data.is_empty() {
+            let n = q.room(len, self.kind.records());
+            if n == 0 && len != 0 {
                 return Err(Self::would_block(nonblocking));
             }
-            q.push(Segment {
-                data: data[..n].to_vec(),
-                taken: 0,
-                rights,
-                cred,
-                from: None,
-            });
+            seg.data.truncate(n);
+            q.push(seg);
             return Ok(n);
         }
         let peer = self.peer();
@@ -325,18 +328,21 @@ impl Core {
                 },
             );
         };
+        let len = seg.data.len();
         let limit = if self.family == AF_UNIX {
             self.option(SOL_SOCKET, SO_SNDBUF).unwrap_or(0) as usize
         } else {
             UDP_MAX_PAYLOAD
         };
-        if data.len() > limit {
+        if len > limit {
             return Err(Errno::EMSGSIZE);
         }
         if target.kind != self.kind {
             return Err(Errno::EPROTOTYPE);
         }
-        let from = from.or_else(|| self.local.borrow().clone());
+        if seg.from.is_none() {
+            seg.from = self.local.borrow().clone();
+        }
         // A socket associated with another peer takes nothing from us:
         // unix refuses (EPERM), UDP drops.
         if let Some(their) = target.peer() {
@@ -344,30 +350,23 @@ impl Core {
                 if self.family == AF_UNIX {
                     return Err(Errno::EPERM);
                 }
-                return Ok(data.len());
+                return Ok(len);
             }
         }
         let mut q = target.rx.borrow_mut();
         if q.read_closed {
             return Err(Errno::ECONNREFUSED);
         }
-        if q.room(data.len(), true) == 0 {
+        if q.room(len, true) == 0 {
             // UDP drops what finds no room; unix datagrams wait for it.
             if self.family != AF_UNIX {
-                return Ok(data.len());
+                return Ok(len);
             }
             return Err(Self::would_block(nonblocking));
         }
-        q.push(Segment {
-            data: data.to_vec(),
-            taken: 0,
-            rights,
-            cred,
-            from,
-        });
-        Ok(data.len())
+        q.push(seg);
+        Ok(len)
     }
-
     /// Receives into `out`. `wait_all`: a stream read waits until it can
     /// fill `out` (or the stream ends).
     pub fn recv(
@@ -397,7 +396,12 @@ impl Core {
             if let Some(e) = self.take_error() {
                 return Err(e);
             }
-            return q.empty_read(nonblocking).map(|_| Received::default());
+            let read = q.empty_read(nonblocking);
+            if read == Err(Errno::ECONNRESET) {
+                // The reset ended the connection: no send goes through.
+                self.sent_after_close.set(true);
+            }
+            return read.map(|_| Received::default());
         }
         if wait_all
             && !self.kind.records()
@@ -562,13 +566,15 @@ impl File for Socket {
                 }
                 other => other,
             };
-            let Some(target) = dev.net.find_port(IPPROTO_UDP, ip, port) else {
+            let Some(target) = dev.net.find_port(core.protocol, ip, port) else {
                 core.error.set(Some(Errno::ECONNREFUSED));
                 return Ok(buf.len());
             };
-            return core.send(buf, Vec::new(), cred, from, Some(&target), nonblocking);
+            let mut seg = Segment::new(buf.to_vec(), cred);
+            seg.from = from;
+            return core.send(seg, Some(&target), nonblocking);
         }
-        core.send(buf, Vec::new(), cred, None, None, nonblocking)
+        core.send(Segment::new(buf.to_vec(), cred), None, nonblocking)
             .map_err(|e| {
                 if e == Errno::EDESTADDRREQ {
                     Errno::ENOTCONN
@@ -636,7 +642,7 @@ fn default_buffer(family: u16, kind: Kind) -> usize {
     }
 }
 
-fn default_options(family: u16, kind: Kind) -> IntOptions {
+fn default_options(family: u16, kind: Kind, protocol: u32) -> IntOptions {
     let tcp = family != AF_UNIX && kind == Kind::Stream;
     let mut o = BTreeMap::new();
     for name in [
@@ -690,6 +696,11 @@ fn default_options(family: u16, kind: Kind) -> IntOptions {
             o.insert((SOL_IP, name), v);
         }
     }
+    if protocol == IPPROTO_UDPLITE {
+        // UDPLITE_SEND_CSCOV and UDPLITE_RECV_CSCOV: full coverage.
+        o.insert((IPPROTO_UDPLITE, 10), 0);
+        o.insert((IPPROTO_UDPLITE, 11), 0);
+    }
     if family == AF_INET6 {
         for (name, v) in [
             (IPV6_V6ONLY, 0),
@@ -697,6 +708,8 @@ fn default_options(family: u16, kind: Kind) -> IntOptions {
             (IPV6_MULTICAST_HOPS, 1),
             (IPV6_MULTICAST_LOOP, 1),
             (IPV6_RECVPKTINFO, 0),
+            (IPV6_RECVHOPLIMIT, 0),
+            (IPV6_RECVTCLASS, 0),
             (IPV6_TCLASS, 0),
         ] {
             o.insert((SOL_IPV6, name), v);

@@ -508,15 +508,30 @@ impl Kernel {
         let input = self.proc_mut().fds.file(in_fd)?;
         let output = self.proc_mut().fds.file(out_fd)?;
         let mut buf = vec![0u8; (count as usize).min(1 << 20)];
-        let n = if offset_ptr != 0 {
-            let offset = self.get_u64(offset_ptr)?;
-            let n = input.pread(&mut self.dev, &mut buf, offset)?;
-            self.put_user(offset_ptr, &(offset + n as u64).to_le_bytes())?;
-            n
-        } else {
-            input.read(&mut self.dev, &mut buf)?
+        // The input advances by what the output took, so a partial or
+        // blocked write loses nothing: read at the position, then move it.
+        let at = match offset_ptr {
+            0 => input.seek(&mut self.dev, 0, SEEK_CUR).ok(),
+            ptr => Some(self.get_u64(ptr)?),
         };
-        output.write(&mut self.dev, &buf[..n]).map(|n| n as u64)
+        let Some(at) = at else {
+            // A pipe or socket as the input: what is read is written.
+            let n = input.read(&mut self.dev, &mut buf)?;
+            return output.write(&mut self.dev, &buf[..n]).map(|n| n as u64);
+        };
+        let n = input.pread(&mut self.dev, &mut buf, at)?;
+        let written = if n == 0 {
+            0
+        } else {
+            output.write(&mut self.dev, &buf[..n])?
+        };
+        let end = at + written as u64;
+        if offset_ptr != 0 {
+            self.put_user(offset_ptr, &end.to_le_bytes())?;
+        } else {
+            input.seek(&mut self.dev, end as i64, SEEK_SET)?;
+        }
+        Ok(written as u64)
     }
 
     pub fn sys_lseek(&mut self, fd: i32, offset: i64, whence: u32) -> Result<u64> {

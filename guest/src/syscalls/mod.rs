@@ -196,6 +196,9 @@ impl Kernel {
             158 => self.sys_arch_prctl(a0 as u32, a1),
             160 => self.sys_prlimit(0, a0 as u32, a1, 0),
             162 => Ok(0), // sync: every write already reached the server
+            // sethostname, setdomainname: CAP_SYS_ADMIN, which the guest
+            // grants no process (nor Docker's default set a container).
+            170 | 171 => Err(Errno::EPERM),
             164 => self.sys_settimeofday(a0, a1),
             // setxattr, getxattr, listxattr, removexattr: follow the link.
             188 | 191 | 194 | 197 => self.sys_xattr_path(a0, true),

@@ -11,7 +11,7 @@ use crate::fs::fd::{File, O_CLOEXEC, O_NONBLOCK, O_RDWR};
 use crate::fs::fuse::S_IFMT;
 use crate::kernel::Kernel;
 use crate::net::addr::{Ip, SockAddr, UnixName, AF_INET, AF_INET6, AF_UNIX};
-use crate::net::queue::Ucred;
+use crate::net::queue::{Segment, Ucred};
 use crate::net::socket::{family_accepts, loopback_source, socket_of, unnamed, Core, Kind, State};
 use crate::net::*;
 
@@ -48,11 +48,24 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
 }
 
 /// A message to send, as decoded from the caller.
+#[derive(Default)]
 struct Outgoing {
     data: Vec<u8>,
     to: Option<SockAddr>,
     rights: Vec<Rc<dyn File>>,
     cred: Option<Ucred>,
+    /// IPV6_HOPLIMIT and IPV6_TCLASS control messages.
+    hop_limit: Option<u8>,
+    tclass: Option<u8>,
+}
+
+impl Outgoing {
+    /// The segment that carries the message's data and descriptors.
+    fn segment(&mut self, cred: Ucred) -> Segment {
+        let mut seg = Segment::new(core::mem::take(&mut self.data), cred);
+        seg.rights = core::mem::take(&mut self.rights);
+        seg
+    }
 }
 
 /// Where a received message goes: the buffers and the caller's room for
@@ -221,6 +234,9 @@ impl Kernel {
             }
             (AF_INET | AF_INET6, Some(Kind::Dgram)) if matches!(protocol, 0 | IPPROTO_UDP) => {
                 (Kind::Dgram, IPPROTO_UDP)
+            }
+            (AF_INET | AF_INET6, Some(Kind::Dgram)) if protocol == IPPROTO_UDPLITE => {
+                (Kind::Dgram, IPPROTO_UDPLITE)
             }
             // Raw sockets need CAP_NET_RAW, which no process here has.
             (AF_INET | AF_INET6, _) if typ & SOCK_TYPE_MASK == 3 => return Err(Errno::EPERM),
@@ -497,7 +513,7 @@ impl Kernel {
 
     /// Sends one message; the SIGPIPE of a broken connection unless
     /// MSG_NOSIGNAL.
-    fn send_message(&mut self, fd: i32, msg: Outgoing, flags: u32) -> Result<usize> {
+    fn send_message(&mut self, fd: i32, mut msg: Outgoing, flags: u32) -> Result<usize> {
         let (core, nonblocking) = self.socket(fd)?;
         let nonblocking = nonblocking || flags & MSG_DONTWAIT != 0;
         if flags & MSG_OOB != 0 && core.family == AF_UNIX {
@@ -516,7 +532,7 @@ impl Kernel {
                 } else {
                     Errno::EOPNOTSUPP
                 }),
-                _ => core.send(&msg.data, msg.rights, cred, None, None, nonblocking),
+                _ => core.send(msg.segment(cred), None, nonblocking),
             }
         } else {
             self.send_datagram(&core, msg, cred, nonblocking)
@@ -531,11 +547,11 @@ impl Kernel {
     fn send_datagram(
         &mut self,
         core: &Rc<Core>,
-        msg: Outgoing,
+        mut msg: Outgoing,
         cred: Ucred,
         nonblocking: bool,
     ) -> Result<usize> {
-        let to = match msg.to.or_else(|| core.remote.borrow().clone()) {
+        let to = match msg.to.take().or_else(|| core.remote.borrow().clone()) {
             Some(to) => to,
             None => return Err(Errno::EDESTADDRREQ),
         };
@@ -544,27 +560,22 @@ impl Kernel {
                 return Err(Errno::EINVAL);
             };
             let target = self.unix_target(name)?;
-            let from = core.local.borrow().clone();
-            return core.send(
-                &msg.data,
-                msg.rights,
-                cred,
-                from,
-                Some(&target),
-                nonblocking,
-            );
+            return core.send(msg.segment(cred), Some(&target), nonblocking);
         }
         let (ip, port) = self.inet_destination(core, &to)?;
         let from = self.inet_source(core, &ip)?;
-        match self.dev.net.find_port(IPPROTO_UDP, ip, port) {
-            Some(target) => core.send(
-                &msg.data,
-                msg.rights,
-                cred,
-                Some(from),
-                Some(&target),
-                nonblocking,
-            ),
+        // The socket's own hop limit and traffic class unless the message
+        // set them.
+        let hops = core.option(SOL_IPV6, IPV6_UNICAST_HOPS).unwrap_or(64);
+        let tclass = core.option(SOL_IPV6, IPV6_TCLASS).unwrap_or(0);
+        match self.dev.net.find_port(core.protocol, ip, port) {
+            Some(target) => {
+                let mut seg = msg.segment(cred);
+                seg.from = Some(from);
+                seg.hop_limit = msg.hop_limit.unwrap_or(hops as u8);
+                seg.tclass = msg.tclass.unwrap_or(tclass as u8);
+                core.send(seg, Some(&target), nonblocking)
+            }
             None => {
                 if msg.data.len() > UDP_MAX_PAYLOAD {
                     return Err(Errno::EMSGSIZE);
@@ -631,36 +642,51 @@ impl Kernel {
             let n = (into.name_room as usize).min(name.len());
             self.put_user(into.name, &name[..n])?;
         }
-        // Control data: credentials when asked for (SO_PASSCRED), then
-        // descriptors, as many as fit.
-        let mut control = Vec::new();
-        if core.option(SOL_SOCKET, SO_PASSCRED).is_some_and(|v| v != 0) {
+        // Control data: credentials when asked for (SO_PASSCRED), the IPv6
+        // hop limit and traffic class (RFC 3542), then descriptors.
+        let mut control = ControlOut::new(into.control_room);
+        let wants = |name| core.option(SOL_SOCKET, name).is_some_and(|v| v != 0);
+        if core.family == AF_UNIX && wants(SO_PASSCRED) {
             let c = got.cred.unwrap_or(NO_PEER);
             let mut data = Vec::with_capacity(12);
             data.extend_from_slice(&c.pid.to_le_bytes());
             data.extend_from_slice(&c.uid.to_le_bytes());
             data.extend_from_slice(&c.gid.to_le_bytes());
-            if !push_cmsg(&mut control, into.control_room, SCM_CREDENTIALS, &data) {
-                out_flags |= MSG_CTRUNC;
+            control.put(SOL_SOCKET, SCM_CREDENTIALS, &data);
+        }
+        if core.family == AF_INET6 && core.kind == Kind::Dgram {
+            let ipv6 = |name| core.option(SOL_IPV6, name).is_some_and(|v| v != 0);
+            if ipv6(IPV6_RECVHOPLIMIT) {
+                let v = i32::from(got.hop_limit).to_le_bytes();
+                control.put(SOL_IPV6, IPV6_HOPLIMIT, &v);
+            }
+            if ipv6(IPV6_RECVTCLASS) {
+                let v = i32::from(got.tclass).to_le_bytes();
+                control.put(SOL_IPV6, IPV6_TCLASS, &v);
             }
         }
         if !got.rights.is_empty() {
-            let room = into.control_room.saturating_sub(control.len() + CMSG_HDR) / 4;
-            if room < got.rights.len() {
-                out_flags |= MSG_CTRUNC;
-            }
+            // As many descriptors as fit; the rest are closed.
+            let room = control.fd_room();
             let mut fds = Vec::new();
-            for file in got.rights.into_iter().take(room) {
-                let fd = self.install(file, flags & MSG_CMSG_CLOEXEC != 0)?;
+            for file in got.rights.iter().take(room) {
+                let fd = self.install(file.clone(), flags & MSG_CMSG_CLOEXEC != 0)?;
                 fds.extend_from_slice(&(fd as i32).to_le_bytes());
             }
+            if room < got.rights.len() {
+                control.truncated = true;
+            }
             if !fds.is_empty() {
-                push_cmsg(&mut control, into.control_room, SCM_RIGHTS, &fds);
+                control.put(SOL_SOCKET, SCM_RIGHTS, &fds);
             }
         }
-        if !control.is_empty() {
-            self.put_user(into.control, &control)?;
+        if control.truncated {
+            out_flags |= MSG_CTRUNC;
         }
+        if !control.bytes.is_empty() {
+            self.put_user(into.control, &control.bytes)?;
+        }
+        let control = control.bytes;
         Ok(Delivered {
             len,
             name_len,
@@ -688,8 +714,7 @@ impl Kernel {
         let msg = Outgoing {
             data,
             to,
-            rights: Vec::new(),
-            cred: None,
+            ..Outgoing::default()
         };
         self.send_message(fd, msg, flags).map(|n| n as u64)
     }
@@ -744,8 +769,7 @@ impl Kernel {
         let mut msg = Outgoing {
             data,
             to,
-            rights: Vec::new(),
-            cred: None,
+            ..Outgoing::default()
         };
         if control == 0 || control_len == 0 {
             return Ok(msg);
@@ -796,6 +820,19 @@ impl Kernel {
                     msg.cred = Some(given);
                 }
                 (SOL_SOCKET, _) => return Err(Errno::EINVAL),
+                (SOL_IPV6, IPV6_HOPLIMIT | IPV6_TCLASS) if !unix => {
+                    // An int from -1 (the socket's default) to 255.
+                    let v = u32_at(data, 0) as i32;
+                    if data.len() < 4 || !(-1..=255).contains(&v) {
+                        return Err(Errno::EINVAL);
+                    }
+                    let v = u8::try_from(v).ok();
+                    if kind == IPV6_HOPLIMIT {
+                        msg.hop_limit = v;
+                    } else {
+                        msg.tclass = v;
+                    }
+                }
                 // IP-level control messages (IP_PKTINFO, IP_TOS, ...) change
                 // nothing on loopback.
                 _ if !unix => {}
@@ -1115,17 +1152,51 @@ fn is_flag(level: u32, name: u32) -> bool {
     )
 }
 
-/// Appends a SOL_SOCKET control message if it fits in `room`.
-fn push_cmsg(control: &mut Vec<u8>, room: usize, kind: u32, data: &[u8]) -> bool {
-    let len = CMSG_HDR + data.len();
-    if control.len() + len > room {
-        return false;
+/// Control messages written as Linux's put_cmsg writes them: a message
+/// that does not fit whole is cut to the room left (its length says so)
+/// and the receive is flagged MSG_CTRUNC; without room for a header,
+/// nothing is written.
+struct ControlOut {
+    bytes: Vec<u8>,
+    room: usize,
+    truncated: bool,
+}
+
+impl ControlOut {
+    fn new(room: usize) -> Self {
+        Self {
+            bytes: Vec::new(),
+            room,
+            truncated: false,
+        }
     }
-    control.extend_from_slice(&(len as u64).to_le_bytes());
-    control.extend_from_slice(&SOL_SOCKET.to_le_bytes());
-    control.extend_from_slice(&kind.to_le_bytes());
-    control.extend_from_slice(data);
-    let padded = align8(control.len()).min(room);
-    control.resize(padded, 0);
-    true
+
+    fn left(&self) -> usize {
+        self.room - self.bytes.len()
+    }
+
+    /// How many descriptors an SCM_RIGHTS message could carry now.
+    fn fd_room(&self) -> usize {
+        self.left().saturating_sub(CMSG_HDR) / 4
+    }
+
+    fn put(&mut self, level: u32, kind: u32, data: &[u8]) {
+        let left = self.left();
+        if left < CMSG_HDR {
+            self.truncated = true;
+            return;
+        }
+        let mut len = CMSG_HDR + data.len();
+        if len > left {
+            self.truncated = true;
+            len = left;
+        }
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(&(len as u64).to_le_bytes());
+        self.bytes.extend_from_slice(&level.to_le_bytes());
+        self.bytes.extend_from_slice(&kind.to_le_bytes());
+        self.bytes.extend_from_slice(&data[..len - CMSG_HDR]);
+        let space = (CMSG_HDR + align8(data.len())).min(left);
+        self.bytes.resize(start + space, 0);
+    }
 }
