@@ -73,11 +73,16 @@ impl File for PidFd {
 /// A 64-bit counter: writes add, reads take (all, or one with `EFD_SEMAPHORE`).
 pub struct EventFd {
     pub count: Cell<u64>,
+    /// Moves at every change of `count` (see `File::poll_generation`).
+    pub generation: Cell<u64>,
     pub semaphore: bool,
     pub flags: Cell<u32>,
 }
 
 impl File for EventFd {
+    fn poll_generation(&self) -> Option<u64> {
+        Some(self.generation.get())
+    }
     fn read(&self, _dev: &mut Devices, buf: &mut [u8]) -> Result<usize> {
         let out = buf.get_mut(..8).ok_or(Errno::EINVAL)?;
         let count = self.count.get();
@@ -86,6 +91,7 @@ impl File for EventFd {
         }
         let taken = if self.semaphore { 1 } else { count };
         self.count.set(count - taken);
+        self.generation.set(self.generation.get() + 1);
         out.copy_from_slice(&taken.to_le_bytes());
         bump();
         Ok(8)
@@ -104,6 +110,7 @@ impl File for EventFd {
             return Err(self.would_block());
         }
         self.count.set(count + add);
+        self.generation.set(self.generation.get() + 1);
         bump();
         Ok(8)
     }
@@ -139,6 +146,35 @@ pub struct Interest {
     pub file: Weak<dyn File>,
     pub events: u32,
     pub data: u64,
+    /// The file's poll generation when this edge-triggered entry was last
+    /// reported (None: not since it was added or modified).
+    pub reported: Cell<Option<u64>>,
+}
+
+impl Interest {
+    pub fn new(file: Weak<dyn File>, events: u32, data: u64) -> Self {
+        Self {
+            file,
+            events,
+            data,
+            reported: Cell::new(None),
+        }
+    }
+
+    /// What this entry would report now: the events it wants that are
+    /// ready (errors and hang-ups always), none if disabled (a one-shot
+    /// entry already reported) or edge-triggered without a change since
+    /// its last report.
+    fn pending(&self, file: &dyn File, dev: &mut Devices) -> u32 {
+        if self.events & !(EPOLLONESHOT | EPOLLET) == 0 {
+            return 0;
+        }
+        let generation = file.poll_generation();
+        if self.events & EPOLLET != 0 && generation.is_some() && generation == self.reported.get() {
+            return 0;
+        }
+        file.poll_mask(dev) & (self.events | POLL_ERR | POLL_HUP)
+    }
 }
 
 /// An epoll instance: its interest list.
@@ -151,26 +187,29 @@ impl Epoll {
     /// Up to `max` ready entries as (events, data); one-shot entries
     /// reported here are disabled.
     pub fn ready(&self, dev: &mut Devices, max: usize) -> Vec<(u32, u64)> {
-        let live: Vec<(i32, Rc<dyn File>, u32, u64)> = self
+        let live: Vec<(i32, Rc<dyn File>)> = self
             .interest
             .borrow()
             .iter()
-            .filter_map(|(&fd, i)| Some((fd, i.file.upgrade()?, i.events, i.data)))
+            .filter_map(|(&fd, i)| Some((fd, i.file.upgrade()?)))
             .collect();
         let mut out = Vec::new();
-        for (fd, file, events, data) in live {
+        for (fd, file) in live {
             if out.len() == max {
                 break;
             }
-            let revents = file.poll_mask(dev) & (events | POLL_ERR | POLL_HUP);
-            if revents == 0 || events & !(EPOLLONESHOT | EPOLLET) == 0 {
+            let mut interest = self.interest.borrow_mut();
+            let Some(i) = interest.get_mut(&fd) else {
+                continue;
+            };
+            let revents = i.pending(&*file, dev);
+            if revents == 0 {
                 continue;
             }
-            out.push((revents, data));
-            if events & EPOLLONESHOT != 0 {
-                if let Some(i) = self.interest.borrow_mut().get_mut(&fd) {
-                    i.events = 0;
-                }
+            out.push((revents, i.data));
+            i.reported.set(file.poll_generation());
+            if i.events & EPOLLONESHOT != 0 {
+                i.events = 0;
             }
         }
         out
@@ -182,12 +221,11 @@ impl File for Epoll {
         Ok(synthetic_stat(0o600, 0, 0x81))
     }
     fn poll(&self, dev: &mut Devices) -> (bool, bool) {
-        let any = self.interest.borrow().values().any(|i| {
-            i.events & !EPOLLONESHOT != 0
-                && i.file
-                    .upgrade()
-                    .is_some_and(|f| f.poll_mask(dev) & (i.events | POLL_ERR | POLL_HUP) != 0)
-        });
+        let any = self
+            .interest
+            .borrow()
+            .values()
+            .any(|i| i.file.upgrade().is_some_and(|f| i.pending(&*f, dev) != 0));
         (any, false)
     }
     fn flags(&self) -> u32 {

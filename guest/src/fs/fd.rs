@@ -96,6 +96,13 @@ pub trait File {
         (u32::from(readable) * (POLL_IN | POLL_RDNORM))
             | (u32::from(writable) * (POLL_OUT | POLL_WRNORM))
     }
+    /// A count that moves whenever readiness may have changed (data came or
+    /// went, an end closed): epoll's edge-triggered entries report when it
+    /// moved since their last report, as Linux's report after a wake-up.
+    /// None: the file has none, and its entries act level-triggered.
+    fn poll_generation(&self) -> Option<u64> {
+        None
+    }
     /// `O_*` access mode and status flags.
     fn flags(&self) -> u32;
     fn set_flags(&self, _flags: u32) {}

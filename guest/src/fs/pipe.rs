@@ -48,6 +48,8 @@ pub struct PipeBuf {
     readers: usize,
     writers: usize,
     ino: u64,
+    /// Moves at every read, write and close (see `File::poll_generation`).
+    generation: u64,
 }
 
 impl PipeBuf {
@@ -68,6 +70,7 @@ impl PipeBuf {
         for (o, b) in out.iter_mut().zip(self.data.drain(..n)) {
             *o = b;
         }
+        self.generation += 1;
         bump();
         Ok(n)
     }
@@ -96,6 +99,7 @@ impl PipeBuf {
         }
         let n = data.len().min(space);
         self.data.extend(&data[..n]);
+        self.generation += 1;
         bump();
         Ok(n)
     }
@@ -169,6 +173,7 @@ pub fn new_pipe(flags: u32) -> (PipeEnd, PipeEnd) {
         readers: 1,
         writers: 1,
         ino: NEXT_INO.fetch_add(1, Ordering::Relaxed),
+        generation: 0,
     }));
     let status = flags & O_NONBLOCK;
     (
@@ -199,6 +204,7 @@ impl Drop for PipeEnd {
         } else {
             p.readers = p.readers.saturating_sub(1);
         }
+        p.generation += 1;
         bump();
     }
 }
@@ -239,6 +245,9 @@ impl File for PipeEnd {
         } else {
             (r, false)
         }
+    }
+    fn poll_generation(&self) -> Option<u64> {
+        Some(self.pipe.borrow().generation)
     }
     fn flags(&self) -> u32 {
         self.flags.get()

@@ -77,6 +77,8 @@ pub struct Queue {
     /// The connection was reset (closed with data unread): the next read
     /// reports ECONNRESET.
     pub reset: bool,
+    /// Moves at every change (see `File::poll_generation`).
+    pub generation: u64,
 }
 
 impl Queue {
@@ -88,6 +90,7 @@ impl Queue {
             write_closed: false,
             read_closed: false,
             reset: false,
+            generation: 0,
         }
     }
 
@@ -117,7 +120,7 @@ impl Queue {
     pub fn push(&mut self, segment: Segment) {
         self.bytes += segment.data.len();
         self.segments.push_back(segment);
-        bump();
+        self.changed();
     }
 
     /// The next segment's sender address (for recvfrom of a datagram
@@ -149,7 +152,7 @@ impl Queue {
                 self.bytes -= seg.data.len();
                 got.rights = seg.rights;
             }
-            bump();
+            self.changed();
             return got;
         }
         let mut index = 0;
@@ -192,7 +195,7 @@ impl Queue {
         }
         got.full_len = got.len;
         if !peek && got.len > 0 {
-            bump();
+            self.changed();
         }
         got
     }
@@ -216,6 +219,12 @@ impl Queue {
     /// Ends the queue for the reader: it sees end of file after the data.
     pub fn close_write(&mut self) {
         self.write_closed = true;
+        self.changed();
+    }
+
+    /// Something a waiter may wait for happened here.
+    pub fn changed(&mut self) {
+        self.generation += 1;
         bump();
     }
 
@@ -225,7 +234,7 @@ impl Queue {
         self.read_closed = true;
         self.segments.clear();
         self.bytes = 0;
-        bump();
+        self.changed();
     }
 }
 

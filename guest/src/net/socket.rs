@@ -112,6 +112,9 @@ pub struct Core {
     pub connect_started: Cell<bool>,
     /// A TCP send after the peer closed went into its reset (see `send`).
     pub sent_after_close: Cell<bool>,
+    /// Moves at changes of state (connections queued and accepted,
+    /// shutdown, errors), for `File::poll_generation`.
+    pub changes: Cell<u64>,
 }
 
 impl Core {
@@ -137,6 +140,7 @@ impl Core {
             shut_write: Cell::new(false),
             connect_started: Cell::new(false),
             sent_after_close: Cell::new(false),
+            changes: Cell::new(0),
         }
     }
 
@@ -175,6 +179,18 @@ impl Core {
         }
     }
 
+    /// Something a waiter may wait for happened to the socket's state.
+    pub fn changed(&self) {
+        self.changes.set(self.changes.get() + 1);
+        bump();
+    }
+
+    /// Records an asynchronous error (SO_ERROR).
+    pub fn fail(&self, error: Errno) {
+        self.error.set(Some(error));
+        self.changed();
+    }
+
     /// Takes the pending SO_ERROR.
     pub fn take_error(&self) -> Option<Errno> {
         self.error.take()
@@ -207,7 +223,7 @@ impl Core {
             _ => return Err(Errno::EINVAL),
         }
         self.cred.set(cred);
-        bump();
+        self.changed();
         Ok(())
     }
 
@@ -255,7 +271,8 @@ impl Core {
             tx: server.rx.clone(),
         };
         pending.push_back(server);
-        bump();
+        listener.changed();
+        self.changed();
         Ok(())
     }
 
@@ -267,7 +284,7 @@ impl Core {
         };
         let conn = pending.pop_front().ok_or(Self::would_block(nonblocking))?;
         conn.embryo.set(false);
-        bump();
+        self.changed();
         Ok(conn)
     }
 
@@ -439,7 +456,7 @@ impl Core {
                 tx.borrow_mut().close_write();
             }
         }
-        bump();
+        self.changed();
         Ok(())
     }
 
@@ -567,7 +584,7 @@ impl File for Socket {
                 other => other,
             };
             let Some(target) = dev.net.find_port(core.protocol, ip, port) else {
-                core.error.set(Some(Errno::ECONNREFUSED));
+                core.fail(Errno::ECONNREFUSED);
                 return Ok(buf.len());
             };
             let mut seg = Segment::new(buf.to_vec(), cred);
@@ -613,6 +630,14 @@ impl File for Socket {
     }
     fn poll_mask(&self, _dev: &mut Devices) -> u32 {
         self.core.poll_mask()
+    }
+    fn poll_generation(&self) -> Option<u64> {
+        let core = &self.core;
+        let tx = match &*core.state.borrow() {
+            State::Connected { tx, .. } => tx.borrow().generation,
+            _ => 0,
+        };
+        Some(core.rx.borrow().generation + tx + core.changes.get())
     }
     fn flags(&self) -> u32 {
         self.flags.get()

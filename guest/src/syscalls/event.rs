@@ -15,6 +15,7 @@ impl Kernel {
         }
         let file = EventFd {
             count: Cell::new(u64::from(initval)),
+            generation: Cell::new(0),
             semaphore: flags & EFD_SEMAPHORE != 0,
             flags: Cell::new(O_RDWR | (flags & O_NONBLOCK)),
         };
@@ -58,13 +59,14 @@ impl Kernel {
             EPOLL_CTL_ADD => {
                 let (events, data) = read_event(self)?;
                 let file = Rc::downgrade(&target);
-                interest.insert(fd, Interest { file, events, data });
+                interest.insert(fd, Interest::new(file, events, data));
                 Ok(0)
             }
             EPOLL_CTL_MOD if same => {
                 let (events, data) = read_event(self)?;
                 if let Some(i) = interest.get_mut(&fd) {
                     i.events = events;
+                    i.reported.set(None);
                     i.data = data;
                 }
                 Ok(0)

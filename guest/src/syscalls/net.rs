@@ -430,9 +430,8 @@ impl Kernel {
         let (ip, port) = self.inet_destination(&core, &addr)?;
         let Some(listener) = self.dev.net.find_port(IPPROTO_TCP, ip, port) else {
             if nonblocking {
-                core.error.set(Some(Errno::ECONNREFUSED));
                 core.connect_started.set(true);
-                crate::fs::pipe::bump();
+                core.fail(Errno::ECONNREFUSED);
                 return Err(Errno::EINPROGRESS);
             }
             return Err(Errno::ECONNREFUSED);
@@ -481,7 +480,7 @@ impl Kernel {
         *core.state.borrow_mut() = State::Associated { peer };
         *core.remote.borrow_mut() = Some(remote);
         core.peer_cred.set(None);
-        crate::fs::pipe::bump();
+        core.changed();
         Ok(0)
     }
 
@@ -583,7 +582,7 @@ impl Kernel {
                 // Nobody listens: the datagram is lost, and a connected
                 // socket hears of it (Linux's ICMP port unreachable).
                 if matches!(*core.state.borrow(), State::Associated { .. }) {
-                    core.error.set(Some(Errno::ECONNREFUSED));
+                    core.fail(Errno::ECONNREFUSED);
                 }
                 Ok(msg.data.len())
             }
