@@ -384,14 +384,25 @@ impl Core {
         q.push(seg);
         Ok(len)
     }
-    /// Receives into `out`. `wait_all`: a stream read waits until it can
-    /// fill `out` (or the stream ends).
+    /// How much one receive could take now: a message's length, or what a
+    /// stream holds (what a receive buffer needs at most).
+    pub fn readable(&self) -> usize {
+        let rx = self.rx.borrow();
+        if self.kind.records() {
+            rx.front().map_or(0, |s| s.data.len())
+        } else {
+            rx.len()
+        }
+    }
+
+    /// Receives into `out`. `wait_for`: a stream read waits until that
+    /// many bytes are there (MSG_WAITALL; 0: no wait) or the stream ends.
     pub fn recv(
         &self,
         out: &mut [u8],
         nonblocking: bool,
         peek: bool,
-        wait_all: bool,
+        wait_for: usize,
     ) -> Result<Received> {
         if self.kind.connection() {
             match &*self.state.borrow() {
@@ -420,12 +431,7 @@ impl Core {
             }
             return read.map(|_| Received::default());
         }
-        if wait_all
-            && !self.kind.records()
-            && q.len() < out.len()
-            && !q.write_closed
-            && !nonblocking
-        {
+        if !self.kind.records() && q.len() < wait_for && !q.write_closed && !nonblocking {
             return Err(Errno::EBLOCK);
         }
         Ok(q.take(out, self.kind.records(), peek))
@@ -562,7 +568,7 @@ impl Socket {
 impl File for Socket {
     fn read(&self, _dev: &mut Devices, buf: &mut [u8]) -> Result<usize> {
         self.core
-            .recv(buf, self.nonblocking(), false, false)
+            .recv(buf, self.nonblocking(), false, 0)
             .map(|r| r.len)
     }
     fn write(&self, dev: &mut Devices, buf: &[u8]) -> Result<usize> {
@@ -587,18 +593,22 @@ impl File for Socket {
                 core.fail(Errno::ECONNREFUSED);
                 return Ok(buf.len());
             };
-            let mut seg = Segment::new(buf.to_vec(), cred);
+            let mut seg = Segment::new(send_copy(core.kind, buf)?, cred);
             seg.from = from;
             return core.send(seg, Some(&target), nonblocking);
         }
-        core.send(Segment::new(buf.to_vec(), cred), None, nonblocking)
-            .map_err(|e| {
-                if e == Errno::EDESTADDRREQ {
-                    Errno::ENOTCONN
-                } else {
-                    e
-                }
-            })
+        core.send(
+            Segment::new(send_copy(core.kind, buf)?, cred),
+            None,
+            nonblocking,
+        )
+        .map_err(|e| {
+            if e == Errno::EDESTADDRREQ {
+                Errno::ENOTCONN
+            } else {
+                e
+            }
+        })
     }
     fn stat(&self, _dev: &mut Devices) -> Result<[u8; 144]> {
         Ok(synthetic_stat(S_IFSOCK | 0o777, 0, self.core.ino))
@@ -651,6 +661,19 @@ impl File for Socket {
     fn as_any(&self) -> Option<&dyn core::any::Any> {
         Some(self)
     }
+}
+
+/// The most one send copies into the kernel: more than any socket buffer
+/// holds, so a stream send of more returns a partial count as it would
+/// anyway; no datagram is this large (EMSGSIZE).
+pub const SEND_CHUNK: usize = 1 << 20;
+
+/// The part of `data` a send copies (see [`SEND_CHUNK`]).
+pub fn send_copy(kind: Kind, data: &[u8]) -> Result<Vec<u8>> {
+    if kind == Kind::Dgram && data.len() > SEND_CHUNK {
+        return Err(Errno::EMSGSIZE);
+    }
+    Ok(data[..data.len().min(SEND_CHUNK)].to_vec())
 }
 
 /// The socket behind a descriptor, if it is one.

@@ -12,7 +12,9 @@ use crate::fs::fuse::S_IFMT;
 use crate::kernel::Kernel;
 use crate::net::addr::{Ip, SockAddr, UnixName, AF_INET, AF_INET6, AF_UNIX};
 use crate::net::queue::{Segment, Ucred};
-use crate::net::socket::{family_accepts, loopback_source, socket_of, unnamed, Core, Kind, State};
+use crate::net::socket::{
+    family_accepts, loopback_source, send_copy, socket_of, unnamed, Core, Kind, State, SEND_CHUNK,
+};
 use crate::net::*;
 
 /// `sizeof(struct sockaddr_storage)`: the longest address a call reads.
@@ -71,7 +73,9 @@ impl Outgoing {
 /// Where a received message goes: the buffers and the caller's room for
 /// the address and control data.
 struct Incoming {
-    bufs: Vec<&'static mut [u8]>,
+    /// (address, length) of each buffer: only what a receive fills is
+    /// touched (and so backed), however large the buffers.
+    bufs: Vec<(u64, usize)>,
     name: u64,
     name_room: u32,
     control: u64,
@@ -600,22 +604,21 @@ impl Kernel {
                 Errno::EINVAL
             });
         }
-        let total: usize = into.bufs.iter().map(|b| b.len()).sum();
-        let mut staging = vec![0u8; total];
-        let got = core.recv(
-            &mut staging,
-            nonblocking,
-            flags & MSG_PEEK != 0,
-            flags & MSG_WAITALL != 0,
-        )?;
+        let total: usize = into.bufs.iter().map(|b| b.1).sum();
+        // Staged no larger than what can arrive: the caller's buffer may be
+        // far larger than the kernel's heap. One byte stands for "some" so
+        // an empty socket still blocks or reports its end.
+        let mut staging = vec![0u8; total.min(core.readable().max(1))];
+        let wait_for = if flags & MSG_WAITALL != 0 { total } else { 0 };
+        let got = core.recv(&mut staging, nonblocking, flags & MSG_PEEK != 0, wait_for)?;
         let mut at = 0;
-        for buf in into.bufs {
-            let n = buf.len().min(got.len - at);
-            buf[..n].copy_from_slice(&staging[at..at + n]);
-            at += n;
+        for (base, room) in into.bufs {
             if at == got.len {
                 break;
             }
+            let n = room.min(got.len - at);
+            self.put_user(base, &staging[at..at + n])?;
+            at += n;
         }
         let mut out_flags = 0;
         let mut len = got.len;
@@ -703,8 +706,8 @@ impl Kernel {
         addr: u64,
         addr_len: u32,
     ) -> Result<u64> {
-        self.socket(fd)?;
-        let data = self.user_buf(buf, len as usize)?.to_vec();
+        let (core, _) = self.socket(fd)?;
+        let data = send_copy(core.kind, self.user_buf(buf, len as usize)?)?;
         let to = if addr == 0 {
             None
         } else {
@@ -734,7 +737,7 @@ impl Kernel {
             0
         };
         let into = Incoming {
-            bufs: vec![self.user_buf_mut(buf, len as usize)?],
+            bufs: vec![(buf, len as usize)],
             name: addr,
             name_room,
             control: 0,
@@ -749,7 +752,7 @@ impl Kernel {
 
     /// Decodes a `struct msghdr` to send: data, destination and control
     /// messages (SCM_RIGHTS, SCM_CREDENTIALS).
-    fn outgoing(&mut self, hdr: &[u8], unix: bool) -> Result<Outgoing> {
+    fn outgoing(&mut self, hdr: &[u8], unix: bool, stream: bool) -> Result<Outgoing> {
         let (name, name_len) = (u64_at(hdr, 0), u32_at(hdr, 8));
         let (iov, iov_len) = (u64_at(hdr, 16), u64_at(hdr, 24));
         let (control, control_len) = (u64_at(hdr, 32), u64_at(hdr, 40));
@@ -757,8 +760,14 @@ impl Kernel {
             return Err(Errno::EMSGSIZE);
         }
         let mut data = Vec::new();
-        for part in self.iovecs(iov, iov_len, false)? {
-            data.extend_from_slice(part);
+        let parts = self.iovecs(iov, iov_len, false)?;
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        if !stream && total > SEND_CHUNK {
+            return Err(Errno::EMSGSIZE);
+        }
+        for part in parts {
+            let take = part.len().min(SEND_CHUNK - data.len());
+            data.extend_from_slice(&part[..take]);
         }
         let to = if name != 0 && name_len != 0 {
             Some(self.user_sockaddr(name, name_len)?)
@@ -773,7 +782,8 @@ impl Kernel {
         if control == 0 || control_len == 0 {
             return Ok(msg);
         }
-        if control_len > 1 << 20 {
+        // Linux's net.core.optmem_max bounds control data.
+        if control_len > 128 * 1024 {
             return Err(Errno::ENOBUFS);
         }
         let raw = self.user_buf(control, control_len as usize)?.to_vec();
@@ -842,6 +852,19 @@ impl Kernel {
         Ok(msg)
     }
 
+    /// The (address, length) pairs of an iovec array, as readv checks them.
+    fn iovec_list(&mut self, iov: u64, count: u64) -> Result<Vec<(u64, usize)>> {
+        let raw = self.user_buf(iov, count as usize * 16)?;
+        let list: Vec<(u64, usize)> = raw
+            .chunks_exact(16)
+            .map(|v| (u64_at(v, 0), u64_at(v, 8) as usize))
+            .collect();
+        if list.iter().any(|&(_, len)| len > isize::MAX as usize) {
+            return Err(Errno::EINVAL);
+        }
+        Ok(list)
+    }
+
     fn incoming(&mut self, hdr: &[u8]) -> Result<Incoming> {
         let (name, name_room) = (u64_at(hdr, 0), u32_at(hdr, 8));
         let (iov, iov_len) = (u64_at(hdr, 16), u64_at(hdr, 24));
@@ -853,7 +876,7 @@ impl Kernel {
             self.user_buf_mut(control, control_room as usize)?;
         }
         Ok(Incoming {
-            bufs: self.iovecs(iov, iov_len, true)?,
+            bufs: self.iovec_list(iov, iov_len)?,
             name,
             name_room,
             control,
@@ -868,7 +891,7 @@ impl Kernel {
     pub fn sys_sendmsg(&mut self, fd: i32, msg: u64, flags: u32) -> Result<u64> {
         let (core, _) = self.socket(fd)?;
         let hdr = self.user_buf(msg, MSGHDR_SIZE)?.to_vec();
-        let out = self.outgoing(&hdr, core.family == AF_UNIX)?;
+        let out = self.outgoing(&hdr, core.family == AF_UNIX, core.kind != Kind::Dgram)?;
         self.send_message(fd, out, flags).map(|n| n as u64)
     }
 
@@ -897,7 +920,9 @@ impl Kernel {
             let result = self
                 .user_buf(at, MMSGHDR_SIZE)
                 .map(|h| h.to_vec())
-                .and_then(|hdr| self.outgoing(&hdr, core.family == AF_UNIX))
+                .and_then(|hdr| {
+                    self.outgoing(&hdr, core.family == AF_UNIX, core.kind != Kind::Dgram)
+                })
                 .and_then(|out| self.send_message(fd, out, flags));
             match result {
                 Ok(n) => self.put_user(at + MSGHDR_SIZE as u64, &(n as u32).to_le_bytes())?,
@@ -997,7 +1022,9 @@ impl Kernel {
         if (len as i32) < 0 {
             return Err(Errno::EINVAL);
         }
-        let raw = self.user_buf(value, len as usize)?.to_vec();
+        // No option value is longer than a struct timeval; what is past it
+        // is not read, as Linux reads only what an option needs.
+        let raw = self.user_buf(value, (len as usize).min(64))?.to_vec();
         let int = || -> Result<i32> {
             raw.get(..4)
                 .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
