@@ -738,7 +738,7 @@ fn io_phases(opts: &IoOptions) -> Vec<(&'static str, String)> {
 /// Phases whose time the worker measures itself.
 const TIMED_INSIDE: [&str; 4] = ["randread", "randwrite", "cachedread", "fork"];
 
-/// The static random-I/O worker built from runtime/iobench.
+/// The static worker built from runtime/iobench.
 static IOBENCH: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/capsa-iobench"));
 
 pub fn io(opts: &IoOptions) -> Result<Vec<IoSummary>, BenchError> {
@@ -749,25 +749,88 @@ pub fn io(opts: &IoOptions) -> Result<Vec<IoSummary>, BenchError> {
 }
 
 fn io_in(work: &Path, opts: &IoOptions) -> Result<Vec<IoSummary>, BenchError> {
-    let base = match &opts.bundle {
-        Some(bundle) => bundle.clone(),
+    let phases = io_phases(opts);
+    let bench = PhaseBench {
+        tag: "io",
+        phases: &phases,
+        timed_inside: &TIMED_INSIDE,
+        isolations: &opts.isolations,
+        runs: opts.runs,
+        bundle: opts.bundle.as_deref(),
+    };
+    let mut summaries = Vec::new();
+    for (name, m) in run_phases(work, &bench)? {
+        // Each phase minus what every run pays anyway (start-up, or the
+        // shell loop itself); a difference lost in the noise is reported as
+        // not measurable (NaN) rather than as an absurd rate.
+        let net = |phase: usize, minus: usize| {
+            let seconds = m[phase] - m[minus];
+            if seconds > m[minus] * 0.02 && seconds > 0.0 {
+                seconds
+            } else {
+                f64::NAN
+            }
+        };
+        let files = opts.files as f64;
+        summaries.push(IoSummary {
+            name,
+            seq_write_mib_s: opts.size_mib as f64 / net(1, 0),
+            seq_read_mib_s: opts.size_mib as f64 / net(2, 0),
+            creates_per_s: files / net(4, 3),
+            stats_per_s: files / net(5, 3),
+            cached_stats_per_s: files / net(6, 5),
+            unlinks_per_s: files / net(7, 0),
+            syscall_ns: net(8, 0) * 1e9 / (2.0 * opts.syscall_bytes as f64),
+            rand_read_iops: opts.random_ops as f64 / m[9],
+            rand_write_iops: opts.random_ops as f64 / m[10],
+            cached_read_iops: opts.random_ops as f64 / m[11],
+            fork_ms: m[12] * 1e3 / FORKS as f64,
+        });
+    }
+    if summaries.is_empty() {
+        return Err(BenchError::NothingRan);
+    }
+    Ok(summaries)
+}
+
+/// A benchmark made of phases, each a busybox sh script run on the host and
+/// in each mode over `$D` (the runner's own directory in the rootfs, the
+/// worker one level up), `$Z` (/dev/zero) and `$N` (/dev/null).
+struct PhaseBench<'a> {
+    /// Names the directory in the rootfs (`/capsa-<tag>`) and the instances.
+    tag: &'static str,
+    phases: &'a [(&'static str, String)],
+    /// Phases whose worker prints `OPS SECONDS`; the others are timed from
+    /// outside, whole.
+    timed_inside: &'a [&'static str],
+    isolations: &'a [Isolation],
+    runs: usize,
+    bundle: Option<&'a Path>,
+}
+
+/// Runs every phase `bench.runs` times, interleaved runner by runner, and
+/// returns each runner's median seconds per phase (the host first, then the
+/// modes; a runner that failed is left out with a note).
+fn run_phases(work: &Path, bench: &PhaseBench) -> Result<Vec<(String, Vec<f64>)>, BenchError> {
+    let base = match bench.bundle {
+        Some(bundle) => bundle.to_path_buf(),
         None => {
             let dir = work.join("demo");
             crate::demo::build_bundle(&dir, &[])?;
             dir
         }
     };
-    let phases = io_phases(opts);
+    let inner = format!("capsa-{}", bench.tag);
     let capsa = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("capsa"));
     // One bundle per mode and phase, all on the same rootfs; each mode works
     // in a directory of its own so no run sees another's files.
     let mut rootfs = PathBuf::new();
-    for isolation in &opts.isolations {
-        for (name, script) in &phases {
+    for isolation in bench.isolations {
+        for (name, script) in bench.phases {
             let command = vec![
                 "sh".to_string(),
                 "-c".to_string(),
-                format!("D=/capsa-io/{isolation} Z=/dev/zero N=/dev/null; {script}"),
+                format!("D=/{inner}/{isolation} Z=/dev/zero N=/dev/null; {script}"),
             ];
             let bundle = work.join(format!("phase-{isolation}-{name}"));
             rootfs = derive_bundle(&base, &bundle, &command, true)?;
@@ -776,7 +839,7 @@ fn io_in(work: &Path, opts: &IoOptions) -> Result<Vec<IoSummary>, BenchError> {
     if rootfs.as_os_str().is_empty() {
         rootfs = crate::spec::Bundle::load(&base)?.rootfs;
     }
-    let dir = rootfs.join("capsa-io");
+    let dir = rootfs.join(inner);
     let worker = dir.join("iobench");
     let io_error = |path: &Path| {
         let path = path.to_path_buf();
@@ -786,38 +849,37 @@ fn io_in(work: &Path, opts: &IoOptions) -> Result<Vec<IoSummary>, BenchError> {
     fs::write(&worker, IOBENCH).map_err(io_error(&worker))?;
     fs::set_permissions(&worker, std::os::unix::fs::PermissionsExt::from_mode(0o755))
         .map_err(io_error(&worker))?;
-    let result = io_runs(work, opts, &phases, &capsa, &dir);
+    let result = phase_runs(work, bench, &capsa, &dir);
     // The rootfs may be the user's: leave it as it was.
     let _ = fs::remove_dir_all(&dir);
     result
 }
 
-fn io_runs(
+fn phase_runs(
     work: &Path,
-    opts: &IoOptions,
-    phases: &[(&'static str, String)],
+    bench: &PhaseBench,
     capsa: &Path,
     dir: &Path,
-) -> Result<Vec<IoSummary>, BenchError> {
+) -> Result<Vec<(String, Vec<f64>)>, BenchError> {
     for sub in ["host".to_string()]
         .into_iter()
-        .chain(opts.isolations.iter().map(|i| i.to_string()))
+        .chain(bench.isolations.iter().map(|i| i.to_string()))
     {
         let path = dir.join(sub);
         fs::create_dir_all(&path).map_err(|source| BenchError::Io { path, source })?;
     }
     let host_dir = dir.join("host").display().to_string();
     let mut names = vec!["host".to_string()];
-    names.extend(opts.isolations.iter().map(|i| format!("capsa {i}")));
+    names.extend(bench.isolations.iter().map(|i| format!("capsa {i}")));
     // samples[runner][phase]
-    let mut samples = vec![vec![Vec::new(); phases.len()]; names.len()];
+    let mut samples = vec![vec![Vec::new(); bench.phases.len()]; names.len()];
     let mut failed: Vec<Option<String>> = vec![None; names.len()];
     let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    for run in 0..opts.runs {
+    for run in 0..bench.runs {
         if progress {
-            eprint!("\rrun {}/{}", run + 1, opts.runs);
+            eprint!("\rrun {}/{}", run + 1, bench.runs);
         }
-        for (phase_index, (name, script)) in phases.iter().enumerate() {
+        for (phase_index, (name, script)) in bench.phases.iter().enumerate() {
             for runner in 0..names.len() {
                 if failed[runner].is_some() {
                     continue;
@@ -831,7 +893,7 @@ fn io_runs(
                     ]);
                     cmd
                 } else {
-                    let isolation = opts.isolations[runner - 1];
+                    let isolation = bench.isolations[runner - 1];
                     let mut cmd = Command::new(capsa);
                     cmd.arg("--root")
                         .arg(work.join(format!("state-{isolation}")))
@@ -839,7 +901,11 @@ fn io_runs(
                         .arg(format!("--isolation={isolation}"))
                         .arg("--bundle")
                         .arg(work.join(format!("phase-{isolation}-{name}")))
-                        .arg(format!("io-{}-{run}-{phase_index}", std::process::id()));
+                        .arg(format!(
+                            "{}-{}-{run}-{phase_index}",
+                            bench.tag,
+                            std::process::id()
+                        ));
                     cmd
                 };
                 let started = Instant::now();
@@ -855,7 +921,7 @@ fn io_runs(
                             .split_whitespace()
                             .nth(1)
                             .and_then(|s| s.parse::<f64>().ok());
-                        let seconds = if TIMED_INSIDE.contains(name) {
+                        let seconds = if bench.timed_inside.contains(name) {
                             inside.unwrap_or(f64::NAN)
                         } else {
                             wall
@@ -882,44 +948,147 @@ fn io_runs(
         sorted.sort_by(f64::total_cmp);
         percentile(&sorted, 50.0)
     };
-    let mut summaries = Vec::new();
-    for (runner, name) in names.iter().enumerate() {
+    let mut medians = Vec::new();
+    for (runner, name) in names.into_iter().enumerate() {
         if let Some(reason) = &failed[runner] {
             eprintln!("note: {name} skipped ({reason})");
             continue;
         }
-        let m: Vec<f64> = samples[runner].iter().map(median).collect();
-        // Each phase minus what every run pays anyway (start-up, or the
-        // shell loop itself); a difference lost in the noise is reported as
-        // not measurable (NaN) rather than as an absurd rate.
-        let net = |phase: usize, minus: usize| {
-            let seconds = m[phase] - m[minus];
-            if seconds > m[minus] * 0.02 && seconds > 0.0 {
-                seconds
-            } else {
-                f64::NAN
-            }
-        };
-        let files = opts.files as f64;
-        summaries.push(IoSummary {
-            name: name.clone(),
-            seq_write_mib_s: opts.size_mib as f64 / net(1, 0),
-            seq_read_mib_s: opts.size_mib as f64 / net(2, 0),
-            creates_per_s: files / net(4, 3),
-            stats_per_s: files / net(5, 3),
-            cached_stats_per_s: files / net(6, 5),
-            unlinks_per_s: files / net(7, 0),
-            syscall_ns: net(8, 0) * 1e9 / (2.0 * opts.syscall_bytes as f64),
-            rand_read_iops: opts.random_ops as f64 / m[9],
-            rand_write_iops: opts.random_ops as f64 / m[10],
-            cached_read_iops: opts.random_ops as f64 / m[11],
-            fork_ms: m[12] * 1e3 / FORKS as f64,
-        });
+        medians.push((name, samples[runner].iter().map(median).collect()));
     }
+    Ok(medians)
+}
+
+pub struct NetOptions {
+    pub isolations: Vec<Isolation>,
+    /// Data sent over one loopback TCP connection, MiB.
+    pub stream_mib: u64,
+    /// 1-byte request / 1-byte reply round trips per connection.
+    pub round_trips: u64,
+    /// Repetitions of each phase; the median counts.
+    pub runs: usize,
+    pub bundle: Option<PathBuf>,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct NetSummary {
+    pub name: String,
+    /// One 127.0.0.1 TCP connection, sender and reader in two threads,
+    /// megabytes (10^6 bytes) per second.
+    pub tcp_stream_mb_s: f64,
+    /// 1-byte request, 1-byte reply on one TCP connection with TCP_NODELAY.
+    pub tcp_round_trips_per_s: f64,
+    /// The same over a unix stream socket pair.
+    pub unix_round_trips_per_s: f64,
+}
+
+/// Every phase is timed inside by the worker, so neither the instance's
+/// start-up nor the shell counts.
+fn net_phases(opts: &NetOptions) -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "tcpstream",
+            format!("$D/../iobench tcpstream {}", opts.stream_mib),
+        ),
+        ("tcprr", format!("$D/../iobench tcprr {}", opts.round_trips)),
+        (
+            "unixrr",
+            format!("$D/../iobench unixrr {}", opts.round_trips),
+        ),
+    ]
+}
+
+const NET_PHASES: [&str; 3] = ["tcpstream", "tcprr", "unixrr"];
+
+pub fn net(opts: &NetOptions) -> Result<Vec<NetSummary>, BenchError> {
+    if opts.runs == 0 {
+        return Err(BenchError::NoRuns);
+    }
+    in_work_dir(|work| net_in(work, opts))
+}
+
+fn net_in(work: &Path, opts: &NetOptions) -> Result<Vec<NetSummary>, BenchError> {
+    let phases = net_phases(opts);
+    let bench = PhaseBench {
+        tag: "net",
+        phases: &phases,
+        timed_inside: &NET_PHASES,
+        isolations: &opts.isolations,
+        runs: opts.runs,
+        bundle: opts.bundle.as_deref(),
+    };
+    let bytes = opts.stream_mib as f64 * (1u64 << 20) as f64;
+    let summaries: Vec<NetSummary> = run_phases(work, &bench)?
+        .into_iter()
+        .map(|(name, m)| NetSummary {
+            name,
+            tcp_stream_mb_s: bytes / 1e6 / m[0],
+            tcp_round_trips_per_s: opts.round_trips as f64 / m[1],
+            unix_round_trips_per_s: opts.round_trips as f64 / m[2],
+        })
+        .collect();
     if summaries.is_empty() {
         return Err(BenchError::NothingRan);
     }
     Ok(summaries)
+}
+
+impl NetSummary {
+    /// The figures `bench net` compares, in the order of [`NET_HEADINGS`].
+    pub fn figures(&self) -> [f64; 3] {
+        [
+            self.tcp_stream_mb_s,
+            self.tcp_round_trips_per_s,
+            self.unix_round_trips_per_s,
+        ]
+    }
+}
+
+pub const NET_HEADINGS: [&str; 3] = ["tcp MB/s", "tcp rtt/s", "unix rtt/s"];
+
+/// The table `capsa bench net` prints: the medians, then each mode's as a
+/// ratio of the next lighter runner's (microVM / container, container /
+/// host) and of the host's.
+pub fn format_net_table(summaries: &[NetSummary]) -> String {
+    let cell = |value: f64, ratio: bool| match (value.is_finite(), ratio) {
+        (false, _) => format!(" {:>11}", "-"),
+        (true, true) => format!(" {:>11}", format!("{value:.2}x")),
+        (true, false) => format!(" {value:>11.0}"),
+    };
+    let mut out = format!("{:<34}", "runner");
+    for heading in NET_HEADINGS {
+        out.push_str(&format!(" {heading:>11}"));
+    }
+    out.push('\n');
+    for s in summaries {
+        out.push_str(&format!("{:<34}", s.name));
+        for value in s.figures() {
+            out.push_str(&cell(value, false));
+        }
+        out.push('\n');
+    }
+    let find = |name: &str| summaries.iter().find(|s| s.name == name);
+    let pairs = [
+        ("capsa microvm", "capsa container"),
+        ("capsa container", "host"),
+        ("capsa microvm", "host"),
+    ];
+    for (a, b) in pairs {
+        let (Some(a), Some(b)) = (find(a), find(b)) else {
+            continue;
+        };
+        out.push_str(&format!("{:<34}", format!("{} / {}", a.name, b.name)));
+        for (x, y) in a.figures().into_iter().zip(b.figures()) {
+            out.push_str(&cell(x / y, true));
+        }
+        out.push('\n');
+    }
+    out.push_str(
+        "note: requests/s from the host to a server in the instance through a published \
+         port: not measured, the microVM has no network device yet (no virtio-net), only \
+         its own loopback\n",
+    );
+    out
 }
 
 pub fn format_io_table(summaries: &[IoSummary]) -> String {
@@ -999,6 +1168,38 @@ mod tests {
             None,
             "a missing event"
         );
+    }
+
+    #[test]
+    fn the_net_table_reports_ratios_between_modes_and_against_the_host() {
+        let summary = |name: &str, scale: f64| NetSummary {
+            name: name.into(),
+            tcp_stream_mb_s: 1000.0 * scale,
+            tcp_round_trips_per_s: 50000.0 * scale,
+            unix_round_trips_per_s: f64::NAN,
+        };
+        let table = format_net_table(&[
+            summary("host", 1.0),
+            summary("capsa container", 0.5),
+            summary("capsa microvm", 0.1),
+        ]);
+        let line = |prefix: &str| {
+            table
+                .lines()
+                .find(|l| l.starts_with(prefix))
+                .unwrap_or_else(|| panic!("no {prefix:?} line in {table}"))
+                .split_whitespace()
+                .rev()
+                .take(3)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            line("capsa microvm / capsa container"),
+            ["-", "0.20x", "0.20x"]
+        );
+        assert_eq!(line("capsa container / host"), ["-", "0.50x", "0.50x"]);
+        assert_eq!(line("capsa microvm / host"), ["-", "0.10x", "0.10x"]);
+        assert!(table.contains("no virtio-net"), "{table}");
     }
 
     #[test]

@@ -249,6 +249,26 @@ enum BenchCommand {
         #[command(flatten)]
         output: BenchOutput,
     },
+    /// Loopback TCP and unix socket throughput and round trips inside each
+    /// mode and on the host.
+    Net {
+        #[arg(long, value_delimiter = ',', default_value = "container,microvm")]
+        isolation: Vec<Isolation>,
+        /// Data sent over one 127.0.0.1 TCP connection, MiB.
+        #[arg(long, default_value_t = 64)]
+        stream_mib: u64,
+        /// 1-byte request / 1-byte reply round trips on one connection.
+        #[arg(long, default_value_t = 20000)]
+        round_trips: u64,
+        /// Repetitions of each phase (the median counts).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Bundle whose rootfs to use (default: the built-in busybox demo).
+        #[arg(long)]
+        bundle: Option<PathBuf>,
+        #[command(flatten)]
+        output: BenchOutput,
+    },
     /// Memory per idle instance, and density: many idle instances at once.
     Memory {
         /// Idle instances to run at once.
@@ -463,6 +483,29 @@ fn dispatch(cli: Cli) -> Result<u8> {
                 &output,
                 capsa::bench::format_io_table,
                 capsa::plot::io,
+            )?;
+        }
+        Command::Bench(BenchCommand::Net {
+            isolation,
+            stream_mib,
+            round_trips,
+            runs,
+            bundle,
+            output,
+        }) => {
+            let opts = capsa::bench::NetOptions {
+                isolations: isolation,
+                stream_mib,
+                round_trips,
+                runs,
+                bundle,
+            };
+            let summaries = capsa::bench::net(&opts).map_err(chain)?;
+            report(
+                &summaries,
+                &output,
+                capsa::bench::format_net_table,
+                capsa::plot::net,
             )?;
         }
         Command::Bench(BenchCommand::Memory {

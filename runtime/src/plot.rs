@@ -4,7 +4,7 @@ use std::path::Path;
 
 use plotters::prelude::*;
 
-use crate::bench::{IoSummary, MemorySummary, Summary};
+use crate::bench::{IoSummary, MemorySummary, NetSummary, Summary, NET_HEADINGS};
 
 #[derive(Debug, thiserror::Error)]
 #[error("{path}: cannot draw the chart: {message}")]
@@ -82,6 +82,30 @@ pub fn io(summaries: &[IoSummary], path: &Path) -> Result<(), PlotError> {
         path,
         "sequential file I/O, same files",
         "MiB/s (median of runs)",
+    )
+}
+
+/// Each figure as a fraction of the host's, so throughput and round trips
+/// share one axis.
+pub fn net(summaries: &[NetSummary], path: &Path) -> Result<(), PlotError> {
+    let host = summaries
+        .iter()
+        .find(|s| s.name == "host")
+        .or(summaries.first());
+    let mut rows = Vec::new();
+    for (figure, label) in NET_HEADINGS.iter().enumerate() {
+        for s in summaries {
+            let ratio = host.map_or(f64::NAN, |h| s.figures()[figure] / h.figures()[figure]);
+            // A figure that could not be measured is drawn as nothing.
+            let ratio = if ratio.is_finite() { ratio } else { 0.0 };
+            rows.push((format!("{} {label}", s.name), ratio, ratio, ratio));
+        }
+    }
+    bars(
+        &rows,
+        path,
+        "loopback sockets, relative to the host",
+        "median as a fraction of the host's (1.0 = the host)",
     )
 }
 

@@ -9,14 +9,145 @@
 //! forks COUNT times (each child exits at once and is reaped before the
 //! next fork). Prints `COUNT SECONDS` for the forks alone.
 //!
+//! `capsa-iobench tcpstream MIB`: one thread sends MIB MiB over a
+//! 127.0.0.1 TCP connection to another that reads it all. Prints
+//! `BYTES SECONDS`, from the first write to the reader's end of file.
+//!
+//! `capsa-iobench tcprr|unixrr COUNT`: COUNT round trips of a 1-byte
+//! request and a 1-byte reply between two threads, over one loopback TCP
+//! connection (TCP_NODELAY on both ends) or a unix stream socket pair.
+//! Prints `COUNT SECONDS`.
+//!
 //! capsa embeds it linked statically (runtime/build.rs) and copies it into
 //! the rootfs, because busybox cannot do random I/O in one process and the
 //! microVM guest runs static binaries without a loader.
 
 use std::fs::OpenOptions;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, Shutdown, TcpListener, TcpStream};
 use std::os::unix::fs::FileExt;
+use std::os::unix::net::UnixStream;
 use std::process::ExitCode;
+use std::thread;
 use std::time::Instant;
+
+/// What each write of the stream phase hands the kernel: large enough that
+/// the per-call cost does not dominate, as a bulk sender's writes are.
+const STREAM_CHUNK: usize = 128 << 10;
+
+fn io_err(what: &str) -> impl Fn(std::io::Error) -> String + '_ {
+    move |e| format!("{what}: {e}")
+}
+
+/// A listener on 127.0.0.1 at a port the kernel picks, so runs never
+/// collide with each other or with anything on the host.
+fn loopback_listener() -> Result<(TcpListener, std::net::SocketAddr), String> {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(io_err("bind"))?;
+    let addr = listener.local_addr().map_err(io_err("getsockname"))?;
+    Ok((listener, addr))
+}
+
+fn tcp_stream(mib: &str) -> Result<(u64, f64), String> {
+    let mib: u64 = mib.parse().map_err(|_| format!("bad MIB {mib:?}"))?;
+    let total = mib
+        .checked_mul(1 << 20)
+        .ok_or_else(|| format!("MIB {mib} is too large"))?;
+    let (listener, addr) = loopback_listener()?;
+    let reader = thread::spawn(move || -> Result<u64, String> {
+        let (mut conn, _) = listener.accept().map_err(io_err("accept"))?;
+        let mut buf = vec![0u8; STREAM_CHUNK];
+        let mut got = 0u64;
+        loop {
+            match conn.read(&mut buf) {
+                Ok(0) => return Ok(got),
+                Ok(n) => got += n as u64,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(format!("recv: {e}")),
+            }
+        }
+    });
+    let mut conn = TcpStream::connect(addr).map_err(io_err("connect"))?;
+    let chunk = vec![0x5au8; STREAM_CHUNK];
+    let started = Instant::now();
+    let mut sent = 0u64;
+    while sent < total {
+        let n = (total - sent).min(STREAM_CHUNK as u64) as usize;
+        conn.write_all(&chunk[..n]).map_err(io_err("send"))?;
+        sent += n as u64;
+    }
+    conn.shutdown(Shutdown::Write).map_err(io_err("shutdown"))?;
+    let got = reader
+        .join()
+        .map_err(|_| "the reader thread panicked".to_string())??;
+    let seconds = started.elapsed().as_secs_f64();
+    if got != total {
+        return Err(format!("sent {total} bytes, the reader got {got}"));
+    }
+    Ok((total, seconds))
+}
+
+/// Answers each byte read with one byte until the peer closes.
+fn echo(mut conn: impl Read + Write) -> Result<(), String> {
+    let mut byte = [0u8; 1];
+    loop {
+        match conn.read(&mut byte) {
+            Ok(0) => return Ok(()),
+            Ok(_) => conn.write_all(&byte).map_err(io_err("reply"))?,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("recv: {e}")),
+        }
+    }
+}
+
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
+
+fn round_trip(conn: &mut dyn ReadWrite, byte: &mut [u8; 1]) -> Result<(), String> {
+    conn.write_all(byte).map_err(io_err("request"))?;
+    conn.read_exact(byte).map_err(io_err("reply"))
+}
+
+/// COUNT timed round trips, after one untimed so the connection (and the
+/// echo thread) are up before the clock starts.
+fn ping_pong(conn: &mut dyn ReadWrite, count: u64) -> Result<f64, String> {
+    let mut byte = [1u8; 1];
+    round_trip(conn, &mut byte)?;
+    let started = Instant::now();
+    for _ in 0..count {
+        round_trip(conn, &mut byte)?;
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
+
+fn round_trips(kind: &str, count: &str) -> Result<(u64, f64), String> {
+    let count: u64 = count.parse().map_err(|_| format!("bad COUNT {count:?}"))?;
+    let (mut client, server) = match kind {
+        "tcprr" => {
+            let (listener, addr) = loopback_listener()?;
+            let server = thread::spawn(move || -> Result<(), String> {
+                let (conn, _) = listener.accept().map_err(io_err("accept"))?;
+                conn.set_nodelay(true).map_err(io_err("TCP_NODELAY"))?;
+                echo(conn)
+            });
+            let client = TcpStream::connect(addr).map_err(io_err("connect"))?;
+            client.set_nodelay(true).map_err(io_err("TCP_NODELAY"))?;
+            (Box::new(client) as Box<dyn ReadWrite>, server)
+        }
+        "unixrr" => {
+            let (client, conn) = UnixStream::pair().map_err(io_err("socketpair"))?;
+            let server = thread::spawn(move || echo(conn));
+            (Box::new(client) as Box<dyn ReadWrite>, server)
+        }
+        other => return Err(format!("unknown mode {other:?}")),
+    };
+    let seconds = ping_pong(client.as_mut(), count)?;
+    // Closing our end is what ends the echo loop.
+    drop(client);
+    server
+        .join()
+        .map_err(|_| "the echo thread panicked".to_string())??;
+    Ok((count, seconds))
+}
 
 fn fork(mib: &str, count: &str) -> Result<(u64, f64), String> {
     let mib: usize = mib.parse().map_err(|_| format!("bad MIB {mib:?}"))?;
@@ -55,9 +186,17 @@ fn run(args: &[String]) -> Result<(u64, f64), String> {
             return fork(mib, count);
         }
     }
+    if let [mode, amount] = args {
+        match mode.as_str() {
+            "tcpstream" => return tcp_stream(amount),
+            "tcprr" | "unixrr" => return round_trips(mode, amount),
+            _ => {}
+        }
+    }
     let [mode, path, block, count] = args else {
         return Err(
-            "usage: capsa-iobench randread|randwrite|cachedread FILE BLOCK COUNT | fork MIB COUNT"
+            "usage: capsa-iobench randread|randwrite|cachedread FILE BLOCK COUNT | fork MIB COUNT \
+             | tcpstream MIB | tcprr|unixrr COUNT"
                 .into(),
         );
     };
