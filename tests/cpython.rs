@@ -250,9 +250,36 @@ fn posix_thread_and_mmap_modules_agree() {
     check_modules(&["test_posix", "test_queue", "test_mmap"], &[]);
 }
 
-/// Children that compute, timeouts, interrupted tight loops: these need the
-/// microVM's timer tick.
+/// Children that compute, timeouts, interrupted tight loops, signals: these
+/// need the microVM's timer tick.
 #[test]
 fn process_and_thread_modules_agree() {
-    check_modules(&["test_subprocess", "test_threading"], &[]);
+    check_modules(&["test_subprocess", "test_threading", "test_signal"], &[]);
+}
+
+/// Sockets over loopback (TCP, UDP, unix path names) and what is built on
+/// them: servers, HTTP and XML-RPC clients, logging's socket handlers,
+/// asyncio's streams and event loops, and the modules that create socket
+/// files (stat, pathlib).
+#[test]
+fn socket_server_and_event_loop_modules_agree() {
+    check_modules(
+        &[
+            "test_stat",
+            "test_pathlib",
+            "test_logging",
+            "test_socketserver",
+            "test_epoll",
+            "test_poll",
+            "test_httpservers",
+            "test_urllib2_localnet",
+            "test_httplib",
+            "test_xmlrpc",
+            "test_wsgiref",
+            "test_asyncio.test_streams",
+            "test_asyncio.test_sock_lowlevel",
+            "test_asyncio.test_unix_events",
+        ],
+        &[],
+    );
 }

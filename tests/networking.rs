@@ -25,12 +25,11 @@ fn check(bundle: &TestBundle, what: &str, stdout: &str) {
 /// A busybox bundle with the host's `/usr`, a tmpfs `/tmp` as the working
 /// directory, and the `/etc/hosts` a container engine would bind.
 fn host_fixture(args: &[&str]) -> TestBundle {
-    for program in [args[0]] {
-        assert!(
-            std::path::Path::new(program).exists(),
-            "{program} is missing: run scripts/install-deps.sh"
-        );
-    }
+    let program = args[0];
+    assert!(
+        std::path::Path::new(program).exists(),
+        "{program} is missing: run scripts/install-deps.sh"
+    );
     let mut bundle = TestBundle::busybox(args);
     bundle.bind_host_usr();
     let etc = bundle.rootfs().join("etc");
