@@ -1906,3 +1906,47 @@ fn pidfds_wait_signal_and_poll_as_on_linux() {
         show(&out)
     );
 }
+
+/// One write(2) of 1 MiB to stdout from memory whose pages are physically
+/// scattered: single pages are mapped, touched and every other one unmapped
+/// first, so the buffer's frames come from a fragmented pool in a microVM.
+/// Every byte must arrive (a write that needed more descriptors than the
+/// console queue has failed with EIO).
+const SCATTERED_WRITE_C: &str = r#"
+#include <stdlib.h>
+#include <sys/mman.h>
+#include <unistd.h>
+int main(void) {
+    size_t size = 1 << 20;
+    static char *pages[1024];
+    for (int i = 0; i < 1024; i++) {
+        pages[i] = mmap(0, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (pages[i] == MAP_FAILED) return 2;
+        pages[i][0] = 1;
+    }
+    for (int i = 0; i < 1024; i += 2) munmap(pages[i], 4096);
+    char *a = malloc(size);
+    if (!a) return 2;
+    for (size_t i = 0; i < size; i++) a[i] = 'a' + i % 26;
+    size_t done = 0;
+    while (done < size) {
+        ssize_t n = write(1, a + done, size - done);
+        if (n <= 0) return 1;
+        done += n;
+    }
+    return 0;
+}
+"#;
+
+#[test]
+fn a_large_write_from_scattered_pages_arrives_whole() {
+    let bundle = c_program_fixture("scattered", SCATTERED_WRITE_C, &["-static", "-O2"]);
+    let out = both("a 1 MiB write from scattered pages", &bundle, None);
+    let expected: Vec<u8> = (0..1 << 20).map(|i| b'a' + (i % 26) as u8).collect();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        out.stdout == expected,
+        "stdout is {} bytes, not the 1 MiB written",
+        out.stdout.len()
+    );
+}

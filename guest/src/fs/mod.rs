@@ -30,8 +30,6 @@ pub struct Devices {
     pub stdio: Option<usize>,
     pub stderr: Option<usize>,
     pub rng: Rng,
-    /// The socket namespace (bound names and ports).
-    pub net: crate::net::Net,
     /// Set by a read that answers `EBLOCK` until stdin has input: the
     /// scheduler then also wakes the reader when the console has some.
     pub want_stdin: bool,

@@ -79,6 +79,8 @@ pub struct Kernel {
     pub futexes: crate::task::futex::Futexes,
     /// Advisory file locks of every process.
     pub locks: crate::fs::locks::Locks,
+    /// The socket namespace: bound names and ports.
+    pub net: crate::net::Net,
     /// What a call answering `EBLOCK` waits for besides the event counter.
     pub block_deadline: Option<u64>,
     pub block_stdin: bool,
@@ -321,7 +323,6 @@ pub fn boot(boot_info: u64) -> ! {
         stdio: None,
         stderr: None,
         rng: Rng::new(seed, hardware_rng),
-        net: crate::net::Net::default(),
         want_stdin: false,
     };
     // Device index in BootInfo -> file system index.
@@ -438,6 +439,7 @@ pub fn boot(boot_info: u64) -> ! {
         cur: INIT,
         futexes: crate::task::futex::Futexes::default(),
         locks: crate::fs::locks::Locks::default(),
+        net: crate::net::Net::default(),
         block_deadline: None,
         block_stdin: false,
         switch_pending: false,

@@ -571,25 +571,27 @@ impl File for Socket {
             .recv(buf, self.nonblocking(), false, 0)
             .map(|r| r.len)
     }
-    fn write(&self, dev: &mut Devices, buf: &[u8]) -> Result<usize> {
+    fn write(&self, _dev: &mut Devices, buf: &[u8]) -> Result<usize> {
         let core = &self.core;
         let cred = core.cred.get();
         let nonblocking = self.nonblocking();
-        // A UDP socket's peer is found by address at every send.
+        // A UDP socket sends to the peer bound when it connected (write(2)
+        // itself goes through the kernel's send path, which finds the peer
+        // bound now).
         if core.kind == Kind::Dgram && core.family != AF_UNIX {
             let remote = core.remote.borrow().clone();
-            let Some(SockAddr::Inet { ip, port, .. }) = remote else {
+            let Some(SockAddr::Inet { ip, .. }) = remote else {
                 return Err(Errno::EDESTADDRREQ);
             };
             let from = match core.local.borrow().clone() {
                 Some(SockAddr::Inet {
-                    ip: bound, port: p, ..
+                    ip: bound, port, ..
                 }) if bound.is_unspecified() => {
-                    Some(SockAddr::inet(loopback_source(core.family, &ip), p))
+                    Some(SockAddr::inet(loopback_source(core.family, &ip), port))
                 }
                 other => other,
             };
-            let Some(target) = dev.net.find_port(core.protocol, ip, port) else {
+            let Some(target) = core.peer() else {
                 core.fail(Errno::ECONNREFUSED);
                 return Ok(buf.len());
             };

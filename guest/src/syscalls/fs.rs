@@ -326,6 +326,10 @@ impl Kernel {
 
     pub fn sys_write(&mut self, fd: i32, buf: u64, len: u64) -> Result<u64> {
         let file = self.proc_mut().fds.file(fd)?;
+        if crate::net::socket::socket_of(&*file).is_some() {
+            // write(2) on a socket is send(2) without flags, as on Linux.
+            return self.sys_sendto(fd, buf, len, 0, 0, 0);
+        }
         let buf = self.user_buf(buf, len as usize)?;
         file.write(&mut self.dev, buf).map(|n| n as u64)
     }

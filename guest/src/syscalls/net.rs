@@ -159,7 +159,7 @@ impl Kernel {
                 UnixKey::Path(walk.node)
             }
         };
-        self.dev.net.unix(&key).ok_or(Errno::ECONNREFUSED)
+        self.net.unix(&key).ok_or(Errno::ECONNREFUSED)
     }
 
     /// An inet destination: the address must suit the socket's family,
@@ -207,11 +207,11 @@ impl Kernel {
                 } else {
                     Ip::V4([0; 4])
                 };
-                let port = self.dev.net.bind_port(core, wildcard, 0)?;
+                let port = self.net.bind_port(core, wildcard, 0)?;
                 *core.local.borrow_mut() = Some(SockAddr::inet(wildcard, port));
                 (wildcard, port)
             }
-            _ => (Ip::V4([0; 4]), self.dev.net.client_port()),
+            _ => (Ip::V4([0; 4]), self.net.client_port()),
         };
         let ip = if ip.is_unspecified() {
             loopback_source(core.family, to)
@@ -311,7 +311,7 @@ impl Kernel {
         match (core.family, addr) {
             (AF_UNIX, SockAddr::Unix(name)) => {
                 let name = match name {
-                    UnixName::Unnamed => UnixName::Abstract(self.dev.net.autobind_name()?),
+                    UnixName::Unnamed => UnixName::Abstract(self.net.autobind_name()?),
                     other => other,
                 };
                 let key = match &name {
@@ -319,7 +319,7 @@ impl Kernel {
                     UnixName::Abstract(n) => UnixKey::Abstract(n.clone()),
                     UnixName::Unnamed => return Err(Errno::EINVAL),
                 };
-                self.dev.net.bind_unix(key, &core)?;
+                self.net.bind_unix(key, &core)?;
                 *core.local.borrow_mut() = Some(SockAddr::Unix(name));
             }
             (AF_UNIX, _) => return Err(Errno::EINVAL),
@@ -334,7 +334,7 @@ impl Kernel {
                 if !ip.is_local() {
                     return Err(Errno::EADDRNOTAVAIL);
                 }
-                let port = self.dev.net.bind_port(&core, ip, port)?;
+                let port = self.net.bind_port(&core, ip, port)?;
                 *core.local.borrow_mut() = Some(SockAddr::inet(ip, port));
             }
             (AF_INET, _) => return Err(Errno::EAFNOSUPPORT),
@@ -387,7 +387,7 @@ impl Kernel {
             } else {
                 Ip::V4([0; 4])
             };
-            let port = self.dev.net.bind_port(&core, wildcard, 0)?;
+            let port = self.net.bind_port(&core, wildcard, 0)?;
             *core.local.borrow_mut() = Some(SockAddr::inet(wildcard, port));
         }
         core.listen(backlog, self.ucred(true))?;
@@ -432,7 +432,7 @@ impl Kernel {
             return Ok(0);
         }
         let (ip, port) = self.inet_destination(&core, &addr)?;
-        let Some(listener) = self.dev.net.find_port(IPPROTO_TCP, ip, port) else {
+        let Some(listener) = self.net.find_port(IPPROTO_TCP, ip, port) else {
             if nonblocking {
                 core.connect_started.set(true);
                 core.fail(Errno::ECONNREFUSED);
@@ -478,8 +478,13 @@ impl Kernel {
         } else {
             let (ip, port) = self.inet_destination(core, &addr)?;
             self.inet_source(core, &ip)?;
-            // UDP finds its peer by address at every send.
-            (alloc::rc::Weak::new(), SockAddr::inet(ip, port))
+            // The socket bound there now; a send by address (send, sendto,
+            // write) finds whoever is bound at its time.
+            let target = self.net.find_port(core.protocol, ip, port);
+            let peer = target
+                .as_ref()
+                .map_or_else(alloc::rc::Weak::new, Rc::downgrade);
+            (peer, SockAddr::inet(ip, port))
         };
         *core.state.borrow_mut() = State::Associated { peer };
         *core.remote.borrow_mut() = Some(remote);
@@ -571,7 +576,7 @@ impl Kernel {
         // set them.
         let hops = core.option(SOL_IPV6, IPV6_UNICAST_HOPS).unwrap_or(64);
         let tclass = core.option(SOL_IPV6, IPV6_TCLASS).unwrap_or(0);
-        match self.dev.net.find_port(core.protocol, ip, port) {
+        match self.net.find_port(core.protocol, ip, port) {
             Some(target) => {
                 let mut seg = msg.segment(cred);
                 seg.from = Some(from);

@@ -16,6 +16,7 @@ use capsa_abi::control;
 const RX: usize = 0;
 const TX: usize = 1;
 const RX_BUF: usize = 64 * 1024;
+const PAGE: usize = 4096;
 
 pub struct Console {
     dev: MmioDevice,
@@ -32,7 +33,7 @@ impl Console {
     pub unsafe fn new(base: u64) -> core::result::Result<Self, InitError> {
         // SAFETY: per the caller's contract.
         let dev = unsafe { MmioDevice::new(base) };
-        let queues = dev.init(2, 8)?;
+        let queues = dev.init(2, 256)?;
         if queues.len() < 2 {
             return Err(InitError::NotVirtio);
         }
@@ -46,8 +47,16 @@ impl Console {
     }
 
     pub fn write(&mut self, data: &[u8]) -> Result<usize> {
-        // Large writes go out in one descriptor per 1 MiB: few exits.
-        for chunk in data.chunks(1 << 20) {
+        // A buffer becomes one descriptor per physically contiguous run of
+        // it, at worst one per page (frames are not contiguous): each
+        // request spans no more pages than the queue has descriptors.
+        let pages = usize::from(self.queues[TX].size()).max(1);
+        let mut rest = data;
+        while !rest.is_empty() {
+            let start = rest.as_ptr() as usize;
+            let end = (start & !(PAGE - 1)) + pages * PAGE;
+            let (chunk, tail) = rest.split_at((end - start).min(rest.len()));
+            rest = tail;
             if !self.queues[TX].push(&[Buf::readable(chunk)]) {
                 return Err(Errno::EIO);
             }
