@@ -12,6 +12,8 @@ use serde_json::json;
 
 const PYTHON: &str = "/usr/bin/python3";
 const NODE: &str = "/usr/bin/node";
+const JAVA: &str = "/usr/bin/java";
+const JAVAC: &str = "/usr/bin/javac";
 
 /// The longest one run may take before it is killed, in seconds.
 const RUN_LIMIT_SECS: u32 = 60;
@@ -424,5 +426,176 @@ fn node_http_server_and_client() {
         &host_fixture(&[NODE, "-e", NODE_HTTP_JS]),
         "node http",
         "IPv6\n127.0.0.1 200 node says /p\n::1 200 node says /p\nlocalhost 200 node says /p\n",
+    );
+}
+
+/// A Go (current toolchain) net/http server answering 16 concurrent
+/// clients, UDP over IPv6, a refused dial and a unix socket echo: Go's
+/// runtime polls every socket with edge-triggered epoll.
+const GO_NET: &str = r#"package main
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"sync"
+)
+
+func main() {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "go says %s", r.URL.Path)
+	})}
+	go srv.Serve(ln)
+	url := "http://" + ln.Addr().String()
+	var wg sync.WaitGroup
+	results := make([]string, 16)
+	for i := 0; i < 16; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			resp, err := http.Get(fmt.Sprintf("%s/r%d", url, i))
+			if err != nil {
+				results[i] = err.Error()
+				return
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			results[i] = fmt.Sprintf("%d %s", resp.StatusCode, b)
+		}(i)
+	}
+	wg.Wait()
+	for _, r := range results {
+		fmt.Println(r)
+	}
+	u, _ := net.ListenPacket("udp6", "[::1]:0")
+	c, _ := net.Dial("udp6", u.LocalAddr().String())
+	c.Write([]byte("udp over v6"))
+	buf := make([]byte, 64)
+	n, from, _ := u.ReadFrom(buf)
+	fmt.Println(string(buf[:n]), from.(*net.UDPAddr).IP)
+	_, err = net.Dial("tcp", "127.0.0.1:1")
+	fmt.Println("refused:", err != nil)
+	us, _ := net.Listen("unix", "/tmp/go.sock")
+	go func() { conn, _ := us.Accept(); io.Copy(conn, conn); conn.Close() }()
+	uc, _ := net.Dial("unix", "/tmp/go.sock")
+	uc.Write([]byte("unix echo"))
+	n, _ = uc.Read(buf)
+	fmt.Println(string(buf[:n]))
+}
+"#;
+
+#[test]
+fn go_net_http_server_and_clients() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let binary = build_go(dir.path(), "gonet", GO_NET);
+    let mut bundle = host_fixture(&["/bin/gonet"]);
+    std::fs::copy(&binary, bundle.rootfs().join("bin/gonet")).expect("copy the program");
+    bundle.edit(|c| c["process"]["env"] = json!(["PATH=/bin", "HOME=/tmp"]));
+    let mut expected: String = (0..16).map(|i| format!("200 go says /r{i}\n")).collect();
+    expected.push_str("udp over v6 ::1\nrefused: true\nunix echo\n");
+    check(&bundle, "Go net/http", &expected);
+}
+
+/// The JDK's HttpServer answering its HttpClient over loopback.
+const JAVA_NET: &str = r#"import com.sun.net.httpserver.HttpServer;
+import java.net.InetSocketAddress;
+import java.net.URI;
+import java.net.http.HttpClient;
+import java.net.http.HttpRequest;
+import java.net.http.HttpResponse;
+public class Net {
+    public static void main(String[] args) throws Exception {
+        HttpServer s = HttpServer.create(new InetSocketAddress("127.0.0.1", 0), 0);
+        s.createContext("/", ex -> {
+            byte[] body = ("java says " + ex.getRequestURI().getPath()).getBytes();
+            ex.sendResponseHeaders(200, body.length);
+            ex.getResponseBody().write(body);
+            ex.close();
+        });
+        s.start();
+        HttpClient c = HttpClient.newHttpClient();
+        for (int i = 0; i < 3; i++) {
+            HttpResponse<String> r = c.send(HttpRequest.newBuilder(URI.create("http://127.0.0.1:" + s.getAddress().getPort() + "/j" + i)).build(), HttpResponse.BodyHandlers.ofString());
+            System.out.println(r.statusCode() + " " + r.body());
+        }
+        s.stop(0);
+    }
+}
+"#;
+
+#[test]
+fn java_http_server_and_client() {
+    assert!(
+        std::path::Path::new(JAVAC).exists(),
+        "{JAVAC} is missing: run scripts/install-deps.sh"
+    );
+    let classes = tempfile::tempdir().expect("tempdir");
+    std::fs::write(classes.path().join("Net.java"), JAVA_NET).expect("write Net.java");
+    let out = std::process::Command::new("timeout")
+        .args(["-k", "10", "300", JAVAC, "-d", "."])
+        .arg("Net.java")
+        .current_dir(classes.path())
+        .output()
+        .expect("run javac");
+    assert!(out.status.success(), "javac failed: {}", show(&out));
+    let mut bundle = host_fixture(&[JAVA, "-Xmx128m", "-XX:+UseSerialGC", "-cp", "/app", "Net"]);
+    // /usr/bin/java links through /etc/alternatives, and the JDK's
+    // lib/jvm.cfg and conf/ files link into /etc/java-17-openjdk.
+    bundle.edit(|c| {
+        let mounts = c["mounts"].as_array_mut().expect("mounts");
+        for dir in ["/etc/alternatives", "/etc/java-17-openjdk"] {
+            mounts.push(json!({
+                "destination": dir, "type": "bind", "source": dir, "options": ["rbind", "ro"]
+            }));
+        }
+    });
+    let app = bundle.rootfs().join("app");
+    std::fs::create_dir_all(&app).expect("mkdir /app");
+    std::fs::copy(classes.path().join("Net.class"), app.join("Net.class")).expect("copy the class");
+    check(
+        &bundle,
+        "Java HttpServer and HttpClient",
+        "200 java says /j0\n200 java says /j1\n200 java says /j2\n",
+    );
+}
+
+/// Route netlink: the interfaces and addresses of a namespace with only
+/// loopback, as glibc (if_nameindex, getaddrinfo with AI_ADDRCONFIG) and
+/// a raw dump see them.
+const NETLINK_PY: &str = r#"
+import socket, struct
+print(socket.if_nameindex())
+print(sorted({a[4][0] for a in socket.getaddrinfo('localhost', 80, flags=socket.AI_ADDRCONFIG, type=socket.SOCK_STREAM)}))
+s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+s.bind((0, 0))
+pid = s.getsockname()[0]
+# RTM_GETADDR dump of all families
+s.send(struct.pack('=LHHLLB3x', 20, 22, 0x301, 9, 0, 0))
+kinds = []
+while True:
+    data, addr = s.recvfrom(65536)
+    at = 0
+    while at < len(data):
+        length, kind, flags, seq, port = struct.unpack_from('=LHHLL', data, at)
+        if kind == 20:
+            family, prefix, _, scope, index = struct.unpack_from('=BBBBi', data, at + 16)
+            kinds.append((family, prefix, scope, index, seq, port == pid))
+        at += (length + 3) & ~3
+    if kind == 3:
+        break
+print(addr, kinds)
+"#;
+
+#[test]
+fn route_netlink_shows_loopback() {
+    check(
+        &python_fixture(NETLINK_PY),
+        "route netlink",
+        "[(1, 'lo')]\n['127.0.0.1', '::1']\n(0, 0) [(2, 8, 254, 1, 9, True), (10, 128, 254, 1, 9, True)]\n",
     );
 }

@@ -10,6 +10,7 @@ pub const AF_UNSPEC: u16 = 0;
 pub const AF_UNIX: u16 = 1;
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
+pub const AF_NETLINK: u16 = 16;
 
 /// `sizeof(struct sockaddr_un)`: the family and 108 bytes of path.
 pub const SUN_LEN: usize = 110;
@@ -93,6 +94,11 @@ pub enum SockAddr {
         flow: u32,
         scope: u32,
     },
+    /// `AF_NETLINK`: a port (0: the kernel) and multicast groups.
+    Netlink {
+        port: u32,
+        groups: u32,
+    },
     /// `AF_UNSPEC`: connect with it dissolves a datagram association.
     Unspec,
 }
@@ -155,6 +161,13 @@ impl SockAddr {
                     scope,
                 })
             }
+            AF_NETLINK => {
+                let b = raw.get(..12).ok_or(Errno::EINVAL)?;
+                Ok(SockAddr::Netlink {
+                    port: u32::from_le_bytes([b[4], b[5], b[6], b[7]]),
+                    groups: u32::from_le_bytes([b[8], b[9], b[10], b[11]]),
+                })
+            }
             _ => Err(Errno::EAFNOSUPPORT),
         }
     }
@@ -164,6 +177,13 @@ impl SockAddr {
     pub fn encode(&self, family: u16) -> Vec<u8> {
         match self {
             SockAddr::Unspec => AF_UNSPEC.to_le_bytes().to_vec(),
+            SockAddr::Netlink { port, groups } => {
+                let mut out = AF_NETLINK.to_le_bytes().to_vec();
+                out.extend_from_slice(&[0, 0]);
+                out.extend_from_slice(&port.to_le_bytes());
+                out.extend_from_slice(&groups.to_le_bytes());
+                out
+            }
             SockAddr::Unix(name) => {
                 let mut out = AF_UNIX.to_le_bytes().to_vec();
                 match name {

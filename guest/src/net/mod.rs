@@ -7,6 +7,7 @@
 //! system node bind created), abstract names, and bound ports.
 
 pub mod addr;
+pub mod netlink;
 pub mod queue;
 pub mod socket;
 
@@ -141,6 +142,8 @@ pub struct Net {
     ports: BTreeMap<(u32, u16), Vec<Weak<Core>>>,
     next_port: u16,
     next_autobind: u32,
+    /// Bound netlink sockets by port id.
+    netlink: BTreeMap<u32, Weak<Core>>,
 }
 
 /// Which of TCP, UDP and UDP-Lite an inet socket speaks (each has ports
@@ -179,6 +182,27 @@ impl Net {
             }
         }
         Err(Errno::EADDRINUSE)
+    }
+
+    /// Binds a netlink socket to `port`; 0 picks the process id if free
+    /// (as Linux's autobind), else a free negative one.
+    pub fn bind_netlink(&mut self, core: &Rc<Core>, port: u32, tgid: i32) -> Result<u32> {
+        self.netlink.retain(|_, w| w.strong_count() > 0);
+        let port = if port != 0 {
+            port
+        } else if !self.netlink.contains_key(&(tgid as u32)) {
+            tgid as u32
+        } else {
+            (1..=u32::MAX / 2)
+                .map(|n| (-(n as i64)) as u32)
+                .find(|p| !self.netlink.contains_key(p))
+                .ok_or(Errno::EADDRINUSE)?
+        };
+        if self.netlink.contains_key(&port) {
+            return Err(Errno::EADDRINUSE);
+        }
+        self.netlink.insert(port, Rc::downgrade(core));
+        Ok(port)
     }
 
     fn live(&mut self, proto: u32, port: u16) -> Vec<Rc<Core>> {

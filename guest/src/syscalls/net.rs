@@ -10,7 +10,8 @@ use crate::errno::{Errno, Result};
 use crate::fs::fd::{File, O_CLOEXEC, O_NONBLOCK, O_RDWR};
 use crate::fs::fuse::S_IFMT;
 use crate::kernel::Kernel;
-use crate::net::addr::{Ip, SockAddr, UnixName, AF_INET, AF_INET6, AF_UNIX};
+use crate::net::addr::{Ip, SockAddr, UnixName, AF_INET, AF_INET6, AF_NETLINK, AF_UNIX};
+use crate::net::netlink::NETLINK_ROUTE;
 use crate::net::queue::{Segment, Ucred};
 use crate::net::socket::{
     family_accepts, loopback_source, send_copy, socket_of, unnamed, Core, Kind, State, SEND_CHUNK,
@@ -227,6 +228,17 @@ impl Kernel {
             return Err(Errno::EINVAL);
         }
         let family = domain as u16;
+        if family == AF_NETLINK && domain <= u32::from(u16::MAX) {
+            // Raw and datagram netlink sockets are the same thing.
+            if !matches!(typ & SOCK_TYPE_MASK, 2 | 3) {
+                return Err(ESOCKTNOSUPPORT);
+            }
+            if protocol != NETLINK_ROUTE {
+                return Err(Errno::EPROTONOSUPPORT);
+            }
+            let core = Rc::new(Core::new(AF_NETLINK, Kind::Dgram, 0, self.ucred(true)));
+            return self.install_socket(core, flags);
+        }
         let kind = Kind::from_type(typ & SOCK_TYPE_MASK);
         let (kind, protocol) = match (family, kind) {
             _ if domain > u32::from(u16::MAX) => return Err(Errno::EAFNOSUPPORT),
@@ -323,6 +335,13 @@ impl Kernel {
                 *core.local.borrow_mut() = Some(SockAddr::Unix(name));
             }
             (AF_UNIX, _) => return Err(Errno::EINVAL),
+            (AF_NETLINK, SockAddr::Netlink { port, groups }) => {
+                let port = self
+                    .net
+                    .bind_netlink(&core, port, self.procs.tgid(self.cur))?;
+                *core.local.borrow_mut() = Some(SockAddr::Netlink { port, groups });
+            }
+            (AF_NETLINK, _) => return Err(Errno::EINVAL),
             (_, SockAddr::Inet { ip, port, .. }) => {
                 if !family_accepts(core.family, &ip) {
                     return Err(if core.family == AF_INET {
@@ -465,6 +484,14 @@ impl Kernel {
             *core.remote.borrow_mut() = None;
             return Ok(0);
         }
+        if core.family == AF_NETLINK {
+            // Only the kernel (port 0) answers.
+            let SockAddr::Netlink { port: 0, .. } = addr else {
+                return Err(Errno::ECONNREFUSED);
+            };
+            *core.remote.borrow_mut() = Some(addr);
+            return Ok(0);
+        }
         let (peer, remote) = if core.family == AF_UNIX {
             let SockAddr::Unix(name) = addr else {
                 return Err(Errno::EINVAL);
@@ -523,6 +550,9 @@ impl Kernel {
     /// MSG_NOSIGNAL.
     fn send_message(&mut self, fd: i32, mut msg: Outgoing, flags: u32) -> Result<usize> {
         let (core, nonblocking) = self.socket(fd)?;
+        if core.family == AF_NETLINK {
+            return self.send_netlink(&core, msg);
+        }
         let nonblocking = nonblocking || flags & MSG_DONTWAIT != 0;
         if flags & MSG_OOB != 0 && core.family == AF_UNIX {
             return Err(Errno::EOPNOTSUPP);
@@ -550,6 +580,34 @@ impl Kernel {
             self.post_signal(cur, crate::task::signal::SIGPIPE);
         }
         result
+    }
+
+    /// A request to the kernel's route netlink: answered at once into the
+    /// socket's own queue, from port 0.
+    fn send_netlink(&mut self, core: &Rc<Core>, msg: Outgoing) -> Result<usize> {
+        if !matches!(msg.to, None | Some(SockAddr::Netlink { port: 0, .. })) {
+            return Err(Errno::ECONNREFUSED);
+        }
+        let port = match core.local.borrow().clone() {
+            Some(SockAddr::Netlink { port, .. }) => Some(port),
+            _ => None,
+        };
+        let port = match port {
+            Some(port) => port,
+            None => {
+                let port = self.net.bind_netlink(core, 0, self.procs.tgid(self.cur))?;
+                *core.local.borrow_mut() = Some(SockAddr::Netlink { port, groups: 0 });
+                port
+            }
+        };
+        let reply = crate::net::netlink::respond(&msg.data, port);
+        if !reply.is_empty() {
+            let mut seg = Segment::new(reply, self.ucred(false));
+            seg.cred = Ucred::default();
+            seg.from = Some(SockAddr::Netlink { port: 0, groups: 0 });
+            core.rx.borrow_mut().push(seg);
+        }
+        Ok(msg.data.len())
     }
 
     fn send_datagram(
@@ -986,6 +1044,7 @@ impl Kernel {
         let (core, _) = self.socket(fd)?;
         let local = core.local.borrow().clone().unwrap_or(match core.family {
             AF_UNIX => unnamed(),
+            AF_NETLINK => SockAddr::Netlink { port: 0, groups: 0 },
             AF_INET6 => SockAddr::inet(Ip::V6([0; 16]), 0),
             _ => SockAddr::inet(Ip::V4([0; 4]), 0),
         });
