@@ -265,6 +265,7 @@ fn process_and_thread_modules_agree() {
 fn socket_server_and_event_loop_modules_agree() {
     check_modules(
         &[
+            "test_socket",
             "test_stat",
             "test_pathlib",
             "test_logging",

@@ -600,3 +600,18 @@ fn route_netlink_shows_loopback() {
         "[(1, 'lo')]\n['127.0.0.1']\n(0, 0) [(2, 8, 254, 1, 9, True), (10, 128, 254, 1, 9, True)]\n",
     );
 }
+
+/// iproute2's `ip` over route netlink: the same interface and addresses
+/// as in a container's namespace with only loopback.
+#[test]
+fn ip_shows_loopback_as_in_a_namespace_of_its_own() {
+    require("/usr/sbin/ip");
+    check(
+        &host_fixture(&["/bin/sh", "-c", "/usr/sbin/ip -o addr; /usr/sbin/ip link"]),
+        "ip addr and ip link",
+        "1: lo    inet 127.0.0.1/8 scope host lo\\       valid_lft forever preferred_lft forever\n\
+         1: lo    inet6 ::1/128 scope host \\       valid_lft forever preferred_lft forever\n\
+         1: lo: <LOOPBACK,UP,LOWER_UP> mtu 65536 qdisc noqueue qlen 1000\n    \
+         link/loopback 00:00:00:00:00:00 brd 00:00:00:00:00:00\n",
+    );
+}

@@ -1,3 +1,6 @@
+//! The guest's network interfaces as programs ask for them: route netlink
+//! and the interface ioctls (`SIOCGIF*`, what `if_nametoindex` uses).
+//!
 //! Route netlink (`AF_NETLINK`, `NETLINK_ROUTE`): the kernel's answers to
 //! the dumps programs ask for to learn the interfaces and their addresses
 //! (glibc's `if_nameindex` and `getaddrinfo` with `AI_ADDRCONFIG`,
@@ -38,10 +41,14 @@ const IFLA_BROADCAST: u16 = 2;
 const IFLA_IFNAME: u16 = 3;
 const IFLA_MTU: u16 = 4;
 const IFLA_TXQLEN: u16 = 13;
+const IFLA_QDISC: u16 = 6;
 const IFLA_OPERSTATE: u16 = 16;
+const IFLA_LINKMODE: u16 = 17;
+const IFLA_GROUP: u16 = 27;
 const IFA_ADDRESS: u16 = 1;
 const IFA_LOCAL: u16 = 2;
 const IFA_LABEL: u16 = 3;
+const IFA_CACHEINFO: u16 = 6;
 const IFA_FLAGS: u16 = 8;
 
 const ARPHRD_LOOPBACK: u16 = 772;
@@ -118,7 +125,10 @@ fn links(out: &mut Vec<u8>, seq: u32, port: u32) {
         .attr(IFLA_TXQLEN, &1000u32.to_le_bytes())
         // IF_OPER_UNKNOWN, as Linux reports for lo.
         .attr(IFLA_OPERSTATE, &[0])
+        .attr(IFLA_LINKMODE, &[0])
         .attr(IFLA_MTU, &65536u32.to_le_bytes())
+        .attr(IFLA_GROUP, &0u32.to_le_bytes())
+        .attr(IFLA_QDISC, b"noqueue\0")
         .attr(IFLA_ADDRESS, &[0; 6])
         .attr(IFLA_BROADCAST, &[0; 6])
         .finish(out);
@@ -141,7 +151,11 @@ fn addresses(out: &mut Vec<u8>, family: u8, seq: u32, port: u32) {
         if fam == AF_INET {
             msg = msg.attr(IFA_LOCAL, addr).attr(IFA_LABEL, b"lo\0");
         }
+        // Preferred and valid lifetimes forever, no timestamps.
+        let mut cache = [0xffu8; 16];
+        cache[8..].fill(0);
         msg.attr(IFA_FLAGS, &IFA_F_PERMANENT.to_le_bytes())
+            .attr(IFA_CACHEINFO, &cache)
             .finish(out);
     }
 }
@@ -202,6 +216,63 @@ pub fn respond(request: &[u8], port: u32) -> Vec<u8> {
     out
 }
 
+pub const SIOCGIFNAME: u32 = 0x8910;
+pub const SIOCGIFCONF: u32 = 0x8912;
+pub const SIOCGIFFLAGS: u32 = 0x8913;
+pub const SIOCGIFADDR: u32 = 0x8915;
+pub const SIOCGIFNETMASK: u32 = 0x891b;
+pub const SIOCGIFMTU: u32 = 0x8921;
+pub const SIOCGIFINDEX: u32 = 0x8933;
+pub const SIOCGIFTXQLEN: u32 = 0x8942;
+/// `sizeof(struct ifreq)`: a 16-byte name, then a 24-byte union.
+pub const IFREQ_SIZE: usize = 40;
+
+/// An IPv4 `struct sockaddr` (16 bytes) of `addr`.
+fn sockaddr_in(addr: [u8; 4]) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    out[..2].copy_from_slice(&u16::from(AF_INET).to_le_bytes());
+    out[4..8].copy_from_slice(&addr);
+    out
+}
+
+/// The interface ioctls on a `struct ifreq`: by name (all but
+/// SIOCGIFNAME, which goes by index). An unknown interface is ENODEV.
+pub fn interface_request(request: u32, ifreq: &mut [u8; IFREQ_SIZE]) -> crate::errno::Result<()> {
+    if request == SIOCGIFNAME {
+        let index = i32::from_le_bytes([ifreq[16], ifreq[17], ifreq[18], ifreq[19]]);
+        if index != LO_INDEX {
+            return Err(Errno::ENODEV);
+        }
+        ifreq[..16].fill(0);
+        ifreq[..2].copy_from_slice(b"lo");
+        return Ok(());
+    }
+    let name_end = ifreq[..16].iter().position(|&b| b == 0).unwrap_or(16);
+    if &ifreq[..name_end] != b"lo" {
+        return Err(Errno::ENODEV);
+    }
+    let value = &mut ifreq[16..];
+    match request {
+        SIOCGIFINDEX => value[..4].copy_from_slice(&LO_INDEX.to_le_bytes()),
+        SIOCGIFFLAGS => value[..2].copy_from_slice(&(LO_FLAGS as u16).to_le_bytes()),
+        SIOCGIFMTU => value[..4].copy_from_slice(&65536u32.to_le_bytes()),
+        SIOCGIFTXQLEN => value[..4].copy_from_slice(&1000u32.to_le_bytes()),
+        SIOCGIFADDR => value[..16].copy_from_slice(&sockaddr_in([127, 0, 0, 1])),
+        SIOCGIFNETMASK => value[..16].copy_from_slice(&sockaddr_in([255, 0, 0, 0])),
+        _ => return Err(Errno::EINVAL),
+    }
+    Ok(())
+}
+
+/// SIOCGIFCONF's records: one `struct ifreq` (name and IPv4 address) per
+/// interface with an IPv4 address.
+pub fn interface_list() -> Vec<u8> {
+    let mut out = alloc::vec![0u8; IFREQ_SIZE];
+    out[..2].copy_from_slice(b"lo");
+    out[16..32].copy_from_slice(&sockaddr_in([127, 0, 0, 1]));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -258,6 +329,29 @@ mod tests {
             42,
         );
         assert_eq!(headers(&reply).len(), 2);
+    }
+
+    #[test]
+    fn interface_ioctls_know_lo_only() {
+        let mut req = [0u8; IFREQ_SIZE];
+        req[..2].copy_from_slice(b"lo");
+        assert_eq!(interface_request(SIOCGIFINDEX, &mut req), Ok(()));
+        assert_eq!(&req[16..20], &1i32.to_le_bytes());
+        let mut by_index = [0u8; IFREQ_SIZE];
+        by_index[16] = 1;
+        assert_eq!(interface_request(SIOCGIFNAME, &mut by_index), Ok(()));
+        assert_eq!(&by_index[..3], b"lo\0");
+        let mut other = [0u8; IFREQ_SIZE];
+        other[..4].copy_from_slice(b"eth0");
+        assert_eq!(
+            interface_request(SIOCGIFINDEX, &mut other),
+            Err(Errno::ENODEV)
+        );
+        by_index[16] = 2;
+        assert_eq!(
+            interface_request(SIOCGIFNAME, &mut by_index),
+            Err(Errno::ENODEV)
+        );
     }
 
     #[test]

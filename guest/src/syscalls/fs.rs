@@ -1335,7 +1335,7 @@ impl Kernel {
                 .map(|_| 0),
             // stdio are pipes or files in both isolation modes, never a terminal.
             TCGETS | TIOCGWINSZ => Err(Errno::ENOTTY),
-            crate::net::FIONREAD | crate::net::SIOCOUTQ
+            crate::net::FIONREAD | crate::net::SIOCOUTQ | 0x8900..=0x89ff
                 if crate::net::socket::socket_of(&*entry.file).is_some() =>
             {
                 self.socket_ioctl(&entry.file, request, arg)

@@ -1214,8 +1214,35 @@ impl Kernel {
         Ok(0)
     }
 
-    /// FIONREAD and SIOCOUTQ of a socket: an int for the caller.
+    /// FIONREAD and SIOCOUTQ of a socket (an int for the caller), and the
+    /// interface ioctls any socket answers (`struct ifreq`).
     pub fn socket_ioctl(&mut self, file: &Rc<dyn File>, request: u32, arg: u64) -> Result<u64> {
+        use crate::net::netlink::{self, IFREQ_SIZE};
+        if request == netlink::SIOCGIFCONF {
+            // struct ifconf: an int length, then a pointer to the records
+            // (none: report the length they need).
+            let conf = self.user_buf_mut(arg, 16)?.to_vec();
+            let room = u32_at(&conf, 0) as usize;
+            let records = u64_at(&conf, 8);
+            let list = netlink::interface_list();
+            let n = if records == 0 {
+                list.len()
+            } else {
+                list.len().min(room / IFREQ_SIZE * IFREQ_SIZE)
+            };
+            if records != 0 && n > 0 {
+                self.put_user(records, &list[..n])?;
+            }
+            self.put_user(arg, &(n as u32).to_le_bytes())?;
+            return Ok(0);
+        }
+        if (0x8900..=0x89ff).contains(&request) {
+            let mut ifreq = [0u8; IFREQ_SIZE];
+            ifreq.copy_from_slice(self.user_buf_mut(arg, IFREQ_SIZE)?);
+            netlink::interface_request(request, &mut ifreq)?;
+            self.put_user(arg, &ifreq)?;
+            return Ok(0);
+        }
         let n = file.ioctl(&mut self.dev, request, arg)?;
         self.put_user(arg, &(n as i32).to_le_bytes())?;
         Ok(0)
