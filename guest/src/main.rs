@@ -189,6 +189,41 @@ capsa_exception_common:
 
 /* The general registers of a SyscallFrame at rsp but rip, rflags, rsp,
    rcx and r11, which each return path restores its own way. */
+.macro save_fpu base
+    mov rax, [rip + CAPSA_XSAVE_MASK]
+    test rax, rax
+    jz 2f
+    /* xsave leaves the header past XSTATE_BV alone; xrstor faults on
+       anything but zeros there. */
+    mov qword ptr [\base + 520], 0
+    mov qword ptr [\base + 528], 0
+    mov qword ptr [\base + 536], 0
+    mov qword ptr [\base + 544], 0
+    mov qword ptr [\base + 552], 0
+    mov qword ptr [\base + 560], 0
+    mov qword ptr [\base + 568], 0
+    mov rdx, rax
+    shr rdx, 32
+    xsave [\base]
+    jmp 3f
+2:
+    fxsave [\base]
+3:
+.endm
+
+.macro restore_fpu base
+    mov rax, [rip + CAPSA_XSAVE_MASK]
+    test rax, rax
+    jz 2f
+    mov rdx, rax
+    shr rdx, 32
+    xrstor [\base]
+    jmp 3f
+2:
+    fxrstor [\base]
+3:
+.endm
+
 .macro pop_frame_gprs
     pop rax
     pop rdi
@@ -229,12 +264,12 @@ capsa_syscall_user:
     push rdi
     push rax
     mov rbx, rsp
-    sub rsp, 512
+    sub rsp, 4096
     and rsp, -64
-    fxsave [rsp]
+    save_fpu rsp
     mov rdi, rbx
     call capsa_syscall
-    fxrstor [rsp]
+    restore_fpu rsp
     mov rsp, rbx
 capsa_pop_user:
     pop_frame_gprs
@@ -250,7 +285,7 @@ capsa_pop_user:
    rflags (as after a syscall). */
 .global capsa_return_user
 capsa_return_user:
-    fxrstor [rsi]
+    restore_fpu rsi
     mov rsp, rdi
     jmp capsa_pop_user
 
@@ -261,7 +296,7 @@ capsa_return_user:
    stub, which iretqs through that frame: 4 emulated instructions. */
 .global capsa_return_full
 capsa_return_full:
-    fxrstor [rsi]
+    restore_fpu rsi
     mov rax, [rdi + 104]
     mov [rip + CAPSA_IRET_FRAME], rax
     mov rax, [rdi + 112]
@@ -313,9 +348,9 @@ capsa_fault_user:
     push rbx
     push rax
     mov rdi, rsp
-    sub rsp, 512
+    sub rsp, 4096
     and rsp, -64
-    fxsave [rsp]
+    save_fpu rsp
     mov rsi, rsp
     call capsa_fault
     ud2
@@ -357,6 +392,10 @@ CAPSA_IRET_FRAME:
     .quad 0, 0x2B, 0x2, 0, 0x23
 .global CAPSA_FSGSBASE
 CAPSA_FSGSBASE:
+    .quad 0
+/* The XSAVE components tasks' vector state is saved with (0: fxsave). */
+.global CAPSA_XSAVE_MASK
+CAPSA_XSAVE_MASK:
     .quad 0
 .global CAPSA_STEAL_TIME_ON
 CAPSA_STEAL_TIME_ON:

@@ -161,6 +161,34 @@ mod machine {
     /// that catches the application resumes the vCPU at `capsa_fault_user`
     /// on the fault stack with the CPU-style frame the exception stubs
     /// leave, so it takes the fault path with no CPL0 step at all.
+    /// XCR0 if the CPU has XSAVE and it is enabled (CPUID.1:ECX.OSXSAVE).
+    pub fn xcr0() -> Option<u64> {
+        let leaf1 = core::arch::x86_64::__cpuid(1);
+        if leaf1.ecx & (1 << 27) == 0 {
+            return None;
+        }
+        let (lo, hi): (u32, u32);
+        // SAFETY: OSXSAVE is set, so xgetbv of XCR0 is valid at any
+        // privilege level and only reads.
+        unsafe { core::arch::asm!("xgetbv", in("ecx") 0, out("eax") lo, out("edx") hi) };
+        Some(u64::from(hi) << 32 | u64::from(lo))
+    }
+
+    /// (size, offset) of XSAVE component `component` in the standard format.
+    pub fn xsave_component(component: u32) -> (u32, u32) {
+        let leaf = core::arch::x86_64::__cpuid_count(0xd, component);
+        (leaf.eax, leaf.ebx)
+    }
+
+    pub fn set_xsave_mask(mask: u64) {
+        extern "C" {
+            static mut CAPSA_XSAVE_MASK: u64;
+        }
+        // SAFETY: the trampolines only read this word, and it is set once
+        // at boot before any task runs.
+        unsafe { core::ptr::addr_of_mut!(CAPSA_XSAVE_MASK).write_volatile(mask) };
+    }
+
     pub fn enable_ticks() {
         extern "C" {
             static CAPSA_FAULT_STACK_TOP: u8;
@@ -316,19 +344,89 @@ impl SyscallFrame {
     }
 }
 
-/// An `fxsave` image, aligned as `fxrstor` requires.
+/// Room for a task's x87, SSE and vector state: an `xsave` image of the
+/// components in [`xsave_mask`] (AVX and AVX-512 take 2.7 KiB), or an
+/// `fxsave` image in its first 512 bytes on CPUs without XSAVE.
+pub const FX_SIZE: usize = 4096;
+/// Where an xsave image's header starts (after the legacy region).
+const XSAVE_HEADER: usize = 512;
+
+/// A task's FPU and vector registers, aligned as `xsave` requires.
+///
+/// The kernel must save everything a program may hold in registers: on
+/// this platform the guest sees the host's CPUID and XCR0 (PVM does not
+/// trap CPUID), so programs use AVX and AVX-512, and a context switch that
+/// kept only SSE state would hand one task's upper vector halves to the next.
 #[repr(C, align(64))]
 #[derive(Clone, Copy)]
-pub struct FxArea(pub [u8; 512]);
+pub struct FxArea(pub [u8; FX_SIZE]);
 
 impl FxArea {
-    /// The state after `fninit` and a reset MXCSR: what a new program starts with.
+    /// The state after `fninit` and a reset MXCSR: what a new program
+    /// starts with (the vector components in their initial state).
     pub fn initial() -> Self {
-        let mut a = [0u8; 512];
+        let mut a = [0u8; FX_SIZE];
         a[0..2].copy_from_slice(&0x037fu16.to_le_bytes());
         a[24..28].copy_from_slice(&0x1f80u32.to_le_bytes());
+        // XSTATE_BV: x87 and SSE from the legacy region, the rest initial.
+        a[XSAVE_HEADER] = 0x3;
         Self(a)
     }
+
+    /// Makes an image a program wrote (a signal frame's, at sigreturn)
+    /// safe to restore: reserved MXCSR bits and a header naming components
+    /// not saved, or the compacted format, would fault in the kernel.
+    pub fn sanitize(&mut self) {
+        let mxcsr = u32::from_le_bytes([self.0[24], self.0[25], self.0[26], self.0[27]]) & 0xffff;
+        self.0[24..28].copy_from_slice(&mxcsr.to_le_bytes());
+        let header = &mut self.0[XSAVE_HEADER..XSAVE_HEADER + 64];
+        let bv = u64::from_le_bytes([
+            header[0], header[1], header[2], header[3], header[4], header[5], header[6], header[7],
+        ]) & xsave_mask();
+        header.fill(0);
+        header[..8].copy_from_slice(&bv.to_le_bytes());
+    }
+}
+
+static XSAVE_SIZE: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(512);
+static XSAVE_MASK: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// The XSAVE components saved per task (0: fxsave is used).
+pub fn xsave_mask() -> u64 {
+    XSAVE_MASK.load(core::sync::atomic::Ordering::Relaxed)
+}
+
+/// How many bytes of an [`FxArea`] hold state (what a signal frame
+/// carries): 512 with fxsave, else the end of the last saved component.
+pub fn fpu_size() -> usize {
+    XSAVE_SIZE.load(core::sync::atomic::Ordering::Relaxed)
+}
+
+/// Chooses how task state is saved: `xsave` of every user component XCR0
+/// enables (x87, SSE, AVX, AVX-512, PKRU) that fits an [`FxArea`] when the
+/// CPU has XSAVE enabled, else `fxsave`. AMX tiles are left out: Linux
+/// too grants them only on request (arch_prctl), which the guest does not.
+pub fn init_fpu() {
+    let Some(xcr0) = machine::xcr0() else {
+        return;
+    };
+    let mut mask = xcr0 & 0x2e7;
+    let mut size = XSAVE_HEADER + 64;
+    for component in 2..10 {
+        if mask & (1 << component) == 0 {
+            continue;
+        }
+        let (len, offset) = machine::xsave_component(component);
+        let end = offset as usize + len as usize;
+        if len == 0 || end > FX_SIZE {
+            mask &= !(1 << component);
+        } else {
+            size = size.max(end);
+        }
+    }
+    XSAVE_SIZE.store((size + 63) & !63, core::sync::atomic::Ordering::Relaxed);
+    XSAVE_MASK.store(mask, core::sync::atomic::Ordering::Relaxed);
+    machine::set_xsave_mask(mask);
 }
 
 pub const MSR_FS_BASE: u32 = 0xC000_0100;
@@ -417,6 +515,13 @@ mod machine {
         0
     }
     pub fn enable_ticks() {}
+    pub fn xcr0() -> Option<u64> {
+        None
+    }
+    pub fn xsave_component(_component: u32) -> (u32, u32) {
+        (0, 0)
+    }
+    pub fn set_xsave_mask(_mask: u64) {}
     pub fn enter_user(_entry: u64, _sp: u64) -> ! {
         unreachable!("host tests never enter user mode")
     }

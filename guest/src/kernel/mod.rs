@@ -260,6 +260,7 @@ pub fn boot(boot_info: u64) -> ! {
     // SAFETY: the VMM wrote a BootInfo at this address (checked to be in the
     // boot data region, identity mapped); it is read once and copied.
     let info: BootInfo = unsafe { core::ptr::read_volatile(boot_info as *const BootInfo) };
+    arch::init_fpu();
     if !info.is_valid() {
         fatal(format_args!(
             "bad boot info (magic {:#x}, version {})",
@@ -798,7 +799,7 @@ static FAULT_RESUME: FaultResume = FaultResume(UnsafeCell::new((
         rcx: 0,
         r11: 0,
     },
-    arch::FxArea([0; 512]),
+    arch::FxArea([0; arch::FX_SIZE]),
 )));
 
 fn signal_for(frame: &ExceptionFrame) -> u32 {

@@ -24,7 +24,7 @@ pub const SIGCHLD: u32 = 17;
 /// # Safety
 /// `frame` must be the frame `capsa_syscall_user` passed to the kernel.
 pub unsafe fn fx_of(frame: *const SyscallFrame) -> &'static mut FxArea {
-    let at = (frame as usize - 512) & !63;
+    let at = (frame as usize - crate::arch::FX_SIZE) & !63;
     // SAFETY: per the contract, the trampoline's fxsave image is there,
     // 64-byte aligned, on the kernel stack below the frame.
     unsafe { &mut *(at as *mut FxArea) }

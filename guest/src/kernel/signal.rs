@@ -148,7 +148,7 @@ impl Kernel {
             frame.rsp
         };
         let (at, fp) = frame_layout(sp);
-        self.put_user(fp, &fx.0)?;
+        self.put_user(fp, &fx.0[..crate::arch::fpu_size()])?;
         let mut mc = mcontext(frame);
         mc[MC_OLDMASK] = self
             .thread()

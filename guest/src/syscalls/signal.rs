@@ -201,14 +201,13 @@ impl Kernel {
         let mask = self.get_u64(uc + UC_SIGMASK)?;
         let fp = mc[MC_FPSTATE];
         if fp != 0 {
-            let image = self.user_buf(fp, 512)?;
+            let size = crate::arch::fpu_size();
+            let image = self.user_buf(fp, size)?;
             // SAFETY: `frame` is the trampoline's (sys_rt_sigreturn is only
-            // reached from `dispatch`), so its fxsave image is below it.
+            // reached from `dispatch`), so its FPU image is below it.
             let fx = unsafe { crate::kernel::sched::fx_of(frame) };
-            fx.0.copy_from_slice(image);
-            // Reserved MXCSR bits would make fxrstor fault.
-            let mxcsr = u32::from_le_bytes(fx.0[24..28].try_into().unwrap_or([0; 4])) & 0xffff;
-            fx.0[24..28].copy_from_slice(&mxcsr.to_le_bytes());
+            fx.0[..size].copy_from_slice(image);
+            fx.sanitize();
         }
         self.thread_mut().sigmask.mask = mask & !UNBLOCKABLE;
         restore_mcontext(frame, &mc);

@@ -114,10 +114,11 @@ pub fn restore_mcontext(f: &mut SyscallFrame, m: &[u64; 32]) {
 }
 
 /// Where the frame goes below `sp`: (frame address, fpstate address). The
-/// red zone is skipped, the fxsave image 64-byte aligned, and the handler
-/// entered as if called (`rsp + 8` 16-byte aligned).
+/// red zone is skipped, the FPU and vector image (`arch::fpu_size`)
+/// 64-byte aligned, and the handler entered as if called (`rsp + 8`
+/// 16-byte aligned).
 pub fn frame_layout(sp: u64) -> (u64, u64) {
-    let fp = (sp - 128 - 512) & !63;
+    let fp = (sp - 128 - crate::arch::fpu_size() as u64) & !63;
     let frame = ((fp - FRAME_SIZE) & !15) - 8;
     (frame, fp)
 }
