@@ -1953,3 +1953,101 @@ fn a_large_write_from_scattered_pages_arrives_whole() {
         out.stdout.len()
     );
 }
+
+/// splice between a pipe and files (with and without offsets), and
+/// copy_file_range between files, as Linux checks and moves them.
+const SPLICE_C: &str = r#"
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+static const char *err(long r) { return r < 0 ? strerror(errno) : "ok"; }
+int main(void) {
+    int src = open("/tmp/src", O_CREAT | O_RDWR | O_TRUNC, 0600);
+    int dst = open("/tmp/dst", O_CREAT | O_RDWR | O_TRUNC, 0600);
+    write(src, "0123456789abcdef", 16);
+    int p[2];
+    pipe(p);
+    off_t off = 4;
+    long n = splice(src, &off, p[1], NULL, 6, 0);
+    printf("file to pipe at 4: %ld, offset now %lld\n", n, (long long)off);
+    printf("file position unmoved: %lld\n", (long long)lseek(src, 0, SEEK_CUR));
+    lseek(src, 10, SEEK_SET);
+    n = splice(src, NULL, p[1], NULL, 100, 0);
+    printf("file to pipe at its position: %ld, position now %lld\n", n, (long long)lseek(src, 0, SEEK_CUR));
+    printf("pipe to file: %zd\n", splice(p[0], NULL, dst, NULL, 5, 0));
+    off = 100;
+    n = splice(p[0], NULL, dst, &off, 100, 0);
+    printf("pipe to file at 100: %ld, offset now %lld\n", n, (long long)off);
+    char buf[128] = {0};
+    n = pread(dst, buf, 5, 0);
+    printf("dst: %ld %.5s ", n, buf);
+    n = pread(dst, buf, 7, 100);
+    printf("%ld %.7s\n", n, buf);
+    printf("empty pipe, non-blocking: %s\n", err(splice(p[0], NULL, dst, NULL, 5, SPLICE_F_NONBLOCK)));
+    printf("offset on a pipe: %s\n", err(splice(p[0], &off, dst, NULL, 5, 0)));
+    printf("no pipe: %s\n", err(splice(src, NULL, dst, NULL, 5, 0)));
+    close(p[1]);
+    printf("pipe at end of file: %zd\n", splice(p[0], NULL, dst, NULL, 5, 0));
+    off_t in = 2, out = 50;
+    n = copy_file_range(src, &in, dst, &out, 8, 0);
+    printf("copy_file_range: %ld, offsets %lld %lld\n", n, (long long)in, (long long)out);
+    n = pread(dst, buf, 8, 50);
+    printf("%ld %.8s\n", n, buf);
+    lseek(src, 0, SEEK_SET);
+    lseek(dst, 0, SEEK_SET);
+    n = copy_file_range(src, NULL, dst, NULL, 3, 0);
+    long long at_src = lseek(src, 0, SEEK_CUR), at_dst = lseek(dst, 0, SEEK_CUR);
+    printf("by positions: %ld, now %lld %lld\n", n, at_src, at_dst);
+    printf("past the end: %zd\n", copy_file_range(src, &(off_t){99}, dst, NULL, 3, 0));
+    printf("flags: %s\n", err(copy_file_range(src, NULL, dst, NULL, 3, 1)));
+    printf("overlap: %s\n", err(copy_file_range(src, &(off_t){0}, src, &(off_t){2}, 4, 0)));
+    int ro = open("/tmp/dst", O_RDONLY);
+    printf("read-only output: %s\n", err(copy_file_range(src, NULL, ro, NULL, 3, 0)));
+    printf("a pipe: %s\n", err(copy_file_range(p[0], NULL, dst, NULL, 3, 0)));
+    return 0;
+}
+"#;
+
+#[test]
+fn splice_and_copy_file_range_as_on_linux() {
+    let mut bundle = c_program_fixture("splice", SPLICE_C, &["-static", "-O2"]);
+    bundle.edit(|c| {
+        c["mounts"]
+            .as_array_mut()
+            .expect("mounts")
+            .push(serde_json::json!({
+                "destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
+                "options": ["nosuid", "nodev", "mode=1777", "size=1m"]
+            }));
+    });
+    let out = both("splice and copy_file_range", &bundle, None);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert_eq!(
+        stdout(&out),
+        EXPECTED_SPLICE,
+        "both modes agree on a wrong result"
+    );
+}
+
+const EXPECTED_SPLICE: &str = "file to pipe at 4: 6, offset now 10\n\
+file position unmoved: 16\n\
+file to pipe at its position: 6, position now 16\n\
+pipe to file: 5\n\
+pipe to file at 100: 7, offset now 107\n\
+dst: 5 45678 7 9abcdef\n\
+empty pipe, non-blocking: Resource temporarily unavailable\n\
+offset on a pipe: Illegal seek\n\
+no pipe: Invalid argument\n\
+pipe at end of file: 0\n\
+copy_file_range: 8, offsets 10 58\n\
+8 23456789\n\
+by positions: 3, now 3 3\n\
+past the end: 0\n\
+flags: Invalid argument\n\
+overlap: Invalid argument\n\
+read-only output: Bad file descriptor\n\
+a pipe: Invalid argument\n\
+";

@@ -113,6 +113,11 @@ impl PipeBuf {
         n
     }
 
+    /// How many bytes a write could add now.
+    pub fn room(&self) -> usize {
+        self.capacity.saturating_sub(self.data.len())
+    }
+
     /// F_GETPIPE_SZ.
     pub fn capacity(&self) -> usize {
         self.capacity

@@ -518,6 +518,9 @@ impl Kernel {
             0 => input.seek(&mut self.dev, 0, SEEK_CUR).ok(),
             ptr => Some(self.get_u64(ptr)?),
         };
+        if at.is_some_and(|at| (at as i64) < 0) {
+            return Err(Errno::EINVAL);
+        }
         let Some(at) = at else {
             // A pipe or socket as the input: what is read is written.
             let n = input.read(&mut self.dev, &mut buf)?;
@@ -535,6 +538,190 @@ impl Kernel {
         } else {
             input.seek(&mut self.dev, end as i64, SEEK_SET)?;
         }
+        Ok(written as u64)
+    }
+
+    /// An offset a call takes by pointer (0: none, use the file's own);
+    /// negative is EINVAL.
+    fn user_offset(&mut self, ptr: u64) -> Result<Option<u64>> {
+        if ptr == 0 {
+            return Ok(None);
+        }
+        let at = self.get_u64(ptr)?;
+        if (at as i64) < 0 {
+            return Err(Errno::EINVAL);
+        }
+        Ok(Some(at))
+    }
+
+    /// Reads up to `buf.len()` from `file` at `at`, or at its own position
+    /// without moving it (the caller moves it by what it used).
+    fn read_at_or_position(
+        &mut self,
+        file: &Rc<dyn File>,
+        buf: &mut [u8],
+        at: Option<u64>,
+    ) -> Result<(usize, u64)> {
+        let at = match at {
+            Some(at) => at,
+            None => file.seek(&mut self.dev, 0, SEEK_CUR)?,
+        };
+        Ok((file.pread(&mut self.dev, buf, at)?, at))
+    }
+
+    /// copy_file_range: between regular files, by reads and writes in the
+    /// guest (the two files may be on different servers); at most 1 MiB
+    /// per call, as Linux may also return short.
+    pub fn sys_copy_file_range(
+        &mut self,
+        in_fd: i32,
+        in_off: u64,
+        out_fd: i32,
+        out_off: u64,
+        len: u64,
+        flags: u32,
+    ) -> Result<u64> {
+        let input = self.proc_mut().fds.file(in_fd)?;
+        let output = self.proc_mut().fds.file(out_fd)?;
+        if flags != 0 {
+            return Err(Errno::EINVAL);
+        }
+        if input.flags() & O_ACCMODE == O_WRONLY
+            || output.flags() & O_ACCMODE == O_RDONLY
+            || output.flags() & O_APPEND != 0
+        {
+            return Err(Errno::EBADF);
+        }
+        for file in [&input, &output] {
+            if file.dir_path().is_some() {
+                return Err(Errno::EISDIR);
+            }
+            if file.cache_key().is_none() {
+                return Err(Errno::EINVAL);
+            }
+        }
+        let (in_at, out_at) = (self.user_offset(in_off)?, self.user_offset(out_off)?);
+        let mut buf = vec![0u8; (len as usize).min(1 << 20)];
+        let (n, from) = self.read_at_or_position(&input, &mut buf, in_at)?;
+        if n == 0 {
+            return Ok(0);
+        }
+        let to = match out_at {
+            Some(at) => at,
+            None => output.seek(&mut self.dev, 0, SEEK_CUR)?,
+        };
+        let same = input.cache_key() == output.cache_key();
+        if same && from < to + n as u64 && to < from + n as u64 {
+            return Err(Errno::EINVAL);
+        }
+        let written = output.pwrite(&mut self.dev, &buf[..n], to)?;
+        self.advance(&input, in_off, from + written as u64)?;
+        self.advance(&output, out_off, to + written as u64)?;
+        Ok(written as u64)
+    }
+
+    /// Moves a call's offset past what it used: the one passed by pointer,
+    /// else the file's own position.
+    fn advance(&mut self, file: &Rc<dyn File>, offset_ptr: u64, end: u64) -> Result<()> {
+        if offset_ptr != 0 {
+            self.put_user(offset_ptr, &end.to_le_bytes())
+        } else {
+            file.seek(&mut self.dev, end as i64, SEEK_SET).map(|_| ())
+        }
+    }
+
+    /// splice: one end is a pipe; the bytes are copied through the guest
+    /// (at most 64 KiB per call). From a pipe, only what the output took
+    /// leaves it; into a pipe, only what fits is read.
+    pub fn sys_splice(
+        &mut self,
+        in_fd: i32,
+        in_off: u64,
+        out_fd: i32,
+        out_off: u64,
+        len: u64,
+        flags: u32,
+    ) -> Result<u64> {
+        const SPLICE_F_NONBLOCK: u32 = 2;
+        let input = self.proc_mut().fds.file(in_fd)?;
+        let output = self.proc_mut().fds.file(out_fd)?;
+        let in_pipe = crate::fs::pipe::pipe_end(&*input)
+            .filter(|e| !e.write)
+            .map(|e| e.pipe.clone());
+        let out_pipe = crate::fs::pipe::pipe_end(&*output)
+            .filter(|e| e.write)
+            .map(|e| e.pipe.clone());
+        if input.flags() & O_ACCMODE == O_WRONLY || output.flags() & O_ACCMODE == O_RDONLY {
+            return Err(Errno::EBADF);
+        }
+        if in_pipe.is_none() && out_pipe.is_none() {
+            return Err(Errno::EINVAL);
+        }
+        if (in_pipe.is_some() && in_off != 0) || (out_pipe.is_some() && out_off != 0) {
+            return Err(Errno::ESPIPE);
+        }
+        if len == 0 {
+            return Ok(0);
+        }
+        let nonblocking = flags & SPLICE_F_NONBLOCK != 0;
+        let mut buf = vec![0u8; (len as usize).min(64 * 1024)];
+        if let Some(pipe) = in_pipe {
+            let n = {
+                let p = pipe.borrow();
+                let n = p.peek(&mut buf);
+                if n == 0 {
+                    // Empty: end of file without writers, else wait.
+                    let blocking = !nonblocking && input.flags() & O_NONBLOCK == 0;
+                    return match (p.has_writers(), blocking) {
+                        (false, _) => Ok(0),
+                        (true, true) => Err(Errno::EBLOCK),
+                        (true, false) => Err(Errno::EAGAIN),
+                    };
+                }
+                n
+            };
+            let written = match (self.user_offset(out_off)?, &out_pipe) {
+                (_, Some(out)) => out
+                    .borrow_mut()
+                    .write(&buf[..n], nonblocking || output.flags() & O_NONBLOCK != 0)?,
+                (Some(at), None) => {
+                    let w = output.pwrite(&mut self.dev, &buf[..n], at)?;
+                    self.put_user(out_off, &(at + w as u64).to_le_bytes())?;
+                    w
+                }
+                (None, None) => output.write(&mut self.dev, &buf[..n])?,
+            };
+            let mut sink = vec![0u8; written];
+            pipe.borrow_mut().read(&mut sink, true)?;
+            return Ok(written as u64);
+        }
+        let Some(out) = out_pipe else {
+            return Err(Errno::EINVAL);
+        };
+        let room = out.borrow().room();
+        if room == 0 {
+            let blocking = !nonblocking && output.flags() & O_NONBLOCK == 0;
+            return Err(if blocking {
+                Errno::EBLOCK
+            } else {
+                Errno::EAGAIN
+            });
+        }
+        let want = buf.len().min(room);
+        let in_at = self.user_offset(in_off)?;
+        let n = match in_at {
+            // A socket or other stream: what is read goes in.
+            None if input.cache_key().is_none() => input.read(&mut self.dev, &mut buf[..want])?,
+            at => {
+                let (n, from) = self.read_at_or_position(&input, &mut buf[..want], at)?;
+                self.advance(&input, in_off, from + n as u64)?;
+                n
+            }
+        };
+        if n == 0 {
+            return Ok(0);
+        }
+        let written = out.borrow_mut().write(&buf[..n], true)?;
         Ok(written as u64)
     }
 

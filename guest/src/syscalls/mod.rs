@@ -79,6 +79,8 @@ impl Kernel {
             39 => Ok(self.procs.tgid(self.cur) as u64),
             186 => Ok(self.cur as u64),
             40 => self.sys_sendfile(a0 as i32, a1 as i32, a2, a3),
+            275 => self.sys_splice(a0 as i32, a1, a2 as i32, a3, a4, a5 as u32),
+            326 => self.sys_copy_file_range(a0 as i32, a1, a2 as i32, a3, a4, a5 as u32),
             41 => self.sys_socket(a0 as u32, a1 as u32, a2 as u32),
             42 => self.sys_connect(a0 as i32, a1, a2 as u32),
             43 => self.sys_accept4(a0 as i32, a1, a2, 0),
@@ -267,7 +269,7 @@ impl Kernel {
             332 => self.sys_statx(a0 as i32, a1, a2 as u32, a3 as u32, a4),
             _ => Err(self.unknown_syscall(nr)),
         };
-        if result == Err(Errno::EPIPE) && matches!(nr, 1 | 18 | 20 | 40 | 296) {
+        if result == Err(Errno::EPIPE) && matches!(nr, 1 | 18 | 20 | 40 | 275 | 296) {
             // Writing to a pipe nobody reads also raises SIGPIPE.
             let cur = self.cur;
             self.post_signal(cur, crate::task::signal::SIGPIPE);
