@@ -229,15 +229,7 @@ int main(void) {
 
 #[test]
 fn socket_calls_at_their_edges_as_on_linux() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let binary = compile_c(
-        dir.path(),
-        "sockedges",
-        SOCKET_EDGES_C,
-        &["-static", "-O2", "-Wall"],
-    );
-    let mut bundle = TestBundle::busybox(&["/bin/sockedges"]);
-    std::fs::copy(&binary, bundle.rootfs().join("bin/sockedges")).expect("copy the program");
+    let mut bundle = busybox_c_program("sockedges", SOCKET_EDGES_C, &["-static", "-O2", "-Wall"]);
     bundle.edit(|c| {
         c["mounts"].as_array_mut().expect("mounts").push(json!({
             "destination": "/tmp", "type": "tmpfs", "source": "tmpfs",

@@ -24,17 +24,11 @@ fn check(bundle: &TestBundle, what: &str, stdout: &str) {
 
 /// A busybox bundle running the static C program `source` as `/bin/<name>`.
 fn c_fixture(name: &str, source: &str) -> TestBundle {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let binary = compile_c(
-        dir.path(),
+    busybox_c_program(
         name,
         source,
         &["-static", "-O2", "-pthread", "-Wall", "-Werror"],
-    );
-    let program = format!("/bin/{name}");
-    let bundle = TestBundle::busybox(&[program.as_str()]);
-    std::fs::copy(&binary, bundle.rootfs().join(&program[1..])).expect("copy the program");
-    bundle
+    )
 }
 
 /// A busybox bundle with the host's `/usr` and python3 running `script`.
@@ -362,15 +356,11 @@ int main(void) {
 
 #[test]
 fn preempted_tasks_keep_their_vector_registers() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let binary = compile_c(
-        dir.path(),
+    let bundle = busybox_c_program(
         "vectors",
         VECTOR_STATE_C,
         &["-static", "-O2", "-mavx2", "-Wall", "-Werror"],
     );
-    let bundle = TestBundle::busybox(&["/bin/vectors"]);
-    std::fs::copy(&binary, bundle.rootfs().join("bin/vectors")).expect("copy the program");
     check(
         &bundle,
         "vector registers across preemption",

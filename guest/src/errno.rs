@@ -81,6 +81,16 @@ impl Errno {
     /// later (see `crate::task::process`). Linux's own ERESTARTSYS range.
     pub const EBLOCK: Errno = Errno(512);
 
+    /// What a call that cannot go on now answers: `EAGAIN` when the caller
+    /// asked not to wait, else `EBLOCK` (wait and retry).
+    pub fn would_block(nonblocking: bool) -> Errno {
+        if nonblocking {
+            Errno::EAGAIN
+        } else {
+            Errno::EBLOCK
+        }
+    }
+
     /// The value a syscall returns for this error.
     pub fn to_ret(self) -> i64 {
         -(self.0 as i64)

@@ -302,6 +302,17 @@ pub fn compile_c(dir: &Path, name: &str, source: &str, flags: &[&str]) -> PathBu
     binary
 }
 
+/// A busybox bundle running the C program `source` (built with `flags`)
+/// as `/bin/<name>`.
+pub fn busybox_c_program(name: &str, source: &str, flags: &[&str]) -> TestBundle {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let binary = compile_c(dir.path(), name, source, flags);
+    let program = format!("/bin/{name}");
+    let bundle = TestBundle::busybox(&[program.as_str()]);
+    std::fs::copy(&binary, bundle.rootfs().join(&program[1..])).expect("copy the program");
+    bundle
+}
+
 /// Runs `bundle` in both modes and requires identical results — and the
 /// expected ones, so the modes cannot agree on being wrong. `what` names
 /// the case in failures.

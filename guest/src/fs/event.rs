@@ -134,11 +134,7 @@ impl File for EventFd {
 
 impl EventFd {
     fn would_block(&self) -> Errno {
-        if self.flags.get() & O_NONBLOCK != 0 {
-            Errno::EAGAIN
-        } else {
-            Errno::EBLOCK
-        }
+        Errno::would_block(self.flags.get() & O_NONBLOCK != 0)
     }
 }
 

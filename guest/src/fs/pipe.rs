@@ -60,11 +60,10 @@ impl PipeBuf {
             return Ok(0);
         }
         if self.data.is_empty() {
-            return match (self.writers, nonblocking) {
-                (0, _) => Ok(0),
-                (_, true) => Err(Errno::EAGAIN),
-                (_, false) => Err(Errno::EBLOCK),
-            };
+            if self.writers == 0 {
+                return Ok(0);
+            }
+            return Err(Errno::would_block(nonblocking));
         }
         let n = out.len().min(self.data.len());
         for (o, b) in out.iter_mut().zip(self.data.drain(..n)) {
@@ -91,11 +90,7 @@ impl PipeBuf {
             space > 0
         };
         if !fits {
-            return Err(if nonblocking {
-                Errno::EAGAIN
-            } else {
-                Errno::EBLOCK
-            });
+            return Err(Errno::would_block(nonblocking));
         }
         let n = data.len().min(space);
         self.data.extend(&data[..n]);

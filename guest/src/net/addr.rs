@@ -29,6 +29,15 @@ pub enum Ip {
 }
 
 impl Ip {
+    /// The wildcard address of a socket of `family`.
+    pub fn unspecified(family: u16) -> Ip {
+        if family == AF_INET6 {
+            Ip::V6([0; 16])
+        } else {
+            Ip::V4([0; 4])
+        }
+    }
+
     pub fn is_unspecified(&self) -> bool {
         match self {
             Ip::V4(a) => *a == [0; 4],

@@ -292,7 +292,7 @@ fn same_ip(a: Ip, b: Ip) -> bool {
 /// Whether a wildcard-bound socket receives traffic to `ip`.
 fn reaches(core: &Core, ip: Ip) -> bool {
     match (core.family, ip.as_v4()) {
-        (AF_INET6, Some(_)) => core.option(SOL_IPV6, IPV6_V6ONLY) == Some(0),
+        (AF_INET6, Some(_)) => !core.flag(SOL_IPV6, IPV6_V6ONLY),
         (AF_INET6, None) => true,
         (_, v4) => v4.is_some(),
     }
@@ -303,9 +303,7 @@ fn clashes(core: &Core, ip: Ip, other: &Core) -> bool {
     let Some(SockAddr::Inet { ip: theirs, .. }) = other.local.borrow().clone() else {
         return false;
     };
-    let both = |name| {
-        core.option(SOL_SOCKET, name) != Some(0) && other.option(SOL_SOCKET, name) != Some(0)
-    };
+    let both = |name| core.flag(SOL_SOCKET, name) && other.flag(SOL_SOCKET, name);
     if both(SO_REUSEPORT) || (core.kind == socket::Kind::Dgram && both(SO_REUSEADDR)) {
         return false;
     }

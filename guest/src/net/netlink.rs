@@ -17,6 +17,7 @@
 use alloc::vec::Vec;
 
 use crate::errno::Errno;
+use crate::net::addr::{self, Ip, SockAddr};
 
 pub const NETLINK_ROUTE: u32 = 0;
 
@@ -57,8 +58,9 @@ const LO_FLAGS: u32 = 0x1 | 0x8 | 0x40 | 0x10000;
 const LO_INDEX: i32 = 1;
 const IFA_F_PERMANENT: u32 = 0x80;
 const RT_SCOPE_HOST: u8 = 254;
-const AF_INET: u8 = 2;
-const AF_INET6: u8 = 10;
+// The address families as the one-byte fields of netlink messages hold them.
+const AF_INET: u8 = addr::AF_INET as u8;
+const AF_INET6: u8 = addr::AF_INET6 as u8;
 
 fn align4(n: usize) -> usize {
     (n + 3) & !3
@@ -228,11 +230,8 @@ pub const SIOCGIFTXQLEN: u32 = 0x8942;
 pub const IFREQ_SIZE: usize = 40;
 
 /// An IPv4 `struct sockaddr` (16 bytes) of `addr`.
-fn sockaddr_in(addr: [u8; 4]) -> [u8; 16] {
-    let mut out = [0u8; 16];
-    out[..2].copy_from_slice(&u16::from(AF_INET).to_le_bytes());
-    out[4..8].copy_from_slice(&addr);
-    out
+fn sockaddr_in(addr: [u8; 4]) -> Vec<u8> {
+    SockAddr::inet(Ip::V4(addr), 0).encode(addr::AF_INET)
 }
 
 /// The interface ioctls on a `struct ifreq`: by name (all but

@@ -24,6 +24,17 @@ pub struct Ucred {
     pub gid: u32,
 }
 
+impl Ucred {
+    /// `struct ucred` as SO_PEERCRED and SCM_CREDENTIALS hand it out.
+    pub fn to_bytes(self) -> [u8; 12] {
+        let mut b = [0u8; 12];
+        b[..4].copy_from_slice(&self.pid.to_le_bytes());
+        b[4..8].copy_from_slice(&self.uid.to_le_bytes());
+        b[8..].copy_from_slice(&self.gid.to_le_bytes());
+        b
+    }
+}
+
 pub struct Segment {
     pub data: Vec<u8>,
     /// How much of `data` a stream reader already took.
@@ -209,11 +220,7 @@ impl Queue {
         if self.write_closed {
             return Ok(0);
         }
-        Err(if nonblocking {
-            Errno::EAGAIN
-        } else {
-            Errno::EBLOCK
-        })
+        Err(Errno::would_block(nonblocking))
     }
 
     /// Ends the queue for the reader: it sees end of file after the data.

@@ -159,6 +159,23 @@ impl Core {
         self.options.borrow().get(&(level, name)).copied()
     }
 
+    /// Whether a boolean option is on.
+    pub fn flag(&self, level: u32, name: u32) -> bool {
+        self.option(level, name).is_some_and(|v| v != 0)
+    }
+
+    /// The address this inet socket sends from to reach `to`: its bound
+    /// one, with a wildcard address replaced by the loopback address of
+    /// `to`'s family (what the connection or datagram really uses).
+    pub fn source_for(&self, to: &Ip) -> Option<SockAddr> {
+        match self.local.borrow().clone() {
+            Some(SockAddr::Inet { ip, port, .. }) if ip.is_unspecified() => {
+                Some(SockAddr::inet(loopback_source(self.family, to), port))
+            }
+            other => other,
+        }
+    }
+
     pub fn is_tcp(&self) -> bool {
         self.family != AF_UNIX && self.kind == Kind::Stream
     }
@@ -194,14 +211,6 @@ impl Core {
     /// Takes the pending SO_ERROR.
     pub fn take_error(&self) -> Option<Errno> {
         self.error.take()
-    }
-
-    fn would_block(nonblocking: bool) -> Errno {
-        if nonblocking {
-            Errno::EAGAIN
-        } else {
-            Errno::EBLOCK
-        }
     }
 
     /// listen(2): the socket must be bound (the caller autobinds inet
@@ -251,7 +260,7 @@ impl Core {
         // A non-blocking TCP connect still goes in: its handshake would
         // complete once the queue drains.
         if pending.len() > *backlog && !(self.is_tcp() && nonblocking) {
-            return Err(Self::would_block(nonblocking));
+            return Err(Errno::would_block(nonblocking));
         }
         let server = Rc::new(listener.sibling());
         server.embryo.set(true);
@@ -282,7 +291,7 @@ impl Core {
         let State::Listening { pending, .. } = &mut *state else {
             return Err(Errno::EINVAL);
         };
-        let conn = pending.pop_front().ok_or(Self::would_block(nonblocking))?;
+        let conn = pending.pop_front().ok_or(Errno::would_block(nonblocking))?;
         conn.embryo.set(false);
         self.changed();
         Ok(conn)
@@ -329,7 +338,7 @@ impl Core {
             }
             let n = q.room(len, self.kind.records());
             if n == 0 && len != 0 {
-                return Err(Self::would_block(nonblocking));
+                return Err(Errno::would_block(nonblocking));
             }
             seg.data.truncate(n);
             q.push(seg);
@@ -379,11 +388,12 @@ impl Core {
             if self.family != AF_UNIX {
                 return Ok(len);
             }
-            return Err(Self::would_block(nonblocking));
+            return Err(Errno::would_block(nonblocking));
         }
         q.push(seg);
         Ok(len)
     }
+
     /// How much one receive could take now: a message's length, or what a
     /// stream holds (what a receive buffer needs at most).
     pub fn readable(&self) -> usize {
@@ -583,14 +593,7 @@ impl File for Socket {
             let Some(SockAddr::Inet { ip, .. }) = remote else {
                 return Err(Errno::EDESTADDRREQ);
             };
-            let from = match core.local.borrow().clone() {
-                Some(SockAddr::Inet {
-                    ip: bound, port, ..
-                }) if bound.is_unspecified() => {
-                    Some(SockAddr::inet(loopback_source(core.family, &ip), port))
-                }
-                other => other,
-            };
+            let from = core.source_for(&ip);
             let Some(target) = core.peer() else {
                 core.fail(Errno::ECONNREFUSED);
                 return Ok(buf.len());
@@ -617,15 +620,7 @@ impl File for Socket {
     }
     fn ioctl(&self, _dev: &mut Devices, request: u32, _arg: u64) -> Result<u64> {
         match request {
-            FIONREAD => Ok(if self.core.kind.records() {
-                self.core
-                    .rx
-                    .borrow()
-                    .front()
-                    .map_or(0, |s| s.data.len() - s.taken)
-            } else {
-                self.core.rx.borrow().len()
-            } as u64),
+            FIONREAD => Ok(self.core.readable() as u64),
             SIOCOUTQ => Ok(match &*self.core.state.borrow() {
                 State::Connected { tx, .. } => tx.borrow().len() as u64,
                 _ => 0,

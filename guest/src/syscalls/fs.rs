@@ -514,17 +514,16 @@ impl Kernel {
         let mut buf = vec![0u8; (count as usize).min(1 << 20)];
         // The input advances by what the output took, so a partial or
         // blocked write loses nothing: read at the position, then move it.
-        let at = match offset_ptr {
-            0 => input.seek(&mut self.dev, 0, SEEK_CUR).ok(),
-            ptr => Some(self.get_u64(ptr)?),
-        };
-        if at.is_some_and(|at| (at as i64) < 0) {
-            return Err(Errno::EINVAL);
-        }
-        let Some(at) = at else {
-            // A pipe or socket as the input: what is read is written.
-            let n = input.read(&mut self.dev, &mut buf)?;
-            return output.write(&mut self.dev, &buf[..n]).map(|n| n as u64);
+        let at = match self.user_offset(offset_ptr)? {
+            Some(at) => at,
+            None => match input.seek(&mut self.dev, 0, SEEK_CUR) {
+                Ok(at) => at,
+                Err(_) => {
+                    // A pipe or socket as the input: what is read is written.
+                    let n = input.read(&mut self.dev, &mut buf)?;
+                    return output.write(&mut self.dev, &buf[..n]).map(|n| n as u64);
+                }
+            },
         };
         let n = input.pread(&mut self.dev, &mut buf, at)?;
         let written = if n == 0 {
@@ -532,12 +531,7 @@ impl Kernel {
         } else {
             output.write(&mut self.dev, &buf[..n])?
         };
-        let end = at + written as u64;
-        if offset_ptr != 0 {
-            self.put_user(offset_ptr, &end.to_le_bytes())?;
-        } else {
-            input.seek(&mut self.dev, end as i64, SEEK_SET)?;
-        }
+        self.advance(&input, offset_ptr, at + written as u64)?;
         Ok(written as u64)
     }
 
@@ -554,19 +548,13 @@ impl Kernel {
         Ok(Some(at))
     }
 
-    /// Reads up to `buf.len()` from `file` at `at`, or at its own position
-    /// without moving it (the caller moves it by what it used).
-    fn read_at_or_position(
-        &mut self,
-        file: &Rc<dyn File>,
-        buf: &mut [u8],
-        at: Option<u64>,
-    ) -> Result<(usize, u64)> {
-        let at = match at {
-            Some(at) => at,
-            None => file.seek(&mut self.dev, 0, SEEK_CUR)?,
-        };
-        Ok((file.pread(&mut self.dev, buf, at)?, at))
+    /// Where a call works in `file`: the offset it was given, or the
+    /// file's own position (which the caller moves by what it used).
+    fn position(&mut self, file: &Rc<dyn File>, at: Option<u64>) -> Result<u64> {
+        match at {
+            Some(at) => Ok(at),
+            None => file.seek(&mut self.dev, 0, SEEK_CUR),
+        }
     }
 
     /// copy_file_range: between regular files, by reads and writes in the
@@ -602,14 +590,12 @@ impl Kernel {
         }
         let (in_at, out_at) = (self.user_offset(in_off)?, self.user_offset(out_off)?);
         let mut buf = vec![0u8; (len as usize).min(1 << 20)];
-        let (n, from) = self.read_at_or_position(&input, &mut buf, in_at)?;
+        let from = self.position(&input, in_at)?;
+        let n = input.pread(&mut self.dev, &mut buf, from)?;
         if n == 0 {
             return Ok(0);
         }
-        let to = match out_at {
-            Some(at) => at,
-            None => output.seek(&mut self.dev, 0, SEEK_CUR)?,
-        };
+        let to = self.position(&output, out_at)?;
         let same = input.cache_key() == output.cache_key();
         if same && from < to + n as u64 && to < from + n as u64 {
             return Err(Errno::EINVAL);
@@ -671,12 +657,12 @@ impl Kernel {
                 let n = p.peek(&mut buf);
                 if n == 0 {
                     // Empty: end of file without writers, else wait.
-                    let blocking = !nonblocking && input.flags() & O_NONBLOCK == 0;
-                    return match (p.has_writers(), blocking) {
-                        (false, _) => Ok(0),
-                        (true, true) => Err(Errno::EBLOCK),
-                        (true, false) => Err(Errno::EAGAIN),
-                    };
+                    if !p.has_writers() {
+                        return Ok(0);
+                    }
+                    return Err(Errno::would_block(
+                        nonblocking || input.flags() & O_NONBLOCK != 0,
+                    ));
                 }
                 n
             };
@@ -691,8 +677,8 @@ impl Kernel {
                 }
                 (None, None) => output.write(&mut self.dev, &buf[..n])?,
             };
-            let mut sink = vec![0u8; written];
-            pipe.borrow_mut().read(&mut sink, true)?;
+            // Take from the pipe what the output took (the same bytes).
+            pipe.borrow_mut().read(&mut buf[..written], true)?;
             return Ok(written as u64);
         }
         let Some(out) = out_pipe else {
@@ -700,12 +686,9 @@ impl Kernel {
         };
         let room = out.borrow().room();
         if room == 0 {
-            let blocking = !nonblocking && output.flags() & O_NONBLOCK == 0;
-            return Err(if blocking {
-                Errno::EBLOCK
-            } else {
-                Errno::EAGAIN
-            });
+            return Err(Errno::would_block(
+                nonblocking || output.flags() & O_NONBLOCK != 0,
+            ));
         }
         let want = buf.len().min(room);
         let in_at = self.user_offset(in_off)?;
@@ -713,7 +696,8 @@ impl Kernel {
             // A socket or other stream: what is read goes in.
             None if input.cache_key().is_none() => input.read(&mut self.dev, &mut buf[..want])?,
             at => {
-                let (n, from) = self.read_at_or_position(&input, &mut buf[..want], at)?;
+                let from = self.position(&input, at)?;
+                let n = input.pread(&mut self.dev, &mut buf[..want], from)?;
                 self.advance(&input, in_off, from + n as u64)?;
                 n
             }
@@ -939,21 +923,38 @@ impl Kernel {
     pub fn sys_mknodat(&mut self, dirfd: i32, path: u64, mode: u32, rdev: u32) -> Result<u64> {
         let path = self.user_cstr(path)?;
         let (dir, name) = self.walk_parent_at(dirfd, &path)?;
-        let umask = self.proc_mut().umask;
         let kind = if mode & S_IFMT == 0 {
             S_IFREG
         } else {
             mode & S_IFMT
         };
+        self.mknod_in(&dir, &name, kind, mode & 0o7777, rdev)?;
+        Ok(0)
+    }
+
+    /// Creates `name` in `dir` of type `kind` with `perm` less the umask,
+    /// and remembers it in the name cache.
+    pub(crate) fn mknod_in(
+        &mut self,
+        dir: &Walk,
+        name: &[u8],
+        kind: u32,
+        perm: u32,
+        rdev: u32,
+    ) -> Result<vfs::Node> {
+        let umask = self.proc_mut().umask;
         let (id, attr) = self.dev.vfs.fs(dir.node.fs)?.mknod(
             dir.node.id,
-            &name,
-            kind | (mode & 0o7777 & !umask),
+            name,
+            kind | (perm & !umask),
             rdev,
             umask,
         )?;
-        self.dev.vfs.remember(dir.node, &name, id, &attr);
-        Ok(0)
+        self.dev.vfs.remember(dir.node, name, id, &attr);
+        Ok(vfs::Node {
+            fs: dir.node.fs,
+            id,
+        })
     }
 
     pub fn sys_unlinkat(&mut self, dirfd: i32, path: u64, flags: u32) -> Result<u64> {

@@ -168,18 +168,10 @@ impl Kernel {
     /// local host.
     fn inet_destination(&self, core: &Core, addr: &SockAddr) -> Result<(Ip, u16)> {
         let SockAddr::Inet { ip, port, .. } = addr else {
-            return Err(if core.family == AF_INET {
-                Errno::EAFNOSUPPORT
-            } else {
-                Errno::EINVAL
-            });
+            return Err(wrong_family(core));
         };
         if !family_accepts(core.family, ip) {
-            return Err(if core.family == AF_INET {
-                Errno::EAFNOSUPPORT
-            } else {
-                Errno::EINVAL
-            });
+            return Err(wrong_family(core));
         }
         if !ip.is_local() {
             return Err(Errno::ENETUNREACH);
@@ -199,27 +191,25 @@ impl Kernel {
     /// (binding an ephemeral one first if it has none) on the loopback
     /// address of `to`'s family when bound to the wildcard.
     fn inet_source(&mut self, core: &Rc<Core>, to: &Ip) -> Result<SockAddr> {
-        let bound = core.local.borrow().clone();
-        let (ip, port) = match bound {
-            Some(SockAddr::Inet { ip, port, .. }) => (ip, port),
-            _ if core.kind == Kind::Dgram => {
-                let wildcard = if core.family == AF_INET6 {
-                    Ip::V6([0; 16])
-                } else {
-                    Ip::V4([0; 4])
-                };
-                let port = self.net.bind_port(core, wildcard, 0)?;
-                *core.local.borrow_mut() = Some(SockAddr::inet(wildcard, port));
-                (wildcard, port)
+        if core.local.borrow().is_none() {
+            if core.kind != Kind::Dgram {
+                // A connecting stream socket's port is not bound.
+                let port = self.net.client_port();
+                return Ok(SockAddr::inet(loopback_source(core.family, to), port));
             }
-            _ => (Ip::V4([0; 4]), self.net.client_port()),
-        };
-        let ip = if ip.is_unspecified() {
-            loopback_source(core.family, to)
-        } else {
-            ip
-        };
-        Ok(SockAddr::inet(ip, port))
+            self.autobind_inet(core)?;
+        }
+        core.source_for(to).ok_or(Errno::EINVAL)
+    }
+
+    /// Binds an unbound inet socket to an ephemeral port on the wildcard
+    /// address, as Linux does at listen, or at a datagram socket's first
+    /// send or connect.
+    fn autobind_inet(&mut self, core: &Rc<Core>) -> Result<()> {
+        let wildcard = Ip::unspecified(core.family);
+        let port = self.net.bind_port(core, wildcard, 0)?;
+        *core.local.borrow_mut() = Some(SockAddr::inet(wildcard, port));
+        Ok(())
     }
 
     pub fn sys_socket(&mut self, domain: u32, typ: u32, protocol: u32) -> Result<u64> {
@@ -336,19 +326,12 @@ impl Kernel {
             }
             (AF_UNIX, _) => return Err(Errno::EINVAL),
             (AF_NETLINK, SockAddr::Netlink { port, groups }) => {
-                let port = self
-                    .net
-                    .bind_netlink(&core, port, self.procs.tgid(self.cur))?;
-                *core.local.borrow_mut() = Some(SockAddr::Netlink { port, groups });
+                self.bind_netlink(&core, port, groups)?;
             }
             (AF_NETLINK, _) => return Err(Errno::EINVAL),
             (_, SockAddr::Inet { ip, port, .. }) => {
                 if !family_accepts(core.family, &ip) {
-                    return Err(if core.family == AF_INET {
-                        Errno::EAFNOSUPPORT
-                    } else {
-                        Errno::EINVAL
-                    });
+                    return Err(wrong_family(&core));
                 }
                 if !ip.is_local() {
                     return Err(Errno::EADDRNOTAVAIL);
@@ -362,6 +345,16 @@ impl Kernel {
         Ok(0)
     }
 
+    /// Binds a netlink socket to `port` (0: the process id if free) and
+    /// multicast `groups`; returns the port.
+    fn bind_netlink(&mut self, core: &Rc<Core>, port: u32, groups: u32) -> Result<u32> {
+        let port = self
+            .net
+            .bind_netlink(core, port, self.procs.tgid(self.cur))?;
+        *core.local.borrow_mut() = Some(SockAddr::Netlink { port, groups });
+        Ok(port)
+    }
+
     /// Creates the socket file a path bind makes (EADDRINUSE if the name
     /// exists) and returns its node.
     fn bind_socket_path(&mut self, path: &[u8]) -> Result<UnixKey> {
@@ -372,12 +365,8 @@ impl Kernel {
         if name.is_empty() || name == b"." || name == b".." {
             return Err(Errno::EADDRINUSE);
         }
-        let umask = self.proc().umask;
-        let (id, attr) = self
-            .dev
-            .vfs
-            .fs(dir.node.fs)?
-            .mknod(dir.node.id, &name, S_IFSOCK | (0o777 & !umask), 0, umask)
+        let node = self
+            .mknod_in(&dir, &name, S_IFSOCK, 0o777, 0)
             .map_err(|e| {
                 if e == Errno::EEXIST {
                     Errno::EADDRINUSE
@@ -385,11 +374,7 @@ impl Kernel {
                     e
                 }
             })?;
-        self.dev.vfs.remember(dir.node, &name, id, &attr);
-        Ok(UnixKey::Path(crate::fs::vfs::Node {
-            fs: dir.node.fs,
-            id,
-        }))
+        Ok(UnixKey::Path(node))
     }
 
     pub fn sys_listen(&mut self, fd: i32, backlog: i32) -> Result<u64> {
@@ -401,13 +386,7 @@ impl Kernel {
             if core.family == AF_UNIX {
                 return Err(Errno::EINVAL);
             }
-            let wildcard = if core.family == AF_INET6 {
-                Ip::V6([0; 16])
-            } else {
-                Ip::V4([0; 4])
-            };
-            let port = self.net.bind_port(&core, wildcard, 0)?;
-            *core.local.borrow_mut() = Some(SockAddr::inet(wildcard, port));
+            self.autobind_inet(&core)?;
         }
         core.listen(backlog, self.ucred(true))?;
         Ok(0)
@@ -588,17 +567,11 @@ impl Kernel {
         if !matches!(msg.to, None | Some(SockAddr::Netlink { port: 0, .. })) {
             return Err(Errno::ECONNREFUSED);
         }
-        let port = match core.local.borrow().clone() {
-            Some(SockAddr::Netlink { port, .. }) => Some(port),
-            _ => None,
-        };
-        let port = match port {
-            Some(port) => port,
-            None => {
-                let port = self.net.bind_netlink(core, 0, self.procs.tgid(self.cur))?;
-                *core.local.borrow_mut() = Some(SockAddr::Netlink { port, groups: 0 });
-                port
-            }
+        let bound = core.local.borrow().clone();
+        let port = match bound {
+            Some(SockAddr::Netlink { port, .. }) => port,
+            // Linux binds an unbound netlink socket at its first send.
+            _ => self.bind_netlink(core, 0, 0)?,
         };
         let reply = crate::net::netlink::respond(&msg.data, port);
         if !reply.is_empty() {
@@ -694,7 +667,6 @@ impl Kernel {
         // The sender's address: a datagram's, or nothing for streams.
         let name = match (&got.from, core.kind) {
             (Some(from), Kind::Dgram) => from.encode(core.family),
-            (None, Kind::Dgram) if core.family != AF_UNIX => Vec::new(),
             _ => Vec::new(),
         };
         let name = match name.as_slice() {
@@ -710,22 +682,16 @@ impl Kernel {
         // Control data: credentials when asked for (SO_PASSCRED), the IPv6
         // hop limit and traffic class (RFC 3542), then descriptors.
         let mut control = ControlOut::new(into.control_room);
-        let wants = |name| core.option(SOL_SOCKET, name).is_some_and(|v| v != 0);
-        if core.family == AF_UNIX && wants(SO_PASSCRED) {
-            let c = got.cred.unwrap_or(NO_PEER);
-            let mut data = Vec::with_capacity(12);
-            data.extend_from_slice(&c.pid.to_le_bytes());
-            data.extend_from_slice(&c.uid.to_le_bytes());
-            data.extend_from_slice(&c.gid.to_le_bytes());
-            control.put(SOL_SOCKET, SCM_CREDENTIALS, &data);
+        if core.family == AF_UNIX && core.flag(SOL_SOCKET, SO_PASSCRED) {
+            let cred = got.cred.unwrap_or(NO_PEER).to_bytes();
+            control.put(SOL_SOCKET, SCM_CREDENTIALS, &cred);
         }
         if core.family == AF_INET6 && core.kind == Kind::Dgram {
-            let ipv6 = |name| core.option(SOL_IPV6, name).is_some_and(|v| v != 0);
-            if ipv6(IPV6_RECVHOPLIMIT) {
+            if core.flag(SOL_IPV6, IPV6_RECVHOPLIMIT) {
                 let v = i32::from(got.hop_limit).to_le_bytes();
                 control.put(SOL_IPV6, IPV6_HOPLIMIT, &v);
             }
-            if ipv6(IPV6_RECVTCLASS) {
+            if core.flag(SOL_IPV6, IPV6_RECVTCLASS) {
                 let v = i32::from(got.tclass).to_le_bytes();
                 control.put(SOL_IPV6, IPV6_TCLASS, &v);
             }
@@ -1042,22 +1008,18 @@ impl Kernel {
 
     pub fn sys_getsockname(&mut self, fd: i32, addr: u64, addr_len: u64) -> Result<u64> {
         let (core, _) = self.socket(fd)?;
-        let local = core.local.borrow().clone().unwrap_or(match core.family {
-            AF_UNIX => unnamed(),
-            AF_NETLINK => SockAddr::Netlink { port: 0, groups: 0 },
-            AF_INET6 => SockAddr::inet(Ip::V6([0; 16]), 0),
-            _ => SockAddr::inet(Ip::V4([0; 4]), 0),
-        });
         // A connected socket bound to the wildcard reports the address its
         // connection uses.
-        let local = match (&local, core.connected(), core.remote.borrow().as_ref()) {
-            (SockAddr::Inet { ip, port, .. }, true, Some(SockAddr::Inet { ip: to, .. }))
-                if ip.is_unspecified() =>
-            {
-                SockAddr::inet(loopback_source(core.family, to), *port)
-            }
-            _ => local,
+        let remote = core.remote.borrow().clone();
+        let local = match remote {
+            Some(SockAddr::Inet { ip: to, .. }) if core.connected() => core.source_for(&to),
+            _ => core.local.borrow().clone(),
         };
+        let local = local.unwrap_or(match core.family {
+            AF_UNIX => unnamed(),
+            AF_NETLINK => SockAddr::Netlink { port: 0, groups: 0 },
+            family => SockAddr::inet(Ip::unspecified(family), 0),
+        });
         self.put_sockaddr(addr, addr_len, &local.encode(core.family))?;
         Ok(0)
     }
@@ -1189,10 +1151,7 @@ impl Kernel {
                     .get()
                     .filter(|_| core.family == AF_UNIX)
                     .unwrap_or(NO_PEER);
-                let mut b = c.pid.to_le_bytes().to_vec();
-                b.extend_from_slice(&c.uid.to_le_bytes());
-                b.extend_from_slice(&c.gid.to_le_bytes());
-                b
+                c.to_bytes().to_vec()
             }
             (SOL_SOCKET, SO_LINGER) => {
                 let (on, secs) = core.linger.get();
@@ -1246,6 +1205,16 @@ impl Kernel {
         let n = file.ioctl(&mut self.dev, request, arg)?;
         self.put_user(arg, &(n as i32).to_le_bytes())?;
         Ok(0)
+    }
+}
+
+/// The error for an address of the other IP family: an IPv4 socket does
+/// not know IPv6 (EAFNOSUPPORT), an IPv6 one finds it too short (EINVAL).
+fn wrong_family(core: &Core) -> Errno {
+    if core.family == AF_INET {
+        Errno::EAFNOSUPPORT
+    } else {
+        Errno::EINVAL
     }
 }
 
