@@ -2051,3 +2051,48 @@ overlap: Invalid argument\n\
 read-only output: Bad file descriptor\n\
 a pipe: Invalid argument\n\
 ";
+
+/// Nested epoll instances: an inner one's readiness reaches the outer,
+/// and a cycle (the inner watching the outer) is refused with ELOOP, as
+/// on Linux, rather than polled forever.
+const NESTED_EPOLL_C: &str = r#"
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <unistd.h>
+int main(void) {
+    int p[2];
+    pipe(p);
+    int outer = epoll_create1(0), inner = epoll_create1(0);
+    struct epoll_event ev = {.events = EPOLLIN};
+    ev.data.fd = p[0];
+    epoll_ctl(inner, EPOLL_CTL_ADD, p[0], &ev);
+    ev.data.fd = inner;
+    printf("inner in outer: %d\n", epoll_ctl(outer, EPOLL_CTL_ADD, inner, &ev));
+    ev.data.fd = outer;
+    int r = epoll_ctl(inner, EPOLL_CTL_ADD, outer, &ev);
+    printf("outer in inner: %d %s\n", r, r ? strerror(errno) : "");
+    printf("itself: %s\n", epoll_ctl(outer, EPOLL_CTL_ADD, outer, &ev) ? strerror(errno) : "added");
+    printf("nothing ready: %d\n", epoll_wait(outer, &ev, 1, 0));
+    write(p[1], "x", 1);
+    int n = epoll_wait(outer, &ev, 1, 1000);
+    printf("ready through the inner one: %d %s\n", n, ev.data.fd == inner ? "inner" : "other");
+    return 0;
+}
+"#;
+
+#[test]
+fn nested_epolls_report_through_and_refuse_cycles() {
+    let bundle = c_program_fixture("nestedepoll", NESTED_EPOLL_C, &["-static", "-O2"]);
+    let out = both("nested epoll", &bundle, None);
+    assert_eq!(
+        (out.status.code(), stdout(&out).as_str()),
+        (
+            Some(0),
+            "inner in outer: 0\nouter in inner: -1 Too many levels of symbolic links\n\
+             itself: Invalid argument\nnothing ready: 0\nready through the inner one: 1 inner\n"
+        ),
+        "nested epoll: both modes agree on a wrong result"
+    );
+}

@@ -194,21 +194,44 @@ impl Epoll {
             if out.len() == max {
                 break;
             }
-            let mut interest = self.interest.borrow_mut();
-            let Some(i) = interest.get_mut(&fd) else {
-                continue;
+            // The entry is only read while its file is polled (a nested
+            // epoll reads its own list meanwhile).
+            let (revents, data) = match self.interest.borrow().get(&fd) {
+                Some(i) => (i.pending(&*file, dev), i.data),
+                None => continue,
             };
-            let revents = i.pending(&*file, dev);
             if revents == 0 {
                 continue;
             }
-            out.push((revents, i.data));
-            i.reported.set(file.poll_generation());
-            if i.events & EPOLLONESHOT != 0 {
-                i.events = 0;
+            out.push((revents, data));
+            if let Some(i) = self.interest.borrow_mut().get_mut(&fd) {
+                i.reported.set(file.poll_generation());
+                if i.events & EPOLLONESHOT != 0 {
+                    i.events = 0;
+                }
             }
         }
         out
+    }
+}
+
+impl Epoll {
+    /// Whether `target` is this instance or watches it, directly or
+    /// through nested instances: adding it here would make a cycle.
+    pub fn reached_from(&self, target: &dyn File) -> bool {
+        let Some(other) = target.as_epoll() else {
+            return false;
+        };
+        if core::ptr::eq(other, self) {
+            return true;
+        }
+        let nested: Vec<Rc<dyn File>> = other
+            .interest
+            .borrow()
+            .values()
+            .filter_map(|i| i.file.upgrade())
+            .collect();
+        nested.iter().any(|f| self.reached_from(&**f))
     }
 }
 

@@ -43,6 +43,11 @@ impl Kernel {
         if target.as_epoll().is_none() && !target.pollable() {
             return Err(Errno::EPERM);
         }
+        // Linux refuses an epoll that watches this one (ELOOP): polling the
+        // pair would never end.
+        if op == EPOLL_CTL_ADD && epoll.reached_from(&*target) {
+            return Err(Errno::ELOOP);
+        }
         let read_event = |k: &mut Self| -> Result<(u32, u64)> {
             let raw = k.user_buf(event, EVENT_SIZE)?;
             let events = u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]);
