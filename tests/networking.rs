@@ -223,6 +223,15 @@ int main(void) {
     printf("no route: %s\n", err(connect(socket(AF_INET, SOCK_STREAM, 0), (void *)&far, sizeof far)));
     printf("bind foreign address: %s\n", err(bind(socket(AF_INET, SOCK_STREAM, 0), (void *)&far, sizeof far)));
     printf("inet socketpair: %s\n", err(socketpair(AF_INET, SOCK_STREAM, 0, sp)));
+    int ul = socket(AF_UNIX, SOCK_STREAM, 0);
+    struct sockaddr_un us = {.sun_family = AF_UNIX};
+    strcpy(us.sun_path, "/tmp/stream.sock");
+    bind(ul, (void *)&us, sizeof us);
+    listen(ul, 1);
+    int uc = socket(AF_UNIX, SOCK_STREAM, 0);
+    connect(uc, (void *)&us, sizeof us);
+    socklen_t ulen = sizeof us;
+    printf("unix accept without an address buffer: %s\n", err(accept(ul, NULL, &ulen)));
     return 0;
 }
 "#;
@@ -281,6 +290,7 @@ stream connect to dgram path: Connection refused\n\
 no route: Network is unreachable\n\
 bind foreign address: Cannot assign requested address\n\
 inet socketpair: Operation not supported\n\
+unix accept without an address buffer: ok\n\
 ";
 
 /// TCP echo over loopback with 5 B, 70 kB and 300 kB messages (more than

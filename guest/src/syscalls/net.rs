@@ -514,9 +514,9 @@ impl Kernel {
             .clone()
             .unwrap_or_else(unnamed)
             .encode(conn.family);
-        let family = conn.family;
         let fd = self.install_socket(conn, flags)?;
-        if addr != 0 || family == AF_UNIX {
+        // Without a buffer the length is ignored, as on Linux.
+        if addr != 0 {
             if let Err(e) = self.put_sockaddr(addr, addr_len, &peer) {
                 let _ = self.sys_close(fd as i32);
                 return Err(e);
