@@ -26,7 +26,7 @@
 pub mod process;
 
 /// Version of every layout in this crate.
-pub const BOOT_INFO_VERSION: u32 = 1;
+pub const BOOT_INFO_VERSION: u32 = 2;
 /// `BootInfo::magic`: "capsaBI1" little-endian.
 pub const BOOT_INFO_MAGIC: u64 = u64::from_le_bytes(*b"capsaBI1");
 
@@ -62,6 +62,7 @@ pub const VIRTIO_MMIO_SIZE: u64 = 0x1000;
 pub const MAX_DEVICES: usize = 16;
 
 /// Virtio device ids (virtio spec 1.2, section 5).
+pub const VIRTIO_ID_NET: u32 = 1;
 pub const VIRTIO_ID_CONSOLE: u32 = 3;
 pub const VIRTIO_ID_FS: u32 = 26;
 
@@ -77,6 +78,9 @@ pub enum DeviceRole {
     RootFs = 3,
     /// virtio-fs device serving one bind mount; its destination is in the process spec.
     Mount = 4,
+    /// virtio-net device bridged to the container's network interface,
+    /// configured as [`BootInfo::net`] says.
+    Net = 5,
 }
 
 impl DeviceRole {
@@ -86,6 +90,7 @@ impl DeviceRole {
             2 => Some(Self::Stderr),
             3 => Some(Self::RootFs),
             4 => Some(Self::Mount),
+            5 => Some(Self::Net),
             _ => None,
         }
     }
@@ -128,6 +133,53 @@ pub struct BootInfo {
     pub device_count: u32,
     pub _reserved: u32,
     pub devices: [DeviceInfo; MAX_DEVICES],
+    /// The network interface behind the [`DeviceRole::Net`] device (all
+    /// zero without one).
+    pub net: NetConfig,
+}
+
+/// How the guest configures its network interface: the addresses, routes
+/// and link settings of the container network namespace's interface that
+/// the VMM bridged the device to, so the guest takes that interface's
+/// place (same MAC, same addresses) and the namespace's peers, port
+/// publishing and policies see no difference.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetConfig {
+    /// The interface's name in the namespace (NUL-padded), which the guest
+    /// reports as its own (`eth0`).
+    pub name: [u8; 16],
+    pub mac: [u8; 6],
+    /// The link MTU (0: 1500).
+    pub mtu: u16,
+    /// The IPv4 address and prefix length (prefix 0: no IPv4 address).
+    pub ipv4: [u8; 4],
+    pub ipv4_prefix: u8,
+    pub _pad4: [u8; 3],
+    /// The IPv4 default gateway (all zero: none).
+    pub ipv4_gateway: [u8; 4],
+    /// The global IPv6 address and prefix length (prefix 0: none).
+    pub ipv6: [u8; 16],
+    pub ipv6_prefix: u8,
+    pub _pad6: [u8; 7],
+    /// The IPv6 default gateway (all zero: none).
+    pub ipv6_gateway: [u8; 16],
+}
+
+impl NetConfig {
+    /// The interface name, up to its first NUL.
+    pub fn name(&self) -> &[u8] {
+        let end = self.name.iter().position(|&b| b == 0).unwrap_or(16);
+        &self.name[..end]
+    }
+
+    pub fn mtu(&self) -> u16 {
+        if self.mtu == 0 {
+            1500
+        } else {
+            self.mtu
+        }
+    }
 }
 
 impl BootInfo {
@@ -144,6 +196,7 @@ impl BootInfo {
             device_count: 0,
             _reserved: 0,
             devices: [DeviceInfo::default(); MAX_DEVICES],
+            net: NetConfig::default(),
         }
     }
 

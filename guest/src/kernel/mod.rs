@@ -25,6 +25,7 @@ use crate::arch::{self, control_write, ExceptionFrame, FaultInfo, SyscallFrame};
 use crate::drivers::rng::Rng;
 use crate::drivers::virtio::console::Console;
 use crate::drivers::virtio::fs::FsDevice;
+use crate::drivers::virtio::net::NetDevice;
 use crate::errno::{Errno, Result};
 use crate::fs::fd::{Fd, FdTable, File, O_RDONLY, O_WRONLY};
 use crate::fs::files::{ConsoleIn, ConsoleOut, FuseFile};
@@ -329,6 +330,7 @@ pub fn boot(boot_info: u64) -> ! {
     // Device index in BootInfo -> file system index.
     let mut fs_of_device = BTreeMap::new();
     let mut root_fs = None;
+    let mut net_device = None;
     for (index, d) in info.devices().iter().enumerate() {
         if d.mmio_base < capsa_abi::MMIO_WINDOW_START {
             continue;
@@ -377,6 +379,13 @@ pub fn boot(boot_info: u64) -> ! {
                 fs_of_device.insert(index as u32, fs_index);
                 if role == DeviceRole::RootFs {
                     root_fs = Some(fs_index);
+                }
+            }
+            (capsa_abi::VIRTIO_ID_NET, Some(DeviceRole::Net)) => {
+                // SAFETY: the VMM lists this window as a virtio-net device.
+                match unsafe { NetDevice::new(d.mmio_base, info.net.mtu()) } {
+                    Ok(n) => net_device = Some(n),
+                    Err(e) => fatal(format_args!("network device {index}: {e:?}")),
                 }
             }
             _ => {}
@@ -448,6 +457,11 @@ pub fn boot(boot_info: u64) -> ! {
         vfork_child: None,
         last_fork_ns: 0,
     };
+    if let Some(n) = net_device {
+        let seed = k.dev.rng.next_u64();
+        let now = k.clock.monotonic_ns();
+        k.net.wire = Some(crate::net::wire::Wire::new(n, info.net, now, seed));
+    }
     let limit = k.nofile_limit();
     let stdio: [Rc<dyn File>; 3] = [
         Rc::new(ConsoleIn {

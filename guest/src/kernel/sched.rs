@@ -416,6 +416,7 @@ impl Kernel {
             self.take_host_signals();
             self.fire_posix_timers();
             let now = self.clock.monotonic_ns();
+            self.poll_wire(now);
             let dev = &mut self.dev;
             let mut stdin_ready = || match dev.stdio.and_then(|i| dev.consoles.get_mut(i)) {
                 Some(c) => c.readable(),
@@ -424,10 +425,11 @@ impl Kernel {
             if self.procs.wake(pipe::events(), now, &mut stdin_ready) {
                 continue;
             }
-            let deadline = match (self.procs.next_deadline(), self.next_posix_deadline()) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            let wire = self.net.wire.as_ref().and_then(|w| w.deadline_ns());
+            let deadline = [self.procs.next_deadline(), self.next_posix_deadline(), wire]
+                .into_iter()
+                .flatten()
+                .min();
             let wait = deadline.map_or(u64::MAX, |d| d.saturating_sub(now).max(1));
             self.clock.idle(wait);
         }
@@ -520,7 +522,21 @@ impl Kernel {
             self.fire_cpu_timers();
         }
         self.fire_posix_timers();
+        if self.net.wire.is_some() {
+            self.poll_wire(self.clock.monotonic_ns());
+        }
         self.resume_loop(frame, fx);
+    }
+
+    /// Lets the network interface move frames and connections' data when
+    /// it has any to move (see `net::wire`): after every call and tick,
+    /// and before idling.
+    fn poll_wire(&mut self, now: u64) {
+        if let Some(w) = &mut self.net.wire {
+            if w.due(now) {
+                w.poll(now);
+            }
+        }
     }
 
     /// After a fault killed the current process: run the next one.

@@ -10,6 +10,7 @@ pub mod addr;
 pub mod netlink;
 pub mod queue;
 pub mod socket;
+pub mod wire;
 
 use alloc::collections::BTreeMap;
 use alloc::rc::{Rc, Weak};
@@ -144,6 +145,8 @@ pub struct Net {
     next_autobind: u32,
     /// Bound netlink sockets by port id.
     netlink: BTreeMap<u32, Weak<Core>>,
+    /// The network interface, when the VMM gave the guest one.
+    pub wire: Option<wire::Wire>,
 }
 
 /// Which of TCP, UDP and UDP-Lite an inet socket speaks (each has ports
@@ -153,6 +156,32 @@ pub fn transport(core: &Core) -> u32 {
 }
 
 impl Net {
+    /// Whether `ip` is one of the interface's own addresses (traffic to
+    /// it stays in the guest, as loopback's does).
+    pub fn is_own(&self, ip: &Ip) -> bool {
+        self.wire.as_ref().is_some_and(|w| w.is_own(ip))
+    }
+
+    /// Whether traffic to `ip` leaves the guest through the interface.
+    pub fn is_remote(&self, ip: &Ip) -> bool {
+        !ip.is_local() && !self.is_own(ip)
+    }
+
+    /// Whether a socket bound to `ip` is reachable through the interface.
+    fn reached_by_wire(&self, ip: &Ip) -> bool {
+        self.wire.is_some() && (ip.is_unspecified() || self.is_own(ip))
+    }
+
+    /// Lets a listening TCP socket bound to `ip`:`port` take connections
+    /// through the interface too.
+    pub fn listen_wire(&mut self, core: &Rc<Core>, ip: Ip, port: u16) {
+        if self.reached_by_wire(&ip) {
+            if let Some(w) = &mut self.wire {
+                w.listen(core, &ip, port);
+            }
+        }
+    }
+
     pub fn unix(&mut self, key: &UnixKey) -> Option<Rc<Core>> {
         let found = self.unix.get(key)?.upgrade();
         if found.is_none() {
@@ -232,6 +261,11 @@ impl Net {
             .entry((proto, port))
             .or_default()
             .push(Rc::downgrade(core));
+        if core.kind == socket::Kind::Dgram && self.reached_by_wire(&ip) {
+            if let Some(w) = &mut self.wire {
+                w.bind_udp(core, &ip, port);
+            }
+        }
         Ok(port)
     }
 

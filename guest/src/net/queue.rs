@@ -90,6 +90,9 @@ pub struct Queue {
     pub reset: bool,
     /// Moves at every change (see `File::poll_generation`).
     pub generation: u64,
+    /// A queue of a connection through the network interface: its
+    /// changes give the pump work (`wire::mark_dirty`).
+    pub wire: bool,
 }
 
 impl Queue {
@@ -102,6 +105,7 @@ impl Queue {
             read_closed: false,
             reset: false,
             generation: 0,
+            wire: false,
         }
     }
 
@@ -232,6 +236,9 @@ impl Queue {
     /// Something a waiter may wait for happened here.
     pub fn changed(&mut self) {
         self.generation += 1;
+        if self.wire {
+            crate::net::wire::mark_dirty();
+        }
         bump();
     }
 

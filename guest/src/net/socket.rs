@@ -112,6 +112,8 @@ pub struct Core {
     pub connect_started: Cell<bool>,
     /// A TCP send after the peer closed went into its reset (see `send`).
     pub sent_after_close: Cell<bool>,
+    /// A connect through the network interface waits for its handshake.
+    pub connecting: Cell<bool>,
     /// Moves at changes of state (connections queued and accepted,
     /// shutdown, errors), for `File::poll_generation`.
     pub changes: Cell<u64>,
@@ -140,6 +142,7 @@ impl Core {
             shut_write: Cell::new(false),
             connect_started: Cell::new(false),
             sent_after_close: Cell::new(false),
+            connecting: Cell::new(false),
             changes: Cell::new(0),
         }
     }
@@ -283,6 +286,37 @@ impl Core {
         listener.changed();
         self.changed();
         Ok(())
+    }
+
+    /// Queues a connection that came through the network interface for
+    /// accept: a server side like `connect_to` makes, whose peer is the
+    /// wire (`tx` drains into smoltcp). `None` when the queue is full.
+    pub fn accept_from_wire(
+        &self,
+        local: SockAddr,
+        remote: SockAddr,
+        tx: Rc<RefCell<Queue>>,
+    ) -> Option<Rc<Core>> {
+        let mut lstate = self.state.borrow_mut();
+        let State::Listening { pending, backlog } = &mut *lstate else {
+            return None;
+        };
+        if pending.len() > *backlog {
+            return None;
+        }
+        let server = Rc::new(self.sibling());
+        server.embryo.set(true);
+        server.rx.borrow_mut().wire = true;
+        *server.local.borrow_mut() = Some(local);
+        *server.remote.borrow_mut() = Some(remote);
+        *server.state.borrow_mut() = State::Connected {
+            peer: Weak::new(),
+            tx,
+        };
+        pending.push_back(server.clone());
+        drop(lstate);
+        self.changed();
+        Some(server)
     }
 
     /// Takes the next connection of a listening socket.

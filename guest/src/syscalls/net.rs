@@ -164,8 +164,8 @@ impl Kernel {
     }
 
     /// An inet destination: the address must suit the socket's family,
-    /// and only loopback is routed. The unspecified address means the
-    /// local host.
+    /// and be local (loopback, the interface's own) or reached through
+    /// the interface. The unspecified address means the local host.
     fn inet_destination(&self, core: &Core, addr: &SockAddr) -> Result<(Ip, u16)> {
         let SockAddr::Inet { ip, port, .. } = addr else {
             return Err(wrong_family(core));
@@ -173,7 +173,7 @@ impl Kernel {
         if !family_accepts(core.family, ip) {
             return Err(wrong_family(core));
         }
-        if !ip.is_local() {
+        if self.net.is_remote(ip) && !self.net.wire.as_ref().is_some_and(|w| w.routes(ip)) {
             return Err(Errno::ENETUNREACH);
         }
         let ip = if ip.is_unspecified() {
@@ -333,7 +333,7 @@ impl Kernel {
                 if !family_accepts(core.family, &ip) {
                     return Err(wrong_family(&core));
                 }
-                if !ip.is_local() {
+                if self.net.is_remote(&ip) {
                     return Err(Errno::EADDRNOTAVAIL);
                 }
                 let port = self.net.bind_port(&core, ip, port)?;
@@ -389,6 +389,9 @@ impl Kernel {
             self.autobind_inet(&core)?;
         }
         core.listen(backlog, self.ucred(true))?;
+        if let Some(SockAddr::Inet { ip, port, .. }) = core.local.borrow().clone() {
+            self.net.listen_wire(&core, ip, port);
+        }
         Ok(0)
     }
 
@@ -397,6 +400,14 @@ impl Kernel {
         let addr = self.user_sockaddr(addr, len)?;
         if core.kind == Kind::Dgram {
             return self.associate(&core, addr);
+        }
+        if core.connecting.get() {
+            // A handshake through the interface is under way.
+            return Err(if nonblocking {
+                Errno::EALREADY
+            } else {
+                Errno::EBLOCK
+            });
         }
         if core.connect_started.get() {
             // The second connect after EINPROGRESS reports the outcome.
@@ -430,6 +441,26 @@ impl Kernel {
             return Ok(0);
         }
         let (ip, port) = self.inet_destination(&core, &addr)?;
+        if self.net.is_remote(&ip) {
+            let local_port = match core.local.borrow().clone() {
+                Some(SockAddr::Inet { port, .. }) => port,
+                _ => self.net.client_port(),
+            };
+            let now = self.clock.monotonic_ns();
+            let Some(wire) = &mut self.net.wire else {
+                return Err(Errno::ENETUNREACH);
+            };
+            wire.connect(&core, local_port, (ip, port), now)?;
+            core.cred.set(cred);
+            // Both report the outcome at the next connect: a blocking one
+            // waits for it (its call is retried once the handshake ends).
+            core.connect_started.set(true);
+            return Err(if nonblocking {
+                Errno::EINPROGRESS
+            } else {
+                Errno::EBLOCK
+            });
+        }
         let Some(listener) = self.net.find_port(IPPROTO_TCP, ip, port) else {
             if nonblocking {
                 core.connect_started.set(true);
@@ -603,6 +634,16 @@ impl Kernel {
         }
         let (ip, port) = self.inet_destination(core, &to)?;
         let from = self.inet_source(core, &ip)?;
+        if self.net.is_remote(&ip) {
+            let bound = match core.local.borrow().clone() {
+                Some(SockAddr::Inet { ip, port, .. }) => (ip, port),
+                _ => return Err(Errno::EINVAL),
+            };
+            let Some(wire) = &mut self.net.wire else {
+                return Err(Errno::ENETUNREACH);
+            };
+            return wire.send_udp(core, bound, (ip, port), &msg.data);
+        }
         // The socket's own hop limit and traffic class unless the message
         // set them.
         let hops = core.option(SOL_IPV6, IPV6_UNICAST_HOPS).unwrap_or(64);

@@ -4,4 +4,5 @@
 pub mod console;
 pub mod fs;
 pub mod mmio;
+pub mod net;
 pub mod queue;

@@ -136,6 +136,43 @@ impl Virtqueue {
         true
     }
 
+    /// Makes descriptor `id` available as a chain of one buffer at
+    /// `addr` (guest-physical: identity-mapped kernel memory) of `len`
+    /// bytes, for a driver that keeps many single-buffer chains
+    /// outstanding (the network device's frame buffers, one per
+    /// descriptor, reused as the device completes them).
+    pub fn post_single(&mut self, id: u16, addr: u64, len: u32, writable: bool) -> bool {
+        if id >= self.size {
+            return false;
+        }
+        let flags = if writable { DESC_F_WRITE } else { 0 };
+        let slot = (self.next_avail % self.size) as usize;
+        // SAFETY: descriptor `id` < size and the avail ring lie inside our
+        // allocation.
+        unsafe {
+            let d = self.mem.add(16 * id as usize);
+            write_volatile(d as *mut u64, addr);
+            write_volatile(d.add(8) as *mut u32, len);
+            write_volatile(d.add(12) as *mut u16, flags);
+            write_volatile(d.add(14) as *mut u16, 0);
+            let avail = self.mem.add(self.avail_off);
+            write_volatile(avail.add(4 + 2 * slot) as *mut u16, id);
+            fence(Ordering::SeqCst);
+            self.next_avail = self.next_avail.wrapping_add(1);
+            write_volatile(avail.add(2) as *mut u16, self.next_avail);
+        }
+        fence(Ordering::SeqCst);
+        true
+    }
+
+    /// Whether the device completed a chain not yet popped: one load,
+    /// cheap enough to ask after every system call.
+    pub fn has_used(&self) -> bool {
+        // SAFETY: the used ring lies inside our allocation.
+        let idx = unsafe { read_volatile(self.mem.add(self.used_off + 2) as *const u16) };
+        idx != self.last_used
+    }
+
     /// The next completed chain: (head descriptor id, bytes written by the device).
     pub fn pop_used(&mut self) -> Option<(u32, u32)> {
         fence(Ordering::SeqCst);
