@@ -250,7 +250,11 @@ pub fn encode_process_spec(
 
 /// Bytes of a [`BootInfo`] as the guest reads them.
 pub fn boot_info_bytes(info: &BootInfo) -> Vec<u8> {
-    const _: () = assert!(std::mem::size_of::<BootInfo>() == 64 + 24 * capsa_abi::MAX_DEVICES);
+    const _: () = assert!(
+        std::mem::size_of::<BootInfo>()
+            == 64 + 24 * capsa_abi::MAX_DEVICES + std::mem::size_of::<capsa_abi::NetConfig>()
+    );
+    const _: () = assert!(std::mem::size_of::<capsa_abi::NetConfig>() == 80);
     // SAFETY: BootInfo is repr(C) with only integer fields laid out without
     // padding (checked by the size assertion above), so all its bytes are
     // initialized; the slice lives no longer than the borrow of `info`.

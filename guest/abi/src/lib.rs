@@ -161,7 +161,7 @@ pub struct NetConfig {
     /// The global IPv6 address and prefix length (prefix 0: none).
     pub ipv6: [u8; 16],
     pub ipv6_prefix: u8,
-    pub _pad6: [u8; 7],
+    pub _pad6: [u8; 11],
     /// The IPv6 default gateway (all zero: none).
     pub ipv6_gateway: [u8; 16],
 }
