@@ -351,6 +351,7 @@ pub fn vm_config(spec: &Spec, rootfs: &Path, bundle: &Path) -> Result<capsa_vmm:
         mounts,
         debug_syscalls: std::env::var(DEBUG_SYSCALLS_ENV).is_ok_and(|v| v == "1"),
         seccomp: true,
+        net: None,
     })
 }
 

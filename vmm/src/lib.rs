@@ -96,6 +96,17 @@ pub struct VmConfig {
     pub debug_syscalls: bool,
     /// Install the VMM's seccomp allowlist before running guest code.
     pub seccomp: bool,
+    /// The network interface, when the container's namespace has one.
+    pub net: Option<NetAttachment>,
+}
+
+/// A TAP device (IFF_TAP | IFF_NO_PI, non-blocking) the guest's
+/// virtio-net device sends and receives frames through, and how the
+/// guest configures its side.
+#[derive(Clone, Debug)]
+pub struct NetAttachment {
+    pub tap: std::sync::Arc<std::os::fd::OwnedFd>,
+    pub config: capsa_abi::NetConfig,
 }
 
 /// How the guest's process ended.

@@ -73,7 +73,11 @@ pub fn run_loop(
         ticker.deliver(vcpu, mem)?;
         let outcome = match vcpu.run() {
             Ok(exit) => handle_exit(exit, bus),
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                // A tick or a signal: input (network frames) waits for no exit.
+                bus.poll_ready_inputs();
+                continue;
+            }
             Err(e) => return Err(Error::Run(e)),
         };
         match outcome {

@@ -18,6 +18,7 @@ use crate::devices::control::Control;
 use crate::devices::virtio::console::Console;
 use crate::devices::virtio::fs::Fs;
 use crate::devices::virtio::mmio::MmioTransport;
+use crate::devices::virtio::net::Net;
 use crate::devices::Stdin;
 use crate::memory::{self, GuestMemory};
 use crate::{vcpu, GuestExit, ProcessSpec, SharedDir, VmConfig};
@@ -25,7 +26,7 @@ use crate::{vcpu, GuestExit, ProcessSpec, SharedDir, VmConfig};
 /// Where the boot data goes inside `[BOOT_DATA_START, BOOT_DATA_END)`.
 pub mod layout {
     /// The encoded process spec follows the boot info.
-    pub const PROCESS_SPEC_ADDR: u64 = capsa_abi::BOOT_INFO_ADDR + 0x200;
+    pub const PROCESS_SPEC_ADDR: u64 = capsa_abi::BOOT_INFO_ADDR + 0x400;
     /// GDT (three descriptors) and the TSS the entry state's TR points at.
     pub const GDT_ADDR: u64 = 0x1E_0000;
     pub const TSS_ADDR: u64 = GDT_ADDR + 0x100;
@@ -104,6 +105,9 @@ pub enum Error {
         #[source]
         source: crate::devices::virtio::fs::Error,
     },
+    /// The TAP descriptor could not be duplicated for the device.
+    #[error("cannot take the network interface's TAP device")]
+    NetDevice(#[source] std::io::Error),
     /// Writing boot data into guest RAM failed.
     #[error("cannot write boot data at {addr:#x}")]
     BootData {
@@ -447,6 +451,20 @@ impl Vm {
                 Box::new(MmioTransport::new(device, mem.clone())),
             )?;
             mount_records.push((index, dir));
+        }
+        if let Some(net) = &config.net {
+            let tap = net.tap.try_clone().map_err(Error::NetDevice)?;
+            add(
+                &mut bus,
+                &mut info,
+                DeviceRole::Net,
+                capsa_abi::VIRTIO_ID_NET,
+                Box::new(MmioTransport::new(
+                    Net::new(tap, net.config.mac, net.config.mtu()),
+                    mem.clone(),
+                )),
+            )?;
+            info.net = net.config;
         }
 
         // Boot data.

@@ -65,6 +65,7 @@ pub fn config(code: Vec<u8>) -> VmConfig {
         mounts: Vec::new(),
         debug_syscalls: false,
         seccomp: false,
+        net: None,
     }
 }
 

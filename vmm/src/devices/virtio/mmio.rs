@@ -155,6 +155,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
             return;
         }
         self.device.process_queue(index as usize, queue, &self.mem);
+        self.device.after_notify(&mut self.queues, &self.mem);
         self.interrupt_status |= INT_USED_BUFFER;
     }
 

@@ -7,6 +7,7 @@
 pub mod console;
 pub mod fs;
 pub mod mmio;
+pub mod net;
 pub mod queue;
 
 use std::os::fd::RawFd;
@@ -33,6 +34,8 @@ pub trait VirtioDevice {
     fn read_config(&self, offset: u64, data: &mut [u8]);
     /// Handles a notification of queue `index`: processes available buffers.
     fn process_queue(&mut self, index: usize, queue: &mut Queue, mem: &GuestMemory);
+    /// After a notify of any queue was processed, with all the queues.
+    fn after_notify(&mut self, _queues: &mut [Queue], _mem: &GuestMemory) {}
     /// A host descriptor whose readability means input for the guest, given
     /// the current queues (None when no buffer could take input).
     fn input_fd(&self, _queues: &[Queue], _mem: &GuestMemory) -> Option<RawFd> {
