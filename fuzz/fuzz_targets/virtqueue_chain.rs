@@ -1,18 +1,20 @@
 //! Descriptor chains the guest controls entirely: the input is guest RAM
 //! (descriptor table, rings and buffers wherever it puts them) plus a
-//! header that sets one queue of a virtio-console or virtio-fs device up
+//! header that sets one queue of a virtio-console, virtio-fs or virtio-net device up
 //! through the virtio-mmio transport and notifies it. The device must not
 //! panic, hang, or touch host memory outside guest RAM (RAM sits between
 //! guard pages).
 //!
 //! Input header:
 //!
-//! - u8: bit 0 the device (0 console, 1 fs), bit 1 the queue (console: 0
-//!   receive, 1 transmit; fs: 0 high priority, 1 requests);
+//! - u8: bits 0 and 2 the device (0 console, 1 fs, 4 or 5 net), bit 1 the
+//!   queue (console and net: 0 receive, 1 transmit; fs: 0 high priority,
+//!   1 requests);
 //! - u8: queue size, `1 << (value % 9)`;
 //! - u16 LE ×3: descriptor table, avail ring, used ring addresses;
 //! - u8: number of notifications, `1 + value % 4`;
-//! - u8: length of stdin's contents for the console, then those bytes;
+//! - u8: length of stdin's contents for the console (the frames the TAP
+//!   delivers, for the network device), then those bytes;
 //!
 //! then guest RAM from address 0 (64 KiB; the rest is zero).
 
@@ -30,6 +32,7 @@ use capsa_vmm::bus::BusDevice;
 use capsa_vmm::devices::virtio::console::Console;
 use capsa_vmm::devices::virtio::fs::Fs;
 use capsa_vmm::devices::virtio::mmio::MmioTransport;
+use capsa_vmm::devices::virtio::net::Net;
 use capsa_vmm::devices::Stdin;
 use libfuzzer_sys::fuzz_target;
 
@@ -62,7 +65,15 @@ fuzz_target!(|data: &[u8]| {
     let mut sandbox = sandbox().lock().unwrap();
 
     let queue = u32::from((which >> 1) & 1);
-    let mut device: Box<dyn BusDevice> = if which & 1 == 0 {
+    let mut device: Box<dyn BusDevice> = if which & 4 != 0 {
+        // The pipe stands in for the TAP: its bytes arrive as a frame,
+        // and transmitted frames fail to write, as to a TAP gone down.
+        let tap = stdin_fd.try_clone().unwrap();
+        Box::new(MmioTransport::new(
+            Net::new(tap, [2, 0, 0, 0, 0, 1], 1500),
+            mem.clone(),
+        ))
+    } else if which & 1 == 0 {
         let stdin = Rc::new(Stdin::new(stdin_fd.as_raw_fd()));
         let console = Console::new(Some(stdin), capsa_fuzz::dev_null());
         Box::new(MmioTransport::new(console, mem.clone()))
