@@ -62,6 +62,9 @@ pub struct Init {
     pub preserve_fds: i32,
     /// Namespaces this init created rather than joined.
     pub new_namespaces: Vec<LinuxNamespaceType>,
+    /// What the backend's `prepare` leaves for its `launch` (resources it
+    /// must acquire while the init is still privileged).
+    pub handover: Option<Box<dyn std::any::Any>>,
 }
 
 impl Init {

@@ -276,6 +276,7 @@ fn create_with_console(
         console_socket,
         preserve_fds: opts.preserve_fds,
         new_namespaces: new_namespaces.clone(),
+        handover: None,
     };
     let pid = spawn_init(
         init,

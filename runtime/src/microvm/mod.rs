@@ -52,6 +52,8 @@
 //! `--preserve-fds`; `process.terminal` is refused (no console device for a
 //! terminal yet).
 
+mod network;
+
 use std::convert::Infallible;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -155,6 +157,8 @@ pub enum MicroVmError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Network(#[from] network::NetworkError),
     #[error(transparent)]
     Path(#[from] PathError),
     #[error(transparent)]
@@ -355,15 +359,16 @@ pub fn vm_config(spec: &Spec, rootfs: &Path, bundle: &Path) -> Result<capsa_vmm:
     })
 }
 
-/// Closes every inherited descriptor above stdio: the VMM passes none to the
-/// guest, and must not keep capsa's (or its caller's) open.
-fn close_inherited_fds() {
+/// Closes every inherited descriptor above stdio but `keep` (the VMM's
+/// own, opened while preparing): the VMM passes none to the guest, and
+/// must not keep capsa's (or its caller's) open.
+fn close_inherited_fds(keep: &[i32]) {
     let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
         return;
     };
     let fds: Vec<i32> = entries
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .filter(|fd| *fd > 2)
+        .filter(|fd| *fd > 2 && !keep.contains(fd))
         .collect();
     for fd in fds {
         // SAFETY: nothing in this process owns these fds any more (the
@@ -685,21 +690,48 @@ impl Backend for MicroVmBackend {
             {
                 devices.push(kvm);
             }
+            // The TAP the guest's network device uses (opened before the
+            // jail, which has no /dev/net/tun).
+            if let Ok(tun) = LinuxDeviceCgroupBuilder::default()
+                .allow(true)
+                .typ(LinuxDeviceType::C)
+                .major(10)
+                .minor(200)
+                .access("rw")
+                .build()
+            {
+                devices.push(tun);
+            }
             resources.set_devices(Some(devices));
         }
         Some(resources)
     }
 
-    fn namespaces(&self, _spec: &Spec) -> Vec<LinuxNamespace> {
+    fn namespaces(&self, spec: &Spec) -> Vec<LinuxNamespace> {
+        // The network namespace the spec names (podman's, a CNI plugin's,
+        // a pod's) is joined: its interface becomes the guest's.
+        let given_network = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.namespaces().as_ref())
+            .into_iter()
+            .flatten()
+            .find(|ns| ns.typ() == LinuxNamespaceType::Network && ns.path().is_some())
+            .cloned();
         [
             LinuxNamespaceType::Mount,
             LinuxNamespaceType::Pid,
             LinuxNamespaceType::Ipc,
             LinuxNamespaceType::Uts,
-            LinuxNamespaceType::Network,
         ]
         .into_iter()
         .filter_map(|typ| LinuxNamespaceBuilder::default().typ(typ).build().ok())
+        .chain(given_network.or_else(|| {
+            LinuxNamespaceBuilder::default()
+                .typ(LinuxNamespaceType::Network)
+                .build()
+                .ok()
+        }))
         .collect()
     }
 
@@ -715,6 +747,12 @@ impl Backend for MicroVmBackend {
         )
         .map_err(MicroVmError::Propagation)?;
         init.run_runtime_hooks().map_err(MicroVmError::from)?;
+        // A namespace of our own has only lo: nothing to hand over.
+        if !init.has_new(LinuxNamespaceType::Network) {
+            if let Some(attachment) = network::attach().map_err(MicroVmError::from)? {
+                init.handover = Some(Box::new(attachment));
+            }
+        }
         init.run_hooks("createContainer", Status::Creating)
             .map_err(MicroVmError::from)?;
         // The guest mounts shared directories over existing directories;
@@ -789,15 +827,26 @@ impl Backend for MicroVmBackend {
 
 /// Jails and confines this process, then runs the microVM and exits with
 /// the guest's status.
-fn become_vmm(init: Init) -> Result<Infallible> {
+fn become_vmm(mut init: Init) -> Result<Infallible> {
+    use std::os::fd::AsRawFd;
+
     let mut config = vm_config(&init.spec, &init.rootfs, &init.bundle)?;
+    config.net = init
+        .handover
+        .take()
+        .and_then(|h| h.downcast::<network::Attachment>().ok())
+        .map(|attachment| capsa_vmm::NetAttachment {
+            tap: std::sync::Arc::new(attachment.tap),
+            config: attachment.config,
+        });
     let shared: Vec<_> = guest_mounts(&init.spec, &init.bundle)
         .into_iter()
         .filter(|m| !m.is_file)
         .collect();
     // The init's channel and fifo are not the guest's business.
     drop(init);
-    close_inherited_fds();
+    let kept: Vec<i32> = config.net.iter().map(|n| n.tap.as_raw_fd()).collect();
+    close_inherited_fds(&kept);
     enter_jail(&mut config, &shared)?;
     confine()?;
     // capsa blocked the forwarded signals before cloning the init, and
