@@ -604,7 +604,8 @@ impl Kernel {
             // Linux binds an unbound netlink socket at its first send.
             _ => self.bind_netlink(core, 0, 0)?,
         };
-        let reply = crate::net::netlink::respond(&msg.data, port);
+        let device = self.net.wire.as_ref().map(|w| &w.config);
+        let reply = crate::net::netlink::respond(&msg.data, device, port);
         if !reply.is_empty() {
             let mut seg = Segment::new(reply, self.ucred(false));
             seg.cred = Ucred::default();
@@ -1129,7 +1130,8 @@ impl Kernel {
             }
             (SOL_SOCKET, SO_BINDTODEVICE) => {
                 let dev = raw.split(|&b| b == 0).next().unwrap_or(&[]);
-                if !dev.is_empty() && dev != b"lo" {
+                let device = self.net.wire.as_ref().map(|w| &w.config);
+                if !dev.is_empty() && !crate::net::netlink::has_interface(dev, device) {
                     return Err(Errno::ENODEV);
                 }
             }
@@ -1224,7 +1226,7 @@ impl Kernel {
             let conf = self.user_buf_mut(arg, 16)?.to_vec();
             let room = u32_at(&conf, 0) as usize;
             let records = u64_at(&conf, 8);
-            let list = netlink::interface_list();
+            let list = netlink::interface_list(self.net.wire.as_ref().map(|w| &w.config));
             let n = if records == 0 {
                 list.len()
             } else {
@@ -1239,7 +1241,11 @@ impl Kernel {
         if (0x8900..=0x89ff).contains(&request) {
             let mut ifreq = [0u8; IFREQ_SIZE];
             ifreq.copy_from_slice(self.user_buf_mut(arg, IFREQ_SIZE)?);
-            netlink::interface_request(request, &mut ifreq)?;
+            netlink::interface_request(
+                request,
+                &mut ifreq,
+                self.net.wire.as_ref().map(|w| &w.config),
+            )?;
             self.put_user(arg, &ifreq)?;
             return Ok(0);
         }

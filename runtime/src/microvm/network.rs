@@ -558,8 +558,7 @@ mod tests {
         // What `tc filter add dev X parent ffff: protocol all u32 match u32
         // 0 0 action mirred egress redirect dev Y` sends: priority 49152, all protocols.
         assert_eq!(&bytes[16..20], &0xc000_0300u32.to_le_bytes());
-        let parsed = TcMessage::parse(&netlink_packet_route::tc::TcMessageBuffer::new(&bytes))
-            .expect("parse");
+        let parsed = TcMessage::parse(&bytes).expect("parse");
         assert_eq!(parsed, filter);
     }
 }
