@@ -617,3 +617,104 @@ fn ip_shows_loopback_as_in_a_namespace_of_its_own() {
          link/loopback 00:00:00:00:00:00 brd 00:00:00:00:00:00\n",
     );
 }
+
+/// The instance in a namespace with an interface (a veth to the host, as
+/// a bridge network gives): it listens on the wildcard, connects out to a
+/// host server through the interface, then serves the host's request.
+const VETH_PY: &str = r#"
+import socket, sys
+host, port = sys.argv[1], int(sys.argv[2])
+print(sorted(name for _, name in socket.if_nameindex()))
+srv = socket.socket()
+srv.bind(('0.0.0.0', 8000))
+srv.listen(4)
+c = socket.create_connection((host, port), timeout=30)
+print(c.recv(100).decode())
+c.sendall(b'listening')
+c.close()
+srv.settimeout(30)
+conn, peer = srv.accept()
+print('client', peer[0])
+data = b''
+while not data.endswith(b'?'):
+    chunk = conn.recv(65536)
+    assert chunk, 'early end'
+    data += chunk
+print('request', len(data))
+conn.sendall(b'x' * 300000)
+conn.close()
+"#;
+
+/// The host's side of VETH_PY: greets the instance, then sends 70 kB to
+/// its server and returns how much came back.
+fn veth_host_side(ns: &VethNamespace) -> (u16, std::thread::JoinHandle<usize>) {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    let limit = std::time::Duration::from_secs(u64::from(RUN_LIMIT_SECS));
+    let listener = TcpListener::bind((ns.host_addr(), 0)).expect("host listener");
+    let port = listener.local_addr().expect("port").port();
+    let guest: std::net::SocketAddr = format!("{}:8000", ns.guest_addr()).parse().expect("addr");
+    let host = std::thread::spawn(move || {
+        // A bounded accept: an instance that never connects fails the test.
+        listener.set_nonblocking(true).expect("non-blocking");
+        let deadline = std::time::Instant::now() + limit;
+        let (mut from_guest, peer) = loop {
+            match listener.accept() {
+                Ok(accepted) => break accepted,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "the instance never connected"
+                    );
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => panic!("accept: {e}"),
+            }
+        };
+        from_guest.set_nonblocking(false).expect("blocking");
+        from_guest.set_read_timeout(Some(limit)).expect("timeout");
+        from_guest
+            .write_all(format!("hello {}", peer.ip()).as_bytes())
+            .expect("greet");
+        let mut said = String::new();
+        from_guest.read_to_string(&mut said).expect("read");
+        assert_eq!(said, "listening");
+        let mut to_guest = TcpStream::connect_timeout(&guest, limit).expect("connect");
+        to_guest.set_read_timeout(Some(limit)).expect("timeout");
+        let mut request = vec![b'r'; 70_000];
+        request.push(b'?');
+        to_guest.write_all(&request).expect("send");
+        let mut reply = Vec::new();
+        to_guest.read_to_end(&mut reply).expect("reply");
+        reply.len()
+    });
+    (port, host)
+}
+
+/// A bundle joining a namespace by path (what podman, CNI and CRI pods
+/// hand over) reaches the host and is reached from it through the
+/// namespace's interface, in both modes alike: in a microVM the guest has
+/// taken the interface's place (its address, MAC and routes).
+#[test]
+fn the_namespace_s_interface_carries_traffic_both_ways() {
+    require(PYTHON);
+    let subnet = 100 + (std::process::id() % 100) as u8;
+    let capsa = Capsa::new();
+    let [container, microvm] = ["container", "microvm"].map(|mode| {
+        let ns = VethNamespace::new(subnet);
+        let (port, host) = veth_host_side(&ns);
+        let mut bundle = host_fixture(&[PYTHON, "-c", VETH_PY, &ns.host_addr(), &port.to_string()]);
+        ns.join(&mut bundle);
+        let out = capsa.bounded_run(&bundle, mode, RUN_LIMIT_SECS);
+        assert!(out.status.success(), "{mode}: {}", show(&out));
+        assert_eq!(host.join().expect("host side"), 300_000, "{mode}");
+        out
+    });
+    assert_eq!(show(&container), show(&microvm), "the modes differ");
+    assert_eq!(
+        stdout(&microvm),
+        format!(
+            "['eth0', 'lo']\nhello 10.213.{subnet}.2\nclient 10.213.{subnet}.1\nrequest 70001\n"
+        )
+    );
+}

@@ -468,3 +468,68 @@ pub fn build_go(dir: &Path, module: &str, source: &str) -> PathBuf {
     assert!(out.status.success(), "go build failed: {}", show(&out));
     binary
 }
+
+/// A network namespace joined to the host by a veth pair, as a container
+/// engine's bridge network gives one: the namespace's `eth0` has
+/// 10.213.`subnet`.2/24 and a default route through the host end,
+/// 10.213.`subnet`.1/24. `ip netns` names it, so a bundle joins it by path.
+/// Removed (with the pair) when dropped.
+pub struct VethNamespace {
+    pub name: String,
+    pub subnet: u8,
+}
+
+impl VethNamespace {
+    pub fn new(subnet: u8) -> VethNamespace {
+        let name = unique_id("capsa-netns");
+        let host_end = format!("cv{}x{subnet}", std::process::id() % 100_000);
+        let ns = VethNamespace { name, subnet };
+        let host_addr = format!("{}/24", ns.host_addr());
+        let guest_addr = format!("{}/24", ns.guest_addr());
+        let n = ns.name.as_str();
+        let steps: [&[&str]; 8] = [
+            &["netns", "add", n],
+            &[
+                "link", "add", &host_end, "type", "veth", "peer", "name", "eth0", "netns", n,
+            ],
+            &["addr", "add", &host_addr, "dev", &host_end],
+            &["link", "set", &host_end, "up"],
+            &["-n", n, "addr", "add", &guest_addr, "dev", "eth0"],
+            &["-n", n, "link", "set", "eth0", "up"],
+            &["-n", n, "link", "set", "lo", "up"],
+            &["-n", n, "route", "add", "default", "via", &ns.host_addr()],
+        ];
+        for args in steps {
+            let out = Command::new("ip").args(args).output().expect("run ip");
+            assert!(out.status.success(), "ip {args:?}: {}", stderr(&out));
+        }
+        ns
+    }
+
+    pub fn host_addr(&self) -> String {
+        format!("10.213.{}.1", self.subnet)
+    }
+
+    pub fn guest_addr(&self) -> String {
+        format!("10.213.{}.2", self.subnet)
+    }
+
+    /// Makes `bundle` join this namespace instead of getting a new one.
+    pub fn join(&self, bundle: &mut TestBundle) {
+        let path = format!("/var/run/netns/{}", self.name);
+        bundle.edit(|c| {
+            let namespaces = c["linux"]["namespaces"].as_array_mut().expect("namespaces");
+            namespaces.retain(|ns| ns["type"] != "network");
+            namespaces.push(serde_json::json!({"type": "network", "path": path}));
+        });
+    }
+}
+
+impl Drop for VethNamespace {
+    fn drop(&mut self) {
+        // The pair goes with the namespace that holds one end.
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
