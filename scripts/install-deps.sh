@@ -4,7 +4,9 @@
 set -euo pipefail
 # gcc, python3 and its regression suite, a JDK (javac compiles, java runs)
 # and node run in the tests' bundles; g++ builds libFuzzer for the fuzz
-# targets (scripts/fuzz.sh); pip brings the Go toolchain below.
+# targets (scripts/fuzz.sh); pip brings the Go toolchain below. netavark,
+# aardvark-dns and iptables give podman bridge networks and published ports;
+# curl is the host's client of a published port in tests/podman.rs.
 packages=(busybox-static runc podman netavark aardvark-dns iptables curl containerd libseccomp-dev pkg-config iproute2 util-linux gcc g++ libc6-dev gawk python3 libpython3.11-testsuite openjdk-17-jdk-headless nodejs python3-pip)
 missing=()
 for p in "${packages[@]}"; do

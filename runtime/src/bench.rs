@@ -840,19 +840,25 @@ fn run_phases(work: &Path, bench: &PhaseBench) -> Result<Vec<(String, Vec<f64>)>
         rootfs = crate::spec::Bundle::load(&base)?.rootfs;
     }
     let dir = rootfs.join(inner);
+    install_worker(&dir)?;
+    let result = phase_runs(work, bench, &capsa, &dir);
+    // The rootfs may be the user's: leave it as it was.
+    let _ = fs::remove_dir_all(&dir);
+    result
+}
+
+/// Copies the worker into `dir` (made for it) as `iobench`.
+fn install_worker(dir: &Path) -> Result<PathBuf, BenchError> {
     let worker = dir.join("iobench");
     let io_error = |path: &Path| {
         let path = path.to_path_buf();
         move |source| BenchError::Io { path, source }
     };
-    fs::create_dir_all(&dir).map_err(io_error(&dir))?;
+    fs::create_dir_all(dir).map_err(io_error(dir))?;
     fs::write(&worker, IOBENCH).map_err(io_error(&worker))?;
     fs::set_permissions(&worker, std::os::unix::fs::PermissionsExt::from_mode(0o755))
         .map_err(io_error(&worker))?;
-    let result = phase_runs(work, bench, &capsa, &dir);
-    // The rootfs may be the user's: leave it as it was.
-    let _ = fs::remove_dir_all(&dir);
-    result
+    Ok(worker)
 }
 
 fn phase_runs(
@@ -965,6 +971,8 @@ pub struct NetOptions {
     pub stream_mib: u64,
     /// 1-byte request / 1-byte reply round trips per connection.
     pub round_trips: u64,
+    /// Requests from the host to a server in each instance per run.
+    pub requests: u64,
     /// Repetitions of each phase; the median counts.
     pub runs: usize,
     pub bundle: Option<PathBuf>,
@@ -980,6 +988,14 @@ pub struct NetSummary {
     pub tcp_round_trips_per_s: f64,
     /// The same over a unix stream socket pair.
     pub unix_round_trips_per_s: f64,
+    /// Requests from the host to a server in the instance, through the
+    /// interface of the network namespace it was given (what a published
+    /// port forwards to): each a new TCP connection with a 1-byte request
+    /// and a 1-byte reply. Not measured for the host itself (NaN).
+    pub host_requests_per_s: f64,
+    /// The median and 99th percentile of one such request, microseconds.
+    pub host_request_p50_us: f64,
+    pub host_request_p99_us: f64,
 }
 
 /// Every phase is timed inside by the worker, so neither the instance's
@@ -1018,19 +1034,270 @@ fn net_in(work: &Path, opts: &NetOptions) -> Result<Vec<NetSummary>, BenchError>
         bundle: opts.bundle.as_deref(),
     };
     let bytes = opts.stream_mib as f64 * (1u64 << 20) as f64;
-    let summaries: Vec<NetSummary> = run_phases(work, &bench)?
+    let medians = run_phases(work, &bench)?;
+    let requests = host_requests(work, opts)?;
+    let summaries: Vec<NetSummary> = medians
         .into_iter()
-        .map(|(name, m)| NetSummary {
-            name,
-            tcp_stream_mb_s: bytes / 1e6 / m[0],
-            tcp_round_trips_per_s: opts.round_trips as f64 / m[1],
-            unix_round_trips_per_s: opts.round_trips as f64 / m[2],
+        .map(|(name, m)| {
+            let from_host = requests
+                .iter()
+                .find(|(runner, _)| *runner == name)
+                .map(|(_, r)| *r)
+                .unwrap_or([f64::NAN; 3]);
+            NetSummary {
+                name,
+                tcp_stream_mb_s: bytes / 1e6 / m[0],
+                tcp_round_trips_per_s: opts.round_trips as f64 / m[1],
+                unix_round_trips_per_s: opts.round_trips as f64 / m[2],
+                host_requests_per_s: from_host[0],
+                host_request_p50_us: from_host[1],
+                host_request_p99_us: from_host[2],
+            }
         })
         .collect();
     if summaries.is_empty() {
         return Err(BenchError::NothingRan);
     }
     Ok(summaries)
+}
+
+/// The port the instance's server listens on, inside its namespace.
+const SERVE_PORT: u16 = 8000;
+
+/// A network namespace joined to the host by a veth pair, as a bridge
+/// network gives a container: `eth0` inside with .2/24 and a default route
+/// through the host end, .1/24. Made with iproute2's `ip`; removed (with
+/// the pair) when dropped.
+struct BenchNamespace {
+    name: String,
+    subnet: u8,
+}
+
+impl BenchNamespace {
+    fn new(tag: &str) -> Result<BenchNamespace, String> {
+        let pid = std::process::id();
+        let ns = BenchNamespace {
+            name: format!("capsa-bench-{pid}-{tag}"),
+            subnet: (pid % 200) as u8 + 20,
+        };
+        let host_end = format!("cb{}{tag}", pid % 100_000);
+        let host_end = &host_end[..host_end.len().min(15)];
+        let net = format!("10.214.{}", ns.subnet);
+        let (host_cidr, inner_cidr, gateway) = (
+            format!("{net}.1/24"),
+            format!("{net}.2/24"),
+            format!("{net}.1"),
+        );
+        let n = ns.name.as_str();
+        let steps: [&[&str]; 8] = [
+            &["netns", "add", n],
+            &[
+                "link", "add", host_end, "type", "veth", "peer", "name", "eth0", "netns", n,
+            ],
+            &["addr", "add", &host_cidr, "dev", host_end],
+            &["link", "set", host_end, "up"],
+            &["-n", n, "addr", "add", &inner_cidr, "dev", "eth0"],
+            &["-n", n, "link", "set", "eth0", "up"],
+            &["-n", n, "link", "set", "lo", "up"],
+            &["-n", n, "route", "add", "default", "via", &gateway],
+        ];
+        for args in steps {
+            let out = Command::new("ip")
+                .args(args)
+                .output()
+                .map_err(|e| format!("ip: {e}"))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "ip {}: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+            }
+        }
+        Ok(ns)
+    }
+
+    fn server(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([10, 214, self.subnet, 2], SERVE_PORT))
+    }
+
+    fn path(&self) -> PathBuf {
+        Path::new("/var/run/netns").join(&self.name)
+    }
+}
+
+impl Drop for BenchNamespace {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+/// Each mode's requests from the host (requests/s, p50 and p99 µs),
+/// interleaved run by run; a mode that fails is left out with a note.
+fn host_requests(work: &Path, opts: &NetOptions) -> Result<Vec<(String, [f64; 3])>, BenchError> {
+    let base = match &opts.bundle {
+        Some(bundle) => bundle.clone(),
+        None => {
+            let dir = work.join("demo");
+            if !dir.join("config.json").exists() {
+                crate::demo::build_bundle(&dir, &[])?;
+            }
+            dir
+        }
+    };
+    let inner = "capsa-net-serve";
+    let command: Vec<String> = [
+        format!("/{inner}/iobench"),
+        "serve".into(),
+        SERVE_PORT.to_string(),
+        // One untimed request first: the server is up once it answers.
+        (opts.requests + 1).to_string(),
+    ]
+    .into();
+    let mut rootfs = PathBuf::new();
+    for isolation in &opts.isolations {
+        rootfs = derive_bundle(
+            &base,
+            &work.join(format!("serve-{isolation}")),
+            &command,
+            false,
+        )?;
+    }
+    let worker = install_worker(&rootfs.join(inner))?;
+    let capsa = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("capsa"));
+    let mut latencies: Vec<Vec<f64>> = vec![Vec::new(); opts.isolations.len()];
+    let mut seconds = vec![0.0; opts.isolations.len()];
+    let mut failed: Vec<Option<String>> = vec![None; opts.isolations.len()];
+    for run in 0..opts.runs {
+        for (index, isolation) in opts.isolations.iter().enumerate() {
+            if failed[index].is_some() {
+                continue;
+            }
+            let bundle = work.join(format!("serve-{isolation}"));
+            let id = format!("net-serve-{}-{run}-{isolation}", std::process::id());
+            let state = work.join(format!("state-{isolation}"));
+            match serve_requests(&capsa, &state, &bundle, *isolation, &id, opts.requests) {
+                Ok((times, total)) => {
+                    latencies[index].extend(times);
+                    seconds[index] += total;
+                }
+                Err(reason) => failed[index] = Some(reason),
+            }
+        }
+    }
+    let _ = fs::remove_dir_all(worker.parent().unwrap_or(&worker));
+    let mut results = Vec::new();
+    for (index, isolation) in opts.isolations.iter().enumerate() {
+        let name = format!("capsa {isolation}");
+        if let Some(reason) = &failed[index] {
+            eprintln!("note: {name}: requests from the host skipped ({reason})");
+            continue;
+        }
+        let mut sorted = latencies[index].clone();
+        sorted.sort_by(f64::total_cmp);
+        results.push((
+            name,
+            [
+                sorted.len() as f64 / seconds[index],
+                percentile(&sorted, 50.0) * 1e6,
+                percentile(&sorted, 99.0) * 1e6,
+            ],
+        ));
+    }
+    Ok(results)
+}
+
+/// One run: the instance serves in a namespace of its own while the host
+/// sends `requests` requests, each on a new connection; returns each
+/// request's seconds and their total.
+fn serve_requests(
+    capsa: &Path,
+    state: &Path,
+    bundle: &Path,
+    isolation: Isolation,
+    id: &str,
+    requests: u64,
+) -> Result<(Vec<f64>, f64), String> {
+    use std::io::{Read, Write};
+    let ns = BenchNamespace::new(&isolation.to_string()[..1])?;
+    join_network_namespace(bundle, &ns.path())?;
+    let mut instance = Command::new(capsa)
+        .arg("--root")
+        .arg(state)
+        .args(["run", &format!("--isolation={isolation}"), "--bundle"])
+        .arg(bundle)
+        .arg(id)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("capsa run: {e}"))?;
+    let limit = std::time::Duration::from_secs(30);
+    let request = || -> Result<f64, String> {
+        let started = Instant::now();
+        let mut conn = std::net::TcpStream::connect_timeout(&ns.server(), limit)
+            .map_err(|e| format!("connect: {e}"))?;
+        conn.set_nodelay(true).map_err(|e| e.to_string())?;
+        conn.set_read_timeout(Some(limit))
+            .map_err(|e| e.to_string())?;
+        let mut byte = [1u8];
+        conn.write_all(&byte).map_err(|e| format!("request: {e}"))?;
+        conn.read_exact(&mut byte)
+            .map_err(|e| format!("reply: {e}"))?;
+        drop(conn);
+        Ok(started.elapsed().as_secs_f64())
+    };
+    // The first request waits for the server to listen (bounded).
+    let deadline = Instant::now() + limit;
+    let outcome = loop {
+        match request() {
+            Ok(_) => break Ok(()),
+            Err(_) if Instant::now() < deadline && matches!(instance.try_wait(), Ok(None)) => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(e) => break Err(e),
+        }
+    };
+    let measured = outcome.and_then(|()| {
+        let started = Instant::now();
+        let times = (0..requests)
+            .map(|_| request())
+            .collect::<Result<Vec<f64>, String>>()?;
+        Ok((times, started.elapsed().as_secs_f64()))
+    });
+    if measured.is_err() {
+        let _ = Command::new(capsa)
+            .arg("--root")
+            .arg(state)
+            .args(["delete", "--force", id])
+            .output();
+    }
+    let out = instance.wait_with_output().map_err(|e| e.to_string())?;
+    let result = measured?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        return Err(stderr
+            .lines()
+            .last()
+            .unwrap_or("the server failed")
+            .to_string());
+    }
+    Ok(result)
+}
+
+/// Points the bundle's network namespace at `path`.
+fn join_network_namespace(bundle: &Path, path: &Path) -> Result<(), String> {
+    let config = bundle.join("config.json");
+    let text = fs::read(&config).map_err(|e| format!("{}: {e}", config.display()))?;
+    let mut value: serde_json::Value =
+        serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", config.display()))?;
+    if let Some(namespaces) = value["linux"]["namespaces"].as_array_mut() {
+        namespaces.retain(|ns| ns["type"] != "network");
+        namespaces.push(serde_json::json!({"type": "network", "path": path}));
+    }
+    fs::write(&config, value.to_string()).map_err(|e| format!("{}: {e}", config.display()))
 }
 
 impl NetSummary {
@@ -1084,10 +1351,44 @@ pub fn format_net_table(summaries: &[NetSummary]) -> String {
         out.push('\n');
     }
     out.push_str(
-        "note: requests/s from the host to a server in the instance through a published \
-         port: not measured, the microVM has no network device yet (no virtio-net), only \
-         its own loopback\n",
+        "\nrequests from the host to a server in the instance, through the interface of \
+         the network namespace it was given (a veth; what a published port forwards to), \
+         each a new TCP connection with a 1-byte request and reply:\n",
     );
+    out.push_str(&format!(
+        "{:<34} {:>11} {:>11} {:>11}\n",
+        "runner", "req/s", "p50 us", "p99 us"
+    ));
+    let measured: Vec<&NetSummary> = summaries
+        .iter()
+        .filter(|s| s.host_requests_per_s.is_finite())
+        .collect();
+    let request_figures = |s: &NetSummary| {
+        [
+            s.host_requests_per_s,
+            s.host_request_p50_us,
+            s.host_request_p99_us,
+        ]
+    };
+    for s in &measured {
+        out.push_str(&format!("{:<34}", s.name));
+        for value in request_figures(s) {
+            out.push_str(&cell(value, false));
+        }
+        out.push('\n');
+    }
+    if let (Some(vm), Some(container)) = (find("capsa microvm"), find("capsa container")) {
+        if vm.host_requests_per_s.is_finite() && container.host_requests_per_s.is_finite() {
+            out.push_str(&format!("{:<34}", "capsa microvm / capsa container"));
+            for (x, y) in request_figures(vm)
+                .into_iter()
+                .zip(request_figures(container))
+            {
+                out.push_str(&cell(x / y, true));
+            }
+            out.push('\n');
+        }
+    }
     out
 }
 
@@ -1177,6 +1478,13 @@ mod tests {
             tcp_stream_mb_s: 1000.0 * scale,
             tcp_round_trips_per_s: 50000.0 * scale,
             unix_round_trips_per_s: f64::NAN,
+            host_requests_per_s: if name == "host" {
+                f64::NAN
+            } else {
+                1000.0 * scale
+            },
+            host_request_p50_us: 100.0 / scale,
+            host_request_p99_us: 300.0 / scale,
         };
         let table = format_net_table(&[
             summary("host", 1.0),
@@ -1199,7 +1507,22 @@ mod tests {
         );
         assert_eq!(line("capsa container / host"), ["-", "0.50x", "0.50x"]);
         assert_eq!(line("capsa microvm / host"), ["-", "0.10x", "0.10x"]);
-        assert!(table.contains("no virtio-net"), "{table}");
+        // The requests from the host: the modes only, then their ratio.
+        let (_, requests) = table.split_once("requests from the host").expect("section");
+        let rows: Vec<Vec<&str>> = requests
+            .lines()
+            .filter(|l| l.starts_with("capsa") || l.starts_with("host"))
+            .map(|l| l.split_whitespace().rev().take(3).collect())
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                vec!["600", "200", "500"],
+                vec!["3000", "1000", "100"],
+                vec!["5.00x", "5.00x", "0.20x"]
+            ],
+            "{table}"
+        );
     }
 
     #[test]

@@ -250,7 +250,8 @@ enum BenchCommand {
         output: BenchOutput,
     },
     /// Loopback TCP and unix socket throughput and round trips inside each
-    /// mode and on the host.
+    /// mode and on the host, and requests from the host to a server in
+    /// each mode through its namespace's interface.
     Net {
         #[arg(long, value_delimiter = ',', default_value = "container,microvm")]
         isolation: Vec<Isolation>,
@@ -260,6 +261,10 @@ enum BenchCommand {
         /// 1-byte request / 1-byte reply round trips on one connection.
         #[arg(long, default_value_t = 20000)]
         round_trips: u64,
+        /// Requests from the host to a server in each instance per run,
+        /// each on a new TCP connection.
+        #[arg(long, default_value_t = 1000)]
+        requests: u64,
         /// Repetitions of each phase (the median counts).
         #[arg(long, default_value_t = 3)]
         runs: usize,
@@ -489,6 +494,7 @@ fn dispatch(cli: Cli) -> Result<u8> {
             isolation,
             stream_mib,
             round_trips,
+            requests,
             runs,
             bundle,
             output,
@@ -497,6 +503,7 @@ fn dispatch(cli: Cli) -> Result<u8> {
                 isolations: isolation,
                 stream_mib,
                 round_trips,
+                requests,
                 runs,
                 bundle,
             };

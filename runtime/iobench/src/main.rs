@@ -18,6 +18,11 @@
 //! connection (TCP_NODELAY on both ends) or a unix stream socket pair.
 //! Prints `COUNT SECONDS`.
 //!
+//! `capsa-iobench serve PORT COUNT`: listens on PORT of every address,
+//! answers each byte of COUNT connections in turn with one byte until the
+//! peer closes, then exits. Prints `COUNT 0`. The server for requests from
+//! outside the instance (`capsa bench net`'s host requests).
+//!
 //! capsa embeds it linked statically (runtime/build.rs) and copies it into
 //! the rootfs, because busybox cannot do random I/O in one process and the
 //! microVM guest runs static binaries without a loader.
@@ -180,10 +185,26 @@ fn fork(mib: &str, count: &str) -> Result<(u64, f64), String> {
     Ok((count, seconds))
 }
 
+/// Serves `count` connections on `port`, one after another.
+fn serve(port: &str, count: &str) -> Result<(u64, f64), String> {
+    let port: u16 = port.parse().map_err(|_| format!("bad PORT {port:?}"))?;
+    let count: u64 = count.parse().map_err(|_| format!("bad COUNT {count:?}"))?;
+    let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).map_err(io_err("bind"))?;
+    for _ in 0..count {
+        let (conn, _) = listener.accept().map_err(io_err("accept"))?;
+        conn.set_nodelay(true).map_err(io_err("TCP_NODELAY"))?;
+        echo(conn)?;
+    }
+    Ok((count, 0.0))
+}
+
 fn run(args: &[String]) -> Result<(u64, f64), String> {
     if let [mode, mib, count] = args {
         if mode == "fork" {
             return fork(mib, count);
+        }
+        if mode == "serve" {
+            return serve(mib, count);
         }
     }
     if let [mode, amount] = args {
@@ -196,7 +217,7 @@ fn run(args: &[String]) -> Result<(u64, f64), String> {
     let [mode, path, block, count] = args else {
         return Err(
             "usage: capsa-iobench randread|randwrite|cachedread FILE BLOCK COUNT | fork MIB COUNT \
-             | tcpstream MIB | tcprr|unixrr COUNT"
+             | tcpstream MIB | tcprr|unixrr COUNT | serve PORT COUNT"
                 .into(),
         );
     };
