@@ -4,9 +4,11 @@
 //! # Process model
 //! `capsa create` clones the init exactly as for a container (same cgroup,
 //! same sync channel, same hooks), but into the jail's namespaces: always new
-//! mount, pid, ipc, uts and network namespaces, whatever `linux.namespaces`
-//! says, because the VM is the isolation boundary and the namespaces only
-//! confine the VMM process. The init prepares (private mount propagation,
+//! mount, pid, ipc and uts namespaces, whatever `linux.namespaces` says,
+//! because the VM is the isolation boundary and the namespaces only confine
+//! the VMM process; the network namespace the spec names by path is joined
+//! (else a new one is made), and its interface handed to the guest
+//! ([`network`]). The init prepares (private mount propagation,
 //! hooks, mount destinations, `args[0]` lookup), reports ready, waits for
 //! `start`, then *is* the VMM: it pivots into a jail root holding only the
 //! rootfs, the shared directories, `/dev/kvm` and its own `/proc`, drops every
@@ -931,5 +933,32 @@ mod tests {
         assert_eq!(kinds.len(), 5);
         assert!(kinds.iter().all(|(_, new)| *new));
         assert!(!kinds.iter().any(|(t, _)| *t == LinuxNamespaceType::User));
+    }
+
+    #[test]
+    fn the_spec_s_network_namespace_is_joined_and_no_other() {
+        let json = serde_json::json!({
+            "ociVersion": "1.0.2",
+            "root": {"path": "rootfs"},
+            "linux": {"namespaces": [
+                {"type": "pid", "path": "/proc/1/ns/pid"},
+                {"type": "network", "path": "/var/run/netns/pod"},
+                {"type": "mount"},
+            ]},
+        });
+        let spec: Spec = serde_json::from_value(json).expect("spec");
+        let namespaces = MicroVmBackend.namespaces(&spec);
+        let joined: Vec<_> = namespaces
+            .iter()
+            .filter_map(|ns| Some((ns.typ(), ns.path().clone()?)))
+            .collect();
+        assert_eq!(
+            joined,
+            vec![(
+                LinuxNamespaceType::Network,
+                PathBuf::from("/var/run/netns/pod")
+            )]
+        );
+        assert_eq!(namespaces.len(), 5);
     }
 }
