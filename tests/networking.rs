@@ -708,6 +708,27 @@ fn the_namespace_s_interface_carries_traffic_both_ways() {
         let out = capsa.bounded_run(&bundle, mode, RUN_LIMIT_SECS);
         assert!(out.status.success(), "{mode}: {}", show(&out));
         assert_eq!(host.join().expect("host side"), 300_000, "{mode}");
+        // The namespace has its interface back: no TAP, no redirect.
+        let ip = |args: &[&str]| {
+            let out = std::process::Command::new("ip")
+                .args(["-n", &ns.name])
+                .args(args)
+                .output()
+                .expect("ip");
+            stdout(&out)
+        };
+        assert!(
+            !ip(&["link"]).contains("tap0_capsa"),
+            "{mode}: a TAP is left"
+        );
+        let qdiscs = std::process::Command::new("tc")
+            .args(["-n", &ns.name, "qdisc", "show", "dev", "eth0"])
+            .output()
+            .expect("tc");
+        assert!(
+            !stdout(&qdiscs).contains("ingress"),
+            "{mode}: a redirect is left"
+        );
         out
     });
     assert_eq!(show(&container), show(&microvm), "the modes differ");

@@ -39,6 +39,10 @@ pub trait Backend {
     fn prepare(&self, init: &mut Init) -> Result<(), BackendError>;
     /// Runs in the init after `start`; returns only on failure.
     fn launch(&self, init: Init) -> Result<Infallible, BackendError>;
+    /// Runs in `capsa delete` once the container's processes are gone and
+    /// before its state directory goes: undoes what the backend changed
+    /// outside the container's own namespaces, cgroup and state.
+    fn release(&self, _spec: &Spec, _state_dir: &std::path::Path) {}
 }
 
 /// What the init knows: everything is inherited from `capsa create` through

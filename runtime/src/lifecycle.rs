@@ -550,6 +550,7 @@ pub fn delete(store: &Store, id: &str, force: bool) -> Result<()> {
         }
         stop_all(&state)?;
     }
+    backend_for(state.isolation).release(&state.spec, &store.dir(id));
     if let Some(cgroup) = &state.cgroup {
         cgroup.delete()?;
     }

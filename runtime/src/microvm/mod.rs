@@ -751,7 +751,9 @@ impl Backend for MicroVmBackend {
         init.run_runtime_hooks().map_err(MicroVmError::from)?;
         // A namespace of our own has only lo: nothing to hand over.
         if !init.has_new(LinuxNamespaceType::Network) {
-            if let Some(attachment) = network::attach().map_err(MicroVmError::from)? {
+            if let Some(attachment) =
+                network::attach(&init.state_dir).map_err(MicroVmError::from)?
+            {
                 init.handover = Some(Box::new(attachment));
             }
         }
@@ -815,6 +817,19 @@ impl Backend for MicroVmBackend {
         })
         .map_err(MicroVmError::from)?;
         Ok(())
+    }
+
+    fn release(&self, spec: &Spec, state_dir: &Path) {
+        let given_network = self
+            .namespaces(spec)
+            .into_iter()
+            .find(|ns| ns.typ() == LinuxNamespaceType::Network)
+            .and_then(|ns| ns.path().clone());
+        if let Some(path) = given_network {
+            if let Err(err) = network::detach(&path, state_dir) {
+                eprintln!("capsa: warning: {}", crate::error_chain(&err));
+            }
+        }
     }
 
     fn launch(&self, init: Init) -> Result<Infallible, BackendError> {

@@ -24,6 +24,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::Path;
 
 use capsa_abi::NetConfig;
 use netlink_packet_core::{
@@ -66,6 +67,12 @@ pub enum NetworkError {
     Decode,
     #[error("network namespace: cannot create the TAP device {TAP_NAME}")]
     Tap(#[source] std::io::Error),
+    #[error("{path}: cannot note the redirected interface")]
+    Note {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 type Result<T, E = NetworkError> = std::result::Result<T, E>;
@@ -116,9 +123,14 @@ impl Interface {
     }
 }
 
+/// The file in the container's state directory that names the interface
+/// whose traffic goes to the TAP, for [`detach`].
+const REDIRECTED: &str = "redirected-interface";
+
 /// Reads the namespace's interface, and when there is one with an address,
-/// creates the TAP and redirects the interface's traffic through it.
-pub fn attach() -> Result<Option<Attachment>> {
+/// creates the TAP and redirects the interface's traffic through it,
+/// noting the interface in `state_dir`.
+pub fn attach(state_dir: &Path) -> Result<Option<Attachment>> {
     let mut netlink = Netlink::open()?;
     let links = netlink.dump(RouteNetlinkMessage::GetLink(LinkMessage::default()))?;
     let addresses = netlink.dump(RouteNetlinkMessage::GetAddress(AddressMessage::default()))?;
@@ -143,12 +155,61 @@ pub fn attach() -> Result<Option<Attachment>> {
     up.header.change_mask = LinkFlags::Up;
     up.attributes.push(LinkAttribute::Mtu(interface.mtu));
     netlink.request("setting the TAP up", RouteNetlinkMessage::SetLink(up), 0)?;
+    let note = state_dir.join(REDIRECTED);
+    std::fs::write(&note, &interface.name).map_err(|source| NetworkError::Note {
+        path: note.clone(),
+        source,
+    })?;
     netlink.redirect(interface.index, tap_index)?;
     netlink.redirect(tap_index, interface.index)?;
     Ok(Some(Attachment {
         tap,
         config: interface.config(),
     }))
+}
+
+/// Gives the namespace at `namespace` its interface back once the VMM is
+/// gone: removes the redirect [`attach`] noted in `state_dir` (the TAP
+/// went with the VMM's descriptor), so the interface is the namespace's
+/// own again (a pod's next container, a restarted one). Nothing noted,
+/// or the namespace gone with its pod, is nothing to do.
+pub fn detach(namespace: &Path, state_dir: &Path) -> Result<()> {
+    let Ok(name) = std::fs::read_to_string(state_dir.join(REDIRECTED)) else {
+        return Ok(());
+    };
+    let Ok(namespace) = std::fs::File::open(namespace) else {
+        return Ok(());
+    };
+    // Joining a network namespace changes only the calling thread's.
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                nix::sched::setns(&namespace, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(|e| NetworkError::Netlink(e.into()))?;
+                let mut netlink = Netlink::open()?;
+                let links = netlink.dump(RouteNetlinkMessage::GetLink(LinkMessage::default()))?;
+                let Some(index) = link_index(&links, &name) else {
+                    return Ok(());
+                };
+                netlink.remove_ingress(i32::try_from(index).map_err(|_| NetworkError::Decode)?)
+            })
+            .join()
+            .unwrap_or(Err(NetworkError::Decode))
+    })
+}
+
+fn link_index(links: &[RouteNetlinkMessage], name: &str) -> Option<u32> {
+    links.iter().find_map(|message| match message {
+        RouteNetlinkMessage::NewLink(link)
+            if link
+                .attributes
+                .iter()
+                .any(|a| matches!(a, LinkAttribute::IfName(n) if n == name)) =>
+        {
+            Some(link.header.index)
+        }
+        _ => None,
+    })
 }
 
 /// The first interface (by index) that is not a loopback, is not a TAP of
@@ -387,29 +448,26 @@ impl Netlink {
         })
     }
 
+    /// Removes the ingress qdisc of interface `index`, with its filters.
+    fn remove_ingress(&mut self, index: i32) -> Result<()> {
+        self.request(
+            "removing an ingress qdisc",
+            RouteNetlinkMessage::DelQueueDiscipline(ingress_qdisc(index)),
+            0,
+        )
+    }
+
     /// Makes every frame arriving on `from` leave through `to`: a fresh
     /// ingress qdisc on `from` (any earlier one, an earlier VMM's, goes)
     /// with one match-everything filter whose mirred action redirects to `to`'s
     /// egress.
     fn redirect(&mut self, from: u32, to: u32) -> Result<()> {
         let index = i32::try_from(from).map_err(|_| NetworkError::Decode)?;
-        let mut qdisc = TcMessage::default();
-        qdisc.header.index = index;
-        qdisc.header.parent = TcHandle::INGRESS;
-        qdisc.header.handle = TcHandle {
-            major: 0xffff,
-            minor: 0,
-        };
-        qdisc.attributes.push(TcAttribute::Kind("ingress".into()));
         // None there yet is the common case.
-        let _ = self.request(
-            "removing an ingress qdisc",
-            RouteNetlinkMessage::DelQueueDiscipline(qdisc.clone()),
-            0,
-        );
+        let _ = self.remove_ingress(index);
         self.request(
             "adding an ingress qdisc",
-            RouteNetlinkMessage::NewQueueDiscipline(qdisc),
+            RouteNetlinkMessage::NewQueueDiscipline(ingress_qdisc(index)),
             NLM_F_CREATE | NLM_F_EXCL,
         )?;
         self.request(
@@ -418,6 +476,19 @@ impl Netlink {
             NLM_F_CREATE | NLM_F_EXCL,
         )
     }
+}
+
+/// `tc qdisc ... dev INDEX handle ffff: ingress`.
+fn ingress_qdisc(index: i32) -> TcMessage {
+    let mut qdisc = TcMessage::default();
+    qdisc.header.index = index;
+    qdisc.header.parent = TcHandle::INGRESS;
+    qdisc.header.handle = TcHandle {
+        major: 0xffff,
+        minor: 0,
+    };
+    qdisc.attributes.push(TcAttribute::Kind("ingress".into()));
+    qdisc
 }
 
 /// `tc filter add dev FROM parent ffff: protocol all u32 match u32 0 0
