@@ -248,6 +248,9 @@ fn addresses(out: &mut Vec<u8>, device: Option<&NetConfig>, family: u8, seq: u32
     }
 }
 
+/// A route: family, destination prefix length, destination, gateway.
+type Route<'a> = (u8, u8, &'a [u8], Option<&'a [u8]>);
+
 /// The main table's routes through the device: its subnet, and the
 /// default route through its gateway (lo's routes are in the local table,
 /// which programs rarely dump).
@@ -267,7 +270,7 @@ fn routes(out: &mut Vec<u8>, device: Option<&NetConfig>, family: u8, seq: u32, p
         *byte &= !(0xffu8.checked_shr(bits as u32).unwrap_or(0));
     }
     let v4_net = v4_net(config.ipv4_prefix);
-    let mut entries: Vec<(u8, u8, &[u8], Option<&[u8]>)> = Vec::new();
+    let mut entries: Vec<Route<'_>> = Vec::new();
     if config.ipv4_prefix != 0 {
         if config.ipv4_gateway != [0; 4] {
             entries.push((AF_INET, 0, &[], Some(&config.ipv4_gateway)));

@@ -570,14 +570,34 @@ mod tests {
             link(2, "unused0", LinkFlags::Up, 1500),
         ];
         let addresses = [
-            address(1, "127.0.0.1".parse().unwrap(), 8, AddressScope::Host),
-            address(3, "10.88.0.7".parse().unwrap(), 16, AddressScope::Universe),
-            address(3, "fe80::1".parse().unwrap(), 64, AddressScope::Link),
-            address(3, "fd00::7".parse().unwrap(), 64, AddressScope::Universe),
+            address(
+                1,
+                "127.0.0.1".parse().expect("address"),
+                8,
+                AddressScope::Host,
+            ),
+            address(
+                3,
+                "10.88.0.7".parse().expect("address"),
+                16,
+                AddressScope::Universe,
+            ),
+            address(
+                3,
+                "fe80::1".parse().expect("address"),
+                64,
+                AddressScope::Link,
+            ),
+            address(
+                3,
+                "fd00::7".parse().expect("address"),
+                64,
+                AddressScope::Universe,
+            ),
         ];
         let routes = [
-            default_route(3, RouteAddress::Inet("10.88.0.1".parse().unwrap())),
-            default_route(3, RouteAddress::Inet6("fd00::1".parse().unwrap())),
+            default_route(3, RouteAddress::Inet("10.88.0.1".parse().expect("address"))),
+            default_route(3, RouteAddress::Inet6("fd00::1".parse().expect("address"))),
         ];
         let chosen = choose_interface(&links, &addresses, &routes).expect("eth0");
         let config = chosen.config();
@@ -586,9 +606,9 @@ mod tests {
         assert_eq!(config.mtu(), 1450);
         assert_eq!((config.ipv4, config.ipv4_prefix), ([10, 88, 0, 7], 16));
         assert_eq!(config.ipv4_gateway, [10, 88, 0, 1]);
-        let v6: Ipv6Addr = "fd00::7".parse().unwrap();
+        let v6: Ipv6Addr = "fd00::7".parse().expect("address");
         assert_eq!((config.ipv6, config.ipv6_prefix), (v6.octets(), 64));
-        let gw6: Ipv6Addr = "fd00::1".parse().unwrap();
+        let gw6: Ipv6Addr = "fd00::1".parse().expect("address");
         assert_eq!(config.ipv6_gateway, gw6.octets());
     }
 
@@ -599,8 +619,18 @@ mod tests {
             link(2, "eth0", LinkFlags::Up, 1500),
         ];
         let addresses = [
-            address(1, "127.0.0.1".parse().unwrap(), 8, AddressScope::Host),
-            address(2, "fe80::1".parse().unwrap(), 64, AddressScope::Link),
+            address(
+                1,
+                "127.0.0.1".parse().expect("address"),
+                8,
+                AddressScope::Host,
+            ),
+            address(
+                2,
+                "fe80::1".parse().expect("address"),
+                64,
+                AddressScope::Link,
+            ),
         ];
         assert_eq!(choose_interface(&links, &addresses, &[]), None);
     }
@@ -612,8 +642,18 @@ mod tests {
             link(3, "eth0", LinkFlags::Up, 1500),
         ];
         let addresses = [
-            address(2, "10.0.0.9".parse().unwrap(), 24, AddressScope::Universe),
-            address(3, "10.0.0.2".parse().unwrap(), 24, AddressScope::Universe),
+            address(
+                2,
+                "10.0.0.9".parse().expect("address"),
+                24,
+                AddressScope::Universe,
+            ),
+            address(
+                3,
+                "10.0.0.2".parse().expect("address"),
+                24,
+                AddressScope::Universe,
+            ),
         ];
         let chosen = choose_interface(&links, &addresses, &[]).expect("eth0");
         assert_eq!(chosen.name, "eth0");
