@@ -101,25 +101,36 @@ fn apply_caps(capabilities: Option<&LinuxCapabilities>) -> Result<()> {
     caps::set(None, CapSet::Effective, &effective).map_err(caps_error("effective"))?;
     caps::set(None, CapSet::Permitted, &permitted).map_err(caps_error("permitted"))?;
     caps::clear(None, CapSet::Ambient).map_err(caps_error("ambient"))?;
-    // The kernel raises an ambient capability only if it is both permitted
-    // and inheritable. runc skips the others and goes on (its own default
-    // spec lists ambient capabilities without inheritable ones), so capsa
-    // does too, saying which it skipped.
-    let (raise, skip): (Vec<Cap>, Vec<Cap>) = get(LinuxCapabilities::ambient)
-        .into_iter()
-        .partition(|cap| permitted.contains(cap) && inheritable.contains(cap));
+    let (raise, skipped) =
+        ambient_to_raise(get(LinuxCapabilities::ambient), &permitted, &inheritable);
     for cap in raise {
         caps::raise(None, CapSet::Ambient, cap).map_err(caps_error("ambient"))?;
     }
-    if !skip.is_empty() {
-        let mut names: Vec<String> = skip.iter().map(ToString::to_string).collect();
-        names.sort();
+    if !skipped.is_empty() {
         eprintln!(
             "capsa: warning: process.capabilities.ambient: {} not raised: an ambient capability must also be permitted and inheritable",
-            names.join(", ")
+            skipped.join(", ")
         );
     }
     Ok(())
+}
+
+/// Splits the ambient set into the capabilities to raise and the sorted
+/// names of those skipped. The kernel raises an ambient capability only if
+/// it is both permitted and inheritable; runc skips the others and goes on
+/// (its own default spec lists ambient capabilities without inheritable
+/// ones), so capsa does too.
+fn ambient_to_raise(
+    ambient: HashSet<Cap>,
+    permitted: &HashSet<Cap>,
+    inheritable: &HashSet<Cap>,
+) -> (Vec<Cap>, Vec<String>) {
+    let (raise, skip): (Vec<Cap>, Vec<Cap>) = ambient
+        .into_iter()
+        .partition(|cap| permitted.contains(cap) && inheritable.contains(cap));
+    let mut skipped: Vec<String> = skip.iter().map(ToString::to_string).collect();
+    skipped.sort();
+    (raise, skipped)
 }
 
 fn switch_user(process: &Process) -> Result<()> {
@@ -232,4 +243,33 @@ pub fn exec_process(
         .map_err(|_| PathError::NotFound(path.display().to_string()))?;
     let Err(err) = nix::unistd::execve(&path_c, &args, &env);
     Err(ContainerError::Exec(path.display().to_string(), err))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(caps: &[Cap]) -> HashSet<Cap> {
+        caps.iter().copied().collect()
+    }
+
+    #[test]
+    fn ambient_capabilities_not_permitted_and_inheritable_are_skipped() {
+        use Cap::{CAP_AUDIT_WRITE, CAP_CHOWN, CAP_KILL, CAP_NET_BIND_SERVICE};
+        // runc spec's default: ambient = permitted, no inheritable set.
+        let runc = set(&[CAP_AUDIT_WRITE, CAP_KILL, CAP_NET_BIND_SERVICE]);
+        let (raise, skipped) = ambient_to_raise(runc.clone(), &runc, &HashSet::new());
+        assert_eq!(raise, vec![]);
+        assert_eq!(
+            skipped,
+            ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]
+        );
+
+        let permitted = set(&[CAP_KILL, CAP_CHOWN]);
+        let inheritable = set(&[CAP_KILL, CAP_NET_BIND_SERVICE]);
+        let ambient = set(&[CAP_KILL, CAP_CHOWN, CAP_NET_BIND_SERVICE]);
+        let (raise, skipped) = ambient_to_raise(ambient, &permitted, &inheritable);
+        assert_eq!(raise, vec![CAP_KILL]);
+        assert_eq!(skipped, ["CAP_CHOWN", "CAP_NET_BIND_SERVICE"]);
+    }
 }

@@ -143,6 +143,22 @@ fn chroot(rootfs: &Path) -> Result<()> {
 fn make_parent_mount_private(path: &Path) -> Result<()> {
     let path = fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
     let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    match parent_mount(&mountinfo, &path) {
+        Some((point, true)) => mount(
+            None::<&str>,
+            &point,
+            None::<&str>,
+            MsFlags::MS_PRIVATE,
+            None::<&str>,
+        )
+        .map_err(mount_error("linux.rootfsPropagation".into(), &point)),
+        _ => Ok(()),
+    }
+}
+
+/// The mount point of the mount holding `path` in `mountinfo`, and whether
+/// that mount is shared.
+fn parent_mount(mountinfo: &str, path: &Path) -> Option<(PathBuf, bool)> {
     // The last of the longest matches is the mount on top.
     let mut parent: Option<(PathBuf, bool)> = None;
     for line in mountinfo.lines() {
@@ -164,17 +180,7 @@ fn make_parent_mount_private(path: &Path) -> Result<()> {
             parent = Some((point, shared));
         }
     }
-    match parent {
-        Some((point, true)) => mount(
-            None::<&str>,
-            &point,
-            None::<&str>,
-            MsFlags::MS_PRIVATE,
-            None::<&str>,
-        )
-        .map_err(mount_error("linux.rootfsPropagation".into(), &point)),
-        _ => Ok(()),
-    }
+    parent
 }
 
 /// A mount point as /proc/self/mountinfo writes it: space, tab, newline
@@ -647,4 +653,49 @@ fn mask_path(field: &str, path: &Path) -> Result<()> {
         ),
     };
     result.map_err(mount_error(field.to_string(), path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // A host's table: / shared, /tmp private, /srv shared with a
+    // private mount over it, and a mount point with a space.
+    const MOUNTINFO: &str = "\
+27 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw
+30 27 0:40 / /tmp rw,relatime - tmpfs tmpfs rw
+31 27 254:0 /srv /srv rw,relatime shared:1 - ext4 /dev/vda rw
+32 27 0:41 / /srv rw,relatime - tmpfs tmpfs rw
+33 27 0:42 / /my\\040bundles rw,relatime shared:7 master:1 - tmpfs tmpfs rw
+";
+
+    fn parent(path: &str) -> Option<(PathBuf, bool)> {
+        parent_mount(MOUNTINFO, Path::new(path))
+    }
+
+    #[test]
+    fn the_rootfs_parent_mount_is_the_longest_match_on_top() {
+        assert_eq!(parent("/var/b/rootfs"), Some(("/".into(), true)));
+        assert_eq!(parent("/tmp/b/rootfs"), Some(("/tmp".into(), false)));
+        // Components, not bytes: /tmpx is under /.
+        assert_eq!(parent("/tmpx/rootfs"), Some(("/".into(), true)));
+        // The later of two mounts on one point is the one on top.
+        assert_eq!(parent("/srv/b/rootfs"), Some(("/srv".into(), false)));
+        assert_eq!(
+            parent("/my bundles/rootfs"),
+            Some(("/my bundles".into(), true))
+        );
+        assert_eq!(parent_mount("", Path::new("/b/rootfs")), None);
+    }
+
+    #[test]
+    fn mountinfo_escapes_are_undone() {
+        assert_eq!(
+            unescape_mountinfo("/a\\040b\\011c\\012d\\134e"),
+            PathBuf::from("/a b\tc\nd\\e")
+        );
+        // A backslash without three octal digits after it is kept.
+        assert_eq!(unescape_mountinfo("/a\\9"), PathBuf::from("/a\\9"));
+        assert_eq!(unescape_mountinfo("/a\\"), PathBuf::from("/a\\"));
+    }
 }
