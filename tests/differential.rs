@@ -2096,3 +2096,41 @@ fn nested_epolls_report_through_and_refuse_cycles() {
         "nested epoll: both modes agree on a wrong result"
     );
 }
+
+/// A runtime handler can only name a binary: capsa invoked as
+/// `capsa-microvm` runs microVMs unless the bundle's annotation or the
+/// `--isolation` flag says otherwise.
+#[test]
+fn capsa_invoked_as_capsa_microvm_runs_microvms_by_default() {
+    let links = tempfile::tempdir().expect("tempdir");
+    let program = links.path().join("capsa-microvm");
+    std::os::unix::fs::symlink(capsa_bin(), &program).expect("symlink");
+    let host_release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
+    let capsa = Capsa::new();
+    let run = |bundle: &TestBundle, extra: &[&str]| {
+        let id = unique_id("handler");
+        let out = std::process::Command::new("timeout")
+            .args(["-k", "10", "60"])
+            .arg(&program)
+            .arg("--root")
+            .arg(capsa.root.path())
+            .arg("run")
+            .args(extra)
+            .arg("--bundle")
+            .arg(bundle.path())
+            .arg(&id)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run capsa-microvm");
+        capsa.assert_nothing_left(&id);
+        out
+    };
+    let mut bundle = TestBundle::busybox(&["uname", "-r"]);
+    let out = run(&bundle, &[]);
+    assert_eq!(stdout(&out), "6.1.0-capsa\n", "{}", show(&out));
+    let out = run(&bundle, &["--isolation", "container"]);
+    assert_eq!(stdout(&out), host_release, "{}", show(&out));
+    bundle.edit(|c| c["annotations"] = serde_json::json!({"dev.capsa.isolation": "container"}));
+    let out = run(&bundle, &[]);
+    assert_eq!(stdout(&out), host_release, "{}", show(&out));
+}

@@ -125,6 +125,9 @@ pub struct CreateOptions<'a> {
     pub id: &'a str,
     pub bundle: &'a Path,
     pub isolation: Option<Isolation>,
+    /// The backend when neither `isolation` nor the bundle's annotation
+    /// names one: what the program's name says (see `Isolation::for_program`).
+    pub default_isolation: Isolation,
     pub pid_file: Option<&'a Path>,
     pub console_socket: Option<&'a Path>,
     pub preserve_fds: i32,
@@ -192,7 +195,10 @@ fn create_with_console(
     state::validate_id(opts.id)?;
     let bundle = Bundle::load(opts.bundle)?;
     let annotated = bundle.isolation_annotation()?;
-    let isolation = opts.isolation.or(annotated).unwrap_or_default();
+    let isolation = opts
+        .isolation
+        .or(annotated)
+        .unwrap_or(opts.default_isolation);
     let backend = backend_for(isolation);
     backend.check(&bundle)?;
     let terminal = bundle

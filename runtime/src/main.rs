@@ -54,7 +54,8 @@ struct CreateArgs {
     /// Pass this many extra fds (from 3) to the process.
     #[arg(long, default_value_t = 0)]
     preserve_fds: i32,
-    /// Isolation backend (default: the dev.capsa.isolation annotation, else container).
+    /// Isolation backend (default: the dev.capsa.isolation annotation, else
+    /// microvm when invoked as capsa-microvm, else container).
     #[arg(long, value_enum)]
     isolation: Option<Isolation>,
     /// Accepted for runc compatibility.
@@ -317,6 +318,7 @@ fn create_options<'a>(id: &'a str, args: &'a CreateArgs) -> CreateOptions<'a> {
         id,
         bundle: &args.bundle,
         isolation: args.isolation,
+        default_isolation: Isolation::for_program(&std::env::args_os().next().unwrap_or_default()),
         pid_file: args.pid_file.as_deref(),
         console_socket: args.console_socket.as_deref(),
         preserve_fds: args.preserve_fds,

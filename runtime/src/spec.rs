@@ -31,6 +31,24 @@ pub enum Isolation {
     Microvm,
 }
 
+/// The program name that makes microVMs the default: a runtime handler
+/// (containerd's runc shim `BinaryName`, a Kubernetes RuntimeClass, a
+/// docker or podman runtime) can only name a binary, so a link of this
+/// name to capsa is how one chooses microVMs without annotations.
+pub const MICROVM_PROGRAM: &str = "capsa-microvm";
+
+impl Isolation {
+    /// The default backend of a capsa invoked as `program` (its argv[0]).
+    pub fn for_program(program: &std::ffi::OsStr) -> Isolation {
+        let name = Path::new(program).file_name().unwrap_or_default();
+        if name == MICROVM_PROGRAM {
+            Isolation::Microvm
+        } else {
+            Isolation::Container
+        }
+    }
+}
+
 impl std::str::FromStr for Isolation {
     type Err = ();
     fn from_str(s: &str) -> Result<Self, ()> {
@@ -542,6 +560,15 @@ mod tests {
         let dir = write_bundle(&json.to_string());
         let err = Bundle::load(dir.path()).expect_err("relative").to_string();
         assert_eq!(err, "process.cwd: tmp is not an absolute path");
+    }
+
+    #[test]
+    fn the_program_name_capsa_microvm_defaults_to_microvms() {
+        let of = |name: &str| Isolation::for_program(std::ffi::OsStr::new(name));
+        assert_eq!(of("/usr/local/bin/capsa-microvm"), Isolation::Microvm);
+        assert_eq!(of("capsa-microvm"), Isolation::Microvm);
+        assert_eq!(of("/usr/local/bin/capsa"), Isolation::Container);
+        assert_eq!(of("/opt/capsa-microvm/capsa"), Isolation::Container);
     }
 
     #[test]
