@@ -2134,3 +2134,48 @@ fn capsa_invoked_as_capsa_microvm_runs_microvms_by_default() {
     let out = run(&bundle, &[]);
     assert_eq!(stdout(&out), host_release, "{}", show(&out));
 }
+
+/// A container of a pod joins its sandbox's UTS namespace by path, with no
+/// hostname of its own in the spec: it sees the pod's hostname and domain
+/// name in both modes.
+#[test]
+fn a_joined_uts_namespace_gives_its_hostname_in_both_modes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("uts");
+    std::fs::write(&file, "").expect("namespace file");
+    // A persistent UTS namespace, named as a pod's would be.
+    let out = Command::new("unshare")
+        .arg(format!("--uts={}", file.display()))
+        .args(["sh", "-c", "hostname pod-a7 && domainname pods.example"])
+        .output()
+        .expect("unshare");
+    assert!(out.status.success(), "unshare: {}", show(&out));
+    let mut bundle =
+        TestBundle::busybox(&["sh", "-c", "hostname; cat /proc/sys/kernel/domainname"]);
+    bundle.edit(|c| {
+        c.as_object_mut().expect("config").remove("hostname");
+        let namespaces = c["linux"]["namespaces"].as_array_mut().expect("namespaces");
+        namespaces.retain(|ns| ns["type"] != "uts");
+        namespaces.push(json!({"type": "uts", "path": file}));
+    });
+    let verdict = both_modes_verdict(
+        &bundle,
+        "joined UTS namespace",
+        (0, "pod-a7\npods.example\n", ""),
+        60,
+    );
+    let _ = nix_umount(&file);
+    if let Err(problem) = verdict {
+        panic!("{problem}");
+    }
+}
+
+/// Detaches the namespace bind mount at `path`.
+fn nix_umount(path: &Path) -> std::io::Result<()> {
+    let status = Command::new("umount").arg(path).status()?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other("umount failed"))
+    }
+}

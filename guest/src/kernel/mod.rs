@@ -51,6 +51,11 @@ pub type MappedFile = crate::mm::MappedFile<dyn File>;
 /// What all processes share: devices, memory frames, mounts, the process
 /// table, clocks, futex queues and locks. Each process's own state is in
 /// `processes`, each thread's in its task; `cur` names the running task,
+/// The kernel's identity as uname(2) and `/proc/sys/kernel` report it.
+pub const OS_TYPE: &[u8] = b"Linux";
+pub const OS_RELEASE: &[u8] = b"6.1.0-capsa";
+pub const OS_VERSION: &[u8] = b"#1 SMP capsa";
+
 /// and switching is changing it (and CR3).
 pub struct Kernel {
     pub dev: Devices,

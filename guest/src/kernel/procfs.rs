@@ -38,7 +38,35 @@ fn from_state(info: &mut ProcInfo, process: &Process, sigmask: &SigMask) {
     info.brk = (mm.brk_start, mm.brk_end);
 }
 
+/// What `/proc/sys/kernel` shows: the UTS names and the kernel's identity
+/// (read-only: no process in the guest may change them).
+const SYS_KERNEL: [&[u8]; 5] = [
+    b"domainname",
+    b"hostname",
+    b"osrelease",
+    b"ostype",
+    b"version",
+];
+
 impl Kernel {
+    /// The node name uname(2) and `/proc/sys/kernel/hostname` report.
+    pub fn hostname(&self) -> &[u8] {
+        if self.spec.hostname.is_empty() {
+            b"localhost"
+        } else {
+            &self.spec.hostname
+        }
+    }
+
+    /// The NIS domain name, `(none)` when unset, as Linux reports it.
+    pub fn domainname(&self) -> &[u8] {
+        if self.spec.domainname.is_empty() {
+            b"(none)"
+        } else {
+            &self.spec.domainname
+        }
+    }
+
     /// The `/proc` entry at `path` (lexical, absolute, under `/proc`).
     /// `/proc/self` is a link; below it, `self` names the caller's pid.
     /// `opening`: the entry is being opened, so the caller's `fd/` lists
@@ -66,6 +94,7 @@ impl Kernel {
                         .map(|n| (n.to_vec(), DT_REG))
                         .collect();
                 names.push((b"self".to_vec(), DT_LNK));
+                names.push((b"sys".to_vec(), DT_DIR));
                 for pid in self.procs.pids() {
                     if self.procs.tgid(pid) == pid && self.proc_info(pid).is_some() {
                         names.push((format!("{pid}").into_bytes(), DT_DIR));
@@ -86,6 +115,27 @@ impl Kernel {
                 ))
             }
             [b"mounts"] => Ok(Entry::File(self.mounts())),
+            [b"sys"] => Ok(Entry::Dir(
+                b"/proc/sys".to_vec(),
+                alloc::vec![(b"kernel".to_vec(), DT_DIR)],
+            )),
+            [b"sys", b"kernel"] => Ok(Entry::Dir(
+                b"/proc/sys/kernel".to_vec(),
+                SYS_KERNEL.iter().map(|n| (n.to_vec(), DT_REG)).collect(),
+            )),
+            [b"sys", b"kernel", name] => {
+                let value: &[u8] = match *name {
+                    b"hostname" => self.hostname(),
+                    b"domainname" => self.domainname(),
+                    b"osrelease" => super::OS_RELEASE,
+                    b"ostype" => super::OS_TYPE,
+                    b"version" => super::OS_VERSION,
+                    _ => return Err(Errno::ENOENT),
+                };
+                let mut line = value.to_vec();
+                line.push(b'\n');
+                Ok(Entry::File(line))
+            }
             [name, rest @ ..] => {
                 let pid = pid_of(name).ok_or(Errno::ENOENT)?;
                 let info = self.proc_info(pid).ok_or(Errno::ENOENT)?;

@@ -849,23 +849,13 @@ impl Kernel {
 
     pub fn sys_uname(&mut self, out: u64) -> Result<u64> {
         let mut u = [0u8; 65 * 6];
-        let hostname = if self.spec.hostname.is_empty() {
-            &b"localhost"[..]
-        } else {
-            &self.spec.hostname[..]
-        };
-        let domain = if self.spec.domainname.is_empty() {
-            &b"(none)"[..]
-        } else {
-            &self.spec.domainname[..]
-        };
         let fields: [&[u8]; 6] = [
-            b"Linux",
-            hostname,
-            b"6.1.0-capsa",
-            b"#1 SMP capsa",
+            crate::kernel::OS_TYPE,
+            self.hostname(),
+            crate::kernel::OS_RELEASE,
+            crate::kernel::OS_VERSION,
             b"x86_64",
-            domain,
+            self.domainname(),
         ];
         for (i, f) in fields.iter().enumerate() {
             let n = f.len().min(64);

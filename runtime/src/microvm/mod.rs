@@ -29,7 +29,9 @@
 //!
 //! # Spec fields
 //! Passed to the guest: `process.{args,env,cwd,user.{uid,gid,additionalGids,
-//! umask},rlimits,noNewPrivileges}`, `hostname`, `domainname`,
+//! umask},rlimits,noNewPrivileges}`, `hostname`, `domainname` (else those
+//! of a UTS namespace the spec names by path, as a pod's containers join
+//! their sandbox's),
 //! `linux.resources.pids.limit`, `root.{path,readonly}` and bind mounts
 //! (served as virtio-fs directories, `ro` honoured). `linux.resources.memory.
 //! limit` sizes guest RAM (limit minus the VMM's allowance) and limits the
@@ -142,6 +144,12 @@ pub enum MicroVmError {
     Tmpfs {
         index: usize,
         option: String,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("linux.namespaces: cannot read the hostname of the UTS namespace {path}")]
+    Uts {
+        path: PathBuf,
         #[source]
         source: nix::Error,
     },
@@ -712,14 +720,13 @@ impl Backend for MicroVmBackend {
     fn namespaces(&self, spec: &Spec) -> Vec<LinuxNamespace> {
         // The network namespace the spec names (podman's, a CNI plugin's,
         // a pod's) is joined: its interface becomes the guest's.
-        let given_network = spec
-            .linux()
-            .as_ref()
-            .and_then(|l| l.namespaces().as_ref())
-            .into_iter()
-            .flatten()
-            .find(|ns| ns.typ() == LinuxNamespaceType::Network && ns.path().is_some())
-            .cloned();
+        let given_network = joined_namespace(spec, LinuxNamespaceType::Network).and_then(|path| {
+            LinuxNamespaceBuilder::default()
+                .typ(LinuxNamespaceType::Network)
+                .path(path)
+                .build()
+                .ok()
+        });
         [
             LinuxNamespaceType::Mount,
             LinuxNamespaceType::Pid,
@@ -820,12 +827,7 @@ impl Backend for MicroVmBackend {
     }
 
     fn release(&self, spec: &Spec, state_dir: &Path) {
-        let given_network = self
-            .namespaces(spec)
-            .into_iter()
-            .find(|ns| ns.typ() == LinuxNamespaceType::Network)
-            .and_then(|ns| ns.path().clone());
-        if let Some(path) = given_network {
+        if let Some(path) = joined_namespace(spec, LinuxNamespaceType::Network) {
             if let Err(err) = network::detach(&path, state_dir) {
                 eprintln!("capsa: warning: {}", crate::error_chain(&err));
             }
@@ -840,6 +842,40 @@ impl Backend for MicroVmBackend {
             Err(err) => fail(&crate::error_chain(&err)),
         }
     }
+}
+
+/// The path of the spec's namespace of `kind`, if it names one.
+fn joined_namespace(spec: &Spec, kind: LinuxNamespaceType) -> Option<PathBuf> {
+    spec.linux()
+        .as_ref()?
+        .namespaces()
+        .as_ref()?
+        .iter()
+        .find(|ns| ns.typ() == kind)?
+        .path()
+        .clone()
+}
+
+/// The hostname and NIS domain name of the UTS namespace at `path`, read
+/// from a thread that joins it (a namespace change of one thread only).
+fn uts_names(path: &Path) -> Result<(String, String)> {
+    let error = |source| MicroVmError::Uts {
+        path: path.to_path_buf(),
+        source,
+    };
+    let namespace = std::fs::File::open(path).map_err(|e| error(nix_io(e)))?;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                nix::sched::setns(&namespace, nix::sched::CloneFlags::CLONE_NEWUTS)
+                    .map_err(error)?;
+                let names = nix::sys::utsname::uname().map_err(error)?;
+                let text = |s: &std::ffi::OsStr| s.to_string_lossy().into_owned();
+                Ok((text(names.nodename()), text(names.domainname())))
+            })
+            .join()
+            .unwrap_or(Err(error(nix::Error::EIO)))
+    })
 }
 
 /// Jails and confines this process, then runs the microVM and exits with
@@ -860,6 +896,18 @@ fn become_vmm(mut init: Init) -> Result<Infallible> {
         .into_iter()
         .filter(|m| !m.is_file)
         .collect();
+    // A UTS namespace given by path (a pod's) holds the hostname when the
+    // spec has none: a CRI container joins its sandbox's.
+    if let Some(path) = joined_namespace(&init.spec, LinuxNamespaceType::Uts) {
+        let (hostname, domainname) = uts_names(&path)?;
+        let process = &mut config.process;
+        if process.hostname.is_empty() {
+            process.hostname = hostname;
+        }
+        if process.domainname.is_empty() {
+            process.domainname = domainname;
+        }
+    }
     // The init's channel and fifo are not the guest's business.
     drop(init);
     let kept: Vec<i32> = config.net.iter().map(|n| n.tap.as_raw_fd()).collect();
