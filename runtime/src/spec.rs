@@ -31,6 +31,15 @@ pub enum Isolation {
     Microvm,
 }
 
+/// The capabilities a set of `process.capabilities` names (unknown names,
+/// which validation reports, left out).
+pub fn capability_set(set: Option<&oci_spec::runtime::Capabilities>) -> HashSet<caps::Capability> {
+    set.into_iter()
+        .flatten()
+        .filter_map(|c| format!("CAP_{c}").parse::<caps::Capability>().ok())
+        .collect()
+}
+
 /// The program name that makes microVMs the default: a runtime handler
 /// (containerd's runc shim `BinaryName`, a Kubernetes RuntimeClass, a
 /// docker or podman runtime) can only name a binary, so a link of this

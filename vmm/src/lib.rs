@@ -67,6 +67,9 @@ pub struct ProcessSpec {
     pub rlimits: Vec<Rlimit>,
     pub no_new_privileges: bool,
     pub pids_limit: Option<u64>,
+    /// `process.capabilities`; None: the spec names none, and the process
+    /// has every capability its uid gives it.
+    pub capabilities: Option<capsa_abi::process::CapabilitySets>,
 }
 
 /// A host directory served to the guest and mounted at `destination`.

@@ -215,6 +215,7 @@ pub fn encode_process_spec(
         records.push(Record::NoNewPrivileges);
     }
     records.extend(process.pids_limit.map(Record::PidsLimit));
+    records.extend(process.capabilities.map(Record::Capabilities));
     records.extend(mounts.iter().map(|&(device, dir)| Record::Mount {
         device,
         readonly: dir.readonly,
@@ -231,6 +232,7 @@ pub fn encode_process_spec(
                 | Record::Hostname(s)
                 | Record::Domainname(s) => s.len(),
                 Record::Mount { destination, .. } => 8 + destination.len(),
+                Record::Capabilities(_) => 40,
                 _ => 24,
             };
             (8 + data).next_multiple_of(8)

@@ -33,9 +33,38 @@ pub enum Record<'a> {
         readonly: bool,
         destination: &'a [u8],
     },
+    /// The five capability sets of `process.capabilities`, as bit masks
+    /// of Linux's `CAP_*` numbers. Absent: a process with all of them.
+    Capabilities(CapabilitySets),
     Unknown {
         tag: u32,
     },
+}
+
+/// A process's capability sets, each a mask of `1 << CAP_*`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CapabilitySets {
+    pub effective: u64,
+    pub permitted: u64,
+    pub inheritable: u64,
+    pub bounding: u64,
+    pub ambient: u64,
+}
+
+impl CapabilitySets {
+    /// Every capability Linux 6.1 defines (`CAP_LAST_CAP` is 40).
+    pub const ALL: u64 = (1 << 41) - 1;
+
+    /// What root has in a process whose spec names no capabilities.
+    pub fn full() -> Self {
+        Self {
+            effective: Self::ALL,
+            permitted: Self::ALL,
+            inheritable: 0,
+            bounding: Self::ALL,
+            ambient: 0,
+        }
+    }
 }
 
 mod tag {
@@ -52,6 +81,7 @@ mod tag {
     pub const NO_NEW_PRIVILEGES: u32 = 11;
     pub const PIDS_LIMIT: u32 = 12;
     pub const MOUNT: u32 = 13;
+    pub const CAPABILITIES: u32 = 14;
 }
 
 /// The encoded spec did not fit in the buffer given to the [`Encoder`].
@@ -115,6 +145,16 @@ impl<'a> Encoder<'a> {
                     &device.to_le_bytes(),
                     &u32::from(readonly).to_le_bytes(),
                     destination,
+                ],
+            ),
+            Record::Capabilities(c) => self.raw(
+                tag::CAPABILITIES,
+                &[
+                    &c.effective.to_le_bytes(),
+                    &c.permitted.to_le_bytes(),
+                    &c.inheritable.to_le_bytes(),
+                    &c.bounding.to_le_bytes(),
+                    &c.ambient.to_le_bytes(),
                 ],
             ),
             Record::Unknown { tag } => self.raw(tag, &[]),
@@ -196,6 +236,14 @@ impl<'a> Decoder<'a> {
                 readonly: u32_at(4)? != 0,
                 destination: data.get(8..)?,
             },
+            tag::CAPABILITIES if data.len() == 40 => Record::Capabilities(CapabilitySets {
+                effective: u64_at(0)?,
+                permitted: u64_at(8)?,
+                inheritable: u64_at(16)?,
+                bounding: u64_at(24)?,
+                ambient: u64_at(32)?,
+            }),
+            tag::CAPABILITIES => return None,
             tag => Record::Unknown { tag },
         })
     }
@@ -262,6 +310,13 @@ mod tests {
                 readonly: true,
                 destination: b"/data",
             },
+            Record::Capabilities(CapabilitySets {
+                effective: 1 << 7,
+                permitted: 1 << 7 | 1 << 6,
+                inheritable: 0,
+                bounding: CapabilitySets::ALL,
+                ambient: 1 << 10,
+            }),
             Record::Unknown { tag: 999 },
         ];
         let mut buf = [0u8; 1024];

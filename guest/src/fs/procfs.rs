@@ -99,6 +99,8 @@ pub struct ProcInfo {
     pub proportional: u64,
     /// Resident bytes no other process holds.
     pub private: u64,
+    pub caps: capsa_abi::process::CapabilitySets,
+    pub no_new_privs: bool,
 }
 
 impl ProcInfo {
@@ -216,6 +218,8 @@ pub fn status(info: &ProcInfo) -> Vec<u8> {
          RssAnon:\t{rss_kb:8} kB\nRssFile:\t       0 kB\nRssShmem:\t       0 kB\n\
          Threads:\t{threads}\nSigPnd:\t{pending:016x}\nShdPnd:\t{pending:016x}\n\
          SigBlk:\t{blocked:016x}\nSigIgn:\t{ignored:016x}\nSigCgt:\t{caught:016x}\n\
+         CapInh:\t{inh:016x}\nCapPrm:\t{prm:016x}\nCapEff:\t{eff:016x}\n\
+         CapBnd:\t{bnd:016x}\nCapAmb:\t{amb:016x}\nNoNewPrivs:\t{nnp}\n\
          Cpus_allowed:\t1\nCpus_allowed_list:\t0\n",
         name = info.name(),
         umask = info.umask,
@@ -228,6 +232,12 @@ pub fn status(info: &ProcInfo) -> Vec<u8> {
         blocked = info.blocked,
         ignored = info.ignored,
         caught = info.caught,
+        inh = info.caps.inheritable,
+        prm = info.caps.permitted,
+        eff = info.caps.effective,
+        bnd = info.caps.bounding,
+        amb = info.caps.ambient,
+        nnp = u8::from(info.no_new_privs),
     )
     .into_bytes()
 }

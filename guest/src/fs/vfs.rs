@@ -332,24 +332,37 @@ pub const MAY_READ: u32 = 4;
 pub const MAY_WRITE: u32 = 2;
 pub const MAY_EXEC: u32 = 1;
 
-/// Whether a process with effective ids `euid`/`egid` and supplementary
-/// `groups` may access a file of `mode`/`uid`/`gid` for `want` (MAY_* bits),
-/// by the owner, group or other permission bits as Linux decides. The
-/// virtio-fs server runs as root, so the guest checks for non-root users
-/// (as a FUSE client mounted with `default_permissions` does). Root may read
-/// and write anything and execute what has any execute bit.
-pub fn may_access(
-    mode: u32,
-    uid: u32,
-    gid: u32,
-    euid: u32,
-    egid: u32,
-    groups: &[u32],
-    want: u32,
-) -> bool {
-    if euid == 0 {
-        return want & MAY_EXEC == 0 || mode & 0o111 != 0 || mode & S_IFMT == S_IFDIR;
-    }
+/// The capabilities that override permission bits (`CAP_DAC_OVERRIDE`,
+/// `CAP_DAC_READ_SEARCH`), as the caller's effective set has them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DacOverride {
+    pub any: bool,
+    pub read_search: bool,
+}
+
+/// Who asks for access: file-system ids, supplementary groups, overrides.
+#[derive(Clone, Copy, Debug)]
+pub struct Accessor<'a> {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: &'a [u32],
+    pub dac: DacOverride,
+}
+
+/// Whether the process `who` describes may access a file of `mode`/`uid`/`gid`
+/// for `want` (MAY_* bits), as Linux's `generic_permission` decides: the
+/// owner, group or other bits first, then the capabilities. The virtio-fs
+/// server acts as root, so the guest checks (as a FUSE client mounted with
+/// `default_permissions` does). `CAP_DAC_OVERRIDE` reads and writes
+/// anything and executes what has any execute bit; `CAP_DAC_READ_SEARCH`
+/// reads any file and reads and searches any directory.
+pub fn may_access(mode: u32, uid: u32, gid: u32, who: &Accessor<'_>, want: u32) -> bool {
+    let Accessor {
+        uid: euid,
+        gid: egid,
+        groups,
+        dac,
+    } = *who;
     let granted = if uid == euid {
         mode >> 6
     } else if gid == egid || groups.contains(&gid) {
@@ -357,7 +370,14 @@ pub fn may_access(
     } else {
         mode
     } & 7;
-    granted & want == want
+    if granted & want == want {
+        return true;
+    }
+    let dir = mode & S_IFMT == S_IFDIR;
+    if dac.any && (dir || want & MAY_EXEC == 0 || mode & 0o111 != 0) {
+        return true;
+    }
+    dac.read_search && want & MAY_WRITE == 0 && (dir || want & MAY_EXEC == 0)
 }
 
 #[cfg(test)]
@@ -496,30 +516,133 @@ mod tests {
             file,
             1000,
             100,
-            1000,
-            5,
-            &[],
+            &who(1000, 5, &[], NONE),
             MAY_READ | MAY_WRITE
         ));
-        assert!(!may_access(file, 1000, 100, 1000, 5, &[], MAY_EXEC));
-        assert!(may_access(file, 1, 100, 1000, 100, &[], MAY_READ));
-        assert!(!may_access(file, 1, 100, 1000, 100, &[], MAY_WRITE));
-        assert!(may_access(file, 1, 100, 1000, 5, &[100], MAY_READ));
-        assert!(!may_access(file, 1, 100, 1000, 5, &[], MAY_READ));
+        assert!(!may_access(
+            file,
+            1000,
+            100,
+            &who(1000, 5, &[], NONE),
+            MAY_EXEC
+        ));
+        assert!(may_access(
+            file,
+            1,
+            100,
+            &who(1000, 100, &[], NONE),
+            MAY_READ
+        ));
+        assert!(!may_access(
+            file,
+            1,
+            100,
+            &who(1000, 100, &[], NONE),
+            MAY_WRITE
+        ));
+        assert!(may_access(
+            file,
+            1,
+            100,
+            &who(1000, 5, &[100], NONE),
+            MAY_READ
+        ));
+        assert!(!may_access(
+            file,
+            1,
+            100,
+            &who(1000, 5, &[], NONE),
+            MAY_READ
+        ));
         // The owner's bits apply to the owner even when others have more.
         assert!(!may_access(
             S_IFREG | 0o066,
             1000,
             1,
-            1000,
-            1,
-            &[],
+            &who(1000, 1, &[], NONE),
             MAY_READ
         ));
-        // Root reads and writes anything, executes only what is executable.
-        assert!(may_access(S_IFREG, 1, 1, 0, 0, &[], MAY_READ | MAY_WRITE));
-        assert!(!may_access(S_IFREG | 0o644, 1, 1, 0, 0, &[], MAY_EXEC));
-        assert!(may_access(S_IFREG | 0o100, 1, 1, 0, 0, &[], MAY_EXEC));
-        assert!(may_access(S_IFDIR, 1, 1, 0, 0, &[], MAY_EXEC));
+        // CAP_DAC_OVERRIDE reads and writes anything, executes only what is
+        // executable; CAP_DAC_READ_SEARCH reads and searches, never writes;
+        // root without them is an owner like any other.
+        assert!(may_access(
+            S_IFREG,
+            1,
+            1,
+            &who(0, 0, &[], ALL),
+            MAY_READ | MAY_WRITE
+        ));
+        assert!(!may_access(
+            S_IFREG | 0o644,
+            1,
+            1,
+            &who(0, 0, &[], ALL),
+            MAY_EXEC
+        ));
+        assert!(may_access(
+            S_IFREG | 0o100,
+            1,
+            1,
+            &who(0, 0, &[], ALL),
+            MAY_EXEC
+        ));
+        assert!(may_access(S_IFDIR, 1, 1, &who(0, 0, &[], ALL), MAY_EXEC));
+        let read_search = DacOverride {
+            any: false,
+            read_search: true,
+        };
+        assert!(may_access(
+            S_IFREG,
+            1,
+            1,
+            &who(0, 0, &[], read_search),
+            MAY_READ
+        ));
+        assert!(!may_access(
+            S_IFREG,
+            1,
+            1,
+            &who(0, 0, &[], read_search),
+            MAY_WRITE
+        ));
+        assert!(may_access(
+            S_IFDIR,
+            1,
+            1,
+            &who(0, 0, &[], read_search),
+            MAY_EXEC | MAY_READ
+        ));
+        assert!(!may_access(
+            S_IFREG | 0o600,
+            1,
+            1,
+            &who(0, 0, &[], NONE),
+            MAY_READ
+        ));
+        assert!(may_access(
+            S_IFREG | 0o600,
+            0,
+            1,
+            &who(0, 0, &[], NONE),
+            MAY_WRITE
+        ));
     }
+
+    fn who(uid: u32, gid: u32, groups: &[u32], dac: DacOverride) -> Accessor<'_> {
+        Accessor {
+            uid,
+            gid,
+            groups,
+            dac,
+        }
+    }
+
+    const NONE: DacOverride = DacOverride {
+        any: false,
+        read_search: false,
+    };
+    const ALL: DacOverride = DacOverride {
+        any: true,
+        read_search: true,
+    };
 }

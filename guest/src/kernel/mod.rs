@@ -406,7 +406,7 @@ pub fn boot(boot_info: u64) -> ! {
         }
     }
 
-    let creds = Creds {
+    let mut creds = Creds {
         uid: spec.uid,
         euid: spec.uid,
         suid: spec.uid,
@@ -416,7 +416,12 @@ pub fn boot(boot_info: u64) -> ! {
         fsuid: spec.uid,
         fsgid: spec.gid,
         groups: spec.groups.clone(),
+        caps: spec.capabilities,
+        keep_caps: false,
     };
+    // The sets are what the runtime set before its execve of the program:
+    // what the program sees is what that execve leaves.
+    creds.fix_exec(spec.no_new_privileges);
     // Finding and loading the program is the first process's system time
     // (setting up the devices before is nobody's).
     let clock_start = clock.cpu_ticks();

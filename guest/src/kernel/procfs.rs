@@ -186,6 +186,8 @@ impl Kernel {
             resident: 0,
             proportional: 0,
             private: 0,
+            caps: Default::default(),
+            no_new_privs: self.spec.no_new_privileges,
         };
         let own = self.process_cpu(tgid).unwrap_or_default();
         let children = task.cpu_children;
@@ -210,6 +212,7 @@ impl Kernel {
         };
         let process = self.processes.get(&tgid)?;
         info.comm = process.comm;
+        info.caps = process.creds.caps;
         info.exe = process.exe_path.clone();
         let (start, end) = process.mm.args;
         let mut cmdline = alloc::vec![0u8; end.saturating_sub(start).min(1 << 20) as usize];

@@ -2,7 +2,7 @@
 
 use alloc::vec::Vec;
 
-use capsa_abi::process::{Decoder, Record};
+use capsa_abi::process::{CapabilitySets, Decoder, Record};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MountSpec {
@@ -33,6 +33,9 @@ pub struct ProcessSpec {
     pub no_new_privileges: bool,
     pub pids_limit: Option<u64>,
     pub mounts: Vec<MountSpec>,
+    /// As the container's runtime set them before its execve; a spec
+    /// without capabilities leaves root all of them.
+    pub capabilities: CapabilitySets,
 }
 
 impl Default for ProcessSpec {
@@ -60,6 +63,7 @@ impl Default for ProcessSpec {
             no_new_privileges: false,
             pids_limit: None,
             mounts: Vec::new(),
+            capabilities: CapabilitySets::full(),
         }
     }
 }
@@ -105,6 +109,7 @@ impl ProcessSpec {
                     readonly,
                     destination: destination.to_vec(),
                 }),
+                Record::Capabilities(sets) => spec.capabilities = sets,
                 Record::Unknown { .. } => {}
             }
         }

@@ -14,6 +14,9 @@ use crate::fs::locks::{LockKey, Owner, RecordLock};
 use crate::fs::procfs;
 use crate::fs::vfs::{self, Walk};
 use crate::kernel::Kernel;
+use crate::task::capability::{
+    CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER, CAP_MKNOD,
+};
 
 pub const AT_FDCWD: i32 = -100;
 pub const AT_SYMLINK_NOFOLLOW: u32 = 0x100;
@@ -222,7 +225,9 @@ impl Kernel {
             }
         }
         let w = self.walk_at(dirfd, path, flags & O_NOFOLLOW == 0)?;
-        if self.proc_mut().creds.fsuid != 0 && w.mode & S_IFMT != S_IFLNK && flags & O_PATH == 0 {
+        // CAP_DAC_OVERRIDE opens anything for reading and writing.
+        let overrides = self.proc().creds.capable(CAP_DAC_OVERRIDE);
+        if !overrides && w.mode & S_IFMT != S_IFLNK && flags & O_PATH == 0 {
             let want = match access {
                 O_RDONLY => vfs::MAY_READ,
                 O_WRONLY => vfs::MAY_WRITE,
@@ -830,9 +835,17 @@ impl Kernel {
     fn check_access(&mut self, node: vfs::Node, want: u32) -> Result<()> {
         let attr = self.dev.vfs.fs(node.fs)?.getattr(node.id, None)?;
         let c = &self.proc_mut().creds;
-        if vfs::may_access(
-            attr.mode, attr.uid, attr.gid, c.fsuid, c.fsgid, &c.groups, want,
-        ) {
+        let dac = vfs::DacOverride {
+            any: c.capable(CAP_DAC_OVERRIDE),
+            read_search: c.capable(CAP_DAC_READ_SEARCH),
+        };
+        let who = vfs::Accessor {
+            uid: c.fsuid,
+            gid: c.fsgid,
+            groups: &c.groups,
+            dac,
+        };
+        if vfs::may_access(attr.mode, attr.uid, attr.gid, &who, want) {
             Ok(())
         } else {
             Err(Errno::EACCES)
@@ -858,7 +871,7 @@ impl Kernel {
         if mode & 2 != 0 && fs.readonly {
             return Err(Errno::EROFS);
         }
-        if self.proc_mut().creds.euid != 0 && mode & 7 != 0 {
+        if mode & 7 != 0 {
             self.check_access(w.node, mode & 7)?;
             return Ok(0);
         }
@@ -928,6 +941,11 @@ impl Kernel {
         } else {
             mode & S_IFMT
         };
+        // Device nodes need CAP_MKNOD; files, fifos and sockets do not.
+        let device = kind == crate::fs::fuse::S_IFCHR || kind == crate::fs::fuse::S_IFBLK;
+        if device && !self.proc().creds.capable(CAP_MKNOD) {
+            return Err(Errno::EPERM);
+        }
         self.mknod_in(&dir, &name, kind, mode & 0o7777, rdev)?;
         Ok(0)
     }
@@ -1070,7 +1088,31 @@ impl Kernel {
             Some(target) => self.walk_at(AT_FDCWD, &target, true)?,
             None => self.walk_at(dirfd, path, follow)?,
         };
+        let attr = self.dev.vfs.fs(w.node.fs)?.getattr(w.node.id, None)?;
+        self.check_setattr(attr.uid, attr.gid, set)?;
         crate::fs::files::set_node_attr(&mut self.dev, w.node, None, set).map(|_| 0)
+    }
+
+    /// Refuses what `set` changes of a file owned by `uid`/`gid` unless
+    /// the caller may, as Linux's `notify_change` decides: the mode by the
+    /// owner or `CAP_FOWNER`; the owner by `CAP_CHOWN` (the owner may "set"
+    /// itself); the group by the owner to one of its own groups, or by
+    /// `CAP_CHOWN`.
+    fn check_setattr(&self, uid: u32, gid: u32, set: &SetAttr) -> Result<()> {
+        let c = &self.proc().creds;
+        let owner = c.fsuid == uid;
+        let mode_ok = set.valid & fattr::MODE == 0 || owner || c.capable(CAP_FOWNER);
+        let uid_ok =
+            set.valid & fattr::UID == 0 || (owner && set.uid == uid) || c.capable(CAP_CHOWN);
+        let member = set.gid == c.fsgid || c.groups.contains(&set.gid);
+        let gid_ok = set.valid & fattr::GID == 0
+            || (owner && (set.gid == gid || member))
+            || c.capable(CAP_CHOWN);
+        if mode_ok && uid_ok && gid_ok {
+            Ok(())
+        } else {
+            Err(Errno::EPERM)
+        }
     }
 
     pub fn sys_fchmodat(&mut self, dirfd: i32, path: u64, mode: u32) -> Result<u64> {
@@ -1085,6 +1127,11 @@ impl Kernel {
 
     fn setattr_fd(&mut self, fd: i32, set: &SetAttr) -> Result<u64> {
         let file = self.proc_mut().fds.file(fd)?;
+        let stat = file.stat(&mut self.dev)?;
+        let word =
+            |at: usize| u32::from_le_bytes([stat[at], stat[at + 1], stat[at + 2], stat[at + 3]]);
+        // struct stat's st_uid and st_gid.
+        self.check_setattr(word(28), word(32), set)?;
         file.setattr(&mut self.dev, set).map(|_| 0)
     }
 

@@ -170,6 +170,8 @@ impl Kernel {
             120 => self.sys_getresuid(a0, a1, a2, true),
             122 => self.sys_setfsid(a0 as u32, false),
             123 => self.sys_setfsid(a0 as u32, true),
+            125 => self.sys_capget(a0, a1),
+            126 => self.sys_capset(a0, a1),
             127 => self.sys_rt_sigpending(a0),
             130 => self.sys_rt_sigsuspend(a0, a1),
             128 => self.sys_rt_sigtimedwait(a0, a1, a2, a3),
@@ -194,7 +196,7 @@ impl Kernel {
             146 => process::sched_priority_range(a0 as u32).map(|(_, max)| max),
             147 => process::sched_priority_range(a0 as u32).map(|(min, _)| min),
             148 => self.sys_sched_rr_get_interval(a0 as i32, a1),
-            157 => self.sys_prctl(a0 as u32, a1),
+            157 => self.sys_prctl(a0 as u32, a1, a2),
             158 => self.sys_arch_prctl(a0 as u32, a1),
             160 => self.sys_prlimit(0, a0 as u32, a1, 0),
             162 => Ok(0), // sync: every write already reached the server

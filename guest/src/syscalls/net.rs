@@ -891,10 +891,13 @@ impl Kernel {
                     let own = self.ucred(false);
                     let creds = &self.proc().creds;
                     // Without privilege a process may only claim its own ids.
-                    let root = creds.euid == 0;
-                    let uid_ok = root || [creds.uid, creds.euid, creds.suid].contains(&given.uid);
-                    let gid_ok = root || [creds.gid, creds.egid, creds.sgid].contains(&given.gid);
-                    if (given.pid != own.pid && !root) || !uid_ok || !gid_ok {
+                    use crate::task::capability::{CAP_SETGID, CAP_SETUID, CAP_SYS_ADMIN};
+                    let uid_ok = creds.capable(CAP_SETUID)
+                        || [creds.uid, creds.euid, creds.suid].contains(&given.uid);
+                    let gid_ok = creds.capable(CAP_SETGID)
+                        || [creds.gid, creds.egid, creds.sgid].contains(&given.gid);
+                    let pid_ok = given.pid == own.pid || creds.capable(CAP_SYS_ADMIN);
+                    if !pid_ok || !uid_ok || !gid_ok {
                         return Err(Errno::EPERM);
                     }
                     msg.cred = Some(given);

@@ -23,6 +23,9 @@ use crate::kernel::spec::RLIMIT_COUNT;
 use crate::kernel::Kernel;
 use crate::kernel::Mm;
 use crate::mm::space::Space;
+use crate::task::capability::{
+    CAP_LAST_CAP, CAP_SETGID, CAP_SETPCAP, CAP_SETUID, CAP_SYS_NICE, CAP_SYS_RESOURCE,
+};
 use crate::task::cputime::Times;
 use crate::task::futex;
 use crate::task::process::{Block, Context, ExitStatus, Pid, State, WaitFor};
@@ -64,6 +67,20 @@ const PR_SET_NAME: u32 = 15;
 const PR_GET_NAME: u32 = 16;
 const PR_SET_NO_NEW_PRIVS: u32 = 38;
 const PR_GET_NO_NEW_PRIVS: u32 = 39;
+const PR_GET_KEEPCAPS: u32 = 7;
+const PR_SET_KEEPCAPS: u32 = 8;
+const PR_CAPBSET_READ: u32 = 23;
+const PR_CAPBSET_DROP: u32 = 24;
+const PR_CAP_AMBIENT: u32 = 47;
+const PR_CAP_AMBIENT_IS_SET: u64 = 1;
+const PR_CAP_AMBIENT_RAISE: u64 = 2;
+const PR_CAP_AMBIENT_LOWER: u64 = 3;
+const PR_CAP_AMBIENT_CLEAR_ALL: u64 = 4;
+/// capget/capset header versions: 64-bit sets in two 32-bit halves (2 and
+/// 3), or one 32-bit set (1).
+const CAP_VERSION_1: u32 = 0x1998_0330;
+const CAP_VERSION_2: u32 = 0x2007_1026;
+const CAP_VERSION_3: u32 = 0x2008_0522;
 
 const SCHED_OTHER: u32 = 0;
 const SCHED_FIFO: u32 = 1;
@@ -540,6 +557,8 @@ impl Kernel {
             }
         }
         self.proc_mut().signals.reset_for_exec();
+        let no_new_privs = self.spec.no_new_privileges;
+        self.proc_mut().creds.fix_exec(no_new_privs);
         self.proc_mut().timers = Default::default();
         self.thread_mut().sigmask.reset_for_exec();
         self.thread_mut().fs_base = 0;
@@ -798,7 +817,7 @@ impl Kernel {
     /// setpriority: only a privileged caller may lower a nice value.
     pub fn sys_setpriority(&mut self, which: u32, who: i32, prio: i32) -> Result<u64> {
         let nice = prio.clamp(-20, 19);
-        let privileged = self.privileged();
+        let privileged = self.capable(CAP_SYS_NICE);
         for p in self.priority_targets(which, who)? {
             if let Some(t) = self.procs.get_mut(p) {
                 if nice < t.nice && !privileged {
@@ -865,21 +884,26 @@ impl Kernel {
         Ok(0)
     }
 
-    fn privileged(&self) -> bool {
-        self.proc().creds.euid == 0
+    /// Whether the caller's effective set holds `cap`.
+    pub(crate) fn capable(&self, cap: u32) -> bool {
+        self.proc().creds.capable(cap)
     }
 
     pub fn sys_setresuid(&mut self, r: u32, e: u32, s: u32) -> Result<u64> {
         let c = &self.proc_mut().creds;
-        let [uid, euid, suid] = set_res([c.uid, c.euid, c.suid], [r, e, s], self.privileged())?;
+        let [uid, euid, suid] =
+            set_res([c.uid, c.euid, c.suid], [r, e, s], self.capable(CAP_SETUID))?;
+        let old = self.proc().creds.clone();
         let c = &mut self.proc_mut().creds;
         (c.uid, c.euid, c.suid, c.fsuid) = (uid, euid, suid, euid);
+        c.fix_setuid(&old);
         Ok(0)
     }
 
     pub fn sys_setresgid(&mut self, r: u32, e: u32, s: u32) -> Result<u64> {
         let c = &self.proc_mut().creds;
-        let [gid, egid, sgid] = set_res([c.gid, c.egid, c.sgid], [r, e, s], self.privileged())?;
+        let [gid, egid, sgid] =
+            set_res([c.gid, c.egid, c.sgid], [r, e, s], self.capable(CAP_SETGID))?;
         let c = &mut self.proc_mut().creds;
         (c.gid, c.egid, c.sgid, c.fsgid) = (gid, egid, sgid, egid);
         Ok(0)
@@ -889,8 +913,9 @@ impl Kernel {
     /// ids (any, when privileged); always returns the previous one, also
     /// when refusing (as Linux, which reports no error).
     pub fn sys_setfsid(&mut self, id: u32, group: bool) -> Result<u64> {
-        let privileged = self.privileged();
+        let privileged = self.capable(if group { CAP_SETGID } else { CAP_SETUID });
         let c = &mut self.proc_mut().creds;
+        let old_fsuid = c.fsuid;
         let (ids, fs) = if group {
             ([c.gid, c.egid, c.sgid, c.fsgid], &mut c.fsgid)
         } else {
@@ -900,6 +925,7 @@ impl Kernel {
         if id != u32::MAX && (privileged || ids.contains(&id)) {
             *fs = id;
         }
+        c.fix_setfsuid(old_fsuid);
         Ok(u64::from(old))
     }
 
@@ -936,7 +962,7 @@ impl Kernel {
     }
 
     pub fn sys_setgroups(&mut self, size: u64, list: u64) -> Result<u64> {
-        if !self.privileged() {
+        if !self.capable(CAP_SETGID) {
             return Err(Errno::EPERM);
         }
         if size > 65536 {
@@ -972,7 +998,7 @@ impl Kernel {
             if soft > hard {
                 return Err(Errno::EINVAL);
             }
-            if hard > current.1 && !self.privileged() {
+            if hard > current.1 && !self.capable(CAP_SYS_RESOURCE) {
                 return Err(Errno::EPERM);
             }
             self.spec.rlimits[r] = (soft, hard);
@@ -1130,8 +1156,50 @@ impl Kernel {
         Ok(0)
     }
 
-    pub fn sys_prctl(&mut self, option: u32, arg: u64) -> Result<u64> {
+    pub fn sys_prctl(&mut self, option: u32, arg: u64, arg3: u64) -> Result<u64> {
+        let cap = |n: u64| -> Result<u32> {
+            u32::try_from(n)
+                .ok()
+                .filter(|c| *c <= CAP_LAST_CAP)
+                .ok_or(Errno::EINVAL)
+        };
         match option {
+            PR_GET_KEEPCAPS => Ok(u64::from(self.proc().creds.keep_caps)),
+            PR_SET_KEEPCAPS if arg <= 1 => {
+                self.proc_mut().creds.keep_caps = arg == 1;
+                Ok(0)
+            }
+            PR_CAPBSET_READ => Ok((self.proc().creds.caps.bounding >> cap(arg)?) & 1),
+            PR_CAPBSET_DROP => {
+                let c = cap(arg)?;
+                if !self.capable(CAP_SETPCAP) {
+                    return Err(Errno::EPERM);
+                }
+                self.proc_mut().creds.caps.bounding &= !(1 << c);
+                Ok(0)
+            }
+            PR_CAP_AMBIENT => {
+                let creds = &mut self.proc_mut().creds;
+                match arg {
+                    PR_CAP_AMBIENT_IS_SET => Ok((creds.caps.ambient >> cap(arg3)?) & 1),
+                    PR_CAP_AMBIENT_RAISE => {
+                        if creds.raise_ambient(cap(arg3)?) {
+                            Ok(0)
+                        } else {
+                            Err(Errno::EPERM)
+                        }
+                    }
+                    PR_CAP_AMBIENT_LOWER => {
+                        creds.caps.ambient &= !(1 << cap(arg3)?);
+                        Ok(0)
+                    }
+                    PR_CAP_AMBIENT_CLEAR_ALL => {
+                        creds.caps.ambient = 0;
+                        Ok(0)
+                    }
+                    _ => Err(Errno::EINVAL),
+                }
+            }
             PR_SET_NAME => {
                 let name = self
                     .user_cstr(arg)
@@ -1159,6 +1227,82 @@ impl Kernel {
             PR_GET_DUMPABLE => Ok(1),
             _ => Err(Errno::EINVAL),
         }
+    }
+
+    /// capget: the sets of the caller (pid 0) or of process `pid`. An
+    /// unknown version is answered with the preferred one and EINVAL (a
+    /// NULL data pointer with it is how libcap asks).
+    pub fn sys_capget(&mut self, header: u64, data: u64) -> Result<u64> {
+        let (halves, pid) = self.cap_header(header)?;
+        if data == 0 {
+            return Ok(0);
+        }
+        let tgid = if pid == 0 {
+            self.procs.tgid(self.cur)
+        } else {
+            pid
+        };
+        let caps = self
+            .processes
+            .get(&self.procs.tgid(tgid))
+            .filter(|_| self.procs.get(tgid).is_some())
+            .map(|p| p.creds.caps)
+            .ok_or(Errno::ESRCH)?;
+        let mut out = Vec::with_capacity(24);
+        for half in 0..halves {
+            for set in [caps.effective, caps.permitted, caps.inheritable] {
+                out.extend_from_slice(&((set >> (32 * half)) as u32).to_le_bytes());
+            }
+        }
+        self.put_user(data, &out)?;
+        Ok(0)
+    }
+
+    /// capset: the caller's own sets, by capset(2)'s rules.
+    pub fn sys_capset(&mut self, header: u64, data: u64) -> Result<u64> {
+        let (halves, pid) = self.cap_header(header)?;
+        if pid != 0 && pid != self.procs.tgid(self.cur) {
+            return Err(Errno::EPERM);
+        }
+        let raw = self.user_buf(data, 12 * halves)?.to_vec();
+        let mut sets = [0u64; 3];
+        for half in 0..halves {
+            for (i, set) in sets.iter_mut().enumerate() {
+                let at = 12 * half + 4 * i;
+                let word = u32::from_le_bytes([raw[at], raw[at + 1], raw[at + 2], raw[at + 3]]);
+                *set |= u64::from(word) << (32 * half);
+            }
+        }
+        let [effective, permitted, inheritable] = sets;
+        if self
+            .proc_mut()
+            .creds
+            .set_caps(effective, permitted, inheritable)
+        {
+            Ok(0)
+        } else {
+            Err(Errno::EPERM)
+        }
+    }
+
+    /// The number of 32-bit halves a capget/capset header's version
+    /// carries, and its pid.
+    fn cap_header(&mut self, header: u64) -> Result<(usize, i32)> {
+        let raw = self.user_buf(header, 8)?.to_vec();
+        let version = u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]);
+        let pid = i32::from_le_bytes([raw[4], raw[5], raw[6], raw[7]]);
+        let halves = match version {
+            CAP_VERSION_1 => 1,
+            CAP_VERSION_2 | CAP_VERSION_3 => 2,
+            _ => {
+                self.put_user(header, &CAP_VERSION_3.to_le_bytes())?;
+                return Err(Errno::EINVAL);
+            }
+        };
+        if pid < 0 {
+            return Err(Errno::EINVAL);
+        }
+        Ok((halves, pid))
     }
 
     pub fn sys_arch_prctl(&mut self, code: u32, addr: u64) -> Result<u64> {

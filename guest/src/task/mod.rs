@@ -11,6 +11,7 @@
 //!
 //! Plain data and policy, unit-tested on the host.
 
+pub mod capability;
 pub mod cputime;
 pub mod futex;
 pub mod process;
@@ -79,4 +80,8 @@ pub struct Creds {
     pub fsuid: u32,
     pub fsgid: u32,
     pub groups: Vec<u32>,
+    /// The five capability sets (`capability.rs` moves them).
+    pub caps: capsa_abi::process::CapabilitySets,
+    /// `PR_SET_KEEPCAPS`: leaving root keeps the permitted set.
+    pub keep_caps: bool,
 }

@@ -61,12 +61,7 @@ fn close_extra_fds(preserve_fds: i32) {
     }
 }
 
-fn to_caps(set: Option<&Capabilities>) -> HashSet<Cap> {
-    set.into_iter()
-        .flatten()
-        .filter_map(|c| format!("CAP_{c}").parse::<Cap>().ok())
-        .collect()
-}
+use crate::spec::capability_set as to_caps;
 
 fn caps_error(set: &str) -> impl FnOnce(caps::errors::CapsError) -> ContainerError + '_ {
     move |source| ContainerError::Capabilities {

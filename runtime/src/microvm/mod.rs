@@ -50,7 +50,9 @@
 //! and any mount under `/dev` (but a tmpfs on `/dev/shm`), `/proc` or
 //! `/sys` are skipped; the guest provides
 //! `/dev/{null,zero,full,random,urandom}` itself.
-//! `process.capabilities`, `linux.seccomp`, `linux.maskedPaths`,
+//! `process.capabilities` are the guest process's five capability sets,
+//! which the guest kernel enforces and moves as Linux does (setuid, execve,
+//! capset). `linux.seccomp`, `linux.maskedPaths`,
 //! `linux.readonlyPaths`, `linux.devices`, `linux.sysctl` and id mappings have
 //! no host meaning for a guest process and are ignored, as is
 //! `--preserve-fds`; `process.terminal` is refused (no console device for a
@@ -355,6 +357,7 @@ pub fn vm_config(spec: &Spec, rootfs: &Path, bundle: &Path) -> Result<capsa_vmm:
             rlimits,
             no_new_privileges: process.no_new_privileges().unwrap_or(false),
             pids_limit,
+            capabilities: Some(capability_sets(process.capabilities().as_ref())),
         },
         rootfs: rootfs.to_path_buf(),
         rootfs_readonly: spec
@@ -367,6 +370,30 @@ pub fn vm_config(spec: &Spec, rootfs: &Path, bundle: &Path) -> Result<capsa_vmm:
         seccomp: true,
         net: None,
     })
+}
+
+/// The guest's capability sets for `process.capabilities`, as the
+/// container backend applies them before its execve: none named is none
+/// held; the effective set within the permitted one; ambient capabilities
+/// only where permitted and inheritable.
+fn capability_sets(
+    capabilities: Option<&oci_spec::runtime::LinuxCapabilities>,
+) -> capsa_abi::process::CapabilitySets {
+    use oci_spec::runtime::LinuxCapabilities as Caps;
+    let mask = |set: fn(&Caps) -> &Option<oci_spec::runtime::Capabilities>| {
+        crate::spec::capability_set(capabilities.and_then(|c| set(c).as_ref()))
+            .iter()
+            .fold(0u64, |m, cap| m | cap.bitmask())
+    };
+    let permitted = mask(Caps::permitted);
+    let inheritable = mask(Caps::inheritable);
+    capsa_abi::process::CapabilitySets {
+        effective: mask(Caps::effective) & permitted,
+        permitted,
+        inheritable,
+        bounding: mask(Caps::bounding),
+        ambient: mask(Caps::ambient) & permitted & inheritable,
+    }
 }
 
 /// Closes every inherited descriptor above stdio but `keep` (the VMM's
