@@ -2097,9 +2097,10 @@ fn nested_epolls_report_through_and_refuse_cycles() {
     );
 }
 
-/// A runtime handler can only name a binary: capsa invoked as
-/// `capsa-microvm` runs microVMs unless the bundle's annotation or the
-/// `--isolation` flag says otherwise.
+/// A runtime handler can only name a binary and its arguments: capsa
+/// invoked as `capsa-microvm`, or given `--isolation microvm` before the
+/// command, runs microVMs unless the bundle's annotation or
+/// `create --isolation` says otherwise.
 #[test]
 fn capsa_invoked_as_capsa_microvm_runs_microvms_by_default() {
     let links = tempfile::tempdir().expect("tempdir");
@@ -2130,6 +2131,23 @@ fn capsa_invoked_as_capsa_microvm_runs_microvms_by_default() {
     assert_eq!(stdout(&out), "6.1.0-capsa\n", "{}", show(&out));
     let out = run(&bundle, &["--isolation", "container"]);
     assert_eq!(stdout(&out), host_release, "{}", show(&out));
+    // `capsa --isolation microvm run`: a handler's arguments before the
+    // command (dockerd's runtimeArgs) set the same default.
+    let id = unique_id("handler-args");
+    let out = std::process::Command::new("timeout")
+        .args(["-k", "10", "60"])
+        .arg(capsa_bin())
+        .args(["--isolation", "microvm", "--root"])
+        .arg(capsa.root.path())
+        .arg("run")
+        .arg("--bundle")
+        .arg(bundle.path())
+        .arg(&id)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run capsa --isolation microvm");
+    capsa.assert_nothing_left(&id);
+    assert_eq!(stdout(&out), "6.1.0-capsa\n", "{}", show(&out));
     bundle.edit(|c| c["annotations"] = serde_json::json!({"dev.capsa.isolation": "container"}));
     let out = run(&bundle, &[]);
     assert_eq!(stdout(&out), host_release, "{}", show(&out));

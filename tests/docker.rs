@@ -323,9 +323,9 @@ fn docker_execs_in_and_removes_a_detached_container() {
 /// dockerd 20.10 cannot pass annotations (no `docker run --annotation`, and
 /// its config.json has none), so the isolation is the runtime's: a second
 /// runtime in daemon.json whose `runtimeArgs` name it. dockerd runs those
-/// as `capsa --isolation=microvm <command> ...`, before the command.
+/// as `capsa --isolation=microvm <command> ...`, before the command, where
+/// capsa takes it as the default of the containers it creates.
 #[test]
-#[ignore = "capsa takes --isolation only after create/run, and dockerd passes runtimeArgs before the command"]
 fn docker_runs_a_microvm_through_capsa() {
     let dockerd = Dockerd::start();
     let image = dockerd.import_busybox();

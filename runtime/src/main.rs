@@ -36,6 +36,11 @@ struct Cli {
     /// Accepted for runc compatibility.
     #[arg(long, global = true, hide = true)]
     rootless: Option<String>,
+    /// The default isolation of the containers this invocation creates,
+    /// before the command: what a runtime handler's arguments give (dockerd's
+    /// runtimeArgs). The annotation and `create --isolation` still choose.
+    #[arg(long = "isolation", value_enum)]
+    default_isolation: Option<Isolation>,
     #[command(subcommand)]
     command: Command,
 }
@@ -55,7 +60,8 @@ struct CreateArgs {
     #[arg(long, default_value_t = 0)]
     preserve_fds: i32,
     /// Isolation backend (default: the dev.capsa.isolation annotation, else
-    /// microvm when invoked as capsa-microvm, else container).
+    /// `capsa --isolation`, else microvm when invoked as capsa-microvm, else
+    /// container).
     #[arg(long, value_enum)]
     isolation: Option<Isolation>,
     /// Accepted for runc compatibility.
@@ -313,12 +319,18 @@ fn main() -> ExitCode {
     }
 }
 
-fn create_options<'a>(id: &'a str, args: &'a CreateArgs) -> CreateOptions<'a> {
+fn create_options<'a>(
+    id: &'a str,
+    args: &'a CreateArgs,
+    default_isolation: Option<Isolation>,
+) -> CreateOptions<'a> {
     CreateOptions {
         id,
         bundle: &args.bundle,
         isolation: args.isolation,
-        default_isolation: Isolation::for_program(&std::env::args_os().next().unwrap_or_default()),
+        default_isolation: default_isolation.unwrap_or_else(|| {
+            Isolation::for_program(&std::env::args_os().next().unwrap_or_default())
+        }),
         pid_file: args.pid_file.as_deref(),
         console_socket: args.console_socket.as_deref(),
         preserve_fds: args.preserve_fds,
@@ -329,7 +341,8 @@ fn dispatch(cli: Cli) -> Result<u8> {
     let store = Store::new(&cli.root);
     match cli.command {
         Command::Create { id, args } => {
-            lifecycle::create(&store, &create_options(&id, &args)).map_err(chain)?;
+            lifecycle::create(&store, &create_options(&id, &args, cli.default_isolation))
+                .map_err(chain)?;
         }
         Command::Start { id } => {
             lifecycle::start(&store, &id).map_err(chain)?;
@@ -349,7 +362,7 @@ fn dispatch(cli: Cli) -> Result<u8> {
         }
         Command::List { format, quiet } => list(&store, &format, quiet)?,
         Command::Run { id, args, detach } => {
-            let opts = create_options(&id, &args);
+            let opts = create_options(&id, &args, cli.default_isolation);
             if detach {
                 lifecycle::create(&store, &opts).map_err(chain)?;
                 if let Err(err) = lifecycle::start(&store, &id) {
