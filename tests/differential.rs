@@ -2197,3 +2197,43 @@ fn nix_umount(path: &Path) -> std::io::Result<()> {
         Err(std::io::Error::other("umount failed"))
     }
 }
+
+/// What a process can read of its spec from inside (what conformance tools
+/// check): its cwd and root, oom_score_adj, resource limits, umask, ids,
+/// groups, capability sets and no_new_privs (a user keeps exactly its
+/// ambient capabilities), hostname. The same in both modes.
+#[test]
+fn the_spec_reads_the_same_from_inside_in_both_modes() {
+    let mut bundle = TestBundle::busybox(&[
+        "sh",
+        "-c",
+        "readlink /proc/self/cwd; readlink /proc/self/root; cat /proc/self/oom_score_adj; \
+         grep -E '^(Limit|Max open files|Max processes|Max core file size)' /proc/self/limits; \
+         grep -E '^(Umask|Uid|Gid|Groups|Cap|NoNewPrivs)' /proc/self/status; hostname",
+    ]);
+    bundle.edit(|c| {
+        c["process"]["cwd"] = json!("/tmp");
+        c["process"]["oomScoreAdj"] = json!(234);
+        c["process"]["user"] =
+            json!({"uid": 1000, "gid": 1000, "additionalGids": [27], "umask": 23});
+        c["process"]["rlimits"] = json!([
+            {"type": "RLIMIT_NOFILE", "soft": 512, "hard": 2048},
+            {"type": "RLIMIT_NPROC", "soft": 300, "hard": 400},
+            {"type": "RLIMIT_CORE", "soft": 0, "hard": 18446744073709551615u64},
+        ]);
+        c["hostname"] = json!("inside");
+    });
+    let expected = "/tmp\n/\n234\n\
+        Limit                     Soft Limit           Hard Limit           Units     \n\
+        Max core file size        0                    unlimited            bytes     \n\
+        Max processes             300                  400                  processes \n\
+        Max open files            512                  2048                 files     \n\
+        Umask:\t0027\nUid:\t1000\t1000\t1000\t1000\nGid:\t1000\t1000\t1000\t1000\n\
+        Groups:\t27 \n\
+        CapInh:\t0000000020000420\nCapPrm:\t0000000020000420\nCapEff:\t0000000020000420\n\
+        CapBnd:\t0000000020000420\nCapAmb:\t0000000020000420\nNoNewPrivs:\t1\ninside\n";
+    if let Err(problem) = both_modes_verdict(&bundle, "the spec from inside", (0, expected, ""), 60)
+    {
+        panic!("{problem}");
+    }
+}

@@ -70,6 +70,8 @@ pub struct ProcessSpec {
     /// `process.capabilities`; None: the spec names none, and the process
     /// has every capability its uid gives it.
     pub capabilities: Option<capsa_abi::process::CapabilitySets>,
+    /// `process.oomScoreAdj`, which the guest reports in `/proc`.
+    pub oom_score_adj: Option<i32>,
 }
 
 /// A host directory served to the guest and mounted at `destination`.

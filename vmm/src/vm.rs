@@ -216,6 +216,7 @@ pub fn encode_process_spec(
     }
     records.extend(process.pids_limit.map(Record::PidsLimit));
     records.extend(process.capabilities.map(Record::Capabilities));
+    records.extend(process.oom_score_adj.map(Record::OomScoreAdj));
     records.extend(mounts.iter().map(|&(device, dir)| Record::Mount {
         device,
         readonly: dir.readonly,

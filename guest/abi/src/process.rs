@@ -33,6 +33,8 @@ pub enum Record<'a> {
         readonly: bool,
         destination: &'a [u8],
     },
+    /// `process.oomScoreAdj`.
+    OomScoreAdj(i32),
     /// The five capability sets of `process.capabilities`, as bit masks
     /// of Linux's `CAP_*` numbers. Absent: a process with all of them.
     Capabilities(CapabilitySets),
@@ -82,6 +84,7 @@ mod tag {
     pub const PIDS_LIMIT: u32 = 12;
     pub const MOUNT: u32 = 13;
     pub const CAPABILITIES: u32 = 14;
+    pub const OOM_SCORE_ADJ: u32 = 15;
 }
 
 /// The encoded spec did not fit in the buffer given to the [`Encoder`].
@@ -147,6 +150,7 @@ impl<'a> Encoder<'a> {
                     destination,
                 ],
             ),
+            Record::OomScoreAdj(v) => self.raw(tag::OOM_SCORE_ADJ, &[&v.to_le_bytes()]),
             Record::Capabilities(c) => self.raw(
                 tag::CAPABILITIES,
                 &[
@@ -244,6 +248,7 @@ impl<'a> Decoder<'a> {
                 ambient: u64_at(32)?,
             }),
             tag::CAPABILITIES => return None,
+            tag::OOM_SCORE_ADJ => Record::OomScoreAdj(exact_u32()? as i32),
             tag => Record::Unknown { tag },
         })
     }
@@ -310,6 +315,7 @@ mod tests {
                 readonly: true,
                 destination: b"/data",
             },
+            Record::OomScoreAdj(-998),
             Record::Capabilities(CapabilitySets {
                 effective: 1 << 7,
                 permitted: 1 << 7 | 1 << 6,

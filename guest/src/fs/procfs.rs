@@ -53,13 +53,17 @@ pub fn is_proc(path: &[u8]) -> bool {
     path == b"/proc" || path.starts_with(b"/proc/")
 }
 
-pub const PID_ENTRIES: [(&[u8], u8); 10] = [
+pub const PID_ENTRIES: [(&[u8], u8); 14] = [
     (b"cmdline", DT_REG),
     (b"comm", DT_REG),
+    (b"cwd", DT_LNK),
     (b"exe", DT_LNK),
     (b"fd", DT_DIR),
+    (b"limits", DT_REG),
     (b"maps", DT_REG),
     (b"mounts", DT_REG),
+    (b"oom_score_adj", DT_REG),
+    (b"root", DT_LNK),
     (b"smaps_rollup", DT_REG),
     (b"stat", DT_REG),
     (b"statm", DT_REG),
@@ -101,6 +105,9 @@ pub struct ProcInfo {
     pub private: u64,
     pub caps: capsa_abi::process::CapabilitySets,
     pub no_new_privs: bool,
+    pub cwd: Vec<u8>,
+    /// (soft, hard) per `RLIMIT_*`.
+    pub limits: [(u64, u64); 16],
 }
 
 impl ProcInfo {
@@ -240,6 +247,48 @@ pub fn status(info: &ProcInfo) -> Vec<u8> {
         nnp = u8::from(info.no_new_privs),
     )
     .into_bytes()
+}
+
+/// `limits`: Linux's table of resource limits, in its column widths.
+pub fn limits(info: &ProcInfo) -> Vec<u8> {
+    const NAMES: [(&str, &str); 16] = [
+        ("Max cpu time", "seconds"),
+        ("Max file size", "bytes"),
+        ("Max data size", "bytes"),
+        ("Max stack size", "bytes"),
+        ("Max core file size", "bytes"),
+        ("Max resident set", "bytes"),
+        ("Max processes", "processes"),
+        ("Max open files", "files"),
+        ("Max locked memory", "bytes"),
+        ("Max address space", "bytes"),
+        ("Max file locks", "locks"),
+        ("Max pending signals", "signals"),
+        ("Max msgqueue size", "bytes"),
+        ("Max nice priority", ""),
+        ("Max realtime priority", ""),
+        ("Max realtime timeout", "us"),
+    ];
+    let value = |v: u64| {
+        if v == u64::MAX {
+            String::from("unlimited")
+        } else {
+            format!("{v}")
+        }
+    };
+    let mut out = format!(
+        "{:<25} {:<20} {:<20} {:<10}\n",
+        "Limit", "Soft Limit", "Hard Limit", "Units"
+    );
+    for ((name, unit), (soft, hard)) in NAMES.iter().zip(info.limits) {
+        let _ = write!(out, "{name:<25} {:<20} {:<20} ", value(soft), value(hard));
+        if unit.is_empty() {
+            out.push('\n');
+        } else {
+            let _ = writeln!(out, "{unit:<10}");
+        }
+    }
+    out.into_bytes()
 }
 
 /// `/proc/cpuinfo` for the one vCPU, from CPUID.

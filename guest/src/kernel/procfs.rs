@@ -188,6 +188,8 @@ impl Kernel {
             private: 0,
             caps: Default::default(),
             no_new_privs: self.spec.no_new_privileges,
+            cwd: Vec::new(),
+            limits: self.spec.rlimits,
         };
         let own = self.process_cpu(tgid).unwrap_or_default();
         let children = task.cpu_children;
@@ -224,6 +226,7 @@ impl Kernel {
             info.cmdline = cmdline;
         }
         info.umask = process.umask;
+        info.cwd = process.cwd.clone();
         info.fds = fds(&process.fds);
         from_state(&mut info, process, &task.thread.sigmask);
         (info.proportional, info.private) = process
@@ -245,6 +248,12 @@ impl Kernel {
             [b"cmdline"] => Ok(Entry::File(info.cmdline.clone())),
             [b"comm"] => Ok(Entry::File(format!("{}\n", info.name()).into_bytes())),
             [b"exe"] => Ok(Entry::Link(info.exe.clone(), None)),
+            [b"cwd"] => Ok(Entry::Link(info.cwd.clone(), None)),
+            [b"root"] => Ok(Entry::Link(b"/".to_vec(), None)),
+            [b"limits"] => Ok(Entry::File(limits(info))),
+            [b"oom_score_adj"] => Ok(Entry::File(
+                format!("{}\n", self.spec.oom_score_adj).into_bytes(),
+            )),
             [b"maps"] => Ok(Entry::File(maps(info))),
             [b"mounts"] => Ok(Entry::File(self.mounts())),
             [b"smaps_rollup"] => Ok(Entry::File(smaps_rollup(info))),

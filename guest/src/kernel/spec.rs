@@ -36,6 +36,7 @@ pub struct ProcessSpec {
     /// As the container's runtime set them before its execve; a spec
     /// without capabilities leaves root all of them.
     pub capabilities: CapabilitySets,
+    pub oom_score_adj: i32,
 }
 
 impl Default for ProcessSpec {
@@ -64,6 +65,7 @@ impl Default for ProcessSpec {
             pids_limit: None,
             mounts: Vec::new(),
             capabilities: CapabilitySets::full(),
+            oom_score_adj: 0,
         }
     }
 }
@@ -110,6 +112,7 @@ impl ProcessSpec {
                     destination: destination.to_vec(),
                 }),
                 Record::Capabilities(sets) => spec.capabilities = sets,
+                Record::OomScoreAdj(v) => spec.oom_score_adj = v,
                 Record::Unknown { .. } => {}
             }
         }

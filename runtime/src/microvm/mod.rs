@@ -358,6 +358,7 @@ pub fn vm_config(spec: &Spec, rootfs: &Path, bundle: &Path) -> Result<capsa_vmm:
             no_new_privileges: process.no_new_privileges().unwrap_or(false),
             pids_limit,
             capabilities: Some(capability_sets(process.capabilities().as_ref())),
+            oom_score_adj: process.oom_score_adj(),
         },
         rootfs: rootfs.to_path_buf(),
         rootfs_readonly: spec
