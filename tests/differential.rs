@@ -2237,3 +2237,63 @@ fn the_spec_reads_the_same_from_inside_in_both_modes() {
         panic!("{problem}");
     }
 }
+
+/// Extended attributes: `user.*` on files and directories (create and
+/// replace flags, removal, listing, by path, without following and by
+/// descriptor), `trusted.*` and `security.*` refused without
+/// CAP_SYS_ADMIN, and no `user.*` on a symlink; on a tmpfs, in both modes.
+const XATTR_PY: &str = r#"
+import errno, os
+fn = '/tmp/x'
+open(fn, 'w').close()
+print(os.listxattr(fn))
+os.setxattr(fn, 'user.test', b'hello')
+print(os.getxattr(fn, 'user.test'), os.listxattr(fn))
+for flag, name in [(os.XATTR_CREATE, 'user.test'), (os.XATTR_REPLACE, 'user.none')]:
+    try:
+        os.setxattr(fn, name, b'x', flag)
+    except OSError as e:
+        print(name, errno.errorcode[e.errno])
+os.setxattr(fn, 'user.big', b'a' * 1024)
+print(len(os.getxattr(fn, 'user.big')), sorted(os.listxattr(fn)))
+os.removexattr(fn, 'user.test')
+try:
+    os.getxattr(fn, 'user.test')
+except OSError as e:
+    print('removed', errno.errorcode[e.errno])
+for name in ['trusted.x', 'security.x']:
+    try:
+        os.setxattr(fn, name, b'1')
+    except OSError as e:
+        print(name, errno.errorcode[e.errno])
+with open(fn) as f:
+    os.setxattr(f.fileno(), 'user.fd', b'v')
+    print(os.getxattr(f.fileno(), 'user.fd'))
+os.mkdir('/tmp/d')
+os.setxattr('/tmp/d', 'user.dir', b'd')
+print(os.getxattr('/tmp/d', 'user.dir'))
+os.symlink(fn, '/tmp/l')
+try:
+    os.setxattr('/tmp/l', 'user.l', b'1', follow_symlinks=False)
+except OSError as e:
+    print('symlink', errno.errorcode[e.errno])
+print(sorted(os.listxattr('/tmp/l')))
+"#;
+
+#[test]
+fn extended_attributes_in_both_modes() {
+    let mut bundle = TestBundle::busybox(&["/usr/bin/python3", "-c", XATTR_PY]);
+    bundle.bind_host_usr();
+    bundle.edit(|c| {
+        c["mounts"].as_array_mut().expect("mounts").push(json!({
+            "destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["mode=1777"]
+        }));
+    });
+    let expected = "[]\nb'hello' ['user.test']\nuser.test EEXIST\nuser.none ENODATA\n\
+        1024 ['user.big', 'user.test']\nremoved ENODATA\ntrusted.x EPERM\nsecurity.x EPERM\n\
+        b'v'\nb'd'\nsymlink EPERM\n['user.big', 'user.fd']\n";
+    if let Err(problem) = both_modes_verdict(&bundle, "extended attributes", (0, expected, ""), 60)
+    {
+        panic!("{problem}");
+    }
+}

@@ -68,6 +68,11 @@ const ALLOWED: &[i64] = &[
     libc::SYS_preadv2,
     libc::SYS_pwritev2,
     libc::SYS_readlinkat,
+    // Extended attributes, on /proc/self/fd/N paths of the server's handles.
+    libc::SYS_getxattr,
+    libc::SYS_setxattr,
+    libc::SYS_listxattr,
+    libc::SYS_removexattr,
     libc::SYS_mkdirat,
     libc::SYS_mknodat,
     libc::SYS_unlinkat,

@@ -8,14 +8,14 @@ use core::cell::Cell;
 use crate::errno::{Errno, Result};
 use crate::fs::fd::*;
 use crate::fs::files::{CharDev, FuseDir, FuseFile, PathFile};
-use crate::fs::fuse::SetAttr;
 use crate::fs::fuse::{fattr, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG};
+use crate::fs::fuse::{SetAttr, XattrValue};
 use crate::fs::locks::{LockKey, Owner, RecordLock};
 use crate::fs::procfs;
 use crate::fs::vfs::{self, Walk};
 use crate::kernel::Kernel;
 use crate::task::capability::{
-    CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER, CAP_MKNOD,
+    CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER, CAP_MKNOD, CAP_SYS_ADMIN,
 };
 
 pub const AT_FDCWD: i32 = -100;
@@ -1751,26 +1751,220 @@ impl Kernel {
     }
 }
 
+/// Which file an extended-attribute call names.
+#[derive(Clone, Copy)]
+pub enum XattrTarget {
+    /// A path, following a final symlink (`getxattr`) or not (`lgetxattr`).
+    Path { path: u64, follow: bool },
+    /// An open descriptor (`fgetxattr`).
+    Fd(i32),
+}
+
+/// The namespaces of attribute names, and what the guest does with each.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum XattrNamespace {
+    /// `user.*`: stored with the file on the host, as on Linux.
+    User,
+    /// `trusted.*`: only with `CAP_SYS_ADMIN` (then the host decides).
+    Trusted,
+    /// `security.*` (labels, file capabilities): the guest has no security
+    /// module, so none are there to read (ENODATA) and none may be set
+    /// (EPERM), and a guest can give no host file capabilities.
+    Security,
+    /// `system.*` (ACLs) and names of no namespace: EOPNOTSUPP.
+    Unsupported,
+}
+
+/// XATTR_NAME_MAX, XATTR_SIZE_MAX and XATTR_LIST_MAX.
+const XATTR_NAME_MAX: usize = 255;
+const XATTR_SIZE_MAX: usize = 65536;
+const XATTR_CREATE: u32 = 1;
+const XATTR_REPLACE: u32 = 2;
+
+fn xattr_namespace(name: &[u8]) -> XattrNamespace {
+    if name.starts_with(b"user.") {
+        XattrNamespace::User
+    } else if name.starts_with(b"trusted.") {
+        XattrNamespace::Trusted
+    } else if name.starts_with(b"security.") {
+        XattrNamespace::Security
+    } else {
+        XattrNamespace::Unsupported
+    }
+}
+
 impl Kernel {
-    /// getxattr/lgetxattr/listxattr/setxattr/removexattr and their `l` forms:
-    /// the name must resolve (ENOENT, ENOTDIR, ELOOP as on Linux), then the
-    /// answer is EOPNOTSUPP. The rootfs server runs with extended attributes
-    /// disabled, so it would answer ENOSYS, which Linux's FUSE client turns
-    /// into EOPNOTSUPP for the caller — exactly what is reported here without
-    /// the round trip. `ls -l` and `cp -a` take it as "no ACLs, no labels".
-    pub fn sys_xattr_path(&mut self, path: u64, follow: bool) -> Result<u64> {
-        let path = self.user_cstr(path)?;
-        self.stat_path(
-            AT_FDCWD,
-            &path,
-            if follow { 0 } else { AT_SYMLINK_NOFOLLOW },
-        )?;
-        Err(Errno::EOPNOTSUPP)
+    /// The attribute name at `ptr`: 1 to 255 bytes (ERANGE otherwise, as
+    /// Linux answers), and its namespace (EOPNOTSUPP if not exposed).
+    fn xattr_name(&mut self, ptr: u64) -> Result<(Vec<u8>, XattrNamespace)> {
+        let name = self.user_cstr(ptr)?;
+        if name.is_empty() || name.len() > XATTR_NAME_MAX {
+            return Err(Errno::ERANGE);
+        }
+        match xattr_namespace(&name) {
+            XattrNamespace::Unsupported => Err(Errno::EOPNOTSUPP),
+            ns => Ok((name, ns)),
+        }
     }
 
-    /// The fd forms (fgetxattr, flistxattr, ...): the fd must be open.
-    pub fn sys_xattr_fd(&mut self, fd: i32) -> Result<u64> {
-        self.proc_mut().fds.file(fd)?;
-        Err(Errno::EOPNOTSUPP)
+    /// The file an attribute call names, with its type (S_IFMT bits).
+    fn xattr_node(&mut self, target: XattrTarget) -> Result<(vfs::Node, u32)> {
+        let node = match target {
+            XattrTarget::Path { path, follow } => {
+                let path = self.user_cstr(path)?;
+                self.walk_at(AT_FDCWD, &path, follow)?.node
+            }
+            XattrTarget::Fd(fd) => {
+                let file = self.proc().fds.file(fd)?;
+                let (fs, id) = file.node_key().ok_or(Errno::EOPNOTSUPP)?;
+                vfs::Node { fs, id }
+            }
+        };
+        let attr = self.dev.vfs.fs(node.fs)?.getattr(node.id, None)?;
+        Ok((node, attr.mode & S_IFMT))
     }
+
+    /// Linux's `xattr_permission`: `trusted.*` needs CAP_SYS_ADMIN; `user.*`
+    /// lives only on files and directories; then read or write permission.
+    fn xattr_permission(
+        &mut self,
+        node: vfs::Node,
+        kind: u32,
+        ns: XattrNamespace,
+        write: bool,
+    ) -> Result<()> {
+        let denied = if write { Errno::EPERM } else { Errno::ENODATA };
+        if ns == XattrNamespace::Security {
+            return Err(denied);
+        }
+        if ns == XattrNamespace::Trusted {
+            return if self.proc().creds.capable(CAP_SYS_ADMIN) {
+                Ok(())
+            } else {
+                Err(denied)
+            };
+        }
+        if kind != S_IFREG && kind != S_IFDIR {
+            return Err(denied);
+        }
+        self.check_access(node, if write { vfs::MAY_WRITE } else { vfs::MAY_READ })
+    }
+
+    /// getxattr, lgetxattr, fgetxattr.
+    pub fn sys_getxattr(
+        &mut self,
+        target: XattrTarget,
+        name: u64,
+        value: u64,
+        size: u64,
+    ) -> Result<u64> {
+        let (name, ns) = self.xattr_name(name)?;
+        let (node, kind) = self.xattr_node(target)?;
+        self.xattr_permission(node, kind, ns, false)?;
+        let size = (size as usize).min(XATTR_SIZE_MAX) as u32;
+        match xattr_errno(
+            self.dev
+                .vfs
+                .fs(node.fs)?
+                .xattr_get(node.id, Some(&name), size),
+        )? {
+            XattrValue::Size(n) => Ok(u64::from(n)),
+            XattrValue::Data(bytes) => {
+                self.put_user(value, &bytes)?;
+                Ok(bytes.len() as u64)
+            }
+        }
+    }
+
+    /// setxattr, lsetxattr, fsetxattr.
+    pub fn sys_setxattr(
+        &mut self,
+        target: XattrTarget,
+        name: u64,
+        value: u64,
+        size: u64,
+        flags: u32,
+    ) -> Result<u64> {
+        if flags & !(XATTR_CREATE | XATTR_REPLACE) != 0 {
+            return Err(Errno::EINVAL);
+        }
+        let (name, ns) = self.xattr_name(name)?;
+        if size as usize > XATTR_SIZE_MAX {
+            return Err(Errno::E2BIG);
+        }
+        let bytes = self.user_buf(value, size as usize)?.to_vec();
+        let (node, kind) = self.xattr_node(target)?;
+        if self.dev.vfs.fs(node.fs)?.readonly {
+            return Err(Errno::EROFS);
+        }
+        self.xattr_permission(node, kind, ns, true)?;
+        xattr_errno(
+            self.dev
+                .vfs
+                .fs(node.fs)?
+                .xattr_set(node.id, &name, &bytes, flags),
+        )?;
+        Ok(0)
+    }
+
+    /// removexattr, lremovexattr, fremovexattr.
+    pub fn sys_removexattr(&mut self, target: XattrTarget, name: u64) -> Result<u64> {
+        let (name, ns) = self.xattr_name(name)?;
+        let (node, kind) = self.xattr_node(target)?;
+        if self.dev.vfs.fs(node.fs)?.readonly {
+            return Err(Errno::EROFS);
+        }
+        self.xattr_permission(node, kind, ns, true)?;
+        xattr_errno(self.dev.vfs.fs(node.fs)?.xattr_remove(node.id, &name))?;
+        Ok(0)
+    }
+
+    /// listxattr, llistxattr, flistxattr: the names of the namespaces the
+    /// caller may see (`user.*`; `trusted.*` with CAP_SYS_ADMIN).
+    pub fn sys_listxattr(&mut self, target: XattrTarget, list: u64, size: u64) -> Result<u64> {
+        let (node, _) = self.xattr_node(target)?;
+        let all = match xattr_errno(self.dev.vfs.fs(node.fs)?.xattr_get(
+            node.id,
+            None,
+            XATTR_SIZE_MAX as u32,
+        )) {
+            Ok(XattrValue::Data(names)) => names,
+            Ok(XattrValue::Size(_)) => Vec::new(),
+            Err(Errno::ERANGE) => return Err(Errno::E2BIG),
+            Err(e) => return Err(e),
+        };
+        let trusted = self.proc().creds.capable(CAP_SYS_ADMIN);
+        let mut names = Vec::new();
+        for name in all.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+            let shown = match xattr_namespace(name) {
+                XattrNamespace::User => true,
+                XattrNamespace::Trusted => trusted,
+                XattrNamespace::Security | XattrNamespace::Unsupported => false,
+            };
+            if shown {
+                names.extend_from_slice(name);
+                names.push(0);
+            }
+        }
+        if size == 0 {
+            return Ok(names.len() as u64);
+        }
+        if names.len() > size as usize {
+            return Err(Errno::ERANGE);
+        }
+        self.put_user(list, &names)?;
+        Ok(names.len() as u64)
+    }
+}
+
+/// A server without extended attributes answers ENOSYS, which Linux's FUSE
+/// client reports as EOPNOTSUPP.
+fn xattr_errno<T>(result: Result<T>) -> Result<T> {
+    result.map_err(|e| {
+        if e == Errno::ENOSYS {
+            Errno::EOPNOTSUPP
+        } else {
+            e
+        }
+    })
 }

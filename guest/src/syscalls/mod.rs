@@ -204,11 +204,15 @@ impl Kernel {
             // grants no process (nor Docker's default set a container).
             170 | 171 => Err(Errno::EPERM),
             164 => self.sys_settimeofday(a0, a1),
-            // setxattr, getxattr, listxattr, removexattr: follow the link.
-            188 | 191 | 194 | 197 => self.sys_xattr_path(a0, true),
-            // lsetxattr, lgetxattr, llistxattr, lremovexattr.
-            189 | 192 | 195 | 198 => self.sys_xattr_path(a0, false),
-            190 | 193 | 196 | 199 => self.sys_xattr_fd(a0 as i32),
+            // setxattr, getxattr, listxattr, removexattr, each as path,
+            // l-path and f-descriptor forms.
+            188..=190 => {
+                let target = xattr_target(nr - 188, a0);
+                self.sys_setxattr(target, a1, a2, a3, a4 as u32)
+            }
+            191..=193 => self.sys_getxattr(xattr_target(nr - 191, a0), a1, a2, a3),
+            194..=196 => self.sys_listxattr(xattr_target(nr - 194, a0), a1, a2),
+            197..=199 => self.sys_removexattr(xattr_target(nr - 197, a0), a1),
             200 => self.sys_tkill(a0 as i32, a1 as u32),
             // tgkill: the thread must belong to the named group.
             234 if self.procs.tgid(a1 as i32) != a0 as i32 => Err(Errno::ESRCH),
@@ -291,5 +295,22 @@ impl Kernel {
             arch::debug(m.as_bytes());
         }
         Errno::ENOSYS
+    }
+}
+
+/// The target of the n-th form of an extended-attribute call: 0 a path,
+/// 1 a path not followed at its end (`l*`), 2 a descriptor (`f*`).
+fn xattr_target(form: u64, arg: u64) -> crate::syscalls::fs::XattrTarget {
+    use crate::syscalls::fs::XattrTarget;
+    match form {
+        0 => XattrTarget::Path {
+            path: arg,
+            follow: true,
+        },
+        1 => XattrTarget::Path {
+            path: arg,
+            follow: false,
+        },
+        _ => XattrTarget::Fd(arg as i32),
     }
 }

@@ -15,6 +15,13 @@ use alloc::vec::Vec;
 use crate::drivers::virtio::fs::{FsDevice, MAX_CHAIN};
 use crate::errno::{Errno, Result};
 
+/// What GETXATTR and LISTXATTR answer: the length asked for, or the bytes.
+#[derive(Debug, PartialEq, Eq)]
+pub enum XattrValue {
+    Size(u32),
+    Data(Vec<u8>),
+}
+
 /// Largest READ/WRITE/READDIR payload per request.
 pub const MAX_IO: usize = 512 << 10;
 
@@ -522,6 +529,52 @@ impl<T: FuseTransport> FuseFs<T> {
         self.entry(Some(newparent), &out[..n])
     }
 
+    /// GETXATTR of `name`, or LISTXATTR without: with `size` 0 the length
+    /// the answer needs, else the answer (ERANGE from the server when it is
+    /// longer than `size`).
+    pub fn xattr_get(&mut self, node: u64, name: Option<&[u8]>, size: u32) -> Result<XattrValue> {
+        let mut enc = Enc::new().u32(size).u32(0);
+        if let Some(name) = name {
+            enc = enc.name(name);
+        }
+        let body = enc.bytes();
+        let opcode = if name.is_some() {
+            op::GETXATTR
+        } else {
+            op::LISTXATTR
+        };
+        if size == 0 {
+            let mut out = [0u8; 8];
+            self.call(opcode, node, &[&body], &mut [&mut out])?;
+            return Ok(XattrValue::Size(u32::from_le_bytes([
+                out[0], out[1], out[2], out[3],
+            ])));
+        }
+        let mut out = vec![0u8; size as usize];
+        let n = self.call(opcode, node, &[&body], &mut [&mut out])?;
+        out.truncate(n);
+        Ok(XattrValue::Data(out))
+    }
+
+    /// SETXATTR (`flags`: XATTR_CREATE, XATTR_REPLACE).
+    pub fn xattr_set(&mut self, node: u64, name: &[u8], value: &[u8], flags: u32) -> Result<()> {
+        self.check_writable()?;
+        let body = Enc::new()
+            .u32(value.len() as u32)
+            .u32(flags)
+            .name(name)
+            .bytes();
+        self.call(op::SETXATTR, node, &[&body, value], &mut [])
+            .map(|_| ())
+    }
+
+    pub fn xattr_remove(&mut self, node: u64, name: &[u8]) -> Result<()> {
+        self.check_writable()?;
+        let body = Enc::new().name(name).bytes();
+        self.call(op::REMOVEXATTR, node, &[&body], &mut [])
+            .map(|_| ())
+    }
+
     /// `struct kstatfs` as FUSE returns it (80 bytes).
     pub fn statfs(&mut self, node: u64) -> Result<[u8; STATFS_OUT_SIZE]> {
         let mut out = reply::<{ STATFS_OUT_SIZE }>();
@@ -589,6 +642,48 @@ mod tests {
         let _ = fs.getattr(1, None);
         let ops: Vec<u32> = fs.transport.requests.iter().map(|r| r.0).collect();
         assert_eq!(ops, vec![op::INIT, op::GETATTR, op::GETATTR]);
+    }
+
+    #[test]
+    fn extended_attributes_frame_as_fuse_sends_them() {
+        let recorder = |answer: &[u8]| {
+            FuseFs::new(
+                Recorder {
+                    requests: vec![],
+                    answer: Ok(answer.to_vec()),
+                },
+                false,
+            )
+            .ready()
+        };
+        let mut fs = recorder(&[5, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(fs.xattr_get(4, Some(b"user.a"), 0), Ok(XattrValue::Size(5)));
+        assert_eq!(
+            fs.transport.requests[0],
+            (op::GETXATTR, 4, b"\0\0\0\0\0\0\0\0user.a\0".to_vec())
+        );
+        let mut fs = recorder(b"user.a\0user.b\0");
+        assert_eq!(
+            fs.xattr_get(4, None, 64),
+            Ok(XattrValue::Data(b"user.a\0user.b\0".to_vec()))
+        );
+        assert_eq!(fs.transport.requests[0].0, op::LISTXATTR);
+        let mut fs = recorder(&[]);
+        fs.xattr_set(4, b"user.a", b"xyz", 1).expect("set");
+        let mut body = 3u32.to_le_bytes().to_vec();
+        body.extend_from_slice(&1u32.to_le_bytes());
+        body.extend_from_slice(b"user.a\0xyz");
+        assert_eq!(fs.transport.requests[0], (op::SETXATTR, 4, body));
+        let mut readonly = FuseFs::new(
+            Recorder {
+                requests: vec![],
+                answer: Ok(vec![]),
+            },
+            true,
+        )
+        .ready();
+        assert_eq!(readonly.xattr_remove(4, b"user.a"), Err(Errno::EROFS));
+        assert!(readonly.transport.requests.is_empty());
     }
 
     #[test]

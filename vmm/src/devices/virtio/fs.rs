@@ -256,7 +256,10 @@ impl Fs {
         let cfg = Config {
             root_dir,
             do_import: true,
-            xattr: false,
+            // Extended attributes reach the host file; the guest passes only
+            // the `user.*` and `trusted.*` namespaces (and the host refuses
+            // `trusted.*` to the VMM, which lacks CAP_SYS_ADMIN).
+            xattr: true,
             writeback: false,
             // virtio-fs's cache=auto: the guest keeps names and attributes
             // for a second and revalidates a file's cached pages on open.
