@@ -718,7 +718,7 @@ fn the_namespace_s_interface_carries_traffic_both_ways() {
             stdout(&out)
         };
         assert!(
-            !ip(&["link"]).contains("tap0_capsa"),
+            !ip(&["-o", "link"]).lines().any(|l| l.contains(": capsa")),
             "{mode}: a TAP is left"
         );
         let qdiscs = std::process::Command::new("tc")
@@ -738,4 +738,46 @@ fn the_namespace_s_interface_carries_traffic_both_ways() {
             "['eth0', 'lo']\nhello 10.213.{subnet}.2\nclient 10.213.{subnet}.1\nrequest 70001\n"
         )
     );
+}
+
+/// Two microVMs in one namespace, as a pod's sandbox and its container: each
+/// has a TAP of its own, the later one takes the interface over, and
+/// deleting them gives the namespace its interface back.
+#[test]
+fn a_second_microvm_in_a_namespace_takes_the_interface_over() {
+    require(PYTHON);
+    let subnet = 100 + ((std::process::id() + 50) % 100) as u8;
+    let ns = VethNamespace::new(subnet);
+    let capsa = Capsa::new();
+    let mut sandbox = TestBundle::busybox(&["sleep", "120"]);
+    ns.join(&mut sandbox);
+    let sandbox_id = unique_id("sandbox");
+    let out = capsa.create(&sandbox, &["--isolation", "microvm"], &sandbox_id);
+    assert!(out.status.success(), "create the sandbox: {}", show(&out));
+    let out = capsa.output(&["start", &sandbox_id]);
+    assert!(out.status.success(), "start the sandbox: {}", show(&out));
+
+    let (port, host) = veth_host_side(&ns);
+    let mut bundle = host_fixture(&[PYTHON, "-c", VETH_PY, &ns.host_addr(), &port.to_string()]);
+    ns.join(&mut bundle);
+    let out = capsa.bounded_run(&bundle, "microvm", RUN_LIMIT_SECS);
+    let sandbox_left = capsa.output(&["delete", "--force", &sandbox_id]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert_eq!(host.join().expect("host side"), 300_000);
+    assert!(sandbox_left.status.success(), "{}", show(&sandbox_left));
+    capsa.assert_nothing_left(&sandbox_id);
+    let links = std::process::Command::new("ip")
+        .args(["-n", &ns.name, "-o", "link"])
+        .output()
+        .expect("ip");
+    assert!(
+        !stdout(&links).lines().any(|l| l.contains(": capsa")),
+        "a TAP is left: {}",
+        stdout(&links)
+    );
+    let qdiscs = std::process::Command::new("tc")
+        .args(["-n", &ns.name, "qdisc", "show", "dev", "eth0"])
+        .output()
+        .expect("tc");
+    assert!(!stdout(&qdiscs).contains("ingress"), "a redirect is left");
 }

@@ -1071,17 +1071,20 @@ const SERVE_PORT: u16 = 8000;
 struct BenchNamespace {
     name: String,
     subnet: u8,
+    host_end: String,
 }
 
 impl BenchNamespace {
     fn new(tag: &str) -> Result<BenchNamespace, String> {
         let pid = std::process::id();
+        let mut host_end = format!("cb{}{tag}", pid % 100_000);
+        host_end.truncate(15);
         let ns = BenchNamespace {
             name: format!("capsa-bench-{pid}-{tag}"),
             subnet: (pid % 200) as u8 + 20,
+            host_end,
         };
-        let host_end = format!("cb{}{tag}", pid % 100_000);
-        let host_end = &host_end[..host_end.len().min(15)];
+        let host_end = ns.host_end.as_str();
         let net = format!("10.214.{}", ns.subnet);
         let (host_cidr, inner_cidr, gateway) = (
             format!("{net}.1/24"),
@@ -1128,6 +1131,11 @@ impl BenchNamespace {
 
 impl Drop for BenchNamespace {
     fn drop(&mut self) {
+        // Deleting the host end removes the pair at once, so the next run
+        // can make it again (the namespace is freed by the kernel later).
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_end])
+            .output();
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .output();

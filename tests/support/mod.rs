@@ -477,13 +477,26 @@ pub fn build_go(dir: &Path, module: &str, source: &str) -> PathBuf {
 pub struct VethNamespace {
     pub name: String,
     pub subnet: u8,
+    host_end: String,
 }
 
 impl VethNamespace {
     pub fn new(subnet: u8) -> VethNamespace {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
         let name = unique_id("capsa-netns");
-        let host_end = format!("cv{}x{subnet}", std::process::id() % 100_000);
-        let ns = VethNamespace { name, subnet };
+        // Unique per fixture: the end of a pair whose namespace was just
+        // deleted may linger until the kernel frees that namespace.
+        let host_end = format!(
+            "cv{}x{}",
+            std::process::id() % 100_000,
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let ns = VethNamespace {
+            name,
+            subnet,
+            host_end,
+        };
+        let host_end = ns.host_end.clone();
         let host_addr = format!("{}/24", ns.host_addr());
         let guest_addr = format!("{}/24", ns.guest_addr());
         let n = ns.name.as_str();
@@ -527,7 +540,12 @@ impl VethNamespace {
 
 impl Drop for VethNamespace {
     fn drop(&mut self) {
-        // The pair goes with the namespace that holds one end.
+        // Deleting the host end removes the pair (and its address) at once;
+        // the namespace's own teardown would do it only when the kernel
+        // frees the namespace, later.
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_end])
+            .output();
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .output();

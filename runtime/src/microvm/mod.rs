@@ -787,7 +787,7 @@ impl Backend for MicroVmBackend {
         // A namespace of our own has only lo: nothing to hand over.
         if !init.has_new(LinuxNamespaceType::Network) {
             if let Some(attachment) =
-                network::attach(&init.state_dir).map_err(MicroVmError::from)?
+                network::attach(&init.id, &init.state_dir).map_err(MicroVmError::from)?
             {
                 init.handover = Some(Box::new(attachment));
             }

@@ -42,9 +42,20 @@ use netlink_packet_route::tc::{
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
-/// The TAP device's name in the namespace (an interface name is at most 15 bytes).
-pub const TAP_NAME: &str = "tap0_capsa";
-const TAP_NAME_C: &std::ffi::CStr = c"tap0_capsa";
+/// What the names of capsa's TAP devices begin with.
+const TAP_PREFIX: &str = "capsa";
+
+/// The TAP device of container `id` in its namespace: one per container,
+/// so that microVMs sharing a namespace (a pod's) never claim each other's
+/// (an interface name is at most 15 bytes: the prefix and 8 hex digits of
+/// a hash of the id).
+pub fn tap_name(id: &str) -> String {
+    // FNV-1a: stable across builds and runs, unlike std's hasher.
+    let hash = id.bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    format!("{TAP_PREFIX}{hash:08x}")
+}
 
 /// `ETH_P_ALL` in network byte order, as a filter's protocol.
 const ALL_PROTOCOLS: u16 = (libc::ETH_P_ALL as u16).to_be();
@@ -65,8 +76,12 @@ pub enum NetworkError {
     },
     #[error("network namespace: unreadable route netlink reply")]
     Decode,
-    #[error("network namespace: cannot create the TAP device {TAP_NAME}")]
-    Tap(#[source] std::io::Error),
+    #[error("network namespace: cannot create the TAP device {name}")]
+    Tap {
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{path}: cannot note the redirected interface")]
     Note {
         path: std::path::PathBuf,
@@ -130,7 +145,7 @@ const REDIRECTED: &str = "redirected-interface";
 /// Reads the namespace's interface, and when there is one with an address,
 /// creates the TAP and redirects the interface's traffic through it,
 /// noting the interface in `state_dir`.
-pub fn attach(state_dir: &Path) -> Result<Option<Attachment>> {
+pub fn attach(id: &str, state_dir: &Path) -> Result<Option<Attachment>> {
     let mut netlink = Netlink::open()?;
     let links = netlink.dump(RouteNetlinkMessage::GetLink(LinkMessage::default()))?;
     let addresses = netlink.dump(RouteNetlinkMessage::GetAddress(AddressMessage::default()))?;
@@ -143,11 +158,18 @@ pub fn attach(state_dir: &Path) -> Result<Option<Attachment>> {
     let Some(interface) = choose_interface(&links, &addresses, &routes) else {
         return Ok(None);
     };
-    let tap = open_tap()?;
+    let name = tap_name(id);
+    let tap = open_tap(&name)?;
+    let tap_error = |source| NetworkError::Tap {
+        name: name.clone(),
+        source,
+    };
+    let c_name = std::ffi::CString::new(name.as_str())
+        .map_err(|_| tap_error(std::io::Error::from_raw_os_error(libc::EINVAL)))?;
     // SAFETY: if_nametoindex reads a NUL-terminated name.
-    let tap_index = unsafe { libc::if_nametoindex(TAP_NAME_C.as_ptr()) };
+    let tap_index = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
     if tap_index == 0 {
-        return Err(NetworkError::Tap(std::io::Error::last_os_error()));
+        return Err(tap_error(std::io::Error::last_os_error()));
     }
     let mut up = LinkMessage::default();
     up.header.index = tap_index;
@@ -171,8 +193,9 @@ pub fn attach(state_dir: &Path) -> Result<Option<Attachment>> {
 /// Gives the namespace at `namespace` its interface back once the VMM is
 /// gone: removes the redirect [`attach`] noted in `state_dir` (the TAP
 /// went with the VMM's descriptor), so the interface is the namespace's
-/// own again (a pod's next container, a restarted one). Nothing noted,
-/// or the namespace gone with its pod, is nothing to do.
+/// own again (a pod's next container, a restarted one), unless another
+/// microVM's TAP is still there. Nothing noted, or the namespace gone with
+/// its pod, is nothing to do.
 pub fn detach(namespace: &Path, state_dir: &Path) -> Result<()> {
     let Ok(name) = std::fs::read_to_string(state_dir.join(REDIRECTED)) else {
         return Ok(());
@@ -188,6 +211,11 @@ pub fn detach(namespace: &Path, state_dir: &Path) -> Result<()> {
                     .map_err(|e| NetworkError::Netlink(e.into()))?;
                 let mut netlink = Netlink::open()?;
                 let links = netlink.dump(RouteNetlinkMessage::GetLink(LinkMessage::default()))?;
+                // Another microVM's TAP (a pod's other container) means the
+                // redirect may be its: the last one out gives it back.
+                if has_tap(&links) {
+                    return Ok(());
+                }
                 let Some(index) = link_index(&links, &name) else {
                     return Ok(());
                 };
@@ -195,6 +223,17 @@ pub fn detach(namespace: &Path, state_dir: &Path) -> Result<()> {
             })
             .join()
             .unwrap_or(Err(NetworkError::Decode))
+    })
+}
+
+/// Whether a TAP of capsa's is among `links`.
+fn has_tap(links: &[RouteNetlinkMessage]) -> bool {
+    links.iter().any(|message| match message {
+        RouteNetlinkMessage::NewLink(link) => link
+            .attributes
+            .iter()
+            .any(|a| matches!(a, LinkAttribute::IfName(n) if n.starts_with(TAP_PREFIX))),
+        _ => false,
     })
 }
 
@@ -243,7 +282,7 @@ fn choose_interface(
                     _ => {}
                 }
             }
-            (interface.name != TAP_NAME).then_some(interface)
+            (!interface.name.starts_with(TAP_PREFIX)).then_some(interface)
         })
         .collect();
     candidates.sort_by_key(|i| i.index);
@@ -322,7 +361,11 @@ fn choose_interface(
 /// A new TAP device, non-blocking, without packet information: the frames
 /// are Ethernet frames as the virtio-net device moves them. It goes away
 /// with its last descriptor (the VMM's).
-fn open_tap() -> Result<OwnedFd> {
+fn open_tap(name: &str) -> Result<OwnedFd> {
+    let tap_error = |source| NetworkError::Tap {
+        name: name.to_string(),
+        source,
+    };
     // SAFETY: a plain open of a NUL-terminated path.
     let fd = unsafe {
         libc::open(
@@ -331,19 +374,19 @@ fn open_tap() -> Result<OwnedFd> {
         )
     };
     if fd < 0 {
-        return Err(NetworkError::Tap(std::io::Error::last_os_error()));
+        return Err(tap_error(std::io::Error::last_os_error()));
     }
     // SAFETY: `fd` was just opened and is owned by nobody else.
     let tap = unsafe { OwnedFd::from_raw_fd(fd) };
     // SAFETY: ifreq is plain data; all zero is a valid value.
     let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (slot, byte) in ifr.ifr_name.iter_mut().zip(TAP_NAME.bytes()) {
+    for (slot, byte) in ifr.ifr_name.iter_mut().zip(name.bytes()) {
         *slot = byte as libc::c_char;
     }
     ifr.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
     // SAFETY: TUNSETIFF reads and writes the struct ifreq `ifr` points to.
     if unsafe { libc::ioctl(tap.as_raw_fd(), libc::TUNSETIFF, &mut ifr) } < 0 {
-        return Err(NetworkError::Tap(std::io::Error::last_os_error()));
+        return Err(tap_error(std::io::Error::last_os_error()));
     }
     Ok(tap)
 }
@@ -636,9 +679,17 @@ mod tests {
     }
 
     #[test]
-    fn a_tap_left_in_the_namespace_is_not_taken_for_the_interface() {
+    fn tap_names_are_per_container_and_fit_an_interface_name() {
+        let (a, b) = (tap_name("pod-sandbox"), tap_name("app"));
+        assert_ne!(a, b);
+        assert_eq!(a, tap_name("pod-sandbox"));
+        assert!(a.len() <= 15 && a.starts_with(TAP_PREFIX), "{a}");
+    }
+
+    #[test]
+    fn a_microvm_s_tap_is_not_taken_for_the_interface() {
         let links = [
-            link(2, TAP_NAME, LinkFlags::Up, 1500),
+            link(2, &tap_name("other-container"), LinkFlags::Up, 1500),
             link(3, "eth0", LinkFlags::Up, 1500),
         ];
         let addresses = [
