@@ -130,16 +130,7 @@ impl Dockerd {
     /// Imports a busybox rootfs as an image and returns its name.
     fn import_busybox(&self) -> String {
         let bundle = TestBundle::busybox(&["true"]);
-        let tar = bundle.path().join("rootfs.tar");
-        let status = Command::new("timeout")
-            .args(["-k", "5", "60", "tar", "-C"])
-            .arg(bundle.rootfs())
-            .arg("-cf")
-            .arg(&tar)
-            .arg(".")
-            .status()
-            .expect("tar");
-        assert!(status.success());
+        let tar = bundle.rootfs_tar();
         let name = format!("localhost/{}", unique_id("capsa-test-busybox"));
         let out = self.docker(120, &["import", &tar.display().to_string(), &name]);
         assert!(out.status.success(), "docker import: {}", show(&out));

@@ -22,16 +22,7 @@ impl Image {
     }
 
     fn import_from(bundle: TestBundle) -> Image {
-        let tar = bundle.path().join("rootfs.tar");
-        let status = Command::new("tar")
-            .arg("-C")
-            .arg(bundle.rootfs())
-            .arg("-cf")
-            .arg(&tar)
-            .arg(".")
-            .status()
-            .expect("tar");
-        assert!(status.success());
+        let tar = bundle.rootfs_tar();
         let name = format!("localhost/{}", unique_id("capsa-test-busybox"));
         let out = Command::new("podman")
             .arg("import")
@@ -157,6 +148,8 @@ const ULIMITS: [&str; 4] = [
 ];
 const MICROVM: [&str; 2] = ["--annotation", "dev.capsa.isolation=microvm"];
 const HOST_USR: [&str; 2] = ["-v", "/usr:/usr:ro"];
+/// python's http.server on port 8000, serving `/`.
+const HTTP_SERVER: [&str; 6] = ["/usr/bin/python3", "-m", "http.server", "-d", "/", "8000"];
 
 /// A port nothing on the host listens on now.
 fn free_port() -> u16 {
@@ -228,15 +221,8 @@ fn podman_publishes_a_port_of_a_microvm() {
             &MICROVM,
             &HOST_USR,
             &ULIMITS,
-            &[
-                &image.0,
-                "/usr/bin/python3",
-                "-m",
-                "http.server",
-                "-d",
-                "/",
-                "8000",
-            ],
+            &[&image.0],
+            &HTTP_SERVER,
         ]
         .concat(),
     );
@@ -308,15 +294,8 @@ fn a_microvm_reaches_a_container_on_its_podman_network() {
             &["run", "-d", "--name", &server, "--network", &network][..],
             &HOST_USR,
             &ULIMITS,
-            &[
-                &image.0,
-                "/usr/bin/python3",
-                "-m",
-                "http.server",
-                "-d",
-                "/",
-                "8000",
-            ],
+            &[&image.0],
+            &HTTP_SERVER,
         ]
         .concat(),
     );

@@ -83,6 +83,22 @@ impl TestBundle {
         });
     }
 
+    /// The rootfs as a tar file in the bundle directory, as `podman import`
+    /// and `docker import` take an image.
+    pub fn rootfs_tar(&self) -> PathBuf {
+        let tar = self.path().join("rootfs.tar");
+        let status = Command::new("timeout")
+            .args(["-k", "5", "60", "tar", "-C"])
+            .arg(self.rootfs())
+            .arg("-cf")
+            .arg(&tar)
+            .arg(".")
+            .status()
+            .expect("tar");
+        assert!(status.success(), "tar of the rootfs");
+        tar
+    }
+
     /// Changes config.json.
     pub fn edit(&mut self, change: impl FnOnce(&mut Value)) {
         change(&mut self.config);
