@@ -1053,6 +1053,7 @@ int main(void) {
 
 #[test]
 fn capabilities_bound_root_and_setuid_drops_them_in_both_modes() {
+    let _guard = shared();
     let both = |caps: &[&str], expected: &str| {
         let mut bundle = busybox_c_program("capabilities", CAPABILITIES_C, &["-static"]);
         // A file of another user that only its owner may read.
