@@ -404,6 +404,18 @@ pub fn format_table(summaries: &[Summary]) -> String {
 }
 
 /// Proportional set size of a process in KiB (/proc/PID/smaps_rollup).
+/// The host's MemAvailable (/proc/meminfo), KiB.
+fn mem_available_kib() -> Option<u64> {
+    fs::read_to_string("/proc/meminfo")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 pub fn pss_kib(pid: i32) -> Option<u64> {
     let text = fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
     text.lines()
@@ -446,6 +458,11 @@ pub struct MemorySummary {
     /// CPU time all the idle instances used over the idle window, as a
     /// share of one host CPU (ms of CPU per s).
     pub idle_cpu_ms_per_s: f64,
+    /// How much the host's MemAvailable fell per running instance: what PSS
+    /// does not see (the host kernel's own memory for each VM and its
+    /// shadow page tables, the cgroups, the namespaces), and the page cache
+    /// the instances hold.
+    pub mem_available_drop_kib: f64,
     /// Why the density run stopped before `count`, if it did.
     pub stopped_early: Option<String>,
 }
@@ -564,6 +581,7 @@ fn memory_in(work: &Path, bundle: &Path, opts: &MemoryOptions) -> Vec<MemorySumm
             ids: Vec::new(),
         };
         let tag = format!("mem-{}-{index}", std::process::id());
+        let available_before = mem_available_kib();
         let mut pids = Vec::new();
         let mut launch_seconds = 0.0;
         let mut stopped_early = None;
@@ -595,6 +613,10 @@ fn memory_in(work: &Path, bundle: &Path, opts: &MemoryOptions) -> Vec<MemorySumm
         let idle_cpu_ms_per_s = after.saturating_sub(before) as f64 * 1000.0
             / ticks_per_s
             / opts.idle.as_secs_f64().max(f64::EPSILON);
+        let mem_available_drop_kib = match (available_before, mem_available_kib()) {
+            (Some(before), Some(now)) => before.saturating_sub(now) as f64 / pids.len() as f64,
+            _ => f64::NAN,
+        };
         summaries.push(MemorySummary {
             name,
             idle_pss_kib: pss_kib(first).unwrap_or(0),
@@ -602,6 +624,7 @@ fn memory_in(work: &Path, bundle: &Path, opts: &MemoryOptions) -> Vec<MemorySumm
             launches_per_second: pids.len() as f64 / launch_seconds.max(f64::EPSILON),
             mean_pss_kib: total_pss as f64 / pids.len() as f64,
             idle_cpu_ms_per_s,
+            mem_available_drop_kib,
             stopped_early,
         });
         // Dropping `instances` deletes every instance before the next runner.
@@ -611,22 +634,24 @@ fn memory_in(work: &Path, bundle: &Path, opts: &MemoryOptions) -> Vec<MemorySumm
 
 pub fn format_memory_table(summaries: &[MemorySummary]) -> String {
     let mut out = format!(
-        "{:<18} {:>14} {:>11} {:>12} {:>18} {:>19}\n",
+        "{:<18} {:>14} {:>11} {:>12} {:>18} {:>24} {:>19}\n",
         "runner",
         "idle PSS MiB",
         "concurrent",
         "launches/s",
         "PSS/instance MiB",
+        "MemAvailable/inst MiB",
         "idle CPU (all) ms/s"
     );
     for s in summaries {
         out.push_str(&format!(
-            "{:<18} {:>14.2} {:>11} {:>12.1} {:>18.2} {:>19.2}\n",
+            "{:<18} {:>14.2} {:>11} {:>12.1} {:>18.2} {:>24.2} {:>19.2}\n",
             s.name,
             s.idle_pss_kib as f64 / 1024.0,
             s.concurrent,
             s.launches_per_second,
             s.mean_pss_kib / 1024.0,
+            s.mem_available_drop_kib / 1024.0,
             s.idle_cpu_ms_per_s
         ));
         if let Some(reason) = &s.stopped_early {
@@ -1477,6 +1502,35 @@ mod tests {
             None,
             "a missing event"
         );
+    }
+
+    #[test]
+    fn the_memory_table_shows_pss_beside_the_memavailable_drop() {
+        let table = format_memory_table(&[MemorySummary {
+            name: "capsa microvm".into(),
+            idle_pss_kib: 4096,
+            concurrent: 100,
+            launches_per_second: 40.0,
+            mean_pss_kib: 3584.0,
+            idle_cpu_ms_per_s: 0.0,
+            mem_available_drop_kib: 6144.0,
+            stopped_early: None,
+        }]);
+        let row: Vec<&str> = table
+            .lines()
+            .nth(1)
+            .expect("a row")
+            .split_whitespace()
+            .collect();
+        assert_eq!(
+            row[2..],
+            ["4.00", "100", "40.0", "3.50", "6.00", "0.00"],
+            "{table}"
+        );
+        assert!(table
+            .lines()
+            .next()
+            .is_some_and(|h| h.contains("MemAvailable")));
     }
 
     #[test]
