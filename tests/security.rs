@@ -1040,6 +1040,9 @@ int main(void) {
     printf("open theirs: %s\n", try_open("/theirs"));
     printf("mknod: %s\n", r(mknod("/tmp/null", S_IFCHR | 0666, makedev(1, 3))));
     printf("fifo: %s\n", r(mkfifo("/tmp/fifo", 0600)));
+    struct timespec when[2] = {{1, 0}, {1, 0}};
+    printf("utimes theirs: %s\n", r(utimensat(AT_FDCWD, "/theirs", when, 0)));
+    printf("touch theirs: %s\n", r(utimensat(AT_FDCWD, "/theirs", NULL, 0)));
     gid_t g = 5;
     printf("setgroups: %s\n", r(setgroups(1, &g)));
     printf("bounding has setuid: %d\n", prctl(PR_CAPBSET_READ, 7));
@@ -1085,6 +1088,7 @@ fn capabilities_bound_root_and_setuid_drops_them_in_both_modes() {
          start CapBnd:\t0000000020000420\n\
          chown other: Operation not permitted\nchmod theirs: Operation not permitted\n\
          open theirs: Permission denied\nmknod: Operation not permitted\nfifo: ok\n\
+         utimes theirs: Operation not permitted\ntouch theirs: Permission denied\n\
          setgroups: Operation not permitted\nbounding has setuid: 0\n\
          setuid: Operation not permitted\n\
          after CapPrm:\t0000000020000420\nafter CapEff:\t0000000020000420\n\
@@ -1104,7 +1108,8 @@ fn capabilities_bound_root_and_setuid_drops_them_in_both_modes() {
         "start CapPrm:\t00000000000000eb\nstart CapEff:\t00000000000000eb\n\
          start CapBnd:\t00000000000000eb\n\
          chown other: ok\nchmod theirs: ok\nopen theirs: ok\n\
-         mknod: Operation not permitted\nfifo: ok\nsetgroups: ok\nbounding has setuid: 1\n\
+         mknod: Operation not permitted\nfifo: ok\n\
+         utimes theirs: ok\ntouch theirs: ok\nsetgroups: ok\nbounding has setuid: 1\n\
          setuid: ok\n\
          after CapPrm:\t0000000000000000\nafter CapEff:\t0000000000000000\n\
          after CapBnd:\t00000000000000eb\n\

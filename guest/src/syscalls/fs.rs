@@ -1089,7 +1089,7 @@ impl Kernel {
             None => self.walk_at(dirfd, path, follow)?,
         };
         let attr = self.dev.vfs.fs(w.node.fs)?.getattr(w.node.id, None)?;
-        self.check_setattr(attr.uid, attr.gid, set)?;
+        self.check_setattr(Some(w.node), attr.uid, attr.gid, set)?;
         crate::fs::files::set_node_attr(&mut self.dev, w.node, None, set).map(|_| 0)
     }
 
@@ -1097,8 +1097,30 @@ impl Kernel {
     /// the caller may, as Linux's `notify_change` decides: the mode by the
     /// owner or `CAP_FOWNER`; the owner by `CAP_CHOWN` (the owner may "set"
     /// itself); the group by the owner to one of its own groups, or by
-    /// `CAP_CHOWN`.
-    fn check_setattr(&self, uid: u32, gid: u32, set: &SetAttr) -> Result<()> {
+    /// `CAP_CHOWN`; the times as utimensat(2) says (below).
+    fn check_setattr(
+        &mut self,
+        node: Option<vfs::Node>,
+        uid: u32,
+        gid: u32,
+        set: &SetAttr,
+    ) -> Result<()> {
+        let c = &self.proc().creds;
+        let owner = c.fsuid == uid || c.capable(CAP_FOWNER);
+        // utimensat: explicit times need the owner or CAP_FOWNER; setting
+        // both to now (a touch) also may whoever may write the file.
+        let explicit = |time: u32, now: u32| set.valid & time != 0 && set.valid & now == 0;
+        let touch_bits = fattr::ATIME | fattr::ATIME_NOW | fattr::MTIME | fattr::MTIME_NOW;
+        if !owner {
+            if explicit(fattr::ATIME, fattr::ATIME_NOW) || explicit(fattr::MTIME, fattr::MTIME_NOW)
+            {
+                return Err(Errno::EPERM);
+            }
+            if set.valid & touch_bits == touch_bits {
+                let node = node.ok_or(Errno::EACCES)?;
+                self.check_access(node, vfs::MAY_WRITE)?;
+            }
+        }
         let c = &self.proc().creds;
         let owner = c.fsuid == uid;
         let mode_ok = set.valid & fattr::MODE == 0 || owner || c.capable(CAP_FOWNER);
@@ -1131,7 +1153,8 @@ impl Kernel {
         let word =
             |at: usize| u32::from_le_bytes([stat[at], stat[at + 1], stat[at + 2], stat[at + 3]]);
         // struct stat's st_uid and st_gid.
-        self.check_setattr(word(28), word(32), set)?;
+        let node = file.node_key().map(|(fs, id)| vfs::Node { fs, id });
+        self.check_setattr(node, word(28), word(32), set)?;
         file.setattr(&mut self.dev, set).map(|_| 0)
     }
 
