@@ -683,7 +683,10 @@ fn pump_conn(conn: &mut Conn, sockets: &mut SocketSet<'static>, now: Instant) ->
         }
     }
     let finished = sock.state() == tcp::State::Closed && (core.is_none() || conn.eof);
-    if core.is_none() && !conn.closed {
+    // The application's socket is gone: close once what it wrote has gone
+    // into smoltcp (a reply larger than smoltcp's buffer, then close(2),
+    // must reach the peer whole, as Linux sends an orphaned socket's data).
+    if core.is_none() && !conn.closed && conn.tx.borrow().is_empty() {
         sock.close();
         conn.closed = true;
     }
