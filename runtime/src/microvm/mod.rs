@@ -715,30 +715,22 @@ impl Backend for MicroVmBackend {
             resources.set_pids(Some(pids));
         }
         // Device rules are about the guest's process in container terms; the
-        // VMM itself must reach /dev/kvm even when they deny everything (as
-        // containerd's and podman's specs do).
+        // VMM itself must reach /dev/kvm (10:232) even when they deny
+        // everything (as containerd's and podman's specs do), and its init
+        // /dev/net/tun (10:200) for the TAP of the guest's network device
+        // (opened before the jail, which has no /dev/net/tun).
         if let Some(mut devices) = resources.devices().clone() {
-            if let Ok(kvm) = LinuxDeviceCgroupBuilder::default()
-                .allow(true)
-                .typ(LinuxDeviceType::C)
-                .major(10)
-                .minor(232)
-                .access("rwm")
-                .build()
-            {
-                devices.push(kvm);
-            }
-            // The TAP the guest's network device uses (opened before the
-            // jail, which has no /dev/net/tun).
-            if let Ok(tun) = LinuxDeviceCgroupBuilder::default()
-                .allow(true)
-                .typ(LinuxDeviceType::C)
-                .major(10)
-                .minor(200)
-                .access("rw")
-                .build()
-            {
-                devices.push(tun);
+            for (minor, access) in [(232, "rwm"), (200, "rw")] {
+                if let Ok(rule) = LinuxDeviceCgroupBuilder::default()
+                    .allow(true)
+                    .typ(LinuxDeviceType::C)
+                    .major(10)
+                    .minor(minor)
+                    .access(access)
+                    .build()
+                {
+                    devices.push(rule);
+                }
             }
             resources.set_devices(Some(devices));
         }
@@ -748,13 +740,10 @@ impl Backend for MicroVmBackend {
     fn namespaces(&self, spec: &Spec) -> Vec<LinuxNamespace> {
         // The network namespace the spec names (podman's, a CNI plugin's,
         // a pod's) is joined: its interface becomes the guest's.
-        let given_network = joined_namespace(spec, LinuxNamespaceType::Network).and_then(|path| {
-            LinuxNamespaceBuilder::default()
-                .typ(LinuxNamespaceType::Network)
-                .path(path)
-                .build()
-                .ok()
-        });
+        let mut network = LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::Network);
+        if let Some(path) = joined_namespace(spec, LinuxNamespaceType::Network) {
+            network = network.path(path);
+        }
         [
             LinuxNamespaceType::Mount,
             LinuxNamespaceType::Pid,
@@ -763,12 +752,7 @@ impl Backend for MicroVmBackend {
         ]
         .into_iter()
         .filter_map(|typ| LinuxNamespaceBuilder::default().typ(typ).build().ok())
-        .chain(given_network.or_else(|| {
-            LinuxNamespaceBuilder::default()
-                .typ(LinuxNamespaceType::Network)
-                .build()
-                .ok()
-        }))
+        .chain(network.build().ok())
         .collect()
     }
 
@@ -915,11 +899,8 @@ fn become_vmm(mut init: Init) -> Result<Infallible> {
     config.net = init
         .handover
         .take()
-        .and_then(|h| h.downcast::<network::Attachment>().ok())
-        .map(|attachment| capsa_vmm::NetAttachment {
-            tap: std::sync::Arc::new(attachment.tap),
-            config: attachment.config,
-        });
+        .and_then(|h| h.downcast::<capsa_vmm::NetAttachment>().ok())
+        .map(|attachment| *attachment);
     let shared: Vec<_> = guest_mounts(&init.spec, &init.bundle)
         .into_iter()
         .filter(|m| !m.is_file)

@@ -39,7 +39,7 @@ use netlink_packet_route::tc::{
     TcActionType, TcAttribute, TcFilterU32Option, TcHandle, TcMessage, TcMirror,
     TcMirrorActionType, TcOption, TcU32Key, TcU32Selector, TcU32SelectorFlags,
 };
-use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
 /// What the names of capsa's TAP devices begin with.
@@ -92,13 +92,6 @@ pub enum NetworkError {
 
 type Result<T, E = NetworkError> = std::result::Result<T, E>;
 
-/// The network a microVM is given: the TAP its device moves frames through
-/// and the configuration of the interface the guest stands in for.
-pub struct Attachment {
-    pub tap: OwnedFd,
-    pub config: NetConfig,
-}
-
 /// The interface the guest takes over, as the namespace had it configured.
 #[derive(Debug, Default, PartialEq, Eq)]
 struct Interface {
@@ -145,32 +138,16 @@ const REDIRECTED: &str = "redirected-interface";
 /// Reads the namespace's interface, and when there is one with an address,
 /// creates the TAP and redirects the interface's traffic through it,
 /// noting the interface in `state_dir`.
-pub fn attach(id: &str, state_dir: &Path) -> Result<Option<Attachment>> {
+pub fn attach(id: &str, state_dir: &Path) -> Result<Option<capsa_vmm::NetAttachment>> {
     let mut netlink = Netlink::open()?;
     let links = netlink.dump(RouteNetlinkMessage::GetLink(LinkMessage::default()))?;
     let addresses = netlink.dump(RouteNetlinkMessage::GetAddress(AddressMessage::default()))?;
-    let mut routes = Vec::new();
-    for family in [AddressFamily::Inet, AddressFamily::Inet6] {
-        let mut request = RouteMessage::default();
-        request.header.address_family = family;
-        routes.extend(netlink.dump(RouteNetlinkMessage::GetRoute(request))?);
-    }
+    // An unspecified family dumps the routes of every family.
+    let routes = netlink.dump(RouteNetlinkMessage::GetRoute(RouteMessage::default()))?;
     let Some(interface) = choose_interface(&links, &addresses, &routes) else {
         return Ok(None);
     };
-    let name = tap_name(id);
-    let tap = open_tap(&name)?;
-    let tap_error = |source| NetworkError::Tap {
-        name: name.clone(),
-        source,
-    };
-    let c_name = std::ffi::CString::new(name.as_str())
-        .map_err(|_| tap_error(std::io::Error::from_raw_os_error(libc::EINVAL)))?;
-    // SAFETY: if_nametoindex reads a NUL-terminated name.
-    let tap_index = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
-    if tap_index == 0 {
-        return Err(tap_error(std::io::Error::last_os_error()));
-    }
+    let (tap, tap_index) = open_tap(&tap_name(id))?;
     let mut up = LinkMessage::default();
     up.header.index = tap_index;
     up.header.flags = LinkFlags::Up;
@@ -184,8 +161,8 @@ pub fn attach(id: &str, state_dir: &Path) -> Result<Option<Attachment>> {
     })?;
     netlink.redirect(interface.index, tap_index)?;
     netlink.redirect(tap_index, interface.index)?;
-    Ok(Some(Attachment {
-        tap,
+    Ok(Some(capsa_vmm::NetAttachment {
+        tap: std::sync::Arc::new(tap),
         config: interface.config(),
     }))
 }
@@ -213,10 +190,10 @@ pub fn detach(namespace: &Path, state_dir: &Path) -> Result<()> {
                 let links = netlink.dump(RouteNetlinkMessage::GetLink(LinkMessage::default()))?;
                 // Another microVM's TAP (a pod's other container) means the
                 // redirect may be its: the last one out gives it back.
-                if has_tap(&links) {
+                if link_names(&links).any(|(_, n)| n.starts_with(TAP_PREFIX)) {
                     return Ok(());
                 }
-                let Some(index) = link_index(&links, &name) else {
+                let Some((index, _)) = link_names(&links).find(|(_, n)| *n == name) else {
                     return Ok(());
                 };
                 netlink.remove_ingress(i32::try_from(index).map_err(|_| NetworkError::Decode)?)
@@ -226,27 +203,13 @@ pub fn detach(namespace: &Path, state_dir: &Path) -> Result<()> {
     })
 }
 
-/// Whether a TAP of capsa's is among `links`.
-fn has_tap(links: &[RouteNetlinkMessage]) -> bool {
-    links.iter().any(|message| match message {
-        RouteNetlinkMessage::NewLink(link) => link
-            .attributes
-            .iter()
-            .any(|a| matches!(a, LinkAttribute::IfName(n) if n.starts_with(TAP_PREFIX))),
-        _ => false,
-    })
-}
-
-fn link_index(links: &[RouteNetlinkMessage], name: &str) -> Option<u32> {
-    links.iter().find_map(|message| match message {
-        RouteNetlinkMessage::NewLink(link)
-            if link
-                .attributes
-                .iter()
-                .any(|a| matches!(a, LinkAttribute::IfName(n) if n == name)) =>
-        {
-            Some(link.header.index)
-        }
+/// The index and name of each link in a link dump.
+fn link_names(links: &[RouteNetlinkMessage]) -> impl Iterator<Item = (u32, &str)> {
+    links.iter().filter_map(|message| match message {
+        RouteNetlinkMessage::NewLink(link) => link.attributes.iter().find_map(|a| match a {
+            LinkAttribute::IfName(name) => Some((link.header.index, name.as_str())),
+            _ => None,
+        }),
         _ => None,
     })
 }
@@ -358,10 +321,10 @@ fn choose_interface(
     })
 }
 
-/// A new TAP device, non-blocking, without packet information: the frames
-/// are Ethernet frames as the virtio-net device moves them. It goes away
-/// with its last descriptor (the VMM's).
-fn open_tap(name: &str) -> Result<OwnedFd> {
+/// A new TAP device, non-blocking, without packet information (the frames
+/// are Ethernet frames as the virtio-net device moves them), and its
+/// interface index. It goes away with its last descriptor (the VMM's).
+fn open_tap(name: &str) -> Result<(OwnedFd, u32)> {
     let tap_error = |source| NetworkError::Tap {
         name: name.to_string(),
         source,
@@ -388,7 +351,13 @@ fn open_tap(name: &str) -> Result<OwnedFd> {
     if unsafe { libc::ioctl(tap.as_raw_fd(), libc::TUNSETIFF, &mut ifr) } < 0 {
         return Err(tap_error(std::io::Error::last_os_error()));
     }
-    Ok(tap)
+    // SAFETY: if_nametoindex reads the NUL-terminated name TUNSETIFF left
+    // in `ifr` (at most 15 bytes of the zeroed 16).
+    let index = unsafe { libc::if_nametoindex(ifr.ifr_name.as_ptr()) };
+    if index == 0 {
+        return Err(tap_error(std::io::Error::last_os_error()));
+    }
+    Ok((tap, index))
 }
 
 /// A route netlink socket speaking to the kernel.
@@ -425,7 +394,8 @@ impl Netlink {
         Ok(self.sequence)
     }
 
-    /// Reads replies to `sequence` until `done` says they are complete.
+    /// Reads replies to `sequence`, handing each payload to `each` until it
+    /// returns the outcome.
     fn replies(
         &mut self,
         sequence: u32,
