@@ -156,6 +156,12 @@ pub fn transport(core: &Core) -> u32 {
 }
 
 impl Net {
+    /// The configuration of the interface the network device stands in
+    /// for, if the VMM gave the guest one.
+    pub fn device(&self) -> Option<&capsa_abi::NetConfig> {
+        self.wire.as_ref().map(|w| &w.config)
+    }
+
     /// Whether `ip` is one of the interface's own addresses (traffic to
     /// it stays in the guest, as loopback's does).
     pub fn is_own(&self, ip: &Ip) -> bool {

@@ -1106,35 +1106,29 @@ impl Kernel {
         set: &SetAttr,
     ) -> Result<()> {
         let c = &self.proc().creds;
-        let owner = c.fsuid == uid || c.capable(CAP_FOWNER);
-        // utimensat: explicit times need the owner or CAP_FOWNER; setting
-        // both to now (a touch) also may whoever may write the file.
-        let explicit = |time: u32, now: u32| set.valid & time != 0 && set.valid & now == 0;
-        let touch_bits = fattr::ATIME | fattr::ATIME_NOW | fattr::MTIME | fattr::MTIME_NOW;
-        if !owner {
-            if explicit(fattr::ATIME, fattr::ATIME_NOW) || explicit(fattr::MTIME, fattr::MTIME_NOW)
-            {
-                return Err(Errno::EPERM);
-            }
-            if set.valid & touch_bits == touch_bits {
-                let node = node.ok_or(Errno::EACCES)?;
-                self.check_access(node, vfs::MAY_WRITE)?;
-            }
-        }
-        let c = &self.proc().creds;
         let owner = c.fsuid == uid;
-        let mode_ok = set.valid & fattr::MODE == 0 || owner || c.capable(CAP_FOWNER);
+        // Linux's inode_owner_or_capable.
+        let owner_or_capable = owner || c.capable(CAP_FOWNER);
+        let mode_ok = set.valid & fattr::MODE == 0 || owner_or_capable;
         let uid_ok =
             set.valid & fattr::UID == 0 || (owner && set.uid == uid) || c.capable(CAP_CHOWN);
         let member = set.gid == c.fsgid || c.groups.contains(&set.gid);
         let gid_ok = set.valid & fattr::GID == 0
             || (owner && (set.gid == gid || member))
             || c.capable(CAP_CHOWN);
-        if mode_ok && uid_ok && gid_ok {
-            Ok(())
-        } else {
-            Err(Errno::EPERM)
+        // utimensat: explicit times need the owner or CAP_FOWNER; setting
+        // both to now (a touch) also may whoever may write the file.
+        let explicit = |time: u32, now: u32| set.valid & time != 0 && set.valid & now == 0;
+        let explicit_times =
+            explicit(fattr::ATIME, fattr::ATIME_NOW) || explicit(fattr::MTIME, fattr::MTIME_NOW);
+        let touch_bits = fattr::ATIME | fattr::ATIME_NOW | fattr::MTIME | fattr::MTIME_NOW;
+        if !(mode_ok && uid_ok && gid_ok) || (explicit_times && !owner_or_capable) {
+            return Err(Errno::EPERM);
         }
+        if set.valid & touch_bits == touch_bits && !owner_or_capable {
+            return self.check_access(node.ok_or(Errno::EACCES)?, vfs::MAY_WRITE);
+        }
+        Ok(())
     }
 
     pub fn sys_fchmodat(&mut self, dirfd: i32, path: u64, mode: u32) -> Result<u64> {

@@ -604,8 +604,7 @@ impl Kernel {
             // Linux binds an unbound netlink socket at its first send.
             _ => self.bind_netlink(core, 0, 0)?,
         };
-        let device = self.net.wire.as_ref().map(|w| &w.config);
-        let reply = crate::net::netlink::respond(&msg.data, device, port);
+        let reply = crate::net::netlink::respond(&msg.data, self.net.device(), port);
         if !reply.is_empty() {
             let mut seg = Segment::new(reply, self.ucred(false));
             seg.cred = Ucred::default();
@@ -1133,8 +1132,7 @@ impl Kernel {
             }
             (SOL_SOCKET, SO_BINDTODEVICE) => {
                 let dev = raw.split(|&b| b == 0).next().unwrap_or(&[]);
-                let device = self.net.wire.as_ref().map(|w| &w.config);
-                if !dev.is_empty() && !crate::net::netlink::has_interface(dev, device) {
+                if !dev.is_empty() && !crate::net::netlink::has_interface(dev, self.net.device()) {
                     return Err(Errno::ENODEV);
                 }
             }
@@ -1229,7 +1227,7 @@ impl Kernel {
             let conf = self.user_buf_mut(arg, 16)?.to_vec();
             let room = u32_at(&conf, 0) as usize;
             let records = u64_at(&conf, 8);
-            let list = netlink::interface_list(self.net.wire.as_ref().map(|w| &w.config));
+            let list = netlink::interface_list(self.net.device());
             let n = if records == 0 {
                 list.len()
             } else {
@@ -1244,11 +1242,7 @@ impl Kernel {
         if (0x8900..=0x89ff).contains(&request) {
             let mut ifreq = [0u8; IFREQ_SIZE];
             ifreq.copy_from_slice(self.user_buf_mut(arg, IFREQ_SIZE)?);
-            netlink::interface_request(
-                request,
-                &mut ifreq,
-                self.net.wire.as_ref().map(|w| &w.config),
-            )?;
+            netlink::interface_request(request, &mut ifreq, self.net.device())?;
             self.put_user(arg, &ifreq)?;
             return Ok(0);
         }
