@@ -818,6 +818,19 @@ fn io_in(work: &Path, opts: &IoOptions) -> Result<Vec<IoSummary>, BenchError> {
     Ok(summaries)
 }
 
+/// The bundle whose rootfs a benchmark uses: the user's, or the built-in
+/// demo, built in `work` the first time a benchmark of this run asks.
+fn base_bundle(work: &Path, bundle: Option<&Path>) -> Result<PathBuf, BenchError> {
+    if let Some(bundle) = bundle {
+        return Ok(bundle.to_path_buf());
+    }
+    let dir = work.join("demo");
+    if !dir.join("config.json").exists() {
+        crate::demo::build_bundle(&dir, &[])?;
+    }
+    Ok(dir)
+}
+
 /// A benchmark made of phases, each a busybox sh script run on the host and
 /// in each mode over `$D` (the runner's own directory in the rootfs, the
 /// worker one level up), `$Z` (/dev/zero) and `$N` (/dev/null).
@@ -837,14 +850,7 @@ struct PhaseBench<'a> {
 /// returns each runner's median seconds per phase (the host first, then the
 /// modes; a runner that failed is left out with a note).
 fn run_phases(work: &Path, bench: &PhaseBench) -> Result<Vec<(String, Vec<f64>)>, BenchError> {
-    let base = match bench.bundle {
-        Some(bundle) => bundle.to_path_buf(),
-        None => {
-            let dir = work.join("demo");
-            crate::demo::build_bundle(&dir, &[])?;
-            dir
-        }
-    };
+    let base = base_bundle(work, bench.bundle)?;
     let inner = format!("capsa-{}", bench.tag);
     let capsa = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("capsa"));
     // One bundle per mode and phase, all on the same rootfs; each mode works
@@ -1170,16 +1176,7 @@ impl Drop for BenchNamespace {
 /// Each mode's requests from the host (requests/s, p50 and p99 µs),
 /// interleaved run by run; a mode that fails is left out with a note.
 fn host_requests(work: &Path, opts: &NetOptions) -> Result<Vec<(String, [f64; 3])>, BenchError> {
-    let base = match &opts.bundle {
-        Some(bundle) => bundle.clone(),
-        None => {
-            let dir = work.join("demo");
-            if !dir.join("config.json").exists() {
-                crate::demo::build_bundle(&dir, &[])?;
-            }
-            dir
-        }
-    };
+    let base = base_bundle(work, opts.bundle.as_deref())?;
     let inner = "capsa-net-serve";
     let command: Vec<String> = [
         format!("/{inner}/iobench"),
@@ -1228,14 +1225,14 @@ fn host_requests(work: &Path, opts: &NetOptions) -> Result<Vec<(String, [f64; 3]
             eprintln!("note: {name}: requests from the host skipped ({reason})");
             continue;
         }
-        let mut sorted = latencies[index].clone();
+        let sorted = &mut latencies[index];
         sorted.sort_by(f64::total_cmp);
         results.push((
             name,
             [
                 sorted.len() as f64 / seconds[index],
-                percentile(&sorted, 50.0) * 1e6,
-                percentile(&sorted, 99.0) * 1e6,
+                percentile(sorted, 50.0) * 1e6,
+                percentile(sorted, 99.0) * 1e6,
             ],
         ));
     }
