@@ -58,6 +58,7 @@
 //! `--preserve-fds`; `process.terminal` is refused (no console device for a
 //! terminal yet).
 
+mod namespace;
 mod network;
 
 use std::convert::Infallible;
@@ -868,26 +869,20 @@ fn joined_namespace(spec: &Spec, kind: LinuxNamespaceType) -> Option<PathBuf> {
         .clone()
 }
 
-/// The hostname and NIS domain name of the UTS namespace at `path`, read
-/// from a thread that joins it (a namespace change of one thread only).
+/// The hostname and NIS domain name of the UTS namespace at `path`.
 fn uts_names(path: &Path) -> Result<(String, String)> {
     let error = |source| MicroVmError::Uts {
         path: path.to_path_buf(),
         source,
     };
     let namespace = std::fs::File::open(path).map_err(|e| error(nix_io(e)))?;
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                nix::sched::setns(&namespace, nix::sched::CloneFlags::CLONE_NEWUTS)
-                    .map_err(error)?;
-                let names = nix::sys::utsname::uname().map_err(error)?;
-                let text = |s: &std::ffi::OsStr| s.to_string_lossy().into_owned();
-                Ok((text(names.nodename()), text(names.domainname())))
-            })
-            .join()
-            .unwrap_or(Err(error(nix::Error::EIO)))
+    let names = namespace::within(&namespace, nix::sched::CloneFlags::CLONE_NEWUTS, || {
+        nix::sys::utsname::uname()
     })
+    .and_then(|names| names)
+    .map_err(error)?;
+    let text = |s: &std::ffi::OsStr| s.to_string_lossy().into_owned();
+    Ok((text(names.nodename()), text(names.domainname())))
 }
 
 /// Jails and confines this process, then runs the microVM and exits with

@@ -180,27 +180,21 @@ pub fn detach(namespace: &Path, state_dir: &Path) -> Result<()> {
     let Ok(namespace) = std::fs::File::open(namespace) else {
         return Ok(());
     };
-    // Joining a network namespace changes only the calling thread's.
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                nix::sched::setns(&namespace, nix::sched::CloneFlags::CLONE_NEWNET)
-                    .map_err(|e| NetworkError::Netlink(e.into()))?;
-                let mut netlink = Netlink::open()?;
-                let links = netlink.dump(RouteNetlinkMessage::GetLink(LinkMessage::default()))?;
-                // Another microVM's TAP (a pod's other container) means the
-                // redirect may be its: the last one out gives it back.
-                if link_names(&links).any(|(_, n)| n.starts_with(TAP_PREFIX)) {
-                    return Ok(());
-                }
-                let Some((index, _)) = link_names(&links).find(|(_, n)| *n == name) else {
-                    return Ok(());
-                };
-                netlink.remove_ingress(i32::try_from(index).map_err(|_| NetworkError::Decode)?)
-            })
-            .join()
-            .unwrap_or(Err(NetworkError::Decode))
-    })
+    let inside = || -> Result<()> {
+        let mut netlink = Netlink::open()?;
+        let links = netlink.dump(RouteNetlinkMessage::GetLink(LinkMessage::default()))?;
+        // Another microVM's TAP (a pod's other container) means the
+        // redirect may be its: the last one out gives it back.
+        if link_names(&links).any(|(_, n)| n.starts_with(TAP_PREFIX)) {
+            return Ok(());
+        }
+        let Some((index, _)) = link_names(&links).find(|(_, n)| *n == name) else {
+            return Ok(());
+        };
+        netlink.remove_ingress(i32::try_from(index).map_err(|_| NetworkError::Decode)?)
+    };
+    super::namespace::within(&namespace, nix::sched::CloneFlags::CLONE_NEWNET, inside)
+        .map_err(|e| NetworkError::Netlink(e.into()))?
 }
 
 /// The index and name of each link in a link dump.
