@@ -106,8 +106,16 @@ pub enum LifecycleError {
     },
     #[error("this command needs root (capsa runs containers as root)")]
     NotRoot,
-    #[error("container {0:?} is a microVM: exec into microVMs is not supported yet")]
-    ExecMicroVm(String),
+    #[error("cannot exec into microVM {id:?}")]
+    ExecMicroVm {
+        id: String,
+        #[source]
+        source: crate::microvm::exec::ExecError,
+    },
+    #[error("--preserve-fds: a microVM's process gets only stdin, stdout and stderr")]
+    ExecPreserveFds,
+    #[error("cannot set up the exec'd process's terminal")]
+    ExecTerminal(#[source] nix::Error),
     #[error("cannot join container {id:?} to exec")]
     ExecJoin {
         id: String,
@@ -768,6 +776,113 @@ fn wait_forwarding(pid: Pid, signals: &SigSet) -> i32 {
     }
 }
 
+/// `capsa exec` into a microVM: the VMM starts the process in its guest
+/// (see `microvm::exec`); this process, or with `detach` a keeper forked
+/// for it, stands for it on the host until it ends.
+fn exec_in_microvm(state_dir: &Path, spec: &Spec, opts: ExecOptions<'_>) -> Result<i32> {
+    use crate::microvm::exec::{self as vm_exec, ExecError};
+    let vm_error = |source| match source {
+        ExecError::Failed(why) => LifecycleError::ExecFailed(why),
+        source => LifecycleError::ExecMicroVm {
+            id: opts.id.to_string(),
+            source,
+        },
+    };
+    if opts.preserve_fds > 0 {
+        return Err(LifecycleError::ExecPreserveFds);
+    }
+    let encoded = crate::microvm::encode_exec_process(spec, &opts.process).map_err(vm_error)?;
+    // A terminal is a host pty whose slave is the process's stdio; its
+    // master goes to the console socket, or to our own terminal proxy.
+    let terminal = opts.process.terminal().unwrap_or(false);
+    let (slave, proxy_socket) = if terminal {
+        let size = opts.process.console_size().clone();
+        let (master, slave) =
+            crate::terminal::open_pty(size).map_err(LifecycleError::ExecTerminal)?;
+        let (receiver, sender) = match (opts.console_socket, opts.detach) {
+            (Some(path), _) => (
+                None,
+                UnixStream::connect(path).map_err(|source| LifecycleError::ConsoleSocket {
+                    path: path.to_path_buf(),
+                    source,
+                })?,
+            ),
+            (None, false) => {
+                let (a, b) =
+                    UnixStream::pair().map_err(|source| LifecycleError::ConsoleSocket {
+                        path: PathBuf::from("(internal)"),
+                        source,
+                    })?;
+                (Some(a), b)
+            }
+            (None, true) => return Err(LifecycleError::NoConsoleSocket),
+        };
+        crate::terminal::send_master(&sender, &master).map_err(LifecycleError::ExecTerminal)?;
+        (Some(slave), receiver)
+    } else {
+        (None, None)
+    };
+    let (stdin, stdout, stderr) = (std::io::stdin(), std::io::stdout(), std::io::stderr());
+    let stdio = match &slave {
+        Some(slave) => [slave.as_fd(); 3],
+        None => [stdin.as_fd(), stdout.as_fd(), stderr.as_fd()],
+    };
+    let mut forwarded = SigSet::empty();
+    for signal in crate::signal::FORWARDED {
+        forwarded.add(signal);
+    }
+    // Signals that come while the process starts are passed on after.
+    forwarded
+        .thread_block()
+        .map_err(LifecycleError::ExecTerminal)?;
+    let session = vm_exec::start(state_dir, &encoded, stdio).map_err(vm_error)?;
+    drop(slave);
+    if opts.detach {
+        // SAFETY: no thread has started in this process; the child only
+        // waits on the session and exits.
+        match unsafe { nix::unistd::fork() }.map_err(LifecycleError::ExecTerminal)? {
+            nix::unistd::ForkResult::Child => {
+                // The keeper holds nothing of the caller's: a pipe's reader
+                // sees its end when the process closes it.
+                if let Ok(null) = fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open("/dev/null")
+                {
+                    for target in 0..3 {
+                        // SAFETY: replacing our stdio with /dev/null; nothing
+                        // holds Rust handles to fds 0-2 in the keeper.
+                        if let Ok(fd) = unsafe { nix::unistd::dup2_raw(&null, target) } {
+                            let _ = std::os::fd::IntoRawFd::into_raw_fd(fd);
+                        }
+                    }
+                }
+                let _ = nix::unistd::setsid();
+                let ended = session
+                    .wait_forwarding(forwarded)
+                    .unwrap_or(vm_exec::Ended::Exited(255));
+                vm_exec::end_like(ended)
+            }
+            nix::unistd::ForkResult::Parent { child } => {
+                drop(session);
+                if let Some(path) = opts.pid_file {
+                    write_pid_file(path, child.as_raw())?;
+                }
+                return Ok(0);
+            }
+        }
+    }
+    if let Some(path) = opts.pid_file {
+        write_pid_file(path, std::process::id() as i32)?;
+    }
+    let proxy = proxy_socket.and_then(|socket| crate::terminal::Proxy::start(&socket));
+    let ended = session.wait_forwarding(forwarded).map_err(vm_error)?;
+    if let Some(proxy) = proxy {
+        proxy.finish();
+    }
+    Ok(ended.code())
+}
+
 /// Pids of every process in the container's cgroup.
 pub fn pids(store: &Store, id: &str) -> Result<Vec<i32>> {
     let state = store.load(id)?;
@@ -831,7 +946,7 @@ pub fn exec(store: &Store, opts: ExecOptions<'_>) -> Result<i32> {
         });
     }
     if state.isolation != Isolation::Container {
-        return Err(LifecycleError::ExecMicroVm(opts.id.to_string()));
+        return exec_in_microvm(&store.dir(opts.id), &state.spec, opts);
     }
     let join_error = |source| LifecycleError::ExecJoin {
         id: opts.id.to_string(),

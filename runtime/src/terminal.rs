@@ -1,13 +1,57 @@
 //! The terminal of a foreground `capsa run` without `--console-socket`: the
 //! pty master arrives over an internal socket and is copied to and from our
-//! own stdio, with our terminal in raw mode meanwhile.
+//! own stdio, with our terminal in raw mode meanwhile. Also the host ptys
+//! both backends hand out over console sockets (runc's protocol: one
+//! SCM_RIGHTS message whose data is the master's path).
 
-use std::io::{IoSliceMut, Read, Write};
+use std::io::{IoSlice, IoSliceMut, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 
-use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+use nix::fcntl::OFlag;
+use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt};
+use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
 use nix::sys::termios::{self, SetArg, Termios};
+use oci_spec::runtime::Box as ConsoleSize;
+
+/// A new pty: its master and its slave (neither the controlling terminal
+/// of this process), the slave sized as `size` says.
+pub fn open_pty(size: Option<ConsoleSize>) -> nix::Result<(OwnedFd, OwnedFd)> {
+    let master = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)?;
+    grantpt(&master)?;
+    unlockpt(&master)?;
+    let slave_name = ptsname_r(&master)?;
+    let slave = nix::fcntl::open(
+        slave_name.as_str(),
+        OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    if let Some(size) = size {
+        let winsize = libc::winsize {
+            ws_row: u16::try_from(size.height()).unwrap_or(u16::MAX),
+            ws_col: u16::try_from(size.width()).unwrap_or(u16::MAX),
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ reads a winsize struct we own.
+        unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &winsize) };
+    }
+    Ok((master.into(), slave))
+}
+
+/// Hands the pty's master to whoever listens on the console socket.
+pub fn send_master(socket: &impl AsRawFd, master: &OwnedFd) -> nix::Result<()> {
+    let fds = [master.as_raw_fd()];
+    let name = b"/dev/ptmx";
+    sendmsg::<()>(
+        socket.as_raw_fd(),
+        &[IoSlice::new(name)],
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    )?;
+    Ok(())
+}
 
 /// Restores our terminal's mode when dropped.
 pub struct Proxy {

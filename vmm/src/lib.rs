@@ -103,6 +103,9 @@ pub struct VmConfig {
     pub seccomp: bool,
     /// The network interface, when the container's namespace has one.
     pub net: Option<NetAttachment>,
+    /// A listening SOCK_SEQPACKET unix socket `capsa exec` connects to
+    /// (see `devices::exec`); without it nothing can be exec'd.
+    pub exec_socket: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
 }
 
 /// A TAP device (IFF_TAP | IFF_NO_PI, non-blocking) the guest's
@@ -159,6 +162,7 @@ pub fn run(config: VmConfig) -> Result<GuestExit, Error> {
     let mut machine = vm::Vm::new(&config)?;
     // Handlers go in before the seccomp filter, which has no rt_sigaction.
     let _forwarding = signals::forward_to(machine.host_signals_word());
+    signals::hold_sigpipe();
     if config.seccomp {
         seccomp::install()?;
     }

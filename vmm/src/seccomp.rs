@@ -108,6 +108,13 @@ const ALLOWED: &[i64] = &[
     libc::SYS_gettid,
     libc::SYS_getpid,
     libc::SYS_sched_yield,
+    // The exec device's clients (`devices::exec`).
+    libc::SYS_accept4,
+    libc::SYS_recvmsg,
+    libc::SYS_sendmsg,
+    libc::SYS_epoll_wait,
+    libc::SYS_epoll_pwait,
+    libc::SYS_epoll_ctl,
     // std's hash map seeds.
     libc::SYS_getrandom,
 ];

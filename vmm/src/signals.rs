@@ -59,6 +59,32 @@ pub fn forward_to(word: *const AtomicU64) -> Forwarding {
     Forwarding(())
 }
 
+/// Holds SIGPIPE blocked on the calling thread: a write to an exec stream
+/// whose reader left then fails with EPIPE, which the guest's writer gets
+/// (and its SIGPIPE) instead of the whole VMM dying. The consoles are the
+/// container's own stdout and stderr, where the VMM must die as the process
+/// would: they call [`die_of_sigpipe`].
+pub fn hold_sigpipe() {
+    set_sigpipe_mask(libc::SIG_BLOCK);
+}
+
+/// Lets the SIGPIPE a failed write left pending act (by default, ending
+/// the VMM with it).
+pub fn die_of_sigpipe() {
+    set_sigpipe_mask(libc::SIG_UNBLOCK);
+}
+
+fn set_sigpipe_mask(how: libc::c_int) {
+    // SAFETY: a sigset built with sigemptyset/sigaddset and passed by
+    // pointer for the duration of the call.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGPIPE);
+        libc::pthread_sigmask(how, &set, std::ptr::null_mut());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,6 +15,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemory as _, GuestMemoryRegion};
 
 use crate::bus::Bus;
 use crate::devices::control::Control;
+use crate::devices::exec::Exec;
 use crate::devices::virtio::console::Console;
 use crate::devices::virtio::fs::Fs;
 use crate::devices::virtio::mmio::MmioTransport;
@@ -108,6 +109,9 @@ pub enum Error {
     /// The TAP descriptor could not be duplicated for the device.
     #[error("cannot take the network interface's TAP device")]
     NetDevice(#[source] std::io::Error),
+    /// The exec socket could not be taken for the exec device.
+    #[error("cannot serve the exec socket")]
+    ExecSocket(#[source] std::io::Error),
     /// Writing boot data into guest RAM failed.
     #[error("cannot write boot data at {addr:#x}")]
     BootData {
@@ -383,6 +387,14 @@ impl Vm {
             capsa_abi::CONTROL_MMIO_SIZE,
             Box::new(Control::new(mem.clone(), stdin.clone())),
         )?;
+        if let Some(listener) = &config.exec_socket {
+            let listener = listener.try_clone().map_err(Error::ExecSocket)?;
+            bus.insert(
+                capsa_abi::exec::EXEC_MMIO_BASE,
+                capsa_abi::exec::EXEC_MMIO_SIZE,
+                Box::new(Exec::new(mem.clone(), listener).map_err(Error::ExecSocket)?),
+            )?;
+        }
         let max_mounts = capsa_abi::MAX_DEVICES - 3;
         if config.mounts.len() > max_mounts {
             return Err(Error::TooManyMounts {

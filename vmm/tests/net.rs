@@ -139,6 +139,7 @@ fn guest_tcp_reaches_the_host_and_serves_it_through_the_network_device() {
             tap: Arc::new(tap),
             config: net,
         }),
+        exec_socket: None,
     };
     assert_eq!(run(config).unwrap(), GuestExit::Code(0));
     assert_eq!(host.join().unwrap(), 300_000);

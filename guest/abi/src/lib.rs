@@ -23,10 +23,11 @@
 //! queue notification, and the guest blocks with [`control::IDLE_NS`].
 #![cfg_attr(not(test), no_std)]
 
+pub mod exec;
 pub mod process;
 
 /// Version of every layout in this crate.
-pub const BOOT_INFO_VERSION: u32 = 2;
+pub const BOOT_INFO_VERSION: u32 = 3;
 /// `BootInfo::magic`: "capsaBI1" little-endian.
 pub const BOOT_INFO_MAGIC: u64 = u64::from_le_bytes(*b"capsaBI1");
 

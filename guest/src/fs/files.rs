@@ -117,6 +117,67 @@ impl File for ConsoleOut {
     }
 }
 
+/// A stdio stream of a process the host started with `capsa exec`: one of
+/// the client's descriptors, read and written through the exec device.
+/// Reported as a pipe, as the container backend's exec gives pipes.
+pub struct ExecStream {
+    pub session: u32,
+    /// 0 stdin, 1 stdout, 2 stderr.
+    pub stream: u32,
+    pub flags: Cell<u32>,
+}
+
+impl ExecStream {
+    fn ino(&self) -> u64 {
+        (u64::from(self.session) << 2 | u64::from(self.stream)) + 0x1000
+    }
+}
+
+impl File for ExecStream {
+    fn read(&self, _dev: &mut Devices, buf: &mut [u8]) -> Result<usize> {
+        if !readable(self.flags.get()) {
+            return Err(Errno::EBADF);
+        }
+        match crate::drivers::exec::read(self.session, self.stream, buf) {
+            // The VMM tells the kernel when input comes, which wakes the
+            // reader's retry (see `Kernel::take_host_events`).
+            Err(Errno::EAGAIN) if self.flags.get() & O_NONBLOCK == 0 => Err(Errno::EBLOCK),
+            other => other,
+        }
+    }
+    fn write(&self, _dev: &mut Devices, buf: &[u8]) -> Result<usize> {
+        if !writable(self.flags.get()) {
+            return Err(Errno::EBADF);
+        }
+        crate::drivers::exec::write(self.session, self.stream, buf)
+    }
+    fn stat(&self, _dev: &mut Devices) -> Result<[u8; 144]> {
+        Ok(synthetic_stat(S_IFIFO | 0o600, 0, self.ino()))
+    }
+    fn proc_name(&self) -> Vec<u8> {
+        alloc::format!("pipe:[{}]", self.ino()).into_bytes()
+    }
+    fn poll(&self, _dev: &mut Devices) -> (bool, bool) {
+        if readable(self.flags.get()) {
+            (
+                crate::drivers::exec::readable(self.session, self.stream),
+                false,
+            )
+        } else {
+            (false, true)
+        }
+    }
+    fn flags(&self) -> u32 {
+        self.flags.get()
+    }
+    fn set_flags(&self, flags: u32) {
+        self.flags.set(flags);
+    }
+    fn release(&self, _dev: &mut Devices) {
+        crate::drivers::exec::close(self.session, self.stream);
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CharKind {
     Null,

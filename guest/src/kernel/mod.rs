@@ -1,6 +1,7 @@
 //! The kernel proper: boot, the global state, loading the program, and the
 //! entry points the trampolines call (syscall, fault, panic).
 
+pub mod exec;
 pub mod mm;
 pub mod procfs;
 pub mod sched;
@@ -438,6 +439,7 @@ pub fn boot(boot_info: u64) -> ! {
         personality: 0,
         exited: None,
         timers: Default::default(),
+        exec_session: None,
     };
     let loaded_cr3 = init.space.as_ref().map_or(0, Space::cr3);
     let mut k = Kernel {
@@ -506,7 +508,8 @@ pub fn boot(boot_info: u64) -> ! {
         stderr_message(&mut k.dev, b"capsa: process.args must not be empty\n");
         exit(127);
     };
-    let Some(program) = k.find_program(&arg0) else {
+    let path_var = k.spec.env_var(b"PATH").unwrap_or(DEFAULT_PATH).to_vec();
+    let Some(program) = k.find_program(&arg0, &path_var) else {
         let mut msg = b"capsa: exec ".to_vec();
         msg.extend_from_slice(&arg0);
         msg.extend_from_slice(b": no such file or directory\n");
@@ -533,16 +536,7 @@ pub fn boot(boot_info: u64) -> ! {
             });
         }
     };
-    let name = program.rsplit(|&b| b == b'/').next().unwrap_or(&program);
-    let n = name.len().min(15);
-    k.proc_mut().comm[..n].copy_from_slice(&name[..n]);
-    let cwd = k.proc_mut().cwd.clone();
-    k.proc_mut().exe_path = k
-        .dev
-        .vfs
-        .walk(&cwd, &program, true)
-        .map(|w| w.path)
-        .unwrap_or(program);
+    k.set_program_names(program);
     k.meter.leave_kernel(k.clock.cpu_ticks());
     // SAFETY: boot runs once, before any syscall or fault can reach `kernel()`.
     unsafe { *KERNEL.0.get() = Some(k) };
@@ -550,7 +544,16 @@ pub fn boot(boot_info: u64) -> ! {
     arch::enter_user(entry, sp)
 }
 
-const DEFAULT_PATH: &[u8] = b"/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// The value of `name` in an environment of `KEY=VALUE` entries.
+pub fn env_var<'a>(env: &'a [Vec<u8>], name: &[u8]) -> Option<&'a [u8]> {
+    env.iter().find_map(|entry| {
+        let rest = entry.strip_prefix(name)?;
+        rest.strip_prefix(b"=")
+    })
+}
+
+/// The search path of a process whose environment sets no `PATH`.
+pub const DEFAULT_PATH: &[u8] = b"/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 impl Kernel {
     pub fn nofile_limit(&self) -> usize {
@@ -570,16 +573,29 @@ impl Kernel {
         (w.mode & crate::fs::fuse::S_IFMT == crate::fs::fuse::S_IFREG).then(|| path.to_vec())
     }
 
+    /// The running process's name (comm: the last component of what was
+    /// executed, as on Linux) and executable's path, once it loaded `program`.
+    pub fn set_program_names(&mut self, program: Vec<u8>) {
+        let name = program.rsplit(|&b| b == b'/').next().unwrap_or(&program);
+        let n = name.len().min(15);
+        self.proc_mut().comm = [0; 16];
+        self.proc_mut().comm[..n].copy_from_slice(&name[..n]);
+        self.proc_mut().exe_path = self
+            .walk_from_cwd(&program, true)
+            .map(|w| w.path)
+            .unwrap_or(program);
+    }
+
     /// `args[0]` as runc resolves it: as a path when it contains a slash,
-    /// else the first regular file of that name along the process's PATH.
-    fn find_program(&mut self, arg0: &[u8]) -> Option<Vec<u8>> {
+    /// else the first regular file of that name along `path_var` (the
+    /// process's PATH).
+    fn find_program(&mut self, arg0: &[u8], path_var: &[u8]) -> Option<Vec<u8>> {
         if arg0.contains(&b'/') {
             return self.is_regular_file(arg0);
         }
         if arg0.is_empty() {
             return None;
         }
-        let path_var = self.spec.env_var(b"PATH").unwrap_or(DEFAULT_PATH).to_vec();
         for dir in path_var.split(|&b| b == b':') {
             let dir: &[u8] = if dir.is_empty() { b"." } else { dir };
             let candidate = crate::fs::vfs::join(dir, arg0);

@@ -212,6 +212,9 @@ impl Kernel {
         if let Some(exited) = process.as_ref().and_then(|p| p.exited.as_ref()) {
             exited.set(true);
         }
+        if let Some(p) = &process {
+            self.report_exec_exit(p, status);
+        }
         // Shared file mappings reach their files before the memory goes
         // (a vfork child's memory is its parent's, which keeps them).
         let lends_memory = self
@@ -256,7 +259,12 @@ impl Kernel {
             }
         }
         self.procs.reparent(pid);
-        self.post_signal(ppid, SIGCHLD);
+        if ppid == 0 {
+            // Started by the host: nobody in the guest reaps it.
+            self.procs.remove(pid);
+        } else {
+            self.post_signal(ppid, SIGCHLD);
+        }
         pipe::bump();
     }
 
@@ -414,6 +422,7 @@ impl Kernel {
                 return next;
             }
             self.take_host_signals();
+            self.take_host_events();
             self.fire_posix_timers();
             let now = self.clock.monotonic_ns();
             self.poll_wire(now);
@@ -504,6 +513,7 @@ impl Kernel {
             self.yield_now();
         }
         self.take_host_signals();
+        self.take_host_events();
         // A process that keeps running never idles: its timers are checked
         // here, after every call and tick.
         let tgid = self.procs.tgid(self.cur);
@@ -549,6 +559,12 @@ impl Kernel {
         loop {
             if self.switch_pending {
                 self.schedule(frame, fx);
+                if let Some(launch) = self.thread_mut().launch.take() {
+                    self.launch(*launch, frame, fx);
+                    if self.switch_pending {
+                        continue;
+                    }
+                }
             }
             // Delivery may kill the process (then switch again) or set up a handler.
             self.deliver_signals(frame, fx);

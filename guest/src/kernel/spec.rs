@@ -124,10 +124,7 @@ impl ProcessSpec {
 
     /// The value of `PATH` in the process environment, if set.
     pub fn env_var(&self, name: &[u8]) -> Option<&[u8]> {
-        self.env.iter().find_map(|entry| {
-            let rest = entry.strip_prefix(name)?;
-            rest.strip_prefix(b"=")
-        })
+        crate::kernel::env_var(&self.env, name)
     }
 }
 

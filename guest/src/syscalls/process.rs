@@ -234,6 +234,7 @@ impl Kernel {
             personality: parent.personality,
             exited: None,
             timers: Default::default(),
+            exec_session: None,
         };
         let thread = Thread {
             fs_base: if flags & CLONE_SETTLS != 0 {
@@ -564,14 +565,7 @@ impl Kernel {
         self.thread_mut().fs_base = 0;
         arch::set_fs_base(0);
         self.thread_mut().clear_child_tid = 0;
-        let name = program.rsplit(|&b| b == b'/').next().unwrap_or(&program);
-        let n = name.len().min(15);
-        self.proc_mut().comm = [0; 16];
-        self.proc_mut().comm[..n].copy_from_slice(&name[..n]);
-        self.proc_mut().exe_path = self
-            .walk_from_cwd(&program, true)
-            .map(|w| w.path)
-            .unwrap_or(program);
+        self.set_program_names(program);
         *frame = SyscallFrame {
             rip: entry,
             rsp: sp,

@@ -44,6 +44,9 @@ pub struct Process {
     pub exited: Option<alloc::rc::Rc<core::cell::Cell<bool>>>,
     /// Its POSIX timers (not inherited by fork, gone at exec).
     pub timers: timers::Timers,
+    /// The exec session of a process the host started (`capsa exec`),
+    /// told how it ends; not inherited.
+    pub exec_session: Option<u32>,
 }
 
 /// What each thread owns besides its registers (`process::Task::ctx`).
@@ -64,6 +67,15 @@ pub struct Thread {
     /// The scheduling policy sched_setscheduler chose (SCHED_OTHER, BATCH
     /// or IDLE: the round-robin scheduler treats them alike).
     pub policy: u32,
+    /// A program to load when the thread first runs (a process the host
+    /// started: its image is built in its own address space).
+    pub launch: Option<alloc::boxed::Box<Launch>>,
+}
+
+/// What a process the host started runs (see `Thread::launch`).
+pub struct Launch {
+    pub args: Vec<Vec<u8>>,
+    pub env: Vec<Vec<u8>>,
 }
 
 /// A process's user and group ids, as Linux's `struct cred` holds them.

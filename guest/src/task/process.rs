@@ -278,6 +278,21 @@ impl<S: Default> ProcTable<S> {
         Err(Errno::EAGAIN)
     }
 
+    /// A process with no parent in the guest, in a new session and group
+    /// of its own: one the host started (`capsa exec`), as a runtime's
+    /// exec process comes from outside the container's pid namespace.
+    /// EAGAIN past the pids limit.
+    pub fn spawn_detached(&mut self) -> Result<Pid> {
+        let pid = self.spawn(INIT)?;
+        if let Some(t) = self.tasks.get_mut(&pid) {
+            t.ppid = 0;
+            t.pgid = pid;
+            t.sid = pid;
+            t.nice = 0;
+        }
+        Ok(pid)
+    }
+
     /// The thread group of `pid` (itself if unknown).
     pub fn tgid(&self, pid: Pid) -> Pid {
         self.tasks.get(&pid).map_or(pid, |t| t.tgid)

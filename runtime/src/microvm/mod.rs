@@ -58,6 +58,7 @@
 //! `--preserve-fds`; `process.terminal` is refused (no console device for a
 //! terminal yet).
 
+pub mod exec;
 mod namespace;
 mod network;
 
@@ -123,6 +124,8 @@ const KEPT_CAPABILITIES: [Cap; 7] = [
 /// Why the microVM backend refused a bundle or could not start the VMM.
 #[derive(Debug, thiserror::Error)]
 pub enum MicroVmError {
+    #[error("cannot make the exec socket")]
+    ExecSocket(#[from] exec::ExecError),
     #[error("--isolation=microvm: cannot open /dev/kvm (microVMs need KVM)")]
     NoKvm(#[source] std::io::Error),
     #[error("process.terminal: a terminal is not supported with --isolation=microvm")]
@@ -310,9 +313,8 @@ fn guest_destination(rootfs: &Path, destination: &Path) -> String {
 }
 
 /// The guest's view of the spec (public for the config.json fuzz target).
-pub fn vm_config(spec: &Spec, rootfs: &Path, bundle: &Path) -> Result<capsa_vmm::VmConfig> {
-    let default_process = oci_spec::runtime::Process::default();
-    let process = spec.process().as_ref().unwrap_or(&default_process);
+/// What the guest runs for `process` of the container `spec`.
+fn process_spec(spec: &Spec, process: &oci_spec::runtime::Process) -> capsa_vmm::ProcessSpec {
     let user = process.user();
     let rlimits = process
         .rlimits()
@@ -330,6 +332,37 @@ pub fn vm_config(spec: &Spec, rootfs: &Path, bundle: &Path) -> Result<capsa_vmm:
         .and_then(|l| l.resources().as_ref())
         .and_then(|r| r.pids().as_ref())
         .and_then(|p| u64::try_from(p.limit()).ok().filter(|l| *l > 0));
+    capsa_vmm::ProcessSpec {
+        args: process.args().clone().unwrap_or_default(),
+        env: process.env().clone().unwrap_or_default(),
+        cwd: process.cwd().to_string_lossy().into_owned(),
+        hostname: spec.hostname().clone().unwrap_or_default(),
+        domainname: spec.domainname().clone().unwrap_or_default(),
+        uid: user.uid(),
+        gid: user.gid(),
+        additional_gids: user.additional_gids().clone().unwrap_or_default(),
+        umask: user.umask(),
+        rlimits,
+        no_new_privileges: process.no_new_privileges().unwrap_or(false),
+        pids_limit,
+        capabilities: Some(capability_sets(process.capabilities().as_ref())),
+        oom_score_adj: process.oom_score_adj(),
+    }
+}
+
+/// The encoded spec of a process `capsa exec` starts in the microVM of
+/// container `spec`.
+pub fn encode_exec_process(
+    spec: &Spec,
+    process: &oci_spec::runtime::Process,
+) -> Result<Vec<u8>, exec::ExecError> {
+    let encoded = capsa_vmm::vm::encode_process_spec(&process_spec(spec, process), &[]);
+    encoded.map_err(|_| exec::ExecError::TooLarge(capsa_vmm::vm::layout::PROCESS_SPEC_MAX))
+}
+
+pub fn vm_config(spec: &Spec, rootfs: &Path, bundle: &Path) -> Result<capsa_vmm::VmConfig> {
+    let default_process = oci_spec::runtime::Process::default();
+    let process = spec.process().as_ref().unwrap_or(&default_process);
     // A tmpfs has no source yet: `enter_jail` creates it.
     let mounts = guest_mounts(spec, bundle)
         .into_iter()
@@ -345,22 +378,7 @@ pub fn vm_config(spec: &Spec, rootfs: &Path, bundle: &Path) -> Result<capsa_vmm:
         ram_size: ram_size(memory_limit(spec))?,
         hugepages: crate::spec::hugepages(spec)?,
         vcpus: 1,
-        process: capsa_vmm::ProcessSpec {
-            args: process.args().clone().unwrap_or_default(),
-            env: process.env().clone().unwrap_or_default(),
-            cwd: process.cwd().to_string_lossy().into_owned(),
-            hostname: spec.hostname().clone().unwrap_or_default(),
-            domainname: spec.domainname().clone().unwrap_or_default(),
-            uid: user.uid(),
-            gid: user.gid(),
-            additional_gids: user.additional_gids().clone().unwrap_or_default(),
-            umask: user.umask(),
-            rlimits,
-            no_new_privileges: process.no_new_privileges().unwrap_or(false),
-            pids_limit,
-            capabilities: Some(capability_sets(process.capabilities().as_ref())),
-            oom_score_adj: process.oom_score_adj(),
-        },
+        process: process_spec(spec, process),
         rootfs: rootfs.to_path_buf(),
         rootfs_readonly: spec
             .root()
@@ -371,6 +389,7 @@ pub fn vm_config(spec: &Spec, rootfs: &Path, bundle: &Path) -> Result<capsa_vmm:
         debug_syscalls: std::env::var(DEBUG_SYSCALLS_ENV).is_ok_and(|v| v == "1"),
         seccomp: true,
         net: None,
+        exec_socket: None,
     })
 }
 
@@ -770,13 +789,13 @@ impl Backend for MicroVmBackend {
         .map_err(MicroVmError::Propagation)?;
         init.run_runtime_hooks().map_err(MicroVmError::from)?;
         // A namespace of our own has only lo: nothing to hand over.
-        if !init.has_new(LinuxNamespaceType::Network) {
-            if let Some(attachment) =
-                network::attach(&init.id, &init.state_dir).map_err(MicroVmError::from)?
-            {
-                init.handover = Some(Box::new(attachment));
-            }
-        }
+        let net = if init.has_new(LinuxNamespaceType::Network) {
+            None
+        } else {
+            network::attach(&init.id, &init.state_dir).map_err(MicroVmError::from)?
+        };
+        let exec_socket = exec::listen_in(&init.state_dir).map_err(MicroVmError::from)?;
+        init.handover = Some(Box::new(Handover { net, exec_socket }));
         init.run_hooks("createContainer", Status::Creating)
             .map_err(MicroVmError::from)?;
         // The guest mounts shared directories over existing directories;
@@ -885,17 +904,28 @@ fn uts_names(path: &Path) -> Result<(String, String)> {
     Ok((text(names.nodename()), text(names.domainname())))
 }
 
+/// What `prepare` makes while the init is privileged and outside the jail,
+/// for the VMM.
+struct Handover {
+    net: Option<capsa_vmm::NetAttachment>,
+    /// The listening exec socket in the state directory (`exec`).
+    exec_socket: OwnedFd,
+}
+
 /// Jails and confines this process, then runs the microVM and exits with
 /// the guest's status.
 fn become_vmm(mut init: Init) -> Result<Infallible> {
     use std::os::fd::AsRawFd;
 
     let mut config = vm_config(&init.spec, &init.rootfs, &init.bundle)?;
-    config.net = init
+    if let Some(handover) = init
         .handover
         .take()
-        .and_then(|h| h.downcast::<capsa_vmm::NetAttachment>().ok())
-        .map(|attachment| *attachment);
+        .and_then(|h| h.downcast::<Handover>().ok())
+    {
+        config.net = handover.net;
+        config.exec_socket = Some(std::sync::Arc::new(handover.exec_socket));
+    }
     let shared: Vec<_> = guest_mounts(&init.spec, &init.bundle)
         .into_iter()
         .filter(|m| !m.is_file)
@@ -914,7 +944,12 @@ fn become_vmm(mut init: Init) -> Result<Infallible> {
     }
     // The init's channel and fifo are not the guest's business.
     drop(init);
-    let kept: Vec<i32> = config.net.iter().map(|n| n.tap.as_raw_fd()).collect();
+    let kept: Vec<i32> = config
+        .net
+        .iter()
+        .map(|n| n.tap.as_raw_fd())
+        .chain(config.exec_socket.iter().map(|s| s.as_raw_fd()))
+        .collect();
     close_inherited_fds(&kept);
     enter_jail(&mut config, &shared)?;
     confine()?;

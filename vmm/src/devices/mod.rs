@@ -1,6 +1,7 @@
 //! The devices the guest sees: the capsa control registers and the virtio devices.
 
 pub mod control;
+pub mod exec;
 pub mod virtio;
 
 use std::cell::Cell;

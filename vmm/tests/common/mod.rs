@@ -66,6 +66,7 @@ pub fn config(code: Vec<u8>) -> VmConfig {
         debug_syscalls: false,
         seccomp: false,
         net: None,
+        exec_socket: None,
     }
 }
 

@@ -49,7 +49,11 @@ impl Console {
                     }
                     // Output errors (a closed pipe reader, a full disk) drop
                     // the data, as a console with nobody listening would.
-                    let _ = hostio::write_all(self.output, &buf);
+                    if let Err(e) = hostio::write_all(self.output, &buf) {
+                        if e.raw_os_error() == Some(libc::EPIPE) {
+                            crate::signals::die_of_sigpipe();
+                        }
+                    }
                     left -= n;
                     addr = GuestAddress(addr.0.wrapping_add(n as u64));
                 }
