@@ -316,8 +316,34 @@ def config_json_seeds():
     write("config_json", "microvm.json", json.dumps(spec, separators=(",", ":")))
 
 
+# --- exec channel ---------------------------------------------------------
+
+def exec_channel_seeds():
+    """A client's start (with its three descriptors) and a signal, then
+    the guest's calls on the session: fetch the event, report it started,
+    write, read, poll, exit, close."""
+    def record(tag, data):
+        r = struct.pack("<II", tag, len(data)) + data
+        return r + b"\0" * (-len(r) % 8)
+    spec = (record(1, b"sh") + record(1, b"-c") + record(1, b"echo hi")
+            + record(3, b"/tmp"))
+    start = b"capsaEXS" + spec
+    signal = b"capsaSIG" + struct.pack("<I", 15)
+
+    def call(op, session, stream, addr, length):
+        return struct.pack("<IIIIQQq", op, session, stream, 0, addr, length, 0)
+    calls = [call(1, 0, 0, 0x3000, 4096), call(5, 1, 0, 0, 2),
+             call(3, 1, 1, 0x2000, 5), call(2, 1, 0, 0x2000, 64),
+             call(8, 1, 0, 0, 0), call(7, 1, 0, 0, 0x300), call(4, 1, 0, 0, 0)]
+    data = (bytes([2]) + bytes([1]) + struct.pack("<H", len(start)) + start
+            + bytes([0]) + struct.pack("<H", len(signal)) + signal
+            + bytes([len(calls)]) + b"".join(calls) + b"hello")
+    write("exec_channel", "start-and-calls", data)
+
+
 fuse_request_seeds()
 virtqueue_chain_seeds()
 virtio_mmio_seeds()
 guest_elf_seeds()
 config_json_seeds()
+exec_channel_seeds()

@@ -144,3 +144,62 @@ fn containerd_runs_containers_and_microvms_through_capsa() {
         }
     }
 }
+
+/// `ctr task exec` goes through the shim's `capsa exec --detach
+/// --pid-file`, whose pid the shim then waits on for the exit status: in a
+/// microVM that pid stands for the guest's process.
+#[test]
+fn ctr_task_exec_runs_in_containers_and_microvms() {
+    let containerd = Containerd::start();
+    let image = import_busybox(&containerd);
+    let capsa = capsa_bin().display().to_string();
+    for (isolation, kernel) in [("container", "host"), ("microvm", "capsa")] {
+        let id = unique_id(isolation);
+        let annotation = format!("dev.capsa.isolation={isolation}");
+        let out = containerd.ctr(&[
+            "run",
+            "-d",
+            "--runc-binary",
+            &capsa,
+            "--annotation",
+            &annotation,
+            &image,
+            &id,
+            "sleep",
+            "1000",
+        ]);
+        assert!(
+            out.status.success(),
+            "{isolation}: ctr run -d: {}",
+            stderr(&out)
+        );
+        let script = "case $(uname -r) in *-capsa) k=capsa;; *) k=host;; esac; \
+                      echo exec on $k; echo to stderr >&2; \
+                      tr '\\0' ' ' < /proc/1/cmdline; exit 4";
+        let out = containerd.ctr(&[
+            "task",
+            "exec",
+            "--exec-id",
+            "probe",
+            &id,
+            "sh",
+            "-c",
+            script,
+        ]);
+        assert_eq!(out.status.code(), Some(4), "{isolation}: {}", stderr(&out));
+        assert_eq!(stdout(&out), format!("exec on {kernel}\nsleep 1000 "));
+        assert_eq!(stderr(&out), "to stderr\n");
+        let out = containerd.ctr(&["task", "rm", "-f", &id]);
+        assert!(
+            out.status.success(),
+            "{isolation}: ctr task rm -f: {}",
+            stderr(&out)
+        );
+        let out = containerd.ctr(&["container", "rm", &id]);
+        assert!(
+            out.status.success(),
+            "{isolation}: ctr container rm: {}",
+            stderr(&out)
+        );
+    }
+}

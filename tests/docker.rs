@@ -256,59 +256,80 @@ fn docker_runs_a_container_through_capsa() {
 }
 
 #[test]
-fn docker_execs_in_and_removes_a_detached_container() {
+fn docker_execs_in_and_removes_detached_containers_and_microvms() {
     let dockerd = Dockerd::start();
     let image = dockerd.import_busybox();
-    let out = dockerd.docker(
-        180,
-        &[
-            "run",
-            "-d",
-            "--runtime",
-            "capsa",
-            "--network",
-            "none",
-            &image,
-            "sleep",
-            "1000",
-        ],
-    );
-    assert!(out.status.success(), "docker run -d: {}", show(&out));
-    let id = stdout(&out).trim().to_string();
-    // containerd's shim runs capsa, which keeps the container's state under
-    // the root dockerd names.
-    let options = dockerd.task_options(&id);
-    assert_eq!(options["binary_name"], capsa_bin().display().to_string());
-    let state_dir = Path::new(options["root"].as_str().expect("root"))
-        .join("moby")
-        .join(&id);
-    assert_eq!(state_dir, dockerd.runtime_root().join(&id));
-    let state = std::fs::read(state_dir.join("state.json")).expect("capsa's state.json");
-    let state: serde_json::Value = serde_json::from_slice(&state).expect("state.json");
-    assert_eq!(state["isolation"], "container");
-    // The exec joins the container: its pid 1 is the detached process.
-    let out = dockerd.docker(
-        60,
-        &[
-            "exec",
-            &id,
-            "sh",
-            "-c",
-            "echo exec-ok; tr '\\0' ' ' < /proc/1/cmdline; exit 3",
-        ],
-    );
-    assert_eq!(out.status.code(), Some(3), "docker exec: {}", show(&out));
-    assert_eq!(stdout(&out), "exec-ok\nsleep 1000 ");
-    let out = dockerd.docker(60, &["rm", "-f", &id]);
-    assert!(out.status.success(), "docker rm -f: {}", show(&out));
-    let out = dockerd.docker(30, &["ps", "-aq", "--no-trunc"]);
-    assert!(out.status.success(), "docker ps: {}", show(&out));
-    assert_eq!(stdout(&out), "", "docker still lists containers");
-    assert!(
-        !state_dir.exists(),
-        "capsa's state directory of {id} left behind"
-    );
-    assert_eq!(docker_cgroup_dirs(&id), Vec::<PathBuf>::new());
+    for (runtime, isolation) in [("capsa", "container"), ("capsa-microvm", "microvm")] {
+        let out = dockerd.docker(
+            180,
+            &[
+                "run",
+                "-d",
+                "--runtime",
+                runtime,
+                "--network",
+                "none",
+                &image,
+                "sleep",
+                "1000",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{runtime}: docker run -d: {}",
+            show(&out)
+        );
+        let id = stdout(&out).trim().to_string();
+        // containerd's shim runs capsa (through the script dockerd writes
+        // for a runtime with arguments), which keeps the container's state
+        // under the root dockerd names.
+        let options = dockerd.task_options(&id);
+        let binary = options["binary_name"].as_str().expect("binary_name");
+        if runtime == "capsa" {
+            assert_eq!(binary, capsa_bin().display().to_string());
+        } else {
+            assert!(binary.ends_with("/runtimes/capsa-microvm"), "{binary}");
+        }
+        let state_dir = Path::new(options["root"].as_str().expect("root"))
+            .join("moby")
+            .join(&id);
+        assert_eq!(state_dir, dockerd.runtime_root().join(&id));
+        let state = std::fs::read(state_dir.join("state.json")).expect("capsa's state.json");
+        let state: serde_json::Value = serde_json::from_slice(&state).expect("state.json");
+        assert_eq!(state["isolation"], isolation);
+        // The exec joins the container: its pid 1 is the detached process.
+        let out = dockerd.docker(
+            60,
+            &[
+                "exec",
+                &id,
+                "sh",
+                "-c",
+                "echo exec-ok; tr '\\0' ' ' < /proc/1/cmdline; exit 3",
+            ],
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(3),
+            "{runtime}: docker exec: {}",
+            show(&out)
+        );
+        assert_eq!(stdout(&out), "exec-ok\nsleep 1000 ");
+        let out = dockerd.docker(60, &["rm", "-f", &id]);
+        assert!(
+            out.status.success(),
+            "{runtime}: docker rm -f: {}",
+            show(&out)
+        );
+        let out = dockerd.docker(30, &["ps", "-aq", "--no-trunc"]);
+        assert!(out.status.success(), "docker ps: {}", show(&out));
+        assert_eq!(stdout(&out), "", "docker still lists containers");
+        assert!(
+            !state_dir.exists(),
+            "capsa's state directory of {id} left behind"
+        );
+        assert_eq!(docker_cgroup_dirs(&id), Vec::<PathBuf>::new());
+    }
 }
 
 /// dockerd 20.10 cannot pass annotations (no `docker run --annotation`, and

@@ -86,30 +86,63 @@ fn podman_runs_containers_through_capsa() {
 }
 
 #[test]
-fn podman_exec_and_stop_a_detached_container() {
+fn podman_exec_and_stop_detached_containers_and_microvms() {
     let image = Image::import();
-    let name = unique_id("capsa-podman");
-    let out = podman(&[
-        "run",
-        "-d",
-        "--name",
-        &name,
-        "--network",
-        "none",
-        "--ulimit",
-        "nofile=1024:1024",
-        "--ulimit",
-        "nproc=1024:1024",
-        &image.0,
-        "sleep",
-        "1000",
-    ]);
-    assert!(out.status.success(), "podman run -d: {}", stderr(&out));
-    let out = podman(&["exec", &name, "sh", "-c", "echo exec-ok; exit 3"]);
-    assert_eq!(out.status.code(), Some(3), "podman exec: {}", stderr(&out));
-    assert_eq!(stdout(&out), "exec-ok\n");
-    let out = podman(&["rm", "-f", "-t", "0", &name]);
-    assert!(out.status.success(), "podman rm -f: {}", stderr(&out));
+    for isolation in ["container", "microvm"] {
+        let name = unique_id("capsa-podman");
+        let annotation = format!("dev.capsa.isolation={isolation}");
+        let out = podman(&[
+            "run",
+            "-d",
+            "--name",
+            &name,
+            "--network",
+            "none",
+            "--annotation",
+            &annotation,
+            "--ulimit",
+            "nofile=1024:1024",
+            "--ulimit",
+            "nproc=1024:1024",
+            &image.0,
+            "sleep",
+            "1000",
+        ]);
+        assert!(
+            out.status.success(),
+            "{isolation}: podman run -d: {}",
+            stderr(&out)
+        );
+        // conmon hands capsa exec its pipes and waits on the pid file's pid.
+        let mut exec = Command::new("podman")
+            .arg("--runtime")
+            .arg(capsa_bin())
+            .args(["exec", "-i", &name, "sh", "-c", "echo exec-ok; cat; exit 3"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("podman exec");
+        {
+            use std::io::Write;
+            let mut stdin = exec.stdin.take().expect("stdin");
+            stdin.write_all(b"from stdin\n").expect("write");
+        }
+        let out = exec.wait_with_output().expect("podman exec");
+        assert_eq!(
+            out.status.code(),
+            Some(3),
+            "{isolation}: podman exec: {}",
+            stderr(&out)
+        );
+        assert_eq!(stdout(&out), "exec-ok\nfrom stdin\n", "{isolation}");
+        let out = podman(&["rm", "-f", "-t", "0", &name]);
+        assert!(
+            out.status.success(),
+            "{isolation}: podman rm -f: {}",
+            stderr(&out)
+        );
+    }
 }
 
 #[test]

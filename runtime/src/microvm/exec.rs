@@ -52,6 +52,21 @@ pub enum ExecError {
 
 type Result<T, E = ExecError> = std::result::Result<T, E>;
 
+/// The socket in `dir` by a path short enough for a socket address
+/// (shims' state directories overflow its 108 bytes): through `/proc`'s
+/// link to the directory, opened as `dir_fd`.
+fn socket_address(dir_fd: &std::fs::File) -> nix::Result<UnixAddr> {
+    UnixAddr::new(&PathBuf::from(format!(
+        "/proc/self/fd/{}/{SOCKET}",
+        dir_fd.as_raw_fd()
+    )))
+}
+
+fn open_dir(path: &Path) -> nix::Result<std::fs::File> {
+    std::fs::File::open(path)
+        .map_err(|e| nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
+}
+
 /// Makes the listening exec socket in `state_dir`, for the VMM to serve.
 pub fn listen_in(state_dir: &Path) -> Result<OwnedFd> {
     let path = state_dir.join(SOCKET);
@@ -59,6 +74,7 @@ pub fn listen_in(state_dir: &Path) -> Result<OwnedFd> {
         path: path.clone(),
         source,
     };
+    let dir = open_dir(state_dir).map_err(error)?;
     let fd = socket(
         AddressFamily::Unix,
         SockType::SeqPacket,
@@ -66,7 +82,7 @@ pub fn listen_in(state_dir: &Path) -> Result<OwnedFd> {
         None,
     )
     .map_err(error)?;
-    let addr = UnixAddr::new(&path).map_err(error)?;
+    let addr = socket_address(&dir).map_err(error)?;
     bind(fd.as_raw_fd(), &addr).map_err(error)?;
     std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
         .map_err(|e| error(nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO))))?;
@@ -112,11 +128,13 @@ pub fn start(state_dir: &Path, spec: &[u8], stdio: [BorrowedFd<'_>; 3]) -> Resul
         None,
     )
     .map_err(ExecError::Talk)?;
-    let addr = UnixAddr::new(&path).map_err(ExecError::Talk)?;
-    connect(socket.as_raw_fd(), &addr).map_err(|source| ExecError::Connect {
+    let connect_error = |source| ExecError::Connect {
         path: path.clone(),
         source,
-    })?;
+    };
+    let dir = open_dir(state_dir).map_err(connect_error)?;
+    let addr = socket_address(&dir).map_err(connect_error)?;
+    connect(socket.as_raw_fd(), &addr).map_err(connect_error)?;
     let fds = stdio.map(|fd| fd.as_raw_fd());
     sendmsg::<()>(
         socket.as_raw_fd(),
