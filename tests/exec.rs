@@ -214,10 +214,8 @@ fn a_detached_exec_leaves_a_pid_that_ends_as_the_process_does() {
     // The pid file's process outlives `capsa exec --detach`: as a shim
     // does, this test adopts it to wait for it.
     // SAFETY: prctl with integer arguments only.
-    assert_eq!(
-        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) },
-        0
-    );
+    let adopted = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    assert_eq!(adopted, 0);
     let statuses = same_in_both_modes("a detached exec", |r| {
         let exited = reap(exec_detached(r, &["sh", "-c", "sleep 1; exit 6"]));
         // Killing the pid file's process kills the exec'd process.

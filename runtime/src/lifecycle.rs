@@ -796,7 +796,7 @@ fn exec_in_microvm(state_dir: &Path, spec: &Spec, opts: ExecOptions<'_>) -> Resu
     // master goes to the console socket, or to our own terminal proxy.
     let terminal = opts.process.terminal().unwrap_or(false);
     let (slave, proxy_socket) = if terminal {
-        let size = opts.process.console_size().clone();
+        let size = opts.process.console_size();
         let (master, slave) =
             crate::terminal::open_pty(size).map_err(LifecycleError::ExecTerminal)?;
         let (receiver, sender) = match (opts.console_socket, opts.detach) {

@@ -91,7 +91,10 @@ impl Fixture {
     }
 
     fn word(&self) -> u64 {
-        let word: u64 = self.mem.read_obj(GuestAddress(abi::HOST_EVENTS_ADDR)).unwrap();
+        let word: u64 = self
+            .mem
+            .read_obj(GuestAddress(abi::HOST_EVENTS_ADDR))
+            .unwrap();
         self.mem
             .write_obj(0u64, GuestAddress(abi::HOST_EVENTS_ADDR))
             .unwrap();
@@ -148,7 +151,11 @@ fn a_session_starts_moves_its_streams_and_reports_its_end() {
     let (stdin_r, mut stdin_w) = pipe();
     let (mut stdout_r, stdout_w) = pipe();
     let (_stderr_r, stderr_w) = pipe();
-    let fds = [stdin_r.as_raw_fd(), stdout_w.as_raw_fd(), stderr_w.as_raw_fd()];
+    let fds = [
+        stdin_r.as_raw_fd(),
+        stdout_w.as_raw_fd(),
+        stderr_w.as_raw_fd(),
+    ];
     let spec = spec();
     client
         .send_with_fds(&[&Request::Start(&spec).encode()[..]], &fds)
@@ -238,7 +245,10 @@ fn hostile_calls_and_messages_are_refused() {
     assert_eq!(f.call(op::CLOSE, 99, 7, 0), abi::EBADF);
     assert_eq!(f.call(1234, 0, 0, 0), abi::EINVAL);
     // A call outside guest RAM, and one whose result would be: ignored.
-    assert_eq!(f.exec.write(abi::CALL, &u64::MAX.to_le_bytes()), Action::Continue);
+    assert_eq!(
+        f.exec.write(abi::CALL, &u64::MAX.to_le_bytes()),
+        Action::Continue
+    );
     assert_eq!(
         f.exec.write(abi::CALL, &(8u64 << 20).to_le_bytes()),
         Action::Continue
@@ -260,7 +270,10 @@ fn hostile_calls_and_messages_are_refused() {
     let client = f.connect();
     let (a, _b) = pipe();
     client
-        .send_with_fds(&[&Request::Start(&spec()).encode()[..]], &[a.as_raw_fd(); 3])
+        .send_with_fds(
+            &[&Request::Start(&spec()).encode()[..]],
+            &[a.as_raw_fd(); 3],
+        )
         .unwrap();
     f.exec.poll_input();
     assert_eq!(f.call(op::NEXT_EVENT, 0, 0, 4), abi::EMSGSIZE);
@@ -278,5 +291,8 @@ fn sessions_are_bounded() {
     assert!(matches!(reply(&extra), Reply::Failed(why) if why.contains("exec sessions")));
     drop(clients);
     f.exec.poll_input();
-    assert!(f.exec.sessions.is_empty(), "hung-up, never started sessions go");
+    assert!(
+        f.exec.sessions.is_empty(),
+        "hung-up, never started sessions go"
+    );
 }
