@@ -128,6 +128,13 @@ pub struct ExecStream {
 }
 
 impl ExecStream {
+    /// A terminal request (`capsa_abi::exec::TERMINAL_REQUESTS`), its
+    /// argument in kernel memory: the host pty's, when the client asked
+    /// for a terminal; ENOTTY otherwise.
+    pub fn terminal(&self, request: u32, arg: &mut [u8]) -> Result<()> {
+        crate::drivers::exec::ioctl(self.session, self.stream, request, arg)
+    }
+
     fn ino(&self) -> u64 {
         (u64::from(self.session) << 2 | u64::from(self.stream)) + 0x1000
     }
@@ -175,6 +182,9 @@ impl File for ExecStream {
     }
     fn release(&self, _dev: &mut Devices) {
         crate::drivers::exec::close(self.session, self.stream);
+    }
+    fn as_any(&self) -> Option<&dyn core::any::Any> {
+        Some(self)
     }
 }
 

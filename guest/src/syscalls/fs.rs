@@ -58,8 +58,6 @@ const F_DUPFD_CLOEXEC: u32 = 1030;
 const F_SETPIPE_SZ: u32 = 1031;
 const F_GETPIPE_SZ: u32 = 1032;
 const FD_CLOEXEC: u64 = 1;
-const TCGETS: u32 = 0x5401;
-const TIOCGWINSZ: u32 = 0x5413;
 const FIONBIO: u32 = 0x5421;
 const FIONCLEX: u32 = 0x5450;
 const FIOCLEX: u32 = 0x5451;
@@ -1585,8 +1583,13 @@ impl Kernel {
                 .fds
                 .set_cloexec(fd, request == FIOCLEX)
                 .map(|_| 0),
-            // stdio are pipes or files in both isolation modes, never a terminal.
-            TCGETS | TIOCGWINSZ => Err(Errno::ENOTTY),
+            request
+                if capsa_abi::exec::TERMINAL_REQUESTS
+                    .iter()
+                    .any(|&(r, _)| r == request) =>
+            {
+                self.terminal_ioctl(&*entry.file, request, arg)
+            }
             crate::net::FIONREAD | crate::net::SIOCOUTQ | 0x8900..=0x89ff
                 if crate::net::socket::socket_of(&*entry.file).is_some() =>
             {
@@ -1594,6 +1597,32 @@ impl Kernel {
             }
             _ => entry.file.ioctl(&mut self.dev, request, arg),
         }
+    }
+
+    /// stdio are pipes or files in both isolation modes, never a terminal,
+    /// but for a process `capsa exec -t` started: its streams are a host
+    /// pty's slave, which the VMM asks (the argument through kernel memory:
+    /// the VMM sees guest-physical addresses).
+    fn terminal_ioctl(&mut self, file: &dyn File, request: u32, arg: u64) -> Result<u64> {
+        let stream = file
+            .as_any()
+            .and_then(|a| a.downcast_ref::<crate::fs::files::ExecStream>())
+            .ok_or(Errno::ENOTTY)?;
+        let size = capsa_abi::exec::TERMINAL_REQUESTS
+            .iter()
+            .find(|&&(r, _)| r == request)
+            .map_or(0, |&(_, size)| size);
+        let fills = capsa_abi::exec::terminal_request_fills(request);
+        let mut buf = if fills {
+            vec![0u8; size]
+        } else {
+            self.user_buf(arg, size)?.to_vec()
+        };
+        stream.terminal(request, &mut buf)?;
+        if fills {
+            self.put_user(arg, &buf)?;
+        }
+        Ok(0)
     }
 
     /// Waits until one of `fds` (fd, poll events wanted) is ready or
