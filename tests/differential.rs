@@ -420,10 +420,6 @@ fn microvm_refusals_name_the_field_and_leave_nothing() {
     type ConfigChange = Box<dyn Fn(&mut serde_json::Value)>;
     let cases: Vec<(ConfigChange, &str)> = vec![
         (
-            Box::new(|c| c["process"]["terminal"] = json!(true)),
-            "process.terminal",
-        ),
-        (
             Box::new(|c| c["linux"]["resources"] = json!({"memory": {"limit": 16 << 20}})),
             "linux.resources.memory.limit",
         ),
@@ -2296,4 +2292,48 @@ fn extended_attributes_in_both_modes() {
     {
         panic!("{problem}");
     }
+}
+
+/// `process.terminal` with a console socket (podman's `run -it`): the
+/// process's stdio is a terminal of the given size whose mode it can
+/// change, in a microVM as in a container (where the VMM's stdio is the
+/// pty and the guest asks the VMM for the process's terminal requests).
+#[test]
+fn a_terminal_in_the_spec_is_the_process_s_tty_in_both_modes() {
+    let script = "[ -t 0 ] && [ -t 1 ] && [ -t 2 ] && echo is-a-tty; stty size; \
+                  stty -echo; stty | grep -c -- -echo; exit 3";
+    let mut bundle = TestBundle::busybox(&["sh", "-c", script]);
+    bundle.edit(|c| {
+        c["process"]["terminal"] = serde_json::json!(true);
+        c["process"]["consoleSize"] = serde_json::json!({"height": 30, "width": 100});
+    });
+    let capsa = Capsa::new();
+    let mut seen = Vec::new();
+    for mode in ["container", "microvm"] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("console.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&socket).expect("console socket");
+        let id = unique_id(&format!("tty-{mode}"));
+        let child = capsa
+            .bounded_run_command(&bundle, mode, &id, 120)
+            .arg("--console-socket")
+            .arg(&socket)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("capsa run");
+        let output = read_master(receive_master(&listener));
+        let out = child.wait_with_output().expect("wait");
+        capsa.assert_nothing_left(&id);
+        seen.push((out.status.code(), output, stderr(&out)));
+    }
+    assert_eq!(seen[0], seen[1], "container vs microVM");
+    assert_eq!(
+        seen[0],
+        (
+            Some(3),
+            "is-a-tty\r\n30 100\r\n1\r\n".to_string(),
+            String::new()
+        )
+    );
 }

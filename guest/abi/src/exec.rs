@@ -121,7 +121,6 @@ pub const EBADF: i64 = -9;
 pub const EFAULT: i64 = -14;
 pub const EINVAL: i64 = -22;
 pub const EMSGSIZE: i64 = -90;
-pub const ENOTTY: i64 = -25;
 
 #[cfg(test)]
 mod tests {

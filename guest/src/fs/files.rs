@@ -62,6 +62,9 @@ impl File for ConsoleIn {
     fn proc_name(&self) -> Vec<u8> {
         b"pipe:[1]".to_vec()
     }
+    fn as_any(&self) -> Option<&dyn core::any::Any> {
+        Some(self)
+    }
     fn poll(&self, dev: &mut Devices) -> (bool, bool) {
         let ready = match dev.stdio.and_then(|i| dev.consoles.get_mut(i)) {
             Some(c) => c.readable(),
@@ -105,6 +108,9 @@ impl File for ConsoleOut {
     }
     fn proc_name(&self) -> Vec<u8> {
         alloc::format!("pipe:[{}]", 2 + u64::from(self.stderr)).into_bytes()
+    }
+    fn as_any(&self) -> Option<&dyn core::any::Any> {
+        Some(self)
     }
     fn poll(&self, _dev: &mut Devices) -> (bool, bool) {
         (false, true)

@@ -1599,15 +1599,23 @@ impl Kernel {
         }
     }
 
-    /// stdio are pipes or files in both isolation modes, never a terminal,
-    /// but for a process `capsa exec -t` started: its streams are a host
-    /// pty's slave, which the VMM asks (the argument through kernel memory:
-    /// the VMM sees guest-physical addresses).
+    /// The guest has no terminals of its own, but stdio may be a host
+    /// pty's slave (a spec or `capsa exec -t` that asks for a terminal),
+    /// which the VMM asks (the argument through kernel memory: the VMM sees
+    /// guest-physical addresses); any other file is no terminal.
     fn terminal_ioctl(&mut self, file: &dyn File, request: u32, arg: u64) -> Result<u64> {
-        let stream = file
-            .as_any()
-            .and_then(|a| a.downcast_ref::<crate::fs::files::ExecStream>())
-            .ok_or(Errno::ENOTTY)?;
+        use crate::fs::files::{ConsoleIn, ConsoleOut, ExecStream};
+        let any = file.as_any().ok_or(Errno::ENOTTY)?;
+        let own_stream = if any.is::<ConsoleIn>() {
+            Some(0)
+        } else {
+            any.downcast_ref::<ConsoleOut>()
+                .map(|out| 1 + u32::from(out.stderr))
+        };
+        let exec_stream = any.downcast_ref::<ExecStream>();
+        if own_stream.is_none() && exec_stream.is_none() {
+            return Err(Errno::ENOTTY);
+        }
         let size = capsa_abi::exec::TERMINAL_REQUESTS
             .iter()
             .find(|&&(r, _)| r == request)
@@ -1618,7 +1626,13 @@ impl Kernel {
         } else {
             self.user_buf(arg, size)?.to_vec()
         };
-        stream.terminal(request, &mut buf)?;
+        match (exec_stream, own_stream) {
+            (Some(stream), _) => stream.terminal(request, &mut buf)?,
+            (None, Some(stream)) => {
+                crate::drivers::virtio::console::terminal_request(stream, request, &mut buf)?
+            }
+            (None, None) => return Err(Errno::ENOTTY),
+        }
         if fills {
             self.put_user(arg, &buf)?;
         }

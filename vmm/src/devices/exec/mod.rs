@@ -372,27 +372,7 @@ impl Exec {
                     return abi::EBADF;
                 };
                 let request = u32::try_from(call.len).unwrap_or(0);
-                let Some(&(_, size)) = abi::TERMINAL_REQUESTS.iter().find(|(r, _)| *r == request)
-                else {
-                    return abi::ENOTTY;
-                };
-                let fills = abi::terminal_request_fills(request);
-                // Room for the largest argument, whatever the request.
-                let mut arg = [0u8; 64];
-                if !fills && self.mem.read_slice(&mut arg[..size], addr).is_err() {
-                    return abi::EFAULT;
-                }
-                // SAFETY: one of the terminal requests above on a stream
-                // descriptor, with a buffer larger than its argument.
-                let ret =
-                    unsafe { libc::ioctl(fd, libc::c_ulong::from(request), arg.as_mut_ptr()) };
-                if ret < 0 {
-                    return errno_result(&std::io::Error::last_os_error());
-                }
-                if fills && self.mem.write_slice(&arg[..size], addr).is_err() {
-                    return abi::EFAULT;
-                }
-                0
+                super::terminal_request(&self.mem, fd, request, addr)
             }
             op::STARTED => {
                 let pid = u32::try_from(call.len).unwrap_or(0);
