@@ -1438,14 +1438,15 @@ static void work(void) { for (int i = 0; i < 20000; i++) sink += i; }
 /* Computes for `ms` of wall-clock time in chunks. Returns a lower bound of
    the CPU time that took: the number of chunks times the fastest one's
    duration (a busy host stretches chunks, never shrinks their work). A
-   chunk is long enough (~0.1 ms) that reading the clock between chunks, a
-   system call in a microVM, stays a small part of the time however slow a
+   chunk is long enough (~1 ms) that reading the clock between chunks, a
+   system call in a microVM (50 us and more where the host emulates the
+   guest's kernel entry), stays a small part of the time however slow a
    loaded host makes system calls. */
 static long long burn(long long ms) {
     long long start = ns(CLOCK_MONOTONIC), now = start, fastest = -1, chunks = 0;
     while (now - start < ms * MS) {
         long long before = now;
-        for (int i = 0; i < 10; i++) work();
+        for (int i = 0; i < 100; i++) work();
         now = ns(CLOCK_MONOTONIC);
         if (fastest < 0 || now - before < fastest) fastest = now - before;
         chunks++;
