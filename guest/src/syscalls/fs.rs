@@ -167,6 +167,9 @@ impl Kernel {
                 flags: flags & (O_ACCMODE | SETFL_MASK),
             }));
         }
+        if let Some(opened) = self.open_terminal(&lexical, flags) {
+            return opened;
+        }
         if procfs::is_proc(&lexical) {
             let follow = flags & O_NOFOLLOW == 0;
             return match self.proc_entry(&lexical, follow, true)? {
@@ -283,6 +286,59 @@ impl Kernel {
                 Ok(Rc::new(file))
             }
         }
+    }
+
+    /// memfd_create: an anonymous file in memory. The guest keeps no file
+    /// data of its own, so it is a file made and at once unlinked in the
+    /// instance's `/dev/shm` tmpfs (or `/tmp`, without one): its pages live
+    /// in host memory charged to the instance and are shared by every
+    /// mapping through the page cache, as any file's; `/proc` shows it as
+    /// Linux does, `/memfd:NAME (deleted)`. Seals are not kept (sealing
+    /// requests answer EINVAL, as on a file that does not allow them).
+    pub fn sys_memfd_create(&mut self, name: u64, flags: u32) -> Result<u64> {
+        const MFD_CLOEXEC: u32 = 1;
+        // MFD_ALLOW_SEALING, MFD_HUGETLB (with a page size in the top
+        // bits), MFD_NOEXEC_SEAL, MFD_EXEC: accepted; the file is the same.
+        const KNOWN: u32 = 0x1f | 0x3f << 26;
+        let name = self.user_cstr(name)?;
+        if flags & !KNOWN != 0 || name.len() > 249 {
+            return Err(Errno::EINVAL);
+        }
+        static NEXT: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+        let tgid = self.procs.tgid(self.cur);
+        let mut display = b"/memfd:".to_vec();
+        display.extend_from_slice(&name);
+        display.extend_from_slice(b" (deleted)");
+        for dir in [b"/dev/shm".as_slice(), b"/tmp"] {
+            let n = NEXT.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+            let path = [dir, alloc::format!("/.capsa-memfd-{tgid}-{n}").as_bytes()].concat();
+            let Ok((parent, leaf)) = self.walk_parent_at(AT_FDCWD, &path) else {
+                continue;
+            };
+            let Ok(fs) = self.dev.vfs.fs(parent.node.fs) else {
+                continue;
+            };
+            let Ok((id, _attr, fh)) =
+                fs.create(parent.node.id, &leaf, O_RDWR | O_EXCL, S_IFREG | 0o600, 0)
+            else {
+                continue;
+            };
+            let _ = fs.unlink(parent.node.id, &leaf, false);
+            self.dev.vfs.forget(parent.node, &leaf);
+            let file = FuseFile {
+                node: crate::fs::vfs::Node {
+                    fs: parent.node.fs,
+                    id,
+                },
+                fh,
+                flags: Cell::new(O_RDWR),
+                offset: Cell::new(0),
+                path: display,
+            };
+            file.revalidate(&mut self.dev);
+            return self.install(Rc::new(file), flags & MFD_CLOEXEC != 0);
+        }
+        Err(Errno::ENOSYS)
     }
 
     pub fn sys_close(&mut self, fd: i32) -> Result<u64> {
@@ -741,6 +797,9 @@ impl Kernel {
             }
             .stat(&mut self.dev);
         }
+        if let Some(stat) = self.stat_terminal(&lexical) {
+            return stat;
+        }
         if procfs::is_proc(&lexical) {
             let follow = flags & AT_SYMLINK_NOFOLLOW == 0;
             return match self.proc_entry(&lexical, follow, false)? {
@@ -856,6 +915,9 @@ impl Kernel {
         let lexical = self.lexical(&base, &path);
         if CharDev::by_path(&lexical).is_some() {
             return Ok(0);
+        }
+        if let Some(stat) = self.stat_terminal(&lexical) {
+            return stat.map(|_| 0);
         }
         if procfs::is_proc(&lexical) {
             return match self.proc_entry(&lexical, true, false)? {
@@ -1583,12 +1645,15 @@ impl Kernel {
                 .fds
                 .set_cloexec(fd, request == FIOCLEX)
                 .map(|_| 0),
+            _ if crate::fs::pty::pty_of(&*entry.file).is_some() => {
+                self.pty_ioctl(&entry.file, request, arg)
+            }
             request
                 if capsa_abi::exec::TERMINAL_REQUESTS
                     .iter()
                     .any(|&(r, _)| r == request) =>
             {
-                self.terminal_ioctl(&*entry.file, request, arg)
+                self.host_terminal_ioctl(&*entry.file, request, arg)
             }
             crate::net::FIONREAD | crate::net::SIOCOUTQ | 0x8900..=0x89ff
                 if crate::net::socket::socket_of(&*entry.file).is_some() =>
@@ -1597,46 +1662,6 @@ impl Kernel {
             }
             _ => entry.file.ioctl(&mut self.dev, request, arg),
         }
-    }
-
-    /// The guest has no terminals of its own, but stdio may be a host
-    /// pty's slave (a spec or `capsa exec -t` that asks for a terminal),
-    /// which the VMM asks (the argument through kernel memory: the VMM sees
-    /// guest-physical addresses); any other file is no terminal.
-    fn terminal_ioctl(&mut self, file: &dyn File, request: u32, arg: u64) -> Result<u64> {
-        use crate::fs::files::{ConsoleIn, ConsoleOut, ExecStream};
-        let any = file.as_any().ok_or(Errno::ENOTTY)?;
-        let own_stream = if any.is::<ConsoleIn>() {
-            Some(0)
-        } else {
-            any.downcast_ref::<ConsoleOut>()
-                .map(|out| 1 + u32::from(out.stderr))
-        };
-        let exec_stream = any.downcast_ref::<ExecStream>();
-        if own_stream.is_none() && exec_stream.is_none() {
-            return Err(Errno::ENOTTY);
-        }
-        let size = capsa_abi::exec::TERMINAL_REQUESTS
-            .iter()
-            .find(|&&(r, _)| r == request)
-            .map_or(0, |&(_, size)| size);
-        let fills = capsa_abi::exec::terminal_request_fills(request);
-        let mut buf = if fills {
-            vec![0u8; size]
-        } else {
-            self.user_buf(arg, size)?.to_vec()
-        };
-        match (exec_stream, own_stream) {
-            (Some(stream), _) => stream.terminal(request, &mut buf)?,
-            (None, Some(stream)) => {
-                crate::drivers::virtio::console::terminal_request(stream, request, &mut buf)?
-            }
-            (None, None) => return Err(Errno::ENOTTY),
-        }
-        if fills {
-            self.put_user(arg, &buf)?;
-        }
-        Ok(0)
     }
 
     /// Waits until one of `fds` (fd, poll events wanted) is ready or
