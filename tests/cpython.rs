@@ -284,3 +284,11 @@ fn socket_server_and_event_loop_modules_agree() {
         &[],
     );
 }
+
+/// The os module's own suite (its pty and memfd cases among the rest), and
+/// pseudo-terminals: openpty, forkpty's controlling terminal, a master
+/// that reads EIO once its slave is gone, pty.spawn.
+#[test]
+fn os_and_pty_modules_agree() {
+    check_modules(&["test_os", "test_pty", "test_openpty"], &[]);
+}

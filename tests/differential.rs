@@ -420,10 +420,6 @@ fn microvm_refusals_name_the_field_and_leave_nothing() {
     type ConfigChange = Box<dyn Fn(&mut serde_json::Value)>;
     let cases: Vec<(ConfigChange, &str)> = vec![
         (
-            Box::new(|c| c["process"]["terminal"] = json!(true)),
-            "process.terminal",
-        ),
-        (
             Box::new(|c| c["linux"]["resources"] = json!({"memory": {"limit": 16 << 20}})),
             "linux.resources.memory.limit",
         ),
@@ -2297,4 +2293,145 @@ fn extended_attributes_in_both_modes() {
     {
         panic!("{problem}");
     }
+}
+
+/// `process.terminal` with a console socket (podman's `run -it`): the
+/// process's stdio is a terminal of the given size whose mode it can
+/// change, in a microVM as in a container (where the VMM's stdio is the
+/// pty and the guest asks the VMM for the process's terminal requests).
+#[test]
+fn a_terminal_in_the_spec_is_the_process_s_tty_in_both_modes() {
+    let script = "[ -t 0 ] && [ -t 1 ] && [ -t 2 ] && echo is-a-tty; stty size; \
+                  stty -echo; stty | grep -c -- -echo; exit 3";
+    let mut bundle = TestBundle::busybox(&["sh", "-c", script]);
+    bundle.edit(|c| {
+        c["process"]["terminal"] = serde_json::json!(true);
+        c["process"]["consoleSize"] = serde_json::json!({"height": 30, "width": 100});
+    });
+    let capsa = Capsa::new();
+    let mut seen = Vec::new();
+    for mode in ["container", "microvm"] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("console.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&socket).expect("console socket");
+        let id = unique_id(&format!("tty-{mode}"));
+        let child = capsa
+            .bounded_run_command(&bundle, mode, &id, 120)
+            .arg("--console-socket")
+            .arg(&socket)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("capsa run");
+        let output = read_master(receive_master(&listener));
+        let out = child.wait_with_output().expect("wait");
+        capsa.assert_nothing_left(&id);
+        seen.push((out.status.code(), output, stderr(&out)));
+    }
+    assert_eq!(seen[0], seen[1], "container vs microVM");
+    assert_eq!(
+        seen[0],
+        (
+            Some(3),
+            "is-a-tty\r\n30 100\r\n1\r\n".to_string(),
+            String::new()
+        )
+    );
+}
+
+const MEMFD_PTY_C: &str = r#"
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+/* Reads the master into `got` until it holds `want` (or EIO: the slave is gone). */
+static char got[1024];
+static size_t have;
+static void read_until(int master, const char *want) {
+    while (!(want && strstr(got, want))) {
+        ssize_t n = read(master, got + have, sizeof got - 1 - have);
+        if (n <= 0) return;
+        have += n;
+    }
+}
+
+int main(void) {
+    alarm(20);
+    int fd = memfd_create("box", MFD_CLOEXEC);
+    printf("memfd %d cloexec %d\n", fd >= 0, (fcntl(fd, F_GETFD) & FD_CLOEXEC) != 0);
+    char path[64], link[64] = {0};
+    snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+    readlink(path, link, sizeof link - 1);
+    printf("link %s\n", link);
+    ftruncate(fd, 4096);
+    char *m = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    pid_t c = fork();
+    if (c == 0) { strcpy(m, "from the child"); _exit(0); }
+    waitpid(c, NULL, 0);
+    char buf[32] = {0};
+    pread(fd, buf, 14, 0);
+    struct stat st;
+    fstat(fd, &st);
+    printf("shared: %s; size %ld regular %d\n", buf, (long)st.st_size, S_ISREG(st.st_mode));
+
+    int master = posix_openpt(O_RDWR | O_NOCTTY);
+    grantpt(master);
+    unlockpt(master);
+    char *name = ptsname(master);
+    printf("pts %d\n", strncmp(name, "/dev/pts/", 9) == 0);
+    fflush(stdout);
+    pid_t k = fork();
+    if (k == 0) {
+        setsid();
+        int s = open(name, O_RDWR); /* a session leader's first terminal: its controlling one */
+        char line[64];
+        write(s, "ready\n", 6);
+        ssize_t n = read(s, line, sizeof line);
+        dprintf(s, "got %zd %.*s", n, (int)n, line);
+        pause();
+        _exit(1);
+    }
+    read_until(master, "ready\r\n");
+    write(master, "hello\r", 6);
+    read_until(master, "got 6 hello\r\n");
+    write(master, "\x03", 1);
+    int status;
+    waitpid(k, &status, 0);
+    read_until(master, NULL);
+    printf("terminal:");
+    for (size_t i = 0; i < have; i++)
+        printf(got[i] == '\r' ? "\\r" : got[i] == '\n' ? "\\n" : "%c", got[i]);
+    printf("\nchild killed by %d\n", WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+    return 0;
+}
+"#;
+
+/// memfd_create (a file whose pages a shared mapping and read share across
+/// fork, shown as Linux shows it) and a pseudo-terminal between a process
+/// and the session leader whose controlling terminal it is: canonical
+/// input with echo and CR to NL, NL to CR-NL on output, ^C as SIGINT to
+/// the foreground group, the master reading what is left once the slave
+/// is gone.
+#[test]
+fn memfd_and_a_pty_with_its_line_discipline_in_both_modes() {
+    let bundle = c_program_fixture("memfdpty", MEMFD_PTY_C, &["-static", "-O1"]);
+    let out = both("memfd and pty", &bundle, None);
+    assert_eq!(
+        (out.status.code(), stdout(&out).as_str()),
+        (
+            Some(0),
+            "memfd 1 cloexec 1\nlink /memfd:box (deleted)\n\
+             shared: from the child; size 4096 regular 1\npts 1\n\
+             terminal:ready\\r\\nhello\\r\\ngot 6 hello\\r\\n^C\nchild killed by 2\n"
+        ),
+        "{}",
+        show(&out)
+    );
 }

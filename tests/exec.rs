@@ -247,3 +247,50 @@ fn exec_into_a_stopped_microvm_fails_with_one_line() {
     wait_exit(pid);
     assert_one_line_error(&r.exec(&[], &["true"]), "not running");
 }
+
+#[test]
+fn exec_with_a_terminal_gives_the_process_a_tty_in_both_modes() {
+    let script = "[ -t 0 ] && [ -t 1 ] && echo is-a-tty; stty size; \
+                  stty -echo; stty | grep -c -- -echo; exit 2";
+    let out = same_in_both_modes("exec -t", |r| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("console.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&socket).expect("console socket");
+        let process = serde_json::json!({
+            "terminal": true,
+            "consoleSize": {"height": 24, "width": 80},
+            "user": {"uid": 0, "gid": 0},
+            "args": ["sh", "-c", script],
+            "env": ["PATH=/bin:/usr/bin"],
+            "cwd": "/",
+        });
+        let process_file = dir.path().join("process.json");
+        std::fs::write(&process_file, process.to_string()).expect("process.json");
+        let child = r
+            .exec_command(
+                &[
+                    "--process",
+                    &process_file.display().to_string(),
+                    "--console-socket",
+                    &socket.display().to_string(),
+                ],
+                &[],
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("capsa exec -t");
+        let master = receive_master(&listener);
+        let output = read_master(master);
+        let status = child.wait_with_output().expect("wait");
+        (status.status.code(), output, stderr(&status))
+    });
+    assert_eq!(
+        out,
+        (
+            Some(2),
+            "is-a-tty\r\n24 80\r\n1\r\n".to_string(),
+            String::new()
+        )
+    );
+}

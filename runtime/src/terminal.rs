@@ -53,6 +53,29 @@ pub fn send_master(socket: &impl AsRawFd, master: &OwnedFd) -> nix::Result<()> {
     Ok(())
 }
 
+/// A terminal for this process (a container's, or a microVM's VMM whose
+/// stdio the guest's process uses): a new pty whose master goes out over
+/// `socket` and whose slave becomes stdio and the controlling terminal
+/// (the caller leads its own session).
+pub fn become_stdio(socket: OwnedFd, size: Option<ConsoleSize>) -> nix::Result<()> {
+    let (master, slave) = open_pty(size)?;
+    send_master(&socket, &master)?;
+    drop(master);
+    drop(socket);
+    // SAFETY: TIOCSCTTY with arg 0 on a tty fd we own; we lead our own session.
+    if unsafe { libc::ioctl(slave.as_raw_fd(), libc::TIOCSCTTY, 0) } != 0 {
+        return Err(nix::Error::last());
+    }
+    for target in 0..3 {
+        // SAFETY: replacing stdio with the pty is exactly the intent; nothing
+        // else in this process holds Rust handles to fds 0-2.
+        let stdio = unsafe { nix::unistd::dup2_raw(&slave, target) }?;
+        // The new fd is the process's stdio from now on: never close it.
+        let _ = std::os::fd::IntoRawFd::into_raw_fd(stdio);
+    }
+    Ok(())
+}
+
 /// Restores our terminal's mode when dropped.
 pub struct Proxy {
     saved: Option<Termios>,

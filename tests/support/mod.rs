@@ -567,3 +567,50 @@ impl Drop for VethNamespace {
             .output();
     }
 }
+
+/// Accepts the console socket's one connection and takes the pty master
+/// it carries (runc's protocol: one SCM_RIGHTS message).
+pub fn receive_master(listener: &std::os::unix::net::UnixListener) -> std::fs::File {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let (conn, _) = listener.accept().expect("console socket connection");
+    let mut name = [0u8; 64];
+    let mut iov = libc::iovec {
+        iov_base: name.as_mut_ptr().cast(),
+        iov_len: name.len(),
+    };
+    let mut control = [0u64; 8];
+    // SAFETY: msghdr is plain data; zero is a valid value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control);
+    // SAFETY: the message's buffers are ours and outlive the call.
+    let n = unsafe { libc::recvmsg(conn.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+    assert!(n >= 0, "recvmsg: {}", std::io::Error::last_os_error());
+    // SAFETY: the control buffer was filled by recvmsg; the first header
+    // (if any) lies inside it.
+    let fd = unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        assert!(!cmsg.is_null(), "no descriptor on the console socket");
+        assert_eq!((*cmsg).cmsg_type, libc::SCM_RIGHTS);
+        std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<i32>())
+    };
+    // SAFETY: SCM_RIGHTS installed this descriptor for us alone.
+    unsafe { std::fs::File::from_raw_fd(fd) }
+}
+
+/// Reads a pty master until the last slave is gone (EIO).
+pub fn read_master(mut master: std::fs::File) -> String {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match std::io::Read::read(&mut master, &mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.raw_os_error() == Some(libc::EIO) => break,
+            Err(e) => panic!("reading the pty master: {e}"),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}

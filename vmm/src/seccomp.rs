@@ -148,7 +148,16 @@ pub fn filter() -> Result<BpfProgram, Error> {
             ioctl(KVM_SET_REGS).map_err(Error::Compile)?,
             ioctl(KVM_GET_SREGS).map_err(Error::Compile)?,
             ioctl(KVM_GET_VCPU_EVENTS).map_err(Error::Compile)?,
-        ],
+        ]
+        .into_iter()
+        // An exec'd process's terminal (`devices::exec`, op IOCTL).
+        .chain(
+            capsa_abi::exec::TERMINAL_REQUESTS
+                .iter()
+                .map(|&(request, _)| ioctl(u64::from(request)).map_err(Error::Compile))
+                .collect::<Result<Vec<_>, _>>()?,
+        )
+        .collect(),
     );
     let filter = SeccompFilter::new(
         rules,

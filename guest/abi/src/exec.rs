@@ -75,6 +75,29 @@ pub mod op {
     /// Whether `stream` has input now: 1 or 0 (then as for `READ`'s
     /// `-EAGAIN`, the VMM sets [`super::STREAM_READY`] later).
     pub const POLL: u32 = 8;
+    /// A terminal request on `stream` (a host pty's slave when the client
+    /// asked for a terminal): `len` is one of [`super::TERMINAL_REQUESTS`],
+    /// `addr` its argument (a kernel `struct termios` of 36 bytes or a
+    /// `struct winsize` of 8), read or filled as Linux's request does.
+    /// `-ENOTTY` for any other request or a stream that is no terminal.
+    pub const IOCTL: u32 = 9;
+}
+
+/// The terminal requests [`op::IOCTL`] carries out, with the size of their
+/// argument: TCGETS, TCSETS, TCSETSW, TCSETSF, TIOCGWINSZ, TIOCSWINSZ.
+pub const TERMINAL_REQUESTS: [(u32, usize); 6] = [
+    (0x5401, 36),
+    (0x5402, 36),
+    (0x5403, 36),
+    (0x5404, 36),
+    (0x5413, 8),
+    (0x5414, 8),
+];
+
+/// Whether a terminal request fills its argument (a get) rather than
+/// reading it (a set).
+pub fn terminal_request_fills(request: u32) -> bool {
+    matches!(request, 0x5401 | 0x5413)
 }
 
 /// Every event starts with its kind and session, two little-endian u32s.

@@ -292,4 +292,13 @@ pub mod control {
     pub const TICK_VECTOR: u64 = 32;
     /// The tick period while the guest runs (none while it idles).
     pub const TICK_PERIOD_NS: u64 = 10_000_000;
+    /// Write: guest-physical address of a terminal request on the
+    /// process's own stdio, three little-endian u64s: the stream (0 stdin,
+    /// 1 stdout, 2 stderr) and the request (one of
+    /// [`crate::exec::TERMINAL_REQUESTS`]) as one u64 (`stream | request
+    /// << 32`), the guest-physical address of its argument, and the result
+    /// the VMM stores (0 or a negated errno: `-ENOTTY` when the stream is
+    /// no terminal). The runtime makes stdio a pty when the spec asks for
+    /// a terminal.
+    pub const TERMINAL_REQUEST: u64 = 0x80;
 }

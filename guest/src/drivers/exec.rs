@@ -112,6 +112,19 @@ pub fn write(session: u32, stream: u32, buf: &[u8]) -> Result<usize> {
     ))
 }
 
+/// A terminal request (`capsa_abi::exec::TERMINAL_REQUESTS`) on the
+/// stream, its argument in `arg` (kernel memory).
+pub fn ioctl(session: u32, stream: u32, request: u32, arg: &mut [u8]) -> Result<()> {
+    to_result(call(
+        op::IOCTL,
+        session,
+        stream,
+        arg.as_mut_ptr() as u64,
+        u64::from(request),
+    ))
+    .map(|_| ())
+}
+
 /// Whether the stream has input now (else the VMM says when it has).
 pub fn readable(session: u32, stream: u32) -> bool {
     call(op::POLL, session, stream, 0, 0) != 0

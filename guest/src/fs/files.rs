@@ -62,6 +62,9 @@ impl File for ConsoleIn {
     fn proc_name(&self) -> Vec<u8> {
         b"pipe:[1]".to_vec()
     }
+    fn as_any(&self) -> Option<&dyn core::any::Any> {
+        Some(self)
+    }
     fn poll(&self, dev: &mut Devices) -> (bool, bool) {
         let ready = match dev.stdio.and_then(|i| dev.consoles.get_mut(i)) {
             Some(c) => c.readable(),
@@ -106,6 +109,9 @@ impl File for ConsoleOut {
     fn proc_name(&self) -> Vec<u8> {
         alloc::format!("pipe:[{}]", 2 + u64::from(self.stderr)).into_bytes()
     }
+    fn as_any(&self) -> Option<&dyn core::any::Any> {
+        Some(self)
+    }
     fn poll(&self, _dev: &mut Devices) -> (bool, bool) {
         (false, true)
     }
@@ -128,6 +134,13 @@ pub struct ExecStream {
 }
 
 impl ExecStream {
+    /// A terminal request (`capsa_abi::exec::TERMINAL_REQUESTS`), its
+    /// argument in kernel memory: the host pty's, when the client asked
+    /// for a terminal; ENOTTY otherwise.
+    pub fn terminal(&self, request: u32, arg: &mut [u8]) -> Result<()> {
+        crate::drivers::exec::ioctl(self.session, self.stream, request, arg)
+    }
+
     fn ino(&self) -> u64 {
         (u64::from(self.session) << 2 | u64::from(self.stream)) + 0x1000
     }
@@ -175,6 +188,9 @@ impl File for ExecStream {
     }
     fn release(&self, _dev: &mut Devices) {
         crate::drivers::exec::close(self.session, self.stream);
+    }
+    fn as_any(&self) -> Option<&dyn core::any::Any> {
+        Some(self)
     }
 }
 

@@ -1,7 +1,8 @@
 //! Files: the VFS and its mounts over FUSE file systems (`vfs`, `fuse`),
 //! the fd table and the file-object trait (`fd`), the kinds of files
-//! (`files`: FUSE files and directories, the consoles; `pipe`; `event`:
-//! eventfd and epoll; `procfs`), and advisory locks (`locks`).
+//! (`files`: FUSE files and directories, the consoles; `pipe`; `pty`:
+//! pseudo-terminals; `event`: eventfd and epoll; `procfs`), and advisory
+//! locks (`locks`).
 
 pub mod event;
 pub mod fd;
@@ -10,6 +11,7 @@ pub mod fuse;
 pub mod locks;
 pub mod pipe;
 pub mod procfs;
+pub mod pty;
 pub mod vfs;
 
 use alloc::vec::Vec;
@@ -33,4 +35,6 @@ pub struct Devices {
     /// Set by a read that answers `EBLOCK` until stdin has input: the
     /// scheduler then also wakes the reader when the console has some.
     pub want_stdin: bool,
+    /// The pseudo-terminals.
+    pub ptys: pty::Ptys,
 }

@@ -215,6 +215,13 @@ impl Kernel {
         if let Some(p) = &process {
             self.report_exec_exit(p, status);
         }
+        // A session leader's end takes its controlling terminal from the
+        // session (Linux's disassociate_ctty).
+        if self.procs.get(pid).is_some_and(|t| t.sid == pid) {
+            if let Some(pty) = self.dev.ptys.of_session(pid) {
+                pty.borrow_mut().session = None;
+            }
+        }
         // Shared file mappings reach their files before the memory goes
         // (a vfork child's memory is its parent's, which keeps them).
         let lends_memory = self
@@ -514,6 +521,9 @@ impl Kernel {
         }
         self.take_host_signals();
         self.take_host_events();
+        if !self.dev.ptys.signals.is_empty() {
+            self.send_terminal_signals();
+        }
         // A process that keeps running never idles: its timers are checked
         // here, after every call and tick.
         let tgid = self.procs.tgid(self.cur);

@@ -223,6 +223,16 @@ impl Kernel {
         Ok(())
     }
 
+    /// Sends the signals a terminal's line discipline raised (INTR, QUIT,
+    /// SUSP typed on a pty's master) to the terminal's foreground group.
+    pub fn send_terminal_signals(&mut self) {
+        for (group, sig) in core::mem::take(&mut self.dev.ptys.signals) {
+            for pid in self.procs.kill_targets(self.cur, -group) {
+                self.send(pid, sig);
+            }
+        }
+    }
+
     /// Delivers the signals the host sent the VM (see
     /// `capsa_abi::HOST_SIGNALS_ADDR`) to the first process, which, as a
     /// container's pid 1, takes only those it has handlers for.

@@ -58,8 +58,6 @@ const F_DUPFD_CLOEXEC: u32 = 1030;
 const F_SETPIPE_SZ: u32 = 1031;
 const F_GETPIPE_SZ: u32 = 1032;
 const FD_CLOEXEC: u64 = 1;
-const TCGETS: u32 = 0x5401;
-const TIOCGWINSZ: u32 = 0x5413;
 const FIONBIO: u32 = 0x5421;
 const FIONCLEX: u32 = 0x5450;
 const FIOCLEX: u32 = 0x5451;
@@ -168,6 +166,9 @@ impl Kernel {
                 kind,
                 flags: flags & (O_ACCMODE | SETFL_MASK),
             }));
+        }
+        if let Some(opened) = self.open_terminal(&lexical, flags) {
+            return opened;
         }
         if procfs::is_proc(&lexical) {
             let follow = flags & O_NOFOLLOW == 0;
@@ -285,6 +286,59 @@ impl Kernel {
                 Ok(Rc::new(file))
             }
         }
+    }
+
+    /// memfd_create: an anonymous file in memory. The guest keeps no file
+    /// data of its own, so it is a file made and at once unlinked in the
+    /// instance's `/dev/shm` tmpfs (or `/tmp`, without one): its pages live
+    /// in host memory charged to the instance and are shared by every
+    /// mapping through the page cache, as any file's; `/proc` shows it as
+    /// Linux does, `/memfd:NAME (deleted)`. Seals are not kept (sealing
+    /// requests answer EINVAL, as on a file that does not allow them).
+    pub fn sys_memfd_create(&mut self, name: u64, flags: u32) -> Result<u64> {
+        const MFD_CLOEXEC: u32 = 1;
+        // MFD_ALLOW_SEALING, MFD_HUGETLB (with a page size in the top
+        // bits), MFD_NOEXEC_SEAL, MFD_EXEC: accepted; the file is the same.
+        const KNOWN: u32 = 0x1f | 0x3f << 26;
+        let name = self.user_cstr(name)?;
+        if flags & !KNOWN != 0 || name.len() > 249 {
+            return Err(Errno::EINVAL);
+        }
+        static NEXT: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+        let tgid = self.procs.tgid(self.cur);
+        let mut display = b"/memfd:".to_vec();
+        display.extend_from_slice(&name);
+        display.extend_from_slice(b" (deleted)");
+        for dir in [b"/dev/shm".as_slice(), b"/tmp"] {
+            let n = NEXT.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+            let path = [dir, alloc::format!("/.capsa-memfd-{tgid}-{n}").as_bytes()].concat();
+            let Ok((parent, leaf)) = self.walk_parent_at(AT_FDCWD, &path) else {
+                continue;
+            };
+            let Ok(fs) = self.dev.vfs.fs(parent.node.fs) else {
+                continue;
+            };
+            let Ok((id, _attr, fh)) =
+                fs.create(parent.node.id, &leaf, O_RDWR | O_EXCL, S_IFREG | 0o600, 0)
+            else {
+                continue;
+            };
+            let _ = fs.unlink(parent.node.id, &leaf, false);
+            self.dev.vfs.forget(parent.node, &leaf);
+            let file = FuseFile {
+                node: crate::fs::vfs::Node {
+                    fs: parent.node.fs,
+                    id,
+                },
+                fh,
+                flags: Cell::new(O_RDWR),
+                offset: Cell::new(0),
+                path: display,
+            };
+            file.revalidate(&mut self.dev);
+            return self.install(Rc::new(file), flags & MFD_CLOEXEC != 0);
+        }
+        Err(Errno::ENOSYS)
     }
 
     pub fn sys_close(&mut self, fd: i32) -> Result<u64> {
@@ -743,6 +797,9 @@ impl Kernel {
             }
             .stat(&mut self.dev);
         }
+        if let Some(stat) = self.stat_terminal(&lexical) {
+            return stat;
+        }
         if procfs::is_proc(&lexical) {
             let follow = flags & AT_SYMLINK_NOFOLLOW == 0;
             return match self.proc_entry(&lexical, follow, false)? {
@@ -858,6 +915,9 @@ impl Kernel {
         let lexical = self.lexical(&base, &path);
         if CharDev::by_path(&lexical).is_some() {
             return Ok(0);
+        }
+        if let Some(stat) = self.stat_terminal(&lexical) {
+            return stat.map(|_| 0);
         }
         if procfs::is_proc(&lexical) {
             return match self.proc_entry(&lexical, true, false)? {
@@ -1585,8 +1645,16 @@ impl Kernel {
                 .fds
                 .set_cloexec(fd, request == FIOCLEX)
                 .map(|_| 0),
-            // stdio are pipes or files in both isolation modes, never a terminal.
-            TCGETS | TIOCGWINSZ => Err(Errno::ENOTTY),
+            _ if crate::fs::pty::pty_of(&*entry.file).is_some() => {
+                self.pty_ioctl(&entry.file, request, arg)
+            }
+            request
+                if capsa_abi::exec::TERMINAL_REQUESTS
+                    .iter()
+                    .any(|&(r, _)| r == request) =>
+            {
+                self.host_terminal_ioctl(&*entry.file, request, arg)
+            }
             crate::net::FIONREAD | crate::net::SIOCOUTQ | 0x8900..=0x89ff
                 if crate::net::socket::socket_of(&*entry.file).is_some() =>
             {

@@ -9,6 +9,7 @@ pub mod net;
 pub mod process;
 pub mod signal;
 pub mod time;
+pub mod tty;
 
 use core::fmt::Write as _;
 
@@ -249,6 +250,7 @@ impl Kernel {
             280 => self.sys_utimensat(a0 as i32, a1, a2, a3 as u32),
             284 => self.sys_eventfd2(a0 as u32, 0),
             290 => self.sys_eventfd2(a0 as u32, a1 as u32),
+            319 => self.sys_memfd_create(a0, a1 as u32),
             213 if (a0 as i32) <= 0 => Err(Errno::EINVAL),
             213 => self.sys_epoll_create1(0),
             291 => self.sys_epoll_create1(a0 as u32),

@@ -1,7 +1,6 @@
 //! The container backend: the init sets up the root filesystem in its mount
 //! namespace, then becomes the container's process with execve.
 
-mod console;
 pub(crate) mod process;
 pub mod rootfs;
 

@@ -14,7 +14,7 @@ use nix::sys::signal::{SigHandler, SigSet, Signal};
 use nix::unistd::{Gid, Uid};
 use oci_spec::runtime::{Capabilities, LinuxCapabilities, Process};
 
-use super::{console, ContainerError};
+use super::ContainerError;
 use crate::backend::Init;
 use crate::paths::{self, PathError};
 use crate::spec::rlimit_resource;
@@ -189,7 +189,8 @@ pub fn exec_process(
     let path = resolve_executable(process)?;
     apply_rlimits(process)?;
     if let Some(socket) = console {
-        console::setup(socket, process.console_size()).map_err(ContainerError::Console)?;
+        crate::terminal::become_stdio(socket, process.console_size())
+            .map_err(ContainerError::Console)?;
     }
     close_extra_fds(preserve_fds);
 

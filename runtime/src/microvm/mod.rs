@@ -128,8 +128,8 @@ pub enum MicroVmError {
     ExecSocket(#[from] exec::ExecError),
     #[error("--isolation=microvm: cannot open /dev/kvm (microVMs need KVM)")]
     NoKvm(#[source] std::io::Error),
-    #[error("process.terminal: a terminal is not supported with --isolation=microvm")]
-    Terminal,
+    #[error("process.terminal: cannot give the microVM a terminal")]
+    Terminal(#[source] nix::Error),
     #[error(
         "linux.resources.memory.limit: {limit} bytes is too small for a microVM, \
          which needs at least {min} ({allowance} for the VMM and {guest} of guest RAM)"
@@ -700,10 +700,6 @@ impl Backend for MicroVmBackend {
             .write(true)
             .open("/dev/kvm")
             .map_err(MicroVmError::NoKvm)?;
-        let process = bundle.spec.process().as_ref();
-        if process.and_then(|p| p.terminal()).unwrap_or(false) {
-            return Err(MicroVmError::Terminal.into());
-        }
         ram_size(memory_limit(&bundle.spec))?;
         for m in guest_mounts(&bundle.spec, &bundle.dir) {
             let source = match &m.source {
@@ -940,6 +936,14 @@ fn become_vmm(mut init: Init) -> Result<Infallible> {
         }
         if process.domainname.is_empty() {
             process.domainname = domainname;
+        }
+    }
+    // A terminal is a host pty as the VMM's stdio, which the guest's
+    // process uses: the guest asks the VMM for its terminal requests.
+    if init.process().terminal().unwrap_or(false) {
+        if let Some(socket) = init.console_socket.take() {
+            crate::terminal::become_stdio(socket, init.process().console_size())
+                .map_err(MicroVmError::Terminal)?;
         }
     }
     // The init's channel and fifo are not the guest's business.

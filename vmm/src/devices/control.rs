@@ -1,6 +1,7 @@
 //! The capsa control registers (`capsa_abi::control`): exit status, clocks,
 //! idling, debug log, panic, batched MMIO and free page reporting.
 
+use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -147,6 +148,31 @@ impl Control {
         }
     }
 
+    /// A terminal request on the VMM's own stdio (the process's): the
+    /// request at `at` names the stream and its argument; the result goes
+    /// back beside them. A request outside guest RAM is ignored.
+    fn terminal_request(&self, at: u64) {
+        let mut raw = [0u8; 16];
+        if self.mem.read_slice(&mut raw, GuestAddress(at)).is_err() {
+            return;
+        }
+        let word = value_of(&raw[..8]);
+        let (stream, request) = (word & 0xffff_ffff, (word >> 32) as u32);
+        let result = if stream <= 2 {
+            super::terminal_request(
+                &self.mem,
+                stream as RawFd,
+                request,
+                GuestAddress(value_of(&raw[8..])),
+            )
+        } else {
+            -i64::from(libc::EBADF)
+        };
+        if let Some(result_at) = at.checked_add(16) {
+            let _ = self.mem.write_obj(result, GuestAddress(result_at));
+        }
+    }
+
     fn debug_message(&mut self, len: u64) {
         let len = usize::try_from(len)
             .unwrap_or(usize::MAX)
@@ -211,6 +237,10 @@ impl BusDevice for Control {
             }
             reg::POPULATE_ADDR => {
                 self.populate(value);
+                Action::Continue
+            }
+            reg::TERMINAL_REQUEST => {
+                self.terminal_request(value);
                 Action::Continue
             }
             reg::TICK_ENTRY_ADDR => {

@@ -3,6 +3,10 @@
 //!
 //! End of input: the VMM completes a receive buffer with zero bytes (the
 //! virtio console has no EOF of its own).
+//!
+//! When the spec asks for a terminal, the VMM's stdio is a host pty:
+//! [`terminal_request`] has the VMM carry out the process's terminal
+//! requests on it (virtio-console's own size field covers only the size).
 
 use alloc::vec;
 use alloc::vec::Vec;
@@ -136,5 +140,31 @@ impl Console {
             // Block until the VMM has input for us, then ask again.
             control_write(control::IDLE_NS, u64::MAX);
         }
+    }
+}
+
+/// A terminal request (`capsa_abi::exec::TERMINAL_REQUESTS`) on the
+/// process's own stream (0 stdin, 1 stdout, 2 stderr), its argument in
+/// kernel memory: the VMM asks its own stdio, a host pty when the spec
+/// asked for a terminal (else ENOTTY).
+pub fn terminal_request(stream: u32, request: u32, arg: &mut [u8]) -> Result<()> {
+    let mut words = [
+        u64::from(stream) | u64::from(request) << 32,
+        arg.as_mut_ptr() as u64,
+        0,
+    ];
+    let at = words.as_mut_ptr();
+    // The VMM reads the request during the write's exit and stores the
+    // result then: memory in order around it.
+    core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
+    control_write(control::TERMINAL_REQUEST, at as u64);
+    core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
+    // SAFETY: `words` lives on the kernel stack until here; the VMM wrote
+    // its third word during the exit.
+    let result = unsafe { core::ptr::read_volatile(at.add(2)) } as i64;
+    if cfg!(test) || result == 0 {
+        Ok(())
+    } else {
+        Err(Errno(i32::try_from(-result).unwrap_or(25)))
     }
 }

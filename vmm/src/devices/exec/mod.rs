@@ -367,6 +367,13 @@ impl Exec {
                 self.forget_if_over(call.session);
                 0
             }
+            op::IOCTL => {
+                let Some(fd) = self.stream(call) else {
+                    return abi::EBADF;
+                };
+                let request = u32::try_from(call.len).unwrap_or(0);
+                super::terminal_request(&self.mem, fd, request, addr)
+            }
             op::STARTED => {
                 let pid = u32::try_from(call.len).unwrap_or(0);
                 self.reply(call.session, &Reply::Started(pid));
