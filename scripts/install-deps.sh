@@ -9,7 +9,10 @@ set -euo pipefail
 # curl is the host's client of a published port in tests/podman.rs.
 # docker.io is dockerd and its client for tests/docker.rs, which starts a
 # private daemon of its own (see below for the system one).
-packages=(busybox-static runc podman netavark aardvark-dns iptables curl containerd docker.io libseccomp-dev pkg-config iproute2 util-linux gcc g++ libc6-dev gawk python3 libpython3.11-testsuite openjdk-17-jdk-headless nodejs python3-pip)
+# containernetworking-plugins are the CNI plugins (/usr/lib/cni) the pods of
+# tests/cri.rs get their network from; protobuf-compiler is the protoc that
+# the k8s-cri crate's build script needs for the CRI's gRPC types.
+packages=(busybox-static runc podman netavark aardvark-dns iptables curl containerd containernetworking-plugins protobuf-compiler docker.io libseccomp-dev pkg-config iproute2 util-linux gcc g++ libc6-dev gawk python3 libpython3.11-testsuite openjdk-17-jdk-headless nodejs python3-pip)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -159,6 +159,12 @@ pub enum MicroVmError {
         #[source]
         source: nix::Error,
     },
+    #[error("{field}: cannot set it in the VMM's UTS namespace")]
+    UtsNames {
+        field: &'static str,
+        #[source]
+        source: nix::Error,
+    },
     #[error("linux.rootfsPropagation: cannot make the VMM's mounts private")]
     Propagation(#[source] nix::Error),
     #[error("cannot build the VMM's jail at {path}")]
@@ -783,6 +789,9 @@ impl Backend for MicroVmBackend {
             None::<&str>,
         )
         .map_err(MicroVmError::Propagation)?;
+        if init.has_new(LinuxNamespaceType::Uts) {
+            set_uts_names(&init.spec)?;
+        }
         init.run_runtime_hooks().map_err(MicroVmError::from)?;
         // A namespace of our own has only lo: nothing to hand over.
         let net = if init.has_new(LinuxNamespaceType::Network) {
@@ -882,6 +891,30 @@ fn joined_namespace(spec: &Spec, kind: LinuxNamespaceType) -> Option<PathBuf> {
         .find(|ns| ns.typ() == kind)?
         .path()
         .clone()
+}
+
+/// Gives the VMM's own UTS namespace the spec's hostname and NIS domain
+/// name, as a container's gets them: a pod whose sandbox is a microVM has
+/// its containers join that namespace by path, and [`uts_names`] reads the
+/// pod's names there.
+fn set_uts_names(spec: &Spec) -> Result<()> {
+    if let Some(hostname) = spec.hostname() {
+        nix::unistd::sethostname(hostname).map_err(|source| MicroVmError::UtsNames {
+            field: "hostname",
+            source,
+        })?;
+    }
+    if let Some(domainname) = spec.domainname() {
+        // SAFETY: the pointer and length describe a live byte slice.
+        let ret = unsafe { libc::setdomainname(domainname.as_ptr().cast(), domainname.len()) };
+        if ret != 0 {
+            return Err(MicroVmError::UtsNames {
+                field: "domainname",
+                source: nix::Error::last(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The hostname and NIS domain name of the UTS namespace at `path`.
