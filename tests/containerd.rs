@@ -110,28 +110,47 @@ fn import_busybox(containerd: &Containerd) -> String {
     name
 }
 
+/// `ctr run` of `image` as `id` through capsa in `isolation`, with `flags`
+/// before the image (`--rm`, `-d`) and `args` after the id.
+fn ctr_run(
+    containerd: &Containerd,
+    isolation: &str,
+    flags: &[&str],
+    image: &str,
+    id: &str,
+    args: &[&str],
+) -> std::process::Output {
+    let capsa = capsa_bin().display().to_string();
+    let annotation = format!("dev.capsa.isolation={isolation}");
+    let mut all = vec!["run"];
+    all.extend_from_slice(flags);
+    all.extend([
+        "--runc-binary",
+        &capsa,
+        "--annotation",
+        &annotation,
+        image,
+        id,
+    ]);
+    all.extend_from_slice(args);
+    containerd.ctr(&all)
+}
+
 #[test]
 fn containerd_runs_containers_and_microvms_through_capsa() {
     let containerd = Containerd::start();
     let image = import_busybox(&containerd);
-    let capsa = capsa_bin().display().to_string();
     let script = "echo hello from $(uname -r | cut -d- -f2); exit 5";
     for (isolation, kernel) in [("container", None), ("microvm", Some("capsa"))] {
         let id = unique_id(isolation);
-        let annotation = format!("dev.capsa.isolation={isolation}");
-        let out = containerd.ctr(&[
-            "run",
-            "--rm",
-            "--runc-binary",
-            &capsa,
-            "--annotation",
-            &annotation,
+        let out = ctr_run(
+            &containerd,
+            isolation,
+            &["--rm"],
             &image,
             &id,
-            "sh",
-            "-c",
-            script,
-        ]);
+            &["sh", "-c", script],
+        );
         assert_eq!(out.status.code(), Some(5), "{isolation}: {}", stderr(&out));
         let text = stdout(&out);
         assert!(text.starts_with("hello from "), "{isolation}: {text:?}");
@@ -152,22 +171,16 @@ fn containerd_runs_containers_and_microvms_through_capsa() {
 fn ctr_task_exec_runs_in_containers_and_microvms() {
     let containerd = Containerd::start();
     let image = import_busybox(&containerd);
-    let capsa = capsa_bin().display().to_string();
     for (isolation, kernel) in [("container", "host"), ("microvm", "capsa")] {
         let id = unique_id(isolation);
-        let annotation = format!("dev.capsa.isolation={isolation}");
-        let out = containerd.ctr(&[
-            "run",
-            "-d",
-            "--runc-binary",
-            &capsa,
-            "--annotation",
-            &annotation,
+        let out = ctr_run(
+            &containerd,
+            isolation,
+            &["-d"],
             &image,
             &id,
-            "sleep",
-            "1000",
-        ]);
+            &["sleep", "1000"],
+        );
         assert!(
             out.status.success(),
             "{isolation}: ctr run -d: {}",

@@ -21,7 +21,7 @@ use crate::kernel::Kernel;
 use crate::mm::space::Space;
 use crate::mm::Mm;
 use crate::task::process::{Context, ExitStatus, Pid};
-use crate::task::{Creds, Launch, Process};
+use crate::task::{Launch, Process};
 
 const SIGKILL: u32 = 9;
 
@@ -88,20 +88,7 @@ impl Kernel {
                 return device::failed(session, b"the pids limit is reached");
             }
         };
-        let mut creds = Creds {
-            uid: spec.uid,
-            euid: spec.uid,
-            suid: spec.uid,
-            gid: spec.gid,
-            egid: spec.gid,
-            sgid: spec.gid,
-            fsuid: spec.uid,
-            fsgid: spec.gid,
-            groups: spec.groups.clone(),
-            caps: spec.capabilities,
-            keep_caps: false,
-        };
-        creds.fix_exec(spec.no_new_privileges);
+        let creds = spec.creds();
         let mut process = Process {
             mm: Mm::new(self.frames.user_lo, self.frames.user_hi),
             space: Some(space),

@@ -40,7 +40,7 @@ use crate::mm::space::{self, Frames, Space};
 use crate::mm::{page_up, PAGE_SIZE, PROT_EXEC, PROT_READ, PROT_WRITE};
 use crate::task::process::{Pid, ProcTable, INIT};
 use crate::task::signal::Signals;
-use crate::task::{Creds, Process, Thread};
+use crate::task::{Process, Thread};
 use spec::{ProcessSpec, RLIMIT_STACK};
 use time::Clock;
 
@@ -408,22 +408,7 @@ pub fn boot(boot_info: u64) -> ! {
         }
     }
 
-    let mut creds = Creds {
-        uid: spec.uid,
-        euid: spec.uid,
-        suid: spec.uid,
-        gid: spec.gid,
-        egid: spec.gid,
-        sgid: spec.gid,
-        fsuid: spec.uid,
-        fsgid: spec.gid,
-        groups: spec.groups.clone(),
-        caps: spec.capabilities,
-        keep_caps: false,
-    };
-    // The sets are what the runtime set before its execve of the program:
-    // what the program sees is what that execve leaves.
-    creds.fix_exec(spec.no_new_privileges);
+    let creds = spec.creds();
     // Finding and loading the program is the first process's system time
     // (setting up the devices before is nobody's).
     let clock_start = clock.cpu_ticks();

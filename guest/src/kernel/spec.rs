@@ -122,6 +122,27 @@ impl ProcessSpec {
         (spec, malformed)
     }
 
+    /// The credentials of a process started with this spec: its ids, and
+    /// the capability sets the runtime set before its execve of the
+    /// program, as that execve leaves them.
+    pub fn creds(&self) -> crate::task::Creds {
+        let mut creds = crate::task::Creds {
+            uid: self.uid,
+            euid: self.uid,
+            suid: self.uid,
+            gid: self.gid,
+            egid: self.gid,
+            sgid: self.gid,
+            fsuid: self.uid,
+            fsgid: self.gid,
+            groups: self.groups.clone(),
+            caps: self.capabilities,
+            keep_caps: false,
+        };
+        creds.fix_exec(self.no_new_privileges);
+        creds
+    }
+
     /// The value of `PATH` in the process environment, if set.
     pub fn env_var(&self, name: &[u8]) -> Option<&[u8]> {
         crate::kernel::env_var(&self.env, name)
