@@ -2301,8 +2301,13 @@ fn extended_attributes_in_both_modes() {
 /// pty and the guest asks the VMM for the process's terminal requests).
 #[test]
 fn a_terminal_in_the_spec_is_the_process_s_tty_in_both_modes() {
+    // A resize of the master reaches the process as SIGWINCH (the
+    // microVM's VMM, the terminal's process group, passes it on) and the
+    // new size reads back.
     let script = "[ -t 0 ] && [ -t 1 ] && [ -t 2 ] && echo is-a-tty; stty size; \
-                  stty -echo; stty | grep -c -- -echo; exit 3";
+                  stty -echo; stty | grep -c -- -echo; \
+                  trap 'stty size; exit 3' WINCH; echo resize me; \
+                  while :; do sleep 1; done";
     let mut bundle = TestBundle::busybox(&["sh", "-c", script]);
     bundle.edit(|c| {
         c["process"]["terminal"] = serde_json::json!(true);
@@ -2323,7 +2328,35 @@ fn a_terminal_in_the_spec_is_the_process_s_tty_in_both_modes() {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("capsa run");
-        let output = read_master(receive_master(&listener));
+        let mut master = receive_master(&listener);
+        let mut output = Vec::new();
+        while !String::from_utf8_lossy(&output).contains("resize me\r\n") {
+            let mut buf = [0u8; 256];
+            let n = std::io::Read::read(&mut master, &mut buf).expect("read the master");
+            assert!(n > 0, "{mode}: the terminal closed before the resize");
+            output.extend_from_slice(&buf[..n]);
+        }
+        let size = libc::winsize {
+            ws_row: 40,
+            ws_col: 120,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ reads a winsize we own, on the master we hold.
+        let resized = unsafe {
+            libc::ioctl(
+                std::os::fd::AsRawFd::as_raw_fd(&master),
+                libc::TIOCSWINSZ,
+                &size,
+            )
+        };
+        assert_eq!(
+            resized,
+            0,
+            "TIOCSWINSZ: {}",
+            std::io::Error::last_os_error()
+        );
+        let output = String::from_utf8_lossy(&output).into_owned() + &read_master(master);
         let out = child.wait_with_output().expect("wait");
         capsa.assert_nothing_left(&id);
         seen.push((out.status.code(), output, stderr(&out)));
@@ -2333,7 +2366,7 @@ fn a_terminal_in_the_spec_is_the_process_s_tty_in_both_modes() {
         seen[0],
         (
             Some(3),
-            "is-a-tty\r\n30 100\r\n1\r\n".to_string(),
+            "is-a-tty\r\n30 100\r\n1\r\nresize me\r\n40 120\r\n".to_string(),
             String::new()
         )
     );

@@ -10,14 +10,18 @@
 
 use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 
-/// The signals passed to the guest. SIGKILL and SIGSTOP act on the VMM itself.
-const FORWARDED: [libc::c_int; 6] = [
+/// The signals passed to the guest. SIGKILL and SIGSTOP act on the VMM
+/// itself. SIGWINCH comes from the terminal the VMM's stdio is when the
+/// spec asks for one (a resize by whoever holds the master): the guest's
+/// process then reads the new size through its terminal requests.
+const FORWARDED: [libc::c_int; 7] = [
     libc::SIGHUP,
     libc::SIGINT,
     libc::SIGQUIT,
     libc::SIGUSR1,
     libc::SIGUSR2,
     libc::SIGTERM,
+    libc::SIGWINCH,
 ];
 
 /// The word the handler sets bits in (null: none, signals are dropped).
