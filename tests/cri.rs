@@ -907,9 +907,18 @@ fn pod_lifecycle(handler: Handler) {
             container.to_string()
         }
     };
-    assert_eq!(program(sandbox_pid), expected("pause"), "the sandbox");
+    // StartContainer returns once the runtime's `start` has, as with runc:
+    // the container's process may not have executed its program yet.
+    let runs = |pid: i64, want: String| {
+        poll(
+            &format!("pid {pid} runs {want}"),
+            Duration::from_secs(30),
+            || (program(pid) == want).then_some(()),
+        )
+    };
+    runs(sandbox_pid, expected("pause"));
     for c in containers {
-        assert_eq!(program(c.pid), expected("busybox"), "{}", c.id);
+        runs(c.pid, expected("busybox"));
         // The pod's annotations as the handler lets them through.
         assert_eq!(c.annotations["dev.capsa.hugepages"], "true", "{}", c.id);
         assert_eq!(
