@@ -240,6 +240,7 @@ fn files_paths_time_and_polling_modules_agree() {
             "test_time",
             "test_select",
             "test_selectors",
+            "test_fcntl",
         ],
         &[],
     );

@@ -2468,3 +2468,75 @@ fn memfd_and_a_pty_with_its_line_discipline_in_both_modes() {
         show(&out)
     );
 }
+
+const DNOTIFY_C: &str = r#"
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static volatile sig_atomic_t sigios;
+static void on_sigio(int sig) { (void)sig; sigios++; }
+
+int main(void) {
+    signal(SIGIO, on_sigio);
+    mkdir("/tmp/watched", 0755);
+    int dir = open("/tmp/watched", O_RDONLY | O_DIRECTORY);
+    int plain = open("/tmp", O_RDONLY);
+    int file = open("/etc/hostname", O_RDONLY);
+    printf("not a directory: %d\n", fcntl(file, F_NOTIFY, DN_CREATE) == -1);
+    printf("multishot alone: %d\n", fcntl(plain, F_NOTIFY, DN_MULTISHOT));
+    printf("watch: %d\n", fcntl(dir, F_NOTIFY, DN_CREATE | DN_DELETE | DN_MODIFY | DN_MULTISHOT));
+    int f = open("/tmp/watched/a", O_CREAT | O_WRONLY, 0600);
+    printf("after create: %d\n", sigios);
+    write(f, "x", 1);
+    printf("after write: %d\n", sigios);
+    close(f);
+    rename("/tmp/watched/a", "/tmp/watched/b");
+    printf("after rename (a delete and a create): %d\n", sigios);
+    unlink("/tmp/watched/b");
+    printf("after unlink: %d\n", sigios);
+    mkdir("/tmp/elsewhere", 0755);
+    printf("after a change elsewhere: %d\n", sigios);
+    /* Events add to a watch; none ends it; then a one-shot watch. */
+    close(open("/tmp/watched/keep", O_CREAT | O_WRONLY, 0600));
+    fcntl(dir, F_NOTIFY, DN_ATTRIB);
+    chmod("/tmp/watched/keep", 0644);
+    printf("added attrib: %d\n", sigios);
+    fcntl(dir, F_NOTIFY, 0);
+    close(open("/tmp/watched/c", O_CREAT | O_WRONLY, 0600));
+    printf("ended: %d\n", sigios);
+    fcntl(dir, F_NOTIFY, DN_CREATE);
+    close(open("/tmp/watched/d", O_CREAT | O_WRONLY, 0600));
+    close(open("/tmp/watched/e", O_CREAT | O_WRONLY, 0600));
+    printf("one-shot: %d\n", sigios);
+    return 0;
+}
+"#;
+
+/// dnotify (fcntl F_NOTIFY): SIGIO for the events a directory's watch
+/// asks for, again with DN_MULTISHOT, once without.
+#[test]
+fn directory_notification_in_both_modes() {
+    let mut bundle = c_program_fixture("dnotify", DNOTIFY_C, &["-static", "-O1"]);
+    bundle.edit(|c| {
+        c["mounts"].as_array_mut().expect("mounts").push(json!({
+            "destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
+            "options": ["nosuid", "nodev", "mode=1777"]
+        }))
+    });
+    let out = both("dnotify", &bundle, None);
+    assert_eq!(
+        (out.status.code(), stdout(&out).as_str()),
+        (
+            Some(0),
+            "not a directory: 1\nmultishot alone: 0\nwatch: 0\nafter create: 1\n\
+             after write: 2\nafter rename (a delete and a create): 3\nafter unlink: 4\n\
+             after a change elsewhere: 4\nadded attrib: 6\nended: 6\none-shot: 7\n"
+        ),
+        "{}",
+        show(&out)
+    );
+}

@@ -9,6 +9,7 @@ pub mod fd;
 pub mod files;
 pub mod fuse;
 pub mod locks;
+pub mod notify;
 pub mod pipe;
 pub mod procfs;
 pub mod pty;
@@ -37,4 +38,6 @@ pub struct Devices {
     pub want_stdin: bool,
     /// The pseudo-terminals.
     pub ptys: pty::Ptys,
+    /// Directory change notification watches (`F_NOTIFY`).
+    pub dnotify: notify::DirNotify,
 }

@@ -333,6 +333,7 @@ pub fn boot(boot_info: u64) -> ! {
         rng: Rng::new(seed, hardware_rng),
         want_stdin: false,
         ptys: Default::default(),
+        dnotify: Default::default(),
     };
     // Device index in BootInfo -> file system index.
     let mut fs_of_device = BTreeMap::new();

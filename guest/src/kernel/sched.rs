@@ -524,6 +524,10 @@ impl Kernel {
         if !self.dev.ptys.signals.is_empty() {
             self.send_terminal_signals();
         }
+        for pid in core::mem::take(&mut self.dev.dnotify.signals) {
+            // SIGIO, dnotify's signal.
+            self.send(pid, 29);
+        }
         // A process that keeps running never idles: its timers are checked
         // here, after every call and tick.
         let tgid = self.procs.tgid(self.cur);

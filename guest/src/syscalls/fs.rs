@@ -11,6 +11,7 @@ use crate::fs::files::{CharDev, FuseDir, FuseFile, PathFile};
 use crate::fs::fuse::{fattr, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG};
 use crate::fs::fuse::{SetAttr, XattrValue};
 use crate::fs::locks::{LockKey, Owner, RecordLock};
+use crate::fs::notify;
 use crate::fs::procfs;
 use crate::fs::vfs::{self, Walk};
 use crate::kernel::Kernel;
@@ -56,6 +57,7 @@ fn lock_key(file: &Rc<dyn File>) -> LockKey {
 }
 const F_DUPFD_CLOEXEC: u32 = 1030;
 const F_SETPIPE_SZ: u32 = 1031;
+const F_NOTIFY: u32 = 1026;
 const F_GETPIPE_SZ: u32 = 1032;
 const FD_CLOEXEC: u64 = 1;
 const FIONBIO: u32 = 0x5421;
@@ -220,6 +222,7 @@ impl Kernel {
                         path: vfs::join(&dir.path, &name),
                     };
                     file.revalidate(&mut self.dev);
+                    self.dir_event(&dir.path, notify::DN_CREATE);
                     return Ok(Rc::new(file));
                 }
                 Err(e) => return Err(e),
@@ -341,6 +344,23 @@ impl Kernel {
         Err(Errno::ENOSYS)
     }
 
+    /// `event` happened to an entry of directory `dir` (a canonical path):
+    /// dnotify's watches of it owe their owners a SIGIO.
+    fn dir_event(&mut self, dir: &[u8], event: u32) {
+        if !self.dev.dnotify.is_empty() {
+            self.dev.dnotify.event(dir, event);
+        }
+    }
+
+    /// `event` happened to a regular file through `file`: its directory's
+    /// watches hear of it (by the path it was opened as).
+    fn file_event(&mut self, file: &dyn File, event: u32) {
+        if !self.dev.dnotify.is_empty() && file.cache_key().is_some() {
+            let path = file.proc_name();
+            self.dir_event(notify::parent(&path), event);
+        }
+    }
+
     pub fn sys_close(&mut self, fd: i32) -> Result<u64> {
         let entry = self.proc_mut().fds.remove(fd)?;
         self.release_if_last(entry);
@@ -380,7 +400,9 @@ impl Kernel {
     pub fn sys_read(&mut self, fd: i32, buf: u64, len: u64) -> Result<u64> {
         let file = self.proc_mut().fds.file(fd)?;
         let buf = self.user_buf_mut(buf, len as usize)?;
-        file.read(&mut self.dev, buf).map(|n| n as u64)
+        let n = file.read(&mut self.dev, buf)?;
+        self.file_event(&*file, notify::DN_ACCESS);
+        Ok(n as u64)
     }
 
     pub fn sys_write(&mut self, fd: i32, buf: u64, len: u64) -> Result<u64> {
@@ -390,19 +412,25 @@ impl Kernel {
             return self.sys_sendto(fd, buf, len, 0, 0, 0);
         }
         let buf = self.user_buf(buf, len as usize)?;
-        file.write(&mut self.dev, buf).map(|n| n as u64)
+        let n = file.write(&mut self.dev, buf)?;
+        self.file_event(&*file, notify::DN_MODIFY);
+        Ok(n as u64)
     }
 
     pub fn sys_pread(&mut self, fd: i32, buf: u64, len: u64, offset: u64) -> Result<u64> {
         let file = self.proc_mut().fds.file(fd)?;
         let buf = self.user_buf_mut(buf, len as usize)?;
-        file.pread(&mut self.dev, buf, offset).map(|n| n as u64)
+        let n = file.pread(&mut self.dev, buf, offset)?;
+        self.file_event(&*file, notify::DN_ACCESS);
+        Ok(n as u64)
     }
 
     pub fn sys_pwrite(&mut self, fd: i32, buf: u64, len: u64, offset: u64) -> Result<u64> {
         let file = self.proc_mut().fds.file(fd)?;
         let buf = self.user_buf(buf, len as usize)?;
-        file.pwrite(&mut self.dev, buf, offset).map(|n| n as u64)
+        let n = file.pwrite(&mut self.dev, buf, offset)?;
+        self.file_event(&*file, notify::DN_MODIFY);
+        Ok(n as u64)
     }
 
     /// The buffers of an iovec array; `write`: the kernel fills them.
@@ -472,6 +500,7 @@ impl Kernel {
                 Some(o) => file.pwrite(&mut self.dev, &joined, o)?,
                 None => file.write(&mut self.dev, &joined)?,
             };
+            self.file_event(&*file, notify::DN_MODIFY);
             return Ok(n as u64);
         }
         let mut total = 0u64;
@@ -490,6 +519,7 @@ impl Kernel {
                 break;
             }
         }
+        self.file_event(&*file, notify::DN_MODIFY);
         Ok(total)
     }
 
@@ -990,6 +1020,7 @@ impl Kernel {
             umask,
         )?;
         self.dev.vfs.remember(dir.node, &name, id, &attr);
+        self.dir_event(&dir.path, notify::DN_CREATE);
         Ok(0)
     }
 
@@ -1029,6 +1060,7 @@ impl Kernel {
             umask,
         )?;
         self.dev.vfs.remember(dir.node, name, id, &attr);
+        self.dir_event(&dir.path, notify::DN_CREATE);
         Ok(vfs::Node {
             fs: dir.node.fs,
             id,
@@ -1045,6 +1077,9 @@ impl Kernel {
             .fs(dir.node.fs)?
             .unlink(dir.node.id, &name, rmdir);
         self.dev.vfs.forget(dir.node, &name);
+        if result.is_ok() {
+            self.dir_event(&dir.path, notify::DN_DELETE);
+        }
         result.map(|_| 0)
     }
 
@@ -1085,6 +1120,10 @@ impl Kernel {
         );
         self.dev.vfs.forget(olddir.node, &oldname);
         self.dev.vfs.forget(newdir.node, &newname);
+        if result.is_ok() {
+            self.dir_event(&olddir.path, notify::DN_RENAME | notify::DN_DELETE);
+            self.dir_event(&newdir.path, notify::DN_RENAME | notify::DN_CREATE);
+        }
         result.map(|_| 0)
     }
 
@@ -1109,6 +1148,7 @@ impl Kernel {
             .fs(dir.node.fs)?
             .link(old.node.id, dir.node.id, &name)?;
         self.dev.vfs.remember(dir.node, &name, id, &attr);
+        self.dir_event(&dir.path, notify::DN_CREATE);
         Ok(0)
     }
 
@@ -1122,6 +1162,7 @@ impl Kernel {
             .fs(dir.node.fs)?
             .symlink(dir.node.id, &name, &target)?;
         self.dev.vfs.remember(dir.node, &name, id, &attr);
+        self.dir_event(&dir.path, notify::DN_CREATE);
         Ok(0)
     }
 
@@ -1150,7 +1191,14 @@ impl Kernel {
         };
         let attr = self.dev.vfs.fs(w.node.fs)?.getattr(w.node.id, None)?;
         self.check_setattr(Some(w.node), attr.uid, attr.gid, set)?;
-        crate::fs::files::set_node_attr(&mut self.dev, w.node, None, set).map(|_| 0)
+        crate::fs::files::set_node_attr(&mut self.dev, w.node, None, set)?;
+        let event = if set.valid & fattr::SIZE != 0 {
+            notify::DN_MODIFY
+        } else {
+            notify::DN_ATTRIB
+        };
+        self.dir_event(notify::parent(&w.path), event);
+        Ok(0)
     }
 
     /// Refuses what `set` changes of a file owned by `uid`/`gid` unless
@@ -1507,6 +1555,13 @@ impl Kernel {
             }
             F_SETLK | F_SETLKW | F_OFD_SETLK | F_OFD_SETLKW | F_GETLK | F_OFD_GETLK => {
                 self.record_lock(&entry.file, cmd, arg)
+            }
+            F_NOTIFY => {
+                let file = entry.file;
+                let dir = file.dir_path().ok_or(Errno::ENOTDIR)?.to_vec();
+                let owner = self.procs.tgid(self.cur);
+                self.dev.dnotify.set(&dir, &file, owner, arg as u32);
+                Ok(0)
             }
             F_GETPIPE_SZ | F_SETPIPE_SZ => {
                 let end = crate::fs::pipe::pipe_end(&*entry.file).ok_or(Errno::EBADF)?;
