@@ -32,6 +32,9 @@ use fuse_backend_rs::api::filesystem::{
 };
 use fuse_backend_rs::transport::FsCacheReqHandler;
 
+/// Linux's largest extended attribute value and name list (64 KiB).
+const XATTR_MAX: u32 = 65536;
+
 pub struct FixedFlags<FS> {
     inner: FS,
     /// Open flags of each file handle the inner file system returned, as it
@@ -189,6 +192,24 @@ impl<FS: FileSystem<Inode = u64, Handle = u64>> FileSystem for FixedFlags<FS> {
         Ok(())
     }
 
+    // The passthrough allocates the buffer a request's size names before
+    // asking the host: a guest asking for 4 GiB would make the VMM allocate
+    // it. Linux caps both at 64 KiB (XATTR_SIZE_MAX, XATTR_LIST_MAX), so a
+    // larger size answers the same.
+    fn getxattr(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        name: &CStr,
+        size: u32,
+    ) -> io::Result<GetxattrReply> {
+        self.inner.getxattr(ctx, inode, name, size.min(XATTR_MAX))
+    }
+
+    fn listxattr(&self, ctx: &Context, inode: u64, size: u32) -> io::Result<ListxattrReply> {
+        self.inner.listxattr(ctx, inode, size.min(XATTR_MAX))
+    }
+
     fn destroy(&self) {
         self.inner.destroy();
         if let Ok(mut handles) = self.handles.lock() {
@@ -216,8 +237,6 @@ impl<FS: FileSystem<Inode = u64, Handle = u64>> FileSystem for FixedFlags<FS> {
         fn fallocate(&self, ctx: &Context, inode: u64, handle: u64, mode: u32, offset: u64, length: u64) -> io::Result<()>;
         fn statfs(&self, ctx: &Context, inode: u64) -> io::Result<statvfs64>;
         fn setxattr(&self, ctx: &Context, inode: u64, name: &CStr, value: &[u8], flags: u32) -> io::Result<()>;
-        fn getxattr(&self, ctx: &Context, inode: u64, name: &CStr, size: u32) -> io::Result<GetxattrReply>;
-        fn listxattr(&self, ctx: &Context, inode: u64, size: u32) -> io::Result<ListxattrReply>;
         fn removexattr(&self, ctx: &Context, inode: u64, name: &CStr) -> io::Result<()>;
         fn readdir(&self, ctx: &Context, inode: u64, handle: u64, size: u32, offset: u64, add_entry: &mut dyn FnMut(DirEntry) -> io::Result<usize>) -> io::Result<()>;
         fn readdirplus(&self, ctx: &Context, inode: u64, handle: u64, size: u32, offset: u64, add_entry: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>) -> io::Result<()>;
