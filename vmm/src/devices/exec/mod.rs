@@ -32,6 +32,10 @@ use protocol::{Reply, Request};
 
 /// Sessions alive at once (started, or still holding streams).
 pub const MAX_SESSIONS: usize = 64;
+/// Events waiting for the guest at most: past it, a client's further
+/// signals are dropped (a guest that does not fetch them cannot make the
+/// VMM's memory grow; standard signals coalesce on Linux too).
+const MAX_QUEUED_EVENTS: usize = 1024;
 /// The most a single stream call moves.
 const MAX_IO: usize = 64 << 10;
 /// The longest failure message the VMM copies out of the guest.
@@ -226,7 +230,9 @@ impl Exec {
                 }
                 (Ok(Request::Start(_)), _) => Err(String::from("the session already started")),
                 (Ok(Request::Signal(sig)), Some(s)) if s.requested && !s.ended => {
-                    self.queue_event(abi::event::SIGNAL, session, &sig.to_le_bytes());
+                    if self.events.len() < MAX_QUEUED_EVENTS {
+                        self.queue_event(abi::event::SIGNAL, session, &sig.to_le_bytes());
+                    }
                     Ok(None)
                 }
                 (Ok(Request::Signal(_)), _) => Ok(None),

@@ -281,6 +281,27 @@ fn hostile_calls_and_messages_are_refused() {
 }
 
 #[test]
+fn queued_signals_are_bounded() {
+    let mut f = Fixture::new();
+    let client = f.connect();
+    let (a, _b) = pipe();
+    client
+        .send_with_fds(
+            &[&Request::Start(&spec()).encode()[..]],
+            &[a.as_raw_fd(); 3],
+        )
+        .unwrap();
+    f.exec.poll_input();
+    for _ in 0..MAX_QUEUED_EVENTS + 50 {
+        client
+            .send_with_fds(&[&Request::Signal(10).encode()[..]], &[])
+            .unwrap();
+        f.exec.poll_input();
+    }
+    assert_eq!(f.exec.events.len(), MAX_QUEUED_EVENTS);
+}
+
+#[test]
 fn sessions_are_bounded() {
     let mut f = Fixture::new();
     let clients: Vec<Client> = (0..MAX_SESSIONS).map(|_| f.connect()).collect();
