@@ -116,6 +116,8 @@ pub enum LifecycleError {
     ExecPreserveFds,
     #[error("cannot set up the exec'd process's terminal")]
     ExecTerminal(#[source] nix::Error),
+    #[error("cannot stand for the exec'd process on the host (its signals, its keeper)")]
+    ExecHost(#[source] nix::Error),
     #[error("cannot join container {id:?} to exec")]
     ExecJoin {
         id: String,
@@ -693,10 +695,7 @@ fn set_paused(store: &Store, id: &str, paused: bool) -> Result<()> {
 pub fn run_foreground(store: &Store, opts: &CreateOptions<'_>) -> Result<i32> {
     // Blocked before the clone so none is lost; the init unblocks them
     // before it launches the process.
-    let mut forwarded = SigSet::empty();
-    for signal in crate::signal::FORWARDED {
-        forwarded.add(signal);
-    }
+    let mut forwarded = crate::signal::forwarded_set();
     forwarded.add(Signal::SIGCHLD);
     forwarded
         .thread_block()
@@ -827,20 +826,15 @@ fn exec_in_microvm(state_dir: &Path, spec: &Spec, opts: ExecOptions<'_>) -> Resu
         Some(slave) => [slave.as_fd(); 3],
         None => [stdin.as_fd(), stdout.as_fd(), stderr.as_fd()],
     };
-    let mut forwarded = SigSet::empty();
-    for signal in crate::signal::FORWARDED {
-        forwarded.add(signal);
-    }
+    let forwarded = crate::signal::forwarded_set();
     // Signals that come while the process starts are passed on after.
-    forwarded
-        .thread_block()
-        .map_err(LifecycleError::ExecTerminal)?;
+    forwarded.thread_block().map_err(LifecycleError::ExecHost)?;
     let session = vm_exec::start(state_dir, &encoded, stdio).map_err(vm_error)?;
     drop(slave);
     if opts.detach {
         // SAFETY: no thread has started in this process; the child only
         // waits on the session and exits.
-        match unsafe { nix::unistd::fork() }.map_err(LifecycleError::ExecTerminal)? {
+        match unsafe { nix::unistd::fork() }.map_err(LifecycleError::ExecHost)? {
             nix::unistd::ForkResult::Child => {
                 // The keeper holds nothing of the caller's: a pipe's reader
                 // sees its end when the process closes it.
@@ -978,10 +972,7 @@ pub fn exec(store: &Store, opts: ExecOptions<'_>) -> Result<i32> {
     let their_pid_ns =
         fs::File::open(format!("/proc/{}/ns/pid", state.pid)).map_err(|e| join_error(nix_io(e)))?;
 
-    let mut forwarded = SigSet::empty();
-    for signal in crate::signal::FORWARDED {
-        forwarded.add(signal);
-    }
+    let mut forwarded = crate::signal::forwarded_set();
     forwarded.add(Signal::SIGCHLD);
     if !opts.detach {
         forwarded.thread_block().map_err(join_error)?;

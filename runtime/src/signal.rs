@@ -30,6 +30,15 @@ pub const FORWARDED: [Signal; 6] = [
     Signal::SIGUSR2,
 ];
 
+/// [`FORWARDED`] as a set, for blocking and waiting on them.
+pub fn forwarded_set() -> nix::sys::signal::SigSet {
+    let mut set = nix::sys::signal::SigSet::empty();
+    for signal in FORWARDED {
+        set.add(signal);
+    }
+    set
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,7 +10,7 @@
 //! pid a shim or conmon waits on (the pid file's) ends as the process does.
 
 use std::io::IoSlice;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use capsa_vmm::devices::exec::protocol::{self, Reply, Request};
@@ -214,12 +214,6 @@ impl Session {
                 None => return Ok(Ended::Signaled(libc::SIGKILL)),
             }
         }
-    }
-}
-
-impl AsFd for Session {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.socket.as_fd()
     }
 }
 
